@@ -1,0 +1,16 @@
+"""procpool: a durable daemon that runs CPU-bound jobs in a pool of forked worker processes."""
+
+from procpool.application.handlers import JobContext, handler
+from procpool.client import Client, JobInfo, UnknownJob
+from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
+
+__all__ = [
+    "Client",
+    "InvalidJobFile",
+    "JobContext",
+    "JobInfo",
+    "PermanentError",
+    "ProcpoolError",
+    "UnknownJob",
+    "handler",
+]

@@ -1,0 +1,3 @@
+from procpool.infrastructure.cli import main
+
+main()

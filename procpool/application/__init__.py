@@ -1,0 +1,1 @@
+"""The use cases and the processes: the supervisor's loop, dispatch, the worker pool."""

@@ -1,0 +1,70 @@
+"""Typed messages between the supervisor and one worker, over that worker's own channel.
+
+Every message about a job carries the job's id and the lease of its run, so the
+supervisor can drop whatever comes from a run that is no longer current
+(DESIGN decision 8). Payloads and results travel as JSON bytes, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# supervisor -> worker
+
+
+class RunJob(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+    attempt: int
+    type: str
+    payload: bytes
+
+
+class Stop(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """Exit once idle: the worker is retired or the daemon stops."""
+
+
+# worker -> supervisor
+
+
+class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    pid: int
+
+
+class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+
+
+class Heartbeat(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+
+
+class ProgressReport(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+    fraction: float
+    message: str | None
+
+
+class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+    duration: float
+    result: bytes | None = None
+    error: str | None = None
+    permanent: bool = False
+
+
+class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    level: str
+    message: str
+    job_id: str | None
+    extra: dict[str, Any]
+
+
+ToWorker = RunJob | Stop
+ToSupervisor = Ready | Started | Heartbeat | ProgressReport | Finished | LogLine

@@ -1,0 +1,189 @@
+"""The worker processes: fork one, end one, read its exit.
+
+A worker is ended in one way only, `terminate`: SIGTERM to its process group,
+then SIGKILL to the group once the grace has passed. Neither step blocks the
+supervisor's loop; the end is complete when the loop reaps the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import psutil
+
+from procpool.application.channel import SupervisorEnd, WorkerEnd
+from procpool.application.handlers import HandlerRegistry
+from procpool.application.worker import worker_main
+from procpool.domain.job import Job
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"  # told to stop once idle
+    TERMINATING = "terminating"  # signalled; waiting to be reaped
+
+
+class EndReason(StrEnum):
+    """Why the supervisor is ending a worker; decides what becomes of its job."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    HEARTBEAT = "heartbeat"
+    MEMORY = "memory"
+    SHUTDOWN = "shutdown"
+    BROKEN = "broken"  # its channel failed
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    pid: int
+    channel: SupervisorEnd
+    spawned_at: float
+    create_time: float
+    state: WorkerState = WorkerState.STARTING
+    job: Job | None = None
+    job_started_at: float = 0.0  # monotonic
+    last_heard_at: float = 0.0  # monotonic
+    jobs_done: int = 0
+    last_rss: int | None = None  # bytes, measured after its last job
+    end_reason: EndReason | None = None
+    end_detail: str = ""
+    kill_at: float | None = None  # monotonic
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    @property
+    def available(self) -> bool:
+        return self.state is WorkerState.IDLE
+
+
+def spawn(
+    registry: HandlerRegistry,
+    heartbeat_interval: float,
+    close_in_child: Callable[[], None],
+    now: float,
+) -> WorkerProcess:
+    """Fork a worker. `close_in_child` closes the supervisor's own descriptors in the child."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            parent_end.close()
+            close_in_child()
+            code = worker_main(WorkerEnd(child_end), registry, heartbeat_interval, parent_pid)
+        finally:
+            os._exit(code)
+    child_end.close()
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.Error:
+        create_time = 0.0
+    return WorkerProcess(
+        pid=pid,
+        channel=SupervisorEnd(parent_end),
+        spawned_at=now,
+        create_time=create_time,
+        last_heard_at=now,
+    )
+
+
+def signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def terminate(
+    worker: WorkerProcess, reason: EndReason, detail: str, now: float, grace: float
+) -> None:
+    """Start ending a worker: SIGTERM to its group now, SIGKILL at `now + grace`."""
+    if worker.state is WorkerState.TERMINATING:
+        return
+    worker.state = WorkerState.TERMINATING
+    worker.end_reason = reason
+    worker.end_detail = detail
+    worker.kill_at = now + grace
+    signal_group(worker.pid, signal.SIGTERM)
+
+
+def kill_if_due(worker: WorkerProcess, now: float) -> None:
+    if worker.kill_at is not None and now >= worker.kill_at:
+        signal_group(worker.pid, signal.SIGKILL)
+        worker.kill_at = None
+
+
+def describe_exit(status: int) -> tuple[str, int | None, str | None]:
+    """A raw wait status as (readable text, exit code, signal name)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        text = f"the worker was killed by {name}"
+        if signum == signal.SIGKILL:
+            text += " (it may have run out of memory)"
+        return text, None, name
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+    return f"the worker exited with code {code}", code, None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a worker process, or None if it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+
+
+def reap_any() -> list[tuple[int, int]]:
+    """Every child that has exited, as (pid, wait status); never blocks."""
+    exited = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        exited.append((pid, status))
+    return exited
+
+
+def kill_stale_group(pid: int, create_time: float) -> bool:
+    """Kill what is left of a worker of an earlier run: its process group, if the
+    group is still that worker's. Returns whether anything was killed.
+
+    Linux never hands out a pid that is still in use as a process group id, so
+    if a process with this pid exists but started at another time, the pid was
+    reused and no process of the old group can remain.
+    """
+    try:
+        if abs(psutil.Process(pid).create_time() - create_time) > 0.01:
+            return False
+    except psutil.NoSuchProcess:
+        pass  # the worker is gone; processes its handler started may not be
+    except psutil.Error:
+        return False
+    group = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pid:
+                group.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    if not group:
+        return False
+    signal_group(pid, signal.SIGKILL)
+    psutil.wait_procs(group, timeout=5)
+    return True

@@ -1,0 +1,119 @@
+"""What the application needs from the outside world, as interfaces.
+
+The supervisor is written against these; infrastructure provides SQLite and
+in-memory stores and the file-system inbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from procpool.domain.job import Job, Status
+from procpool.domain.spec import CancelRequest, JobSpec
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker as the store remembers it, so the next run can find it if it survives us."""
+
+    pid: int
+    create_time: float
+
+
+class JobStore(Protocol):
+    """The authoritative job store. One writer: the supervisor.
+
+    Changes are made inside `transaction()`; one transaction per loop turn,
+    so a turn's changes cost one durable commit.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Begin; commit on a normal exit, roll back on an exception."""
+        ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The submission digest of each of these ids that exists."""
+        ...
+
+    def insert(self, jobs: Sequence[Job]) -> None:
+        """Add new jobs; their ids must not exist yet."""
+        ...
+
+    def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
+        """Compare-and-set: write `job` if the stored row still has `expected` status
+        and lease. Returns whether it did."""
+        ...
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        """Pending jobs whose run_at has come: highest priority first, then oldest run_at."""
+        ...
+
+    def next_run_at(self) -> float | None:
+        """The earliest run_at of any pending job."""
+        ...
+
+    def with_status(self, status: Status) -> list[Job]: ...
+
+    def max_lease(self) -> int: ...
+
+    def add_worker(self, worker: WorkerRecord) -> None: ...
+
+    def remove_worker(self, pid: int) -> None: ...
+
+    def workers(self) -> list[WorkerRecord]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class InboxEntry:
+    """One object from an inbox file: a job spec, a cancel request, or why it is neither."""
+
+    line: int | None  # 1-based line in a .jsonl file; None in a .json file
+    value: JobSpec | CancelRequest | None
+    error: str | None = None
+
+
+@dataclass
+class InboxFile:
+    """A file read from the inbox. `error` set means the whole file is rejected."""
+
+    name: str
+    stem: str
+    is_lines: bool
+    entries: list[InboxEntry] = field(default_factory=list)
+    error: str | None = None
+    token: object = None  # what the inbox needs to find this very file again
+
+
+@dataclass
+class LineError:
+    line: int
+    error: str
+
+
+class Inbox(Protocol):
+    def fileno(self) -> int | None:
+        """A descriptor that becomes readable when files arrive, or None: poll."""
+        ...
+
+    def drain_events(self) -> None:
+        """Consume the readiness of `fileno()`."""
+        ...
+
+    def scan(self, limit: int) -> Iterator[InboxFile]:
+        """Read up to `limit` files, oldest first."""
+        ...
+
+    def remove(self, files: Iterable[InboxFile]) -> None:
+        """Delete accepted files: called only after their jobs are committed."""
+        ...
+
+    def reject(self, file: InboxFile, error: str, lines: Sequence[LineError]) -> str:
+        """Move a file into rejected/ beside its error report; returns where it went."""
+        ...

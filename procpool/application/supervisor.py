@@ -1,0 +1,724 @@
+"""The supervisor: one process, one thread, one loop.
+
+    inbox/ ─scan─▶ ingest ─▶ ┌─────── store (SQLite) ───────┐ ─due─▶ dispatch ─RunJob─▶ worker
+                             │ one transaction per loop turn │                           │
+    signals ─▶ wake-up pipe  └───────────────────────────────┘ ◀─Finished/Progress/Log──┘
+    SIGCHLD ─▶ reap ─▶ the dead worker's job: retried, failed, canceled or back to pending
+
+Each turn waits once on every input (the workers' channels, the wake-up pipe
+that signals write to, the inbox watch) with a timeout set by the nearest
+deadline, then applies everything that happened in one store transaction, and
+only after the commit sends jobs to workers, removes accepted inbox files and
+writes the log lines: nothing is said or sent that the store does not hold.
+
+No threads: the supervisor forks replacement workers at any time, and a fork
+taken while another thread holds a lock copies the held lock into the child
+(DESIGN decision 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from procpool.application import pool
+from procpool.application.channel import ChannelClosed
+from procpool.application.events import emit
+from procpool.application.handlers import HandlerRegistry
+from procpool.application.ingest import Rejection, ingest
+from procpool.application.messages import (
+    Finished,
+    Heartbeat,
+    LogLine,
+    ProgressReport,
+    Ready,
+    RunJob,
+    Started,
+    Stop,
+    ToSupervisor,
+    ToWorker,
+)
+from procpool.application.pool import EndReason, WorkerProcess, WorkerState
+from procpool.application.ports import Inbox, InboxFile, JobStore, WorkerRecord
+from procpool.domain import job as jobs
+from procpool.domain.job import Job, Progress, Status
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.spec import JobDefaults
+from procpool.domain.timefmt import rfc3339
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+)
+# A worker that has not said Ready by then is broken.
+STARTUP_TIMEOUT = 30.0
+MEMORY_SAMPLE_INTERVAL = 1.0
+
+
+@dataclass
+class Settings:
+    """What the supervisor needs of the configuration; SIGHUP may replace it."""
+
+    workers: int
+    defaults: JobDefaults = field(default_factory=JobDefaults)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    shutdown_timeout: float = 30.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 30.0
+    max_jobs_per_worker: int = 0
+    max_memory_mb: int = 0
+    kill_grace: float = 1.0
+    poll_interval: float = 1.0
+    scan_batch: int = 1000
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+@dataclass
+class _Effects:
+    """What a turn does outside the store, in order, once its transaction has committed."""
+
+    sends: list[tuple[WorkerProcess, ToWorker]] = field(default_factory=list)
+    logs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    accepted: list[InboxFile] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def log(self, level: str, event: str, message: str, **fields: Any) -> None:
+        self.logs.append((level, event, message, fields))
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: JobStore,
+        inbox: Inbox,
+        registry: HandlerRegistry,
+        settings: Settings,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        reopen_logs: Callable[[], None] | None = None,
+        close_in_child: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.inbox = inbox
+        self.registry = registry
+        self.settings = settings
+        self._reload = reload
+        self._reopen_logs = reopen_logs
+        self._close_in_child_extra = close_in_child
+        self.workers: dict[int, WorkerProcess] = {}
+        self._signals: deque[int] = deque()
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lease = 0
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._next_scan = 0.0
+        self._next_due: float | None = None  # wall time of the earliest future pending job
+        self._next_memory_sample = 0.0
+        self._respawn_not_before = 0.0
+        self._failed_spawns = 0
+        self._effects = _Effects()
+
+    # ----------------------------------------------------------------- life
+
+    def run(self) -> int:
+        """Serve until a signal stops the daemon. Returns the exit code."""
+        self._install_signals()
+        inbox_fd = self.inbox.fileno()
+        if inbox_fd is not None:
+            self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
+        self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+        with self.store.transaction():
+            self._recover()
+            self._lease = self.store.max_lease()
+        self._apply_effects(time.monotonic())
+        emit(
+            "INFO",
+            "daemon.started",
+            f"procpool started with {self.settings.workers} workers",
+            pid=os.getpid(),
+            workers=self.settings.workers,
+            handlers=self.registry.names(),
+        )
+        while not (self._stopping and not self.workers):
+            self._turn()
+        emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        return 0
+
+    def _install_signals(self) -> None:
+        def record(signum: int, frame: object) -> None:
+            self._signals.append(signum)
+
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, record)
+        # The wake-up fd makes a signal that arrives while the loop waits end the wait.
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+
+    def _close_in_child(self) -> None:
+        """In a freshly forked worker: drop the supervisor's descriptors."""
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        for worker in self.workers.values():
+            worker.channel.close()
+        self._close_in_child_extra()
+
+    # ----------------------------------------------------------------- the loop
+
+    def _turn(self) -> None:
+        ready = self._selector.select(self._wait_timeout())
+        now, wall = time.monotonic(), time.time()
+        self._effects = _Effects()
+        with self.store.transaction():
+            self._handle_signals(now)
+            scan = now >= self._next_scan
+            for key, _ in ready:
+                if key.data == "wake":
+                    self._drain_wake_pipe()
+                elif key.data == "inbox":
+                    self.inbox.drain_events()
+                    scan = True
+                else:
+                    self._read_worker(key.data, now, wall)
+            self._reap(now, wall)
+            self._check_deadlines(now, wall)
+            if scan and not self._stopping:
+                self._ingest(now, wall)
+            self._retire_due(now)
+            self._dispatch(now, wall)
+            self._spawn_missing(now)
+        self._apply_effects(now)
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [] if self._stopping else [self._next_scan]
+        if self._signals:
+            return 0.0
+        if self._next_due is not None:
+            deadlines.append(now + max(0.0, self._next_due - time.time()))
+        if self._stop_deadline is not None:
+            deadlines.append(self._stop_deadline)
+        if self.settings.max_memory_mb and any(w.job for w in self.workers.values()):
+            deadlines.append(self._next_memory_sample)
+        if len(self._counted_workers()) < self.settings.workers and not self._stopping:
+            deadlines.append(self._respawn_not_before)
+        for worker in self.workers.values():
+            deadlines.extend(self._worker_deadlines(worker))
+        return max(0.0, min(deadlines, default=now + 60.0) - now)
+
+    def _worker_deadlines(self, worker: WorkerProcess) -> list[float]:
+        if worker.state is WorkerState.TERMINATING:
+            return [] if worker.kill_at is None else [worker.kill_at]
+        if worker.state is WorkerState.STARTING:
+            return [worker.spawned_at + STARTUP_TIMEOUT]
+        if worker.job is None:
+            return []
+        deadlines = [worker.last_heard_at + self.settings.heartbeat_timeout]
+        if worker.job.timeout is not None:
+            deadlines.append(worker.job_started_at + worker.job.timeout)
+        return deadlines
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _apply_effects(self, now: float) -> None:
+        effects = self._effects
+        for rejection in effects.rejected:
+            where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
+            emit(
+                "WARNING",
+                "file.rejected",
+                f"rejected {rejection.file.name}: {rejection.error}",
+                file=rejection.file.name,
+                error=rejection.error,
+                moved_to=where,
+                lines=[{"line": e.line, "error": e.error} for e in rejection.lines],
+            )
+        self.inbox.remove(effects.accepted)
+        for worker, message in effects.sends:
+            if worker.state is WorkerState.TERMINATING:
+                continue
+            try:
+                worker.channel.send(message)
+            except ChannelClosed as error:
+                pool.terminate(
+                    worker,
+                    EndReason.BROKEN,
+                    f"the channel to the worker failed: {error}",
+                    now,
+                    self.settings.kill_grace,
+                )
+        for level, event, message, fields in effects.logs:
+            emit(level, event, message, **fields)
+
+    # ----------------------------------------------------------------- signals
+
+    def _handle_signals(self, now: float) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self._stopping:
+                    self._effects.log(
+                        "INFO", "daemon.stopping", "second stop signal: not waiting for jobs"
+                    )
+                    self._stop_deadline = now
+                else:
+                    self._begin_stop(
+                        now, signal.Signals(signum).name, self.settings.shutdown_timeout
+                    )
+            elif signum == signal.SIGQUIT:
+                self._begin_stop(now, "SIGQUIT", 0.0)
+            elif signum == signal.SIGHUP:
+                self._reload_settings()
+            elif signum == signal.SIGUSR1 and self._reopen_logs is not None:
+                self._reopen_logs()
+
+    def _begin_stop(self, now: float, why: str, wait: float) -> None:
+        if not self._stopping:
+            self._stopping = True
+            running = sum(1 for w in self.workers.values() if w.job is not None)
+            self._effects.log(
+                "INFO",
+                "daemon.stopping",
+                f"stopping on {why}: {running} running jobs get {_seconds(wait)} to finish",
+                signal=why,
+                running=running,
+                shutdown_timeout=wait,
+            )
+        deadline = now + wait
+        self._stop_deadline = min(self._stop_deadline or deadline, deadline)
+
+    def _reload_settings(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            settings = self._reload()
+        except Exception as error:
+            self._effects.log(
+                "ERROR", "config.reload_failed", f"config not reloaded: {error}", error=str(error)
+            )
+            return
+        old = self.settings
+        self.settings = settings
+        self._effects.log(
+            "INFO",
+            "config.reloaded",
+            f"config reloaded: {settings.workers} workers (was {old.workers})",
+            workers=settings.workers,
+        )
+
+    # ----------------------------------------------------------------- workers
+
+    def _counted_workers(self) -> list[WorkerProcess]:
+        """Workers that hold a slot: not on their way out."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.state in (WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY)
+        ]
+
+    def _spawn_missing(self, now: float) -> None:
+        if self._stopping or now < self._respawn_not_before:
+            return
+        for _ in range(self.settings.workers - len(self._counted_workers())):
+            try:
+                worker = pool.spawn(
+                    self.registry,
+                    self.settings.heartbeat_interval,
+                    self._close_in_child,
+                    now,
+                )
+            except OSError as error:
+                self._effects.log("ERROR", "worker.spawn_failed", f"cannot fork a worker: {error}")
+                self._respawn_not_before = now + 1.0
+                return
+            self.workers[worker.pid] = worker
+            self._selector.register(worker.channel.fileno(), selectors.EVENT_READ, worker)
+            self.store.add_worker(WorkerRecord(worker.pid, worker.create_time))
+
+    def _read_worker(self, worker: WorkerProcess, now: float, wall: float) -> None:
+        messages, closed = worker.channel.receive()
+        for message in messages:
+            self._on_message(worker, message, now, wall)
+        if closed:
+            self._unregister(worker)
+
+    def _unregister(self, worker: WorkerProcess) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(worker.channel.fileno())
+
+    def _on_message(
+        self, worker: WorkerProcess, message: ToSupervisor, now: float, wall: float
+    ) -> None:
+        if isinstance(message, Ready):
+            if worker.state is WorkerState.STARTING:
+                worker.state = WorkerState.IDLE
+                self._failed_spawns = 0
+                self._effects.log(
+                    "INFO", "worker.started", f"worker {worker.pid} started", worker_pid=worker.pid
+                )
+            return
+        if isinstance(message, LogLine):
+            self._effects.log(
+                message.level,
+                "job.log" if message.job_id else "worker.log",
+                message.message,
+                **message.extra,
+                job_id=message.job_id,
+                worker_pid=worker.pid,
+            )
+            return
+        job = worker.job
+        if job is None or message.job_id != job.id or message.lease != job.lease:
+            self._effects.log(
+                "DEBUG",
+                "message.stale",
+                f"dropped a {type(message).__name__} from a run that is no longer current",
+                job_id=message.job_id,
+                worker_pid=worker.pid,
+            )
+            return
+        worker.last_heard_at = now
+        if isinstance(message, Started | Heartbeat):
+            return
+        if isinstance(message, ProgressReport):
+            updated = jobs.report_progress(
+                job, Progress(message.fraction, message.message), now=wall
+            )
+            self._save(updated, job)
+            worker.job = updated
+        elif isinstance(message, Finished):
+            self._on_finished(worker, job, message, wall)
+
+    def _on_finished(self, worker: WorkerProcess, job: Job, message: Finished, wall: float) -> None:
+        fields = {
+            "job_id": job.id,
+            "type": job.type,
+            "attempt": job.attempt,
+            "worker_pid": worker.pid,
+            "duration_ms": round(message.duration * 1000, 3),
+        }
+        if message.error is None:
+            self._save(jobs.complete(job, result=message.result or b"null", now=wall), job)
+            self._effects.log("INFO", "job.completed", f"job {job.id} completed", **fields)
+        else:
+            self._fail(job, message.error, wall, permanent=message.permanent, **fields)
+        worker.job = None
+        worker.jobs_done += 1
+        if worker.state is WorkerState.BUSY:
+            worker.state = WorkerState.IDLE
+            if self.settings.max_memory_mb:
+                worker.last_rss = pool.rss_bytes(worker.pid)
+
+    def _reap(self, now: float, wall: float) -> None:
+        for pid, status in pool.reap_any():
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            # Whatever it said before dying counts: read it before judging the exit.
+            messages, _ = worker.channel.receive()
+            for message in messages:
+                self._on_message(worker, message, now, wall)
+            self._on_exit(worker, status, now, wall)
+
+    def _on_exit(self, worker: WorkerProcess, status: int, now: float, wall: float) -> None:
+        text, code, signal_name = pool.describe_exit(status)
+        pool.signal_group(worker.pid, signal.SIGKILL)  # what its handler may have left
+        self._unregister(worker)
+        worker.channel.close()
+        self.store.remove_worker(worker.pid)
+        reason = worker.end_reason
+        job = worker.job
+        if job is not None:
+            fields = {
+                "job_id": job.id,
+                "type": job.type,
+                "attempt": job.attempt,
+                "worker_pid": worker.pid,
+            }
+            if job.cancel_requested or reason is EndReason.CANCEL:
+                self._save(jobs.cancel(job, now=wall), job)
+                self._effects.log(
+                    "INFO", "job.canceled", f"job {job.id} canceled while it ran", **fields
+                )
+            elif reason is EndReason.SHUTDOWN:
+                self._save(jobs.interrupt(job, now=wall), job)
+                self._effects.log(
+                    "INFO",
+                    "job.interrupted",
+                    f"job {job.id} stopped by the shutdown; back to pending",
+                    **fields,
+                )
+            else:
+                error = worker.end_detail if reason is not None else text
+                self._fail(job, error, wall, permanent=False, **fields)
+        if worker.state is WorkerState.STARTING:
+            self._failed_spawns += 1
+            self._respawn_not_before = now + min(5.0, 0.05 * 2**self._failed_spawns)
+        expected = reason is not None or worker.state is WorkerState.RETIRING
+        self._effects.log(
+            "INFO" if expected else "WARNING",
+            "worker.exited",
+            f"worker {worker.pid} exited: {text}",
+            worker_pid=worker.pid,
+            exit_code=code,
+            signal=signal_name,
+            reason=str(reason) if reason else ("retired" if expected else "unexpected"),
+            jobs_done=worker.jobs_done,
+        )
+
+    def _terminate(self, worker: WorkerProcess, reason: EndReason, detail: str, now: float) -> None:
+        pool.terminate(worker, reason, detail, now, self.settings.kill_grace)
+
+    def _check_deadlines(self, now: float, wall: float) -> None:
+        settings = self.settings
+        stop_due = self._stop_deadline is not None and now >= self._stop_deadline
+        sample_memory = settings.max_memory_mb > 0 and now >= self._next_memory_sample
+        if sample_memory:
+            self._next_memory_sample = now + MEMORY_SAMPLE_INTERVAL
+        for worker in list(self.workers.values()):
+            if worker.state is WorkerState.TERMINATING:
+                pool.kill_if_due(worker, now)
+                continue
+            if worker.state is WorkerState.STARTING and now - worker.spawned_at > STARTUP_TIMEOUT:
+                self._terminate(worker, EndReason.BROKEN, "the worker never became ready", now)
+                continue
+            job = worker.job
+            if job is None:
+                continue
+            if stop_due:
+                self._terminate(worker, EndReason.SHUTDOWN, "the daemon is stopping", now)
+            elif job.timeout is not None and now - worker.job_started_at >= job.timeout:
+                self._terminate(
+                    worker, EndReason.TIMEOUT, f"timed out after {_seconds(job.timeout)}", now
+                )
+            elif now - worker.last_heard_at >= settings.heartbeat_timeout:
+                self._terminate(
+                    worker,
+                    EndReason.HEARTBEAT,
+                    f"no heartbeat for {_seconds(settings.heartbeat_timeout)}: the worker hung",
+                    now,
+                )
+            elif sample_memory:
+                self._check_memory(worker, now)
+
+    def _check_memory(self, worker: WorkerProcess, now: float) -> None:
+        rss = pool.rss_bytes(worker.pid)
+        limit = self.settings.max_memory_mb * 1024 * 1024
+        if rss is not None and rss > 2 * limit:
+            self._terminate(
+                worker,
+                EndReason.MEMORY,
+                f"out of memory: the worker used {rss / 2**20:.0f} MB,"
+                f" more than twice max_memory_mb ({self.settings.max_memory_mb} MB)",
+                now,
+            )
+
+    def _retire_due(self, now: float) -> None:
+        """Stop idle workers that should go; one recycled at a time, so that
+        replacements do not all happen at the same moment."""
+        settings = self.settings
+        counted = self._counted_workers()
+        surplus = len(counted) - settings.workers
+        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
+        for worker in counted:
+            if worker.state is not WorkerState.IDLE:
+                continue
+            if self._stopping or surplus > 0:
+                surplus -= 1
+            elif retiring:
+                continue
+            elif (
+                settings.max_jobs_per_worker and worker.jobs_done >= settings.max_jobs_per_worker
+            ) or (
+                settings.max_memory_mb
+                and worker.last_rss is not None
+                and worker.last_rss > settings.max_memory_mb * 1024 * 1024
+            ):
+                retiring = True
+            else:
+                continue
+            worker.state = WorkerState.RETIRING
+            self._effects.sends.append((worker, Stop()))
+
+    # ----------------------------------------------------------------- jobs
+
+    def _save(self, new: Job, old: Job) -> None:
+        if not self.store.save(new, expected=old.status, expected_lease=old.lease):
+            # Only this loop writes the store, so a lost compare-and-set is a bug.
+            raise RuntimeError(f"job {old.id} changed under the supervisor")
+
+    def _fail(self, job: Job, error: str, wall: float, *, permanent: bool, **fields: Any) -> None:
+        retry_at = None if permanent else wall + self.settings.retry.backoff(job.attempts + 1)
+        failed = jobs.fail_attempt(job, error=error, now=wall, retry_at=retry_at)
+        self._save(failed, job)
+        if failed.status is Status.PENDING:
+            self._effects.log(
+                "WARNING",
+                "job.failed",
+                f"job {job.id} attempt {job.attempt} failed, retry in"
+                f" {failed.run_at - wall:.2f} s: {error}",
+                **fields,
+                error=error,
+                retry_at=rfc3339(failed.run_at),
+                status=str(failed.status),
+            )
+        else:
+            self._effects.log(
+                "ERROR",
+                "job.failed",
+                f"job {job.id} failed for good after {failed.attempts} attempts: {error}",
+                **fields,
+                error=error,
+                status=str(failed.status),
+            )
+
+    def _ingest(self, now: float, wall: float) -> None:
+        files = list(self.inbox.scan(self.settings.scan_batch))
+        more = len(files) >= self.settings.scan_batch
+        self._next_scan = now if more else now + self.settings.poll_interval
+        if not files:
+            return
+        result = ingest(
+            files,
+            self.store,
+            self.registry,
+            self.registry.names(),
+            self.settings.defaults,
+            wall,
+        )
+        for job, file in result.jobs:
+            self._effects.log(
+                "INFO",
+                "file.accepted",
+                f"job {job.id} accepted from {file.name}",
+                job_id=job.id,
+                type=job.type,
+                file=file.name,
+            )
+        for job_id, file in result.duplicates:
+            self._effects.log(
+                "INFO",
+                "file.duplicate",
+                f"job {job_id} from {file.name} already exists",
+                job_id=job_id,
+                file=file.name,
+            )
+        for job_id, file in result.cancels:
+            self._cancel(job_id, file, now, wall)
+        self._effects.accepted.extend(result.accepted)
+        self._effects.rejected.extend(result.rejected)
+
+    def _cancel(self, job_id: str, file: InboxFile, now: float, wall: float) -> None:
+        job = self.store.get(job_id)
+        if job is None:
+            self._effects.log(
+                "WARNING",
+                "cancel.unknown",
+                f"cannot cancel {job_id}: no such job",
+                job_id=job_id,
+                file=file.name,
+            )
+        elif job.status.is_terminal:
+            self._effects.log(
+                "INFO",
+                "cancel.ignored",
+                f"job {job_id} is already {job.status}",
+                job_id=job_id,
+                status=str(job.status),
+                file=file.name,
+            )
+        elif job.status is Status.PENDING:
+            self._save(jobs.cancel(job, now=wall), job)
+            self._effects.log(
+                "INFO",
+                "job.canceled",
+                f"job {job_id} canceled before it ran",
+                job_id=job_id,
+                type=job.type,
+            )
+        elif not job.cancel_requested:
+            requested = jobs.request_cancel(job, now=wall)
+            self._save(requested, job)
+            for worker in self.workers.values():
+                if (
+                    worker.job is not None
+                    and worker.job.id == job_id
+                    and worker.job.lease == job.lease
+                ):
+                    worker.job = requested
+                    self._terminate(worker, EndReason.CANCEL, "canceled", now)
+
+    def _dispatch(self, now: float, wall: float) -> None:
+        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        if self._stopping or not idle:
+            self._next_due = None  # a worker freed later makes a turn of its own
+            return
+        due = self.store.due(wall, len(idle))
+        for worker, job in zip(idle, due, strict=False):
+            self._lease += 1
+            running = jobs.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
+            self._save(running, job)
+            worker.state = WorkerState.BUSY
+            worker.job = running
+            worker.job_started_at = worker.last_heard_at = now
+            self._effects.sends.append(
+                (worker, RunJob(job.id, running.lease, running.attempt, job.type, job.payload))
+            )
+            self._effects.log(
+                "INFO",
+                "job.started",
+                f"job {job.id} started, attempt {running.attempt}",
+                job_id=job.id,
+                type=job.type,
+                attempt=running.attempt,
+                worker_pid=worker.pid,
+            )
+        self._next_due = self.store.next_run_at() if len(due) < len(idle) else None
+
+    # ----------------------------------------------------------------- recovery
+
+    def _recover(self) -> None:
+        """Before anything else: end what an earlier run left behind (DESIGN decision 5)."""
+        for record in self.store.workers():
+            if pool.kill_stale_group(record.pid, record.create_time):
+                emit(
+                    "WARNING",
+                    "worker.killed_stale",
+                    f"killed worker {record.pid} left by an earlier run",
+                    worker_pid=record.pid,
+                )
+            self.store.remove_worker(record.pid)
+        wall = time.time()
+        for job in self.store.with_status(Status.RUNNING):
+            self._fail(
+                job,
+                "the daemon died while it ran",
+                wall,
+                permanent=False,
+                job_id=job.id,
+                type=job.type,
+                attempt=job.attempt,
+                worker_pid=job.worker_pid,
+            )

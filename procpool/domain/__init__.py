@@ -1,0 +1,1 @@
+"""The pure core of procpool: jobs, their statuses and rules. No I/O, no processes."""

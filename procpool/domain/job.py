@@ -1,0 +1,141 @@
+"""The Job, its five statuses and the one table of allowed transitions.
+
+Every status change in procpool goes through a function of this module, so the
+rules live in one place: the store only applies the result as a compare-and-set.
+Times are seconds since the epoch (floats); the edges format them as RFC 3339.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from procpool.domain.errors import InvalidTransition
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.RUNNING, Status.CANCELED}),
+    # running -> pending: a failed attempt to be retried, or a stop that cut it short.
+    Status.RUNNING: frozenset({Status.PENDING, Status.COMPLETED, Status.FAILED, Status.CANCELED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELED: frozenset(),
+}
+
+
+def check_transition(current: Status, new: Status) -> None:
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransition(f"a {current} job cannot become {new}")
+
+
+class Progress(msgspec.Struct, frozen=True):
+    fraction: float
+    message: str | None = None
+
+
+class Job(msgspec.Struct, kw_only=True, frozen=True):
+    """One job as the store keeps it.
+
+    `payload` and `result` are kept as encoded JSON: the supervisor only moves
+    them between the inbox, the store and a worker, so it never decodes them.
+    `lease` numbers each dispatch; messages from a worker are applied only if
+    they carry the lease of the job's current run (DESIGN decision 8).
+    `digest` identifies the submission, for idempotent re-reads of a file.
+    """
+
+    id: str
+    type: str
+    payload: bytes = b"null"
+    status: Status = Status.PENDING
+    attempts: int = 0
+    max_attempts: int = 3
+    timeout: float | None = None
+    priority: int = 0
+    run_at: float
+    created_at: float
+    updated_at: float
+    last_error: str | None = None
+    result: bytes | None = None
+    progress: Progress | None = None
+    worker_pid: int | None = None
+    lease: int = 0
+    started_at: float | None = None
+    cancel_requested: bool = False
+    digest: str = ""
+
+    @property
+    def attempt(self) -> int:
+        """The 1-based number of the attempt that runs (or would run) next."""
+        return self.attempts + 1
+
+
+def _move(job: Job, new: Status, now: float, **changes: object) -> Job:
+    check_transition(job.status, new)
+    return msgspec.structs.replace(job, status=new, updated_at=now, **changes)
+
+
+def start(job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
+    return _move(
+        job,
+        Status.RUNNING,
+        now,
+        lease=lease,
+        worker_pid=worker_pid,
+        started_at=now,
+        progress=None,
+    )
+
+
+def complete(job: Job, *, result: bytes, now: float) -> Job:
+    return _move(job, Status.COMPLETED, now, result=result, worker_pid=None)
+
+
+def fail_attempt(job: Job, *, error: str, now: float, retry_at: float | None) -> Job:
+    """Count a failed attempt. `retry_at` None means no retry: the job fails for good."""
+    attempts = job.attempts + 1
+    if retry_at is None or attempts >= job.max_attempts:
+        return _move(job, Status.FAILED, now, attempts=attempts, last_error=error, worker_pid=None)
+    return _move(
+        job,
+        Status.PENDING,
+        now,
+        attempts=attempts,
+        last_error=error,
+        run_at=retry_at,
+        worker_pid=None,
+    )
+
+
+def cancel(job: Job, *, now: float) -> Job:
+    return _move(job, Status.CANCELED, now, worker_pid=None, cancel_requested=True)
+
+
+def request_cancel(job: Job, *, now: float) -> Job:
+    """Mark a running job to be canceled once its process is gone."""
+    if job.status is not Status.RUNNING:
+        raise InvalidTransition(f"only a running job waits for its cancel, not a {job.status}")
+    return msgspec.structs.replace(job, cancel_requested=True, updated_at=now)
+
+
+def interrupt(job: Job, *, now: float) -> Job:
+    """Put a running job back to pending with attempts unchanged (the daemon stopped it)."""
+    return _move(job, Status.PENDING, now, worker_pid=None, run_at=now)
+
+
+def report_progress(job: Job, progress: Progress, *, now: float) -> Job:
+    return msgspec.structs.replace(job, progress=progress, updated_at=now)

@@ -1,0 +1,1 @@
+"""The outside world: SQLite, files, logs, configuration, the command line."""

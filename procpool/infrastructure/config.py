@@ -1,0 +1,161 @@
+"""Configuration: defaults, then the TOML file, then PROCPOOL_* variables, then flags.
+
+Every key is documented in config/procpool.toml. An unknown key or a wrong
+value is a ConfigError that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from procpool.domain.errors import ConfigError
+
+ENV_PREFIX = "PROCPOOL_"
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    home: str | None = None
+    workers: int | None = None  # None: one per CPU
+    handlers: list[str] = msgspec.field(default_factory=list)
+    max_attempts: int = 3
+    timeout: float | None = None
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    shutdown_timeout: float = 30.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 30.0
+    max_jobs_per_worker: int = 0
+    max_memory_mb: int = 0
+    max_file_bytes: int = 1_048_576
+    log_level: str = "INFO"
+    kill_grace: float = 1.0
+    poll_interval: float = 1.0
+    synchronous: str = "FULL"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else (os.cpu_count() or 1)
+
+
+_FIELDS = {field.name: field.type for field in msgspec.structs.fields(Config)}
+
+
+def default_home(environ: Mapping[str, str] = os.environ) -> Path:
+    state = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "procpool"
+
+
+def _convert(key: str, value: Any, source: str, *, from_text: bool) -> Any:
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown config key {key!r} ({source})")
+    if from_text:
+        text = str(value).strip()
+        if key == "handlers":
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        elif text.lower() in ("", "none", "null") and _FIELDS[key] is not str:
+            value = None
+    try:
+        return msgspec.convert(value, _FIELDS[key], strict=not from_text)
+    except msgspec.ValidationError as error:
+        reason = str(error).split(" - at ")[0]
+        raise ConfigError(
+            f"config key {key!r} ({source}): {reason[0].lower()}{reason[1:]}, got {value!r}"
+        ) from None
+
+
+def _check(config: Config) -> Config:
+    def positive(key: str, allow_zero: bool = False) -> None:
+        value = getattr(config, key)
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            rule = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"config key {key!r} must be {rule}, got {value}")
+
+    for key in ("workers", "max_attempts", "backoff_base", "backoff_max", "shutdown_timeout",
+                "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "kill_grace",
+                "poll_interval", "timeout"):  # fmt: skip
+        positive(key)
+    for key in ("max_jobs_per_worker", "max_memory_mb"):
+        positive(key, allow_zero=True)
+    if config.heartbeat_timeout <= config.heartbeat_interval:
+        raise ConfigError(
+            f"config key 'heartbeat_timeout' ({config.heartbeat_timeout}) must be greater than"
+            f" 'heartbeat_interval' ({config.heartbeat_interval})"
+        )
+    if config.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"config key 'log_level' must be one of {', '.join(LOG_LEVELS)},"
+            f" got {config.log_level!r}"
+        )
+    if config.synchronous.upper() not in SYNCHRONOUS_MODES:
+        raise ConfigError(
+            f"config key 'synchronous' must be one of {', '.join(SYNCHRONOUS_MODES)},"
+            f" got {config.synchronous!r}"
+        )
+    return msgspec.structs.replace(
+        config, log_level=config.log_level.upper(), synchronous=config.synchronous.upper()
+    )
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    return {key: _convert(key, value, str(path), from_text=False) for key, value in raw.items()}
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for name, text in environ.items():
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+            key = name[len(ENV_PREFIX) :].lower()
+            values[key] = _convert(key, text, f"environment variable {name}", from_text=True)
+    return values
+
+
+def config_path(
+    explicit: Path | None, home: Path | None, environ: Mapping[str, str]
+) -> Path | None:
+    """--config, else $PROCPOOL_CONFIG, else HOME/procpool.toml if it exists."""
+    if explicit is not None:
+        return explicit
+    if environ.get(ENV_PREFIX + "CONFIG"):
+        return Path(environ[ENV_PREFIX + "CONFIG"])
+    if home is not None and (home / "procpool.toml").is_file():
+        return home / "procpool.toml"
+    return None
+
+
+def load(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Config:
+    """The effective configuration. `flags` holds command-line values (None: not given)."""
+    flags = {key: value for key, value in (flags or {}).items() if value not in (None, (), [])}
+    environment = read_environment(environ)
+    home_hint = flags.get("home") or environment.get("home")
+    path = config_path(
+        config_file, Path(home_hint) if home_hint else default_home(environ), environ
+    )
+    from_file = read_file(path) if path is not None else {}
+    merged: dict[str, Any] = {**from_file, **environment}
+    for key, value in flags.items():
+        merged[key] = _convert(key, value, "command line", from_text=False)
+    return _check(msgspec.convert(merged, Config))
+
+
+def resolve_home(config: Config, environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(config.home).expanduser() if config.home else default_home(environ)

@@ -1,0 +1,98 @@
+"""`procpool run`: put the parts together and hand control to the supervisor."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from procpool.application.events import emit
+from procpool.application.handlers import load_handler_modules, registry
+from procpool.application.supervisor import Settings, Supervisor
+from procpool.domain.errors import ConfigError
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.spec import JobDefaults
+from procpool.infrastructure import config as configuration
+from procpool.infrastructure.inbox import FileInbox
+from procpool.infrastructure.logs import DaemonLogs
+from procpool.infrastructure.pidfile import PidFile
+from procpool.infrastructure.sqlite_store import SqliteJobStore
+
+
+def settings_from(config: configuration.Config) -> Settings:
+    return Settings(
+        workers=config.worker_count,
+        defaults=JobDefaults(max_attempts=config.max_attempts, timeout=config.timeout),
+        retry=RetryPolicy(base=config.backoff_base, cap=config.backoff_max),
+        shutdown_timeout=config.shutdown_timeout,
+        heartbeat_interval=config.heartbeat_interval,
+        heartbeat_timeout=config.heartbeat_timeout,
+        max_jobs_per_worker=config.max_jobs_per_worker,
+        max_memory_mb=config.max_memory_mb,
+        kill_grace=config.kill_grace,
+        poll_interval=config.poll_interval,
+    )
+
+
+def prepare_home(home: Path) -> None:
+    """Create the home 0700; refuse a home or inbox that other users can write."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (home, home / "inbox"):
+        if directory.exists() and directory.stat().st_mode & stat.S_IWOTH:
+            raise ConfigError(f"{directory} is writable by every user; run chmod o-w {directory}")
+
+
+def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
+    config = configuration.load(flags=flags, config_file=config_file)
+    home = configuration.resolve_home(config)
+    prepare_home(home)
+    pid_file = PidFile(home / "procpool.pid")
+    stale = pid_file.acquire()  # raises AlreadyRunning
+    logs = DaemonLogs(home, config.log_level)
+    try:
+        if stale is not None:
+            emit(
+                "WARNING",
+                "daemon.stale_pid",
+                f"took over the pid file of dead pid {stale}",
+                stale_pid=stale,
+            )
+        loaded = load_handler_modules(config.handlers)
+        store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+        inbox = FileInbox(home, config.max_file_bytes)
+
+        def reload() -> Settings:
+            fresh = configuration.load(flags=flags, config_file=config_file)
+            logs.set_level(fresh.log_level)
+            inbox.max_file_bytes = fresh.max_file_bytes
+            return settings_from(fresh)
+
+        def close_in_child() -> None:
+            pid_file.close_in_child()
+            logs.close_in_child()
+            inbox.close_descriptors()
+
+        emit(
+            "INFO",
+            "daemon.starting",
+            f"home {home}, handlers from {', '.join(loaded)}",
+            home=str(home),
+            pid=os.getpid(),
+        )
+        supervisor = Supervisor(
+            store,
+            inbox,
+            registry,
+            settings_from(config),
+            reload=reload,
+            reopen_logs=logs.reopen,
+            close_in_child=close_in_child,
+        )
+        code = supervisor.run()
+        store.close()
+        inbox.close_descriptors()
+        return code
+    finally:
+        logs.close()
+        pid_file.release()

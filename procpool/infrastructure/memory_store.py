@@ -1,0 +1,72 @@
+"""An in-memory JobStore with the SQLite store's semantics, for fast tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from procpool.application.ports import WorkerRecord
+from procpool.domain.job import Job, Status
+
+
+class MemoryJobStore:
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._workers: dict[int, WorkerRecord] = {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        jobs, workers = dict(self._jobs), dict(self._workers)
+        try:
+            yield
+        except BaseException:
+            self._jobs, self._workers = jobs, workers
+            raise
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self._jobs[i].digest for i in job_ids if i in self._jobs}
+
+    def insert(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            if job.id in self._jobs:
+                raise KeyError(f"job {job.id} exists")
+        for job in jobs:
+            self._jobs[job.id] = job
+
+    def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
+        stored = self._jobs.get(job.id)
+        if stored is None or stored.status is not expected or stored.lease != expected_lease:
+            return False
+        self._jobs[job.id] = job
+        return True
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        ready = [j for j in self._jobs.values() if j.status is Status.PENDING and j.run_at <= now]
+        ready.sort(key=lambda j: (-j.priority, j.run_at))
+        return ready[:limit]
+
+    def next_run_at(self) -> float | None:
+        return min(
+            (j.run_at for j in self._jobs.values() if j.status is Status.PENDING), default=None
+        )
+
+    def with_status(self, status: Status) -> list[Job]:
+        return [j for j in self._jobs.values() if j.status is status]
+
+    def max_lease(self) -> int:
+        return max((j.lease for j in self._jobs.values()), default=0)
+
+    def add_worker(self, worker: WorkerRecord) -> None:
+        self._workers[worker.pid] = worker
+
+    def remove_worker(self, pid: int) -> None:
+        self._workers.pop(pid, None)
+
+    def workers(self) -> list[WorkerRecord]:
+        return list(self._workers.values())
+
+    def close(self) -> None:
+        pass

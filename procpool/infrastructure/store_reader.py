@@ -1,0 +1,104 @@
+"""Read-only access to the store, for the CLI and the client (DESIGN decision 1).
+
+A read-only connection never takes a write lock, so reading can never slow
+down or block the supervisor, and a bug here cannot change a job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procpool.application.ports import WorkerRecord
+from procpool.domain.job import Job, Status
+from procpool.infrastructure.sqlite_store import COLUMNS, _job
+
+
+class StoreReader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            if not self.path.exists():
+                return None
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+        return self._db
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple]:  # type: ignore[type-arg]
+        db = self._connection()
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):  # the daemon has not created its schema yet
+                return []
+            raise
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        found: dict[str, Job] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+                job = _job(row)
+                found[job.id] = job
+        return found
+
+    def list(
+        self, statuses: Sequence[Status] = (), job_type: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        where, parameters = [], []  # type: ignore[var-annotated]
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            parameters.extend(str(s) for s in statuses)
+        if job_type is not None:
+            where.append("type = ?")
+            parameters.append(job_type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            [*parameters, limit],
+        )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per type and status: {type: {status: n}}."""
+        table: dict[str, dict[str, int]] = {}
+        for job_type, status, count in self._query(
+            "SELECT type, status, count(*) FROM jobs GROUP BY type, status"
+        ):
+            table.setdefault(job_type, {})[status] = count
+        return table
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._query(
+            "SELECT status, count(*) FROM jobs WHERE status IN ('completed', 'failed', 'canceled')"
+            " AND updated_at >= ? GROUP BY status",
+            (since,),
+        )
+        return dict(rows)
+
+    def oldest_pending_age(self, now: float | None = None) -> float | None:
+        rows = self._query("SELECT min(created_at) FROM jobs WHERE status = 'pending'")
+        if not rows or rows[0][0] is None:
+            return None
+        return (now or time.time()) - rows[0][0]
+
+    def workers(self) -> list[WorkerRecord]:
+        return [WorkerRecord(*row) for row in self._query("SELECT pid, create_time FROM workers")]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
