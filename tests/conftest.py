@@ -1,0 +1,242 @@
+"""Shared fixtures: a real daemon in a temporary home, the real CLI, and deadlines.
+
+Every wait in these tests polls with a deadline; none sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from procpool import Client
+
+TESTS = Path(__file__).parent
+# Fast timings for tests; each test may override any of them.
+FAST_ENV = {
+    "PROCPOOL_BACKOFF_BASE": "0.05",
+    "PROCPOOL_BACKOFF_MAX": "0.2",
+    "PROCPOOL_SHUTDOWN_TIMEOUT": "10",
+    "PROCPOOL_HEARTBEAT_INTERVAL": "0.2",
+    "PROCPOOL_HEARTBEAT_TIMEOUT": "10",
+    "PROCPOOL_KILL_GRACE": "0.5",
+    "PROCPOOL_POLL_INTERVAL": "0.5",
+}
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll until `predicate()` is truthy; return its value, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCPOOL_")}
+    env.update(FAST_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`procpool ARGS --home HOME` as a user types it."""
+    command = [sys.executable, "-m", "procpool", args[0], "--home", str(home), *args[1:]]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=clean_env(env), timeout=timeout, check=False
+    )
+
+
+class Daemon:
+    """A `procpool run` process serving a temporary home."""
+
+    def __init__(self, home: Path, workers: int = 2, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.home = home
+        self.workers = workers
+        self.env = env or {}
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stderr_path = home.parent / f"{home.name}-stderr.log"
+        self.client = Client(home)
+
+    def start(self, wait_ready: bool = True) -> Daemon:
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.stderr_path, "ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
+                 "--workers", str(self.workers), *self.args],
+                env=clean_env(self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        wait_until(
+            lambda: len(self.worker_pids()) >= self.workers or self.process.poll() is not None,  # type: ignore[union-attr]
+            timeout,
+            what="the daemon's workers",
+        )
+        if self.process.poll() is not None:  # type: ignore[union-attr]
+            pytest.fail(f"the daemon exited with {self.process.returncode}:\n{self.stderr()}")  # type: ignore[union-attr]
+        wait_until(lambda: self.events("worker.started"), timeout, what="worker.started")
+
+    def worker_pids(self) -> list[int]:
+        """The daemon's live child processes (its workers)."""
+        try:
+            return [
+                c.pid
+                for c in psutil.Process(self.pid).children()
+                if c.status() != psutil.STATUS_ZOMBIE
+            ]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def log(self) -> list[dict[str, Any]]:
+        path = self.home / "logs" / "procpool.jsonl"
+        if not path.exists():
+            return []
+        lines = []
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+        return lines
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e for e in self.log()
+            if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+        ]  # fmt: skip
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        """kill -9 the supervisor, as a crash would."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return run_cli(self.home, *args, env=env, timeout=timeout)
+
+    def drop(self, name: str, content: Any) -> Path:
+        """Write a job file the way a producer should: a dot-file, then a rename."""
+        inbox = self.home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        temporary = inbox / f".{name}.tmp"
+        data = content if isinstance(content, bytes) else (
+            content if isinstance(content, str) else json.dumps(content)
+        ).encode()  # fmt: skip
+        temporary.write_bytes(data)
+        final = inbox / name
+        os.rename(temporary, final)
+        return final
+
+    def job(self, job_id: str) -> Any:
+        return self.client.get(job_id)
+
+    def wait_status(self, job_id: str, *statuses: str, timeout: float = 30.0) -> Any:
+        return wait_until(
+            lambda: (j := self.job(job_id)) is not None and j.status in statuses and j,
+            timeout,
+            what=f"job {job_id} to become {'/'.join(statuses)}",
+        )
+
+
+def _leftover_processes(root_pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) in root_pids and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons on `home`; at the end, stop them and make sure no process is left."""
+    started: list[Daemon] = []
+    groups: set[int] = set()
+
+    def make(workers: int = 2, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+             start: bool = True, **kwargs: Any) -> Daemon:  # fmt: skip
+        daemon = Daemon(kwargs.get("home", home), workers, env, args)
+        started.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in started:
+        if daemon.process is None:
+            continue
+        if daemon.process.poll() is None:
+            groups.update(daemon.worker_pids())
+            daemon.process.kill()
+            daemon.process.wait(10)
+        daemon.client.close()
+    # Workers die with the supervisor; give them the second the design allows, then check.
+    if groups:
+        deadline = time.monotonic() + 5
+        while _leftover_processes(list(groups)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _leftover_processes(list(groups))
+        for process in left:
+            process.kill()
+        assert not left, f"processes outlived the daemon: {left}"
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon()

@@ -1,0 +1,90 @@
+"""Handlers that misbehave on purpose, for the fault tests (loaded with --handlers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from procpool import JobContext, PermanentError, handler
+
+
+@handler("attempt")
+def attempt(ctx: JobContext, payload: Any) -> dict[str, Any]:
+    return {"job_id": ctx.job_id, "attempt": ctx.attempt}
+
+
+@handler("permanent")
+def permanent(ctx: JobContext, payload: Any) -> None:
+    raise PermanentError("this cannot work")
+
+
+@handler("kill_self")
+def kill_self(ctx: JobContext, payload: Any) -> str:
+    """SIGKILL its own worker on the first `times` attempts (default 1), then succeed."""
+    if ctx.attempt <= int((payload or {}).get("times", 1)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@handler("exit")
+def exit_now(ctx: JobContext, payload: Any) -> None:
+    os._exit(int((payload or {}).get("code", 3)))
+
+
+@handler("spawn")
+def spawn(ctx: JobContext, payload: Any) -> None:
+    """Start a grandchild, write its pid where the test can see it, and sleep."""
+    child = subprocess.Popen(["sleep", "300"])
+    Path(payload["pid_file"]).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(300)
+
+
+@handler("hang")
+def hang(ctx: JobContext, payload: Any) -> None:
+    """Stop the whole worker, heartbeat thread included: it looks hung."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@handler("unserializable")
+def unserializable(ctx: JobContext, payload: Any) -> object:
+    return object()
+
+
+@handler("hog")
+def hog(ctx: JobContext, payload: Any) -> int:
+    """Hold `mb` megabytes, for `seconds`."""
+    block = bytearray(int(payload["mb"]) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(float(payload.get("seconds", 0)))
+    return len(block)
+
+
+@handler("span")
+def span(ctx: JobContext, payload: Any) -> None:
+    """Append "job attempt pid start end" to a file: the proof of who ran when."""
+    start = time.time()
+    time.sleep(float(payload.get("seconds", 0)))
+    if payload.get("fail_first") and ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    with open(payload["file"], "a") as handle:
+        handle.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()} {start} {time.time()}\n")
+
+
+@handler("progress")
+def progress(ctx: JobContext, payload: Any) -> str:
+    steps = int(payload.get("steps", 10))
+    for step in range(steps):
+        ctx.progress(step / steps, f"step {step}")
+        time.sleep(float(payload.get("pause", 0.1)))
+    return "done"
+
+
+@handler("chatty")
+def chatty(ctx: JobContext, payload: Any) -> str:
+    ctx.logger.info("hello from the handler")
+    return "ok"
