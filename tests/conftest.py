@@ -160,7 +160,9 @@ class Daemon:
         self.process.kill()
         self.process.wait(10)
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(self.home, *args, env=env, timeout=timeout)
 
     def drop(self, name: str, content: Any) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Daemon, run_cli, wait_until
+from conftest import Daemon, run_cli
 
 
 def test_echo_through_a_dropped_file(daemon: Daemon) -> None:
