@@ -54,12 +54,17 @@ def unserializable(ctx: JobContext, payload: Any) -> object:
     return object()
 
 
+_leaked: list[bytearray] = []
+
+
 @handler("hog")
 def hog(ctx: JobContext, payload: Any) -> int:
-    """Hold `mb` megabytes, for `seconds`."""
+    """Hold `mb` megabytes for `seconds`; with `leak`, keep them after the job, as a leak would."""
     block = bytearray(int(payload["mb"]) * 1024 * 1024)
     for i in range(0, len(block), 4096):
         block[i] = 1
+    if payload.get("leak"):
+        _leaked.append(block)
     time.sleep(float(payload.get("seconds", 0)))
     return len(block)
 
