@@ -8,7 +8,6 @@ import signal
 import time
 
 import psutil
-
 from conftest import Daemon, wait_until
 
 

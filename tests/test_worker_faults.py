@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import Daemon, wait_until
 
 FAULTS = ("--handlers", "fault_handlers")
