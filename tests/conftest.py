@@ -68,7 +68,7 @@ def run_cli(
 class Daemon:
     """A `procpool run` process serving a temporary home."""
 
-    def __init__(self, home: Path, workers: int = 2, env: dict[str, str] | None = None,
+    def __init__(self, home: Path, workers: int | None = 2, env: dict[str, str] | None = None,
                  args: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.home = home
         self.workers = workers
@@ -83,7 +83,7 @@ class Daemon:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
-                 "--workers", str(self.workers), *self.args],
+                 *(["--workers", str(self.workers)] if self.workers else []), *self.args],
                 env=clean_env(self.env),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -100,7 +100,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         wait_until(
-            lambda: len(self.worker_pids()) >= self.workers or self.process.poll() is not None,  # type: ignore[union-attr]
+            lambda: len(self.worker_pids()) >= (self.workers or 1) or self.process.poll() is not None,  # type: ignore[union-attr]
             timeout,
             what="the daemon's workers",
         )
@@ -211,7 +211,7 @@ def make_daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
     groups: set[int] = set()
 
-    def make(workers: int = 2, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+    def make(workers: int | None = 2, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
              start: bool = True, **kwargs: Any) -> Daemon:  # fmt: skip
         daemon = Daemon(kwargs.get("home", home), workers, env, args)
         started.append(daemon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -69,15 +70,34 @@ def hog(ctx: JobContext, payload: Any) -> int:
     return len(block)
 
 
-@handler("span")
-def span(ctx: JobContext, payload: Any) -> None:
-    """Append "job attempt pid start end" to a file: the proof of who ran when."""
-    start = time.time()
-    time.sleep(float(payload.get("seconds", 0)))
-    if payload.get("fail_first") and ctx.attempt == 1:
-        raise RuntimeError("first attempt fails")
-    with open(payload["file"], "a") as handle:
-        handle.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()} {start} {time.time()}\n")
+@handler("exclusive")
+def exclusive(ctx: JobContext, payload: Any) -> str:
+    """Run while holding a per-job lock; log OVERLAP if another process runs the same job.
+
+    The kernel drops the lock when its holder dies, however it dies, so this sees
+    exactly whether two attempts of one job ever ran at the same moment.
+    """
+    directory = Path(payload["dir"])
+    with open(directory / f"{ctx.job_id}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with open(directory / "OVERLAP", "a") as report:
+                report.write(f"{ctx.job_id} attempt {ctx.attempt} pid {os.getpid()}\n")
+            raise
+        with open(directory / "runs", "a") as runs:
+            runs.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+        time.sleep(float(payload.get("seconds", 0)))
+    return "ran alone"
+
+
+@handler("kill_daemon")
+def kill_daemon(ctx: JobContext, payload: Any) -> str:
+    """SIGKILL the supervisor on the first `times` attempts: a job that takes the daemon down."""
+    if ctx.attempt <= int((payload or {}).get("times", 1_000_000)):
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)
+    return "survived"
 
 
 @handler("progress")

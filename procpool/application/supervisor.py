@@ -408,6 +408,15 @@ class Supervisor:
             )
             self._save(updated, job)
             worker.job = updated
+            self._effects.log(
+                "DEBUG",
+                "job.progress",
+                f"job {job.id} at {message.fraction:.0%}"
+                + (f": {message.message}" if message.message else ""),
+                job_id=job.id,
+                fraction=message.fraction,
+                worker_pid=worker.pid,
+            )
         elif isinstance(message, Finished):
             self._on_finished(worker, job, message, wall)
 
