@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -19,6 +20,7 @@ _HEADER = struct.Struct("!I")
 # A send that cannot proceed for this long means the peer is stopped or wedged.
 SEND_TIMEOUT = 5.0
 _READ_CHUNK = 256 * 1024
+T = TypeVar("T")
 
 
 class ChannelClosed(Exception):
@@ -29,29 +31,48 @@ def _frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+class _Frames(Generic[T]):
+    """Bytes in, whole decoded messages out; a partial frame waits for its rest."""
+
+    def __init__(self, decoder: msgspec.msgpack.Decoder[T]) -> None:
+        self._buffer = bytearray()
+        self._decoder = decoder
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+
+    def messages(self) -> list[T]:
+        messages: list[T] = []
+        view = memoryview(self._buffer)
+        offset = 0
+        while len(view) - offset >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(view, offset)
+            end = offset + _HEADER.size + size
+            if end > len(view):
+                break
+            messages.append(self._decoder.decode(view[offset + _HEADER.size : end]))
+            offset = end
+        view.release()
+        del self._buffer[:offset]
+        return messages
+
+
 class SupervisorEnd:
     """The supervisor's end of one worker's channel."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.settimeout(SEND_TIMEOUT)
-        self._buffer = bytearray()
+        self._frames = _Frames(msgspec.msgpack.Decoder(ToSupervisor))
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(ToSupervisor)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: ToWorker) -> None:
-        try:
-            self.sock.sendall(_frame(self._encoder.encode(message)))
-        except OSError as error:  # includes the timeout
-            raise ChannelClosed(str(error)) from error
-
-    def send_many(self, messages: list[ToWorker]) -> None:
+    def send(self, messages: list[ToWorker]) -> None:
         try:
             self.sock.sendall(b"".join(_frame(self._encoder.encode(m)) for m in messages))
-        except OSError as error:
+        except OSError as error:  # includes the timeout
             raise ChannelClosed(str(error)) from error
 
     def receive(self) -> tuple[list[ToSupervisor], bool]:
@@ -68,25 +89,10 @@ class SupervisorEnd:
             if not chunk:
                 closed = True
                 break
-            self._buffer += chunk
+            self._frames.feed(chunk)
             if len(chunk) < _READ_CHUNK:
                 break
-        return self._decode_frames(), closed
-
-    def _decode_frames(self) -> list[ToSupervisor]:
-        messages: list[ToSupervisor] = []
-        view = memoryview(self._buffer)
-        offset = 0
-        while len(view) - offset >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(view, offset)
-            end = offset + _HEADER.size + size
-            if end > len(view):
-                break
-            messages.append(self._decoder.decode(view[offset + _HEADER.size : end]))
-            offset = end
-        view.release()
-        del self._buffer[:offset]
-        return messages
+        return self._frames.messages(), closed
 
     def close(self) -> None:
         self.sock.close()
@@ -100,19 +106,23 @@ class WorkerEnd:
         self.sock.setblocking(True)
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(ToWorker)
-        self._reader = sock.makefile("rb")
+        self._frames = _Frames(msgspec.msgpack.Decoder(ToWorker))
 
-    def send(self, message: ToSupervisor) -> None:
+    def send(self, *messages: ToSupervisor) -> None:
         with self._lock:
-            self.sock.sendall(_frame(self._encoder.encode(message)))
+            self.sock.sendall(b"".join(_frame(self._encoder.encode(m)) for m in messages))
 
-    def receive(self) -> ToWorker:
-        header = self._reader.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise ChannelClosed("the supervisor closed the channel")
-        (size,) = _HEADER.unpack(header)
-        body = self._reader.read(size)
-        if len(body) < size:
-            raise ChannelClosed("the supervisor closed the channel mid-message")
-        return self._decoder.decode(body)
+    def receive(self, *, block: bool) -> list[ToWorker]:
+        """Every whole message that has arrived; with `block`, wait for at least one."""
+        while True:
+            try:
+                chunk = self.sock.recv(_READ_CHUNK, 0 if block else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                raise ChannelClosed("the supervisor closed the channel")
+            if chunk:
+                self._frames.feed(chunk)
+            messages = self._frames.messages()
+            if messages or not block:
+                return messages

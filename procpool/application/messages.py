@@ -22,6 +22,13 @@ class RunJob(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     payload: bytes
 
 
+class Skip(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """Do not start this queued job (canceled, or the daemon stops): answer Skipped."""
+
+    job_id: str
+    lease: int
+
+
 class Stop(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     """Exit once idle: the worker is retired or the daemon stops."""
 
@@ -34,6 +41,11 @@ class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 
 class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+
+
+class Skipped(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     job_id: str
     lease: int
 
@@ -66,5 +78,5 @@ class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     extra: dict[str, Any]
 
 
-ToWorker = RunJob | Stop
-ToSupervisor = Ready | Started | Heartbeat | ProgressReport | Finished | LogLine
+ToWorker = RunJob | Skip | Stop
+ToSupervisor = Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import psutil
@@ -25,9 +25,8 @@ from procpool.domain.job import Job
 
 class WorkerState(StrEnum):
     STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    RETIRING = "retiring"  # told to stop once idle
+    SERVING = "serving"
+    RETIRING = "retiring"  # told to stop once its queue is empty
     TERMINATING = "terminating"  # signalled; waiting to be reaped
 
 
@@ -44,13 +43,21 @@ class EndReason(StrEnum):
 
 @dataclass(eq=False)
 class WorkerProcess:
+    """The supervisor's view of one worker.
+
+    `assigned` holds the jobs handed to it and not finished, in the order it
+    runs them; `current` names the one it has acknowledged starting. The
+    others wait in its queue and have not run.
+    """
+
     pid: int
     channel: SupervisorEnd
     spawned_at: float
     create_time: float
     state: WorkerState = WorkerState.STARTING
-    job: Job | None = None
-    job_started_at: float = 0.0  # monotonic
+    assigned: dict[str, Job] = field(default_factory=dict)
+    current: str | None = None
+    job_started_at: float = 0.0  # monotonic, of the current job
     last_heard_at: float = 0.0  # monotonic
     jobs_done: int = 0
     last_rss: int | None = None  # bytes, measured after its last job
@@ -62,8 +69,13 @@ class WorkerProcess:
         return self.channel.fileno()
 
     @property
+    def job(self) -> Job | None:
+        """The job it runs now, if any."""
+        return None if self.current is None else self.assigned.get(self.current)
+
+    @property
     def available(self) -> bool:
-        return self.state is WorkerState.IDLE
+        return self.state is WorkerState.SERVING and not self.assigned
 
 
 def spawn(

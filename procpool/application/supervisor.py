@@ -30,16 +30,18 @@ from typing import Any
 
 from procpool.application import pool
 from procpool.application.channel import ChannelClosed
+from procpool.application.dispatch import BatchSizer, share
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
 from procpool.application.messages import (
     Finished,
-    Heartbeat,
     LogLine,
     ProgressReport,
     Ready,
     RunJob,
+    Skip,
+    Skipped,
     Started,
     Stop,
     ToSupervisor,
@@ -91,13 +93,16 @@ def _seconds(value: float) -> str:
 class _Effects:
     """What a turn does outside the store, in order, once its transaction has committed."""
 
-    sends: list[tuple[WorkerProcess, ToWorker]] = field(default_factory=list)
+    sends: dict[WorkerProcess, list[ToWorker]] = field(default_factory=dict)
     logs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         self.logs.append((level, event, message, fields))
+
+    def send(self, worker: WorkerProcess, message: ToWorker) -> None:
+        self.sends.setdefault(worker, []).append(message)
 
 
 class Supervisor:
@@ -132,6 +137,7 @@ class Supervisor:
         self._respawn_not_before = 0.0
         self._failed_spawns = 0
         self._effects = _Effects()
+        self._batch = BatchSizer()
 
     # ----------------------------------------------------------------- life
 
@@ -256,11 +262,11 @@ class Supervisor:
                 lines=[{"line": e.line, "error": e.error} for e in rejection.lines],
             )
         self.inbox.remove(effects.accepted)
-        for worker, message in effects.sends:
+        for worker, messages in effects.sends.items():
             if worker.state is WorkerState.TERMINATING:
                 continue
             try:
-                worker.channel.send(message)
+                worker.channel.send(messages)
             except ChannelClosed as error:
                 pool.terminate(
                     worker,
@@ -297,7 +303,7 @@ class Supervisor:
     def _begin_stop(self, now: float, why: str, wait: float) -> None:
         if not self._stopping:
             self._stopping = True
-            running = sum(1 for w in self.workers.values() if w.job is not None)
+            running = sum(1 for w in self.workers.values() if w.current is not None)
             self._effects.log(
                 "INFO",
                 "daemon.stopping",
@@ -306,6 +312,11 @@ class Supervisor:
                 running=running,
                 shutdown_timeout=wait,
             )
+            # Queued jobs that have not started go back to pending instead of running.
+            for worker in self.workers.values():
+                for job in worker.assigned.values():
+                    if job.id != worker.current:
+                        self._effects.send(worker, Skip(job.id, job.lease))
         deadline = now + wait
         self._stop_deadline = min(self._stop_deadline or deadline, deadline)
 
@@ -330,12 +341,14 @@ class Supervisor:
 
     # ----------------------------------------------------------------- workers
 
+    # ----------------------------------------------------------------- workers
+
     def _counted_workers(self) -> list[WorkerProcess]:
         """Workers that hold a slot: not on their way out."""
         return [
             w
             for w in self.workers.values()
-            if w.state in (WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY)
+            if w.state in (WorkerState.STARTING, WorkerState.SERVING)
         ]
 
     def _spawn_missing(self, now: float) -> None:
@@ -373,7 +386,7 @@ class Supervisor:
     ) -> None:
         if isinstance(message, Ready):
             if worker.state is WorkerState.STARTING:
-                worker.state = WorkerState.IDLE
+                worker.state = WorkerState.SERVING
                 self._failed_spawns = 0
                 self._effects.log(
                     "INFO", "worker.started", f"worker {worker.pid} started", worker_pid=worker.pid
@@ -389,8 +402,14 @@ class Supervisor:
                 worker_pid=worker.pid,
             )
             return
-        job = worker.job
-        if job is None or message.job_id != job.id or message.lease != job.lease:
+        job = worker.assigned.get(message.job_id)
+        # DESIGN decision 8: apply only what names a run this worker holds, and only
+        # progress of the run it has started.
+        if (
+            job is None
+            or job.lease != message.lease
+            or (not isinstance(message, Started | Skipped) and worker.current != job.id)
+        ):
             self._effects.log(
                 "DEBUG",
                 "message.stale",
@@ -400,25 +419,34 @@ class Supervisor:
             )
             return
         worker.last_heard_at = now
-        if isinstance(message, Started | Heartbeat):
-            return
-        if isinstance(message, ProgressReport):
-            updated = jobs.report_progress(
-                job, Progress(message.fraction, message.message), now=wall
-            )
-            self._save(updated, job)
-            worker.job = updated
-            self._effects.log(
-                "DEBUG",
-                "job.progress",
-                f"job {job.id} at {message.fraction:.0%}"
-                + (f": {message.message}" if message.message else ""),
-                job_id=job.id,
-                fraction=message.fraction,
-                worker_pid=worker.pid,
-            )
+        if isinstance(message, Started):
+            worker.current = job.id
+            worker.job_started_at = now
+            if job.cancel_requested:  # the cancel came while it was queued, the Skip too late
+                self._terminate(worker, EndReason.CANCEL, "canceled", now)
+        elif isinstance(message, Skipped):
+            del worker.assigned[job.id]
+            self._requeue(worker, job, wall)
+        elif isinstance(message, ProgressReport):
+            self._on_progress(worker, job, message, wall)
         elif isinstance(message, Finished):
             self._on_finished(worker, job, message, wall)
+
+    def _on_progress(
+        self, worker: WorkerProcess, job: Job, message: ProgressReport, wall: float
+    ) -> None:
+        updated = jobs.report_progress(job, Progress(message.fraction, message.message), now=wall)
+        self._save(updated, job)
+        worker.assigned[job.id] = updated
+        self._effects.log(
+            "DEBUG",
+            "job.progress",
+            f"job {job.id} at {message.fraction:.0%}"
+            + (f": {message.message}" if message.message else ""),
+            job_id=job.id,
+            fraction=message.fraction,
+            worker_pid=worker.pid,
+        )
 
     def _on_finished(self, worker: WorkerProcess, job: Job, message: Finished, wall: float) -> None:
         fields = {
@@ -433,12 +461,26 @@ class Supervisor:
             self._effects.log("INFO", "job.completed", f"job {job.id} completed", **fields)
         else:
             self._fail(job, message.error, wall, permanent=message.permanent, **fields)
-        worker.job = None
+        del worker.assigned[job.id]
+        worker.current = None
         worker.jobs_done += 1
-        if worker.state is WorkerState.BUSY:
-            worker.state = WorkerState.IDLE
-            if self.settings.max_memory_mb:
-                worker.last_rss = pool.rss_bytes(worker.pid)
+        self._batch.observe(message.duration)
+        if not worker.assigned and self.settings.max_memory_mb:
+            worker.last_rss = pool.rss_bytes(worker.pid)
+
+    def _requeue(self, worker: WorkerProcess, job: Job, wall: float) -> None:
+        """A job that was queued in a worker and never started: canceled, or pending again."""
+        fields = {"job_id": job.id, "type": job.type, "worker_pid": worker.pid}
+        if job.cancel_requested:
+            self._save(jobs.cancel(job, now=wall), job)
+            self._effects.log(
+                "INFO", "job.canceled", f"job {job.id} canceled before it ran", **fields
+            )
+        else:
+            self._save(jobs.interrupt(job, now=wall), job)
+            self._effects.log(
+                "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending", **fields
+            )
 
     def _reap(self, now: float, wall: float) -> None:
         for pid, status in pool.reap_any():
@@ -458,8 +500,10 @@ class Supervisor:
         worker.channel.close()
         self.store.remove_worker(worker.pid)
         reason = worker.end_reason
-        job = worker.job
-        if job is not None:
+        for job in worker.assigned.values():
+            if job.id != worker.current:
+                self._requeue(worker, job, wall)
+                continue
             fields = {
                 "job_id": job.id,
                 "type": job.type,
@@ -552,7 +596,7 @@ class Supervisor:
         surplus = len(counted) - settings.workers
         retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
         for worker in counted:
-            if worker.state is not WorkerState.IDLE:
+            if not worker.available:
                 continue
             if self._stopping or surplus > 0:
                 surplus -= 1
@@ -569,7 +613,7 @@ class Supervisor:
             else:
                 continue
             worker.state = WorkerState.RETIRING
-            self._effects.sends.append((worker, Stop()))
+            self._effects.send(worker, Stop())
 
     # ----------------------------------------------------------------- jobs
 
@@ -617,94 +661,91 @@ class Supervisor:
             self.settings.defaults,
             wall,
         )
+        accepted: dict[str, list[Job]] = {}
         for job, file in result.jobs:
+            accepted.setdefault(file.name, []).append(job)
+        for name, new_jobs in accepted.items():
+            first = new_jobs[0]
+            if len(new_jobs) == 1:
+                message = f"job {first.id} accepted from {name}"
+            else:
+                message = f"{len(new_jobs)} jobs accepted from {name}"
             self._effects.log(
-                "INFO",
-                "file.accepted",
-                f"job {job.id} accepted from {file.name}",
-                job_id=job.id,
-                type=job.type,
-                file=file.name,
-            )
+                "INFO", "file.accepted", message,
+                file=name, jobs=len(new_jobs), job_id=first.id, type=first.type,
+            )  # fmt: skip
         for job_id, file in result.duplicates:
             self._effects.log(
-                "INFO",
-                "file.duplicate",
-                f"job {job_id} from {file.name} already exists",
-                job_id=job_id,
-                file=file.name,
-            )
+                "INFO", "file.duplicate", f"job {job_id} from {file.name} already exists",
+                job_id=job_id, file=file.name,
+            )  # fmt: skip
         for job_id, file in result.cancels:
             self._cancel(job_id, file, now, wall)
         self._effects.accepted.extend(result.accepted)
         self._effects.rejected.extend(result.rejected)
 
+    def _holder(self, job: Job) -> WorkerProcess | None:
+        """The worker that holds this run of the job."""
+        for worker in self.workers.values():
+            held = worker.assigned.get(job.id)
+            if held is not None and held.lease == job.lease:
+                return worker
+        return None
+
     def _cancel(self, job_id: str, file: InboxFile, now: float, wall: float) -> None:
         job = self.store.get(job_id)
         if job is None:
             self._effects.log(
-                "WARNING",
-                "cancel.unknown",
-                f"cannot cancel {job_id}: no such job",
-                job_id=job_id,
-                file=file.name,
-            )
+                "WARNING", "cancel.unknown", f"cannot cancel {job_id}: no such job",
+                job_id=job_id, file=file.name,
+            )  # fmt: skip
         elif job.status.is_terminal:
             self._effects.log(
-                "INFO",
-                "cancel.ignored",
-                f"job {job_id} is already {job.status}",
-                job_id=job_id,
-                status=str(job.status),
-                file=file.name,
-            )
+                "INFO", "cancel.ignored", f"job {job_id} is already {job.status}",
+                job_id=job_id, status=str(job.status), file=file.name,
+            )  # fmt: skip
         elif job.status is Status.PENDING:
             self._save(jobs.cancel(job, now=wall), job)
             self._effects.log(
-                "INFO",
-                "job.canceled",
-                f"job {job_id} canceled before it ran",
-                job_id=job_id,
-                type=job.type,
-            )
+                "INFO", "job.canceled", f"job {job_id} canceled before it ran",
+                job_id=job_id, type=job.type,
+            )  # fmt: skip
         elif not job.cancel_requested:
             requested = jobs.request_cancel(job, now=wall)
             self._save(requested, job)
-            for worker in self.workers.values():
-                if (
-                    worker.job is not None
-                    and worker.job.id == job_id
-                    and worker.job.lease == job.lease
-                ):
-                    worker.job = requested
-                    self._terminate(worker, EndReason.CANCEL, "canceled", now)
+            worker = self._holder(job)
+            if worker is None:
+                return
+            worker.assigned[job.id] = requested
+            if worker.current == job.id:
+                self._terminate(worker, EndReason.CANCEL, "canceled", now)
+            else:
+                self._effects.send(worker, Skip(job.id, job.lease))
 
     def _dispatch(self, now: float, wall: float) -> None:
-        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        idle = [w for w in self.workers.values() if w.available]
         if self._stopping or not idle:
             self._next_due = None  # a worker freed later makes a turn of its own
             return
-        due = self.store.due(wall, len(idle))
-        for worker, job in zip(idle, due, strict=False):
-            self._lease += 1
-            running = jobs.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
-            self._save(running, job)
-            worker.state = WorkerState.BUSY
-            worker.job = running
-            worker.job_started_at = worker.last_heard_at = now
-            self._effects.sends.append(
-                (worker, RunJob(job.id, running.lease, running.attempt, job.type, job.payload))
-            )
-            self._effects.log(
-                "INFO",
-                "job.started",
-                f"job {job.id} started, attempt {running.attempt}",
-                job_id=job.id,
-                type=job.type,
-                attempt=running.attempt,
-                worker_pid=worker.pid,
-            )
-        self._next_due = self.store.next_run_at() if len(due) < len(idle) else None
+        limit = len(idle) * self._batch.size()
+        due = self.store.due(wall, limit)
+        quota = self.settings.max_jobs_per_worker
+        for worker, batch in share(due, idle):
+            # A worker due for recycling is not handed more than it may still run.
+            for job in batch[: max(1, quota - worker.jobs_done)] if quota else batch:
+                self._lease += 1
+                running = jobs.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
+                self._save(running, job)
+                worker.assigned[job.id] = running
+                self._effects.send(
+                    worker, RunJob(job.id, running.lease, running.attempt, job.type, job.payload)
+                )
+                self._effects.log(
+                    "INFO", "job.started", f"job {job.id} started, attempt {running.attempt}",
+                    job_id=job.id, type=job.type, attempt=running.attempt, worker_pid=worker.pid,
+                )  # fmt: skip
+            worker.last_heard_at = now
+        self._next_due = self.store.next_run_at() if len(due) < limit else None
 
     # ----------------------------------------------------------------- recovery
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -36,8 +37,11 @@ from procpool.application.messages import (
     ProgressReport,
     Ready,
     RunJob,
+    Skip,
+    Skipped,
     Started,
     Stop,
+    ToSupervisor,
 )
 from procpool.domain.errors import PermanentError
 
@@ -204,6 +208,43 @@ def _execute(registry: HandlerRegistry, job: RunJob, reporter: _Reporter) -> Fin
     return Finished(job.job_id, job.lease, duration, result=result)
 
 
+def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -> int:
+    """Run the jobs the supervisor queued here, in order.
+
+    The supervisor may queue several short jobs at once; the worker reads ahead
+    so that a Skip for a queued job takes effect before the job would start,
+    and sends each Finished together with the next Started, in one write.
+    """
+    queue: deque[RunJob | Stop] = deque()
+    skipped: set[tuple[str, int]] = set()
+    outgoing: list[ToSupervisor] = []
+    while True:
+        if not queue and outgoing:
+            channel.send(*outgoing)
+            outgoing.clear()
+        for message in channel.receive(block=not queue):
+            if isinstance(message, Skip):
+                skipped.add((message.job_id, message.lease))
+            else:
+                queue.append(message)
+        message = queue.popleft()
+        if isinstance(message, Stop):
+            if outgoing:
+                channel.send(*outgoing)
+            return 0
+        key = (message.job_id, message.lease)
+        if key in skipped:
+            skipped.discard(key)
+            outgoing.append(Skipped(*key))
+            continue
+        outgoing.append(Started(*key))
+        channel.send(*outgoing)
+        outgoing.clear()
+        reporter.begin(message)
+        outgoing.append(_execute(registry, message, reporter))
+        reporter.end()
+
+
 def worker_main(
     channel: WorkerEnd, registry: HandlerRegistry, heartbeat_interval: float, parent_pid: int
 ) -> int:
@@ -217,15 +258,7 @@ def worker_main(
     threading.Thread(target=reporter.run_heartbeats, name="heartbeat", daemon=True).start()
     try:
         channel.send(Ready(os.getpid()))
-        while True:
-            message = channel.receive()
-            if isinstance(message, Stop):
-                return 0
-            channel.send(Started(message.job_id, message.lease))
-            reporter.begin(message)
-            outcome = _execute(registry, message, reporter)
-            reporter.end()
-            channel.send(outcome)
+        return _serve(channel, registry, reporter)
     except (ChannelClosed, OSError):
         return 0
     finally:
