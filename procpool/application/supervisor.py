@@ -115,6 +115,7 @@ class Supervisor:
         *,
         reload: Callable[[], Settings] | None = None,
         reopen_logs: Callable[[], None] | None = None,
+        flush_logs: Callable[[], None] = lambda: None,
         close_in_child: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -123,6 +124,7 @@ class Supervisor:
         self.settings = settings
         self._reload = reload
         self._reopen_logs = reopen_logs
+        self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
         self.workers: dict[int, WorkerProcess] = {}
         self._signals: deque[int] = deque()
@@ -277,6 +279,7 @@ class Supervisor:
                 )
         for level, event, message, fields in effects.logs:
             emit(level, event, message, **fields)
+        self._flush_logs()
 
     # ----------------------------------------------------------------- signals
 

@@ -87,6 +87,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             settings_from(config),
             reload=reload,
             reopen_logs=logs.reopen,
+            flush_logs=logs.flush,
             close_in_child=close_in_child,
         )
         code = supervisor.run()
