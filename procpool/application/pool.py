@@ -73,6 +73,14 @@ class WorkerProcess:
         """The job it runs now, if any."""
         return None if self.current is None else self.assigned.get(self.current)
 
+    def run_named(self, job_id: str, lease: int, *, started: bool) -> Job | None:
+        """The job a message names, if the message is about a run this worker holds now
+        (DESIGN decision 8); with `started`, only if it is the run it has started."""
+        job = self.assigned.get(job_id)
+        if job is None or job.lease != lease or (started and self.current != job_id):
+            return None
+        return job
+
     @property
     def available(self) -> bool:
         return self.state is WorkerState.SERVING and not self.assigned

@@ -405,14 +405,10 @@ class Supervisor:
                 worker_pid=worker.pid,
             )
             return
-        job = worker.assigned.get(message.job_id)
-        # DESIGN decision 8: apply only what names a run this worker holds, and only
-        # progress of the run it has started.
-        if (
-            job is None
-            or job.lease != message.lease
-            or (not isinstance(message, Started | Skipped) and worker.current != job.id)
-        ):
+        job = worker.run_named(
+            message.job_id, message.lease, started=not isinstance(message, Started | Skipped)
+        )
+        if job is None:
             self._effects.log(
                 "DEBUG",
                 "message.stale",
