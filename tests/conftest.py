@@ -100,7 +100,9 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         wait_until(
-            lambda: len(self.worker_pids()) >= (self.workers or 1) or self.process.poll() is not None,  # type: ignore[union-attr]
+            lambda: (
+                len(self.worker_pids()) >= (self.workers or 1) or self.process.poll() is not None
+            ),  # type: ignore[union-attr]
             timeout,
             what="the daemon's workers",
         )
@@ -139,6 +141,17 @@ class Daemon:
             e for e in self.log()
             if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
         ]  # fmt: skip
+
+    def wait_events(
+        self, name: str, count: int = 1, timeout: float = 20.0, **match: Any
+    ) -> list[dict[str, Any]]:
+        """The log is written just after the commit it speaks of: a test that saw a
+        status change in the store waits for the matching log line."""
+        return wait_until(
+            lambda: len(found := self.events(name, **match)) >= count and found,
+            timeout,
+            what=f"{count} {name} events matching {match}",
+        )
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

@@ -42,4 +42,4 @@ def test_retry_then_success(daemon: Daemon) -> None:
     assert job.attempts == 2
     assert job.result == {"succeeded_on_attempt": 3}
     assert "attempt 2" in job.last_error
-    assert len(daemon.events("job.failed", job_id="flaky")) == 2
+    assert len(daemon.wait_events("job.failed", 2, job_id="flaky")) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon, wait_until
+from conftest import wait_until
 
 FAULTS = ("--handlers", "fault_handlers")
 
@@ -160,7 +160,9 @@ def test_sigquit_stops_at_once(make_daemon) -> None:
 
 
 @pytest.mark.parametrize("grow", [True, False], ids=["grow", "shrink"])
-def test_sighup_resizes_the_pool_without_disturbing_running_jobs(make_daemon, tmp_path, grow) -> None:
+def test_sighup_resizes_the_pool_without_disturbing_running_jobs(
+    make_daemon, tmp_path, grow
+) -> None:
     config = tmp_path / "procpool.toml"
     before, after = (1, 3) if grow else (3, 1)
     config.write_text(f"workers = {before}\n")
@@ -168,7 +170,7 @@ def test_sighup_resizes_the_pool_without_disturbing_running_jobs(make_daemon, tm
     wait_until(lambda: len(daemon.worker_pids()) == before)
     daemon.client.submit("sleep", {"seconds": 1.5}, id="steady")
     daemon.wait_status("steady", "running")
-    config.write_text(f"workers = {after}\nlog_level = \"DEBUG\"\n")
+    config.write_text(f'workers = {after}\nlog_level = "DEBUG"\n')
     daemon.signal(signal.SIGHUP)
     wait_until(lambda: daemon.events("config.reloaded"))
     job = daemon.wait_status("steady", "completed")

@@ -63,7 +63,7 @@ def test_cancel_running_kills_the_group_and_the_pool_goes_on(
                what="the worker and its child to be gone")  # fmt: skip
     _pool_serves(faulty, "after-cancel")
     wait_until(lambda: len(faulty.worker_pids()) == 2, what="a fresh worker")
-    assert faulty.events("job.canceled", job_id="victim")
+    faulty.wait_events("job.canceled", job_id="victim")
 
 
 def test_cancel_by_file(faulty: Daemon) -> None:
@@ -92,7 +92,7 @@ def test_timeout_fails_the_attempt_and_retries(faulty: Daemon) -> None:
     job = faulty.wait_status("slow", "failed")
     assert job.attempts == 2
     assert job.last_error == "timed out after 0.3 s"
-    assert len(faulty.events("job.failed", job_id="slow")) == 2
+    assert len(faulty.wait_events("job.failed", 2, job_id="slow")) == 2
     _pool_serves(faulty, "after-timeout")
 
 
@@ -148,7 +148,7 @@ def test_an_idle_worker_that_dies_is_replaced(faulty: Daemon) -> None:
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: victim not in faulty.worker_pids() and len(faulty.worker_pids()) == 2,
                what="a replacement worker")  # fmt: skip
-    assert faulty.events("worker.exited", worker_pid=victim)
+    wait_until(lambda: faulty.events("worker.exited", worker_pid=victim))
     _pool_serves(faulty, "after-idle-death")
 
 

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from procpool.domain.job import Job, Status
+from procpool.domain.job import Job, Run, Status
 from procpool.domain.spec import CancelRequest, JobSpec
 
 
@@ -21,6 +21,17 @@ class WorkerRecord:
 
     pid: int
     create_time: float
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What `procpool stats` shows of a live worker."""
+
+    pid: int
+    state: str
+    current_job: str | None
+    jobs_done: int
+    updated_at: float
 
 
 class JobStore(Protocol):
@@ -66,6 +77,27 @@ class JobStore(Protocol):
     def remove_worker(self, pid: int) -> None: ...
 
     def workers(self) -> list[WorkerRecord]: ...
+
+    def update_workers(self, reports: Sequence[WorkerReport]) -> None: ...
+
+    def record_runs(self, runs: Sequence[Run]) -> None:
+        """Add to the attempt history."""
+        ...
+
+    def counts(self) -> dict[tuple[str, Status], int]:
+        """Jobs per (type, status)."""
+        ...
+
+    def oldest_pending_created(self) -> float | None: ...
+
+    def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
+        """Delete up to `limit` terminal jobs last changed before `cutoff`, with their
+        history. Returns the (type, status) of each deleted job."""
+        ...
+
+    def vacuum_step(self, pages: int) -> None:
+        """Give up to `pages` free pages back to the file system."""
+        ...
 
     def close(self) -> None: ...
 

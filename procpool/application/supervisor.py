@@ -23,7 +23,7 @@ import os
 import selectors
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +48,16 @@ from procpool.application.messages import (
     ToWorker,
 )
 from procpool.application.pool import EndReason, WorkerProcess, WorkerState
-from procpool.application.ports import Inbox, InboxFile, JobStore, WorkerRecord
+from procpool.application.ports import Inbox, InboxFile, JobStore, WorkerRecord, WorkerReport
+from procpool.application.telemetry import (
+    Histogram,
+    NoTelemetry,
+    Snapshot,
+    Telemetry,
+    WorkerSnapshot,
+)
 from procpool.domain import job as jobs
-from procpool.domain.job import Job, Progress, Status
+from procpool.domain.job import Job, Progress, Run, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.domain.timefmt import rfc3339
@@ -66,6 +73,9 @@ HANDLED_SIGNALS = (
 # A worker that has not said Ready by then is broken.
 STARTUP_TIMEOUT = 30.0
 MEMORY_SAMPLE_INTERVAL = 1.0
+RETENTION_INTERVAL = 60.0
+RETENTION_BATCH = 500
+VACUUM_PAGES = 256
 
 
 @dataclass
@@ -83,6 +93,8 @@ class Settings:
     kill_grace: float = 1.0
     poll_interval: float = 1.0
     scan_batch: int = 1000
+    retention_days: float = 7.0
+    metrics_interval: float = 5.0
 
 
 def _seconds(value: float) -> str:
@@ -117,6 +129,7 @@ class Supervisor:
         reopen_logs: Callable[[], None] | None = None,
         flush_logs: Callable[[], None] = lambda: None,
         close_in_child: Callable[[], None] = lambda: None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -140,6 +153,13 @@ class Supervisor:
         self._failed_spawns = 0
         self._effects = _Effects()
         self._batch = BatchSizer()
+        self._telemetry: Telemetry = telemetry or NoTelemetry()
+        self._counts: Counter[tuple[str, Status]] = Counter()
+        self._failed_attempts: Counter[tuple[str, str]] = Counter()
+        self._run_seconds: dict[str, Histogram] = {}
+        self._runs: list[Run] = []
+        self._next_publish = 0.0
+        self._next_retention = 0.0
 
     # ----------------------------------------------------------------- life
 
@@ -151,8 +171,10 @@ class Supervisor:
             self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         with self.store.transaction():
+            self._counts.update(self.store.counts())
             self._recover()
             self._lease = self.store.max_lease()
+            self._record_runs()
         self._apply_effects(time.monotonic())
         emit(
             "INFO",
@@ -162,6 +184,7 @@ class Supervisor:
             workers=self.settings.workers,
             handlers=self.registry.names(),
         )
+        self._telemetry.ready(self.settings.workers)
         while not (self._stopping and not self.workers):
             self._turn()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
@@ -212,11 +235,20 @@ class Supervisor:
             self._retire_due(now)
             self._dispatch(now, wall)
             self._spawn_missing(now)
+            if now >= self._next_retention:
+                self._prune(now, wall)
+            publish = now >= self._next_publish
+            if publish:
+                snapshot = self._snapshot(wall)
+            self._record_runs()
         self._apply_effects(now)
+        if publish:
+            self._next_publish = now + self.settings.metrics_interval
+            self._telemetry.publish(snapshot)
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
-        deadlines = [] if self._stopping else [self._next_scan]
+        deadlines = [self._next_publish] + ([] if self._stopping else [self._next_scan])
         if self._signals:
             return 0.0
         if self._next_due is not None:
@@ -306,6 +338,7 @@ class Supervisor:
     def _begin_stop(self, now: float, why: str, wait: float) -> None:
         if not self._stopping:
             self._stopping = True
+            self._telemetry.stopping()
             running = sum(1 for w in self.workers.values() if w.current is not None)
             self._effects.log(
                 "INFO",
@@ -456,10 +489,12 @@ class Supervisor:
             "duration_ms": round(message.duration * 1000, 3),
         }
         if message.error is None:
-            self._save(jobs.complete(job, result=message.result or b"null", now=wall), job)
+            self._end_run(job, jobs.complete(job, result=message.result or b"null", now=wall), wall)
             self._effects.log("INFO", "job.completed", f"job {job.id} completed", **fields)
         else:
-            self._fail(job, message.error, wall, permanent=message.permanent, **fields)
+            reason = "permanent" if message.permanent else "error"
+            self._fail(job, message.error, wall, reason=reason, **fields)
+        self._run_seconds.setdefault(job.type, Histogram()).observe(message.duration)
         del worker.assigned[job.id]
         worker.current = None
         worker.jobs_done += 1
@@ -510,12 +545,12 @@ class Supervisor:
                 "worker_pid": worker.pid,
             }
             if job.cancel_requested or reason is EndReason.CANCEL:
-                self._save(jobs.cancel(job, now=wall), job)
+                self._end_run(job, jobs.cancel(job, now=wall), wall, signal_name)
                 self._effects.log(
                     "INFO", "job.canceled", f"job {job.id} canceled while it ran", **fields
                 )
             elif reason is EndReason.SHUTDOWN:
-                self._save(jobs.interrupt(job, now=wall), job)
+                self._end_run(job, jobs.interrupt(job, now=wall), wall, signal_name)
                 self._effects.log(
                     "INFO",
                     "job.interrupted",
@@ -524,7 +559,8 @@ class Supervisor:
                 )
             else:
                 error = worker.end_detail if reason is not None else text
-                self._fail(job, error, wall, permanent=False, **fields)
+                label = str(reason) if reason is not None else "worker_died"
+                self._fail(job, error, wall, reason=label, exit_signal=signal_name, **fields)
         if worker.state is WorkerState.STARTING:
             self._failed_spawns += 1
             self._respawn_not_before = now + min(5.0, 0.05 * 2**self._failed_spawns)
@@ -620,11 +656,36 @@ class Supervisor:
         if not self.store.save(new, expected=old.status, expected_lease=old.lease):
             # Only this loop writes the store, so a lost compare-and-set is a bug.
             raise RuntimeError(f"job {old.id} changed under the supervisor")
+        if new.status is not old.status:
+            self._counts[(old.type, old.status)] -= 1
+            self._counts[(new.type, new.status)] += 1
 
-    def _fail(self, job: Job, error: str, wall: float, *, permanent: bool, **fields: Any) -> None:
+    def _end_run(self, old: Job, new: Job, wall: float, exit_signal: str | None = None) -> None:
+        """Save the end of a run that started, and keep it in the attempt history."""
+        self._save(new, old)
+        self._runs.append(jobs.run_of(old, new, now=wall, exit_signal=exit_signal))
+
+    def _record_runs(self) -> None:
+        if self._runs:
+            self.store.record_runs(self._runs)
+            self._runs = []
+
+    def _fail(
+        self,
+        job: Job,
+        error: str,
+        wall: float,
+        *,
+        reason: str,
+        exit_signal: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Count a failed attempt; `reason` labels it in the metrics."""
+        permanent = reason == "permanent"
         retry_at = None if permanent else wall + self.settings.retry.backoff(job.attempts + 1)
         failed = jobs.fail_attempt(job, error=error, now=wall, retry_at=retry_at)
-        self._save(failed, job)
+        self._end_run(job, failed, wall, exit_signal)
+        self._failed_attempts[(job.type, reason)] += 1
         if failed.status is Status.PENDING:
             self._effects.log(
                 "WARNING",
@@ -663,6 +724,7 @@ class Supervisor:
         accepted: dict[str, list[Job]] = {}
         for job, file in result.jobs:
             accepted.setdefault(file.name, []).append(job)
+            self._counts[(job.type, Status.PENDING)] += 1
         for name, new_jobs in accepted.items():
             first = new_jobs[0]
             if len(new_jobs) == 1:
@@ -746,6 +808,49 @@ class Supervisor:
             worker.last_heard_at = now
         self._next_due = self.store.next_run_at() if len(due) < limit else None
 
+    def _prune(self, now: float, wall: float) -> None:
+        """Retention: delete terminal jobs older than retention_days, a small batch a turn."""
+        cutoff = wall - self.settings.retention_days * 86400
+        deleted = self.store.delete_finished_before(cutoff, RETENTION_BATCH)
+        for key in deleted:
+            self._counts[key] -= 1
+        if deleted:
+            self.store.vacuum_step(VACUUM_PAGES)
+            days = self.settings.retention_days
+            self._effects.log(
+                "INFO", "jobs.pruned",
+                f"deleted {len(deleted)} finished jobs older than {days:g} days",
+                count=len(deleted),
+            )  # fmt: skip
+        full = len(deleted) == RETENTION_BATCH
+        self._next_retention = now + (1.0 if full else RETENTION_INTERVAL)
+
+    def _snapshot(self, wall: float) -> Snapshot:
+        workers = [
+            WorkerSnapshot(
+                pid=w.pid,
+                state="busy" if w.assigned and w.state is WorkerState.SERVING else str(w.state),
+                current_job=w.current,
+                jobs_done=w.jobs_done,
+                rss_bytes=pool.rss_bytes(w.pid),
+            )
+            for w in self.workers.values()
+        ]
+        self.store.update_workers(
+            [WorkerReport(w.pid, w.state, w.current_job, w.jobs_done, wall) for w in workers]
+        )
+        oldest = self.store.oldest_pending_created()
+        return Snapshot(
+            at=wall,
+            jobs={key: count for key, count in self._counts.items() if count},
+            failed_attempts=Counter(self._failed_attempts),
+            run_seconds={
+                k: Histogram(list(h.counts), h.total) for k, h in self._run_seconds.items()
+            },
+            workers=workers,
+            oldest_pending_age=None if oldest is None else max(0.0, wall - oldest),
+        )
+
     # ----------------------------------------------------------------- recovery
 
     def _recover(self) -> None:
@@ -765,7 +870,7 @@ class Supervisor:
                 job,
                 "the daemon died while it ran",
                 wall,
-                permanent=False,
+                reason="daemon_died",
                 job_id=job.id,
                 type=job.type,
                 attempt=job.attempt,

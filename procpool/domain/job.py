@@ -77,6 +77,7 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     started_at: float | None = None
     cancel_requested: bool = False
     digest: str = ""
+    retry_of: str | None = None
 
     @property
     def attempt(self) -> int:
@@ -139,3 +140,43 @@ def interrupt(job: Job, *, now: float) -> Job:
 
 def report_progress(job: Job, progress: Progress, *, now: float) -> Job:
     return msgspec.structs.replace(job, progress=progress, updated_at=now)
+
+
+class Run(msgspec.Struct, kw_only=True, frozen=True):
+    """One run of a job, as the attempt history keeps it.
+
+    `outcome` is the job's status after the run (`completed`, `failed`,
+    `canceled`), `retry` for a failed attempt that will be tried again, or
+    `interrupted` for a run the daemon stopped without counting an attempt.
+    """
+
+    job_id: str
+    type: str
+    lease: int
+    attempt: int
+    worker_pid: int | None
+    started_at: float | None
+    ended_at: float
+    outcome: str
+    error: str | None = None
+    exit_signal: str | None = None
+
+
+def run_of(old: Job, new: Job, *, now: float, exit_signal: str | None = None) -> Run:
+    """The history record of the run that took `old` (running) to `new`."""
+    if new.status is Status.PENDING:
+        outcome = "retry" if new.attempts > old.attempts else "interrupted"
+    else:
+        outcome = str(new.status)
+    return Run(
+        job_id=old.id,
+        type=old.type,
+        lease=old.lease,
+        attempt=old.attempt,
+        worker_pid=old.worker_pid,
+        started_at=old.started_at,
+        ended_at=now,
+        outcome=outcome,
+        error=new.last_error if new.attempts > old.attempts else None,
+        exit_signal=exit_signal,
+    )

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from procpool.application.ports import WorkerRecord
-from procpool.domain.job import Job, Status
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.job import Job, Run, Status
 
 
 class MemoryJobStore:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._workers: dict[int, WorkerRecord] = {}
+        self._runs: dict[tuple[str, int], Run] = {}
+        self._reports: dict[int, WorkerReport] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        jobs, workers = dict(self._jobs), dict(self._workers)
+        saved = dict(self._jobs), dict(self._workers), dict(self._runs)
         try:
             yield
         except BaseException:
-            self._jobs, self._workers = jobs, workers
+            self._jobs, self._workers, self._runs = saved
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -67,6 +70,36 @@ class MemoryJobStore:
 
     def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())
+
+    def update_workers(self, reports: Sequence[WorkerReport]) -> None:
+        self._reports = {r.pid: r for r in reports}
+
+    def record_runs(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            self._runs[(run.job_id, run.lease)] = run
+
+    def runs(self, job_id: str) -> list[Run]:
+        return sorted((r for r in self._runs.values() if r.job_id == job_id), key=lambda r: r.lease)
+
+    def counts(self) -> dict[tuple[str, Status], int]:
+        return dict(Counter((j.type, j.status) for j in self._jobs.values()))
+
+    def oldest_pending_created(self) -> float | None:
+        return min(
+            (j.created_at for j in self._jobs.values() if j.status is Status.PENDING),
+            default=None,
+        )
+
+    def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
+        old = [j for j in self._jobs.values() if j.status.is_terminal and j.updated_at < cutoff]
+        for job in old[:limit]:
+            del self._jobs[job.id]
+            for key in [k for k in self._runs if k[0] == job.id]:
+                del self._runs[key]
+        return [(j.type, j.status) for j in old[:limit]]
+
+    def vacuum_step(self, pages: int) -> None:
+        pass
 
     def close(self) -> None:
         pass

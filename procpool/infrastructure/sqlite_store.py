@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from procpool.application.ports import WorkerRecord
-from procpool.domain.job import Job, Progress, Status
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.job import Job, Progress, Run, Status
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -54,13 +54,40 @@ MIGRATIONS: list[str] = [
         create_time REAL NOT NULL
     );
     """,
+    # 2: the attempt history, worker state for `stats`, retries of terminal jobs
+    """
+    CREATE TABLE runs (
+        job_id TEXT NOT NULL,
+        lease INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker_pid INTEGER,
+        started_at REAL,
+        ended_at REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        exit_signal TEXT,
+        PRIMARY KEY (job_id, lease)
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_ended ON runs (ended_at);
+    ALTER TABLE jobs ADD COLUMN retry_of TEXT;
+    -- The oldest pending job's age, for stats and metrics.
+    CREATE INDEX jobs_pending_created ON jobs (created_at) WHERE status = 'pending';
+    ALTER TABLE workers ADD COLUMN state TEXT;
+    ALTER TABLE workers ADD COLUMN current_job TEXT;
+    ALTER TABLE workers ADD COLUMN jobs_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workers ADD COLUMN updated_at REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest"
+    " cancel_requested, digest, retry_of"
+)
+RUN_COLUMNS = (
+    "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
 )
 _progress_decoder = msgspec.json.Decoder(Progress)
 
@@ -69,7 +96,7 @@ def _job(row: tuple) -> Job:  # type: ignore[type-arg]
     (
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
-        started_at, cancel_requested, digest,
+        started_at, cancel_requested, digest, retry_of,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -91,7 +118,16 @@ def _job(row: tuple) -> Job:  # type: ignore[type-arg]
         started_at=started_at,
         cancel_requested=bool(cancel_requested),
         digest=digest,
+        retry_of=retry_of,
     )
+
+
+def _run(row: tuple) -> Run:  # type: ignore[type-arg]
+    job_id, job_type, lease, attempt, pid, started, ended, outcome, error, exit_signal = row
+    return Run(
+        job_id=job_id, type=job_type, lease=lease, attempt=attempt, worker_pid=pid,
+        started_at=started, ended_at=ended, outcome=outcome, error=error, exit_signal=exit_signal,
+    )  # fmt: skip
 
 
 def _row(job: Job) -> tuple:  # type: ignore[type-arg]
@@ -100,6 +136,7 @@ def _row(job: Job) -> tuple:  # type: ignore[type-arg]
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
+        job.retry_of,
     )  # fmt: skip
 
 
@@ -127,6 +164,8 @@ class SqliteJobStore:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
+        # Takes effect only on a new, empty file: retention frees pages incrementally.
+        self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute(f"PRAGMA synchronous = {synchronous}")
         self._db.execute("PRAGMA busy_timeout = 10000")
@@ -158,7 +197,7 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         self._db.executemany(
-            f"INSERT INTO jobs ({COLUMNS}) VALUES ({','.join('?' * 19)})", map(_row, jobs)
+            f"INSERT INTO jobs ({COLUMNS}) VALUES ({','.join('?' * 20)})", map(_row, jobs)
         )
 
     def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
@@ -209,6 +248,46 @@ class SqliteJobStore:
         return [
             WorkerRecord(*row) for row in self._db.execute("SELECT pid, create_time FROM workers")
         ]
+
+    def update_workers(self, reports: Sequence[WorkerReport]) -> None:
+        self._db.executemany(
+            "UPDATE workers SET state = ?, current_job = ?, jobs_done = ?, updated_at = ?"
+            " WHERE pid = ?",
+            [(w.state, w.current_job, w.jobs_done, w.updated_at, w.pid) for w in reports],
+        )
+
+    def record_runs(self, runs: Sequence[Run]) -> None:
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({','.join('?' * 10)})",
+            [
+                (r.job_id, r.type, r.lease, r.attempt, r.worker_pid, r.started_at, r.ended_at,
+                 r.outcome, r.error, r.exit_signal)
+                for r in runs
+            ],
+        )  # fmt: skip
+
+    def counts(self) -> dict[tuple[str, Status], int]:
+        rows = self._db.execute("SELECT type, status, count(*) FROM jobs GROUP BY type, status")
+        return {(job_type, Status(status)): count for job_type, status, count in rows}
+
+    def oldest_pending_created(self) -> float | None:
+        return self._db.execute(
+            "SELECT min(created_at) FROM jobs WHERE status = 'pending'"
+        ).fetchone()[0]
+
+    def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
+        rows = self._db.execute(
+            "SELECT id, type, status FROM jobs INDEXED BY jobs_status_updated"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < ? LIMIT ?",
+            (cutoff, limit),
+        ).fetchall()
+        ids = [(job_id,) for job_id, _, _ in rows]
+        self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
+        self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        return [(job_type, Status(status)) for _, job_type, status in rows]
+
+    def vacuum_step(self, pages: int) -> None:
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
 
     def close(self) -> None:
         self._db.close()

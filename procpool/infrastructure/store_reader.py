@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procpool.application.ports import WorkerRecord
-from procpool.domain.job import Job, Status
-from procpool.infrastructure.sqlite_store import COLUMNS, _job
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.job import Job, Run, Status
+from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
 
 
 class StoreReader:
@@ -97,6 +97,31 @@ class StoreReader:
 
     def workers(self) -> list[WorkerRecord]:
         return [WorkerRecord(*row) for row in self._query("SELECT pid, create_time FROM workers")]
+
+    def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
+        rows = self._query(
+            "SELECT pid, create_time, state, current_job, jobs_done, updated_at FROM workers"
+            " ORDER BY pid"
+        )
+        return [
+            (
+                WorkerRecord(pid, created),
+                WorkerReport(pid, state or "starting", job, done, at or 0.0),
+            )
+            for pid, created, state, job, done, at in rows
+        ]
+
+    def runs(self, job_id: str) -> list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ? ORDER BY lease", (job_id,)
+        )
+        return [_run(row) for row in rows]
+
+    def recent_runs(self, since: float) -> list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_ended WHERE ended_at >= ?", (since,)
+        )
+        return [_run(row) for row in rows]
 
     def close(self) -> None:
         if self._db is not None:

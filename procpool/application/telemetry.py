@@ -1,0 +1,89 @@
+"""What the supervisor tells the outside world about itself, besides the log:
+counts and histograms for metrics, worker states for `stats`, readiness for systemd."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from procpool.domain.job import Status
+
+# Seconds; the run-time histogram's upper bounds (Prometheus `le`), +Inf implied.
+RUN_TIME_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+)
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(RUN_TIME_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(RUN_TIME_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    pid: int
+    state: str
+    current_job: str | None
+    jobs_done: int
+    rss_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's figures at one moment. Counters count since the daemon started."""
+
+    at: float
+    jobs: dict[tuple[str, Status], int]
+    failed_attempts: Counter[tuple[str, str]]  # (type, reason)
+    run_seconds: dict[str, Histogram]  # per type
+    workers: list[WorkerSnapshot]
+    oldest_pending_age: float | None
+
+
+class Telemetry(Protocol):
+    def ready(self, workers: int) -> None:
+        """The daemon accepts work."""
+        ...
+
+    def stopping(self) -> None: ...
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Called every few seconds from the supervisor's loop: must not block."""
+        ...
+
+
+class NoTelemetry:
+    def ready(self, workers: int) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+    def publish(self, snapshot: Snapshot) -> None:
+        pass
