@@ -39,6 +39,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kill_grace: float = 1.0
     poll_interval: float = 1.0
     synchronous: str = "FULL"
+    retention_days: float = 7.0
+    metrics_interval: float = 5.0
 
     @property
     def worker_count(self) -> int:
@@ -80,7 +82,7 @@ def _check(config: Config) -> Config:
 
     for key in ("workers", "max_attempts", "backoff_base", "backoff_max", "shutdown_timeout",
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "kill_grace",
-                "poll_interval", "timeout"):  # fmt: skip
+                "poll_interval", "timeout", "retention_days", "metrics_interval"):  # fmt: skip
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb"):
         positive(key, allow_zero=True)

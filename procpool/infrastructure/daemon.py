@@ -18,6 +18,7 @@ from procpool.infrastructure.inbox import FileInbox
 from procpool.infrastructure.logs import DaemonLogs
 from procpool.infrastructure.pidfile import PidFile
 from procpool.infrastructure.sqlite_store import SqliteJobStore
+from procpool.infrastructure.telemetry import DaemonTelemetry
 
 
 def settings_from(config: configuration.Config) -> Settings:
@@ -32,6 +33,8 @@ def settings_from(config: configuration.Config) -> Settings:
         max_memory_mb=config.max_memory_mb,
         kill_grace=config.kill_grace,
         poll_interval=config.poll_interval,
+        retention_days=config.retention_days,
+        metrics_interval=config.metrics_interval,
     )
 
 
@@ -89,6 +92,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             reopen_logs=logs.reopen,
             flush_logs=logs.flush,
             close_in_child=close_in_child,
+            telemetry=DaemonTelemetry(home, dict(os.environ)),
         )
         code = supervisor.run()
         store.close()

@@ -1,0 +1,125 @@
+"""Telemetry outside the log: HOME/metrics.prom for Prometheus, and systemd's notify socket.
+
+metrics.prom follows the node_exporter textfile-collector convention: the whole
+file is written to a temporary name and renamed, so a scrape never reads half
+of it. The names are listed in the README ("Metrics").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from procpool.application.telemetry import RUN_TIME_BUCKETS, Snapshot
+from procpool.infrastructure.inbox import SUFFIXES
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(snapshot: Snapshot, inbox_backlog: int) -> str:
+    """The text exposition format of one snapshot."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, text: str) -> None:
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} {kind}")
+
+    family("procpool_jobs", "gauge", "Jobs in the store, by type and status.")
+    for (job_type, status), count in sorted(snapshot.jobs.items()):
+        out.append(f'procpool_jobs{{type="{_label(job_type)}",status="{status}"}} {count}')
+    family(
+        "procpool_attempts_failed_total",
+        "counter",
+        "Failed attempts since the daemon started, by type and reason.",
+    )
+    for (job_type, reason), count in sorted(snapshot.failed_attempts.items()):
+        out.append(
+            f'procpool_attempts_failed_total{{type="{_label(job_type)}",reason="{reason}"}} {count}'
+        )
+    family("procpool_job_run_seconds", "histogram", "Run time of finished attempts, by type.")
+    for job_type, histogram in sorted(snapshot.run_seconds.items()):
+        label = _label(job_type)
+        cumulative = 0
+        for bound, count in zip((*RUN_TIME_BUCKETS, "+Inf"), histogram.counts, strict=True):
+            cumulative += count
+            out.append(
+                f'procpool_job_run_seconds_bucket{{type="{label}",le="{bound}"}} {cumulative}'
+            )
+        out.append(f'procpool_job_run_seconds_sum{{type="{label}"}} {histogram.total:.6f}')
+        out.append(f'procpool_job_run_seconds_count{{type="{label}"}} {cumulative}')
+    family("procpool_workers_alive", "gauge", "Worker processes alive.")
+    out.append(f"procpool_workers_alive {len(snapshot.workers)}")
+    family("procpool_worker_rss_bytes", "gauge", "Resident memory of each worker process.")
+    for worker in snapshot.workers:
+        if worker.rss_bytes is not None:
+            out.append(f'procpool_worker_rss_bytes{{pid="{worker.pid}"}} {worker.rss_bytes}')
+    family("procpool_inbox_backlog_files", "gauge", "Job files waiting in the inbox.")
+    out.append(f"procpool_inbox_backlog_files {inbox_backlog}")
+    family(
+        "procpool_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending job, 0 when none is pending.",
+    )
+    out.append(f"procpool_oldest_pending_age_seconds {snapshot.oldest_pending_age or 0:.3f}")
+    family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
+    out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
+    return "\n".join(out) + "\n"
+
+
+class SystemdNotifier:
+    """sd_notify(3) in a few lines: datagrams to $NOTIFY_SOCKET, when systemd set it."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        if address and address.startswith("@"):  # the abstract namespace
+            self.address = "\0" + address[1:]
+
+    def notify(self, *lines: str) -> None:
+        if not self.address:
+            return
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            contextlib.suppress(OSError),  # systemd went away: nothing to tell
+        ):
+            sock.sendto("\n".join(lines).encode(), self.address)
+
+
+class DaemonTelemetry:
+    def __init__(self, home: Path, environ: dict[str, str]) -> None:
+        self.path = home / "metrics.prom"
+        self.inbox = home / "inbox"
+        self.systemd = SystemdNotifier(environ.get("NOTIFY_SOCKET"))
+
+    def ready(self, workers: int) -> None:
+        self.systemd.notify(
+            "READY=1", f"MAINPID={os.getpid()}", f"STATUS=accepting jobs with {workers} workers"
+        )
+
+    def stopping(self) -> None:
+        self.systemd.notify("STOPPING=1", "STATUS=stopping: waiting for running jobs")
+
+    def _backlog(self) -> int:
+        try:
+            return sum(
+                1
+                for entry in os.scandir(self.inbox)
+                if entry.name.endswith(SUFFIXES) and not entry.name.startswith(".")
+            )
+        except OSError:
+            return 0
+
+    def publish(self, snapshot: Snapshot) -> None:
+        backlog = self._backlog()
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(render(snapshot, backlog))
+        os.replace(temporary, self.path)
+        running = sum(1 for w in snapshot.workers if w.current_job)
+        pending = sum(n for (_, status), n in snapshot.jobs.items() if status == "pending")
+        self.systemd.notify(
+            f"STATUS={len(snapshot.workers)} workers, {running} jobs running,"
+            f" {pending} pending, {backlog} files in the inbox"
+        )
