@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from procpool.application.ports import InboxFile, JobStore, LineError
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
-from procpool.domain.spec import CancelRequest, JobDefaults, JobSpec, check_id, to_job
+from procpool.domain.spec import (
+    CancelRequest,
+    JobDefaults,
+    JobSpec,
+    PruneRequest,
+    check_id,
+    to_job,
+)
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Rejection:
 class IngestResult:
     jobs: list[tuple[Job, InboxFile]] = field(default_factory=list)
     cancels: list[tuple[str, InboxFile]] = field(default_factory=list)
+    prunes: list[tuple[float, InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
@@ -83,6 +91,8 @@ def _read_entries(
             outcome.fail(entry.line, entry.error or "no job")
         elif isinstance(entry.value, CancelRequest):
             result.cancels.append((entry.value.cancel, file))
+        elif isinstance(entry.value, PruneRequest):
+            result.prunes.append((entry.value.prune, file))
         elif entry.value.type not in known_types:
             outcome.fail(
                 entry.line,

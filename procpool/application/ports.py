@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.spec import CancelRequest, JobSpec
+from procpool.domain.spec import CancelRequest, JobSpec, PruneRequest
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class InboxEntry:
     """One object from an inbox file: a job spec, a cancel request, or why it is neither."""
 
     line: int | None  # 1-based line in a .jsonl file; None in a .json file
-    value: JobSpec | CancelRequest | None
+    value: JobSpec | CancelRequest | PruneRequest | None
     error: str | None = None
 
 

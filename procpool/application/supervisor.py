@@ -19,6 +19,7 @@ taken while another thread holds a lock copies the held lock into the child
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import selectors
 import signal
@@ -160,6 +161,7 @@ class Supervisor:
         self._runs: list[Run] = []
         self._next_publish = 0.0
         self._next_retention = 0.0
+        self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
 
     # ----------------------------------------------------------------- life
 
@@ -742,6 +744,13 @@ class Supervisor:
             )  # fmt: skip
         for job_id, file in result.cancels:
             self._cancel(job_id, file, now, wall)
+        for days, file in result.prunes:
+            self._prune_older_than = min(self._prune_older_than or days, days)
+            self._next_retention = now
+            self._effects.log(
+                "INFO", "prune.requested", f"prune of jobs older than {days:g} days requested",
+                days=days, file=file.name,
+            )  # fmt: skip
         self._effects.accepted.extend(result.accepted)
         self._effects.rejected.extend(result.rejected)
 
@@ -809,20 +818,22 @@ class Supervisor:
         self._next_due = self.store.next_run_at() if len(due) < limit else None
 
     def _prune(self, now: float, wall: float) -> None:
-        """Retention: delete terminal jobs older than retention_days, a small batch a turn."""
-        cutoff = wall - self.settings.retention_days * 86400
-        deleted = self.store.delete_finished_before(cutoff, RETENTION_BATCH)
+        """Retention: delete terminal jobs older than retention_days (or the days a prune
+        request names), a small batch at a time."""
+        days = min(self.settings.retention_days, self._prune_older_than or math.inf)
+        deleted = self.store.delete_finished_before(wall - days * 86400, RETENTION_BATCH)
         for key in deleted:
             self._counts[key] -= 1
         if deleted:
             self.store.vacuum_step(VACUUM_PAGES)
-            days = self.settings.retention_days
             self._effects.log(
                 "INFO", "jobs.pruned",
                 f"deleted {len(deleted)} finished jobs older than {days:g} days",
                 count=len(deleted),
             )  # fmt: skip
         full = len(deleted) == RETENTION_BATCH
+        if not full:
+            self._prune_older_than = None
         self._next_retention = now + (1.0 if full else RETENTION_INTERVAL)
 
     def _snapshot(self, wall: float) -> Snapshot:

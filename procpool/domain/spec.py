@@ -35,10 +35,17 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: int = 0
     delay: float | None = None
     run_at: str | None = None
+    retry_of: str | None = None  # set by `procpool retry`: the terminal job this one repeats
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
     cancel: str
+
+
+class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Delete terminal jobs older than this many days (`procpool prune`)."""
+
+    prune: float
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ def check(spec: JobSpec) -> JobSpec:
         raise InvalidJobFile("type must not be empty")
     if spec.id is not None:
         check_id(spec.id)
+    if spec.retry_of is not None:
+        check_id(spec.retry_of, "retry_of")
     if spec.max_attempts is not None and not 1 <= spec.max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise InvalidJobFile(
             f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {spec.max_attempts}"
@@ -133,8 +142,8 @@ def _describe_decode_error(error: msgspec.DecodeError, data: bytes) -> str:
     return f"not valid JSON at line {line} column {column}: {reason}"
 
 
-def decode(data: bytes) -> JobSpec | CancelRequest:
-    """Decode one JSON object: a job, or a cancel request."""
+def decode(data: bytes) -> JobSpec | CancelRequest | PruneRequest:
+    """Decode one JSON object: a job, a cancel request or a prune request."""
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as error:
@@ -145,13 +154,22 @@ def decode(data: bytes) -> JobSpec | CancelRequest:
         raise InvalidJobFile("JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidJobFile(f"a job must be a JSON object, got {type(value).__name__}")
-    target = CancelRequest if "cancel" in value and "type" not in value else JobSpec
+    target: type[JobSpec | CancelRequest | PruneRequest] = JobSpec
+    if "type" not in value:
+        if "cancel" in value:
+            target = CancelRequest
+        elif "prune" in value:
+            target = PruneRequest
     try:
         decoded = msgspec.convert(value, target)
     except msgspec.ValidationError as error:
         raise InvalidJobFile(describe_validation_error(error)) from None
     if isinstance(decoded, CancelRequest):
         check_id(decoded.cancel, "cancel")
+        return decoded
+    if isinstance(decoded, PruneRequest):
+        if not math.isfinite(decoded.prune) or decoded.prune < 0:
+            raise InvalidJobFile(f"prune must be a number of days >= 0, got {decoded.prune}")
         return decoded
     return check(decoded)
 
@@ -179,4 +197,5 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         created_at=now,
         updated_at=now,
         digest=digest(msgspec.structs.replace(spec, id=job_id)),
+        retry_of=spec.retry_of,
     )
