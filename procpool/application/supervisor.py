@@ -35,6 +35,7 @@ from procpool.application.dispatch import BatchSizer, share
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
+from procpool.application.ledger import Ledger
 from procpool.application.messages import (
     Finished,
     LogLine,
@@ -50,6 +51,7 @@ from procpool.application.messages import (
 )
 from procpool.application.pool import EndReason, WorkerProcess, WorkerState
 from procpool.application.ports import Inbox, InboxFile, JobStore, WorkerRecord, WorkerReport
+from procpool.application.recovery import recover
 from procpool.application.telemetry import (
     Histogram,
     NoTelemetry,
@@ -57,11 +59,9 @@ from procpool.application.telemetry import (
     Telemetry,
     WorkerSnapshot,
 )
-from procpool.domain import job as jobs
-from procpool.domain.job import Job, Progress, Run, Status
+from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
-from procpool.domain.timefmt import rfc3339
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -117,6 +117,12 @@ class _Effects:
     def send(self, worker: WorkerProcess, message: ToWorker) -> None:
         self.sends.setdefault(worker, []).append(message)
 
+    def clear(self) -> None:
+        self.sends.clear()
+        self.logs.clear()
+        self.accepted.clear()
+        self.rejected.clear()
+
 
 class Supervisor:
     def __init__(
@@ -155,10 +161,7 @@ class Supervisor:
         self._effects = _Effects()
         self._batch = BatchSizer()
         self._telemetry: Telemetry = telemetry or NoTelemetry()
-        self._counts: Counter[tuple[str, Status]] = Counter()
-        self._failed_attempts: Counter[tuple[str, str]] = Counter()
-        self._run_seconds: dict[str, Histogram] = {}
-        self._runs: list[Run] = []
+        self.ledger = Ledger(store, settings.retry, self._effects.log)
         self._next_publish = 0.0
         self._next_retention = 0.0
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
@@ -173,10 +176,10 @@ class Supervisor:
             self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         with self.store.transaction():
-            self._counts.update(self.store.counts())
-            self._recover()
+            self.ledger.load()
+            recover(self.store, self.ledger, time.time())
             self._lease = self.store.max_lease()
-            self._record_runs()
+            self.ledger.flush_history()
         self._apply_effects(time.monotonic())
         emit(
             "INFO",
@@ -218,7 +221,6 @@ class Supervisor:
     def _turn(self) -> None:
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
-        self._effects = _Effects()
         with self.store.transaction():
             self._handle_signals(now)
             scan = now >= self._next_scan
@@ -242,7 +244,7 @@ class Supervisor:
             publish = now >= self._next_publish
             if publish:
                 snapshot = self._snapshot(wall)
-            self._record_runs()
+            self.ledger.flush_history()
         self._apply_effects(now)
         if publish:
             self._next_publish = now + self.settings.metrics_interval
@@ -313,6 +315,7 @@ class Supervisor:
                 )
         for level, event, message, fields in effects.logs:
             emit(level, event, message, **fields)
+        effects.clear()
         self._flush_logs()
 
     # ----------------------------------------------------------------- signals
@@ -370,6 +373,7 @@ class Supervisor:
             return
         old = self.settings
         self.settings = settings
+        self.ledger.retry = settings.retry
         self._effects.log(
             "INFO",
             "config.reloaded",
@@ -460,43 +464,20 @@ class Supervisor:
                 self._terminate(worker, EndReason.CANCEL, "canceled", now)
         elif isinstance(message, Skipped):
             del worker.assigned[job.id]
-            self._requeue(worker, job, wall)
+            self._requeue(job, wall)
         elif isinstance(message, ProgressReport):
-            self._on_progress(worker, job, message, wall)
+            worker.assigned[job.id] = self.ledger.progress(
+                job, message.fraction, message.message, wall
+            )
         elif isinstance(message, Finished):
             self._on_finished(worker, job, message, wall)
 
-    def _on_progress(
-        self, worker: WorkerProcess, job: Job, message: ProgressReport, wall: float
-    ) -> None:
-        updated = jobs.report_progress(job, Progress(message.fraction, message.message), now=wall)
-        self._save(updated, job)
-        worker.assigned[job.id] = updated
-        self._effects.log(
-            "DEBUG",
-            "job.progress",
-            f"job {job.id} at {message.fraction:.0%}"
-            + (f": {message.message}" if message.message else ""),
-            job_id=job.id,
-            fraction=message.fraction,
-            worker_pid=worker.pid,
-        )
-
     def _on_finished(self, worker: WorkerProcess, job: Job, message: Finished, wall: float) -> None:
-        fields = {
-            "job_id": job.id,
-            "type": job.type,
-            "attempt": job.attempt,
-            "worker_pid": worker.pid,
-            "duration_ms": round(message.duration * 1000, 3),
-        }
         if message.error is None:
-            self._end_run(job, jobs.complete(job, result=message.result or b"null", now=wall), wall)
-            self._effects.log("INFO", "job.completed", f"job {job.id} completed", **fields)
+            self.ledger.complete(job, message.result or b"null", message.duration, wall)
         else:
             reason = "permanent" if message.permanent else "error"
-            self._fail(job, message.error, wall, reason=reason, **fields)
-        self._run_seconds.setdefault(job.type, Histogram()).observe(message.duration)
+            self.ledger.fail(job, message.error, wall, reason=reason, duration=message.duration)
         del worker.assigned[job.id]
         worker.current = None
         worker.jobs_done += 1
@@ -504,19 +485,12 @@ class Supervisor:
         if not worker.assigned and self.settings.max_memory_mb:
             worker.last_rss = pool.rss_bytes(worker.pid)
 
-    def _requeue(self, worker: WorkerProcess, job: Job, wall: float) -> None:
-        """A job that was queued in a worker and never started: canceled, or pending again."""
-        fields = {"job_id": job.id, "type": job.type, "worker_pid": worker.pid}
+    def _requeue(self, job: Job, wall: float) -> None:
+        """A job that waited in a worker's queue and never started: canceled, or pending."""
         if job.cancel_requested:
-            self._save(jobs.cancel(job, now=wall), job)
-            self._effects.log(
-                "INFO", "job.canceled", f"job {job.id} canceled before it ran", **fields
-            )
+            self.ledger.cancel(job, wall, ran=False)
         else:
-            self._save(jobs.interrupt(job, now=wall), job)
-            self._effects.log(
-                "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending", **fields
-            )
+            self.ledger.interrupt(job, wall, ran=False)
 
     def _reap(self, now: float, wall: float) -> None:
         for pid, status in pool.reap_any():
@@ -538,31 +512,15 @@ class Supervisor:
         reason = worker.end_reason
         for job in worker.assigned.values():
             if job.id != worker.current:
-                self._requeue(worker, job, wall)
-                continue
-            fields = {
-                "job_id": job.id,
-                "type": job.type,
-                "attempt": job.attempt,
-                "worker_pid": worker.pid,
-            }
-            if job.cancel_requested or reason is EndReason.CANCEL:
-                self._end_run(job, jobs.cancel(job, now=wall), wall, signal_name)
-                self._effects.log(
-                    "INFO", "job.canceled", f"job {job.id} canceled while it ran", **fields
-                )
+                self._requeue(job, wall)
+            elif job.cancel_requested or reason is EndReason.CANCEL:
+                self.ledger.cancel(job, wall, ran=True, exit_signal=signal_name)
             elif reason is EndReason.SHUTDOWN:
-                self._end_run(job, jobs.interrupt(job, now=wall), wall, signal_name)
-                self._effects.log(
-                    "INFO",
-                    "job.interrupted",
-                    f"job {job.id} stopped by the shutdown; back to pending",
-                    **fields,
-                )
+                self.ledger.interrupt(job, wall, ran=True, exit_signal=signal_name)
             else:
                 error = worker.end_detail if reason is not None else text
                 label = str(reason) if reason is not None else "worker_died"
-                self._fail(job, error, wall, reason=label, exit_signal=signal_name, **fields)
+                self.ledger.fail(job, error, wall, reason=label, exit_signal=signal_name)
         if worker.state is WorkerState.STARTING:
             self._failed_spawns += 1
             self._respawn_not_before = now + min(5.0, 0.05 * 2**self._failed_spawns)
@@ -654,61 +612,6 @@ class Supervisor:
 
     # ----------------------------------------------------------------- jobs
 
-    def _save(self, new: Job, old: Job) -> None:
-        if not self.store.save(new, expected=old.status, expected_lease=old.lease):
-            # Only this loop writes the store, so a lost compare-and-set is a bug.
-            raise RuntimeError(f"job {old.id} changed under the supervisor")
-        if new.status is not old.status:
-            self._counts[(old.type, old.status)] -= 1
-            self._counts[(new.type, new.status)] += 1
-
-    def _end_run(self, old: Job, new: Job, wall: float, exit_signal: str | None = None) -> None:
-        """Save the end of a run that started, and keep it in the attempt history."""
-        self._save(new, old)
-        self._runs.append(jobs.run_of(old, new, now=wall, exit_signal=exit_signal))
-
-    def _record_runs(self) -> None:
-        if self._runs:
-            self.store.record_runs(self._runs)
-            self._runs = []
-
-    def _fail(
-        self,
-        job: Job,
-        error: str,
-        wall: float,
-        *,
-        reason: str,
-        exit_signal: str | None = None,
-        **fields: Any,
-    ) -> None:
-        """Count a failed attempt; `reason` labels it in the metrics."""
-        permanent = reason == "permanent"
-        retry_at = None if permanent else wall + self.settings.retry.backoff(job.attempts + 1)
-        failed = jobs.fail_attempt(job, error=error, now=wall, retry_at=retry_at)
-        self._end_run(job, failed, wall, exit_signal)
-        self._failed_attempts[(job.type, reason)] += 1
-        if failed.status is Status.PENDING:
-            self._effects.log(
-                "WARNING",
-                "job.failed",
-                f"job {job.id} attempt {job.attempt} failed, retry in"
-                f" {failed.run_at - wall:.2f} s: {error}",
-                **fields,
-                error=error,
-                retry_at=rfc3339(failed.run_at),
-                status=str(failed.status),
-            )
-        else:
-            self._effects.log(
-                "ERROR",
-                "job.failed",
-                f"job {job.id} failed for good after {failed.attempts} attempts: {error}",
-                **fields,
-                error=error,
-                status=str(failed.status),
-            )
-
     def _ingest(self, now: float, wall: float) -> None:
         files = list(self.inbox.scan(self.settings.scan_batch))
         more = len(files) >= self.settings.scan_batch
@@ -726,7 +629,7 @@ class Supervisor:
         accepted: dict[str, list[Job]] = {}
         for job, file in result.jobs:
             accepted.setdefault(file.name, []).append(job)
-            self._counts[(job.type, Status.PENDING)] += 1
+            self.ledger.added(job)
         for name, new_jobs in accepted.items():
             first = new_jobs[0]
             if len(new_jobs) == 1:
@@ -775,14 +678,9 @@ class Supervisor:
                 job_id=job_id, status=str(job.status), file=file.name,
             )  # fmt: skip
         elif job.status is Status.PENDING:
-            self._save(jobs.cancel(job, now=wall), job)
-            self._effects.log(
-                "INFO", "job.canceled", f"job {job_id} canceled before it ran",
-                job_id=job_id, type=job.type,
-            )  # fmt: skip
+            self.ledger.cancel(job, wall, ran=False)
         elif not job.cancel_requested:
-            requested = jobs.request_cancel(job, now=wall)
-            self._save(requested, job)
+            requested = self.ledger.request_cancel(job, wall)
             worker = self._holder(job)
             if worker is None:
                 return
@@ -804,16 +702,11 @@ class Supervisor:
             # A worker due for recycling is not handed more than it may still run.
             for job in batch[: max(1, quota - worker.jobs_done)] if quota else batch:
                 self._lease += 1
-                running = jobs.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
-                self._save(running, job)
+                running = self.ledger.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
                 worker.assigned[job.id] = running
                 self._effects.send(
                     worker, RunJob(job.id, running.lease, running.attempt, job.type, job.payload)
                 )
-                self._effects.log(
-                    "INFO", "job.started", f"job {job.id} started, attempt {running.attempt}",
-                    job_id=job.id, type=job.type, attempt=running.attempt, worker_pid=worker.pid,
-                )  # fmt: skip
             worker.last_heard_at = now
         self._next_due = self.store.next_run_at() if len(due) < limit else None
 
@@ -821,17 +714,10 @@ class Supervisor:
         """Retention: delete terminal jobs older than retention_days (or the days a prune
         request names), a small batch at a time."""
         days = min(self.settings.retention_days, self._prune_older_than or math.inf)
-        deleted = self.store.delete_finished_before(wall - days * 86400, RETENTION_BATCH)
-        for key in deleted:
-            self._counts[key] -= 1
+        deleted = self.ledger.prune(days, wall, RETENTION_BATCH)
         if deleted:
             self.store.vacuum_step(VACUUM_PAGES)
-            self._effects.log(
-                "INFO", "jobs.pruned",
-                f"deleted {len(deleted)} finished jobs older than {days:g} days",
-                count=len(deleted),
-            )  # fmt: skip
-        full = len(deleted) == RETENTION_BATCH
+        full = deleted == RETENTION_BATCH
         if not full:
             self._prune_older_than = None
         self._next_retention = now + (1.0 if full else RETENTION_INTERVAL)
@@ -853,37 +739,11 @@ class Supervisor:
         oldest = self.store.oldest_pending_created()
         return Snapshot(
             at=wall,
-            jobs={key: count for key, count in self._counts.items() if count},
-            failed_attempts=Counter(self._failed_attempts),
+            jobs={key: count for key, count in self.ledger.counts.items() if count},
+            failed_attempts=Counter(self.ledger.failed_attempts),
             run_seconds={
-                k: Histogram(list(h.counts), h.total) for k, h in self._run_seconds.items()
+                k: Histogram(list(h.counts), h.total) for k, h in self.ledger.run_seconds.items()
             },
             workers=workers,
             oldest_pending_age=None if oldest is None else max(0.0, wall - oldest),
         )
-
-    # ----------------------------------------------------------------- recovery
-
-    def _recover(self) -> None:
-        """Before anything else: end what an earlier run left behind (DESIGN decision 5)."""
-        for record in self.store.workers():
-            if pool.kill_stale_group(record.pid, record.create_time):
-                emit(
-                    "WARNING",
-                    "worker.killed_stale",
-                    f"killed worker {record.pid} left by an earlier run",
-                    worker_pid=record.pid,
-                )
-            self.store.remove_worker(record.pid)
-        wall = time.time()
-        for job in self.store.with_status(Status.RUNNING):
-            self._fail(
-                job,
-                "the daemon died while it ran",
-                wall,
-                reason="daemon_died",
-                job_id=job.id,
-                type=job.type,
-                attempt=job.attempt,
-                worker_pid=job.worker_pid,
-            )

@@ -1,0 +1,173 @@
+"""The ledger: every change of a job's status, in one place.
+
+Each change is computed by the domain's transition functions, applied to the
+store as a compare-and-set, counted (per type and status, for metrics and
+stats), kept in the attempt history when a run ends, and logged with its
+event name. The supervisor decides *when* a job changes; the ledger is *how*.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from procpool.application.ports import JobStore
+from procpool.application.telemetry import Histogram
+from procpool.domain import job as jobs
+from procpool.domain.job import Job, Progress, Run, Status
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.timefmt import rfc3339
+
+Log = Callable[..., None]  # (level, event, message, **fields)
+
+
+class Ledger:
+    def __init__(self, store: JobStore, retry: RetryPolicy, log: Log) -> None:
+        self.store = store
+        self.retry = retry
+        self._log = log
+        self.counts: Counter[tuple[str, Status]] = Counter()
+        self.failed_attempts: Counter[tuple[str, str]] = Counter()  # (type, reason)
+        self.run_seconds: dict[str, Histogram] = {}
+        self._runs: list[Run] = []
+
+    def load(self) -> None:
+        self.counts.update(self.store.counts())
+
+    def _save(self, new: Job, old: Job) -> Job:
+        if not self.store.save(new, expected=old.status, expected_lease=old.lease):
+            # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
+            raise RuntimeError(f"job {old.id} changed under the supervisor")
+        if new.status is not old.status:
+            self.counts[(old.type, old.status)] -= 1
+            self.counts[(new.type, new.status)] += 1
+        return new
+
+    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> None:
+        """The end of a run that started: saved, and kept in the attempt history."""
+        self._save(new, old)
+        self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+
+    def flush_history(self) -> None:
+        """Write the turn's finished runs in one statement."""
+        if self._runs:
+            self.store.record_runs(self._runs)
+            self._runs = []
+
+    def added(self, job: Job) -> None:
+        self.counts[(job.type, Status.PENDING)] += 1
+
+    def start(self, job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
+        running = self._save(jobs.start(job, lease=lease, worker_pid=worker_pid, now=now), job)
+        self._log(
+            "INFO", "job.started", f"job {job.id} started, attempt {running.attempt}",
+            job_id=job.id, type=job.type, attempt=running.attempt, worker_pid=worker_pid,
+        )  # fmt: skip
+        return running
+
+    def progress(self, job: Job, fraction: float, message: str | None, now: float) -> Job:
+        updated = self._save(jobs.report_progress(job, Progress(fraction, message), now=now), job)
+        self._log(
+            "DEBUG",
+            "job.progress",
+            f"job {job.id} at {fraction:.0%}" + (f": {message}" if message else ""),
+            job_id=job.id,
+            fraction=fraction,
+            worker_pid=job.worker_pid,
+        )
+        return updated
+
+    def complete(self, job: Job, result: bytes, duration: float, now: float) -> None:
+        self._end_run(job, jobs.complete(job, result=result, now=now), now)
+        self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+        self._log(
+            "INFO", "job.completed", f"job {job.id} completed",
+            job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
+            duration_ms=round(duration * 1000, 3),
+        )  # fmt: skip
+
+    def fail(
+        self,
+        job: Job,
+        error: str,
+        now: float,
+        *,
+        reason: str,
+        duration: float | None = None,
+        exit_signal: str | None = None,
+    ) -> None:
+        """A failed attempt: retried after a backoff, or the job fails for good.
+        `reason` labels it in the metrics; `permanent` ends the retries."""
+        retry_at = None if reason == "permanent" else now + self.retry.backoff(job.attempts + 1)
+        failed = jobs.fail_attempt(job, error=error, now=now, retry_at=retry_at)
+        self._end_run(job, failed, now, exit_signal)
+        self.failed_attempts[(job.type, reason)] += 1
+        fields: dict[str, Any] = {
+            "job_id": job.id, "type": job.type, "attempt": job.attempt,
+            "worker_pid": job.worker_pid, "error": error, "reason": reason,
+            "status": str(failed.status),
+        }  # fmt: skip
+        if duration is not None:
+            self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+            fields["duration_ms"] = round(duration * 1000, 3)
+        if exit_signal is not None:
+            fields["signal"] = exit_signal
+        if failed.status is Status.PENDING:
+            self._log(
+                "WARNING", "job.failed",
+                f"job {job.id} attempt {job.attempt} failed, retry in"
+                f" {failed.run_at - now:.2f} s: {error}",
+                retry_at=rfc3339(failed.run_at), **fields,
+            )  # fmt: skip
+        else:
+            self._log(
+                "ERROR", "job.failed",
+                f"job {job.id} failed for good after {failed.attempts} attempts: {error}",
+                **fields,
+            )  # fmt: skip
+
+    def cancel(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
+        canceled = jobs.cancel(job, now=now)
+        if ran:
+            self._end_run(job, canceled, now, exit_signal)
+        else:
+            self._save(canceled, job)
+        how = "while it ran" if ran else "before it ran"
+        self._log(
+            "INFO", "job.canceled", f"job {job.id} canceled {how}",
+            job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+        )  # fmt: skip
+
+    def request_cancel(self, job: Job, now: float) -> Job:
+        return self._save(jobs.request_cancel(job, now=now), job)
+
+    def interrupt(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
+        """Back to pending with attempts unchanged: the daemon stopped the run, or it
+        never started (it waited in a worker's queue)."""
+        pending = jobs.interrupt(job, now=now)
+        if ran:
+            self._end_run(job, pending, now, exit_signal)
+            self._log(
+                "INFO", "job.interrupted", f"job {job.id} stopped by the shutdown; back to pending",
+                job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+            )  # fmt: skip
+        else:
+            self._save(pending, job)
+            self._log(
+                "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending",
+                job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+            )  # fmt: skip
+
+    def prune(self, days: float, now: float, limit: int) -> int:
+        """Delete up to `limit` terminal jobs older than `days`; returns how many went."""
+        deleted = self.store.delete_finished_before(now - days * 86400, limit)
+        for key in deleted:
+            self.counts[key] -= 1
+        if deleted:
+            self._log(
+                "INFO", "jobs.pruned",
+                f"deleted {len(deleted)} finished jobs older than {days:g} days",
+                count=len(deleted), days=days,
+            )  # fmt: skip
+        return len(deleted)
