@@ -36,7 +36,8 @@ class Ledger:
         self.counts.update(self.store.counts())
 
     def _save(self, new: Job, old: Job) -> Job:
-        if not self.store.save(new, expected=old.status, expected_lease=old.lease):
+        changed = jobs.changed_fields(old, new) or ["updated_at"]
+        if not self.store.save(new, expected=old.status, expected_lease=old.lease, fields=changed):
             # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
             raise RuntimeError(f"job {old.id} changed under the supervisor")
         if new.status is not old.status:

@@ -55,9 +55,13 @@ class JobStore(Protocol):
         """Add new jobs; their ids must not exist yet."""
         ...
 
-    def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
+    def save(
+        self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ...
+    ) -> bool:
         """Compare-and-set: write `job` if the stored row still has `expected` status
-        and lease. Returns whether it did."""
+        and lease. Returns whether it did. `fields` may name the only fields that
+        changed (of status, attempts, run_at, updated_at, last_error, result,
+        progress, worker_pid, lease, started_at, cancel_requested); default: all."""
         ...
 
     def due(self, now: float, limit: int) -> list[Job]:

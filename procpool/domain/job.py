@@ -85,6 +85,17 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
         return self.attempts + 1
 
 
+MUTABLE_FIELDS = (
+    "status", "attempts", "run_at", "updated_at", "last_error", "result", "progress",
+    "worker_pid", "lease", "started_at", "cancel_requested",
+)  # fmt: skip
+"""The fields that transitions change; the others are fixed when the job is created."""
+
+
+def changed_fields(old: Job, new: Job) -> list[str]:
+    return [name for name in MUTABLE_FIELDS if getattr(new, name) != getattr(old, name)]
+
+
 def _move(job: Job, new: Status, now: float, **changes: object) -> Job:
     check_transition(job.status, new)
     return msgspec.structs.replace(job, status=new, updated_at=now, **changes)

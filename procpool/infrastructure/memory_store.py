@@ -39,7 +39,9 @@ class MemoryJobStore:
         for job in jobs:
             self._jobs[job.id] = job
 
-    def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
+    def save(
+        self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ()
+    ) -> bool:
         stored = self._jobs.get(job.id)
         if stored is None or stored.status is not expected or stored.lease != expected_lease:
             return False

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from procpool.application.ports import WorkerRecord, WorkerReport
-from procpool.domain.job import Job, Progress, Run, Status
+from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -140,6 +140,17 @@ def _row(job: Job) -> tuple:  # type: ignore[type-arg]
     )  # fmt: skip
 
 
+def _column_value(job: Job, name: str) -> object:
+    value = getattr(job, name)
+    if name == "progress":
+        return None if value is None else msgspec.json.encode(value)
+    if name == "status":
+        return str(value)
+    if name == "cancel_requested":
+        return int(value)
+    return value
+
+
 class SchemaTooNew(Exception):
     pass
 
@@ -200,20 +211,22 @@ class SqliteJobStore:
             f"INSERT INTO jobs ({COLUMNS}) VALUES ({','.join('?' * 20)})", map(_row, jobs)
         )
 
-    def save(self, job: Job, *, expected: Status, expected_lease: int) -> bool:
+    def save(
+        self,
+        job: Job,
+        *,
+        expected: Status,
+        expected_lease: int,
+        fields: Sequence[str] = MUTABLE_FIELDS,
+    ) -> bool:
+        # Naming only the columns that changed spares SQLite the upkeep of indexes
+        # over the others (run_at, priority, created_at are in the pending indexes).
+        values = [_column_value(job, name) for name in fields]
         cursor = self._db.execute(
-            "UPDATE jobs SET status = ?, attempts = ?, run_at = ?, updated_at = ?,"
-            " last_error = ?, result = ?, progress = ?, worker_pid = ?, lease = ?,"
-            " started_at = ?, cancel_requested = ?"
+            f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in fields)}"
             " WHERE id = ? AND status = ? AND lease = ?",
-            (
-                str(job.status), job.attempts, job.run_at, job.updated_at, job.last_error,
-                job.result,
-                None if job.progress is None else msgspec.json.encode(job.progress),
-                job.worker_pid, job.lease, job.started_at, int(job.cancel_requested),
-                job.id, str(expected), expected_lease,
-            ),
-        )  # fmt: skip
+            (*values, job.id, str(expected), expected_lease),
+        )
         return cursor.rowcount == 1
 
     def due(self, now: float, limit: int) -> list[Job]:
