@@ -70,15 +70,15 @@ def test_terminal_jobs_are_unchanged_across_a_crash(make_daemon) -> None:
 
 
 def test_a_job_that_keeps_killing_the_daemon_exhausts_its_attempts(make_daemon) -> None:
-    job_ids = []
-    for cycle in range(3):
-        daemon = make_daemon(args=FAULTS)
-        if cycle == 0:
-            daemon.client.submit("kill_daemon", None, id="killer", max_attempts=2)
-            job_ids.append("killer")
-        if cycle < 2:
-            daemon.wait_exit(30)
-    job = daemon.wait_status("killer", "failed")
+    first = make_daemon(args=FAULTS)
+    first.client.submit("kill_daemon", None, id="killer", max_attempts=2)
+    assert first.wait_exit(30) == -signal.SIGKILL
+    # The restart counts the first attempt, runs the second, and dies of it again.
+    second = make_daemon(args=FAULTS, start=False)
+    second.start(wait_ready=False)
+    assert second.wait_exit(30) == -signal.SIGKILL
+    third = make_daemon(args=FAULTS)
+    job = third.wait_status("killer", "failed")
     assert job.attempts == 2
     assert job.last_error == "the daemon died while it ran"
 

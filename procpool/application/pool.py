@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -180,6 +181,13 @@ def reap_any() -> list[tuple[int, int]]:
     return exited
 
 
+def _lives(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def kill_stale_group(pid: int, create_time: float) -> bool:
     """Kill what is left of a worker of an earlier run: its process group, if the
     group is still that worker's. Returns whether anything was killed.
@@ -198,12 +206,15 @@ def kill_stale_group(pid: int, create_time: float) -> bool:
     group = []
     for process in psutil.process_iter():
         try:
-            if os.getpgid(process.pid) == pid:
+            # A zombie is already dead; only its new parent can remove it.
+            if os.getpgid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE:
                 group.append(process)
         except (ProcessLookupError, psutil.Error):
             continue
     if not group:
         return False
     signal_group(pid, signal.SIGKILL)
-    psutil.wait_procs(group, timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_lives(p) for p in group):
+        time.sleep(0.01)
     return True

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
+from procpool.application import events
 from procpool.application.channel import ChannelClosed, WorkerEnd
 from procpool.application.handlers import HandlerRegistry, JobContext
 from procpool.application.messages import (
@@ -253,6 +254,7 @@ def worker_main(
     _reset_signals()
     _die_with_parent(parent_pid)
     reporter = _Reporter(channel, heartbeat_interval, parent_pid)
+    events.configure(None)  # the supervisor's log sink is not ours: lines go up the channel
     logger.remove()
     logger.add(reporter.log, level="DEBUG", format="{message}", catch=True)
     threading.Thread(target=reporter.run_heartbeats, name="heartbeat", daemon=True).start()
