@@ -144,7 +144,9 @@ def kill_if_due(worker: WorkerProcess, now: float) -> None:
 
 
 def describe_exit(status: int) -> tuple[str, int | None, str | None]:
-    """A raw wait status as (readable text, exit code, signal name)."""
+    """A raw wait status, of a worker that died by itself, as (readable text, exit
+    code, signal name). Nobody here sends SIGKILL unasked, so a SIGKILL from outside
+    is most likely the kernel's out-of-memory killer."""
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         try:

@@ -505,6 +505,8 @@ class Supervisor:
 
     def _on_exit(self, worker: WorkerProcess, status: int, now: float, wall: float) -> None:
         text, code, signal_name = pool.describe_exit(status)
+        if worker.end_reason is not None:  # we ended it: the exit says nothing more
+            text = f"ended by the supervisor ({worker.end_reason}): {worker.end_detail}"
         pool.signal_group(worker.pid, signal.SIGKILL)  # what its handler may have left
         self._unregister(worker)
         worker.channel.close()

@@ -96,10 +96,12 @@ class _Reporter:
             self._unsent = None
             self._last_sent_at = time.monotonic()
 
-    def end(self) -> None:
+    def end(self) -> ProgressReport | None:
+        """The job is over; returns a progress report held back by the rate limit,
+        so that the last report is sent before the result, not dropped."""
         with self._lock:
-            self._job = None
-            self._unsent = None
+            held, self._job, self._unsent = self._unsent, None, None
+        return held
 
     def progress(self, fraction: float, message: str | None) -> None:
         with self._lock:
@@ -242,8 +244,11 @@ def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -
         channel.send(*outgoing)
         outgoing.clear()
         reporter.begin(message)
-        outgoing.append(_execute(registry, message, reporter))
-        reporter.end()
+        outcome = _execute(registry, message, reporter)
+        held = reporter.end()
+        if held is not None:
+            outgoing.append(held)
+        outgoing.append(outcome)
 
 
 def worker_main(

@@ -68,9 +68,10 @@ def _convert(key: str, value: Any, source: str, *, from_text: bool) -> Any:
         return msgspec.convert(value, _FIELDS[key], strict=not from_text)
     except msgspec.ValidationError as error:
         reason = str(error).split(" - at ")[0]
-        raise ConfigError(
-            f"config key {key!r} ({source}): {reason[0].lower()}{reason[1:]}, got {value!r}"
-        ) from None
+        reason = reason[0].lower() + reason[1:]
+        if ", got " not in reason:
+            reason += f", got {value!r}"
+        raise ConfigError(f"config key {key!r} ({source}): {reason}") from None
 
 
 def _check(config: Config) -> Config:
