@@ -401,10 +401,12 @@ def procpool_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
         done_before = daemon.store.count("completed")  # type: ignore[union-attr]
         data = _jsonl({"type": "cpu", "payload": {"iterations": iterations}} for _ in range(jobs))
         path = _write_hidden(daemon.inbox, "cpu.jsonl", data)
+        cpu_before = daemon.cpu_seconds()
         start = time.perf_counter()
         os.rename(path, daemon.inbox / "cpu.jsonl")
         end = daemon.wait_count("completed", done_before + jobs, BULK_POLL)
-    return {"seconds": end - start}
+        cpu = daemon.cpu_seconds() - cpu_before
+    return {"seconds": end - start, "supervisor_cpu_us_per_job": cpu / jobs * 1e6}
 
 
 def executor_cpu(jobs: int, iterations: int) -> dict[str, float]:
@@ -421,8 +423,8 @@ def executor_cpu(jobs: int, iterations: int) -> dict[str, float]:
 def paired_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
     """The baseline and procpool back to back, so that both see the same machine load."""
     base = executor_cpu(jobs, iterations)["seconds"]
-    mine = procpool_cpu(workdir, jobs, iterations)["seconds"]
-    return {"seconds": mine, "baseline_seconds": base, "ratio": mine / base}
+    mine = procpool_cpu(workdir, jobs, iterations)
+    return {**mine, "baseline_seconds": base, "ratio": mine["seconds"] / base}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
