@@ -1,0 +1,202 @@
+"""Configuration (CONTRACT section 8): precedence, errors that name the key, the
+documented file. Unit tests: `load` is given its environment explicitly."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from procpool.domain.errors import ConfigError
+from procpool.infrastructure.config import Config, default_home, load, resolve_home
+
+DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    """An environment whose default home holds no procpool.toml of the user's."""
+    return {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_contract(environ: dict[str, str]) -> None:
+    config = load(environ=environ)
+    assert config == Config()
+    assert config.workers is None
+    assert config.handlers == []
+    assert (config.max_attempts, config.timeout) == (3, None)
+    assert (config.backoff_base, config.backoff_max) == (1.0, 300.0)
+    assert config.shutdown_timeout == 30.0
+    assert (config.heartbeat_interval, config.heartbeat_timeout) == (1.0, 30.0)
+    assert (config.max_jobs_per_worker, config.max_memory_mb) == (0, 0)
+    assert config.max_file_bytes == 1_048_576
+    assert config.log_level == "INFO"
+
+
+def test_workers_default_to_the_cpu_count() -> None:
+    assert Config().worker_count == (os.cpu_count() or 1)
+    assert Config(workers=3).worker_count == 3
+
+
+def test_precedence_flag_then_environment_then_file_then_default(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    file = write(tmp_path / "p.toml", "workers = 3\nmax_attempts = 7\nbackoff_max = 9.5\n")
+    env = {**environ, "PROCPOOL_WORKERS": "4", "PROCPOOL_MAX_ATTEMPTS": "8"}
+    config = load(flags={"workers": 5}, config_file=file, environ=env)
+    assert config.workers == 5  # flag over environment and file
+    assert config.max_attempts == 8  # environment over file
+    assert config.backoff_max == 9.5  # file over default
+    assert config.backoff_base == 1.0  # default
+    assert load(config_file=file, environ=env).workers == 4
+    assert load(config_file=file, environ=environ).workers == 3
+
+
+def test_flags_not_given_do_not_override(tmp_path: Path, environ: dict[str, str]) -> None:
+    file = write(tmp_path / "p.toml", 'workers = 3\nhandlers = ["mine"]\n')
+    config = load(flags={"workers": None, "handlers": None}, config_file=file, environ=environ)
+    assert (config.workers, config.handlers) == (3, ["mine"])
+
+
+def test_the_file_comes_from_procpool_config_or_the_home(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    named = write(tmp_path / "named.toml", "workers = 6\n")
+    assert load(environ={**environ, "PROCPOOL_CONFIG": str(named)}).workers == 6
+    home = tmp_path / "home"
+    home.mkdir()
+    write(home / "procpool.toml", "workers = 9\n")
+    assert load(flags={"home": str(home)}, environ=environ).workers == 9
+    assert load(environ={**environ, "PROCPOOL_HOME": str(home)}).workers == 9
+    assert load(flags={"home": str(home)}, config_file=named, environ=environ).workers == 6
+
+
+def test_the_home(tmp_path: Path, environ: dict[str, str]) -> None:
+    assert resolve_home(load(environ=environ), environ) == tmp_path / "state" / "procpool"
+    assert default_home({"HOME": "/nowhere"}) == Path("~/.local/state/procpool").expanduser()
+    config = load(environ={**environ, "PROCPOOL_HOME": str(tmp_path / "h")})
+    assert resolve_home(config, environ) == tmp_path / "h"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a", ["a"]),
+        ("a,b", ["a", "b"]),
+        (" mod.one , mod.two ,", ["mod.one", "mod.two"]),
+        ("", []),
+    ],
+)
+def test_handlers_from_the_environment_are_a_comma_separated_list(
+    environ: dict[str, str], text: str, expected: list[str]
+) -> None:
+    assert load(environ={**environ, "PROCPOOL_HANDLERS": text}).handlers == expected
+
+
+@pytest.mark.parametrize("text", ["none", "None", "null", ""])
+def test_none_from_the_environment(environ: dict[str, str], text: str) -> None:
+    env = {**environ, "PROCPOOL_TIMEOUT": text, "PROCPOOL_WORKERS": text}
+    config = load(environ=env)
+    assert (config.timeout, config.workers) == (None, None)
+
+
+def test_numbers_from_the_environment(environ: dict[str, str]) -> None:
+    env = {**environ, "PROCPOOL_TIMEOUT": "12.5", "PROCPOOL_MAX_MEMORY_MB": "256"}
+    config = load(environ=env)
+    assert (config.timeout, config.max_memory_mb) == (12.5, 256)
+
+
+def test_log_level_is_case_insensitive(environ: dict[str, str]) -> None:
+    assert load(environ={**environ, "PROCPOOL_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("wrokers = 2\n", "wrokers"),
+        ("[section]\nworkers = 2\n", "section"),
+        ('workers = "many"\n', "workers"),
+        ("workers = 2.5\n", "workers"),
+        ('max_attempts = "3"\n', "max_attempts"),
+        ('handlers = "mod"\n', "handlers"),
+        ("handlers = [1]\n", "handlers"),
+        ("timeout = true\n", "timeout"),
+        ("workers = 0\n", "workers"),
+        ("backoff_base = -1.0\n", "backoff_base"),
+        ("max_memory_mb = -1\n", "max_memory_mb"),
+        ('log_level = "LOUD"\n', "log_level"),
+        ("heartbeat_interval = 5.0\nheartbeat_timeout = 2.0\n", "heartbeat_timeout"),
+    ],
+)
+def test_a_bad_file_names_the_key(
+    tmp_path: Path, environ: dict[str, str], text: str, key: str
+) -> None:
+    file = write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load(config_file=file, environ=environ)
+    assert key in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [
+        ("PROCPOOL_WROKERS", "2", "wrokers"),
+        ("PROCPOOL_WORKERS", "many", "workers"),
+        ("PROCPOOL_MAX_ATTEMPTS", "0", "max_attempts"),
+        ("PROCPOOL_SHUTDOWN_TIMEOUT", "soon", "shutdown_timeout"),
+    ],
+)
+def test_a_bad_environment_variable_names_the_key(
+    environ: dict[str, str], name: str, value: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={**environ, name: value})
+    assert key in str(caught.value)
+    assert name in str(caught.value) or "must be" in str(caught.value)
+
+
+def test_a_bad_flag_names_the_key(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        load(flags={"workers": 0}, environ=environ)
+
+
+def test_a_missing_or_broken_file_is_an_error(tmp_path: Path, environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(config_file=tmp_path / "absent.toml", environ=environ)
+    broken = write(tmp_path / "broken.toml", "workers = = 2\n")
+    with pytest.raises(ConfigError, match=str(broken)):
+        load(config_file=broken, environ=environ)
+
+
+# ------------------------------------------------------------------ config/procpool.toml
+
+
+def test_the_documented_file_sets_every_default() -> None:
+    """Every key of Config is in config/procpool.toml with its default: set, or, for a
+    key whose default is none, shown commented out (`# workers = 2`)."""
+    text = DOCUMENTED.read_text()
+    written = tomllib.loads(text)
+    commented = set(re.findall(r"^# ?([a-z_]+) = ", text, flags=re.MULTILINE))
+    defaults = msgspec.structs.asdict(Config())
+    assert set(written) <= set(defaults), "the file documents keys that do not exist"
+    for key, default in defaults.items():
+        if key in written:
+            assert written[key] == default, (
+                f"{key}: file says {written[key]!r}, default {default!r}"
+            )
+        else:
+            assert default is None, f"{key} (default {default!r}) is not set in the file"
+            assert key in commented, f"{key} is not documented in {DOCUMENTED}"
+
+
+def test_the_documented_file_loads_to_the_defaults(environ: dict[str, str]) -> None:
+    assert load(config_file=DOCUMENTED, environ=environ) == Config()

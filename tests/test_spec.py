@@ -1,0 +1,220 @@
+"""Job files decoded strictly and checked value by value (CONTRACT section 2): unit tests."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from procpool.domain import spec
+from procpool.domain.errors import InvalidJobFile
+from procpool.domain.spec import CancelRequest, JobDefaults, JobSpec, check, decode, to_job
+
+NOW = 1_800_000_000.0
+DEFAULTS = JobDefaults(max_attempts=3, timeout=None)
+
+
+def encoded(**fields: Any) -> bytes:
+    return json.dumps({"type": "echo", **fields}).encode()
+
+
+def job_of(data: bytes, job_id: str = "j", defaults: JobDefaults = DEFAULTS) -> Any:
+    decoded = decode(data)
+    assert isinstance(decoded, JobSpec)
+    return to_job(decoded, job_id=job_id, defaults=defaults, now=NOW)
+
+
+def test_the_smallest_job_takes_every_default() -> None:
+    decoded = decode(b'{"type": "echo"}')
+    assert decoded == JobSpec(type="echo")
+    job = job_of(b'{"type": "echo"}', "report-7")
+    assert (job.id, job.type, job.payload, job.status) == ("report-7", "echo", b"null", "pending")
+    assert (job.max_attempts, job.timeout, job.priority, job.attempts) == (3, None, 0, 0)
+    assert job.run_at == job.created_at == job.updated_at == NOW
+
+
+def test_every_field_is_taken() -> None:
+    job = job_of(
+        encoded(id="x-1", payload={"a": [1, 2]}, max_attempts=5, timeout=2.5, priority=-4),
+        "x-1",
+    )
+    assert json.loads(job.payload) == {"a": [1, 2]}
+    assert (job.max_attempts, job.timeout, job.priority) == (5, 2.5, -4)
+
+
+def test_config_defaults_apply_to_jobs_that_do_not_say() -> None:
+    job = job_of(encoded(), defaults=JobDefaults(max_attempts=7, timeout=60.0))
+    assert (job.max_attempts, job.timeout) == (7, 60.0)
+    job = job_of(encoded(max_attempts=1, timeout=1), defaults=JobDefaults(7, 60.0))
+    assert (job.max_attempts, job.timeout) == (1, 1.0)
+
+
+@pytest.mark.parametrize("payload", [None, 0, "text", [1, "two"], {"nested": {"deep": True}}])
+def test_any_json_payload_is_kept_as_it_is(payload: Any) -> None:
+    assert json.loads(job_of(encoded(payload=payload)).payload) == payload
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"type": 3}, "type"),
+        ({"type": ""}, "type"),
+        ({"id": 12}, "id"),
+        ({"id": ""}, "id"),
+        ({"id": ".hidden"}, "id"),
+        ({"id": "-dash"}, "id"),
+        ({"id": "a/b"}, "id"),
+        ({"id": "caf\u00e9"}, "id"),
+        ({"id": "x" * 129}, "id"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": -2}, "max_attempts"),
+        ({"max_attempts": "3"}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"max_attempts": True}, "max_attempts"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"priority": "high"}, "priority"),
+        ({"priority": 1.5}, "priority"),
+        ({"priority": 10**7}, "priority"),
+        ({"delay": -0.5}, "delay"),
+        ({"delay": "1s"}, "delay"),
+        ({"run_at": "tomorrow"}, "run_at"),
+        ({"run_at": 1700000000}, "run_at"),
+        ({"run_at": "2030-01-01T00:00:00Z", "delay": 5}, "run_at"),
+    ],
+    ids=lambda value: json.dumps(value)[:40] if isinstance(value, dict) else value,
+)
+def test_each_rule_names_its_field(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidJobFile) as caught:
+        decode(encoded(**fields))
+    assert named in str(caught.value)
+
+
+def test_type_is_required() -> None:
+    with pytest.raises(InvalidJobFile, match='missing required field "type"'):
+        decode(b'{"payload": 1}')
+
+
+@pytest.mark.parametrize("job_id", ["a", "A-Z_a.z-09", "x" * 128, "_under", "9lives"])
+def test_valid_ids(job_id: str) -> None:
+    decoded = decode(encoded(id=job_id))
+    assert isinstance(decoded, JobSpec)
+    assert decoded.id == job_id
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"", "JSON"),
+        (b'{"type": ', "JSON"),
+        (b'{"type": "echo",}', "line 1"),
+        (b'\n\n{"type" "echo"}', "line 3"),
+        (b'{"type": "echo", "payload": "\xff"}', "UTF-8"),
+        (b"[1, 2]", "object"),
+        (b'"echo"', "object"),
+    ],
+)
+def test_bytes_that_are_not_a_json_object(data: bytes, says: str) -> None:
+    with pytest.raises(InvalidJobFile, match=says):
+        decode(data)
+
+
+def test_a_cancel_request() -> None:
+    assert decode(b'{"cancel": "report-7"}') == CancelRequest(cancel="report-7")
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b'{"cancel": "../etc"}', "cancel"),
+        (b'{"cancel": 7}', "cancel"),
+        (b'{"cancel": "a", "why": "x"}', "why"),
+    ],
+)
+def test_a_bad_cancel_request(data: bytes, named: str) -> None:
+    with pytest.raises(InvalidJobFile, match=named):
+        decode(data)
+
+
+def test_check_bounds_a_spec_built_in_code() -> None:
+    assert check(JobSpec(type="echo", priority=3)).priority == 3
+    with pytest.raises(InvalidJobFile, match="max_attempts"):
+        check(JobSpec(type="echo", max_attempts=0))
+    with pytest.raises(InvalidJobFile, match="timeout"):
+        check(JobSpec(type="echo", timeout=float("inf")))
+
+
+# ------------------------------------------------------------------ digests
+
+
+def test_the_digest_ignores_key_order() -> None:
+    first = job_of(b'{"type": "echo", "payload": {"a": 1, "b": {"c": 2, "d": 3}}, "priority": 1}')
+    second = job_of(b'{"priority": 1, "payload": {"b": {"d": 3, "c": 2}, "a": 1}, "type": "echo"}')
+    assert first.digest == second.digest
+    assert first.payload == second.payload
+
+
+def test_an_id_from_the_file_name_and_the_same_id_written_out_are_the_same_submission() -> None:
+    assert job_of(encoded(), "same").digest == job_of(encoded(id="same"), "same").digest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"payload": {"a": 2}},
+        {"type": "cpu"},
+        {"max_attempts": 4},
+        {"timeout": 9.0},
+        {"priority": 1},
+        {"delay": 5},
+    ],
+)
+def test_any_difference_changes_the_digest(change: dict[str, Any]) -> None:
+    base = {"type": "echo", "payload": {"a": 1}}
+    assert (
+        job_of(json.dumps(base).encode()).digest
+        != job_of(json.dumps({**base, **change}).encode()).digest
+    )
+
+
+def test_other_ids_are_other_submissions() -> None:
+    assert job_of(encoded(), "one").digest != job_of(encoded(), "two").digest
+
+
+# ------------------------------------------------------------------ when a job may start
+
+
+def test_delay_moves_run_at() -> None:
+    job = job_of(encoded(delay=2.5))
+    assert job.run_at == NOW + 2.5
+    assert job.created_at == NOW
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2030-01-02T03:04:05Z",
+        "2030-01-02T03:04:05+00:00",
+        "2030-01-02T05:04:05+02:00",
+        "2030-01-01T22:04:05-05:00",
+        "2030-01-02T03:04:05",
+    ],
+)
+def test_run_at_with_or_without_an_offset(text: str) -> None:
+    expected = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    assert job_of(encoded(run_at=text)).run_at == expected
+
+
+def test_run_at_keeps_fractions_of_a_second() -> None:
+    job = job_of(encoded(run_at="2030-01-02T03:04:05.250Z"))
+    assert job.run_at == datetime(2030, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC).timestamp()
+
+
+def test_parse_time_names_the_field() -> None:
+    with pytest.raises(InvalidJobFile, match="run_at") as caught:
+        spec.parse_time("never")
+    assert "never" in str(caught.value)

@@ -1,0 +1,343 @@
+"""The JobStore contract, run against the SQLite store and the in-memory one alike,
+then what only SQLite promises: WAL, synchronous=FULL, the schema version, the index
+behind the dispatcher's query, and read-only readers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from procpool.application.ports import JobStore, WorkerRecord
+from procpool.domain import job as jobs
+from procpool.domain.job import Job, Progress, Status
+from procpool.infrastructure.memory_store import MemoryJobStore
+from procpool.infrastructure.sqlite_store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SchemaTooNew,
+    SqliteJobStore,
+)
+from procpool.infrastructure.store_reader import StoreReader
+
+NOW = 1_800_000_000.0
+
+
+def a_job(job_id: str, *, priority: int = 0, run_at: float = NOW, **changes: object) -> Job:
+    job = Job(
+        id=job_id,
+        type="echo",
+        payload=b'{"n":1}',
+        priority=priority,
+        run_at=run_at,
+        created_at=NOW,
+        updated_at=NOW,
+        digest=f"digest-{job_id}",
+    )
+    return msgspec.structs.replace(job, **changes)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    opened: JobStore = (
+        SqliteJobStore(tmp_path / "db") if request.param == "sqlite" else MemoryJobStore()
+    )
+    yield opened
+    opened.close()
+
+
+def add(store: JobStore, *new: Job) -> None:
+    with store.transaction():
+        store.insert(list(new))
+
+
+def started(store: JobStore, job_id: str, lease: int) -> Job:
+    job = store.get(job_id)
+    assert job is not None
+    running = jobs.start(job, lease=lease, worker_pid=4242, now=NOW + 1)
+    with store.transaction():
+        assert store.save(running, expected=Status.PENDING, expected_lease=job.lease)
+    return running
+
+
+# ------------------------------------------------------------------ the contract
+
+
+def test_insert_then_get_returns_the_same_job(store: JobStore) -> None:
+    job = a_job("full", max_attempts=5, timeout=2.5, priority=-3, last_error="e", retry_of="older")
+    add(store, job, a_job("other"))
+    assert store.get("full") == job
+    assert store.get("absent") is None
+
+
+def test_an_existing_id_cannot_be_inserted_again(store: JobStore) -> None:
+    add(store, a_job("once"))
+    with pytest.raises((sqlite3.IntegrityError, KeyError)), store.transaction():
+        store.insert([a_job("once", priority=9)])
+    assert store.get("once") == a_job("once")
+
+
+def test_digests_of_the_ids_that_exist(store: JobStore) -> None:
+    add(store, *(a_job(f"j{n}") for n in range(1200)))
+    asked = [f"j{n}" for n in range(0, 1200, 2)] + ["nope"]
+    found = store.digests(asked)
+    assert found == {f"j{n}": f"digest-j{n}" for n in range(0, 1200, 2)}
+    assert store.digests([]) == {}
+
+
+def test_save_is_a_compare_and_set(store: JobStore) -> None:
+    add(store, a_job("cas"))
+    running = started(store, "cas", lease=1)
+    assert store.get("cas") == running
+    done = jobs.complete(running, result=b'"ok"', now=NOW + 2)
+    with store.transaction():
+        assert not store.save(done, expected=Status.PENDING, expected_lease=1), "wrong status"
+        assert not store.save(done, expected=Status.RUNNING, expected_lease=2), "wrong lease"
+        assert not store.save(
+            a_job("ghost", status=Status.RUNNING), expected=Status.PENDING, expected_lease=0
+        )
+    assert store.get("cas") == running
+    assert store.get("ghost") is None
+    with store.transaction():
+        assert store.save(done, expected=Status.RUNNING, expected_lease=1)
+    assert store.get("cas") == done
+
+
+def test_save_keeps_every_changing_field(store: JobStore) -> None:
+    add(store, a_job("f"))
+    running = started(store, "f", lease=4)
+    changed = jobs.report_progress(
+        jobs.request_cancel(running, now=NOW + 2), Progress(0.25, "a quarter"), now=NOW + 3
+    )
+    with store.transaction():
+        assert store.save(changed, expected=Status.RUNNING, expected_lease=4)
+    retried = jobs.fail_attempt(changed, error="boom", now=NOW + 4, retry_at=NOW + 9)
+    with store.transaction():
+        assert store.save(retried, expected=Status.RUNNING, expected_lease=4)
+    assert store.get("f") == retried
+    assert retried.progress == Progress(0.25, "a quarter")
+    assert (retried.attempts, retried.last_error, retried.run_at) == (1, "boom", NOW + 9)
+
+
+def test_due_orders_by_priority_then_run_at(store: JobStore) -> None:
+    add(
+        store,
+        a_job("low-old", priority=0, run_at=NOW - 30),
+        a_job("high-new", priority=5, run_at=NOW - 1),
+        a_job("high-old", priority=5, run_at=NOW - 20),
+        a_job("negative", priority=-2, run_at=NOW - 100),
+        a_job("low-new", priority=0, run_at=NOW - 10),
+        a_job("now", priority=1, run_at=NOW),
+    )
+    order = ["high-old", "high-new", "now", "low-old", "low-new", "negative"]
+    assert [j.id for j in store.due(NOW, 100)] == order
+    assert [j.id for j in store.due(NOW, 2)] == order[:2]
+
+
+def test_due_skips_future_and_non_pending_jobs(store: JobStore) -> None:
+    add(
+        store,
+        a_job("ready", run_at=NOW - 1),
+        a_job("later", priority=100, run_at=NOW + 0.001),
+        a_job("taken", priority=50, run_at=NOW - 5),
+        a_job("done", priority=50, run_at=NOW - 5, status=Status.COMPLETED),
+        a_job("gone", priority=50, run_at=NOW - 5, status=Status.CANCELED),
+    )
+    started(store, "taken", lease=1)
+    assert [j.id for j in store.due(NOW, 10)] == ["ready"]
+    assert [j.id for j in store.due(NOW + 1, 10)] == ["later", "ready"]
+
+
+def test_next_run_at_is_the_earliest_pending(store: JobStore) -> None:
+    assert store.next_run_at() is None
+    add(
+        store,
+        a_job("soon", run_at=NOW + 5),
+        a_job("later", run_at=NOW + 50),
+        a_job("finished", run_at=NOW - 50, status=Status.FAILED),
+        a_job("earliest", run_at=NOW + 1),
+    )
+    assert store.next_run_at() == NOW + 1
+    started(store, "earliest", lease=1)
+    assert store.next_run_at() == NOW + 5
+
+
+def test_with_status(store: JobStore) -> None:
+    add(store, a_job("p1"), a_job("p2"), a_job("c", status=Status.COMPLETED))
+    started(store, "p2", lease=3)
+    assert {j.id for j in store.with_status(Status.PENDING)} == {"p1"}
+    assert {j.id for j in store.with_status(Status.RUNNING)} == {"p2"}
+    assert {j.id for j in store.with_status(Status.COMPLETED)} == {"c"}
+    assert store.with_status(Status.CANCELED) == []
+
+
+def test_max_lease(store: JobStore) -> None:
+    assert store.max_lease() == 0
+    add(store, a_job("a"), a_job("b"), a_job("c"))
+    started(store, "b", lease=17)
+    started(store, "a", lease=5)
+    assert store.max_lease() == 17
+
+
+def test_worker_records(store: JobStore) -> None:
+    assert store.workers() == []
+    with store.transaction():
+        store.add_worker(WorkerRecord(101, 1.5))
+        store.add_worker(WorkerRecord(102, 2.5))
+        store.add_worker(WorkerRecord(101, 3.5))  # the pid was reused: the newer one counts
+    assert sorted(store.workers(), key=lambda w: w.pid) == [
+        WorkerRecord(101, 3.5),
+        WorkerRecord(102, 2.5),
+    ]
+    with store.transaction():
+        store.remove_worker(101)
+        store.remove_worker(999)
+    assert store.workers() == [WorkerRecord(102, 2.5)]
+
+
+def test_a_transaction_rolls_back_on_an_exception(store: JobStore) -> None:
+    add(store, a_job("kept"))
+    with pytest.raises(RuntimeError, match="mid-turn"), store.transaction():
+        store.insert([a_job("lost")])
+        kept = store.get("kept")
+        assert kept is not None
+        running = jobs.start(kept, lease=1, worker_pid=1, now=NOW)
+        assert store.save(running, expected=Status.PENDING, expected_lease=0)
+        store.add_worker(WorkerRecord(7, 1.0))
+        raise RuntimeError("mid-turn")
+    assert store.get("lost") is None
+    assert store.get("kept") == a_job("kept")
+    assert store.workers() == []
+
+
+# ------------------------------------------------------------------ SQLite only
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "procpool.db"
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[SqliteJobStore]:
+    opened = SqliteJobStore(db_path)
+    yield opened
+    opened.close()
+
+
+def test_wal_and_synchronous_full(sqlite_store: SqliteJobStore, db_path: Path) -> None:
+    db = sqlite_store._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    add(sqlite_store, a_job("w"))
+    assert Path(f"{db_path}-wal").exists()
+
+
+def test_the_schema_version(sqlite_store: SqliteJobStore, db_path: Path) -> None:
+    assert SCHEMA_VERSION == len(MIGRATIONS) >= 1
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_reopening_an_existing_store(db_path: Path) -> None:
+    first = SqliteJobStore(db_path)
+    add(first, a_job("survives", priority=3))
+    with first.transaction():
+        first.add_worker(WorkerRecord(55, 5.0))
+    first.close()
+    second = SqliteJobStore(db_path)
+    try:
+        assert second.get("survives") == a_job("survives", priority=3)
+        assert second.workers() == [WorkerRecord(55, 5.0)]
+        assert second._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        second.close()
+
+
+def test_an_old_schema_is_migrated_in_place(db_path: Path) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO jobs VALUES ('old', 'echo', x'6e756c6c', 'pending', 0, 3, NULL, 0,"
+            " ?, ?, ?, NULL, NULL, NULL, NULL, 0, NULL, 0, 'd')",
+            (NOW, NOW, NOW),
+        )
+    db.close()
+    store = SqliteJobStore(db_path)
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        job = store.get("old")
+        assert job is not None
+        assert (job.payload, job.retry_of, job.digest) == (b"null", None, "d")
+    finally:
+        store.close()
+
+
+def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNew, match=str(SCHEMA_VERSION + 1)):
+        SqliteJobStore(db_path)
+
+
+def test_the_due_query_is_served_by_its_index(sqlite_store: SqliteJobStore) -> None:
+    """The dispatcher's query reads the partial index in order: no scan of the
+    table and no sort, however many finished jobs the store holds."""
+    add(sqlite_store, *(a_job(f"j{n}", priority=n % 7, run_at=NOW - n) for n in range(300)))
+    statements: list[str] = []
+    sqlite_store._db.set_trace_callback(statements.append)
+    try:
+        sqlite_store.due(NOW, 10)
+    finally:
+        sqlite_store._db.set_trace_callback(None)
+    [query] = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    plan = " | ".join(
+        row[-1] for row in sqlite_store._db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+    )
+    assert "jobs_pending_order" in plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_the_reader_sees_what_the_writer_committed(
+    sqlite_store: SqliteJobStore, db_path: Path
+) -> None:
+    reader = StoreReader(db_path)
+    try:
+        assert reader.get("r") is None
+        with sqlite_store.transaction():
+            sqlite_store.insert([a_job("r")])
+            assert reader.get("r") is None, "a reader must not see an uncommitted turn"
+        assert reader.get("r") == a_job("r")
+        running = started(sqlite_store, "r", lease=2)
+        assert reader.get("r") == running
+        assert [j.id for j in reader.list()] == ["r"]
+        assert reader.get_many(["r", "absent"]) == {"r": running}
+    finally:
+        reader.close()
+
+
+def test_the_reader_cannot_write(sqlite_store: SqliteJobStore, db_path: Path) -> None:
+    add(sqlite_store, a_job("safe"))
+    reader = StoreReader(db_path)
+    try:
+        db = reader._connection()
+        assert db is not None
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.execute("DELETE FROM jobs")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.execute("UPDATE jobs SET status = 'failed'")
+    finally:
+        reader.close()
+    assert sqlite_store.get("safe") == a_job("safe")
+
+
+def test_a_reader_of_a_store_that_does_not_exist_yet(tmp_path: Path) -> None:
+    reader = StoreReader(tmp_path / "absent.db")
+    assert reader.get("x") is None
+    assert reader.list() == []
+    assert not (tmp_path / "absent.db").exists(), "reading must not create the store"
