@@ -19,6 +19,7 @@ from procpool.domain.spec import (
     JobSpec,
     PruneRequest,
     check_id,
+    show,
     to_job,
 )
 
@@ -96,7 +97,7 @@ def _read_entries(
         elif entry.value.type not in known_types:
             outcome.fail(
                 entry.line,
-                f'unknown job type "{entry.value.type}"; registered: {", ".join(type_names)}',
+                f"unknown job type {show(entry.value.type)}; registered: {', '.join(type_names)}",
             )
         else:
             try:
@@ -107,6 +108,12 @@ def _read_entries(
             job = to_job(entry.value, job_id=job_id, defaults=defaults, now=now)
             candidates.append(_Candidate(job, file, entry.line))
     return candidates
+
+
+def _lines_summary(bad: int, total: int) -> str:
+    if bad == total:
+        return f"all {total} lines were rejected"
+    return f"{bad} of {total} lines were rejected, the other {total - bad} accepted"
 
 
 def ingest(
@@ -146,8 +153,6 @@ def ingest(
         if outcome.error is None and not outcome.lines:
             result.accepted.append(outcome.file)
         else:
-            error = outcome.error or (
-                f"{len(outcome.lines)} of {len(outcome.file.entries)} lines were rejected"
-            )
+            error = outcome.error or _lines_summary(len(outcome.lines), len(outcome.file.entries))
             result.rejected.append(Rejection(outcome.file, error, outcome.lines))
     return result

@@ -1,13 +1,25 @@
 """What a producer may write into the inbox, decoded strictly and checked value by value.
 
-A job file is untrusted input (DESIGN decision 10): msgspec decodes it into a
-struct that forbids unknown fields, then `check` bounds every value. Each
-failure raises InvalidJobFile with a message that names the field and the rule.
+A job file is untrusted input (DESIGN decision 10). `decode` turns its bytes
+into a JobSpec, a CancelRequest or a PruneRequest, or raises InvalidJobFile
+with a message that says what is wrong and where: the line and column of bad
+JSON, or the field, its rule and the value given ("max_attempts must be >= 1,
+got 0").
+
+The bytes are parsed into plain values first, so that a message can quote the
+value at fault, then converted into a strict struct (an unknown field is an
+error), then `check` bounds every value. Nesting is bounded by MAX_DEPTH
+because msgspec counts depth against Python's recursion limit: without a bound
+of its own, whether a deep payload is accepted would depend on how deep the
+caller's stack happens to be. Bytes that end mid-value raise IncompleteJson, so
+that the inbox can tell a file still being written from a broken one.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,10 +32,19 @@ from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+ID_RULE = '1-128 characters of A-Z a-z 0-9 . _ -, not starting with "." or "-"'
 MAX_ATTEMPTS_LIMIT = 1000
 PRIORITY_LIMIT = 1_000_000
 # Ten years: longer timeouts or delays are typos, and huge floats overflow time arithmetic.
 MAX_SECONDS = 10 * 366 * 24 * 3600.0
+# The whole document: {"payload": ...} is level 1, so a payload may nest 99 levels.
+MAX_DEPTH = 100
+# run_at must be shown as a four-digit year by every tool that reads the store.
+LATEST_RUN_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
+RFC3339_RULE = "an RFC 3339 time such as 2026-11-28T02:04:15Z"
 
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -48,19 +69,52 @@ class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
     prune: float
 
 
+# What each field must be, in the words a message uses when the JSON type is wrong.
+_KINDS = {
+    "type": "a string",
+    "id": "a string",
+    "max_attempts": "an integer",
+    "timeout": "a number",
+    "priority": "an integer",
+    "delay": "a number",
+    "run_at": "a string",
+    "retry_of": "a string",
+    "cancel": "a string",
+    "prune": "a number",
+}
+
+
 @dataclass(frozen=True)
 class JobDefaults:
     max_attempts: int = 3
     timeout: float | None = None
 
 
+def show(value: Any, width: int = 60) -> str:
+    """A value as JSON, cut short: how a message quotes what a producer wrote."""
+    if isinstance(value, float) and not math.isfinite(value):
+        text = repr(value)  # msgspec would write null
+    else:
+        try:
+            text = msgspec.json.encode(value).decode()
+        except (TypeError, ValueError, RecursionError):  # lone surrogates, odd objects
+            text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def check_id(value: str, what: str = "id") -> str:
     if not ID_PATTERN.fullmatch(value):
-        raise InvalidJobFile(
-            f"{what} {value[:140]!r} is not valid: 1-128 characters of A-Z a-z 0-9 . _ -,"
-            " not starting with '.' or '-'"
-        )
+        raise InvalidJobFile(f"{what} must be {ID_RULE}, got {show(value)}")
     return value
+
+
+def _check_bounds(name: str, value: int | None, low: int, high: int) -> None:
+    if value is None:
+        return
+    if value < low:
+        raise InvalidJobFile(f"{name} must be >= {low}, got {value}")
+    if value > high:
+        raise InvalidJobFile(f"{name} must be <= {high}, got {value}")
 
 
 def _check_seconds(name: str, value: float | None, *, allow_zero: bool) -> None:
@@ -70,40 +124,51 @@ def _check_seconds(name: str, value: float | None, *, allow_zero: bool) -> None:
         raise InvalidJobFile(f"{name} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         rule = ">= 0" if allow_zero else "> 0"
-        raise InvalidJobFile(f"{name} must be {rule}, got {value}")
+        raise InvalidJobFile(f"{name} must be {rule}, got {value:g}")
     if value > MAX_SECONDS:
-        raise InvalidJobFile(f"{name} must be at most {MAX_SECONDS:.0f} seconds, got {value}")
+        raise InvalidJobFile(f"{name} must be <= {MAX_SECONDS:.0f} (ten years), got {value:g}")
 
 
 def parse_time(value: str, name: str = "run_at") -> float:
     """An RFC 3339 time as epoch seconds. A time without an offset is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidJobFile(
-            f"{name} {value[:64]!r} is not an RFC 3339 time such as 2026-11-28T02:04:15Z"
-        ) from None
+    moment = None
+    if _RFC3339.fullmatch(value):
+        try:
+            moment = datetime.fromisoformat(value.upper())
+        except ValueError:  # the right shape, but month 13, hour 24, offset +25:00, ...
+            moment = None
+    if moment is None:
+        raise InvalidJobFile(f"{name} must be {RFC3339_RULE}, got {show(value)}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    seconds = moment.timestamp()
+    if not 0 <= seconds <= LATEST_RUN_AT:
+        raise InvalidJobFile(
+            f"{name} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z,"
+            f" got {show(value)}"
+        )
+    return seconds
+
+
+def _check_text(name: str, value: str) -> None:
+    """Strings built in Python (not decoded from JSON) can hold lone surrogates."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidJobFile(f"{name} is not valid Unicode text, got {show(value)}") from None
 
 
 def check(spec: JobSpec) -> JobSpec:
     """Bound every value of a decoded spec; return it unchanged if all hold."""
     if not spec.type:
         raise InvalidJobFile("type must not be empty")
+    _check_text("type", spec.type)
     if spec.id is not None:
         check_id(spec.id)
     if spec.retry_of is not None:
         check_id(spec.retry_of, "retry_of")
-    if spec.max_attempts is not None and not 1 <= spec.max_attempts <= MAX_ATTEMPTS_LIMIT:
-        raise InvalidJobFile(
-            f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {spec.max_attempts}"
-        )
-    if not -PRIORITY_LIMIT <= spec.priority <= PRIORITY_LIMIT:
-        raise InvalidJobFile(
-            f"priority must be between {-PRIORITY_LIMIT} and {PRIORITY_LIMIT}, got {spec.priority}"
-        )
+    _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
+    _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
     _check_seconds("timeout", spec.timeout, allow_zero=False)
     _check_seconds("delay", spec.delay, allow_zero=True)
     if spec.run_at is not None:
@@ -113,63 +178,223 @@ def check(spec: JobSpec) -> JobSpec:
     return spec
 
 
-def describe_validation_error(error: msgspec.ValidationError) -> str:
-    """msgspec says "Expected `int`, got `str` - at `$.priority`"; say it field first."""
+# ----------------------------------------------------------------- bytes to values
+
+
+class IncompleteJson(InvalidJobFile):
+    """The bytes end before the JSON value does: perhaps a producer is still writing."""
+
+
+class _Malformed(Exception):
+    """Where the bytes go wrong (a byte offset, or None) and why."""
+
+    def __init__(
+        self,
+        offset: int | None,
+        reason: str,
+        what: str | None = "JSON",
+        *,
+        ends_early: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.what = what
+        self.ends_early = ends_early
+
+    def describe(self, data: bytes, first_line: int) -> str:
+        where = "" if self.offset is None else f" at {_position(data, self.offset, first_line)}"
+        if self.what is None:
+            return f"{self.reason}{where}"
+        return f"not valid {self.what}{where}: {self.reason}"
+
+
+def _position(data: bytes, offset: int, first_line: int) -> str:
+    start = data.rfind(b"\n", 0, offset) + 1
+    line = first_line + data.count(b"\n", 0, offset)
+    column = len(data[start:offset].decode("utf-8", "replace")) + 1
+    return f"line {line} column {column}"
+
+
+_ENDS_EARLY = "the data ends before the JSON value does"
+_UNICODE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([0-9a-fA-F]{4})")
+
+
+def _lone_surrogate(data: bytes) -> _Malformed | None:
+    r"""msgspec rejects "\ud800" without its pair, but calls it truncated input."""
+
+    def lone(match: re.Match[bytes]) -> _Malformed:
+        escape = match.group(0)[-6:].decode()
+        reason = f"{escape} is half of a UTF-16 surrogate pair, not a character"
+        return _Malformed(match.end() - 6, f"{reason}; strings must be valid Unicode")
+
+    high: re.Match[bytes] | None = None  # waiting for the low half right after it
+    for match in _UNICODE_ESCAPE.finditer(data):
+        code = int(match.group(1), 16)
+        if high is not None:
+            if 0xDC00 <= code <= 0xDFFF and match.end() - 6 == high.end():
+                high = None
+                continue
+            return lone(high)
+        if 0xD800 <= code <= 0xDBFF:
+            high = match
+        elif 0xDC00 <= code <= 0xDFFF:
+            return lone(match)
+    return None if high is None else lone(high)
+
+
+def _number_out_of_range(data: bytes) -> str:
+    """msgspec names no field when a number overflows; a typed decode does."""
+    where = "a number"
+    try:
+        msgspec.json.decode(data, type=JobSpec)
+    except msgspec.ValidationError as error:
+        field = re.search(r" - at `\$\.([A-Za-z_]+)", str(error))
+        if field and "out of range" in str(error):
+            where = f"{field.group(1)} holds a number that"
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    return f"{where} is out of range (beyond ±1.8e308, or over 4300 digits)"
+
+
+def _end_of_first_value(data: bytes) -> int | None:
+    """Where what follows a complete JSON value starts (msgspec has parsed that value)."""
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return None
+    end += len(text[end:]) - len(text[end:].lstrip(" \t\n\r"))
+    return len(text[:end].encode("utf-8", "surrogateescape"))
+
+
+def _explain_decode_error(error: msgspec.DecodeError, data: bytes) -> _Malformed:
     text = str(error)
-    match = re.fullmatch(r"(.*) - at `\$\.([A-Za-z_]+)`", text)
-    if match:
-        return f"{match.group(2)}: {match.group(1)[0].lower()}{match.group(1)[1:]}"
-    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text)
+    if isinstance(error, msgspec.ValidationError) and "out of range" in text:
+        return _Malformed(None, _number_out_of_range(data), None)
+    lone = _lone_surrogate(data)
+    if lone is not None:
+        return lone
+    if text == "Input data was truncated":
+        if not data.strip():
+            return _Malformed(None, "there is no JSON value, only white space")
+        return _Malformed(len(data.rstrip()), _ENDS_EARLY, ends_early=True)
+    match = re.fullmatch(r"JSON is malformed: (.*) \(byte (\d+)\)", text)
+    if not match:
+        return _Malformed(None, text)
+    offset, reason = int(match.group(2)), match.group(1)
+    if reason == "invalid number" and offset >= len(data.rstrip()):  # a cut-off "-" or "1e"
+        return _Malformed(offset, _ENDS_EARLY, ends_early=True)
+    if reason == "trailing characters":  # msgspec points past them, not at them
+        return _Malformed(_end_of_first_value(data), "more follows the JSON value")
+    rest = data[offset:]
+    if offset == 0 and rest.startswith(b"\xef\xbb\xbf"):
+        reason = "a UTF-8 byte order mark; write the file without one"
+    elif rest.startswith((b"NaN", b"Infinity")):
+        token = "NaN" if rest.startswith(b"NaN") else "Infinity"
+        reason = f"{token} is not a JSON number; numbers must be finite"
+    return _Malformed(offset, reason)
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS_ONLY = (bytes.maketrans(b"{}", b"[]"), bytes(set(range(256)) - set(b"[]{}")))
+_TOO_DEEP = f"the JSON is nested more than {MAX_DEPTH} levels deep"
+
+
+def _too_deep(data: bytes) -> bool:
+    """Whether valid JSON nests deeper than MAX_DEPTH, at the speed of bytes methods.
+
+    Each pass deletes the innermost pairs, so it takes as many passes as the nesting is deep.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    brackets = _STRING.sub(b"", data).translate(*_BRACKETS_ONLY)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
+def parse_json(data: bytes, first_line: int = 1) -> Any:
+    """Parse untrusted JSON into plain values, or raise InvalidJobFile saying where and why.
+
+    `first_line` numbers the lines of `data` as in its file (a .jsonl line).
+    """
+    try:
+        try:
+            value = msgspec.json.decode(data)
+        except msgspec.DecodeError as error:
+            raise _explain_decode_error(error, data) from None
+        except UnicodeDecodeError:
+            try:
+                data.decode()
+            except UnicodeDecodeError as bad:
+                byte = data[bad.start]
+                raise _Malformed(bad.start, f"byte 0x{byte:02x}", "UTF-8") from None
+            raise _Malformed(None, "a string is not UTF-8", "UTF-8") from None
+        except RecursionError:
+            raise _Malformed(None, _TOO_DEEP, None) from None
+        if isinstance(value, dict | list) and _too_deep(data):
+            raise _Malformed(None, _TOO_DEEP, None)
+    except _Malformed as malformed:
+        error = IncompleteJson if malformed.ends_early else InvalidJobFile
+        raise error(malformed.describe(data, first_line)) from None
+    return value
+
+
+# ----------------------------------------------------------------- values to specs
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return show(value)
+    kinds = {dict: "an object", list: "an array", str: "a string"}
+    return kinds.get(type(value), "a number")
+
+
+def _explain_validation_error(
+    error: msgspec.ValidationError, document: dict[str, Any], target: type[msgspec.Struct]
+) -> str:
+    text = str(error)
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, re.DOTALL)
     if unknown:
-        return f'unknown field "{unknown.group(1)}"'
-    missing = re.fullmatch(r"Object missing required field `(.*)`", text)
+        name = unknown.group(1)
+        fields = [f.name for f in msgspec.structs.fields(target)]
+        message = f"unknown field {show(name)}"
+        close = difflib.get_close_matches(name, fields, n=1)
+        return f"{message}; did you mean {show(close[0])}?" if close else message
+    missing = re.fullmatch(r"Object missing required field `(.*)`", text, re.DOTALL)
     if missing:
-        return f'missing required field "{missing.group(1)}"'
-    if text.startswith("Expected `object`"):
-        return f"a job must be a JSON object: {text[0].lower()}{text[1:]}"
+        return f"missing required field {show(missing.group(1))}"
+    wrong = re.fullmatch(r".* - at `\$\.([A-Za-z_]+)`", text, re.DOTALL)
+    if wrong and wrong.group(1) in document:
+        name = wrong.group(1)
+        return f"{name} must be {_KINDS.get(name, 'something else')}, got {show(document[name])}"
     return text
 
 
-def _describe_decode_error(error: msgspec.DecodeError, data: bytes) -> str:
-    text = str(error)
-    match = re.search(r"\(byte (\d+)\)", text)
-    if not match:
-        return f"not valid JSON: {text}"
-    offset = int(match.group(1))
-    line = data.count(b"\n", 0, offset) + 1
-    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-    reason = text.split(" (byte", maxsplit=1)[0].removeprefix("JSON is malformed: ")
-    return f"not valid JSON at line {line} column {column}: {reason}"
-
-
-def decode(data: bytes) -> JobSpec | CancelRequest | PruneRequest:
+def decode(data: bytes, first_line: int = 1) -> JobSpec | CancelRequest | PruneRequest:
     """Decode one JSON object: a job, a cancel request or a prune request."""
-    try:
-        value = msgspec.json.decode(data)
-    except msgspec.DecodeError as error:
-        raise InvalidJobFile(_describe_decode_error(error, data)) from None
-    except UnicodeDecodeError as error:
-        raise InvalidJobFile(f"not valid UTF-8 at byte {error.start}") from None
-    except RecursionError:
-        raise InvalidJobFile("JSON is nested too deeply") from None
-    if not isinstance(value, dict):
-        raise InvalidJobFile(f"a job must be a JSON object, got {type(value).__name__}")
+    document = parse_json(data, first_line)
+    if not isinstance(document, dict):
+        raise InvalidJobFile(f"a job must be a JSON object, got {_json_kind(document)}")
     target: type[JobSpec | CancelRequest | PruneRequest] = JobSpec
-    if "type" not in value:
-        if "cancel" in value:
+    if "type" not in document:
+        if "cancel" in document:
             target = CancelRequest
-        elif "prune" in value:
+        elif "prune" in document:
             target = PruneRequest
     try:
-        decoded = msgspec.convert(value, target)
+        decoded = msgspec.convert(document, target)
     except msgspec.ValidationError as error:
-        raise InvalidJobFile(describe_validation_error(error)) from None
+        raise InvalidJobFile(_explain_validation_error(error, document, target)) from None
     if isinstance(decoded, CancelRequest):
         check_id(decoded.cancel, "cancel")
         return decoded
     if isinstance(decoded, PruneRequest):
         if not math.isfinite(decoded.prune) or decoded.prune < 0:
-            raise InvalidJobFile(f"prune must be a number of days >= 0, got {decoded.prune}")
+            raise InvalidJobFile(f"prune must be a number of days >= 0, got {decoded.prune:g}")
         return decoded
     return check(decoded)
 

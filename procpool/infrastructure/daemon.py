@@ -39,11 +39,30 @@ def settings_from(config: configuration.Config) -> Settings:
 
 
 def prepare_home(home: Path) -> None:
-    """Create the home 0700; refuse a home or inbox that other users can write."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for directory in (home, home / "inbox"):
-        if directory.exists() and directory.stat().st_mode & stat.S_IWOTH:
-            raise ConfigError(f"{directory} is writable by every user; run chmod o-w {directory}")
+    """Create the home 0700; refuse one whose inbox other users could fill.
+
+    Other users must not be able to write the home, inbox/ or rejected/: whoever can
+    write there can submit jobs, or swap a directory for a link elsewhere. Group
+    write is allowed, for producers that share a group with the daemon's user.
+    inbox/ and rejected/ must be real directories, not symbolic links.
+    """
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"the home {home} cannot be a directory: a file is in the way") from None
+    for directory in (home, home / "inbox", home / "rejected"):
+        try:
+            info = directory.lstat() if directory != home else directory.stat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            raise ConfigError(f"{directory} is {kind}; it must be a directory")
+        if info.st_mode & stat.S_IWOTH:
+            raise ConfigError(
+                f"{directory} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o});"
+                f" run chmod o-w {directory}"
+            )
 
 
 def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
