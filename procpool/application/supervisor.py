@@ -290,6 +290,8 @@ class Supervisor:
         effects = self._effects
         for rejection in effects.rejected:
             where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
+            if not where:  # the file changed since it was read: the next scan judges it anew
+                continue
             emit(
                 "WARNING",
                 "file.rejected",
