@@ -3,6 +3,8 @@
 It never writes the store: it drops files into the inbox, as any producer
 does, and reads the store through a read-only connection. It works whether or
 not the daemon runs; jobs submitted while it is down start when it starts.
+A Client is cheap to make; its read connection belongs to the thread that
+first reads, so a threaded web server makes one per request or per thread.
 
 Example:
     from procpool import Client
@@ -15,25 +17,36 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import msgspec
 
 from procpool.domain import spec
-from procpool.domain.job import Job, Status
+from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import default_home
 from procpool.infrastructure.pidfile import running_pid
+from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
+
+_RETRY_SUFFIX = re.compile(r"\.retry-\d+$")
 
 
 class UnknownJob(KeyError):
     """No job has this id, and no file in the inbox is waiting to become it."""
+
+
+class JobNotTerminal(ProcpoolError):
+    """Only a completed, failed or canceled job can be retried."""
 
 
 class JobInfo(msgspec.Struct, kw_only=True):
@@ -55,6 +68,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
     progress: dict[str, Any] | None
     worker_pid: int | None
     cancel_requested: bool
+    retry_of: str | None
 
     @property
     def is_terminal(self) -> bool:
@@ -84,6 +98,41 @@ class JobInfo(msgspec.Struct, kw_only=True):
             else {"fraction": job.progress.fraction, "message": job.progress.message},
             worker_pid=job.worker_pid,
             cancel_requested=job.cancel_requested,
+            retry_of=job.retry_of,
+        )
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One run of a job, from the attempt history (`procpool show ID`).
+
+    `outcome` is `completed`, `failed` (the job failed for good), `retry` (the
+    attempt failed and the job will be tried again), `canceled`, `interrupted`
+    (a shutdown stopped it; not counted as an attempt) or `running`.
+    """
+
+    attempt: int
+    started_at: str | None
+    ended_at: str | None
+    duration: float | None
+    outcome: str
+    error: str | None
+    worker_pid: int | None
+    exit_signal: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+    @classmethod
+    def from_run(cls, run: Run) -> Attempt:
+        return cls(
+            attempt=run.attempt,
+            started_at=None if run.started_at is None else rfc3339(run.started_at),
+            ended_at=rfc3339(run.ended_at),
+            duration=None if run.started_at is None else round(run.ended_at - run.started_at, 6),
+            outcome=run.outcome,
+            error=run.error,
+            worker_pid=run.worker_pid,
+            exit_signal=run.exit_signal,
         )
 
 
@@ -96,12 +145,27 @@ def _statuses(status: str | Status | Iterable[str | Status] | None) -> list[Stat
 
 
 class Client:
-    """A handle on one procpool home (the same directory as `--home`)."""
+    """A handle on one procpool home (the same directory as `--home`).
+
+    Args:
+        home: the daemon's home; default `${XDG_STATE_HOME:-~/.local/state}/procpool`.
+    """
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- writing
 
@@ -127,6 +191,17 @@ class Client:
         finally:
             temporary.unlink()
 
+    def _submit(self, job_spec: spec.JobSpec) -> str:
+        spec.check(job_spec)
+        assert job_spec.id is not None
+        document = {
+            key: value
+            for key, value in msgspec.structs.asdict(job_spec).items()
+            if value is not None or key == "payload"
+        }
+        self._drop(job_spec.id, document)
+        return job_spec.id
+
     def submit(
         self,
         type: str,
@@ -139,17 +214,33 @@ class Client:
         delay: float | None = None,
         run_at: str | None = None,
     ) -> str:
-        """Queue a job; returns its id (a new random one unless `id` is given).
+        """Queue a job by writing a file into the inbox atomically.
+
+        Submitting the very same job (id, type, payload and options) again is
+        harmless: ids are idempotency keys.
+
+        Args:
+            type: the name of a registered handler.
+            payload: any JSON value, handed to the handler as it is.
+            id: the job's id (1-128 of `A-Z a-z 0-9 . _ -`); default a new random one.
+            max_attempts: attempts that may fail before the job is `failed`;
+                default the daemon's `max_attempts`.
+            timeout: hard limit of one attempt, in seconds; default the daemon's.
+            priority: higher runs first.
+            delay: do not start before now + `delay` seconds.
+            run_at: do not start before this RFC 3339 time (not with `delay`).
+
+        Returns:
+            The job's id.
 
         Raises:
-            procpool.InvalidJobFile: an option is out of its bounds; nothing was written.
+            procpool.InvalidJobFile: a value is out of its bounds; nothing was written.
         """
-        job_id = id if id is not None else f"job-{uuid.uuid4().hex[:16]}"
-        job_spec = spec.check(
+        return self._submit(
             spec.JobSpec(
                 type=type,
                 payload=payload,
-                id=job_id,
+                id=id if id is not None else f"job-{uuid.uuid4().hex[:16]}",
                 max_attempts=max_attempts,
                 timeout=timeout,
                 priority=priority,
@@ -157,23 +248,108 @@ class Client:
                 run_at=run_at,
             )
         )
-        document = {
-            key: value
-            for key, value in msgspec.structs.asdict(job_spec).items()
-            if value is not None or key == "payload"
-        }
-        self._drop(job_id, document)
-        return job_id
 
     def cancel(self, job_id: str) -> None:
-        """Ask the daemon to cancel a job, through the inbox; returns at once."""
+        """Ask the daemon to cancel a job, through the inbox; returns at once.
+
+        A pending job becomes `canceled`; a running one is terminated (with the
+        processes its handler started), then becomes `canceled`; a terminal one
+        stays as it is. Follow it with `wait` to see the outcome.
+
+        Raises:
+            procpool.InvalidJobFile: `job_id` is not a valid id.
+        """
         spec.check_id(job_id, "job id")
         self._drop(f"cancel-{job_id}", {"cancel": job_id})
+
+    def retry(self, job_id: str) -> str:
+        """Queue a new job that repeats a terminal one: same type, payload and options.
+
+        The new job's id is `ID.retry-N`, N the first number not taken (a retry
+        of `X.retry-1` is `X.retry-2`), and its `retry_of` is `job_id`. The old
+        job stays as it is.
+
+        Returns:
+            The new job's id.
+
+        Raises:
+            UnknownJob: no job has this id.
+            JobNotTerminal: the job is pending or running.
+        """
+        job = self._reader.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        if not job.status.is_terminal:
+            raise JobNotTerminal(f"job {job_id} is {job.status}; only a finished job is retried")
+        return self._submit(
+            spec.JobSpec(
+                type=job.type,
+                payload=msgspec.json.decode(job.payload),
+                id=self._retry_id(job_id),
+                max_attempts=job.max_attempts,
+                timeout=job.timeout,
+                priority=job.priority,
+                retry_of=job_id,
+            )
+        )
+
+    def _retry_id(self, job_id: str) -> str:
+        base = _RETRY_SUFFIX.sub("", job_id)
+        number = 1
+        # The inbox first: the daemon removes a file only after it committed its job,
+        # so a file taken in between is found in the store.
+        while self.is_waiting_in_inbox(candidate := f"{base}.retry-{number}") or (
+            self._reader.get(candidate) is not None
+        ):
+            number += 1
+        return candidate
+
+    def retry_failed(self, type: str | None = None) -> list[str]:
+        """Retry every failed job (of one type) that has not been retried yet.
+
+        A failed job counts as retried once a job names it as `retry_of`, so
+        calling this twice does not queue the same work twice.
+
+        Returns:
+            The new jobs' ids, oldest failed job first.
+        """
+        failed = self._reader.list([Status.FAILED], type, limit=2**62)
+        in_inbox = self._retries_in_inbox()  # before the store, as in `_retry_id`
+        done = in_inbox | self._reader.retried_ids()
+        return [self.retry(job.id) for job in reversed(failed) if job.id not in done]
+
+    def _retries_in_inbox(self) -> set[str]:
+        sources = set()
+        for file in self.inbox.glob("*.retry-*.json"):
+            try:
+                document = msgspec.json.decode(file.read_bytes())
+            except (OSError, msgspec.DecodeError):
+                continue  # taken by the daemon meanwhile, or not ours
+            if isinstance(document, dict) and isinstance(document.get("retry_of"), str):
+                sources.add(document["retry_of"])
+        return sources
+
+    def prune(self, older_than_days: float) -> None:
+        """Ask the daemon to delete terminal jobs last changed more than this many days
+        ago, with their attempt history; returns at once. Pending and running jobs
+        are never deleted.
+
+        Raises:
+            procpool.InvalidJobFile: `older_than_days` is negative or not finite.
+        """
+        if not math.isfinite(older_than_days) or older_than_days < 0:
+            raise InvalidJobFile(f"prune needs a number of days >= 0, got {older_than_days}")
+        self._drop("prune", {"prune": older_than_days})
 
     # ----------------------------------------------------------------- reading
 
     def get(self, job_id: str) -> JobInfo | None:
-        """The job, or None if the store has no job with this id."""
+        """The job with this id.
+
+        Returns:
+            The job, or None if the store has none with this id (it may still
+            wait in the inbox: see `is_waiting_in_inbox`).
+        """
         job = self._reader.get(job_id)
         return None if job is None else JobInfo.from_job(job)
 
@@ -183,8 +359,47 @@ class Client:
         type: str | None = None,
         limit: int = 100,
     ) -> list[JobInfo]:
-        """Jobs, newest first, optionally of some statuses and one type."""
+        """Jobs, newest first.
+
+        Args:
+            status: one status or several; default all.
+            type: only jobs of this type; default all.
+            limit: at most this many jobs.
+        """
         return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        """Every run of a job, oldest first; a running job's current run comes last.
+
+        Raises:
+            UnknownJob: no job has this id.
+        """
+        job = self._reader.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        runs = [Attempt.from_run(run) for run in self._reader.runs(job_id)]
+        if job.status is Status.RUNNING:
+            runs.append(
+                Attempt(
+                    attempt=job.attempt,
+                    started_at=None if job.started_at is None else rfc3339(job.started_at),
+                    ended_at=None,
+                    duration=None,
+                    outcome="running",
+                    error=None,
+                    worker_pid=job.worker_pid,
+                    exit_signal=None,
+                )
+            )
+        return runs
+
+    def count_finished_before(self, cutoff: float) -> int:
+        """Terminal jobs last changed before `cutoff` (seconds since the epoch)."""
+        return self._reader.count_finished_before(cutoff)
+
+    def stats(self, cpu_sample: float = 0.25) -> Stats:
+        """The figures of `procpool stats`; `cpu_sample` seconds go to measuring CPU."""
+        return collect(self._reader, self.daemon_pid(), cpu_sample)
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
         """Whether a file named after this job still waits in the inbox."""
@@ -195,9 +410,23 @@ class Client:
         return running_pid(self.home / "procpool.pid")
 
     def wait(
-        self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.05
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        poll: float = 0.05,
+        on_poll: Callable[[list[JobInfo | None]], None] | None = None,
     ) -> list[JobInfo]:
-        """Block until every job is terminal; returns them in the order asked.
+        """Block until every job is terminal.
+
+        Args:
+            job_ids: the jobs to wait for; a job still waiting in the inbox counts.
+            timeout: give up after this many seconds; default never.
+            poll: the longest pause between two looks at the store, in seconds.
+            on_poll: called after each look with the jobs in the order asked
+                (None for a job still in the inbox), e.g. to show progress.
+
+        Returns:
+            The jobs, in the order asked, once all are terminal.
 
         Raises:
             TimeoutError: `timeout` seconds passed first.
@@ -209,10 +438,11 @@ class Client:
             found = self._reader.get_many(list(dict.fromkeys(job_ids)))
             missing = [i for i in job_ids if i not in found]
             for job_id in missing:
-                if not self.is_waiting_in_inbox(job_id) and job_id not in self._reader.get_many(
-                    [job_id]
-                ):
+                # Checked in this order, a file taken by the daemon in between is in the store.
+                if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
                     raise UnknownJob(job_id)
+            if on_poll is not None:
+                on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])
             if not missing and all(job.status.is_terminal for job in found.values()):
                 return [JobInfo.from_job(found[i]) for i in job_ids]
             if deadline is not None and time.monotonic() >= deadline:
@@ -226,4 +456,5 @@ class Client:
             interval = min(interval * 2, poll)
 
     def close(self) -> None:
+        """Close the read connection (a later read opens a new one)."""
         self._reader.close()

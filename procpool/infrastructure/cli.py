@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,13 +19,18 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from procpool.client import Client, JobInfo, UnknownJob
+from procpool.client import Attempt, Client, JobInfo, UnknownJob
+from procpool.domain import spec
 from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
+from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure.daemon import run_daemon
+from procpool.infrastructure.log_reader import LEVELS, LogFilter, LogFollower, parse, read_all
+from procpool.infrastructure.logs import human_line
 from procpool.infrastructure.pidfile import AlreadyRunning
-from procpool.infrastructure.stats import collect
+from procpool.infrastructure.progress_display import ProgressDisplay, first_line
+from procpool.infrastructure.stats import render
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -159,9 +165,10 @@ def submit(
     value = None
     if payload is not None:
         try:
-            value = msgspec.json.decode(payload.encode())
-        except msgspec.DecodeError as error:
-            raise CommandFailed(f"PAYLOAD_JSON is not valid JSON: {error}", EXIT_USAGE) from None
+            # fsencode: argv bytes that are not UTF-8 reach the parser, which names them.
+            value = spec.parse_json(os.fsencode(payload))
+        except InvalidJobFile as error:
+            raise CommandFailed(f"PAYLOAD_JSON: {error}", EXIT_USAGE) from None
     client = _client(home)
     with _user_errors():
         new_id = client.submit(
@@ -191,9 +198,53 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("worker pid", "" if job.worker_pid is None else str(job.worker_pid)),
         ("progress", _progress_text(job)),
         ("last error", job.last_error or ""),
+        ("retry of", job.retry_of or ""),
         ("payload", _brief(job.payload, 200)),
         ("result", "" if job.result is None else _brief(job.result, 200)),
     ]  # fmt: skip
+
+
+def _clock(moment: str | None) -> str:
+    return "" if moment is None else moment[:19].replace("T", " ")
+
+
+def _attempt_lines(attempts: list[Attempt]) -> list[str]:
+    if not attempts:
+        return ["attempts    none yet"]
+    rows = [("#", "STARTED", "ENDED", "DURATION", "OUTCOME", "PID", "SIGNAL", "ERROR")]
+    rows.extend(
+        (str(a.attempt), _clock(a.started_at), _clock(a.ended_at),
+         "" if a.duration is None else f"{a.duration:.3f} s", a.outcome,
+         "" if a.worker_pid is None else str(a.worker_pid), a.exit_signal or "",
+         first_line(a.error)[:100])
+        for a in attempts
+    )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    lines = ["attempts"]
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in (0, 3, 5) else cell.ljust(widths[i])
+                 for i, cell in enumerate(row[:7])]  # fmt: skip
+        lines.append(("  " + "  ".join(cells) + "  " + row[7]).rstrip())
+    return lines
+
+
+def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: bool) -> None:
+    client = _client(home)
+    job = client.get(job_id)
+    if job is None:
+        raise CommandFailed(f"no job {job_id!r}")
+    with _user_errors():
+        attempts = client.attempts(job_id)
+    if as_json:
+        document = job.to_dict()
+        if with_attempts_json:
+            document["history"] = [attempt.to_dict() for attempt in attempts]
+        _print_json(document)
+        return
+    for label, value in _status_lines(job):
+        click.echo(f"{label:<11} {value}".rstrip())
+    for line in _attempt_lines(attempts):
+        click.echo(line)
 
 
 @main.command()
@@ -201,15 +252,17 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
 @click.argument("job_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def status(home: Path | None, job_id: str, as_json: bool) -> None:
-    """Show one job."""
-    job = _client(home).get(job_id)
-    if job is None:
-        raise CommandFailed(f"no job {job_id!r}")
-    if as_json:
-        _print_json(job.to_dict())
-        return
-    for label, value in _status_lines(job):
-        click.echo(f"{label:<11} {value}".rstrip())
+    """Show one job, and every attempt it made."""
+    _show(home, job_id, as_json, with_attempts_json=False)
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The job, with its attempts under history.")
+def show(home: Path | None, job_id: str, as_json: bool) -> None:
+    """Show one job and its attempts: start, end, outcome, error, worker pid, signal."""
+    _show(home, job_id, as_json, with_attempts_json=True)
 
 
 @main.command(name="list")
@@ -229,8 +282,10 @@ def list_jobs(
         return
     rows = [("ID", "TYPE", "STATUS", "ATTEMPTS", "UPDATED", "NOTE")]
     for job in jobs:
-        note = job.last_error if job.status in ("failed", "pending") and job.last_error else ""
-        note = note or _progress_text(job)
+        note = first_line(job.last_error) if job.status != "completed" else ""
+        if job.status == "running":
+            note = _progress_text(job) or note
+        note = note or (f"retry of {job.retry_of}" if job.retry_of else "")
         rows.append(
             (job.id, job.type, job.status, f"{job.attempts}/{job.max_attempts}",
              job.updated_at[:19].replace("T", " "), note[:80])
@@ -238,7 +293,9 @@ def list_jobs(
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         click.echo(
-            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+            (
+                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+            ).rstrip()
         )
 
 
@@ -254,44 +311,21 @@ def wait(
 ) -> None:
     """Block until every job is terminal: exit 0 if all completed, 1 otherwise."""
     client = _client(home)
+    display = ProgressDisplay(job_ids, sys.stdout, sys.stdout.isatty()) if show_progress else None
     try:
-        if show_progress:
-            jobs = _wait_with_progress(client, list(job_ids), timeout)
-        else:
-            jobs = client.wait(list(job_ids), timeout=timeout)
+        jobs = client.wait(
+            list(job_ids), timeout=timeout, on_poll=display.update if display else None
+        )
     except UnknownJob as error:
         raise CommandFailed(f"no job {error.args[0]!r}") from None
     except TimeoutError:
         raise CommandFailed(f"timed out after {timeout:g} s", EXIT_TIMEOUT) from None
     for job in jobs:
-        suffix = f": {job.last_error}" if job.status == "failed" and job.last_error else ""
+        failed = job.status == "failed" and job.last_error
+        suffix = f": {first_line(job.last_error)}" if failed else ""
         click.echo(f"{job.id} {job.status}{suffix}")
     if any(job.status != "completed" for job in jobs):
         sys.exit(EXIT_NOT_DONE)
-
-
-def _wait_with_progress(client: Client, job_ids: list[str], timeout: float | None) -> list[JobInfo]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    shown: dict[str, tuple[str, str]] = {}
-    while True:
-        try:
-            return client.wait(
-                job_ids,
-                timeout=0.2
-                if deadline is None
-                else min(0.2, max(0.0, deadline - time.monotonic())),
-            )
-        except TimeoutError:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-        for job_id in job_ids:
-            job = client.get(job_id)
-            if job is None:
-                continue
-            state = (job.status, _progress_text(job))
-            if shown.get(job_id) != state:
-                shown[job_id] = state
-                click.echo(f"{job_id} {job.status} {state[1]}".rstrip())
 
 
 @main.command()
@@ -326,28 +360,143 @@ def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
 
 @main.command()
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object (keys in docs/operations.md)."
+)
 def stats(home: Path | None, as_json: bool) -> None:
-    """Counts per status and type, workers, throughput, oldest pending job."""
-    figures = collect(_client(home))
+    """Jobs per status and type, throughput, failure rate, run times, workers."""
+    figures = _client(home).stats()
     if as_json:
         _print_json(figures)
         return
-    daemon = figures["daemon"]
-    click.echo(
-        "daemon      " + (f"running, pid {daemon['pid']}" if daemon["running"] else "not running")
-    )
-    click.echo(f"workers     {figures['workers']['alive']} alive")
-    click.echo("jobs        " + "  ".join(f"{k} {v}" for k, v in figures["jobs"].items()))
-    for job_type, counts in sorted(figures["types"].items()):
-        click.echo(f"  {job_type:<10}" + "  ".join(f"{k} {v}" for k, v in counts.items()))
-    minute = figures["last_minute"]
-    click.echo(
-        "last minute "
-        + "  ".join(f"{status} {minute[status]}" for status in ("completed", "failed", "canceled"))
-    )
-    age = figures["oldest_pending_age"]
-    click.echo(f"oldest pending  {'none' if age is None else f'{age:.1f} s'}")
+    click.echo(render(figures))
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option("--all-failed", is_flag=True, help="Every failed job not retried yet.")
+@click.option("--type", "job_type", default=None, help="With --all-failed: only this type.")
+def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None) -> None:
+    """Queue a finished job again as ID.retry-N; prints the new id."""
+    if (job_id is None) == (not all_failed):
+        raise CommandFailed("give either a job ID or --all-failed", EXIT_USAGE)
+    if job_type is not None and not all_failed:
+        raise CommandFailed("--type goes with --all-failed", EXIT_USAGE)
+    client = _client(home)
+    with _user_errors():
+        new_ids = [client.retry(job_id)] if job_id else client.retry_failed(job_type)
+    for new_id in new_ids:
+        click.echo(new_id)
+    if not new_ids:
+        click.echo("no failed jobs to retry", err=True)
+
+
+@main.command()
+@home_option
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Days since the job finished [default: config retention_days].",
+)
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
+)
+def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
+    """Delete finished jobs older than D days, with their attempts; pending ones stay."""
+    with _user_errors():
+        config = configuration.load(flags={"home": str(home) if home else None})
+    if days is None:
+        days = config.retention_days
+    client = _client(home)
+    cutoff = time.time() - days * 86400
+    before = client.count_finished_before(cutoff)
+    with _user_errors():
+        client.prune(days)
+    if client.daemon_pid() is None:
+        click.echo(f"prune of jobs older than {days:g} days requested; it takes effect when the"
+                   " daemon starts")  # fmt: skip
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (left := client.count_finished_before(cutoff)) > 0:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CommandFailed(f"{left} jobs still to delete after {timeout:g} s", EXIT_TIMEOUT)
+        time.sleep(0.1)
+    click.echo(f"deleted {before} jobs finished before {rfc3339(cutoff)[:19]}Z")
+
+
+def _write_lines(lines: Iterable[bytes]) -> None:
+    out = sys.stdout.buffer
+    for line in lines:
+        out.write(line)
+    out.flush()
+
+
+@main.command()
+@home_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines, across rotations.")
+@click.option(
+    "-n",
+    "--lines",
+    "last",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Only the last N matching lines [default: all; 10 with -f].",
+)
+@click.option("--job", "job_id", default=None, help="Only this job's lines.")
+@click.option("--event", default=None, help="Only this event; a pattern such as 'job.*' works.")
+@click.option(
+    "--level",
+    type=click.Choice(list(LEVELS), case_sensitive=False),
+    default=None,
+    help="Only this level and above.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The raw JSON lines.")
+def logs(
+    home: Path | None,
+    follow: bool,
+    last: int | None,
+    job_id: str | None,
+    event: str | None,
+    level: str | None,
+    as_json: bool,
+) -> None:
+    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered."""
+    path = _client(home).home / "logs" / "procpool.jsonl"
+    wanted = LogFilter(job_id=job_id, event=event, level=level)
+
+    def shown(lines: Iterable[bytes]) -> Iterator[bytes]:
+        for raw in lines:
+            line = parse(raw)
+            if line is not None and wanted.matches(line):
+                yield raw if as_json else human_line(line).encode("utf-8", "replace") + b"\n"
+
+    try:
+        if not follow:
+            if not path.exists():
+                raise CommandFailed(f"no log at {path}: the daemon has not run on this home")
+            lines = shown(read_all(path))
+            _write_lines(lines if last is None else deque(lines, maxlen=last))
+            return
+        follower = LogFollower(path)
+        while (backlog := follower.open()) is None:
+            time.sleep(0.2)
+        _write_lines(deque(shown(backlog), maxlen=10 if last is None else last))
+        while True:
+            fresh = follower.poll()
+            if fresh:
+                _write_lines(shown(fresh))
+            else:
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_OK)  # Ctrl-C is how one stops following: not an error
+    except BrokenPipeError:
+        # The reader (head, less) went away: point stdout at /dev/null so that the
+        # interpreter's final flush does not complain, and end quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OK)
 
 
 @main.command()

@@ -41,6 +41,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     synchronous: str = "FULL"
     retention_days: float = 7.0
     metrics_interval: float = 5.0
+    log_max_bytes: int = 52_428_800
+    log_keep: int = 5
 
     @property
     def worker_count(self) -> int:
@@ -83,9 +85,10 @@ def _check(config: Config) -> Config:
 
     for key in ("workers", "max_attempts", "backoff_base", "backoff_max", "shutdown_timeout",
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "kill_grace",
-                "poll_interval", "timeout", "retention_days", "metrics_interval"):  # fmt: skip
+                "poll_interval", "timeout", "retention_days", "metrics_interval",
+                "log_max_bytes"):  # fmt: skip
         positive(key)
-    for key in ("max_jobs_per_worker", "max_memory_mb"):
+    for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(

@@ -71,7 +71,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
     prepare_home(home)
     pid_file = PidFile(home / "procpool.pid")
     stale = pid_file.acquire()  # raises AlreadyRunning
-    logs = DaemonLogs(home, config.log_level)
+    logs = DaemonLogs(home, config.log_level, config.log_max_bytes, config.log_keep)
     try:
         if stale is not None:
             emit(
@@ -87,6 +87,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
         def reload() -> Settings:
             fresh = configuration.load(flags=flags, config_file=config_file)
             logs.set_level(fresh.log_level)
+            logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
             inbox.max_file_bytes = fresh.max_file_bytes
             return settings_from(fresh)
 

@@ -81,22 +81,24 @@ class StoreReader:
             table.setdefault(job_type, {})[status] = count
         return table
 
-    def finished_since(self, since: float) -> dict[str, int]:
+    def count_finished_before(self, cutoff: float) -> int:
+        """Terminal jobs last changed before `cutoff`: what retention would delete."""
         rows = self._query(
-            "SELECT status, count(*) FROM jobs WHERE status IN ('completed', 'failed', 'canceled')"
-            " AND updated_at >= ? GROUP BY status",
-            (since,),
+            "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed', 'canceled')"
+            " AND updated_at < ?",
+            (cutoff,),
         )
-        return dict(rows)
+        return rows[0][0] if rows else 0
+
+    def retried_ids(self) -> set[str]:
+        """The ids that some job names as its `retry_of`."""
+        return {row[0] for row in self._query("SELECT retry_of FROM jobs WHERE retry_of NOT NULL")}
 
     def oldest_pending_age(self, now: float | None = None) -> float | None:
         rows = self._query("SELECT min(created_at) FROM jobs WHERE status = 'pending'")
         if not rows or rows[0][0] is None:
             return None
         return (now or time.time()) - rows[0][0]
-
-    def workers(self) -> list[WorkerRecord]:
-        return [WorkerRecord(*row) for row in self._query("SELECT pid, create_time FROM workers")]
 
     def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
         rows = self._query(
