@@ -580,10 +580,6 @@ def test_prune_by_hand(make_daemon: Callable[..., Daemon]) -> None:
     assert daemon.cli("prune", "--older-than", "-1").returncode == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor: `self._prune_older_than or ...` takes a prune of 0 days for no prune",
-)
 def test_prune_older_than_zero_deletes_every_finished_job(daemon: Daemon) -> None:
     finished = [submit(daemon, "echo") for _ in range(3)]
     waiting = submit(daemon, "echo", "--delay", "3600")

@@ -652,7 +652,8 @@ class Supervisor:
         for job_id, file in result.cancels:
             self._cancel(job_id, file, now, wall)
         for days, file in result.prunes:
-            self._prune_older_than = min(self._prune_older_than or days, days)
+            asked = self._prune_older_than
+            self._prune_older_than = days if asked is None else min(asked, days)
             self._next_retention = now
             self._effects.log(
                 "INFO", "prune.requested", f"prune of jobs older than {days:g} days requested",
@@ -717,7 +718,8 @@ class Supervisor:
     def _prune(self, now: float, wall: float) -> None:
         """Retention: delete terminal jobs older than retention_days (or the days a prune
         request names), a small batch at a time."""
-        days = min(self.settings.retention_days, self._prune_older_than or math.inf)
+        asked = math.inf if self._prune_older_than is None else self._prune_older_than
+        days = min(self.settings.retention_days, asked)
         deleted = self.ledger.prune(days, wall, RETENTION_BATCH)
         if deleted:
             self.store.vacuum_step(VACUUM_PAGES)
