@@ -65,8 +65,10 @@ def test_kill_storm(make_daemon) -> None:
         daemon.client.submit("sleep", {"seconds": 0.01}, id=job_id, max_attempts=1000)
     wait_until(lambda: any(j.status == "running" for j in daemon.client.list(limit=1000)))
     kills = 0
+    # Several seconds of kills, and enough of them even on a loaded machine.
     storm_end = time.monotonic() + 4
-    while time.monotonic() < storm_end:
+    give_up = time.monotonic() + 30
+    while (time.monotonic() < storm_end or kills < 40) and time.monotonic() < give_up:
         pids = daemon.worker_pids()
         if pids:
             try:
@@ -82,6 +84,6 @@ def test_kill_storm(make_daemon) -> None:
     )
     jobs = daemon.client.list(limit=1000)
     assert len(jobs) == len(ids)
-    assert kills > 20
+    assert kills >= 40
     assert any(j.attempts > 0 for j in jobs)
     _assert_pool_is_whole(daemon, 2)
