@@ -1,3 +1,3 @@
 from procpool.infrastructure.cli import main
 
-main()
+main(prog_name="procpool")

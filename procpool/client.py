@@ -33,7 +33,7 @@ from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import default_home
+from procpool.infrastructure.config import find_home
 from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
@@ -148,11 +148,16 @@ class Client:
     """A handle on one procpool home (the same directory as `--home`).
 
     Args:
-        home: the daemon's home; default `${XDG_STATE_HOME:-~/.local/state}/procpool`.
+        home: the daemon's home. Default: as the CLI finds it: $PROCPOOL_HOME, else
+            the `home` of the config file named by $PROCPOOL_CONFIG, else
+            `${XDG_STATE_HOME:-~/.local/state}/procpool`.
+
+    Raises:
+        procpool.ProcpoolError: no home given and the configuration is invalid.
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        self.home = Path(home) if home is not None else find_home()
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
 

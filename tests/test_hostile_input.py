@@ -731,7 +731,9 @@ def test_bad_flags_exit_2_without_a_traceback(home: Path, args: tuple[str, ...])
     result = run_cli(home, *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "Error: " in result.stderr
+    [line] = result.stderr.splitlines()  # one line, naming the command and what is wrong
+    assert line.startswith(f"procpool {args[0]}: ")
+    assert line.endswith("(see --help)")
 
 
 @pytest.mark.parametrize(

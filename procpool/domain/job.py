@@ -150,6 +150,8 @@ def interrupt(job: Job, *, now: float) -> Job:
 
 
 def report_progress(job: Job, progress: Progress, *, now: float) -> Job:
+    if job.status is not Status.RUNNING:
+        raise InvalidTransition(f"only a running job reports progress, not a {job.status}")
     return msgspec.structs.replace(job, progress=progress, updated_at=now)
 
 

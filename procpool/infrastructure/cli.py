@@ -79,7 +79,7 @@ def home_option(function: F) -> F:
 def _client(home: Path | None) -> Client:
     with _user_errors():
         if home is None:
-            home = configuration.resolve_home(configuration.load())
+            home = configuration.find_home()
     return Client(home)
 
 
@@ -101,7 +101,28 @@ def _progress_text(job: JobInfo) -> str:
     return f"{percent} {message}" if message else percent
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Usage errors as one line, like every other error of procpool (click prints three)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "procpool"
+            message = error.format_message()
+            click.echo(f"{command}: {message[0].lower()}{message[1:]} (see --help)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("procpool: aborted", err=True)
+            sys.exit(EXIT_NOT_DONE)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="procpool")
 def main() -> None:
     """procpool: run CPU-bound jobs in a pool of worker processes, durably."""

@@ -165,3 +165,9 @@ def load(
 
 def resolve_home(config: Config, environ: Mapping[str, str] = os.environ) -> Path:
     return Path(config.home).expanduser() if config.home else default_home(environ)
+
+
+def find_home(environ: Mapping[str, str] = os.environ) -> Path:
+    """The home a command means when it names none: $PROCPOOL_HOME, else the config
+    file's `home` ($PROCPOOL_CONFIG), else the default."""
+    return resolve_home(load(environ=environ), environ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from traceback import format_exc
 from typing import Any
 
 from procpool.application.events import emit
@@ -19,6 +20,8 @@ from procpool.infrastructure.logs import DaemonLogs
 from procpool.infrastructure.pidfile import PidFile
 from procpool.infrastructure.sqlite_store import SqliteJobStore
 from procpool.infrastructure.telemetry import DaemonTelemetry
+
+EXIT_CRASHED = 70  # EX_SOFTWARE
 
 
 def settings_from(config: configuration.Config) -> Settings:
@@ -114,7 +117,13 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             close_in_child=close_in_child,
             telemetry=DaemonTelemetry(home, dict(os.environ)),
         )
-        code = supervisor.run()
+        try:
+            code = supervisor.run()
+        except Exception:
+            # A bug, not a user error: say so in the log, then let the workers die with
+            # us (PR_SET_PDEATHSIG); the next start recovers their jobs.
+            emit("CRITICAL", "daemon.crashed", "procpool crashed", traceback=format_exc())
+            return EXIT_CRASHED
         store.close()
         inbox.close_descriptors()
         return code
