@@ -181,7 +181,10 @@ class PeakRss(threading.Thread):
 
 
 class Daemon:
-    """`procpool run --workers 2 --log-level WARNING` on a home of its own."""
+    """`procpool run --workers 2 --log-level L` on a home of its own."""
+
+    # The daemon's own default; --log-level WARNING measures it without the per-job lines.
+    log_level = "INFO"
 
     def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
@@ -204,7 +207,7 @@ class Daemon:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
-                 "--workers", str(WORKERS), "--log-level", "WARNING"],
+                 "--workers", str(WORKERS), "--log-level", self.log_level],
                 # `python -m` puts the working directory first on sys.path: this checkout.
                 cwd=REPO, env=_daemon_env(self.env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr,
@@ -715,6 +718,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "procpool_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
         "workers": WORKERS,
+        "log_level": Daemon.log_level,
     }
 
 
@@ -752,7 +756,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated names among {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measure; medians kept")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON lines")
+    parser.add_argument(
+        "--log-level", default="INFO", help="the daemon's log level (default: its default, INFO)"
+    )
     args = parser.parse_args(argv)
+    Daemon.log_level = args.log_level.upper()
     chosen = BENCHMARKS if not args.only else tuple(n.strip() for n in args.only.split(","))
     unknown = [n for n in chosen if n not in BENCHMARKS]
     if unknown or args.repeat < 1:
