@@ -45,8 +45,6 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     -- The dispatcher's one query per turn: the next due jobs by priority, then run_at.
     CREATE INDEX jobs_pending_order ON jobs (priority DESC, run_at) WHERE status = 'pending';
-    -- When the next delayed or retried job becomes due, to set the loop's timeout.
-    CREATE INDEX jobs_pending_run_at ON jobs (run_at) WHERE status = 'pending';
     CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
     CREATE INDEX jobs_created ON jobs (created_at);
     CREATE TABLE workers (
@@ -231,36 +229,49 @@ class SqliteJobStore:
         )
         return cursor.rowcount == 1
 
+    def _priority_levels(self) -> Iterator[int]:
+        """The distinct priorities of pending jobs, highest first: one seek each."""
+        level = self._db.execute(
+            "SELECT priority FROM jobs INDEXED BY jobs_pending_order WHERE status = 'pending'"
+            " ORDER BY priority DESC LIMIT 1"
+        ).fetchone()
+        while level is not None:
+            yield level[0]
+            level = self._db.execute(
+                "SELECT priority FROM jobs INDEXED BY jobs_pending_order"
+                " WHERE status = 'pending' AND priority < ? ORDER BY priority DESC LIMIT 1",
+                level,
+            ).fetchone()
+
     def due(self, now: float, limit: int) -> list[Job]:
         # One priority level at a time: each level is a seek into jobs_pending_order,
         # where a single ORDER BY over all levels would walk every pending row whose
         # run_at has not come (a million delayed jobs cost a third of a second a turn).
         found: list[Job] = []
-        level = self._db.execute(
-            "SELECT priority FROM jobs INDEXED BY jobs_pending_order WHERE status = 'pending'"
-            " ORDER BY priority DESC LIMIT 1"
-        ).fetchone()
-        while level is not None and len(found) < limit:
+        for level in self._priority_levels():
+            if len(found) >= limit:
+                break
             rows = self._db.execute(
                 f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_pending_order"
                 " WHERE status = 'pending' AND priority = ? AND run_at <= ?"
                 " ORDER BY run_at LIMIT ?",
-                (level[0], now, limit - len(found)),
+                (level, now, limit - len(found)),
             )
             found.extend(_job(row) for row in rows)
-            level = self._db.execute(
-                "SELECT priority FROM jobs INDEXED BY jobs_pending_order"
-                " WHERE status = 'pending' AND priority < ? ORDER BY priority DESC LIMIT 1",
-                (level[0],),
-            ).fetchone()
         return found
 
     def next_run_at(self) -> float | None:
-        row = self._db.execute(
-            "SELECT run_at FROM jobs INDEXED BY jobs_pending_run_at WHERE status = 'pending'"
-            " ORDER BY run_at LIMIT 1"
-        ).fetchone()
-        return None if row is None else row[0]
+        # The same index serves this: within a level, the first entry has the earliest
+        # run_at. (An index of its own on run_at cost every insert and start a b-tree.)
+        earliest = None
+        for level in self._priority_levels():
+            (run_at,) = self._db.execute(
+                "SELECT run_at FROM jobs INDEXED BY jobs_pending_order"
+                " WHERE status = 'pending' AND priority = ? ORDER BY run_at LIMIT 1",
+                (level,),
+            ).fetchone()
+            earliest = run_at if earliest is None else min(earliest, run_at)
+        return earliest
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE status = ?", (str(status),))
