@@ -138,6 +138,13 @@ class StoreWatch:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def has_progress(self, job_id: str) -> bool:
+        """Whether the handler has reported: proof that the job started in its worker."""
+        row = self._db.execute(
+            "SELECT progress IS NOT NULL FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return bool(row and row[0])
+
     def close(self) -> None:
         self._db.close()
 
@@ -477,10 +484,18 @@ def procpool_cancel(workdir: Path, samples: int) -> dict[str, float]:
         assert store is not None
         for i in range(samples):
             job_id = daemon.client.submit("sleep", {"seconds": 600}, id=f"cancel-{i}")
+            # Running in the store is not enough: a job marked running but not yet started
+            # by its worker is withdrawn without a kill, so there would be no child to reap.
             row = _wait(
-                lambda job_id=job_id: (r := store.job(job_id)) and r[0] == "running" and r[1] and r,
+                lambda job_id=job_id: (
+                    (r := store.job(job_id))
+                    and r[0] == "running"
+                    and r[1]
+                    and store.has_progress(job_id)
+                    and r
+                ),
                 0.001,
-                f"job {job_id} to run",
+                f"job {job_id} to start in its worker",
             )
             pid = row[1]
             start = time.perf_counter()
