@@ -374,8 +374,20 @@ def _explain_validation_error(
     return text
 
 
+_job_decoder = msgspec.json.Decoder(JobSpec)
+
+
 def decode(data: bytes, first_line: int = 1) -> JobSpec | CancelRequest | PruneRequest:
     """Decode one JSON object: a job, a cancel request or a prune request."""
+    # The common case, a well-formed job, in one typed pass; anything else takes the
+    # slower path below, which explains what is wrong.
+    try:
+        spec = _job_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        pass
+    else:
+        if not _too_deep(data):
+            return check(spec)
     document = parse_json(data, first_line)
     if not isinstance(document, dict):
         raise InvalidJobFile(f"a job must be a JSON object, got {_json_kind(document)}")
