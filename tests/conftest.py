@@ -33,6 +33,18 @@ FAST_ENV = {
 }
 
 
+# The misbehaving handlers of tests/fault_handlers.py, for `make_daemon(args=FAULTS)`.
+FAULTS = ("--handlers", "fault_handlers")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie has already died)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = ""
 ) -> Any:

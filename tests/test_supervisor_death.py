@@ -9,16 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
-
-FAULTS = ("--handlers", "fault_handlers")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from conftest import FAULTS, alive, wait_until
 
 
 def test_workers_and_their_children_die_with_the_supervisor(make_daemon, tmp_path: Path) -> None:
@@ -28,9 +19,9 @@ def test_workers_and_their_children_die_with_the_supervisor(make_daemon, tmp_pat
         daemon.client.submit("spawn", {"pid_file": str(pid_file)}, id=f"s{n}")
     wait_until(lambda: all(p.exists() and " " in p.read_text() for p in pid_files))
     pids = [int(pid) for p in pid_files for pid in p.read_text().split()]
-    assert all(_alive(pid) for pid in pids)
+    assert all(alive(pid) for pid in pids)
     daemon.kill()
-    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=3,
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=3,
                what="every worker and grandchild gone")  # fmt: skip
 
 
@@ -217,9 +208,9 @@ def test_a_stale_worker_of_an_earlier_run_is_killed_on_start(make_daemon, tmp_pa
     # Stopped processes do not act on signals: the worker outlives the supervisor.
     os.kill(worker, signal.SIGSTOP)
     daemon.kill()
-    assert _alive(worker)
+    assert alive(worker)
     restarted = make_daemon(args=FAULTS)
-    wait_until(lambda: not _alive(worker) and not _alive(grandchild), timeout=10)
+    wait_until(lambda: not alive(worker) and not alive(grandchild), timeout=10)
     assert restarted.events("worker.killed_stale", worker_pid=worker)
     job = restarted.job("survivor")
     assert job.attempts >= 1

@@ -8,16 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon, wait_until
-
-FAULTS = ("--handlers", "fault_handlers")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from conftest import FAULTS, Daemon, alive, wait_until
 
 
 def _zombies(daemon: Daemon) -> list[psutil.Process]:
@@ -59,7 +50,7 @@ def test_cancel_running_kills_the_group_and_the_pool_goes_on(
     job = faulty.job("victim")
     assert job.status == "canceled"
     assert job.attempts == 0
-    wait_until(lambda: not _alive(worker_pid) and not _alive(grandchild_pid), timeout=3,
+    wait_until(lambda: not alive(worker_pid) and not alive(grandchild_pid), timeout=3,
                what="the worker and its child to be gone")  # fmt: skip
     _pool_serves(faulty, "after-cancel")
     wait_until(lambda: len(faulty.worker_pids()) == 2, what="a fresh worker")
