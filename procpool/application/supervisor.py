@@ -267,17 +267,37 @@ class Supervisor:
             deadlines.extend(self._worker_deadlines(worker))
         return max(0.0, min(deadlines, default=now + 60.0) - now)
 
+    def _limits(self, worker: WorkerProcess) -> list[tuple[float, EndReason]]:
+        """When a live worker is ended unless it moves on first, and why: the one
+        source of these deadlines, for the loop's timeout and for the check."""
+        if worker.state is WorkerState.STARTING:
+            return [(worker.spawned_at + STARTUP_TIMEOUT, EndReason.BROKEN)]
+        job = worker.job
+        if worker.state is WorkerState.TERMINATING or job is None:
+            return []
+        limits = (
+            []
+            if job.timeout is None
+            else [(worker.job_started_at + job.timeout, EndReason.TIMEOUT)]
+        )
+        limits.append((worker.last_heard_at + self.settings.heartbeat_timeout, EndReason.HEARTBEAT))
+        return limits
+
     def _worker_deadlines(self, worker: WorkerProcess) -> list[float]:
         if worker.state is WorkerState.TERMINATING:
             return [] if worker.kill_at is None else [worker.kill_at]
-        if worker.state is WorkerState.STARTING:
-            return [worker.spawned_at + STARTUP_TIMEOUT]
-        if worker.job is None:
-            return []
-        deadlines = [worker.last_heard_at + self.settings.heartbeat_timeout]
-        if worker.job.timeout is not None:
-            deadlines.append(worker.job_started_at + worker.job.timeout)
-        return deadlines
+        return [at for at, _ in self._limits(worker)]
+
+    def _limit_detail(self, worker: WorkerProcess, reason: EndReason) -> str:
+        if reason is EndReason.BROKEN:
+            return "the worker never became ready"
+        if (
+            reason is EndReason.TIMEOUT
+            and worker.job is not None
+            and worker.job.timeout is not None
+        ):
+            return f"timed out after {_seconds(worker.job.timeout)}"
+        return f"no heartbeat for {_seconds(self.settings.heartbeat_timeout)}: the worker hung"
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -553,26 +573,13 @@ class Supervisor:
             if worker.state is WorkerState.TERMINATING:
                 pool.kill_if_due(worker, now)
                 continue
-            if worker.state is WorkerState.STARTING and now - worker.spawned_at > STARTUP_TIMEOUT:
-                self._terminate(worker, EndReason.BROKEN, "the worker never became ready", now)
-                continue
-            job = worker.job
-            if job is None:
-                continue
-            if stop_due:
+            if stop_due and worker.job is not None:
                 self._terminate(worker, EndReason.SHUTDOWN, "the daemon is stopping", now)
-            elif job.timeout is not None and now - worker.job_started_at >= job.timeout:
-                self._terminate(
-                    worker, EndReason.TIMEOUT, f"timed out after {_seconds(job.timeout)}", now
-                )
-            elif now - worker.last_heard_at >= settings.heartbeat_timeout:
-                self._terminate(
-                    worker,
-                    EndReason.HEARTBEAT,
-                    f"no heartbeat for {_seconds(settings.heartbeat_timeout)}: the worker hung",
-                    now,
-                )
-            elif sample_memory:
+                continue
+            expired = next((reason for at, reason in self._limits(worker) if now >= at), None)
+            if expired is not None:
+                self._terminate(worker, expired, self._limit_detail(worker, expired), now)
+            elif sample_memory and worker.job is not None:
                 self._check_memory(worker, now)
 
     def _check_memory(self, worker: WorkerProcess, now: float) -> None:
