@@ -423,16 +423,19 @@ def digest(spec: JobSpec) -> str:
 
 def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> Job:
     run_at = parse_time(spec.run_at) if spec.run_at is not None else now + (spec.delay or 0.0)
+    payload = encode_json(spec.payload)
+    # The digest reuses the canonical payload bytes (as Raw) instead of encoding it again.
+    submitted = msgspec.structs.replace(spec, id=job_id, payload=msgspec.Raw(payload))
     return Job(
         id=job_id,
         type=spec.type,
-        payload=encode_json(spec.payload),
+        payload=payload,
         max_attempts=spec.max_attempts or defaults.max_attempts,
         timeout=spec.timeout if spec.timeout is not None else defaults.timeout,
         priority=spec.priority,
         run_at=run_at,
         created_at=now,
         updated_at=now,
-        digest=digest(msgspec.structs.replace(spec, id=job_id)),
+        digest=digest(submitted),
         retry_of=spec.retry_of,
     )
