@@ -322,7 +322,12 @@ def running_daemon(
     try:
         if template is not None:
             home.mkdir(mode=0o700)
-            shutil.copyfile(template, home / "procpool.db")
+            store = home / "procpool.db"
+            shutil.copyfile(template, store)
+            # A store that was already there is on disk: without this, the daemon's
+            # first checkpoint would pay for writing back the whole fresh copy.
+            with open(store, "rb+") as copy:
+                os.fsync(copy.fileno())
         daemon = Daemon(home, env)
         try:
             yield daemon.start()
