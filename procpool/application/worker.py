@@ -11,6 +11,8 @@ go with it.
 While a job runs, a heartbeat thread reports every `heartbeat_interval`, and
 carries the latest progress report when the handler reports faster than
 `PROGRESS_INTERVAL`. The same thread exits the worker if its parent changes.
+A reader thread takes what the supervisor sends, so that a request to skip a
+queued job is answered even while a handler computes.
 """
 
 from __future__ import annotations
@@ -211,36 +213,78 @@ def _execute(registry: HandlerRegistry, job: RunJob, reporter: _Reporter) -> Fin
     return Finished(job.job_id, job.lease, duration, result=result)
 
 
-def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -> int:
-    """Run the jobs the supervisor queued here, in order.
+class _Queue:
+    """The jobs queued here, filled by a reader thread.
 
-    The supervisor may queue several short jobs at once; the worker reads ahead
-    so that a Skip for a queued job takes effect before the job would start,
-    and sends each Finished together with the next Started, in one write.
+    The supervisor may queue a worker's next jobs before its current one ends,
+    and may take back any that have not started (Skip), to cancel them, to give
+    them to a worker that fell idle, or to let a more urgent job go first.
+    Reading in a thread of its own answers a Skip within one GIL switch interval
+    even while a handler computes, so a queued job never waits behind a long one.
     """
-    queue: deque[RunJob | Stop] = deque()
-    skipped: set[tuple[str, int]] = set()
+
+    def __init__(self, channel: WorkerEnd) -> None:
+        self._channel = channel
+        self._ready = threading.Condition()
+        self._items: deque[RunJob | Stop] = deque()
+        self._closed = False
+
+    def read(self) -> None:
+        try:
+            while True:
+                for message in self._channel.receive(block=True):
+                    if isinstance(message, Skip):
+                        self._skip(message)
+                    else:
+                        with self._ready:
+                            self._items.append(message)
+                            self._ready.notify()
+        except (ChannelClosed, OSError):
+            with self._ready:
+                self._closed = True
+                self._ready.notify()
+
+    def _skip(self, skip: Skip) -> None:
+        key = (skip.job_id, skip.lease)
+        with self._ready:
+            for item in self._items:
+                if isinstance(item, RunJob) and (item.job_id, item.lease) == key:
+                    self._items.remove(item)
+                    break
+            else:
+                return  # already started: its Started is on the way
+        self._channel.send(Skipped(*key))
+
+    def take(self, *, block: bool) -> RunJob | Stop | None:
+        """The next message to act on; None if there is none and `block` is false."""
+        with self._ready:
+            while block and not self._items and not self._closed:
+                self._ready.wait()
+            if self._items:
+                return self._items.popleft()
+            if self._closed:
+                raise ChannelClosed("the supervisor closed the channel")
+            return None
+
+
+def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -> int:
+    """Run the jobs the supervisor queued here, in order, sending each Finished
+    together with the next Started in one write when the next is already here."""
+    queue = _Queue(channel)
+    threading.Thread(target=queue.read, name="reader", daemon=True).start()
     outgoing: list[ToSupervisor] = []
     while True:
-        if not queue and outgoing:
-            channel.send(*outgoing)
-            outgoing.clear()
-        for message in channel.receive(block=not queue):
-            if isinstance(message, Skip):
-                skipped.add((message.job_id, message.lease))
-            else:
-                queue.append(message)
-        message = queue.popleft()
+        message = queue.take(block=False)
+        if message is None:
+            if outgoing:
+                channel.send(*outgoing)
+                outgoing.clear()
+            message = queue.take(block=True)
         if isinstance(message, Stop):
             if outgoing:
                 channel.send(*outgoing)
             return 0
-        key = (message.job_id, message.lease)
-        if key in skipped:
-            skipped.discard(key)
-            outgoing.append(Skipped(*key))
-            continue
-        outgoing.append(Started(*key))
+        outgoing.append(Started(message.job_id, message.lease))
         channel.send(*outgoing)
         outgoing.clear()
         reporter.begin(message)
