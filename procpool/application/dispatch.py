@@ -1,21 +1,42 @@
-"""How many jobs to hand an idle worker at once.
+"""Which due jobs go to which worker, and which queued ones come back.
 
-A worker is given work only when its queue is empty (the backpressure: pending
-work waits in the store). One job at a time would cost a whole loop turn, with
-its durable commit, per job; for jobs of a few microseconds that turn is most
-of the cost. So an idle worker gets as many jobs as it is expected to finish in
-`window` seconds, judged by a moving average of recent run times: one for jobs
-of 25 ms, dozens for no-op jobs. Due work is also shared out so that no worker
-is handed a batch while another stays idle.
+Pending work waits in the store; a worker holds the job it runs and a short
+queue behind it. An idle worker gets as many jobs as it is expected to finish
+in `window` seconds, judged by a moving average of recent run times: one for
+jobs of 25 ms, dozens for no-op jobs, because one job at a time would cost a
+whole loop turn, with its durable commit, per job.
+
+A busy worker that has started the last job it was given gets its next batch
+at once, so that it starts the next job without waiting for a loop turn and
+its commit: but only with the jobs left after every idle worker has had its
+share, and only when its current job is expected to end within `horizon`.
+That is a prefetch, and Celery's lesson is what it must not do: leave a job
+queued behind a long one while another worker idles, or in front of a more
+urgent job. So a queued job that has not started is taken back (Skip, which
+the worker's reader thread answers even while a handler computes): when a
+worker idles with nothing due for it, or a due job that orders before it is
+waiting, from a worker whose current job has run longer than `window` (one
+about to finish would start it sooner than taking it back would); and in any
+case once the current job has run `horizon`, so a job shows `running` while it
+still waits for at most about that long.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from procpool.domain.job import Job
+
+# How long a job may wait queued behind a worker's current job. Prefetch saves a
+# loop turn (about a millisecond) per job: worth it for jobs of milliseconds,
+# nothing for jobs of seconds, which should wait in the store instead.
+HORIZON = 0.25
 
 T = TypeVar("T")
 U = TypeVar("U")
+W = TypeVar("W")
 
 
 class BatchSizer:
@@ -24,6 +45,10 @@ class BatchSizer:
         self.largest = largest
         self.weight = weight
         self._mean: float | None = None  # seconds per job; None until a job has finished
+
+    @property
+    def mean(self) -> float | None:
+        return self._mean
 
     def observe(self, duration: float) -> None:
         if self._mean is None:
@@ -47,3 +72,79 @@ def share(items: Sequence[T], workers: Sequence[U]) -> list[tuple[U, list[T]]]:
     for index, item in enumerate(items):
         hands[index % len(workers)].append(item)
     return [(worker, hand) for worker, hand in zip(workers, hands, strict=True) if hand]
+
+
+def order(job: Job) -> tuple[int, float]:
+    """The dispatch order: highest priority first, then oldest run_at."""
+    return (-job.priority, job.run_at)
+
+
+@dataclass(frozen=True)
+class Holder(Generic[W]):
+    """A busy worker with jobs queued behind the one it runs."""
+
+    worker: W
+    queued: Sequence[Job]  # in the order it would run them; none being taken back
+    running_since: float | None  # monotonic; None until it acknowledges a job
+
+
+@dataclass
+class Plan(Generic[W]):
+    handouts: list[tuple[W, list[Job]]] = field(default_factory=list)
+    take_back: list[tuple[W, Job]] = field(default_factory=list)
+    look_again_at: float | None = None  # monotonic: a take-back may be due then
+
+    def look_again(self, at: float) -> None:
+        self.look_again_at = at if self.look_again_at is None else min(self.look_again_at, at)
+
+
+def plan(
+    due: Sequence[Job],
+    *,
+    idle: Sequence[W],
+    busy: Sequence[tuple[W, float]],
+    holders: Sequence[Holder[W]],
+    size: int,
+    expected: float | None,
+    now: float,
+    window: float,
+    horizon: float,
+) -> Plan[W]:
+    """`due` holds the most urgent due jobs, in order, one more than idle and busy
+    workers can take, so that what is left shows what waits. `busy` are workers
+    that have started all they were given, with their current job's start."""
+    result: Plan[W] = Plan()
+    to_idle = due[: len(idle) * size]
+    result.handouts.extend(share(to_idle, idle))
+    starved = (len(idle) - len(to_idle)) * size
+    rest = due[len(to_idle) :]
+    ahead = [
+        worker
+        for worker, since in sorted(busy, key=lambda pair: pair[1])  # soonest done first
+        if expected is not None and now - since + expected < horizon
+    ]
+    to_ahead = rest[: len(ahead) * size]
+    result.handouts.extend(share(to_ahead, ahead))
+    waiting = rest[len(to_ahead) :]
+    urgent = order(waiting[0]) if waiting else None
+
+    # The youngest current jobs first: theirs are the queues that would wait longest.
+    for holder in sorted(holders, key=lambda h: -(h.running_since or now)):
+        if holder.running_since is None:
+            continue  # about to start its next job
+        queued = holder.queued
+        elapsed = now - holder.running_since
+        if elapsed >= horizon:
+            count = len(queued)
+        else:
+            behind_urgent = 0 if urgent is None else sum(urgent < order(job) for job in queued)
+            # Queues are in dispatch order, so both kinds of take-back are a tail of one.
+            count = max(behind_urgent, min(starved, len(queued)))
+            if count and elapsed < window:
+                result.look_again(holder.running_since + window)
+                count = 0
+            else:
+                result.look_again(holder.running_since + horizon)
+        starved -= count
+        result.take_back.extend((holder.worker, job) for job in queued[len(queued) - count :])
+    return result

@@ -60,12 +60,16 @@ class Ledger:
         self.counts[(job.type, Status.PENDING)] += 1
 
     def start(self, job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
-        running = self._save(jobs.start(job, lease=lease, worker_pid=worker_pid, now=now), job)
+        """Claimed for a worker: `running` in the store before it is sent there."""
+        return self._save(jobs.start(job, lease=lease, worker_pid=worker_pid, now=now), job)
+
+    def began(self, job: Job) -> None:
+        """The worker has started the job: the log says so now, not when it was sent
+        (it may have waited in the worker's queue, or been taken back unstarted)."""
         self._log(
-            "INFO", "job.started", f"job {job.id} started, attempt {running.attempt}",
-            job_id=job.id, type=job.type, attempt=running.attempt, worker_pid=worker_pid,
+            "INFO", "job.started", f"job {job.id} started, attempt {job.attempt}",
+            job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
         )  # fmt: skip
-        return running
 
     def progress(self, job: Job, fraction: float, message: str | None, now: float) -> Job:
         updated = self._save(jobs.report_progress(job, Progress(fraction, message), now=now), job)
@@ -143,14 +147,17 @@ class Ledger:
     def request_cancel(self, job: Job, now: float) -> Job:
         return self._save(jobs.request_cancel(job, now=now), job)
 
-    def interrupt(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
+    def interrupt(
+        self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None,
+        why: str = "the shutdown",
+    ) -> None:  # fmt: skip
         """Back to pending with attempts unchanged: the daemon stopped the run, or it
         never started (it waited in a worker's queue)."""
         pending = jobs.interrupt(job, now=now)
         if ran:
             self._end_run(job, pending, now, exit_signal)
             self._log(
-                "INFO", "job.interrupted", f"job {job.id} stopped by the shutdown; back to pending",
+                "INFO", "job.interrupted", f"job {job.id} stopped by {why}; back to pending",
                 job_id=job.id, type=job.type, worker_pid=job.worker_pid,
             )  # fmt: skip
         else:

@@ -48,7 +48,8 @@ class WorkerProcess:
 
     `assigned` holds the jobs handed to it and not finished, in the order it
     runs them; `current` names the one it has acknowledged starting. The
-    others wait in its queue and have not run.
+    others wait in its queue and have not run; `taking_back` names those it was
+    asked to skip and has not yet answered for.
     """
 
     pid: int
@@ -58,11 +59,14 @@ class WorkerProcess:
     state: WorkerState = WorkerState.STARTING
     assigned: dict[str, Job] = field(default_factory=dict)
     current: str | None = None
+    taking_back: set[str] = field(default_factory=set)
     job_started_at: float = 0.0  # monotonic, of the current job
     last_heard_at: float = 0.0  # monotonic
     jobs_done: int = 0
     last_rss: int | None = None  # bytes, measured after its last job
     end_reason: EndReason | None = None
+    # The job it ran when it was ended: one it moved on to meanwhile is not to blame.
+    end_job: str | None = None
     end_detail: str = ""
     kill_at: float | None = None  # monotonic
 
@@ -85,6 +89,15 @@ class WorkerProcess:
     @property
     def available(self) -> bool:
         return self.state is WorkerState.SERVING and not self.assigned
+
+    @property
+    def queued(self) -> list[Job]:
+        """Jobs waiting in its queue that it will run: not started, not being taken back."""
+        return [
+            job
+            for job_id, job in self.assigned.items()
+            if job_id != self.current and job_id not in self.taking_back
+        ]
 
 
 def spawn(
@@ -132,6 +145,7 @@ def terminate(
         return
     worker.state = WorkerState.TERMINATING
     worker.end_reason = reason
+    worker.end_job = worker.current
     worker.end_detail = detail
     worker.kill_at = now + grace
     signal_group(worker.pid, signal.SIGTERM)

@@ -31,7 +31,7 @@ from typing import Any
 
 from procpool.application import pool
 from procpool.application.channel import ChannelClosed
-from procpool.application.dispatch import BatchSizer, share
+from procpool.application.dispatch import HORIZON, BatchSizer, Holder, plan
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
@@ -155,6 +155,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._next_scan = 0.0
         self._next_due: float | None = None  # wall time of the earliest future pending job
+        self._look_again_at: float | None = None  # monotonic: a queued job may come back then
         self._next_memory_sample = 0.0
         self._respawn_not_before = 0.0
         self._failed_spawns = 0
@@ -257,6 +258,8 @@ class Supervisor:
             return 0.0
         if self._next_due is not None:
             deadlines.append(now + max(0.0, self._next_due - time.time()))
+        if self._look_again_at is not None:
+            deadlines.append(self._look_again_at)
         if self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
         if self.settings.max_memory_mb and any(w.job for w in self.workers.values()):
@@ -479,9 +482,11 @@ class Supervisor:
             )
             return
         worker.last_heard_at = now
+        worker.taking_back.discard(job.id)
         if isinstance(message, Started):
             worker.current = job.id
             worker.job_started_at = now
+            self.ledger.began(job)
             if job.cancel_requested:  # the cancel came while it was queued, the Skip too late
                 self._terminate(worker, EndReason.CANCEL, "canceled", now)
         elif isinstance(message, Skipped):
@@ -504,7 +509,7 @@ class Supervisor:
         worker.current = None
         worker.jobs_done += 1
         self._batch.observe(message.duration)
-        if not worker.assigned and self.settings.max_memory_mb:
+        if self.settings.max_memory_mb:
             worker.last_rss = pool.rss_bytes(worker.pid)
 
     def _requeue(self, job: Job, wall: float) -> None:
@@ -537,10 +542,14 @@ class Supervisor:
         for job in worker.assigned.values():
             if job.id != worker.current:
                 self._requeue(job, wall)
-            elif job.cancel_requested or reason is EndReason.CANCEL:
+            elif job.cancel_requested:
                 self.ledger.cancel(job, wall, ran=True, exit_signal=signal_name)
             elif reason is EndReason.SHUTDOWN:
                 self.ledger.interrupt(job, wall, ran=True, exit_signal=signal_name)
+            elif reason is not None and job.id != worker.end_job:
+                # Ended for the job before it (a cancel, a timeout) just as it moved on.
+                why = f"ending its worker ({reason}) for job {worker.end_job}"
+                self.ledger.interrupt(job, wall, ran=True, exit_signal=signal_name, why=why)
             else:
                 error = worker.end_detail if reason is not None else text
                 label = str(reason) if reason is not None else "worker_died"
@@ -610,16 +619,24 @@ class Supervisor:
                 continue
             elif (
                 settings.max_jobs_per_worker and worker.jobs_done >= settings.max_jobs_per_worker
-            ) or (
-                settings.max_memory_mb
-                and worker.last_rss is not None
-                and worker.last_rss > settings.max_memory_mb * 1024 * 1024
-            ):
+            ) or self._over_memory(worker):
                 retiring = True
             else:
                 continue
             worker.state = WorkerState.RETIRING
             self._effects.send(worker, Stop())
+
+    def _over_memory(self, worker: WorkerProcess) -> bool:
+        limit = self.settings.max_memory_mb
+        return bool(limit) and worker.last_rss is not None and worker.last_rss > limit * 2**20
+
+    def _takes_more(self, worker: WorkerProcess) -> bool:
+        """Whether a busy worker may be handed its next jobs: not once its quota is
+        spoken for or it is over the memory limit (it is retired when idle)."""
+        quota = self.settings.max_jobs_per_worker
+        if quota and worker.jobs_done + len(worker.assigned) >= quota:
+            return False
+        return not self._over_memory(worker)
 
     # ----------------------------------------------------------------- jobs
 
@@ -703,23 +720,46 @@ class Supervisor:
                 self._effects.send(worker, Skip(job.id, job.lease))
 
     def _dispatch(self, now: float, wall: float) -> None:
-        idle = [w for w in self.workers.values() if w.available]
-        if self._stopping or not idle:
+        self._look_again_at = None
+        serving = [w for w in self.workers.values() if w.state is WorkerState.SERVING]
+        idle = [w for w in serving if not w.assigned]
+        busy = [
+            (w, w.job_started_at if w.current is not None else now)
+            for w in serving
+            if w.assigned and not w.queued and self._takes_more(w)
+        ]
+        holders = [
+            Holder(w, queued, w.job_started_at if w.current is not None else None)
+            for w in serving
+            if (queued := w.queued)
+        ]
+        if self._stopping or not (idle or busy or holders):
             self._next_due = None  # a worker freed later makes a turn of its own
             return
-        limit = len(idle) * self._batch.size()
+        size = self._batch.size()
+        limit = (len(idle) + len(busy)) * size + 1
         due = self.store.due(wall, limit)
+        decided = plan(
+            due, idle=idle, busy=busy, holders=holders, size=size, expected=self._batch.mean,
+            now=now, window=self._batch.window, horizon=HORIZON,
+        )  # fmt: skip
         quota = self.settings.max_jobs_per_worker
-        for worker, batch in share(due, idle):
+        for worker, batch in decided.handouts:
+            if not worker.assigned:
+                worker.last_heard_at = now
             # A worker due for recycling is not handed more than it may still run.
-            for job in batch[: max(1, quota - worker.jobs_done)] if quota else batch:
+            room = quota - worker.jobs_done - len(worker.assigned)
+            for job in batch[: max(1, room)] if quota else batch:
                 self._lease += 1
                 running = self.ledger.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
                 worker.assigned[job.id] = running
                 self._effects.send(
                     worker, RunJob(job.id, running.lease, running.attempt, job.type, job.payload)
                 )
-            worker.last_heard_at = now
+        for worker, job in decided.take_back:
+            worker.taking_back.add(job.id)
+            self._effects.send(worker, Skip(job.id, job.lease))
+        self._look_again_at = decided.look_again_at
         self._next_due = self.store.next_run_at() if len(due) < limit else None
 
     def _prune(self, now: float, wall: float) -> None:
