@@ -91,6 +91,11 @@ class WorkerProcess:
         return self.state is WorkerState.SERVING and not self.assigned
 
     @property
+    def running_since(self) -> float | None:
+        """When its current job started (monotonic); None if it has acknowledged none."""
+        return None if self.current is None else self.job_started_at
+
+    @property
     def queued(self) -> list[Job]:
         """Jobs waiting in its queue that it will run: not started, not being taken back."""
         return [

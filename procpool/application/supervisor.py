@@ -628,7 +628,7 @@ class Supervisor:
 
     def _over_memory(self, worker: WorkerProcess) -> bool:
         limit = self.settings.max_memory_mb
-        return bool(limit) and worker.last_rss is not None and worker.last_rss > limit * 2**20
+        return bool(limit) and worker.last_rss is not None and worker.last_rss > limit * 1024 * 1024
 
     def _takes_more(self, worker: WorkerProcess) -> bool:
         """Whether a busy worker may be handed its next jobs: not once its quota is
@@ -721,18 +721,19 @@ class Supervisor:
 
     def _dispatch(self, now: float, wall: float) -> None:
         self._look_again_at = None
-        serving = [w for w in self.workers.values() if w.state is WorkerState.SERVING]
-        idle = [w for w in serving if not w.assigned]
-        busy = [
-            (w, w.job_started_at if w.current is not None else now)
-            for w in serving
-            if w.assigned and not w.queued and self._takes_more(w)
-        ]
-        holders = [
-            Holder(w, queued, w.job_started_at if w.current is not None else None)
-            for w in serving
-            if (queued := w.queued)
-        ]
+        idle: list[WorkerProcess] = []
+        busy: list[tuple[WorkerProcess, float]] = []  # started all it was given
+        holders: list[Holder[WorkerProcess]] = []
+        for worker in self.workers.values():
+            if worker.state is not WorkerState.SERVING:
+                continue
+            if not worker.assigned:
+                idle.append(worker)
+            elif queued := worker.queued:
+                holders.append(Holder(worker, queued, worker.running_since))
+            elif self._takes_more(worker):
+                since = worker.running_since
+                busy.append((worker, now if since is None else since))
         if self._stopping or not (idle or busy or holders):
             self._next_due = None  # a worker freed later makes a turn of its own
             return
