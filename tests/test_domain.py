@@ -102,12 +102,16 @@ def test_non_terminal_statuses() -> None:
     assert not Status.RUNNING.is_terminal
 
 
-def test_start_records_the_run() -> None:
+def test_start_records_the_run_and_begin_its_start() -> None:
     running = jobs.start(a_job(progress=jobs.Progress(0.5)), lease=3, worker_pid=77, now=NOW + 2)
-    assert (running.lease, running.worker_pid, running.started_at) == (3, 77, NOW + 2)
+    assert (running.lease, running.worker_pid, running.started_at) == (3, 77, None)
     assert running.progress is None
     assert running.attempts == 0
     assert running.attempt == 1
+    begun = jobs.begin(running, now=NOW + 3)
+    assert (begun.started_at, begun.lease, begun.status) == (NOW + 3, 3, Status.RUNNING)
+    with pytest.raises(InvalidTransition):
+        jobs.begin(a_job(), now=NOW)
 
 
 def test_complete_keeps_attempts_and_clears_the_pid() -> None:

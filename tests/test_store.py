@@ -151,8 +151,8 @@ def test_due_skips_future_and_non_pending_jobs(store: JobStore) -> None:
     assert [j.id for j in store.due(NOW + 1, 10)] == ["later", "ready"]
 
 
-def test_next_run_at_is_the_earliest_pending(store: JobStore) -> None:
-    assert store.next_run_at() is None
+def test_next_run_at_is_the_earliest_future_pending(store: JobStore) -> None:
+    assert store.next_run_at(NOW) is None
     add(
         store,
         a_job("soon", run_at=NOW + 5),
@@ -160,9 +160,10 @@ def test_next_run_at_is_the_earliest_pending(store: JobStore) -> None:
         a_job("finished", run_at=NOW - 50, status=Status.FAILED),
         a_job("earliest", run_at=NOW + 1),
     )
-    assert store.next_run_at() == NOW + 1
+    assert store.next_run_at(NOW) == NOW + 1
+    assert store.next_run_at(NOW + 1) == NOW + 5  # only what is still to come
     started(store, "earliest", lease=1)
-    assert store.next_run_at() == NOW + 5
+    assert store.next_run_at(NOW) == NOW + 5
 
 
 def test_with_status(store: JobStore) -> None:
@@ -286,22 +287,23 @@ def test_a_newer_schema_is_refused(db_path: Path) -> None:
 
 
 def test_the_due_query_is_served_by_its_index(sqlite_store: SqliteJobStore) -> None:
-    """The dispatcher's query reads the partial index in order: no scan of the
-    table and no sort, however many finished jobs the store holds."""
-    add(sqlite_store, *(a_job(f"j{n}", priority=n % 7, run_at=NOW - n) for n in range(300)))
+    """The dispatcher's queries read partial indexes in order: no scan of the table
+    and no sort, however many finished or scheduled jobs the store holds, and as
+    many statements for 300 priority levels as for one."""
+    add(sqlite_store, *(a_job(f"j{n}", priority=n, run_at=NOW - n) for n in range(300)))
+    add(sqlite_store, *(a_job(f"later{n}", priority=n, run_at=NOW + n) for n in range(300)))
     statements: list[str] = []
     sqlite_store._db.set_trace_callback(statements.append)
     try:
         sqlite_store.due(NOW, 10)
     finally:
         sqlite_store._db.set_trace_callback(None)
-    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert queries
-    for query in queries:  # one seek per priority level
+    assert len(statements) == 2  # mark the newly due jobs ready, then read the head
+    for query in statements:
         plan = " | ".join(
             row[-1] for row in sqlite_store._db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
         )
-        assert "jobs_pending_order" in plan
+        assert "jobs_ready_order" in plan or "jobs_scheduled" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
 
 

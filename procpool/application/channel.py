@@ -1,8 +1,12 @@
 """A framed, typed channel over one Unix stream socket: a 4-byte length, then msgpack.
 
-The supervisor's side reads without blocking and keeps partial frames in a
-buffer, so a worker stopped or killed in the middle of a write can never block
-the loop; it only ever sees whole messages, or an end of file.
+The supervisor's side never blocks: it reads what is there and keeps a partial
+frame for later, and it writes what the socket takes and keeps the rest in an
+outgoing buffer, flushed when the socket is writable again. A worker stopped or
+wedged in the middle of anything can never stall the loop. What a worker sends
+is untrusted (DESIGN decision 11): a frame over the size limit, or one that
+does not decode into a valid message, is reported as such: the worker is
+ended as broken, never the daemon.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ import msgspec
 from procpool.application.messages import ToSupervisor, ToWorker
 
 _HEADER = struct.Struct("!I")
-# A send that cannot proceed for this long means the peer is stopped or wedged.
-SEND_TIMEOUT = 5.0
 _READ_CHUNK = 256 * 1024
+_READ_BUDGET = 4 * 1024 * 1024
+# A frame's overhead beyond its result: ids, error text, the msgpack framing.
+FRAME_OVERHEAD = 1024 * 1024
 T = TypeVar("T")
 
 
 class ChannelClosed(Exception):
     """The peer closed its end, or died."""
+
+
+class ChannelBroken(Exception):
+    """The peer sent what no peer may: a frame too large, or one that is not a message."""
 
 
 def _frame(payload: bytes) -> bytes:
@@ -34,53 +43,97 @@ def _frame(payload: bytes) -> bytes:
 class _Frames(Generic[T]):
     """Bytes in, whole decoded messages out; a partial frame waits for its rest."""
 
-    def __init__(self, decoder: msgspec.msgpack.Decoder[T]) -> None:
+    def __init__(self, decoder: msgspec.msgpack.Decoder[T], max_frame: int = 2**32 - 1) -> None:
         self._buffer = bytearray()
         self._decoder = decoder
+        self._max_frame = max_frame
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
 
-    def messages(self) -> list[T]:
+    def messages(self) -> tuple[list[T], str | None]:
+        """The whole messages in the buffer, and what was wrong with the next frame if
+        it cannot be a message (then the rest of the stream is garbage)."""
         messages: list[T] = []
         view = memoryview(self._buffer)
         offset = 0
+        error = None
         while len(view) - offset >= _HEADER.size:
             (size,) = _HEADER.unpack_from(view, offset)
+            if size > self._max_frame:
+                error = f"a message of {size} bytes, over the limit of {self._max_frame}"
+                break
             end = offset + _HEADER.size + size
             if end > len(view):
                 break
-            messages.append(self._decoder.decode(view[offset + _HEADER.size : end]))
+            try:
+                messages.append(self._decoder.decode(view[offset + _HEADER.size : end]))
+            except msgspec.DecodeError as problem:  # a ValidationError is one too
+                error = f"a message that is not valid: {problem}"
+                break
             offset = end
         view.release()
         del self._buffer[:offset]
-        return messages
+        return messages, error
 
 
 class SupervisorEnd:
-    """The supervisor's end of one worker's channel."""
+    """The supervisor's end of one worker's channel; never blocks.
 
-    def __init__(self, sock: socket.socket) -> None:
+    Args:
+        sock: one end of a socketpair; set non-blocking here.
+        max_frame: the largest message the worker may send, in bytes.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame: int) -> None:
         self.sock = sock
-        self.sock.settimeout(SEND_TIMEOUT)
-        self._frames = _Frames(msgspec.msgpack.Decoder(ToSupervisor))
+        self.sock.setblocking(False)
+        self._frames = _Frames(msgspec.msgpack.Decoder(ToSupervisor), max_frame)
         self._encoder = msgspec.msgpack.Encoder()
+        self._outgoing = bytearray()
+        # What one call reads at most: a worker that floods its channel is read a
+        # slice per loop turn, and the buffer never holds more than a slice and a frame.
+        self._read_budget = max_frame + _READ_BUDGET
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, messages: list[ToWorker]) -> None:
-        try:
-            self.sock.sendall(b"".join(_frame(self._encoder.encode(m)) for m in messages))
-        except OSError as error:  # includes the timeout
-            raise ChannelClosed(str(error)) from error
+    @property
+    def backlogged(self) -> bool:
+        """Whether bytes wait to be sent: the worker is not reading now."""
+        return bool(self._outgoing)
 
-    def receive(self) -> tuple[list[ToSupervisor], bool]:
-        """Read what is there now. Returns the whole messages and whether the peer closed."""
-        closed = False
-        while True:
+    def send(self, messages: list[ToWorker]) -> None:
+        """Queue the messages and send what the socket takes now.
+
+        Raises:
+            ChannelClosed: the worker is gone.
+        """
+        for message in messages:
+            self._outgoing += _frame(self._encoder.encode(message))
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the socket takes of the outgoing buffer."""
+        while self._outgoing:
             try:
-                chunk = self.sock.recv(_READ_CHUNK, socket.MSG_DONTWAIT)
+                sent = self.sock.send(self._outgoing)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                raise ChannelClosed(str(error)) from error
+            del self._outgoing[:sent]
+
+    def receive(self) -> tuple[list[ToSupervisor], bool, str | None]:
+        """Read what is there now, up to a budget. Returns the whole messages, whether
+        the peer closed, and what was wrong if it sent what no worker may (a frame
+        over the limit, or one that is not a valid message): then the messages
+        before it are good, and the worker must be ended as broken."""
+        closed = False
+        budget = self._read_budget
+        while budget > 0:
+            try:
+                chunk = self.sock.recv(_READ_CHUNK)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -90,9 +143,11 @@ class SupervisorEnd:
                 closed = True
                 break
             self._frames.feed(chunk)
+            budget -= len(chunk)
             if len(chunk) < _READ_CHUNK:
                 break
-        return self._frames.messages(), closed
+        messages, error = self._frames.messages()
+        return messages, closed, error
 
     def close(self) -> None:
         self.sock.close()
@@ -123,6 +178,8 @@ class WorkerEnd:
                 raise ChannelClosed("the supervisor closed the channel")
             if chunk:
                 self._frames.feed(chunk)
-            messages = self._frames.messages()
+            messages, error = self._frames.messages()
+            if error is not None:
+                raise ChannelBroken(f"the supervisor sent {error}")
             if messages or not block:
                 return messages

@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from procpool.application.fleet import RunEnded
 from procpool.application.ports import JobStore
 from procpool.application.telemetry import Histogram
 from procpool.domain import job as jobs
+from procpool.domain.fate import Fate, Phase
 from procpool.domain.job import Job, Progress, Run, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.timefmt import rfc3339
@@ -63,13 +65,34 @@ class Ledger:
         """Claimed for a worker: `running` in the store before it is sent there."""
         return self._save(jobs.start(job, lease=lease, worker_pid=worker_pid, now=now), job)
 
-    def began(self, job: Job) -> None:
-        """The worker has started the job: the log says so now, not when it was sent
-        (it may have waited in the worker's queue, or been taken back unstarted)."""
+    def began(self, job: Job, now: float) -> Job:
+        """The worker has started the job: stored in this turn, so that only a run that
+        began is charged an attempt if it ends without a word (CONTRACT section 3); and
+        logged now, not when it was sent (it may have waited in the worker's queue)."""
+        begun = self._save(jobs.begin(job, now=now), job)
         self._log(
             "INFO", "job.started", f"job {job.id} started, attempt {job.attempt}",
             job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
         )  # fmt: skip
+        return begun
+
+    def end_run(self, ended: RunEnded, now: float) -> None:
+        """Apply a run's fate (see `domain.fate`)."""
+        job, ran = ended.job, ended.phase is Phase.STARTED
+        if ended.fate is Fate.COMPLETED:
+            self.complete(job, ended.result or b"null", ended.duration or 0.0, now)
+        elif ended.fate in (Fate.FAILED_ATTEMPT, Fate.FAILED):
+            self.fail(
+                job, ended.error or "the attempt failed", now,
+                reason="permanent" if ended.fate is Fate.FAILED else ended.label,
+                duration=ended.duration, exit_signal=ended.exit_signal,
+            )  # fmt: skip
+        elif ended.fate is Fate.CANCELED:
+            self.cancel(job, now, ran=ran, exit_signal=ended.exit_signal)
+        else:
+            self.interrupt(
+                job, now, ran=ran, exit_signal=ended.exit_signal, why=ended.error or "the shutdown"
+            )
 
     def progress(self, job: Job, fraction: float, message: str | None, now: float) -> Job:
         updated = self._save(jobs.report_progress(job, Progress(fraction, message), now=now), job)

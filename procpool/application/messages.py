@@ -7,9 +7,20 @@ supervisor can drop whatever comes from a run that is no longer current
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 import msgspec
+
+# Bounds on what a worker may send (DESIGN decision 11): a message past them is
+# not decoded but ends the worker as broken. The worker truncates its own text
+# to well inside them (see worker.py); these catch a worker that does not.
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Lease = Annotated[int, msgspec.Meta(ge=0)]
+MAX_TEXT = 64 * 1024  # characters of a progress message, log line or output line
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+FieldName = Annotated[str, msgspec.Meta(max_length=128)]
+FieldValue = Text | int | float | bool | None
+MAX_FIELDS = 64
 
 # supervisor -> worker
 
@@ -41,42 +52,57 @@ class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 
 class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
+    job_id: JobId
+    lease: Lease
 
 
 class Skipped(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
+    job_id: JobId
+    lease: Lease
 
 
 class Heartbeat(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
+    job_id: JobId
+    lease: Lease
 
 
 class ProgressReport(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
-    fraction: float
-    message: str | None
+    job_id: JobId
+    lease: Lease
+    fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    message: Text | None
 
 
 class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
-    duration: float
+    """The end of a started job: `result` (JSON bytes) or `error`. The result's size
+    is bounded by the channel's frame limit and checked against max_result_bytes."""
+
+    job_id: JobId
+    lease: Lease
+    duration: Annotated[float, msgspec.Meta(ge=0.0)]
     result: bytes | None = None
-    error: str | None = None
+    error: Text | None = None
     permanent: bool = False
 
 
 class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    level: str
-    message: str
-    job_id: str | None
-    extra: dict[str, Any]
+    """A line a handler logged; `fields` are its own, kept apart from the daemon's."""
+
+    level: Annotated[
+        str, msgspec.Meta(pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)$")
+    ]
+    message: Text
+    job_id: JobId | None
+    fields: Annotated[dict[FieldName, FieldValue], msgspec.Meta(max_length=MAX_FIELDS)]
+
+
+class Output(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """A line a handler printed to stdout or stderr."""
+
+    job_id: JobId | None
+    stream: Annotated[str, msgspec.Meta(pattern="^(stdout|stderr)$")]
+    text: Text
 
 
 ToWorker = RunJob | Skip | Stop
-ToSupervisor = Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine
+ToSupervisor = Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | Output

@@ -1,8 +1,10 @@
-"""The worker processes: fork one, end one, read its exit.
+"""The worker processes as processes: fork one, signal one, read its exit.
 
-A worker is ended in one way only, `terminate`: SIGTERM to its process group,
-then SIGKILL to the group once the grace has passed. Neither step blocks the
-supervisor's loop; the end is complete when the loop reaps the child.
+What a worker is doing, and when it must be ended, is the fleet's to decide
+(fleet.py, pure); this module does the system calls. A worker is ended in one
+way only: SIGTERM to its process group, then SIGKILL once the grace has passed.
+Neither step blocks the supervisor's loop; the end is complete when the loop
+reaps the child.
 """
 
 from __future__ import annotations
@@ -11,155 +13,86 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
 import psutil
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.worker import worker_main
-from procpool.domain.job import Job
 
 
-class WorkerState(StrEnum):
-    STARTING = "starting"
-    SERVING = "serving"
-    RETIRING = "retiring"  # told to stop once its queue is empty
-    TERMINATING = "terminating"  # signalled; waiting to be reaped
-
-
-class EndReason(StrEnum):
-    """Why the supervisor is ending a worker; decides what becomes of its job."""
-
-    CANCEL = "cancel"
-    TIMEOUT = "timeout"
-    HEARTBEAT = "heartbeat"
-    MEMORY = "memory"
-    SHUTDOWN = "shutdown"
-    BROKEN = "broken"  # its channel failed
-
-
-@dataclass(eq=False)
-class WorkerProcess:
-    """The supervisor's view of one worker.
-
-    `assigned` holds the jobs handed to it and not finished, in the order it
-    runs them; `current` names the one it has acknowledged starting. The
-    others wait in its queue and have not run; `taking_back` names those it was
-    asked to skip and has not yet answered for.
-    """
+@dataclass(frozen=True)
+class Forked:
+    """A worker just forked: its pid, the supervisor's end of its channel, and its
+    start time (with the pid, what identifies it across a restart of the daemon)."""
 
     pid: int
     channel: SupervisorEnd
-    spawned_at: float
     create_time: float
-    state: WorkerState = WorkerState.STARTING
-    assigned: dict[str, Job] = field(default_factory=dict)
-    current: str | None = None
-    taking_back: set[str] = field(default_factory=set)
-    job_started_at: float = 0.0  # monotonic, of the current job
-    last_heard_at: float = 0.0  # monotonic
-    jobs_done: int = 0
-    last_rss: int | None = None  # bytes, measured after its last job
-    end_reason: EndReason | None = None
-    # The job it ran when it was ended: one it moved on to meanwhile is not to blame.
-    end_job: str | None = None
-    end_detail: str = ""
-    kill_at: float | None = None  # monotonic
 
-    def fileno(self) -> int:
-        return self.channel.fileno()
 
-    @property
-    def job(self) -> Job | None:
-        """The job it runs now, if any."""
-        return None if self.current is None else self.assigned.get(self.current)
-
-    def run_named(self, job_id: str, lease: int, *, started: bool) -> Job | None:
-        """The job a message names, if the message is about a run this worker holds now
-        (DESIGN decision 8); with `started`, only if it is the run it has started."""
-        job = self.assigned.get(job_id)
-        if job is None or job.lease != lease or (started and self.current != job_id):
-            return None
-        return job
-
-    @property
-    def available(self) -> bool:
-        return self.state is WorkerState.SERVING and not self.assigned
-
-    @property
-    def running_since(self) -> float | None:
-        """When its current job started (monotonic); None if it has acknowledged none."""
-        return None if self.current is None else self.job_started_at
-
-    @property
-    def queued(self) -> list[Job]:
-        """Jobs waiting in its queue that it will run: not started, not being taken back."""
-        return [
-            job
-            for job_id, job in self.assigned.items()
-            if job_id != self.current and job_id not in self.taking_back
-        ]
+# Signals the supervisor handles: held back across a fork, so that none runs the
+# supervisor's handler (and writes its wake-up pipe) in a child that is not it.
+HELD_ACROSS_FORK = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
+)
 
 
 def spawn(
     registry: HandlerRegistry,
     heartbeat_interval: float,
     close_in_child: Callable[[], None],
-    now: float,
-) -> WorkerProcess:
-    """Fork a worker. `close_in_child` closes the supervisor's own descriptors in the child."""
+    max_frame: int,
+    start_slot: Callable[[], memoryview | None] = lambda: None,
+) -> Forked:
+    """Fork a worker. `close_in_child` closes the supervisor's own descriptors in the
+    child; `max_frame` bounds what the worker may send in one message, in bytes;
+    `start_slot`, called in the child, gives its slot of the start register.
+
+    Called outside the store's transaction, with nothing buffered in stdio (or the
+    child would write it again when it exits) and the supervisor's signals held.
+
+    Raises:
+        OSError: the fork failed (out of processes or memory).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_FORK)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        parent_end.close()
+        child_end.close()
+        raise
+    if pid == 0:  # the child: never returns; worker_main unblocks the signals
         code = 1
         try:
             parent_end.close()
             close_in_child()
-            code = worker_main(WorkerEnd(child_end), registry, heartbeat_interval, parent_pid)
+            code = worker_main(
+                WorkerEnd(child_end), registry, heartbeat_interval, parent_pid, start_slot()
+            )
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     child_end.close()
     try:
         create_time = psutil.Process(pid).create_time()
     except psutil.Error:
         create_time = 0.0
-    return WorkerProcess(
-        pid=pid,
-        channel=SupervisorEnd(parent_end),
-        spawned_at=now,
-        create_time=create_time,
-        last_heard_at=now,
-    )
+    return Forked(pid, SupervisorEnd(parent_end, max_frame), create_time)
 
 
 def signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
-
-
-def terminate(
-    worker: WorkerProcess, reason: EndReason, detail: str, now: float, grace: float
-) -> None:
-    """Start ending a worker: SIGTERM to its group now, SIGKILL at `now + grace`."""
-    if worker.state is WorkerState.TERMINATING:
-        return
-    worker.state = WorkerState.TERMINATING
-    worker.end_reason = reason
-    worker.end_job = worker.current
-    worker.end_detail = detail
-    worker.kill_at = now + grace
-    signal_group(worker.pid, signal.SIGTERM)
-
-
-def kill_if_due(worker: WorkerProcess, now: float) -> None:
-    if worker.kill_at is not None and now >= worker.kill_at:
-        signal_group(worker.pid, signal.SIGKILL)
-        worker.kill_at = None
 
 
 def describe_exit(status: int) -> tuple[str, int | None, str | None]:

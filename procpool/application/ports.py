@@ -65,11 +65,14 @@ class JobStore(Protocol):
         ...
 
     def due(self, now: float, limit: int) -> list[Job]:
-        """Pending jobs whose run_at has come: highest priority first, then oldest run_at."""
+        """Up to `limit` pending jobs whose run_at has come: highest priority first, then
+        oldest run_at. Its cost must not grow with the number of priority levels or of
+        jobs scheduled for later: it runs every loop turn that has a worker free."""
         ...
 
-    def next_run_at(self) -> float | None:
-        """The earliest run_at of any pending job."""
+    def next_run_at(self, after: float) -> float | None:
+        """The earliest run_at later than `after` of any pending job: when the next
+        scheduled job becomes due (seconds since the epoch)."""
         ...
 
     def with_status(self, status: Status) -> list[Job]: ...
@@ -104,6 +107,19 @@ class JobStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class StartRegister(Protocol):
+    """Which run each worker has begun, kept where it outlives the daemon (see
+    infrastructure/start_register.py): one slot per live worker."""
+
+    def begun(self) -> set[int]:
+        """The leases of the runs the workers of earlier daemons began last."""
+        ...
+
+    def slot(self, index: int) -> memoryview | None:
+        """Slot `index`, for the worker that owns it to write its run's lease into."""
+        ...
 
 
 @dataclass

@@ -2,23 +2,29 @@
 
 It runs before any worker is forked. Workers of the earlier run that still
 live (pid and start time from the store, so a reused pid is never hit) are
-killed with their process groups first; only then are that run's `running`
-jobs counted as failed attempts, so that a job is never run twice at once.
-A job that keeps taking the daemon down exhausts its attempts.
+killed with their process groups first; only then do that run's `running`
+jobs take their fates, so that a job is never run twice at once: one that had
+started is charged a failed attempt (a job that keeps taking the daemon down
+exhausts its attempts), one only handed over goes back to pending unchanged,
+and one whose cancel was asked for is canceled.
 """
 
 from __future__ import annotations
 
 from procpool.application import pool
 from procpool.application.events import emit
+from procpool.application.fleet import RunEnded
 from procpool.application.ledger import Ledger
 from procpool.application.ports import JobStore
+from procpool.domain.fate import Cause, Phase, Report, fate
 from procpool.domain.job import Status
 
 DAEMON_DIED = "the daemon died while it ran"
 
 
-def recover(store: JobStore, ledger: Ledger, now: float) -> None:
+def recover(store: JobStore, ledger: Ledger, now: float, begun: set[int]) -> None:
+    """`begun`: the leases of runs that workers began (from the start register), for
+    starts the earlier daemon did not live to store."""
     for record in store.workers():
         if pool.kill_stale_group(record.pid, record.create_time):
             emit(
@@ -29,4 +35,13 @@ def recover(store: JobStore, ledger: Ledger, now: float) -> None:
             )
         store.remove_worker(record.pid)
     for job in store.with_status(Status.RUNNING):
-        ledger.fail(job, DAEMON_DIED, now, reason="daemon_died")
+        started = job.started_at is not None or job.lease in begun
+        phase = Phase.STARTED if started else Phase.QUEUED
+        cause = Cause.CANCEL if job.cancel_requested else Cause.NONE
+        ended = fate(phase, Report.NONE, cause)
+        why = DAEMON_DIED if phase is Phase.STARTED else "it had not started"
+        ledger.end_run(
+            RunEnded(job, ended, phase, cause, error=why, label="daemon_died",
+                     worker_pid=job.worker_pid or 0),
+            now,
+        )  # fmt: skip

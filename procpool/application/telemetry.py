@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from procpool.application.fleet import Fleet, WorkerState
+from procpool.application.ports import JobStore, WorkerReport
 from procpool.domain.job import Status
+
+if TYPE_CHECKING:  # the ledger counts into this module's histograms: no import at run time
+    from procpool.application.ledger import Ledger
 
 # Seconds; the run-time histogram's upper bounds (Prometheus `le`), +Inf implied.
 RUN_TIME_BUCKETS = (
@@ -87,3 +93,31 @@ class NoTelemetry:
 
     def publish(self, snapshot: Snapshot) -> None:
         pass
+
+
+def take_snapshot(
+    fleet: Fleet, ledger: Ledger, store: JobStore, rss_bytes: Callable[[int], int | None], at: float
+) -> Snapshot:
+    """The daemon's figures now; the workers' states are also stored, for `stats`."""
+    workers = [
+        WorkerSnapshot(
+            pid=w.pid,
+            state="busy" if w.assigned and w.state is WorkerState.SERVING else str(w.state),
+            current_job=w.current,
+            jobs_done=w.jobs_done,
+            rss_bytes=rss_bytes(w.pid),
+        )
+        for w in fleet
+    ]
+    store.update_workers(
+        [WorkerReport(w.pid, w.state, w.current_job, w.jobs_done, at) for w in workers]
+    )
+    oldest = store.oldest_pending_created()
+    return Snapshot(
+        at=at,
+        jobs={key: count for key, count in ledger.counts.items() if count},
+        failed_attempts=Counter(ledger.failed_attempts),
+        run_seconds={k: Histogram(list(h.counts), h.total) for k, h in ledger.run_seconds.items()},
+        workers=workers,
+        oldest_pending_age=None if oldest is None else max(0.0, at - oldest),
+    )

@@ -130,7 +130,7 @@ class _Reporter:
             level=record["level"].name,
             message=record["message"],
             job_id=record["extra"].get("job_id"),
-            extra=extra,
+            fields=extra,
         )
         with self._lock:
             self.channel.send(line)
@@ -267,7 +267,12 @@ class _Queue:
             return None
 
 
-def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -> int:
+def _serve(
+    channel: WorkerEnd,
+    registry: HandlerRegistry,
+    reporter: _Reporter,
+    start_slot: memoryview | None,
+) -> int:
     """Run the jobs the supervisor queued here, in order, sending each Finished
     together with the next Started in one write when the next is already here."""
     queue = _Queue(channel)
@@ -284,6 +289,8 @@ def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -
             if outgoing:
                 channel.send(*outgoing)
             return 0
+        if start_slot is not None:  # before Started: recovery must see the run began
+            start_slot[:] = message.lease.to_bytes(8, "little")
         outgoing.append(Started(message.job_id, message.lease))
         channel.send(*outgoing)
         outgoing.clear()
@@ -296,7 +303,11 @@ def _serve(channel: WorkerEnd, registry: HandlerRegistry, reporter: _Reporter) -
 
 
 def worker_main(
-    channel: WorkerEnd, registry: HandlerRegistry, heartbeat_interval: float, parent_pid: int
+    channel: WorkerEnd,
+    registry: HandlerRegistry,
+    heartbeat_interval: float,
+    parent_pid: int,
+    start_slot: memoryview | None = None,
 ) -> int:
     """The worker's whole life. Returns the exit code."""
     os.setsid()
@@ -309,7 +320,7 @@ def worker_main(
     threading.Thread(target=reporter.run_heartbeats, name="heartbeat", daemon=True).start()
     try:
         channel.send(Ready(os.getpid()))
-        return _serve(channel, registry, reporter)
+        return _serve(channel, registry, reporter, start_slot)
     except (ChannelClosed, OSError):
         return 0
     finally:

@@ -102,15 +102,24 @@ def _move(job: Job, new: Status, now: float, **changes: object) -> Job:
 
 
 def start(job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
+    """Claimed for a worker and handed to it: `running`, not started yet
+    (`started_at` is None until the worker says it began: see `begin`)."""
     return _move(
         job,
         Status.RUNNING,
         now,
         lease=lease,
         worker_pid=worker_pid,
-        started_at=now,
+        started_at=None,
         progress=None,
     )
+
+
+def begin(job: Job, *, now: float) -> Job:
+    """The worker began the run: from now on, its end counts as an attempt."""
+    if job.status is not Status.RUNNING:
+        raise InvalidTransition(f"only a running job begins, not a {job.status}")
+    return msgspec.structs.replace(job, started_at=now, updated_at=now)
 
 
 def complete(job: Job, *, result: bytes, now: float) -> Job:

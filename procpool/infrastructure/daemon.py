@@ -19,6 +19,7 @@ from procpool.infrastructure.inbox import FileInbox
 from procpool.infrastructure.logs import DaemonLogs
 from procpool.infrastructure.pidfile import PidFile
 from procpool.infrastructure.sqlite_store import SqliteJobStore
+from procpool.infrastructure.start_register import StartRegister
 from procpool.infrastructure.telemetry import DaemonTelemetry
 
 EXIT_CRASHED = 70  # EX_SOFTWARE
@@ -86,6 +87,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
         loaded = load_handler_modules(config.handlers)
         store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
         inbox = FileInbox(home, config.max_file_bytes)
+        starts = StartRegister(home / "procpool.starts")
 
         def reload() -> Settings:
             fresh = configuration.load(flags=flags, config_file=config_file)
@@ -116,6 +118,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             flush_logs=logs.flush,
             close_in_child=close_in_child,
             telemetry=DaemonTelemetry(home, dict(os.environ)),
+            starts=starts,
         )
         try:
             code = supervisor.run()
@@ -125,6 +128,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             emit("CRITICAL", "daemon.crashed", "procpool crashed", traceback=format_exc())
             return EXIT_CRASHED
         store.close()
+        starts.close()
         inbox.close_descriptors()
         return code
     finally:

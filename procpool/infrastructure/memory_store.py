@@ -53,9 +53,14 @@ class MemoryJobStore:
         ready.sort(key=lambda j: (-j.priority, j.run_at))
         return ready[:limit]
 
-    def next_run_at(self) -> float | None:
+    def next_run_at(self, after: float) -> float | None:
         return min(
-            (j.run_at for j in self._jobs.values() if j.status is Status.PENDING), default=None
+            (
+                j.run_at
+                for j in self._jobs.values()
+                if j.status is Status.PENDING and j.run_at > after
+            ),
+            default=None,
         )
 
     def with_status(self, status: Status) -> list[Job]:

@@ -43,7 +43,6 @@ MIGRATIONS: list[str] = [
         cancel_requested INTEGER NOT NULL,
         digest TEXT NOT NULL
     ) WITHOUT ROWID;
-    -- The dispatcher's one query per turn: the next due jobs by priority, then run_at.
     CREATE INDEX jobs_pending_order ON jobs (priority DESC, run_at) WHERE status = 'pending';
     CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
     CREATE INDEX jobs_created ON jobs (created_at);
@@ -75,6 +74,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workers ADD COLUMN current_job TEXT;
     ALTER TABLE workers ADD COLUMN jobs_done INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE workers ADD COLUMN updated_at REAL;
+    """,
+    # 3: due jobs apart from scheduled ones, so that finding the next due jobs is one
+    # seek whatever the number of priority levels (the scheduled ones are promoted to
+    # ready by `due` once their run_at has come; 0 here: the first `due` promotes them)
+    """
+    ALTER TABLE jobs ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_pending_order;
+    CREATE INDEX jobs_ready_order ON jobs (priority DESC, run_at)
+        WHERE status = 'pending' AND ready = 1;
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE status = 'pending' AND ready = 0;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -128,13 +137,18 @@ def _run(row: tuple) -> Run:  # type: ignore[type-arg]
     )  # fmt: skip
 
 
+def _is_ready(job: Job) -> int:
+    """Whether a pending job was due when it was last written (the `ready` column)."""
+    return int(job.run_at <= job.updated_at)
+
+
 def _row(job: Job) -> tuple:  # type: ignore[type-arg]
     return (
         job.id, job.type, job.payload, str(job.status), job.attempts, job.max_attempts,
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of,
+        job.retry_of, _is_ready(job),
     )  # fmt: skip
 
 
@@ -208,7 +222,7 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         self._db.executemany(
-            f"INSERT INTO jobs ({COLUMNS}) VALUES ({','.join('?' * 20)})", map(_row, jobs)
+            f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({','.join('?' * 21)})", map(_row, jobs)
         )
 
     def save(
@@ -222,55 +236,39 @@ class SqliteJobStore:
         # Naming only the columns that changed spares SQLite the upkeep of indexes
         # over the others (run_at, priority, created_at are in the pending indexes).
         values = [_column_value(job, name) for name in fields]
+        names = list(fields)
+        if "run_at" in names or "status" in names:
+            names.append("ready")
+            values.append(_is_ready(job))
         cursor = self._db.execute(
-            f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in fields)}"
+            f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)}"
             " WHERE id = ? AND status = ? AND lease = ?",
             (*values, job.id, str(expected), expected_lease),
         )
         return cursor.rowcount == 1
 
-    def _priority_levels(self) -> Iterator[int]:
-        """The distinct priorities of pending jobs, highest first: one seek each."""
-        level = self._db.execute(
-            "SELECT priority FROM jobs INDEXED BY jobs_pending_order WHERE status = 'pending'"
-            " ORDER BY priority DESC LIMIT 1"
-        ).fetchone()
-        while level is not None:
-            yield level[0]
-            level = self._db.execute(
-                "SELECT priority FROM jobs INDEXED BY jobs_pending_order"
-                " WHERE status = 'pending' AND priority < ? ORDER BY priority DESC LIMIT 1",
-                level,
-            ).fetchone()
-
     def due(self, now: float, limit: int) -> list[Job]:
-        # One priority level at a time: each level is a seek into jobs_pending_order,
-        # where a single ORDER BY over all levels would walk every pending row whose
-        # run_at has not come (a million delayed jobs cost a third of a second a turn).
-        found: list[Job] = []
-        for level in self._priority_levels():
-            if len(found) >= limit:
-                break
-            rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_pending_order"
-                " WHERE status = 'pending' AND priority = ? AND run_at <= ?"
-                " ORDER BY run_at LIMIT ?",
-                (level, now, limit - len(found)),
-            )
-            found.extend(_job(row) for row in rows)
-        return found
+        # Scheduled jobs whose time has come join the ready ones first: then the most
+        # urgent due jobs are the head of one index, whatever the number of priority
+        # levels or of jobs scheduled for later.
+        self._db.execute(
+            "UPDATE jobs INDEXED BY jobs_scheduled SET ready = 1"
+            " WHERE status = 'pending' AND ready = 0 AND run_at <= ?",
+            (now,),
+        )
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready_order"
+            " WHERE status = 'pending' AND ready = 1 ORDER BY priority DESC, run_at LIMIT ?",
+            (limit,),
+        )
+        return [_job(row) for row in rows]
 
-    def next_run_at(self) -> float | None:
-        # The same index serves this: within a level, the first entry has the earliest
-        # run_at. (An index of its own on run_at cost every insert and start a b-tree.)
-        earliest = None
-        for level in self._priority_levels():
-            (run_at,) = self._db.execute(
-                "SELECT run_at FROM jobs INDEXED BY jobs_pending_order"
-                " WHERE status = 'pending' AND priority = ? ORDER BY run_at LIMIT 1",
-                (level,),
-            ).fetchone()
-            earliest = run_at if earliest is None else min(earliest, run_at)
+    def next_run_at(self, after: float) -> float | None:
+        (earliest,) = self._db.execute(
+            "SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled"
+            " WHERE status = 'pending' AND ready = 0 AND run_at > ?",
+            (after,),
+        ).fetchone()
         return earliest
 
     def with_status(self, status: Status) -> list[Job]:

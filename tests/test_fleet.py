@@ -1,0 +1,398 @@
+"""The fleet in process: the memory store, a fake clock, and simulated workers.
+
+The race matrix: each thing that can happen to a run (cancel, finish, fail,
+timeout, heartbeat loss, worker exit, take-back, stop) at each phase the run
+can be in (queued behind another job, sent to an idle worker, started,
+finishing: its Finished already on the way), and for the signal-driven ends,
+with each way a handler may answer SIGTERM (die, raise, return). The
+simulated worker behaves as worker.py does: it answers a Skip for a queued
+job, ignores one for a started job, and a SIGTERM per the handler's habit.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+import pytest
+
+from procpool.application.fleet import (
+    Began,
+    Decision,
+    Deliver,
+    Fleet,
+    Limits,
+    ProgressMade,
+    RunEnded,
+    Say,
+    Send,
+    WorkerState,
+)
+from procpool.application.handlers import HandlerRegistry
+from procpool.application.intake import Intake
+from procpool.application.ledger import Ledger
+from procpool.application.messages import (
+    Finished,
+    Heartbeat,
+    ProgressReport,
+    Ready,
+    RunJob,
+    Skip,
+    Skipped,
+    Started,
+    Stop,
+)
+from procpool.domain.fate import Cause
+from procpool.domain.job import Job, Status
+from procpool.domain.retry import RetryPolicy
+from procpool.infrastructure.memory_store import MemoryJobStore
+
+WALL = 1_800_000_000.0
+HEARTBEAT = 10.0
+GRACE = 1.0
+TIMEOUT = 5.0
+
+
+@dataclass
+class SimWorker:
+    pid: int
+    on_term: str  # "die", "raise" or "return": what its handler does on SIGTERM
+    queue: list[RunJob] = field(default_factory=list)
+    running: RunJob | None = None
+    dead: bool = False
+
+
+class Sim:
+    """The supervisor's side of the loop, in process, against simulated workers."""
+
+    def __init__(self, on_term: str = "die") -> None:
+        self.now = 100.0
+        self.store = MemoryJobStore()
+        self.said: list[Say] = []
+        self.ledger = Ledger(self.store, RetryPolicy(base=1.0, cap=1.0), self._log)
+        self.fleet = Fleet(Limits(heartbeat_timeout=HEARTBEAT, kill_grace=GRACE))
+        self.intake = Intake(self.store, self.ledger, HandlerRegistry(), self.fleet, self._log)
+        self.workers: dict[int, SimWorker] = {}
+        self.on_term = on_term
+        self.lease = 0
+        self.stop_at: float | None = None
+
+    def _log(self, level: str, event: str, message: str, **fields: object) -> None:
+        self.said.append(Say(level, event, message, fields))
+
+    # the supervisor's side
+
+    def apply(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, RunEnded):
+                self.ledger.end_run(decision, WALL + self.now)
+            elif isinstance(decision, Began):
+                self.fleet.update(decision.worker_pid, self.ledger.began(decision.job, WALL))
+            elif isinstance(decision, ProgressMade):
+                job = self.ledger.progress(decision.job, decision.fraction, None, WALL)
+                self.fleet.update(decision.worker_pid, job)
+            elif isinstance(decision, Send):
+                self.deliver_message(decision.pid, decision.message)
+            elif isinstance(decision, Deliver):
+                self.signal(decision.pid, decision.signum)
+            elif isinstance(decision, Say):
+                self.said.append(decision)
+
+    def receive(self, pid: int, message: object) -> None:
+        if pid in self.fleet.workers:
+            self.apply(self.fleet.received(pid, message, self.now))  # type: ignore[arg-type]
+
+    def spawn(self, pid: int) -> None:
+        self.fleet.spawned(pid, self.now)
+        self.workers[pid] = SimWorker(pid, self.on_term)
+        self.receive(pid, Ready(pid))
+
+    def submit(self, job_id: str, *, timeout: float | None = None) -> None:
+        job = Job(id=job_id, type="t", run_at=WALL, created_at=WALL, updated_at=WALL,
+                  timeout=timeout, max_attempts=3)  # fmt: skip
+        self.store.insert([job])
+        self.ledger.added(job)
+
+    def hand(self, pid: int, job_id: str) -> None:
+        job = self.store.get(job_id)
+        assert job is not None
+        self.lease += 1
+        running = self.ledger.start(job, lease=self.lease, worker_pid=pid, now=WALL)
+        self.apply([self.fleet.hand_out(self.fleet.workers[pid], running, self.now)])
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.apply(self.fleet.check_deadlines(self.now, self.stop_at))
+
+    def exited(self, pid: int, how: str = "the worker was killed by SIGKILL") -> None:
+        self.workers[pid].dead = True
+        self.apply(self.fleet.exited(pid, how, None, "SIGKILL", self.now))
+
+    def stop(self, wait: float) -> None:
+        self.apply(self.fleet.stop_queues())
+        self.stop_at = self.now + wait
+
+    # the simulated worker's side
+
+    def deliver_message(self, pid: int, message: object) -> None:
+        worker = self.workers[pid]
+        if worker.dead:
+            return
+        if isinstance(message, RunJob):
+            worker.queue.append(message)
+        elif isinstance(message, Skip):
+            for queued in worker.queue:
+                if (queued.job_id, queued.lease) == (message.job_id, message.lease):
+                    worker.queue.remove(queued)
+                    self.receive(pid, Skipped(message.job_id, message.lease))
+                    break
+        elif isinstance(message, Stop) and not worker.queue and worker.running is None:
+            self.exited(pid, "the worker exited with code 0")
+
+    def signal(self, pid: int, signum: int) -> None:
+        worker = self.workers[pid]
+        if worker.dead:
+            return
+        if signum == signal.SIGKILL or worker.on_term == "die" or worker.running is None:
+            self.exited(pid, f"the worker was killed by {signal.Signals(signum).name}")
+            return
+        job = worker.running
+        worker.running = None
+        if worker.on_term == "raise":
+            self.receive(pid, Finished(job.job_id, job.lease, 0.1, error="Terminated: SIGTERM"))
+        else:
+            self.receive(pid, Finished(job.job_id, job.lease, 0.1, result=b'"partial"'))
+
+    def start_next(self, pid: int) -> RunJob | None:
+        worker = self.workers[pid]
+        if worker.dead or worker.running is not None or not worker.queue:
+            return None
+        worker.running = worker.queue.pop(0)
+        self.receive(pid, Started(worker.running.job_id, worker.running.lease))
+        return worker.running
+
+    def finish(self, pid: int, *, error: str | None = None) -> None:
+        worker = self.workers[pid]
+        if worker.dead or worker.running is None:
+            return
+        job, worker.running = worker.running, None
+        result = None if error else b'{"ok": true}'
+        self.receive(pid, Finished(job.job_id, job.lease, 0.01, result=result, error=error))
+
+    def play_out(self, pid: int) -> None:
+        """Let the worker run what it holds to the end, and the clock go on."""
+        for _ in range(10):
+            while self.start_next(pid) or self.workers[pid].running:
+                self.finish(pid)
+            self.tick(GRACE + 0.01)
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+
+PHASES = ("queued", "sent", "started", "finishing")
+ON_TERM = ("die", "raise", "return")
+W = 11  # the worker's pid
+
+# (event, phase) -> (status, attempts) of job B once everything has played out.
+EXPECTED: dict[tuple[str, str], tuple[Status, int]] = {}
+for phase in PHASES:
+    EXPECTED[("finish", phase)] = (Status.COMPLETED, 0)
+    EXPECTED[("fail", phase)] = (Status.PENDING, 1)
+    EXPECTED[("cancel", phase)] = (Status.CANCELED, 0)
+EXPECTED |= {
+    ("timeout", "queued"): (Status.COMPLETED, 0),  # a timeout runs from the start only
+    ("timeout", "sent"): (Status.COMPLETED, 0),
+    ("timeout", "started"): (Status.PENDING, 1),
+    ("timeout", "finishing"): (Status.PENDING, 1),  # ended for it: the reason wins
+    ("heartbeat", "queued"): (Status.PENDING, 0),  # its worker hung on job A
+    ("heartbeat", "sent"): (Status.PENDING, 0),  # never started: not charged
+    ("heartbeat", "started"): (Status.PENDING, 1),
+    ("heartbeat", "finishing"): (Status.PENDING, 1),
+    ("exit", "queued"): (Status.PENDING, 0),
+    ("exit", "sent"): (Status.PENDING, 0),
+    ("exit", "started"): (Status.PENDING, 1),
+    ("exit", "finishing"): (Status.COMPLETED, 0),  # its Finished is read before its exit
+    ("take_back", "queued"): (Status.PENDING, 0),
+    ("take_back", "sent"): (Status.PENDING, 0),
+    ("take_back", "started"): (Status.COMPLETED, 0),  # too late: it runs to the end
+    ("take_back", "finishing"): (Status.COMPLETED, 0),
+    ("stop", "queued"): (Status.PENDING, 0),
+    ("stop", "sent"): (Status.PENDING, 0),
+    ("stop", "started"): (Status.PENDING, 0),  # stopped by the shutdown: not charged
+    ("stop", "finishing"): (Status.COMPLETED, 0),  # it finished within the wait
+}
+EVENTS = sorted({event for event, _ in EXPECTED})
+
+
+def _reach(sim: Sim, phase: str) -> None:
+    """Job B on worker W, in `phase`; in `queued`, job A runs in front of it."""
+    if phase == "queued":
+        sim.hand(W, "A")
+        sim.start_next(W)
+    sim.hand(W, "B")
+    if phase in ("started", "finishing"):
+        sim.start_next(W)
+
+
+def _happen(sim: Sim, event: str, phase: str) -> None:
+    if event == "finish":
+        return  # played out below
+    if event == "fail":
+        if phase == "finishing":
+            return  # its Finished carries the error
+        if phase == "queued":
+            sim.finish(W)
+        sim.start_next(W)
+        sim.finish(W, error="ValueError: bad input")
+    elif event == "cancel":
+        sim.apply(sim.intake.cancel("B", sim.now, WALL))
+    elif event == "timeout":
+        sim.tick(TIMEOUT + 0.1)
+    elif event == "heartbeat":
+        sim.tick(HEARTBEAT + 0.1)
+    elif event == "exit":
+        sim.exited(W)
+    elif event == "take_back":
+        sim.apply([sim.fleet.take_back(sim.fleet.workers[W], sim.job("B"))])
+    elif event == "stop":
+        sim.stop(wait=3.0)
+        if phase != "finishing":
+            sim.tick(3.1)
+
+
+@pytest.mark.parametrize("on_term", ON_TERM)
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("event", EVENTS)
+def test_race_matrix(event: str, phase: str, on_term: str) -> None:
+    sim = Sim(on_term)
+    sim.spawn(W)
+    sim.submit("A")
+    sim.submit("B", timeout=TIMEOUT)
+    _reach(sim, phase)
+    if phase == "finishing":
+        # Its Finished is written, not yet read.
+        sim.workers[W].running = None
+        error = "ValueError: bad input" if event == "fail" else None
+        finished = Finished("B", sim.job("B").lease, 0.01, result=None if error else b"1",
+                            error=error)  # fmt: skip
+        if event == "exit":  # the reap reads what a worker wrote before it died
+            sim.receive(W, finished)
+            _happen(sim, event, phase)
+        else:
+            _happen(sim, event, phase)
+            sim.receive(W, finished)
+    else:
+        _happen(sim, event, phase)
+    if W in sim.fleet.workers:
+        sim.play_out(W)
+    job = sim.job("B")
+    assert (job.status, job.attempts) == EXPECTED[(event, phase)], sim.said
+    assert job.worker_pid is None or job.status is Status.RUNNING
+    assert sim.job("A").status is not Status.RUNNING or W in sim.fleet.workers
+
+
+def test_a_worker_silent_in_every_state_is_ended_within_its_deadline() -> None:
+    """Starting, sent, running, retiring, terminating: each has a deadline."""
+    sim = Sim()
+    sim.fleet.spawned(1, sim.now)  # never says Ready
+    sim.workers[1] = SimWorker(1, "die")
+    sim.tick(30.1)
+    assert 1 not in sim.fleet.workers
+
+    sim.spawn(2)
+    sim.submit("sent")
+    sim.hand(2, "sent")  # never says Started
+    sim.tick(HEARTBEAT + 0.1)
+    assert 2 not in sim.fleet.workers
+    assert (sim.job("sent").status, sim.job("sent").attempts) == (Status.PENDING, 0)
+
+    sim.spawn(3)
+    sim.workers[3].running = RunJob("x", 0, 1, "t", b"null")  # wedged: it will not exit
+    sim.workers[3].on_term = "raise"
+    sim.apply(sim.fleet.retire(sim.fleet.workers[3], sim.now))
+    sim.tick(HEARTBEAT + 0.1)
+    assert sim.fleet.workers[3].state is WorkerState.TERMINATING
+    sim.tick(GRACE + 0.01)  # SIGKILL
+    assert 3 not in sim.fleet.workers
+
+
+def test_a_terminating_worker_has_one_deadline_its_kill() -> None:
+    sim = Sim("raise")
+    sim.spawn(W)
+    worker = sim.fleet.workers[W]
+    sim.workers[W].running = RunJob("x", 0, 1, "t", b"null")  # so SIGTERM does not end it
+    sim.apply(sim.fleet.terminate(worker, Cause.HUNG, "hung", 0.0))
+    assert [(at, cause) for at, cause, _ in sim.fleet.deadlines(worker, None)] == [
+        (GRACE, Cause.NONE)
+    ]
+
+
+def test_next_deadline_is_never_in_the_past_after_a_check() -> None:
+    """The loop waits for the next future deadline: after the check acted on every
+    expired one, none is left in the past (the spin of issue 13)."""
+    sim = Sim("raise")
+    sim.spawn(W)
+    sim.submit("B", timeout=TIMEOUT)
+    sim.hand(W, "B")
+    sim.start_next(W)
+    for step in (1.0, 4.5, 0.6, 1.5, 20.0):
+        sim.tick(step)
+        upcoming = sim.fleet.next_deadline(sim.stop_at)
+        assert upcoming is None or upcoming > sim.now
+
+
+def test_messages_that_break_the_protocol_end_the_worker_as_broken() -> None:
+    cases = {
+        "second Ready": lambda sim, lease: Ready(W),
+        "Started twice": lambda sim, lease: Started("B", lease),
+        "Finished of a queued job": lambda sim, lease: Finished("Q", lease + 1, 0.0, result=b"1"),
+        "Skipped of the running job": lambda sim, lease: Skipped("B", lease),
+        "progress of a queued job": lambda sim, lease: ProgressReport("Q", lease + 1, 0.5, None),
+        "heartbeat of a queued job": lambda sim, lease: Heartbeat("Q", lease + 1),
+    }
+    for what, make in cases.items():
+        sim = Sim()
+        sim.spawn(W)
+        sim.submit("B")
+        sim.submit("Q")
+        sim.hand(W, "B")
+        sim.start_next(W)
+        sim.hand(W, "Q")
+        lease = sim.job("B").lease
+        sim.receive(W, make(sim, lease))
+        assert W not in sim.fleet.workers, what
+        assert (sim.job("B").status, sim.job("B").attempts) == (Status.PENDING, 1), what
+        assert (sim.job("Q").status, sim.job("Q").attempts) == (Status.PENDING, 0), what
+        assert "broke the protocol" in (sim.job("B").last_error or ""), what
+
+
+def test_a_message_about_a_run_the_worker_does_not_hold_is_dropped() -> None:
+    """Fencing (DESIGN decision 8): an earlier run of the same job, or a job this
+    worker does not hold, is stale: dropped and logged, the worker kept."""
+    sim = Sim()
+    sim.spawn(W)
+    sim.submit("B")
+    sim.hand(W, "B")
+    sim.start_next(W)
+    lease = sim.job("B").lease
+    sim.receive(W, Finished("B", lease - 1, 0.0, result=b"1"))
+    sim.receive(W, ProgressReport("C", lease, 0.5, None))
+    assert sim.job("B").status is Status.RUNNING
+    assert sum(s.event == "message.stale" for s in sim.said) == 2
+    assert W in sim.fleet.workers
+
+
+def test_an_oversized_result_ends_the_worker() -> None:
+    sim = Sim()
+    sim.fleet.limits = Limits(heartbeat_timeout=HEARTBEAT, kill_grace=GRACE, max_result_bytes=10)
+    sim.spawn(W)
+    sim.submit("B")
+    sim.hand(W, "B")
+    sim.start_next(W)
+    sim.receive(W, Finished("B", sim.job("B").lease, 0.0, result=b"x" * 11))
+    job = sim.job("B")
+    assert (job.status, job.attempts) == (Status.PENDING, 1)
+    assert "11 bytes" in (job.last_error or "")
