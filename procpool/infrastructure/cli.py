@@ -24,6 +24,7 @@ from procpool.domain import spec
 from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
 from procpool.domain.timefmt import rfc3339
+from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure.daemon import run_daemon
 from procpool.infrastructure.log_reader import LEVELS, LogFilter, LogFollower, parse, read_all
@@ -437,15 +438,17 @@ def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
     with _user_errors():
         client.prune(days)
     if client.daemon_pid() is None:
-        click.echo(f"prune of jobs older than {days:g} days requested; it takes effect when the"
-                   " daemon starts")  # fmt: skip
+        click.echo(f"prune of jobs older than {plural(days, 'day')} requested; it takes effect"
+                   " when the daemon starts")  # fmt: skip
         return
     deadline = None if timeout is None else time.monotonic() + timeout
     while (left := client.count_finished_before(cutoff)) > 0:
         if deadline is not None and time.monotonic() >= deadline:
-            raise CommandFailed(f"{left} jobs still to delete after {timeout:g} s", EXIT_TIMEOUT)
+            raise CommandFailed(
+                f"{plural(left, 'job')} still to delete after {timeout:g} s", EXIT_TIMEOUT
+            )
         time.sleep(0.1)
-    click.echo(f"deleted {before} jobs finished before {rfc3339(cutoff)[:19]}Z")
+    click.echo(f"deleted {plural(before, 'job')} finished before {rfc3339(cutoff)[:19]}Z")
 
 
 def _write_lines(lines: Iterable[bytes]) -> None:
