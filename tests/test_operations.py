@@ -292,6 +292,16 @@ def test_logs_reads_rotated_files_in_order_and_filters(
     assert events == ["file.accepted", "job.started", "job.completed"]
     assert all(f"job_id={jobs[0]}" in line for line in one.stdout.splitlines())
 
+    # Values of one kind are alternatives; kinds must all hold.
+    two = daemon.cli("logs", "--json", "--job", jobs[0], "--job", jobs[1],
+                     "--event", "job.started", "--event", "job.completed")  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    picked = sorted(
+        (line["job_id"], line["event"]) for line in map(json.loads, two.stdout.splitlines())
+    )
+    assert picked == sorted((job_id, event) for job_id in jobs[:2]
+                            for event in ("job.started", "job.completed"))  # fmt: skip
+
     warnings = daemon.cli("logs", "--level", "warning", "--event", "job.*", "--json")
     found = [json.loads(line) for line in warnings.stdout.splitlines()]
     assert [(line["event"], line["level"]) for line in found] == [

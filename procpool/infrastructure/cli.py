@@ -469,8 +469,15 @@ def _write_lines(lines: Iterable[bytes]) -> None:
     default=None,
     help="Only the last N matching lines [default: all; 10 with -f].",
 )
-@click.option("--job", "job_id", default=None, help="Only this job's lines.")
-@click.option("--event", default=None, help="Only this event; a pattern such as 'job.*' works.")
+@click.option(
+    "--job", "job_ids", multiple=True, help="Only this job's lines (repeatable: any of them)."
+)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    help="Only this event; a pattern such as 'job.*' works (repeatable: any of them).",
+)
 @click.option(
     "--level",
     type=click.Choice(list(LEVELS), case_sensitive=False),
@@ -482,14 +489,18 @@ def logs(
     home: Path | None,
     follow: bool,
     last: int | None,
-    job_id: str | None,
-    event: str | None,
+    job_ids: tuple[str, ...],
+    events: tuple[str, ...],
     level: str | None,
     as_json: bool,
 ) -> None:
-    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered."""
+    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered.
+
+    A line is shown if it is of any --job given, any --event given, and at --level
+    or above.
+    """
     path = _client(home).home / "logs" / "procpool.jsonl"
-    wanted = LogFilter(job_id=job_id, event=event, level=level)
+    wanted = LogFilter(job_ids=job_ids, events=events, level=level)
 
     def shown(lines: Iterable[bytes]) -> Iterator[bytes]:
         for raw in lines:
