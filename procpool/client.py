@@ -38,7 +38,8 @@ from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
-_RETRY_SUFFIX = re.compile(r"\.retry-\d+$")
+# `X.retry-K`: the K-th job down the line of retries that starts at X.
+_RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
 
 
 class UnknownJob(KeyError):
@@ -270,9 +271,13 @@ class Client:
     def retry(self, job_id: str) -> str:
         """Queue a new job that repeats a terminal one: same type, payload and options.
 
-        The new job's id is `ID.retry-N`, N the first number not taken (a retry
-        of `X.retry-1` is `X.retry-2`), and its `retry_of` is `job_id`. The old
-        job stays as it is.
+        The new job's id continues the line of retries: a retry of `X` is
+        `X.retry-1`, of `X.retry-1` is `X.retry-2`, and so on. If that id is taken
+        (the same job is retried again, or another job of the line holds it), the
+        line forks: the retry is `ID.retry-N`, N the first number not taken (the
+        second retry of `X` is `X.retry-2`; a retry of `X.retry-1` when `X.retry-2`
+        exists is `X.retry-1.retry-1`). Its `retry_of` is `job_id`; the old job
+        stays as it is.
 
         Returns:
             The new job's id.
@@ -299,15 +304,19 @@ class Client:
         )
 
     def _retry_id(self, job_id: str) -> str:
-        base = _RETRY_SUFFIX.sub("", job_id)
+        line = _RETRY_SUFFIX.match(job_id)
+        base, number = (line["base"], int(line["number"]) + 1) if line else (job_id, 1)
+        if not self._is_taken(f"{base}.retry-{number}"):
+            return f"{base}.retry-{number}"
         number = 1
+        while self._is_taken(f"{job_id}.retry-{number}"):
+            number += 1
+        return f"{job_id}.retry-{number}"
+
+    def _is_taken(self, job_id: str) -> bool:
         # The inbox first: the daemon removes a file only after it committed its job,
         # so a file taken in between is found in the store.
-        while self.is_waiting_in_inbox(candidate := f"{base}.retry-{number}") or (
-            self._reader.get(candidate) is not None
-        ):
-            number += 1
-        return candidate
+        return self.is_waiting_in_inbox(job_id) or self._reader.get(job_id) is not None
 
     def retry_failed(self, type: str | None = None) -> list[str]:
         """Retry every failed job (of one type) that has not been retried yet.

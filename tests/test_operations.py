@@ -432,11 +432,20 @@ def test_retry_creates_a_new_job_and_leaves_the_old_one(daemon: Daemon) -> None:
     assert daemon.cli("status", old, "--json").stdout == before, "the old job is untouched"
     assert json.loads(before)["retry_of"] is None
 
+    # A second retry of the same job takes the next free number of its line.
     assert daemon.cli("retry", old).stdout == "report-7.retry-2\n"
-    # A retry of a retry counts on from the same root instead of nesting suffixes.
-    assert daemon.cli("retry", "report-7.retry-1").stdout == "report-7.retry-3\n"
-    wait_terminal(daemon, "report-7.retry-2", "report-7.retry-3")
-    assert daemon.job("report-7.retry-3").retry_of == "report-7.retry-1"
+    wait_terminal(daemon, "report-7.retry-2")
+    # A retry of `X.retry-K` is `X.retry-(K+1)`: the number says how far down the
+    # original's line it is. Here that id is report-7's second retry, so the line
+    # forks under report-7.retry-1 rather than skipping to a number of another job's.
+    assert daemon.cli("retry", "report-7.retry-1").stdout == "report-7.retry-1.retry-1\n"
+    assert daemon.cli("retry", "report-7.retry-2").stdout == "report-7.retry-3\n"
+    wait_terminal(daemon, "report-7.retry-1.retry-1", "report-7.retry-3")
+    assert daemon.job("report-7.retry-1.retry-1").retry_of == "report-7.retry-1"
+    assert daemon.job("report-7.retry-3").retry_of == "report-7.retry-2"
+    assert daemon.cli("retry", "report-7.retry-3").stdout == "report-7.retry-4\n"
+    further = daemon.cli("retry", "report-7.retry-1.retry-1")
+    assert further.stdout == "report-7.retry-1.retry-2\n"
 
     waiting = submit(daemon, "echo", "--delay", "3600")
     refused = daemon.cli("retry", waiting)
