@@ -125,8 +125,12 @@ class _OneLineErrors(click.Group):
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="procpool")
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """procpool: run CPU-bound jobs in a pool of worker processes, durably."""
+    if context.invoked_subcommand != "run":  # the daemon logs them itself
+        for warning in configuration.unknown_variables():
+            click.echo(f"procpool: warning: {warning}", err=True)
 
 
 @main.command()
