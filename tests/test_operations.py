@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,12 @@ def test_stats_counts_a_known_workload(make_daemon: Callable[..., Daemon]) -> No
         assert worker["cpu_percent"] >= 0
         assert worker["state"] in ("idle", "busy")
         assert set(worker) == {"pid", "state", "current_job", "jobs_done", "rss_bytes",
-                               "cpu_percent", "updated_at"}  # fmt: skip
+                               "cpu_percent", "updated_at", "age"}  # fmt: skip
+        # The state is as old as the daemon's last snapshot, and says so.
+        written = datetime.fromisoformat(worker["updated_at"]).timestamp()
+        taken = datetime.fromisoformat(stats["at"]).timestamp()
+        assert worker["age"] == pytest.approx(taken - written, abs=0.002)
+        assert 0 <= worker["age"] < 30
 
     table = daemon.cli("stats")
     assert table.returncode == 0, table.stderr
@@ -134,7 +140,9 @@ def test_stats_counts_a_known_workload(make_daemon: Callable[..., Daemon]) -> No
     assert re.search(r"^echo\s+1\s+0\s+3\s+0\s+0$", table.stdout, re.MULTILINE), table.stdout
     assert "failure rate (15m): 40.0% of attempts" in table.stdout
     for pid in daemon.worker_pids():
-        assert re.search(rf"^{pid}\s+(idle|busy)\s+\d+\s+[\d.]+ MiB", table.stdout, re.MULTILINE)
+        assert re.search(rf"^{pid}\s+(idle|busy)\s+[\d.]+ s ago\s+\d+\s+[\d.]+ MiB",
+                         table.stdout, re.MULTILINE), table.stdout  # fmt: skip
+    assert re.search(r"^WORKER\s+STATE\s+AS OF\s+JOBS DONE", table.stdout, re.MULTILINE)
 
     daemon.stop()
     stopped = json.loads(daemon.cli("stats", "--json").stdout)
