@@ -35,6 +35,7 @@ from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import find_home
 from procpool.infrastructure.pidfile import running_pid
+from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
@@ -44,6 +45,27 @@ _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
 
 class UnknownJob(KeyError):
     """No job has this id, and no file in the inbox is waiting to become it."""
+
+
+class JobRejected(UnknownJob, ProcpoolError):
+    """No job has this id because the daemon rejected the file, or the line of a
+    `.jsonl` file, that would have made it.
+
+    It is an UnknownJob (and so a KeyError), so code that handles unknown ids
+    handles it too. Attributes: `job_id`; `reason`, the rejection report's error
+    (for a line: "line N of NAME.jsonl: ..."); `report`, the report's path
+    (`HOME/rejected/NAME.error.json`); `line`, the line of a `.jsonl` file or None.
+    """
+
+    def __init__(self, job_id: str, reason: str, report: Path, line: int | None = None) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.reason = reason
+        self.report = report
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} was rejected: {self.reason} (rejected/{self.report.name})"
 
 
 class JobNotTerminal(ProcpoolError):
@@ -161,6 +183,7 @@ class Client:
         self.home = Path(home) if home is not None else find_home()
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
+        self._rejected = RejectedFiles(self.home)
 
     def __enter__(self) -> Client:
         return self
@@ -283,12 +306,12 @@ class Client:
             The new job's id.
 
         Raises:
-            UnknownJob: no job has this id.
+            UnknownJob: no job has this id (JobRejected: its file was rejected).
             JobNotTerminal: the job is pending or running.
         """
         job = self._reader.get(job_id)
         if job is None:
-            raise UnknownJob(job_id)
+            raise self._unknown(job_id)
         if not job.status.is_terminal:
             raise JobNotTerminal(f"job {job_id} is {job.status}; only a finished job is retried")
         return self._submit(
@@ -363,9 +386,26 @@ class Client:
         Returns:
             The job, or None if the store has none with this id (it may still
             wait in the inbox: see `is_waiting_in_inbox`).
+
+        Raises:
+            JobRejected: no job has this id, no file waits in the inbox to become
+                it, and the file or line that would have made it was rejected.
+                A job in the store wins over a rejection of the same id.
         """
         job = self._reader.get(job_id)
+        if job is None and not self.is_waiting_in_inbox(job_id):
+            error = self._unknown(job_id)
+            # Checked in this order, a file accepted meanwhile is in the store.
+            if isinstance(error, JobRejected) and (job := self._reader.get(job_id)) is None:
+                raise error
         return None if job is None else JobInfo.from_job(job)
+
+    def _unknown(self, job_id: str) -> UnknownJob:
+        """The error for an id the store lacks: JobRejected if its file was rejected."""
+        rejection = self._rejected.find(job_id)
+        if rejection is None:
+            return UnknownJob(job_id)
+        return JobRejected(job_id, rejection.reason, rejection.report, rejection.line)
 
     def list(
         self,
@@ -386,11 +426,11 @@ class Client:
         """Every run of a job, oldest first; a running job's current run comes last.
 
         Raises:
-            UnknownJob: no job has this id.
+            UnknownJob: no job has this id (JobRejected: its file was rejected).
         """
         job = self._reader.get(job_id)
         if job is None:
-            raise UnknownJob(job_id)
+            raise self._unknown(job_id)
         runs = [Attempt.from_run(run) for run in self._reader.runs(job_id)]
         if job.status is Status.RUNNING:
             runs.append(
@@ -445,6 +485,7 @@ class Client:
         Raises:
             TimeoutError: `timeout` seconds passed first.
             UnknownJob: an id is neither in the store nor waiting in the inbox.
+            JobRejected: (an UnknownJob) such an id's file or line was rejected.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(poll, 0.005)
@@ -454,7 +495,7 @@ class Client:
             for job_id in missing:
                 # Checked in this order, a file taken by the daemon in between is in the store.
                 if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
-                    raise UnknownJob(job_id)
+                    raise self._unknown(job_id)
             if on_poll is not None:
                 on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])
             if not missing and all(job.status.is_terminal for job in found.values()):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from procpool.client import Attempt, Client, JobInfo, UnknownJob
+from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
@@ -59,6 +59,8 @@ def _user_errors() -> Iterator[None]:
     except (ConfigError, InvalidJobFile) as error:
         raise CommandFailed(str(error), EXIT_USAGE) from None
     except AlreadyRunning as error:
+        raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    except JobRejected as error:
         raise CommandFailed(str(error), EXIT_NOT_DONE) from None
     except UnknownJob as error:
         raise CommandFailed(f"no job {error.args[0]!r}", EXIT_NOT_DONE) from None
@@ -256,7 +258,8 @@ def _attempt_lines(attempts: list[Attempt]) -> list[str]:
 
 def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: bool) -> None:
     client = _client(home)
-    job = client.get(job_id)
+    with _user_errors():
+        job = client.get(job_id)
     if job is None:
         raise CommandFailed(f"no job {job_id!r}")
     with _user_errors():
@@ -342,6 +345,8 @@ def wait(
         jobs = client.wait(
             list(job_ids), timeout=timeout, on_poll=display.update if display else None
         )
+    except JobRejected as error:
+        raise CommandFailed(str(error)) from None
     except UnknownJob as error:
         raise CommandFailed(f"no job {error.args[0]!r}") from None
     except TimeoutError:
@@ -363,7 +368,8 @@ def wait(
 def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
     """Cancel a job; while the daemon runs, wait until it is canceled."""
     client = _client(home)
-    job = client.get(job_id)
+    with _user_errors():
+        job = client.get(job_id)
     if job is None and not client.is_waiting_in_inbox(job_id):
         raise CommandFailed(f"no job {job_id!r}")
     if job is not None and job.is_terminal:
