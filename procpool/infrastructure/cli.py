@@ -328,6 +328,49 @@ def list_jobs(
         )
 
 
+class _DaemonGone(Exception):
+    """The daemon stopped while a command waited for it to act."""
+
+
+def _all_terminal(jobs: list[JobInfo | None]) -> bool:
+    return all(job is not None and job.is_terminal for job in jobs)
+
+
+class _DaemonWatch:
+    """Whether a daemon serves the home, looked up at most every `interval` seconds
+    (a look takes the pid file's lock for an instant)."""
+
+    def __init__(self, client: Client, interval: float = 0.2) -> None:
+        self._client = client
+        self._interval = interval
+        self._next = 0.0
+        self.pid: int | None = None
+        self.absent = False  # whether `announce` has said that none runs
+
+    def look(self) -> int | None:
+        """The daemon's pid (-1: running, pid unreadable), or None if none runs."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self.pid = self._client.daemon_pid()
+        return self.pid
+
+    def announce(self, jobs: list[JobInfo | None]) -> None:
+        """While jobs are left to wait for, say on stderr when no daemon runs to run
+        them, once per absence, and when one runs again."""
+        if _all_terminal(jobs):
+            return
+        pid = self.look()
+        if pid is None and not self.absent:
+            click.echo(f"procpool: no daemon runs on {self._client.home}; still waiting: the"
+                       " jobs go on when it starts", err=True)  # fmt: skip
+            self.absent = True
+        elif pid is not None and self.absent:
+            running = f" (pid {pid})" if pid > 0 else ""
+            click.echo(f"procpool: the daemon runs again{running}; still waiting", err=True)
+            self.absent = False
+
+
 @main.command()
 @home_option
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
@@ -338,13 +381,21 @@ def list_jobs(
 def wait(
     home: Path | None, job_ids: tuple[str, ...], timeout: float | None, show_progress: bool
 ) -> None:
-    """Block until every job is terminal: exit 0 if all completed, 1 otherwise."""
+    """Block until every job is terminal: exit 0 if all completed, 1 otherwise.
+
+    While no daemon runs, it says so once on stderr and keeps waiting.
+    """
     client = _client(home)
     display = ProgressDisplay(job_ids, sys.stdout, sys.stdout.isatty()) if show_progress else None
+    watch = _DaemonWatch(client)
+
+    def on_poll(found: list[JobInfo | None]) -> None:
+        if display is not None:
+            display.update(found)
+        watch.announce(found)
+
     try:
-        jobs = client.wait(
-            list(job_ids), timeout=timeout, on_poll=display.update if display else None
-        )
+        jobs = client.wait(list(job_ids), timeout=timeout, on_poll=on_poll)
     except JobRejected as error:
         raise CommandFailed(str(error)) from None
     except UnknownJob as error:
@@ -366,7 +417,11 @@ def wait(
     "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
 )
 def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
-    """Cancel a job; while the daemon runs, wait until it is canceled."""
+    """Cancel a job; while the daemon runs, wait until it is canceled.
+
+    With no daemon running, or once it stops, the request waits in the inbox and
+    takes effect when the daemon starts: exit 0.
+    """
     client = _client(home)
     with _user_errors():
         job = client.get(job_id)
@@ -379,12 +434,32 @@ def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
     if client.daemon_pid() is None:
         click.echo(f"cancel of {job_id} requested; it takes effect when the daemon starts")
         return
+    watch = _DaemonWatch(client)
+
+    def give_up_without_a_daemon(jobs: list[JobInfo | None]) -> None:
+        if not _all_terminal(jobs) and watch.look() is None:
+            raise _DaemonGone
+
     try:
-        [job] = client.wait([job_id], timeout=timeout)
+        with _user_errors():
+            [job] = client.wait([job_id], timeout=timeout, on_poll=give_up_without_a_daemon)
     except TimeoutError:
         raise CommandFailed(
             f"job {job_id} not canceled after {timeout:g} s", EXIT_TIMEOUT
         ) from None
+    except _DaemonGone:
+        with _user_errors():
+            found = client.get(job_id)
+        if found is None or not found.is_terminal:
+            if found is not None and found.cancel_requested:
+                # The daemon took the request and stopped before the job ended: ask
+                # again, so that the next start applies it after its recovery.
+                with _user_errors():
+                    client.cancel(job_id)
+            click.echo(f"the daemon stopped before job {job_id} was canceled; the cancel"
+                       " takes effect when the daemon starts")  # fmt: skip
+            return
+        job = found
     if job.status != "canceled":
         raise CommandFailed(f"job {job_id} ended {job.status} before the cancel took effect")
     click.echo(f"{job_id} canceled")
