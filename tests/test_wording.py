@@ -43,6 +43,15 @@ def test_a_count_of_one_is_singular_in_the_log_and_reports(
     assert json.loads(single.read_text())["error"] == "its one line was rejected"
 
 
+def test_a_stop_with_one_running_job_says_job(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(workers=1)
+    daemon.cli("submit", "sleep", '{"seconds": 1}', "--id", "short")
+    daemon.wait_status("short", "running")
+    assert daemon.stop() == 0
+    [stopping] = daemon.events("daemon.stopping")
+    assert stopping["msg"].endswith(": 1 running job gets 10 s to finish"), stopping["msg"]
+
+
 def test_prune_says_day_for_one_day(tmp_path) -> None:
     result = run_cli(tmp_path / "home", "prune", "--older-than", "1")
     assert result.returncode == 0, result.stderr
