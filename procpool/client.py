@@ -393,19 +393,25 @@ class Client:
                 A job in the store wins over a rejection of the same id.
         """
         job = self._reader.get(job_id)
-        if job is None and not self.is_waiting_in_inbox(job_id):
-            error = self._unknown(job_id)
-            # Checked in this order, a file accepted meanwhile is in the store.
-            if isinstance(error, JobRejected) and (job := self._reader.get(job_id)) is None:
-                raise error
+        if job is None and (rejected := self._rejection(job_id)) is not None:
+            raise rejected
         return None if job is None else JobInfo.from_job(job)
+
+    def _rejection(self, job_id: str) -> JobRejected | None:
+        """JobRejected for an id the store lacks whose file or line was rejected,
+        unless a file in the inbox may still make the job."""
+        # rejected/ first: it is small, while the inbox may hold a large backlog.
+        found = self._rejected.find(job_id)
+        # Checked in this order, a file accepted meanwhile is in the store.
+        if found is None or self.is_waiting_in_inbox(job_id):
+            return None
+        if self._reader.get(job_id) is not None:
+            return None
+        return JobRejected(job_id, found.reason, found.report, found.line)
 
     def _unknown(self, job_id: str) -> UnknownJob:
         """The error for an id the store lacks: JobRejected if its file was rejected."""
-        rejection = self._rejected.find(job_id)
-        if rejection is None:
-            return UnknownJob(job_id)
-        return JobRejected(job_id, rejection.reason, rejection.report, rejection.line)
+        return self._rejection(job_id) or UnknownJob(job_id)
 
     def list(
         self,
