@@ -1,7 +1,7 @@
 """procpool: a durable daemon that runs CPU-bound jobs in a pool of forked worker processes."""
 
 from procpool.application.handlers import JobContext, handler
-from procpool.client import Client, JobInfo, JobNotTerminal, UnknownJob
+from procpool.client import Client, JobInfo, JobNotTerminal, JobRejected, UnknownJob
 from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "JobContext",
     "JobInfo",
     "JobNotTerminal",
+    "JobRejected",
     "PermanentError",
     "ProcpoolError",
     "UnknownJob",

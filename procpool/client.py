@@ -35,14 +35,37 @@ from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import find_home
 from procpool.infrastructure.pidfile import running_pid
+from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
-_RETRY_SUFFIX = re.compile(r"\.retry-\d+$")
+# `X.retry-K`: the K-th job down the line of retries that starts at X.
+_RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
 
 
 class UnknownJob(KeyError):
     """No job has this id, and no file in the inbox is waiting to become it."""
+
+
+class JobRejected(UnknownJob, ProcpoolError):
+    """No job has this id because the daemon rejected the file, or the line of a
+    `.jsonl` file, that would have made it.
+
+    It is an UnknownJob (and so a KeyError), so code that handles unknown ids
+    handles it too. Attributes: `job_id`; `reason`, the rejection report's error
+    (for a line: "line N of NAME.jsonl: ..."); `report`, the report's path
+    (`HOME/rejected/NAME.error.json`); `line`, the line of a `.jsonl` file or None.
+    """
+
+    def __init__(self, job_id: str, reason: str, report: Path, line: int | None = None) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.reason = reason
+        self.report = report
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} was rejected: {self.reason} (rejected/{self.report.name})"
 
 
 class JobNotTerminal(ProcpoolError):
@@ -160,6 +183,7 @@ class Client:
         self.home = Path(home) if home is not None else find_home()
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
+        self._rejected = RejectedFiles(self.home)
 
     def __enter__(self) -> Client:
         return self
@@ -270,20 +294,24 @@ class Client:
     def retry(self, job_id: str) -> str:
         """Queue a new job that repeats a terminal one: same type, payload and options.
 
-        The new job's id is `ID.retry-N`, N the first number not taken (a retry
-        of `X.retry-1` is `X.retry-2`), and its `retry_of` is `job_id`. The old
-        job stays as it is.
+        The new job's id continues the line of retries: a retry of `X` is
+        `X.retry-1`, of `X.retry-1` is `X.retry-2`, and so on. If that id is taken
+        (the same job is retried again, or another job of the line holds it), the
+        line forks: the retry is `ID.retry-N`, N the first number not taken (the
+        second retry of `X` is `X.retry-2`; a retry of `X.retry-1` when `X.retry-2`
+        exists is `X.retry-1.retry-1`). Its `retry_of` is `job_id`; the old job
+        stays as it is.
 
         Returns:
             The new job's id.
 
         Raises:
-            UnknownJob: no job has this id.
+            UnknownJob: no job has this id (JobRejected: its file was rejected).
             JobNotTerminal: the job is pending or running.
         """
         job = self._reader.get(job_id)
         if job is None:
-            raise UnknownJob(job_id)
+            raise self._unknown(job_id)
         if not job.status.is_terminal:
             raise JobNotTerminal(f"job {job_id} is {job.status}; only a finished job is retried")
         return self._submit(
@@ -299,15 +327,19 @@ class Client:
         )
 
     def _retry_id(self, job_id: str) -> str:
-        base = _RETRY_SUFFIX.sub("", job_id)
+        line = _RETRY_SUFFIX.match(job_id)
+        base, number = (line["base"], int(line["number"]) + 1) if line else (job_id, 1)
+        if not self._is_taken(f"{base}.retry-{number}"):
+            return f"{base}.retry-{number}"
         number = 1
+        while self._is_taken(f"{job_id}.retry-{number}"):
+            number += 1
+        return f"{job_id}.retry-{number}"
+
+    def _is_taken(self, job_id: str) -> bool:
         # The inbox first: the daemon removes a file only after it committed its job,
         # so a file taken in between is found in the store.
-        while self.is_waiting_in_inbox(candidate := f"{base}.retry-{number}") or (
-            self._reader.get(candidate) is not None
-        ):
-            number += 1
-        return candidate
+        return self.is_waiting_in_inbox(job_id) or self._reader.get(job_id) is not None
 
     def retry_failed(self, type: str | None = None) -> list[str]:
         """Retry every failed job (of one type) that has not been retried yet.
@@ -354,9 +386,32 @@ class Client:
         Returns:
             The job, or None if the store has none with this id (it may still
             wait in the inbox: see `is_waiting_in_inbox`).
+
+        Raises:
+            JobRejected: no job has this id, no file waits in the inbox to become
+                it, and the file or line that would have made it was rejected.
+                A job in the store wins over a rejection of the same id.
         """
         job = self._reader.get(job_id)
+        if job is None and (rejected := self._rejection(job_id)) is not None:
+            raise rejected
         return None if job is None else JobInfo.from_job(job)
+
+    def _rejection(self, job_id: str) -> JobRejected | None:
+        """JobRejected for an id the store lacks whose file or line was rejected,
+        unless a file in the inbox may still make the job."""
+        # rejected/ first: it is small, while the inbox may hold a large backlog.
+        found = self._rejected.find(job_id)
+        # Checked in this order, a file accepted meanwhile is in the store.
+        if found is None or self.is_waiting_in_inbox(job_id):
+            return None
+        if self._reader.get(job_id) is not None:
+            return None
+        return JobRejected(job_id, found.reason, found.report, found.line)
+
+    def _unknown(self, job_id: str) -> UnknownJob:
+        """The error for an id the store lacks: JobRejected if its file was rejected."""
+        return self._rejection(job_id) or UnknownJob(job_id)
 
     def list(
         self,
@@ -377,11 +432,11 @@ class Client:
         """Every run of a job, oldest first; a running job's current run comes last.
 
         Raises:
-            UnknownJob: no job has this id.
+            UnknownJob: no job has this id (JobRejected: its file was rejected).
         """
         job = self._reader.get(job_id)
         if job is None:
-            raise UnknownJob(job_id)
+            raise self._unknown(job_id)
         runs = [Attempt.from_run(run) for run in self._reader.runs(job_id)]
         if job.status is Status.RUNNING:
             runs.append(
@@ -436,6 +491,7 @@ class Client:
         Raises:
             TimeoutError: `timeout` seconds passed first.
             UnknownJob: an id is neither in the store nor waiting in the inbox.
+            JobRejected: (an UnknownJob) such an id's file or line was rejected.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(poll, 0.005)
@@ -445,7 +501,7 @@ class Client:
             for job_id in missing:
                 # Checked in this order, a file taken by the daemon in between is in the store.
                 if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
-                    raise UnknownJob(job_id)
+                    raise self._unknown(job_id)
             if on_poll is not None:
                 on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])
             if not missing and all(job.status.is_terminal for job in found.values()):

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from procpool import Client
+from procpool import Client, JobRejected
 
 TESTS = Path(__file__).parent
 # Fast timings for tests; each test may override any of them.
@@ -204,7 +204,11 @@ class Daemon:
         return final
 
     def job(self, job_id: str) -> Any:
-        return self.client.get(job_id)
+        """The job, or None while the store has none (in the inbox, unknown, or rejected)."""
+        try:
+            return self.client.get(job_id)
+        except JobRejected:
+            return None
 
     def wait_status(self, job_id: str, *statuses: str, timeout: float = 30.0) -> Any:
         return wait_until(

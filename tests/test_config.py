@@ -1,5 +1,6 @@
 """Configuration (CONTRACT section 8): precedence, errors that name the key, the
-documented file. Unit tests: `load` is given its environment explicitly."""
+documented file. Unit tests (`load` is given its environment explicitly), then the
+environment's effect on the real daemon and CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import Daemon, run_cli
 
 from procpool.domain.errors import ConfigError
-from procpool.infrastructure.config import Config, default_home, load, resolve_home
+from procpool.infrastructure.config import (
+    Config,
+    default_home,
+    load,
+    resolve_home,
+    unknown_variables,
+)
 
 DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
 
@@ -149,7 +157,6 @@ def test_a_bad_file_names_the_key(
 @pytest.mark.parametrize(
     ("name", "value", "key"),
     [
-        ("PROCPOOL_WROKERS", "2", "wrokers"),
         ("PROCPOOL_WORKERS", "many", "workers"),
         ("PROCPOOL_MAX_ATTEMPTS", "0", "max_attempts"),
         ("PROCPOOL_SHUTDOWN_TIMEOUT", "soon", "shutdown_timeout"),
@@ -162,6 +169,19 @@ def test_a_bad_environment_variable_names_the_key(
         load(environ={**environ, name: value})
     assert key in str(caught.value)
     assert name in str(caught.value) or "must be" in str(caught.value)
+
+
+def test_an_unknown_variable_is_ignored_with_a_guess(environ: dict[str, str]) -> None:
+    """The environment is shared with other tools: a PROCPOOL_* name that is no key
+    is a warning (with the nearest key's variable), not an error."""
+    env = {**environ, "PROCPOOL_WROKERS": "2", "PROCPOOL_ZZZ": "1", "PROCPOOL_WORKERS": "3"}
+    assert load(environ=env).workers == 3
+    assert unknown_variables(env) == [
+        "ignoring environment variable PROCPOOL_WROKERS: no config key 'wrokers'"
+        " (did you mean PROCPOOL_WORKERS?)",
+        "ignoring environment variable PROCPOOL_ZZZ: no config key 'zzz'",
+    ]
+    assert unknown_variables({**environ, "PROCPOOL_CONFIG": "x", "PROCPOOL_HOME": "y"}) == []
 
 
 def test_a_bad_flag_names_the_key(environ: dict[str, str]) -> None:
@@ -200,3 +220,31 @@ def test_the_documented_file_sets_every_default() -> None:
 
 def test_the_documented_file_loads_to_the_defaults(environ: dict[str, str]) -> None:
     assert load(config_file=DOCUMENTED, environ=environ) == Config()
+
+
+# ------------------------------------------------------------------ the real daemon and CLI
+
+
+def test_the_daemon_warns_of_an_unknown_variable_and_runs(make_daemon) -> None:
+    daemon: Daemon = make_daemon(workers=1, env={"PROCPOOL_WROKERS": "2"})
+    daemon.cli("submit", "echo", "1", "--id", "still-runs")
+    assert daemon.wait_status("still-runs", "completed").result == 1
+    [warning] = daemon.wait_events("config.unknown_variable")
+    assert warning["level"] == "WARNING"
+    assert "PROCPOOL_WROKERS" in warning["msg"] and "PROCPOOL_WORKERS?" in warning["msg"]
+    assert "did you mean PROCPOOL_WORKERS?" in daemon.stderr()
+
+
+def test_a_command_warns_of_an_unknown_variable_once(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "home", "list", env={"PROCPOOL_HOEM": str(tmp_path / "x")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "procpool: warning: ignoring environment variable PROCPOOL_HOEM: no config key"
+        " 'hoem' (did you mean PROCPOOL_HOME?)\n"
+    )
+
+
+def test_a_wrong_value_of_a_known_variable_still_stops_the_daemon(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "home", "run", env={"PROCPOOL_WORKERS": "many"})
+    assert result.returncode == 2
+    assert "PROCPOOL_WORKERS" in result.stderr and "Traceback" not in result.stderr

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,12 @@ def test_stats_counts_a_known_workload(make_daemon: Callable[..., Daemon]) -> No
         assert worker["cpu_percent"] >= 0
         assert worker["state"] in ("idle", "busy")
         assert set(worker) == {"pid", "state", "current_job", "jobs_done", "rss_bytes",
-                               "cpu_percent", "updated_at"}  # fmt: skip
+                               "cpu_percent", "updated_at", "age"}  # fmt: skip
+        # The state is as old as the daemon's last snapshot, and says so.
+        written = datetime.fromisoformat(worker["updated_at"]).timestamp()
+        taken = datetime.fromisoformat(stats["at"]).timestamp()
+        assert worker["age"] == pytest.approx(taken - written, abs=0.002)
+        assert 0 <= worker["age"] < 30
 
     table = daemon.cli("stats")
     assert table.returncode == 0, table.stderr
@@ -134,7 +140,9 @@ def test_stats_counts_a_known_workload(make_daemon: Callable[..., Daemon]) -> No
     assert re.search(r"^echo\s+1\s+0\s+3\s+0\s+0$", table.stdout, re.MULTILINE), table.stdout
     assert "failure rate (15m): 40.0% of attempts" in table.stdout
     for pid in daemon.worker_pids():
-        assert re.search(rf"^{pid}\s+(idle|busy)\s+\d+\s+[\d.]+ MiB", table.stdout, re.MULTILINE)
+        assert re.search(rf"^{pid}\s+(idle|busy)\s+[\d.]+ s ago\s+\d+\s+[\d.]+ MiB",
+                         table.stdout, re.MULTILINE), table.stdout  # fmt: skip
+    assert re.search(r"^WORKER\s+STATE\s+AS OF\s+JOBS DONE", table.stdout, re.MULTILINE)
 
     daemon.stop()
     stopped = json.loads(daemon.cli("stats", "--json").stdout)
@@ -292,6 +300,16 @@ def test_logs_reads_rotated_files_in_order_and_filters(
     assert events == ["file.accepted", "job.started", "job.completed"]
     assert all(f"job_id={jobs[0]}" in line for line in one.stdout.splitlines())
 
+    # Values of one kind are alternatives; kinds must all hold.
+    two = daemon.cli("logs", "--json", "--job", jobs[0], "--job", jobs[1],
+                     "--event", "job.started", "--event", "job.completed")  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    picked = sorted(
+        (line["job_id"], line["event"]) for line in map(json.loads, two.stdout.splitlines())
+    )
+    assert picked == sorted((job_id, event) for job_id in jobs[:2]
+                            for event in ("job.started", "job.completed"))  # fmt: skip
+
     warnings = daemon.cli("logs", "--level", "warning", "--event", "job.*", "--json")
     found = [json.loads(line) for line in warnings.stdout.splitlines()]
     assert [(line["event"], line["level"]) for line in found] == [
@@ -422,11 +440,20 @@ def test_retry_creates_a_new_job_and_leaves_the_old_one(daemon: Daemon) -> None:
     assert daemon.cli("status", old, "--json").stdout == before, "the old job is untouched"
     assert json.loads(before)["retry_of"] is None
 
+    # A second retry of the same job takes the next free number of its line.
     assert daemon.cli("retry", old).stdout == "report-7.retry-2\n"
-    # A retry of a retry counts on from the same root instead of nesting suffixes.
-    assert daemon.cli("retry", "report-7.retry-1").stdout == "report-7.retry-3\n"
-    wait_terminal(daemon, "report-7.retry-2", "report-7.retry-3")
-    assert daemon.job("report-7.retry-3").retry_of == "report-7.retry-1"
+    wait_terminal(daemon, "report-7.retry-2")
+    # A retry of `X.retry-K` is `X.retry-(K+1)`: the number says how far down the
+    # original's line it is. Here that id is report-7's second retry, so the line
+    # forks under report-7.retry-1 rather than skipping to a number of another job's.
+    assert daemon.cli("retry", "report-7.retry-1").stdout == "report-7.retry-1.retry-1\n"
+    assert daemon.cli("retry", "report-7.retry-2").stdout == "report-7.retry-3\n"
+    wait_terminal(daemon, "report-7.retry-1.retry-1", "report-7.retry-3")
+    assert daemon.job("report-7.retry-1.retry-1").retry_of == "report-7.retry-1"
+    assert daemon.job("report-7.retry-3").retry_of == "report-7.retry-2"
+    assert daemon.cli("retry", "report-7.retry-3").stdout == "report-7.retry-4\n"
+    further = daemon.cli("retry", "report-7.retry-1.retry-1")
+    assert further.stdout == "report-7.retry-1.retry-2\n"
 
     waiting = submit(daemon, "echo", "--delay", "3600")
     refused = daemon.cli("retry", waiting)

@@ -112,8 +112,9 @@ def _read_entries(
 
 def _lines_summary(bad: int, total: int) -> str:
     if bad == total:
-        return f"all {total} lines were rejected"
-    return f"{bad} of {total} lines were rejected, the other {total - bad} accepted"
+        return "its one line was rejected" if total == 1 else f"all {total} lines were rejected"
+    verb = "was" if bad == 1 else "were"
+    return f"{bad} of {total} lines {verb} rejected, the other {total - bad} accepted"
 
 
 def ingest(

@@ -20,6 +20,7 @@ from procpool.application.ledger import Ledger
 from procpool.application.ports import InboxFile, JobStore
 from procpool.domain.job import Job, Status
 from procpool.domain.spec import JobDefaults
+from procpool.domain.wording import plural
 
 Log = Callable[..., None]  # (level, event, message, **fields)
 
@@ -77,7 +78,8 @@ class Intake:
             asked = received.prune_days
             received.prune_days = days if asked is None else min(asked, days)
             self._log(
-                "INFO", "prune.requested", f"prune of jobs older than {days:g} days requested",
+                "INFO", "prune.requested",
+                f"prune of jobs older than {plural(days, 'day')} requested",
                 days=days, file=file.name,
             )  # fmt: skip
         received.accepted = result.accepted

@@ -20,6 +20,7 @@ from procpool.domain.fate import Fate, Phase
 from procpool.domain.job import Job, Progress, Run, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.timefmt import rfc3339
+from procpool.domain.wording import plural
 
 Log = Callable[..., None]  # (level, event, message, **fields)
 
@@ -151,7 +152,7 @@ class Ledger:
         else:
             self._log(
                 "ERROR", "job.failed",
-                f"job {job.id} failed for good after {failed.attempts} attempts: {error}",
+                f"job {job.id} failed for good after {plural(failed.attempts, 'attempt')}: {error}",
                 **fields,
             )  # fmt: skip
 
@@ -198,7 +199,7 @@ class Ledger:
         if deleted:
             self._log(
                 "INFO", "jobs.pruned",
-                f"deleted {len(deleted)} finished jobs older than {days:g} days",
+                f"deleted {plural(len(deleted), 'finished job')} older than {plural(days, 'day')}",
                 count=len(deleted), days=days,
             )  # fmt: skip
         return len(deleted)

@@ -59,6 +59,7 @@ from procpool.application.recovery import recover
 from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
+from procpool.domain.wording import plural
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -194,7 +195,7 @@ class Supervisor:
         emit(
             "INFO",
             "daemon.started",
-            f"procpool started with {_count(self.settings.workers, 'worker')}",
+            f"procpool started with {plural(self.settings.workers, 'worker')}",
             pid=os.getpid(),
             workers=self.settings.workers,
             handlers=self.registry.names(),
@@ -397,8 +398,8 @@ class Supervisor:
             self._effects.log(
                 "INFO",
                 "daemon.stopping",
-                f"stopping on {why}: {_count(running, 'running job')} get {_seconds(wait)}"
-                " to finish",
+                f"stopping on {why}: {plural(running, 'running job')}"
+                f" {'gets' if running == 1 else 'get'} {_seconds(wait)} to finish",
                 signal=why,
                 running=running,
                 shutdown_timeout=wait,
@@ -424,7 +425,7 @@ class Supervisor:
         self._effects.log(
             "INFO",
             "config.reloaded",
-            f"config reloaded: {_count(settings.workers, 'worker')} (was {old.workers})",
+            f"config reloaded: {plural(settings.workers, 'worker')} (was {old.workers})",
             workers=settings.workers,
         )
 
@@ -581,8 +582,3 @@ class Supervisor:
         if not full:
             self._prune_older_than = None
         self._next_retention = now + (1.0 if full else RETENTION_INTERVAL)
-
-
-def _count(number: int, noun: str) -> str:
-    """`1 worker`, `2 workers`."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"

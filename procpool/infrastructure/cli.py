@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from procpool.client import Attempt, Client, JobInfo, UnknownJob
+from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
 from procpool.domain.timefmt import rfc3339
+from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure.daemon import run_daemon
 from procpool.infrastructure.log_reader import LEVELS, LogFilter, LogFollower, parse, read_all
@@ -58,6 +59,8 @@ def _user_errors() -> Iterator[None]:
     except (ConfigError, InvalidJobFile) as error:
         raise CommandFailed(str(error), EXIT_USAGE) from None
     except AlreadyRunning as error:
+        raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    except JobRejected as error:
         raise CommandFailed(str(error), EXIT_NOT_DONE) from None
     except UnknownJob as error:
         raise CommandFailed(f"no job {error.args[0]!r}", EXIT_NOT_DONE) from None
@@ -124,8 +127,12 @@ class _OneLineErrors(click.Group):
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="procpool")
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """procpool: run CPU-bound jobs in a pool of worker processes, durably."""
+    if context.invoked_subcommand != "run":  # the daemon logs them itself
+        for warning in configuration.unknown_variables():
+            click.echo(f"procpool: warning: {warning}", err=True)
 
 
 @main.command()
@@ -251,7 +258,8 @@ def _attempt_lines(attempts: list[Attempt]) -> list[str]:
 
 def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: bool) -> None:
     client = _client(home)
-    job = client.get(job_id)
+    with _user_errors():
+        job = client.get(job_id)
     if job is None:
         raise CommandFailed(f"no job {job_id!r}")
     with _user_errors():
@@ -320,6 +328,49 @@ def list_jobs(
         )
 
 
+class _DaemonGone(Exception):
+    """The daemon stopped while a command waited for it to act."""
+
+
+def _all_terminal(jobs: list[JobInfo | None]) -> bool:
+    return all(job is not None and job.is_terminal for job in jobs)
+
+
+class _DaemonWatch:
+    """Whether a daemon serves the home, looked up at most every `interval` seconds
+    (a look takes the pid file's lock for an instant)."""
+
+    def __init__(self, client: Client, interval: float = 0.2) -> None:
+        self._client = client
+        self._interval = interval
+        self._next = 0.0
+        self.pid: int | None = None
+        self.absent = False  # whether `announce` has said that none runs
+
+    def look(self) -> int | None:
+        """The daemon's pid (-1: running, pid unreadable), or None if none runs."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self.pid = self._client.daemon_pid()
+        return self.pid
+
+    def announce(self, jobs: list[JobInfo | None]) -> None:
+        """While jobs are left to wait for, say on stderr when no daemon runs to run
+        them, once per absence, and when one runs again."""
+        if _all_terminal(jobs):
+            return
+        pid = self.look()
+        if pid is None and not self.absent:
+            click.echo(f"procpool: no daemon runs on {self._client.home}; still waiting: the"
+                       " jobs go on when it starts", err=True)  # fmt: skip
+            self.absent = True
+        elif pid is not None and self.absent:
+            running = f" (pid {pid})" if pid > 0 else ""
+            click.echo(f"procpool: the daemon runs again{running}; still waiting", err=True)
+            self.absent = False
+
+
 @main.command()
 @home_option
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
@@ -330,13 +381,23 @@ def list_jobs(
 def wait(
     home: Path | None, job_ids: tuple[str, ...], timeout: float | None, show_progress: bool
 ) -> None:
-    """Block until every job is terminal: exit 0 if all completed, 1 otherwise."""
+    """Block until every job is terminal: exit 0 if all completed, 1 otherwise.
+
+    While no daemon runs, it says so once on stderr and keeps waiting.
+    """
     client = _client(home)
     display = ProgressDisplay(job_ids, sys.stdout, sys.stdout.isatty()) if show_progress else None
+    watch = _DaemonWatch(client)
+
+    def on_poll(found: list[JobInfo | None]) -> None:
+        if display is not None:
+            display.update(found)
+        watch.announce(found)
+
     try:
-        jobs = client.wait(
-            list(job_ids), timeout=timeout, on_poll=display.update if display else None
-        )
+        jobs = client.wait(list(job_ids), timeout=timeout, on_poll=on_poll)
+    except JobRejected as error:
+        raise CommandFailed(str(error)) from None
     except UnknownJob as error:
         raise CommandFailed(f"no job {error.args[0]!r}") from None
     except TimeoutError:
@@ -356,9 +417,14 @@ def wait(
     "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
 )
 def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
-    """Cancel a job; while the daemon runs, wait until it is canceled."""
+    """Cancel a job; while the daemon runs, wait until it is canceled.
+
+    With no daemon running, or once it stops, the request waits in the inbox and
+    takes effect when the daemon starts: exit 0.
+    """
     client = _client(home)
-    job = client.get(job_id)
+    with _user_errors():
+        job = client.get(job_id)
     if job is None and not client.is_waiting_in_inbox(job_id):
         raise CommandFailed(f"no job {job_id!r}")
     if job is not None and job.is_terminal:
@@ -368,12 +434,32 @@ def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
     if client.daemon_pid() is None:
         click.echo(f"cancel of {job_id} requested; it takes effect when the daemon starts")
         return
+    watch = _DaemonWatch(client)
+
+    def give_up_without_a_daemon(jobs: list[JobInfo | None]) -> None:
+        if not _all_terminal(jobs) and watch.look() is None:
+            raise _DaemonGone
+
     try:
-        [job] = client.wait([job_id], timeout=timeout)
+        with _user_errors():
+            [job] = client.wait([job_id], timeout=timeout, on_poll=give_up_without_a_daemon)
     except TimeoutError:
         raise CommandFailed(
             f"job {job_id} not canceled after {timeout:g} s", EXIT_TIMEOUT
         ) from None
+    except _DaemonGone:
+        with _user_errors():
+            found = client.get(job_id)
+        if found is None or not found.is_terminal:
+            if found is not None and found.cancel_requested:
+                # The daemon took the request and stopped before the job ended: ask
+                # again, so that the next start applies it after its recovery.
+                with _user_errors():
+                    client.cancel(job_id)
+            click.echo(f"the daemon stopped before job {job_id} was canceled; the cancel"
+                       " takes effect when the daemon starts")  # fmt: skip
+            return
+        job = found
     if job.status != "canceled":
         raise CommandFailed(f"job {job_id} ended {job.status} before the cancel took effect")
     click.echo(f"{job_id} canceled")
@@ -437,15 +523,17 @@ def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
     with _user_errors():
         client.prune(days)
     if client.daemon_pid() is None:
-        click.echo(f"prune of jobs older than {days:g} days requested; it takes effect when the"
-                   " daemon starts")  # fmt: skip
+        click.echo(f"prune of jobs older than {plural(days, 'day')} requested; it takes effect"
+                   " when the daemon starts")  # fmt: skip
         return
     deadline = None if timeout is None else time.monotonic() + timeout
     while (left := client.count_finished_before(cutoff)) > 0:
         if deadline is not None and time.monotonic() >= deadline:
-            raise CommandFailed(f"{left} jobs still to delete after {timeout:g} s", EXIT_TIMEOUT)
+            raise CommandFailed(
+                f"{plural(left, 'job')} still to delete after {timeout:g} s", EXIT_TIMEOUT
+            )
         time.sleep(0.1)
-    click.echo(f"deleted {before} jobs finished before {rfc3339(cutoff)[:19]}Z")
+    click.echo(f"deleted {plural(before, 'job')} finished before {rfc3339(cutoff)[:19]}Z")
 
 
 def _write_lines(lines: Iterable[bytes]) -> None:
@@ -466,8 +554,15 @@ def _write_lines(lines: Iterable[bytes]) -> None:
     default=None,
     help="Only the last N matching lines [default: all; 10 with -f].",
 )
-@click.option("--job", "job_id", default=None, help="Only this job's lines.")
-@click.option("--event", default=None, help="Only this event; a pattern such as 'job.*' works.")
+@click.option(
+    "--job", "job_ids", multiple=True, help="Only this job's lines (repeatable: any of them)."
+)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    help="Only this event; a pattern such as 'job.*' works (repeatable: any of them).",
+)
 @click.option(
     "--level",
     type=click.Choice(list(LEVELS), case_sensitive=False),
@@ -479,14 +574,18 @@ def logs(
     home: Path | None,
     follow: bool,
     last: int | None,
-    job_id: str | None,
-    event: str | None,
+    job_ids: tuple[str, ...],
+    events: tuple[str, ...],
     level: str | None,
     as_json: bool,
 ) -> None:
-    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered."""
+    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered.
+
+    A line is shown if it is of any --job given, any --event given, and at --level
+    or above.
+    """
     path = _client(home).home / "logs" / "procpool.jsonl"
-    wanted = LogFilter(job_id=job_id, event=event, level=level)
+    wanted = LogFilter(job_ids=job_ids, events=events, level=level)
 
     def shown(lines: Iterable[bytes]) -> Iterator[bytes]:
         for raw in lines:

@@ -1,11 +1,15 @@
 """Configuration: defaults, then the TOML file, then PROCPOOL_* variables, then flags.
 
-Every key is documented in config/procpool.toml. An unknown key or a wrong
-value is a ConfigError that names the key and where it came from.
+Every key is documented in config/procpool.toml. An unknown key in the file,
+or a wrong value from anywhere, is a ConfigError that names the key and where
+it came from. An unknown PROCPOOL_* variable is not an error: the environment
+is shared with other tools, so it is ignored, and `unknown_variables` gives the
+warning each caller shows.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -121,13 +125,41 @@ def read_file(path: Path) -> dict[str, Any]:
     return {key: _convert(key, value, str(path), from_text=False) for key, value in raw.items()}
 
 
+def _variable_key(name: str) -> str | None:
+    """The config key a PROCPOOL_* variable names (known or not); None for other names."""
+    if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        return None
+    return name[len(ENV_PREFIX) :].lower()
+
+
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The config keys set by PROCPOOL_* variables; unknown names are skipped.
+
+    Raises:
+        ConfigError: a known key has a wrong value.
+    """
     values = {}
     for name, text in environ.items():
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
-            key = name[len(ENV_PREFIX) :].lower()
+        key = _variable_key(name)
+        if key in _FIELDS:
             values[key] = _convert(key, text, f"environment variable {name}", from_text=True)
     return values
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A warning for each PROCPOOL_* variable that names no config key, with the
+    nearest known name if one is close: "ignoring environment variable
+    PROCPOOL_WROKERS: no config key 'wrokers' (did you mean PROCPOOL_WORKERS?)"."""
+    known = [*_FIELDS, "config"]  # the keys alone: every full name shares the prefix
+    warnings = []
+    for name in sorted(environ):
+        key = _variable_key(name)
+        if key is None or key in _FIELDS:
+            continue
+        guess = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{guess[0].upper()}?)" if guess else ""
+        warnings.append(f"ignoring environment variable {name}: no config key {key!r}{hint}")
+    return warnings
 
 
 def config_path(

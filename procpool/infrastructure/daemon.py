@@ -77,6 +77,8 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
     stale = pid_file.acquire()  # raises AlreadyRunning
     logs = DaemonLogs(home, config.log_level, config.log_max_bytes, config.log_keep)
     try:
+        for warning in configuration.unknown_variables():
+            emit("WARNING", "config.unknown_variable", warning)
         if stale is not None:
             emit(
                 "WARNING",

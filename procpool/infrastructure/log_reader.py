@@ -36,17 +36,21 @@ def parse(raw: bytes) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class LogFilter:
-    """Which lines to show: all of the given conditions must hold."""
+    """Which lines to show. Values of one kind are alternatives (a line of any of
+    the jobs, any of the events); kinds combine, so a line must pass every kind
+    given. An empty kind lets every line through."""
 
-    job_id: str | None = None
-    event: str | None = None  # a name, or a shell pattern such as "job.*"
+    job_ids: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()  # names, or shell patterns such as "job.*"
     level: str | None = None  # this level and above
 
     def matches(self, line: dict[str, Any]) -> bool:
-        if self.job_id is not None and line.get("job_id") != self.job_id:
+        if self.job_ids and line.get("job_id") not in self.job_ids:
             return False
-        if self.event is not None and not fnmatch.fnmatchcase(str(line.get("event")), self.event):
-            return False
+        if self.events:
+            event = str(line.get("event"))
+            if not any(fnmatch.fnmatchcase(event, pattern) for pattern in self.events):
+                return False
         if self.level is not None:
             # A level the daemon never writes (a handler's own) counts as INFO.
             return LEVELS.get(str(line.get("level")), 20) >= LEVELS[self.level.upper()]

@@ -54,6 +54,9 @@ class WorkerStats(msgspec.Struct):
     rss_bytes: int | None
     cpu_percent: float | None  # of one CPU, sampled over a short interval
     updated_at: str | None  # when the daemon last wrote state, current_job, jobs_done
+    # Seconds from updated_at to Stats.at: how old state, current_job and jobs_done are
+    # (the daemon writes them every metrics_interval); None if never written.
+    age: float | None
 
 
 class Stats(msgspec.Struct):
@@ -106,8 +109,9 @@ def _run_times(runs: list[Run]) -> dict[str, RunTime]:
     return table
 
 
-def _workers(reader: StoreReader, cpu_sample: float) -> list[WorkerStats]:
-    """The live workers the daemon recorded, with their RSS and CPU share measured now."""
+def _workers(reader: StoreReader, now: float, cpu_sample: float) -> list[WorkerStats]:
+    """The live workers the daemon recorded, with their RSS and CPU share measured now
+    and the age of the rest at `now`."""
     live: list[tuple[psutil.Process, WorkerStats]] = []
     for record, report in reader.worker_reports():
         try:
@@ -123,6 +127,7 @@ def _workers(reader: StoreReader, cpu_sample: float) -> list[WorkerStats]:
             pid=record.pid, state=state, current_job=report.current_job,
             jobs_done=report.jobs_done, rss_bytes=rss, cpu_percent=None,
             updated_at=rfc3339(report.updated_at) if report.updated_at else None,
+            age=round(max(0.0, now - report.updated_at), 3) if report.updated_at else None,
         )))  # fmt: skip
     if live and cpu_sample > 0:
         time.sleep(cpu_sample)
@@ -157,7 +162,7 @@ def collect(reader: StoreReader, daemon_pid: int | None, cpu_sample: float = 0.2
             None if (age := reader.oldest_pending_age(now)) is None else round(max(0.0, age), 3)
         ),
         run_time=_run_times(runs),
-        workers=_workers(reader, cpu_sample) if running else [],
+        workers=_workers(reader, now, cpu_sample) if running else [],
     )
 
 
@@ -169,6 +174,12 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s ago" if seconds < 120 else f"{_duration(seconds)} ago"
 
 
 def _size(count: int | None) -> str:
@@ -218,11 +229,11 @@ def render(stats: Stats) -> str:
     lines.append("")
     if stats.workers:
         lines.extend(_table([
-            ("WORKER", "STATE", "JOBS DONE", "RSS", "CPU", "CURRENT JOB"),
-            *((str(w.pid), w.state, str(w.jobs_done), _size(w.rss_bytes),
+            ("WORKER", "STATE", "AS OF", "JOBS DONE", "RSS", "CPU", "CURRENT JOB"),
+            *((str(w.pid), w.state, _age(w.age), str(w.jobs_done), _size(w.rss_bytes),
                "-" if w.cpu_percent is None else f"{w.cpu_percent:.0f}%", w.current_job or "")
               for w in stats.workers),
-        ], "llrrrl"))  # fmt: skip
+        ], "llrrrrl"))  # fmt: skip
     else:
         lines.append("no workers")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 from procpool.application.telemetry import RUN_TIME_BUCKETS, Snapshot
+from procpool.domain.wording import plural
 from procpool.infrastructure.inbox import SUFFIXES
 
 
@@ -96,7 +97,9 @@ class DaemonTelemetry:
 
     def ready(self, workers: int) -> None:
         self.systemd.notify(
-            "READY=1", f"MAINPID={os.getpid()}", f"STATUS=accepting jobs with {workers} workers"
+            "READY=1",
+            f"MAINPID={os.getpid()}",
+            f"STATUS=accepting jobs with {plural(workers, 'worker')}",
         )
 
     def stopping(self) -> None:
@@ -120,6 +123,6 @@ class DaemonTelemetry:
         running = sum(1 for w in snapshot.workers if w.current_job)
         pending = sum(n for (_, status), n in snapshot.jobs.items() if status == "pending")
         self.systemd.notify(
-            f"STATUS={len(snapshot.workers)} workers, {running} jobs running,"
-            f" {pending} pending, {backlog} files in the inbox"
+            f"STATUS={plural(len(snapshot.workers), 'worker')}, {plural(running, 'job')} running,"
+            f" {pending} pending, {plural(backlog, 'file')} in the inbox"
         )

@@ -1,0 +1,214 @@
+"""Which job ids the files in `rejected/` would have become, and why they did not.
+
+The daemon moves a file it cannot accept to `rejected/NAME` and writes
+`rejected/NAME.error.json` beside it (CONTRACT section 2):
+`{"file": ORIGINAL_NAME, "error": "...", "lines": [{"line": N, "error": "..."}]}`,
+`lines` only for a `.jsonl` file. The report names the file, not the jobs, so
+the ids are worked out as the daemon would have given them:
+
+- `NAME.json`: the file's `id` field if it has a string one, else `NAME`.
+- a bad line N of `NAME.jsonl`: the line's `id` field, else `NAME-N`.
+- a `.jsonl` file rejected as a whole (too big, grew while read): each line's
+  id as above; if the file cannot be read, any `NAME-N`.
+- a cancel or prune request (`{"cancel": ...}`, `{"prune": ...}`) is no job.
+
+The reports are the record: a report the user deleted rejects nothing, while
+a report whose rejected file was deleted still does (with the ids taken from
+its name). When several reports claim an id, the newest wins. Nothing here
+decides whether a job exists: the caller looks in the store first.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+
+REPORT_SUFFIX = ".error.json"
+# Reports and rejected files larger than this are not read for ids: the names give them.
+READ_LIMIT = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why the job `job_id` does not exist: its file, or its line, was rejected.
+
+    `reason` is the report's error (for a line: "line N of NAME.jsonl: ..."),
+    `report` the absolute path of `NAME.error.json`, `line` the 1-based line of a
+    `.jsonl` file, or None.
+    """
+
+    job_id: str
+    reason: str
+    report: Path
+    line: int | None = None
+
+
+@dataclass
+class _Report:
+    """What one report rejects: ids, and maybe every `STEM-N` of an unreadable file."""
+
+    order: tuple[int, str]  # (mtime in ns, name): the newest report wins
+    ids: dict[str, Rejection] = field(default_factory=dict)
+    numbered: tuple[str, str] | None = None  # (stem, reason)
+
+    def find(self, job_id: str, path: Path) -> Rejection | None:
+        if job_id in self.ids:
+            return self.ids[job_id]
+        if self.numbered is not None:
+            stem, reason = self.numbered
+            number = job_id.removeprefix(f"{stem}-")
+            if job_id.startswith(f"{stem}-") and number.isdigit() and not number.startswith("0"):
+                return Rejection(job_id, reason, path, int(number))
+        return None
+
+
+_NOT_A_JOB = object()
+
+
+def _claimed_id(value: Any) -> object:
+    """The id a job object names; None to take the default; _NOT_A_JOB for a request."""
+    if not isinstance(value, dict):
+        return None
+    if "type" not in value and ("cancel" in value or "prune" in value):
+        return _NOT_A_JOB
+    claimed = value.get("id")
+    return claimed if isinstance(claimed, str) else None
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return None
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """The file for reading if it is a regular file within READ_LIMIT; never a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > READ_LIMIT:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]] | None:
+    """The numbered lines of a rejected `.jsonl` file; None if it cannot be read."""
+    handle = _open_regular(path)
+    if handle is None:
+        return None
+
+    def numbered() -> Iterator[tuple[int, bytes]]:
+        with handle:
+            yield from enumerate(handle, start=1)
+
+    return numbered()
+
+
+def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
+    parsed = _Report(order)
+    target = report_path.name.removesuffix(REPORT_SUFFIX)
+    handle = _open_regular(report_path)
+    if handle is None or not target.endswith((".json", ".jsonl")):
+        return parsed  # not a report: a user's file that was itself named *.error.json
+    with handle:
+        report = _decode(handle.read())
+    if not isinstance(report, dict) or not isinstance(report.get("error"), str):
+        return parsed
+    name = report["file"] if isinstance(report.get("file"), str) else target
+    rejected = report_path.with_name(target)
+    if not target.endswith(".jsonl"):
+        with_content = _open_regular(rejected)
+        claimed = None
+        if with_content is not None:
+            with with_content:
+                claimed = _claimed_id(_decode(with_content.read()))
+        if claimed is not _NOT_A_JOB:
+            job_id = claimed if isinstance(claimed, str) else name.removesuffix(".json")
+            parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+        return parsed
+    _parse_lines(parsed, report, name, rejected, report_path)
+    return parsed
+
+
+def _parse_lines(
+    parsed: _Report, report: dict[str, Any], name: str, rejected: Path, report_path: Path
+) -> None:
+    stem = name.removesuffix(".jsonl")
+    bad: dict[int, str] = {}
+    for entry in report.get("lines") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("line"), int):
+            bad[entry["line"]] = f"line {entry['line']} of {name}: {entry.get('error')}"
+    whole = not bad  # rejected as a whole: every line shares the file's error
+    lines = _lines(rejected)
+    if lines is None:
+        if whole:
+            parsed.numbered = (stem, report["error"])
+        for number, reason in bad.items():
+            parsed.ids[f"{stem}-{number}"] = Rejection(
+                f"{stem}-{number}", reason, report_path, number
+            )
+        return
+    for number, line in lines:
+        if not (whole or number in bad) or not line.strip():
+            continue
+        claimed = _claimed_id(_decode(line))
+        if claimed is _NOT_A_JOB:
+            continue
+        job_id = claimed if isinstance(claimed, str) else f"{stem}-{number}"
+        reason = report["error"] if whole else bad[number]
+        parsed.ids.setdefault(job_id, Rejection(job_id, reason, report_path, number))
+
+
+class RejectedFiles:
+    """The reports in `HOME/rejected/`, read once each and looked up by job id."""
+
+    def __init__(self, home: Path) -> None:
+        self.directory = home / "rejected"
+        # name -> (identity, parsed): a report is written once (a rename), so its
+        # identity says whether what was parsed is still what is there.
+        self._cache: dict[str, tuple[tuple[int, int, int], _Report]] = {}
+
+    def find(self, job_id: str) -> Rejection | None:
+        """The newest rejection of the file or line that would have been `job_id`."""
+        found: list[tuple[tuple[int, str], Rejection]] = []
+        for report in self._reports():
+            rejection = report.find(job_id, self.directory / report.order[1])
+            if rejection is not None:
+                found.append((report.order, rejection))
+        return max(found, key=lambda pair: pair[0])[1] if found else None
+
+    def _reports(self) -> list[_Report]:
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:  # no rejected/ yet, or not readable: nothing was rejected we can see
+            self._cache.clear()
+            return []
+        fresh: dict[str, tuple[tuple[int, int, int], _Report]] = {}
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(REPORT_SUFFIX):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+            cached = self._cache.get(entry.name)
+            if cached is not None and cached[0] == identity:
+                fresh[entry.name] = cached
+            else:
+                order = (info.st_mtime_ns, entry.name)
+                fresh[entry.name] = (identity, _parse(Path(entry.path), order))
+        self._cache = fresh
+        return [report for _, report in fresh.values()]
