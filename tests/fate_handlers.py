@@ -86,4 +86,4 @@ def report_and_sleep(ctx: JobContext, payload: Any) -> str:
 
 # Written at import, to stdout and without a flush: it must appear once, not again
 # at every worker's exit.
-sys.stdout.write("fate_handlers imported\n")
+print("fate_handlers imported")
