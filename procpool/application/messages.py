@@ -72,11 +72,29 @@ class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 
 class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """A handler's log record. `job_id` and `attempt` name the run it is bound to
+    (None: logged outside any job); `fields` are the handler's own structured
+    fields, kept apart from the daemon's so that no name can clash."""
+
     level: str
     message: str
     job_id: str | None
-    extra: dict[str, Any]
+    attempt: int | None
+    fields: dict[str, Any]
+
+
+class OutputLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """One line written to the worker's standard output or error (`stream` is
+    "stdout" or "stderr") by the handler, or by any process it started; bound to
+    the job that ran when the line was read (None: between jobs)."""
+
+    job_id: str | None
+    attempt: int | None
+    stream: str
+    text: str
 
 
 ToWorker = RunJob | Skip | Stop
-ToSupervisor = Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine
+ToSupervisor = (
+    Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | OutputLine
+)

@@ -20,7 +20,7 @@ import psutil
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.worker import worker_main
+from procpool.application.worker import WorkerOptions, worker_main
 from procpool.domain.job import Job
 
 
@@ -107,7 +107,7 @@ class WorkerProcess:
 
 def spawn(
     registry: HandlerRegistry,
-    heartbeat_interval: float,
+    options: WorkerOptions,
     close_in_child: Callable[[], None],
     now: float,
 ) -> WorkerProcess:
@@ -120,7 +120,7 @@ def spawn(
         try:
             parent_end.close()
             close_in_child()
-            code = worker_main(WorkerEnd(child_end), registry, heartbeat_interval, parent_pid)
+            code = worker_main(WorkerEnd(child_end), registry, options, parent_pid)
         finally:
             os._exit(code)
     child_end.close()

@@ -39,6 +39,7 @@ from procpool.application.ledger import Ledger
 from procpool.application.messages import (
     Finished,
     LogLine,
+    OutputLine,
     ProgressReport,
     Ready,
     RunJob,
@@ -59,6 +60,7 @@ from procpool.application.telemetry import (
     Telemetry,
     WorkerSnapshot,
 )
+from procpool.application.worker import WorkerOptions
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
@@ -89,6 +91,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 30.0
+    max_result_bytes: int = 16_777_216
     max_jobs_per_worker: int = 0
     max_memory_mb: int = 0
     kill_grace: float = 1.0
@@ -425,7 +428,7 @@ class Supervisor:
             try:
                 worker = pool.spawn(
                     self.registry,
-                    self.settings.heartbeat_interval,
+                    WorkerOptions(self.settings.heartbeat_interval, self.settings.max_result_bytes),
                     self._close_in_child,
                     now,
                 )
@@ -464,9 +467,21 @@ class Supervisor:
                 message.level,
                 "job.log" if message.job_id else "worker.log",
                 message.message,
-                **message.extra,
                 job_id=message.job_id,
+                attempt=message.attempt,
                 worker_pid=worker.pid,
+                fields=message.fields or None,
+            )
+            return
+        if isinstance(message, OutputLine):
+            self._effects.log(
+                "INFO",
+                "job.output" if message.job_id else "worker.output",
+                message.text,
+                job_id=message.job_id,
+                attempt=message.attempt,
+                worker_pid=worker.pid,
+                stream=message.stream,
             )
             return
         job = worker.run_named(
