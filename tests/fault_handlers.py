@@ -250,3 +250,11 @@ def orphan(ctx: JobContext, payload: Any) -> str:
     Path(payload["pid_file"]).write_text(f"{os.getpid()} {started.stdout.strip()}")
     time.sleep(float(payload.get("seconds", 30)))
     return "done"
+
+
+@handler("close_stdout")
+def close_stdout(ctx: JobContext, payload: Any) -> str:
+    """Close fd 1 (and Python's stdout over it), as some daemonizing code does."""
+    sys.stdout.flush()
+    os.close(1)
+    return "closed"

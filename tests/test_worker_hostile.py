@@ -268,3 +268,14 @@ def test_a_handler_module_that_fails_to_import_shows_file_and_line(
     assert f'File "{source}", line 5, in helper' in result.stderr
     assert "ZeroDivisionError: division by zero" in result.stderr
     assert "importlib" not in result.stderr
+
+
+def test_a_handler_that_closes_its_stdout_leaves_a_quiet_worker(make_daemon) -> None:
+    daemon = make_daemon(workers=1, args=FAULTS)
+    worker = daemon.worker_pids()[0]
+    daemon.client.submit("close_stdout", None, id="closer")
+    assert daemon.wait_status("closer", "completed").result == "closed"
+    # The output thread saw the end of that pipe; it must not spin on it.
+    cpu = psutil.Process(worker).cpu_percent(0.5)
+    assert cpu < 20, f"the idle worker uses {cpu} % of a CPU"
+    _pool_serves(daemon, "after-closer")

@@ -100,7 +100,8 @@ class OutputCapture:
         self._lock = threading.Lock()
         self._run: Run | None = None
         self._lines = {fd: _Lines() for fd in STREAMS}
-        self._readers: dict[int, int] = {}
+        self._readers: dict[int, int] = {}  # read end -> 1 or 2
+        self._ended: set[int] = set()  # read ends at their end of file
         # One poll object per thread that polls: one object may not poll in two at once.
         self._waiting = select.poll()
         self._looking = select.poll()
@@ -124,9 +125,12 @@ class OutputCapture:
     def run(self) -> None:
         """The output thread: read the pipes for as long as the worker lives."""
         while True:
-            ready = self._waiting.poll()
+            ready = [read_end for read_end, _ in self._waiting.poll()]
             with self._lock:
-                self._read([fd for fd, _ in ready])
+                self._read(ready)
+                ended = self._ended.intersection(ready)
+            for read_end in ended:  # else poll would report its end of file forever
+                self._waiting.unregister(read_end)
 
     def bind(self, run: Run | None) -> None:
         """Send what was written so far as the current run's, then bind to `run`.
@@ -149,9 +153,12 @@ class OutputCapture:
             self._run = run
 
     def _read(self, read_ends: list[int]) -> None:
-        """Read each pipe until it is empty for now, and send the whole lines."""
+        """Read each pipe until it is empty for now, and send the whole lines. A pipe
+        whose every write end is closed (a handler closed fd 1, say) joins `_ended`."""
         lines: list[OutputLine] = []
         for read_end in read_ends:
+            if read_end in self._ended:
+                continue
             fd = self._readers[read_end]
             while True:
                 try:
@@ -159,6 +166,8 @@ class OutputCapture:
                 except BlockingIOError:
                     break
                 if not chunk:
+                    self._ended.add(read_end)
+                    self._looking.unregister(read_end)  # only ever polled under the lock
                     break
                 lines.extend(self._line(fd, text) for text in self._lines[fd].feed(chunk))
                 if len(lines) >= 256:

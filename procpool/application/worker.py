@@ -220,10 +220,9 @@ class _Reporter:
         extra: dict[str, Any] = dict(record["extra"])
         bound = extra.pop(RUN_KEY, None) or self.current
         job_id, attempt = bound if bound is not None else (None, None)
-        if extra.get("job_id") == job_id:  # what ctx.logger binds; not a field of the handler's
-            del extra["job_id"]
-        if extra.get("attempt") == attempt:
-            del extra["attempt"]
+        for key, value in (("job_id", job_id), ("attempt", attempt)):
+            if key in extra and extra[key] == value:  # what ctx.logger binds, not a field
+                del extra[key]
         fields = {
             safe_text(str(key), 200): _field(value)
             for key, value in list(extra.items())[:LOG_FIELDS_LIMIT]
