@@ -419,22 +419,25 @@ class _Fatal:
         return threading.Thread(target=run, name=name, daemon=True)
 
     def end(self, reason: str, detail: str) -> None:
-        """Say why on the daemon's stderr and up the channel, then exit at once."""
+        """Say why on the daemon's stderr and up the channel, then exit at once,
+        whatever fails on the way."""
         pid = os.getpid()
-        with contextlib.suppress(OSError):
-            os.write(self._stderr_fd, f"procpool worker {pid}: {reason}\n{detail}".encode())
-        current = self._reporter.current
-        job_id, attempt = current if current is not None else (None, None)
-        line = LogLine(
-            "CRITICAL",
-            f"{reason}; worker {pid} exits with code {EXIT_INTERNAL}",
-            job_id,
-            attempt,
-            {"traceback": safe_text(detail, LOG_TEXT_LIMIT)},
-        )
-        with contextlib.suppress(Exception):
+        try:
+            text = f"procpool worker {pid}: {reason}\n{detail}"
+            with contextlib.suppress(OSError):
+                os.write(self._stderr_fd, text.encode("utf-8", "backslashreplace"))
+            current = self._reporter.current
+            job_id, attempt = current if current is not None else (None, None)
+            line = LogLine(
+                "CRITICAL",
+                f"{reason}; worker {pid} exits with code {EXIT_INTERNAL}",
+                job_id,
+                attempt,
+                {"traceback": safe_text(detail, LOG_TEXT_LIMIT)},
+            )
             self._outbox.send(line)
-        os._exit(EXIT_INTERNAL)
+        finally:
+            os._exit(EXIT_INTERNAL)
 
 
 def _serve(
