@@ -12,17 +12,25 @@ import pytest
 from conftest import FAULTS, alive, wait_until
 
 
-def test_workers_and_their_children_die_with_the_supervisor(make_daemon, tmp_path: Path) -> None:
+def test_workers_die_with_the_supervisor_and_the_next_start_ends_their_children(
+    make_daemon, tmp_path: Path
+) -> None:
+    """The kernel SIGKILLs a worker when its supervisor dies (no Python needs to run);
+    what the worker's handler started is killed by the next start's recovery."""
     daemon = make_daemon(args=FAULTS)
     pid_files = [tmp_path / f"pids{n}" for n in range(2)]
     for n, pid_file in enumerate(pid_files):
         daemon.client.submit("spawn", {"pid_file": str(pid_file)}, id=f"s{n}")
     wait_until(lambda: all(p.exists() and " " in p.read_text() for p in pid_files))
-    pids = [int(pid) for p in pid_files for pid in p.read_text().split()]
-    assert all(alive(pid) for pid in pids)
+    workers, children = zip(*(map(int, p.read_text().split()) for p in pid_files), strict=True)
+    assert all(alive(pid) for pid in workers + children)
     daemon.kill()
-    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=3,
-               what="every worker and grandchild gone")  # fmt: skip
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=3,
+               what="every worker gone")  # fmt: skip
+    restarted = make_daemon(args=FAULTS)
+    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10,
+               what="every grandchild gone")  # fmt: skip
+    assert {e["worker_pid"] for e in restarted.events("worker.killed_stale")} == set(workers)
 
 
 def test_kill_then_restart_completes_every_job(make_daemon) -> None:
@@ -198,14 +206,15 @@ def test_a_stale_pid_file_is_taken_over(make_daemon, home: Path) -> None:
 
 
 def test_a_stale_worker_of_an_earlier_run_is_killed_on_start(make_daemon, tmp_path: Path) -> None:
-    """A worker that survived its supervisor (stopped, so its death signal waits) is
-    killed by the next daemon before that daemon runs anything."""
+    """A worker that survived its supervisor (its death signal unset, and stopped, so
+    that it cannot notice its parent is gone) is killed by the next daemon before
+    that daemon runs anything."""
     daemon = make_daemon(args=FAULTS)
     pid_file = tmp_path / "pids"
-    daemon.client.submit("spawn", {"pid_file": str(pid_file)}, id="survivor", max_attempts=3)
+    payload = {"pid_file": str(pid_file), "outlive_daemon": True}
+    daemon.client.submit("spawn", payload, id="survivor", max_attempts=3)
     wait_until(lambda: pid_file.exists() and " " in pid_file.read_text())
     worker, grandchild = map(int, pid_file.read_text().split())
-    # Stopped processes do not act on signals: the worker outlives the supervisor.
     os.kill(worker, signal.SIGSTOP)
     daemon.kill()
     assert alive(worker)

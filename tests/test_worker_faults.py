@@ -159,7 +159,7 @@ def test_progress_is_visible_while_the_job_runs(faulty: Daemon) -> None:
 def test_an_unserializable_result_fails_the_attempt_cleanly(faulty: Daemon) -> None:
     faulty.client.submit("unserializable", None, id="odd", max_attempts=1)
     job = faulty.wait_status("odd", "failed")
-    assert "not JSON-serializable" in job.last_error
+    assert job.last_error == "result: object is not a JSON value"
     _pool_serves(faulty, "after-odd")
 
 

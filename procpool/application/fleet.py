@@ -29,7 +29,7 @@ from procpool.application.messages import (
     Finished,
     Heartbeat,
     LogLine,
-    Output,
+    OutputLine,
     ProgressReport,
     Ready,
     RunJob,
@@ -335,7 +335,7 @@ class Fleet:
     def received(self, pid: int, message: ToSupervisor, now: float) -> list[Decision]:
         """What a message from a worker (one not yet reaped) means."""
         worker = self.workers[pid]
-        if isinstance(message, Ready | LogLine | Output):
+        if isinstance(message, Ready | LogLine | OutputLine):
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
         if job is None or job.lease != message.lease:
@@ -361,7 +361,7 @@ class Fleet:
         return self._finished(worker, job, message, now)
 
     def _about_worker(
-        self, worker: Worker, message: Ready | LogLine | Output, now: float
+        self, worker: Worker, message: Ready | LogLine | OutputLine, now: float
     ) -> list[Decision]:
         if not isinstance(message, Ready):
             return [_log_line(worker, message)]
@@ -591,13 +591,16 @@ def _violation(
     return None
 
 
-def _log_line(worker: Worker, message: LogLine | Output) -> Say:
-    """A line a handler logged or printed, as an event bound to its job."""
+def _log_line(worker: Worker, message: LogLine | OutputLine) -> Say:
+    """A line a handler logged or printed, as an event bound to its job; the
+    handler's own fields stay under `fields`, where no name clashes with ours."""
     job_id = message.job_id
-    fields: dict[str, object] = {"job_id": job_id, "worker_pid": worker.pid}
-    if isinstance(message, Output):
+    fields: dict[str, object] = {
+        "job_id": job_id, "attempt": message.attempt, "worker_pid": worker.pid,
+    }  # fmt: skip
+    if isinstance(message, OutputLine):
         fields["stream"] = message.stream
-        return Say("INFO", "job.output", message.text, fields)
+        return Say("INFO", "job.output" if job_id else "worker.output", message.text, fields)
     if message.fields:
         fields["fields"] = dict(message.fields)
     return Say(message.level, "job.log" if job_id else "worker.log", message.message, fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import traceback
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
@@ -12,6 +13,9 @@ from loguru import logger
 from procpool.domain.errors import ProcpoolError
 
 ENTRY_POINT_GROUP = "procpool.handlers"
+# The key under which ctx.logger carries its run: (job id, attempt). A handler's
+# own fields, even ones named `job_id` or `event`, can never take its place.
+RUN_KEY = "procpool_run"
 
 
 class JobContext:
@@ -20,7 +24,14 @@ class JobContext:
     Attributes:
         job_id: the job's id.
         attempt: the 1-based number of this attempt.
-        logger: a loguru logger bound to the job; its lines reach the daemon's log.
+        logger: a loguru logger bound to this run; its lines reach the daemon's log
+            as `job.log` events of this job, whichever thread logs and whenever.
+            Keyword fields (`ctx.logger.info("resized", width=640)`) go under the
+            line's `fields` key.
+
+    `report_progress` is bound to this run by the worker: a report made after the
+    run ended (by a thread the handler left behind) is dropped, never taken for
+    another job's.
     """
 
     __slots__ = ("_report_progress", "attempt", "job_id", "logger")
@@ -33,7 +44,7 @@ class JobContext:
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
-        self.logger = logger.bind(job_id=job_id, attempt=attempt)
+        self.logger = logger.bind(job_id=job_id, attempt=attempt, **{RUN_KEY: (job_id, attempt)})
         self._report_progress = report_progress
 
     def progress(self, fraction: float, message: str | None = None) -> None:
@@ -97,21 +108,45 @@ def handler(job_type: str) -> Callable[[Handler], Handler]:
 
 def load_handler_modules(modules: Iterable[str]) -> list[str]:
     """Import the built-in handlers, the named modules and the entry points of
-    group `procpool.handlers`. Returns what was loaded, for the log."""
+    group `procpool.handlers`. Returns what was loaded, for the log.
+
+    Raises:
+        ProcpoolError: a module or entry point failed to import; the message holds
+            the traceback of the failure (file, line, code), without the frames
+            of the import machinery.
+    """
     loaded = ["procpool.builtin_handlers"]
     importlib.import_module("procpool.builtin_handlers")
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception as error:
-            raise ProcpoolError(f"cannot import handler module {name!r}: {error}") from error
+        except (Exception, SystemExit) as error:
+            raise ProcpoolError(
+                f"cannot import handler module {name!r}:\n{_import_traceback(error)}"
+            ) from error
         loaded.append(name)
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             point.load()
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise ProcpoolError(
-                f"cannot load entry point {point.name!r} ({point.value}): {error}"
+                f"cannot load entry point {point.name!r} ({point.value}):\n"
+                f"{_import_traceback(error)}"
             ) from error
         loaded.append(point.value)
     return loaded
+
+
+def _import_traceback(error: BaseException) -> str:
+    """The traceback of a failed import, from the first frame of the imported code on:
+    the frames of importlib and of this module say nothing to the handler's author."""
+    summary = traceback.TracebackException.from_exception(error)
+    frames = [
+        frame
+        for frame in summary.stack
+        if not frame.filename.startswith("<frozen importlib")
+        and frame.filename not in (__file__, importlib.__file__)
+        and "importlib/metadata" not in frame.filename
+    ]
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format()).rstrip("\n")

@@ -20,7 +20,7 @@ MAX_TEXT = 64 * 1024  # characters of a progress message, log line or output lin
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 FieldName = Annotated[str, msgspec.Meta(max_length=128)]
 FieldValue = Text | int | float | bool | None
-MAX_FIELDS = 64
+MAX_FIELDS = 128
 
 # supervisor -> worker
 
@@ -86,23 +86,31 @@ class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 
 class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    """A line a handler logged; `fields` are its own, kept apart from the daemon's."""
+    """A handler's log record. `job_id` and `attempt` name the run it is bound to
+    (None: logged outside any job); `fields` are the handler's own structured
+    fields, kept apart from the daemon's so that no name can clash."""
 
     level: Annotated[
         str, msgspec.Meta(pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)$")
     ]
     message: Text
     job_id: JobId | None
+    attempt: Annotated[int, msgspec.Meta(ge=1)] | None
     fields: Annotated[dict[FieldName, FieldValue], msgspec.Meta(max_length=MAX_FIELDS)]
 
 
-class Output(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    """A line a handler printed to stdout or stderr."""
+class OutputLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """One line written to the worker's standard output or error (`stream` is
+    "stdout" or "stderr") by the handler, or by any process it started; bound to
+    the job that ran when the line was read (None: between jobs)."""
 
     job_id: JobId | None
+    attempt: Annotated[int, msgspec.Meta(ge=1)] | None
     stream: Annotated[str, msgspec.Meta(pattern="^(stdout|stderr)$")]
     text: Text
 
 
 ToWorker = RunJob | Skip | Stop
-ToSupervisor = Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | Output
+ToSupervisor = (
+    Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | OutputLine
+)

@@ -22,7 +22,7 @@ import psutil
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.worker import worker_main
+from procpool.application.worker import WorkerOptions, worker_main
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ HELD_ACROSS_FORK = frozenset(
 
 def spawn(
     registry: HandlerRegistry,
-    heartbeat_interval: float,
+    options: WorkerOptions,
     close_in_child: Callable[[], None],
     max_frame: int,
     start_slot: Callable[[], memoryview | None] = lambda: None,
@@ -76,9 +76,7 @@ def spawn(
         try:
             parent_end.close()
             close_in_child()
-            code = worker_main(
-                WorkerEnd(child_end), registry, heartbeat_interval, parent_pid, start_slot()
-            )
+            code = worker_main(WorkerEnd(child_end), registry, options, parent_pid, start_slot())
         finally:
             os._exit(code)
     signal.pthread_sigmask(signal.SIG_SETMASK, held)

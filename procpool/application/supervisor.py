@@ -57,6 +57,7 @@ from procpool.application.messages import ToWorker
 from procpool.application.ports import Inbox, InboxFile, JobStore, StartRegister, WorkerRecord
 from procpool.application.recovery import recover
 from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
+from procpool.application.worker import WorkerOptions
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.domain.wording import plural
@@ -440,9 +441,12 @@ class Supervisor:
         for _ in range(self.settings.workers - len(self.fleet.counted())):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
             try:
+                options = WorkerOptions(
+                    self.settings.heartbeat_interval, self.settings.max_result_bytes
+                )
                 forked = pool.spawn(
-                    self.registry, self.settings.heartbeat_interval, self._close_in_child,
-                    max_frame, lambda slot=slot: None if starts is None else starts.slot(slot),
+                    self.registry, options, self._close_in_child, max_frame,
+                    lambda slot=slot: None if starts is None else starts.slot(slot),
                 )  # fmt: skip
             except OSError as error:
                 emit("ERROR", "worker.spawn_failed", f"cannot fork a worker: {error}")

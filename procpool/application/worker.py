@@ -1,30 +1,47 @@
 """The child's side: a worker process runs one job at a time, as its supervisor says.
 
+```
+ supervisor ══channel══▶ reader thread ──▶ queue ──▶ main thread: handler(ctx, payload)
+     ▲                                                  │ ctx.progress   │ ctx.logger, print, fd 1/2
+     ║                                                  ▼                ▼
+     ╚═══════════ outbox ◀── heartbeat thread (Heartbeat, ProgressReport)   LogLine, output thread
+                            (OutputLine)
+```
+
 A worker is forked by the supervisor with handlers already imported. Right
 after the fork it leaves the supervisor's process group (so a terminal's
-Ctrl-C reaches only the supervisor), asks the kernel to signal it when the
-supervisor dies, and talks only through its own channel. A SIGTERM, whether
-from the supervisor ending a job or from the supervisor's death, kills the
-worker's whole process group at once: whatever processes the handler started
-go with it.
+Ctrl-C reaches only the supervisor), becomes a child subreaper (orphaned
+descendants of a handler stay under it, where ending the run finds them), asks
+the kernel to SIGKILL it when the supervisor dies, and talks only through its
+own channel. A SIGTERM from the supervisor kills the worker's whole process
+group at once: whatever processes the handler started go with it.
 
 While a job runs, a heartbeat thread reports every `heartbeat_interval`, and
 carries the latest progress report when the handler reports faster than
-`PROGRESS_INTERVAL`. The same thread exits the worker if its parent changes.
-A reader thread takes what the supervisor sends, so that a request to skip a
-queued job is answered even while a handler computes.
+`PROGRESS_INTERVAL`. A reader thread takes what the supervisor sends, so that a
+request to skip a queued job is answered even while a handler computes. An
+output thread sends what is written to fd 1 and 2 as lines (output.py).
+
+Every message leaves through one outbox, and every string in it is bounded and
+valid Unicode (`safe_text`): nothing a handler reports can make a send fail.
+A failure in any of the worker's own threads ends the worker at once, with its
+reason in a CRITICAL log line up the channel and on the daemon's stderr, and
+exit code EXIT_INTERNAL: never a thread that dies silently and leaves the
+worker half alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -32,7 +49,7 @@ from loguru import logger
 
 from procpool.application import events
 from procpool.application.channel import ChannelClosed, WorkerEnd
-from procpool.application.handlers import HandlerRegistry, JobContext
+from procpool.application.handlers import RUN_KEY, HandlerRegistry, JobContext
 from procpool.application.messages import (
     Finished,
     Heartbeat,
@@ -46,23 +63,89 @@ from procpool.application.messages import (
     Stop,
     ToSupervisor,
 )
+from procpool.application.output import OutputCapture
 from procpool.domain.errors import PermanentError
+from procpool.domain.result import ResultError, encode_result
 
 PROGRESS_INTERVAL = 0.05
+PROGRESS_MESSAGE_LIMIT = 1_000  # characters of a progress message
+LOG_TEXT_LIMIT = 10_000  # characters of a log message, of each log field, of an error
+LOG_FIELDS_LIMIT = 100  # fields of one log line
+EXIT_INTERNAL = 70  # EX_SOFTWARE: one of the worker's own threads failed
 _PR_SET_PDEATHSIG = 1
-_LOG_EXTRA_SKIP = frozenset({"job_id", "attempt"})
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What a worker is told at its fork; a reload reaches the workers forked after it."""
+
+    heartbeat_interval: float = 1.0  # seconds
+    max_result_bytes: int = 16_777_216  # of a result encoded as JSON
+
+
+def safe_text(text: str, limit: int | None = None) -> str:
+    """`text` cut to `limit` characters (saying how many more there were), with
+    what has no UTF-8 form (a lone surrogate, from a file name that is not
+    UTF-8) written as a backslash escape: `caf\\udce9.jpg`."""
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}... [cut: {len(text) - limit} more characters]"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _safe_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(str(k)): _safe_value(v) for k, v in value.items()}
+    return value
+
+
+class _Outbox:
+    """The one way out of the worker. A message that cannot be encoded because a
+    string in it has no UTF-8 form is sent with those strings escaped instead."""
+
+    def __init__(self, channel: WorkerEnd) -> None:
+        self._channel = channel
+
+    def send(self, *messages: ToSupervisor) -> None:
+        try:
+            self._channel.send(*messages)
+        except UnicodeEncodeError:  # raised while encoding, so nothing was sent
+            self._channel.send(*(_escaped(message) for message in messages))
+
+
+def _escaped(message: ToSupervisor) -> ToSupervisor:
+    changes = {
+        name: _safe_value(value)
+        for name in message.__struct_fields__
+        if isinstance(value := getattr(message, name), str | dict)
+    }
+    return msgspec.structs.replace(message, **changes)
 
 
 def _kill_own_group(signum: int = 0, frame: object = None) -> None:
     os.killpg(os.getpid(), signal.SIGKILL)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _prctl(option: int, value: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent-pid check below still holds
+        libc.prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
         pass
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL, unlike SIGTERM, needs no Python code to run: a worker stuck in a
+    C call that holds the GIL dies with its supervisor all the same. What it
+    leaves (its handler's processes) the next start's recovery kills, by group."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # The parent may have died before prctl took effect.
     if os.getppid() != parent_pid:
         _kill_own_group()
@@ -79,22 +162,27 @@ def _reset_signals() -> None:
 
 
 class _Reporter:
-    """The worker's outgoing side while a job runs: progress, heartbeats, log lines."""
+    """The worker's outgoing side while a job runs: progress, heartbeats, log lines.
 
-    def __init__(self, channel: WorkerEnd, heartbeat_interval: float, parent_pid: int) -> None:
-        self.channel = channel
+    Progress is reported by the run's own context: a thread a handler left
+    behind that reports after its job ended is ignored, never taken for the
+    next job's progress.
+    """
+
+    def __init__(self, outbox: _Outbox, heartbeat_interval: float, parent_pid: int) -> None:
+        self.outbox = outbox
         self.heartbeat_interval = heartbeat_interval
         self.parent_pid = parent_pid
         # Held while sending too, so reports leave in the order they were made.
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._job: RunJob | None = None
+        self._run: RunJob | None = None
         self._unsent: ProgressReport | None = None
         self._last_sent_at = 0.0
 
-    def begin(self, job: RunJob) -> None:
+    def begin(self, run: RunJob) -> None:
         with self._lock:
-            self._job = job
+            self._run = run
             self._unsent = None
             self._last_sent_at = time.monotonic()
 
@@ -102,14 +190,20 @@ class _Reporter:
         """The job is over; returns a progress report held back by the rate limit,
         so that the last report is sent before the result, not dropped."""
         with self._lock:
-            held, self._job, self._unsent = self._unsent, None, None
+            held, self._run, self._unsent = self._unsent, None, None
         return held
 
-    def progress(self, fraction: float, message: str | None) -> None:
+    @property
+    def current(self) -> tuple[str, int] | None:
+        run = self._run
+        return None if run is None else (run.job_id, run.attempt)
+
+    def progress(self, run: RunJob, fraction: float, message: str | None) -> None:
+        text = None if message is None else safe_text(message, PROGRESS_MESSAGE_LIMIT)
         with self._lock:
-            if self._job is None:
+            if self._run is not run:
                 return
-            report = ProgressReport(self._job.job_id, self._job.lease, fraction, message)
+            report = ProgressReport(run.job_id, run.lease, fraction, text)
             now = time.monotonic()
             if now - self._last_sent_at < PROGRESS_INTERVAL:
                 self._unsent = report
@@ -117,23 +211,37 @@ class _Reporter:
                 return
             self._unsent = None
             self._last_sent_at = now
-            self.channel.send(report)
+            self.outbox.send(report)
 
     def log(self, message: Any) -> None:
+        """Loguru's sink in the worker: the record as a LogLine, bound to the run its
+        logger was bound to (`ctx.logger`), else to the job running now."""
         record = message.record
-        extra = {
-            key: value if isinstance(value, str | int | float | bool | None) else repr(value)
-            for key, value in record["extra"].items()
-            if key not in _LOG_EXTRA_SKIP
+        extra: dict[str, Any] = dict(record["extra"])
+        bound = extra.pop(RUN_KEY, None) or self.current
+        job_id, attempt = bound if bound is not None else (None, None)
+        for key, value in (("job_id", job_id), ("attempt", attempt)):
+            if key in extra and extra[key] == value:  # what ctx.logger binds, not a field
+                del extra[key]
+        fields = {
+            safe_text(str(key), 200): _field(value)
+            for key, value in list(extra.items())[:LOG_FIELDS_LIMIT]
         }
+        if len(extra) > LOG_FIELDS_LIMIT:
+            fields["fields_cut"] = len(extra) - LOG_FIELDS_LIMIT
+        if record["exception"] is not None:
+            fields["traceback"] = safe_text(
+                "".join(traceback.format_exception(*record["exception"])), LOG_TEXT_LIMIT
+            )
         line = LogLine(
-            level=record["level"].name,
-            message=record["message"],
-            job_id=record["extra"].get("job_id"),
-            fields=extra,
+            level=safe_text(record["level"].name, 50),
+            message=safe_text(record["message"], LOG_TEXT_LIMIT),
+            job_id=job_id,
+            attempt=attempt,
+            fields=fields,
         )
         with self._lock:
-            self.channel.send(line)
+            self.outbox.send(line)
 
     def run_heartbeats(self) -> None:
         while True:
@@ -145,50 +253,71 @@ class _Reporter:
                 _kill_own_group()
             try:
                 self._send_due(time.monotonic())
-            except OSError:
+            except OSError:  # the supervisor is gone
                 _kill_own_group()
 
     def _send_due(self, now: float) -> None:
         with self._lock:
-            job = self._job
-            if job is None:
+            run = self._run
+            if run is None:
                 return
             message: ProgressReport | Heartbeat
             if self._unsent is not None and now - self._last_sent_at >= PROGRESS_INTERVAL:
                 message, self._unsent = self._unsent, None
             elif now - self._last_sent_at >= self.heartbeat_interval:
-                message = Heartbeat(job.job_id, job.lease)
+                message = Heartbeat(run.job_id, run.lease)
             else:
                 return
             self._last_sent_at = now
-            self.channel.send(message)
+            self.outbox.send(message)
+
+
+def _field(value: Any) -> Any:
+    """A handler's log field as a JSON scalar: strings bounded, anything else as its repr."""
+    if isinstance(value, str):
+        return safe_text(value, LOG_TEXT_LIMIT)
+    if isinstance(value, bool | int | float | None):
+        return value
+    try:
+        text = repr(value)
+    except Exception as error:  # a broken __repr__ must not lose the line
+        text = f"<{type(value).__name__} whose repr failed: {type(error).__name__}>"
+    return safe_text(text, LOG_TEXT_LIMIT)
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, SystemExit):
         return f"the handler called sys.exit({error.code!r})"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return safe_text(f"{type(error).__name__}: {text}" if text else type(error).__name__,
+                     LOG_TEXT_LIMIT)  # fmt: skip
 
 
-def _execute(registry: HandlerRegistry, job: RunJob, reporter: _Reporter) -> Finished:
+def _execute(
+    registry: HandlerRegistry, run: RunJob, reporter: _Reporter, options: WorkerOptions
+) -> Finished:
     started = time.perf_counter()
-    function = registry.get(job.type)
+    function = registry.get(run.type)
     if function is None:
         return Finished(
-            job.job_id,
-            job.lease,
+            run.job_id,
+            run.lease,
             0.0,
-            error=f"unknown job type {job.type!r}; registered: {', '.join(registry.names())}",
+            error=f"unknown job type {run.type!r}; registered: {', '.join(registry.names())}",
             permanent=True,
         )
-    context = JobContext(job.job_id, job.attempt, reporter.progress)
+    context = JobContext(
+        run.job_id, run.attempt, lambda fraction, text: reporter.progress(run, fraction, text)
+    )
     try:
-        value = function(context, msgspec.json.decode(job.payload))
+        value = function(context, msgspec.json.decode(run.payload))
     except PermanentError as error:
         return Finished(
-            job.job_id,
-            job.lease,
+            run.job_id,
+            run.lease,
             time.perf_counter() - started,
             error=_describe(error),
             permanent=True,
@@ -198,19 +327,23 @@ def _execute(registry: HandlerRegistry, job: RunJob, reporter: _Reporter) -> Fin
     ) as error:  # a handler's KeyboardInterrupt or SystemExit fails the attempt too
         context.logger.bind(traceback=traceback.format_exc()).debug("handler raised")
         return Finished(
-            job.job_id, job.lease, time.perf_counter() - started, error=_describe(error)
+            run.job_id, run.lease, time.perf_counter() - started, error=_describe(error)
         )
     duration = time.perf_counter() - started
     try:
-        result = msgspec.json.encode(value)
-    except (TypeError, ValueError, OverflowError) as error:
+        result = encode_result(value, options.max_result_bytes)
+    except ResultError as error:
         return Finished(
-            job.job_id,
-            job.lease,
-            duration,
-            error=f"the result is not JSON-serializable: {error}",
+            run.job_id, run.lease, duration, error=safe_text(str(error), LOG_TEXT_LIMIT)
         )
-    return Finished(job.job_id, job.lease, duration, result=result)
+    except Exception as error:  # a container whose iteration raises, say
+        return Finished(
+            run.job_id,
+            run.lease,
+            duration,
+            error=f"the result cannot be encoded as JSON: {_describe(error)}",
+        )
+    return Finished(run.job_id, run.lease, duration, result=result)
 
 
 class _Queue:
@@ -223,8 +356,9 @@ class _Queue:
     even while a handler computes, so a queued job never waits behind a long one.
     """
 
-    def __init__(self, channel: WorkerEnd) -> None:
+    def __init__(self, channel: WorkerEnd, outbox: _Outbox) -> None:
         self._channel = channel
+        self._outbox = outbox
         self._ready = threading.Condition()
         self._items: deque[RunJob | Stop] = deque()
         self._closed = False
@@ -253,7 +387,7 @@ class _Queue:
                     break
             else:
                 return  # already started: its Started is on the way
-        self._channel.send(Skipped(*key))
+        self._outbox.send(Skipped(*key))
 
     def take(self, *, block: bool) -> RunJob | Stop | None:
         """The next message to act on; None if there is none and `block` is false."""
@@ -267,35 +401,80 @@ class _Queue:
             return None
 
 
+class _Fatal:
+    """Ends the worker when one of its own threads fails, saying why."""
+
+    def __init__(self, outbox: _Outbox, reporter: _Reporter, stderr_fd: int) -> None:
+        self._outbox = outbox
+        self._reporter = reporter
+        self._stderr_fd = stderr_fd
+
+    def guard(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except BaseException:
+                self.end(f"the worker's {name} thread failed", traceback.format_exc())
+
+        return threading.Thread(target=run, name=name, daemon=True)
+
+    def end(self, reason: str, detail: str) -> None:
+        """Say why on the daemon's stderr and up the channel, then exit at once,
+        whatever fails on the way."""
+        pid = os.getpid()
+        try:
+            text = f"procpool worker {pid}: {reason}\n{detail}"
+            with contextlib.suppress(OSError):
+                os.write(self._stderr_fd, text.encode("utf-8", "backslashreplace"))
+            current = self._reporter.current
+            job_id, attempt = current if current is not None else (None, None)
+            line = LogLine(
+                "CRITICAL",
+                f"{reason}; worker {pid} exits with code {EXIT_INTERNAL}",
+                job_id,
+                attempt,
+                {"traceback": safe_text(detail, LOG_TEXT_LIMIT)},
+            )
+            self._outbox.send(line)
+        finally:
+            os._exit(EXIT_INTERNAL)
+
+
 def _serve(
     channel: WorkerEnd,
+    outbox: _Outbox,
     registry: HandlerRegistry,
     reporter: _Reporter,
+    capture: OutputCapture,
+    options: WorkerOptions,
+    fatal: _Fatal,
     start_slot: memoryview | None,
 ) -> int:
     """Run the jobs the supervisor queued here, in order, sending each Finished
     together with the next Started in one write when the next is already here."""
-    queue = _Queue(channel)
-    threading.Thread(target=queue.read, name="reader", daemon=True).start()
+    queue = _Queue(channel, outbox)
+    fatal.guard("reader", queue.read).start()
     outgoing: list[ToSupervisor] = []
     while True:
         message = queue.take(block=False)
         if message is None:
             if outgoing:
-                channel.send(*outgoing)
+                outbox.send(*outgoing)
                 outgoing.clear()
             message = queue.take(block=True)
         if isinstance(message, Stop):
             if outgoing:
-                channel.send(*outgoing)
+                outbox.send(*outgoing)
             return 0
         if start_slot is not None:  # before Started: recovery must see the run began
             start_slot[:] = message.lease.to_bytes(8, "little")
         outgoing.append(Started(message.job_id, message.lease))
-        channel.send(*outgoing)
+        outbox.send(*outgoing)
         outgoing.clear()
+        capture.bind((message.job_id, message.attempt))
         reporter.begin(message)
-        outcome = _execute(registry, message, reporter)
+        outcome = _execute(registry, message, reporter, options)
+        capture.bind(None)  # the job's output leaves before its result
         held = reporter.end()
         if held is not None:
             outgoing.append(held)
@@ -305,24 +484,40 @@ def _serve(
 def worker_main(
     channel: WorkerEnd,
     registry: HandlerRegistry,
-    heartbeat_interval: float,
+    options: WorkerOptions,
     parent_pid: int,
     start_slot: memoryview | None = None,
 ) -> int:
-    """The worker's whole life. Returns the exit code."""
+    """The worker's whole life. Returns the exit code (or exits with EXIT_INTERNAL)."""
     os.setsid()
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _reset_signals()
     _die_with_parent(parent_pid)
-    reporter = _Reporter(channel, heartbeat_interval, parent_pid)
+    _stdin_from_null()
+    outbox = _Outbox(channel)
+    capture = OutputCapture(lambda lines: outbox.send(*lines))
+    reporter = _Reporter(outbox, options.heartbeat_interval, parent_pid)
+    fatal = _Fatal(outbox, reporter, capture.original_stderr)
     events.configure(None)  # the supervisor's log sink is not ours: lines go up the channel
     logger.remove()
     logger.add(reporter.log, level="DEBUG", format="{message}", catch=True)
-    threading.Thread(target=reporter.run_heartbeats, name="heartbeat", daemon=True).start()
+    fatal.guard("heartbeat", reporter.run_heartbeats).start()
+    fatal.guard("output", capture.run).start()
     try:
-        channel.send(Ready(os.getpid()))
-        return _serve(channel, registry, reporter, start_slot)
+        outbox.send(Ready(os.getpid()))
+        return _serve(channel, outbox, registry, reporter, capture, options, fatal, start_slot)
     except (ChannelClosed, OSError):
         return 0
+    except BaseException:
+        fatal.end("the worker's main thread failed", traceback.format_exc())
+        raise  # not reached: end() exits
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            capture.bind(None)
+
+
+def _stdin_from_null() -> None:
+    """A handler that reads standard input must not take the daemon's terminal's."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)

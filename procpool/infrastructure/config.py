@@ -39,6 +39,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_jobs_per_worker: int = 0
     max_memory_mb: int = 0
     max_file_bytes: int = 1_048_576
+    max_result_bytes: int = 16_777_216
     log_level: str = "INFO"
     kill_grace: float = 1.0
     poll_interval: float = 1.0
@@ -88,7 +89,8 @@ def _check(config: Config) -> Config:
             raise ConfigError(f"config key {key!r} must be {rule}, got {value}")
 
     for key in ("workers", "max_attempts", "backoff_base", "backoff_max", "shutdown_timeout",
-                "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "kill_grace",
+                "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
+                "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
                 "log_max_bytes"):  # fmt: skip
         positive(key)

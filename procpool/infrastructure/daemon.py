@@ -33,6 +33,7 @@ def settings_from(config: configuration.Config) -> Settings:
         shutdown_timeout=config.shutdown_timeout,
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
+        max_result_bytes=config.max_result_bytes,
         max_jobs_per_worker=config.max_jobs_per_worker,
         max_memory_mb=config.max_memory_mb,
         kill_grace=config.kill_grace,
