@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from procpool.application import pool
+from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
 from procpool.application.dispatch import HORIZON, plan
 from procpool.application.events import emit
@@ -143,6 +143,7 @@ class Supervisor:
         close_in_child: Callable[[], None] = lambda: None,
         telemetry: Telemetry | None = None,
         starts: StartRegister | None = None,
+        tree_mark: str | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -155,6 +156,7 @@ class Supervisor:
         self.fleet = Fleet(settings.limits)
         self.channels: dict[int, SupervisorEnd] = {}
         self._starts = starts
+        self._tree_mark = tree_mark  # what every worker's process tree carries (tree.py)
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._new_workers: list[WorkerRecord] = []  # forked, to be stored in the next turn
         self._signals: deque[int] = deque()
@@ -186,6 +188,13 @@ class Supervisor:
         if inbox_fd is not None:
             self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+        tree.become_subreaper()
+        if self._tree_mark is not None:
+            for pid in tree.end_marked(self._tree_mark):
+                emit(
+                    "WARNING", "process.killed_stale",
+                    f"killed process {pid}, left by a handler of an earlier run", pid=pid,
+                )  # fmt: skip
         with self.store.transaction():
             self.ledger.load()
             begun = set() if self._starts is None else self._starts.begun()
@@ -442,7 +451,9 @@ class Supervisor:
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
             try:
                 options = WorkerOptions(
-                    self.settings.heartbeat_interval, self.settings.max_result_bytes
+                    self.settings.heartbeat_interval,
+                    self.settings.max_result_bytes,
+                    self._tree_mark,
                 )
                 forked = pool.spawn(
                     self.registry, options, self._close_in_child, max_frame,
@@ -484,7 +495,12 @@ class Supervisor:
             self._selector.unregister(self.channels[pid].fileno())
 
     def _reap(self, now: float, wall: float) -> None:
-        for pid, status in pool.reap_any():
+        exited = [(pid, status) for pid, status in pool.reap_any() if pid in self.channels]
+        if exited:
+            # What their handlers left is now ours (we are a subreaper): it dies before
+            # the runs' fates are decided, so a retry never overlaps it.
+            tree.end_orphans(pid for pid in self.channels if pid not in dict(exited))
+        for pid, status in exited:
             worker = self.fleet.get(pid)
             if worker is None:
                 continue

@@ -47,13 +47,14 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from procpool.application import events
+from procpool.application import events, tree
 from procpool.application.channel import ChannelClosed, WorkerEnd
 from procpool.application.handlers import RUN_KEY, HandlerRegistry, JobContext
 from procpool.application.messages import (
     Finished,
     Heartbeat,
     LogLine,
+    OutputLine,
     ProgressReport,
     Ready,
     RunJob,
@@ -73,7 +74,6 @@ LOG_TEXT_LIMIT = 10_000  # characters of a log message, of each log field, of an
 LOG_FIELDS_LIMIT = 100  # fields of one log line
 EXIT_INTERNAL = 70  # EX_SOFTWARE: one of the worker's own threads failed
 _PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class WorkerOptions:
 
     heartbeat_interval: float = 1.0  # seconds
     max_result_bytes: int = 16_777_216  # of a result encoded as JSON
+    tree_mark: str | None = None  # inherited by every process a handler starts (tree.py)
 
 
 def safe_text(text: str, limit: int | None = None) -> str:
@@ -112,12 +113,31 @@ class _Outbox:
 
     def __init__(self, channel: WorkerEnd) -> None:
         self._channel = channel
+        self.owner = os.getpid()
 
     def send(self, *messages: ToSupervisor) -> None:
+        if os.getpid() != self.owner:
+            _from_forked_child(messages)
+            return
         try:
             self._channel.send(*messages)
         except UnicodeEncodeError:  # raised while encoding, so nothing was sent
             self._channel.send(*(_escaped(message) for message in messages))
+
+
+def _from_forked_child(messages: tuple[ToSupervisor, ...]) -> None:
+    """A process the handler forked (multiprocessing's fork context does) inherits
+    the channel, but its frames would interleave with the worker's and corrupt
+    the stream: it never writes there. Its log lines go to its standard error,
+    which the worker captures as `job.output`; its other messages are dropped."""
+    lines = [
+        f"{m.level}: {m.message}" if isinstance(m, LogLine) else m.text
+        for m in messages
+        if isinstance(m, LogLine | OutputLine)
+    ]
+    if lines:
+        with contextlib.suppress(OSError):
+            os.write(2, "".join(f"{line}\n" for line in lines).encode("utf-8", "backslashreplace"))
 
 
 def _escaped(message: ToSupervisor) -> ToSupervisor:
@@ -199,6 +219,8 @@ class _Reporter:
         return None if run is None else (run.job_id, run.attempt)
 
     def progress(self, run: RunJob, fraction: float, message: str | None) -> None:
+        if os.getpid() != self.outbox.owner:
+            return  # a forked child of the handler: see _from_forked_child
         text = None if message is None else safe_text(message, PROGRESS_MESSAGE_LIMIT)
         with self._lock:
             if self._run is not run:
@@ -240,6 +262,10 @@ class _Reporter:
             attempt=attempt,
             fields=fields,
         )
+        if os.getpid() != self.outbox.owner:
+            # A forked child of the handler: the lock may have been copied held.
+            self.outbox.send(line)
+            return
         with self._lock:
             self.outbox.send(line)
 
@@ -474,6 +500,9 @@ def _serve(
         capture.bind((message.job_id, message.attempt))
         reporter.begin(message)
         outcome = _execute(registry, message, reporter, options)
+        # What the handler started ends with its run (tree.py), before its result
+        # leaves: a retry elsewhere never overlaps it.
+        tree.end_tree()
         capture.bind(None)  # the job's output leaves before its result
         held = reporter.end()
         if held is not None:
@@ -490,7 +519,13 @@ def worker_main(
 ) -> int:
     """The worker's whole life. Returns the exit code (or exits with EXIT_INTERNAL)."""
     os.setsid()
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    tree.become_subreaper()
+    # A process the handler forks without exec (multiprocessing's fork context) must
+    # not inherit the worker's SIGTERM handler: it would kill a process group that is
+    # not its own, and multiprocessing's terminate() relies on SIGTERM's default.
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    if options.tree_mark is not None:
+        os.environ[tree.MARKER] = options.tree_mark
     _reset_signals()
     _die_with_parent(parent_pid)
     _stdin_from_null()

@@ -122,6 +122,7 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
             close_in_child=close_in_child,
             telemetry=DaemonTelemetry(home, dict(os.environ)),
             starts=starts,
+            tree_mark=str(home.resolve()),
         )
         try:
             code = supervisor.run()
