@@ -201,9 +201,12 @@ class Client:
     def _drop(self, stem: str, document: dict[str, Any]) -> None:
         """Write a file into the inbox atomically: a dot-file first, then a link to
         the final name, which never replaces a file already there."""
+        try:
+            data = msgspec.json.encode(document)
+        except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+            raise InvalidJobFile(spec.unencodable(document.get("payload"), "payload")) from None
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.inbox.mkdir(mode=0o700, exist_ok=True)
-        data = msgspec.json.encode(document)
         temporary = self.inbox / f".{stem}.{uuid.uuid4().hex}.tmp"
         with open(temporary, "wb") as handle:
             handle.write(data)
@@ -263,7 +266,9 @@ class Client:
             The job's id.
 
         Raises:
-            procpool.InvalidJobFile: a value is out of its bounds; nothing was written.
+            procpool.InvalidJobFile: a value is out of its bounds, or the payload is not
+                JSON (a string that is not valid Unicode, an object of another type);
+                nothing was written.
         """
         return self._submit(
             spec.JobSpec(
