@@ -569,6 +569,7 @@ def test_a_file_without_read_permission_waits_until_it_has_it(home: Path) -> Non
         assert daemon.wait_status("locked", "completed").result == "finally"
         assert len(daemon.events("file.skipped", file="locked.json")) == 1
     finally:
+        daemon.client.close()  # made here, not by make_daemon, which would close it
         if alive(daemon):
             assert daemon.stop() == 0
 
