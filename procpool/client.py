@@ -513,12 +513,8 @@ class Client:
         return runs
 
     def count_finished_before(self, cutoff: float) -> int:
-        """Terminal jobs last changed before `cutoff` (seconds since the epoch).
-
-        Raises:
-            NoJobStore: the home has no store.
-        """
-        self.require_store()
+        """Terminal jobs last changed before `cutoff` (seconds since the epoch); 0 on a
+        home without a store, where a prune request waits for the daemon like a job."""
         return self._reader.count_finished_before(cutoff)
 
     def stats(self, cpu_sample: float = 0.25) -> Stats:
