@@ -1,7 +1,14 @@
 """procpool: a durable daemon that runs CPU-bound jobs in a pool of forked worker processes."""
 
 from procpool.application.handlers import JobContext, handler
-from procpool.client import Client, JobInfo, JobNotTerminal, JobRejected, UnknownJob
+from procpool.client import (
+    Client,
+    JobInfo,
+    JobNotTerminal,
+    JobRejected,
+    NoJobStore,
+    UnknownJob,
+)
 from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "JobInfo",
     "JobNotTerminal",
     "JobRejected",
+    "NoJobStore",
     "PermanentError",
     "ProcpoolError",
     "UnknownJob",

@@ -9,10 +9,10 @@ first reads, so a threaded web server makes one per request or per thread.
 Example:
     from procpool import Client
 
-    client = Client("/var/lib/procpool")
-    job_id = client.submit("thumbnail", {"path": "/data/a.png"}, priority=5)
-    [job] = client.wait([job_id], timeout=60)
-    print(job.status, job.result)
+    with Client("/var/lib/procpool") as client:
+        job_id = client.submit("thumbnail", {"path": "/data/a.png"}, priority=5)
+        [job] = client.wait([job_id], timeout=60)
+        print(job.status, job.result)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import find_home
+from procpool.infrastructure.config import locate_home
 from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
@@ -70,6 +70,17 @@ class JobRejected(UnknownJob, ProcpoolError):
 
 class JobNotTerminal(ProcpoolError):
     """Only a completed, failed or canceled job can be retried."""
+
+
+class NoJobStore(ProcpoolError):
+    """The home has no job store: no daemon has run with it, or it is the wrong path.
+
+    The message names the directory and how it was chosen; `home` holds it.
+    """
+
+    def __init__(self, message: str, home: Path) -> None:
+        super().__init__(message)
+        self.home = home
 
 
 class JobInfo(msgspec.Struct, kw_only=True):
@@ -170,17 +181,31 @@ def _statuses(status: str | Status | Iterable[str | Status] | None) -> list[Stat
 class Client:
     """A handle on one procpool home (the same directory as `--home`).
 
+    Submitting works on any directory (it is created); reading needs the store
+    that the daemon creates when it starts, and raises NoJobStore without one, so
+    that a mistyped home is not taken for an empty queue. Use it as a context
+    manager, or call `close`, to close its read connection.
+
     Args:
         home: the daemon's home. Default: as the CLI finds it: $PROCPOOL_HOME, else
             the `home` of the config file named by $PROCPOOL_CONFIG, else
             `${XDG_STATE_HOME:-~/.local/state}/procpool`.
+        home_source: how `home` was chosen, in words for an error message
+            (default: "the home given to Client()", or worked out when `home` is None).
 
     Raises:
         procpool.ProcpoolError: no home given and the configuration is invalid.
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home) if home is not None else find_home()
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, home_source: str | None = None
+    ) -> None:
+        if home is None:
+            choice = locate_home(None)
+            self.home, chosen_by = choice.path, choice.chosen_by
+        else:
+            self.home, chosen_by = Path(home), "the home given to Client()"
+        self.home_source = home_source or chosen_by
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
         self._rejected = RejectedFiles(self.home)
@@ -201,9 +226,12 @@ class Client:
     def _drop(self, stem: str, document: dict[str, Any]) -> None:
         """Write a file into the inbox atomically: a dot-file first, then a link to
         the final name, which never replaces a file already there."""
+        try:
+            data = msgspec.json.encode(document)
+        except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+            raise InvalidJobFile(spec.unencodable(document.get("payload"), "payload")) from None
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.inbox.mkdir(mode=0o700, exist_ok=True)
-        data = msgspec.json.encode(document)
         temporary = self.inbox / f".{stem}.{uuid.uuid4().hex}.tmp"
         with open(temporary, "wb") as handle:
             handle.write(data)
@@ -263,7 +291,9 @@ class Client:
             The job's id.
 
         Raises:
-            procpool.InvalidJobFile: a value is out of its bounds; nothing was written.
+            procpool.InvalidJobFile: a value is out of its bounds, or the payload is not
+                JSON (a string that is not valid Unicode, an object of another type);
+                nothing was written.
         """
         return self._submit(
             spec.JobSpec(
@@ -308,7 +338,9 @@ class Client:
         Raises:
             UnknownJob: no job has this id (JobRejected: its file was rejected).
             JobNotTerminal: the job is pending or running.
+            NoJobStore: the home has no store.
         """
+        self.require_store()
         job = self._reader.get(job_id)
         if job is None:
             raise self._unknown(job_id)
@@ -349,7 +381,11 @@ class Client:
 
         Returns:
             The new jobs' ids, oldest failed job first.
+
+        Raises:
+            NoJobStore: the home has no store.
         """
+        self.require_store()
         failed = self._reader.list([Status.FAILED], type, limit=2**62)
         in_inbox = self._retries_in_inbox()  # before the store, as in `_retry_id`
         done = in_inbox | self._reader.retried_ids()
@@ -380,6 +416,20 @@ class Client:
 
     # ----------------------------------------------------------------- reading
 
+    def require_store(self) -> None:
+        """Raise NoJobStore unless a daemon has created this home's job store."""
+        if self._reader.exists():
+            return
+        if not self.home.exists():
+            fault = "the directory does not exist"
+        elif not self.home.is_dir():
+            fault = "it is not a directory"
+        else:
+            fault = "it has no job store (procpool.db), as no daemon has run with it"
+        raise NoJobStore(
+            f"{self.home} is not a procpool home: {fault} ({self.home_source})", self.home
+        )
+
     def get(self, job_id: str) -> JobInfo | None:
         """The job with this id.
 
@@ -391,7 +441,10 @@ class Client:
             JobRejected: no job has this id, no file waits in the inbox to become
                 it, and the file or line that would have made it was rejected.
                 A job in the store wins over a rejection of the same id.
+            NoJobStore: the home has no store, and no file for this id waits in its inbox.
         """
+        if not self.is_waiting_in_inbox(job_id):  # then a daemon that starts will take it
+            self.require_store()
         job = self._reader.get(job_id)
         if job is None and (rejected := self._rejection(job_id)) is not None:
             raise rejected
@@ -425,7 +478,11 @@ class Client:
             status: one status or several; default all.
             type: only jobs of this type; default all.
             limit: at most this many jobs.
+
+        Raises:
+            NoJobStore: the home has no store.
         """
+        self.require_store()
         return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
 
     def attempts(self, job_id: str) -> list[Attempt]:
@@ -433,7 +490,9 @@ class Client:
 
         Raises:
             UnknownJob: no job has this id (JobRejected: its file was rejected).
+            NoJobStore: the home has no store.
         """
+        self.require_store()
         job = self._reader.get(job_id)
         if job is None:
             raise self._unknown(job_id)
@@ -454,11 +513,17 @@ class Client:
         return runs
 
     def count_finished_before(self, cutoff: float) -> int:
-        """Terminal jobs last changed before `cutoff` (seconds since the epoch)."""
+        """Terminal jobs last changed before `cutoff` (seconds since the epoch); 0 on a
+        home without a store, where a prune request waits for the daemon like a job."""
         return self._reader.count_finished_before(cutoff)
 
     def stats(self, cpu_sample: float = 0.25) -> Stats:
-        """The figures of `procpool stats`; `cpu_sample` seconds go to measuring CPU."""
+        """The figures of `procpool stats`; `cpu_sample` seconds go to measuring CPU.
+
+        Raises:
+            NoJobStore: the home has no store.
+        """
+        self.require_store()
         return collect(self._reader, self.daemon_pid(), cpu_sample)
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
@@ -492,6 +557,7 @@ class Client:
             TimeoutError: `timeout` seconds passed first.
             UnknownJob: an id is neither in the store nor waiting in the inbox.
             JobRejected: (an UnknownJob) such an id's file or line was rejected.
+            NoJobStore: the home has no store, and an id is not waiting in the inbox.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(poll, 0.005)
@@ -501,6 +567,7 @@ class Client:
             for job_id in missing:
                 # Checked in this order, a file taken by the daemon in between is in the store.
                 if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
+                    self.require_store()
                     raise self._unknown(job_id)
             if on_poll is not None:
                 on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])

@@ -66,7 +66,7 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
     "zero-attempts.json": (job(max_attempts=0), "max_attempts must be >= 1, got 0"),
     "typo.json": (job(paylaod=1), 'unknown field "paylaod"; did you mean "payload"?'),
     "no-handler.json": (b'{"type": "x"}', 'unknown job type "x"; registered: '),
-    "broken.json": (b'{"a": x}', "not valid JSON at line 1 column 7: invalid character"),
+    "broken.json": (b'{"a": x}', 'not valid JSON at line 1 column 7: unexpected character "x"'),
     # ids
     "id-slash.json": (job(id="a/b"), f'{ID_MESSAGE} "a/b"'),
     "id-dot.json": (job(id=".hidden"), f'{ID_MESSAGE} ".hidden"'),
@@ -237,7 +237,7 @@ def test_a_jsonl_file_reports_each_bad_line_where_it_is(daemon: Daemon) -> None:
             " surrogate pair, not a character; strings must be valid Unicode",
         },
         {"line": 6, "error": "a job must be a JSON object, got an array"},
-        {"line": 7, "error": "not valid JSON at line 7 column 29: invalid character"},
+        {"line": 7, "error": 'not valid JSON at line 7 column 29: unexpected character "x"'},
         {"line": 8, "error": f"the JSON is nested more than {MAX_DEPTH} levels deep"},
     ]
     assert daemon.wait_status("mixed-1", "completed").result == 1
@@ -569,6 +569,7 @@ def test_a_file_without_read_permission_waits_until_it_has_it(home: Path) -> Non
         assert daemon.wait_status("locked", "completed").result == "finally"
         assert len(daemon.events("file.skipped", file="locked.json")) == 1
     finally:
+        daemon.client.close()  # made here, not by make_daemon, which would close it
         if alive(daemon):
             assert daemon.stop() == 0
 
@@ -736,13 +737,16 @@ def test_bad_flags_exit_2_without_a_traceback(home: Path, args: tuple[str, ...])
     assert line.endswith("(see --help)")
 
 
+NOT_A_HOME = "never-made is not a procpool home: the directory does not exist"
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (("status", "ghost"), "no job 'ghost'"),
-        (("status", "ghost", "--json"), "no job 'ghost'"),
-        (("wait", "ghost"), "no job 'ghost'"),
-        (("cancel", "ghost"), "no job 'ghost'"),
+        (("status", "ghost"), NOT_A_HOME),
+        (("status", "ghost", "--json"), NOT_A_HOME),
+        (("wait", "ghost"), NOT_A_HOME),
+        (("cancel", "ghost"), NOT_A_HOME),
         (("stop",), "not running"),
     ],
 )

@@ -327,7 +327,7 @@ def test_logs_reads_rotated_files_in_order_and_filters(
 def test_logs_without_a_log_says_so(home: Path) -> None:
     result = run_cli(home, "logs")
     assert result.returncode == 1
-    assert "no log" in result.stderr
+    assert f"{home} is not a procpool home: the directory does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -218,3 +218,55 @@ def test_parse_time_names_the_field() -> None:
     with pytest.raises(InvalidJobFile, match="run_at") as caught:
         spec.parse_time("never")
     assert "never" in str(caught.value)
+
+
+# Every message in procpool's words, whatever msgspec release is installed (CI runs these
+# with the oldest and the newest allowed): its own wording for bad UTF-8 changed in 0.23.
+JSON = "not valid JSON at line"
+UTF8 = "not valid UTF-8 at line"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"type": "echo", "payload": "\xe9t\xe9"}', f"{UTF8} 1 column 30: byte 0xe9"),
+        (b'{"type": "\xff"}', f"{UTF8} 1 column 11: byte 0xff"),
+        (b'{"a": \xe9}', f"{JSON} 1 column 7: unexpected byte 0xe9"),
+        (b'{"a": x, "b": "\xe9"}', f'{JSON} 1 column 7: unexpected character "x"'),
+        (b'{"a": 1, "b": "\xe9", x}', f"{UTF8} 1 column 16: byte 0xe9"),
+        (b'{"a" 1}', f"{JSON} 1 column 6: expected : after the object's key"),
+        (b'{"a": 1 "b": 2}', f"{JSON} 1 column 9: expected , or }} after the object's value"),
+        (b"[1 2]", f"{JSON} 1 column 4: expected , or ] after the array's item"),
+        (b"{1: 2}", f"{JSON} 1 column 2: expected a key in double quotes"),
+        (b"[1,]", f"{JSON} 1 column 4: a comma before ]: JSON allows no trailing comma"),
+        (b'{"a":1,}', f"{JSON} 1 column 8: a comma before }}: JSON allows no trailing comma"),
+        (b'"\\q"', f"{JSON} 1 column 4: not an escape; only"),
+        (b"01", f"{JSON} 1 column 2: not a JSON number"),
+        (b'"a\x01b"', f"{JSON} 1 column 3: unexpected control character U+0001"),
+        (b"\n[1,\n 2", f"{JSON} 3 column 3: the data ends before the JSON value does"),
+        (b'{"type": "echo", "priority": 1e999}', "priority holds a number that is out of"),
+        (b'{"type": "echo", "priority": 1' + b"0" * 5000 + b"}", "priority holds a number"),
+        (b'{"type": "echo", "payload": [1e999]}', "a number is out of range"),
+        (b'{"type": 1}', "type must be a string, got 1"),
+        (b'{"type": "echo", "tiemout": 1}', 'unknown field "tiemout"; did you mean "timeout"?'),
+        (b'{"payload": 1}', 'missing required field "type"'),
+        (b'{"prune": "x"}', 'prune must be a number, got "x"'),
+    ],
+)
+def test_decode_errors_are_worded_by_procpool(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidJobFile) as caught:
+        decode(data)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("caf\udce9", "payload: not valid UTF-8 at character 4: byte 0xe9"),
+        ({"a": ["x", "\ud800"]}, 'payload["a"][1]: not valid Unicode at character 1: \\ud800 is'),
+        ({"k\udcff": 1}, "payload: a key is not valid UTF-8 at character 2: byte 0xff"),
+        ({"o": [object()]}, 'payload["o"][0]: object is not a JSON value'),
+    ],
+)
+def test_what_cannot_be_written_as_json_is_named_with_its_place(value: Any, message: str) -> None:
+    assert spec.unencodable(value, "payload").startswith(message)

@@ -4,6 +4,7 @@ behind the dispatcher's query, and read-only readers."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,7 +240,7 @@ def test_wal_and_synchronous_full(sqlite_store: SqliteJobStore, db_path: Path) -
 
 def test_the_schema_version(sqlite_store: SqliteJobStore, db_path: Path) -> None:
     assert SCHEMA_VERSION == len(MIGRATIONS) >= 1
-    with sqlite3.connect(db_path) as db:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
@@ -342,6 +343,7 @@ def test_the_reader_cannot_write(sqlite_store: SqliteJobStore, db_path: Path) ->
 
 def test_a_reader_of_a_store_that_does_not_exist_yet(tmp_path: Path) -> None:
     reader = StoreReader(tmp_path / "absent.db")
+    assert not reader.exists()
     assert reader.get("x") is None
     assert reader.list() == []
     assert not (tmp_path / "absent.db").exists(), "reading must not create the store"

@@ -13,6 +13,11 @@ because msgspec counts depth against Python's recursion limit: without a bound
 of its own, whether a deep payload is accepted would depend on how deep the
 caller's stack happens to be. Bytes that end mid-value raise IncompleteJson, so
 that the inbox can tell a file still being written from a broken one.
+
+Every message is procpool's own: msgspec's exceptions tell only whether and
+where the bytes went wrong (its wording changes between releases: 0.23 says
+"Invalid UTF-8 encoded string" where 0.19 raised UnicodeDecodeError), and the
+reason is worked out here, from the bytes.
 """
 
 from __future__ import annotations
@@ -158,6 +163,47 @@ def _check_text(name: str, value: str) -> None:
         raise InvalidJobFile(f"{name} is not valid Unicode text, got {show(value)}") from None
 
 
+def _not_unicode(text: str, start: int) -> str:
+    """Why `text[start]`, a lone surrogate, is not text, in a file's terms where it can."""
+    code = ord(text[start])
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for a byte that is not UTF-8
+        return f"not valid UTF-8 at character {start + 1}: byte 0x{code - 0xDC00:02x}"
+    return (
+        f"not valid Unicode at character {start + 1}:"
+        f" \\u{code:04x} is half of a UTF-16 surrogate pair, not a character"
+    )
+
+
+def unencodable(value: Any, where: str) -> str:
+    """Why a Python value cannot be written as JSON, and where in it (`payload["a"][2]`).
+
+    For a value that msgspec refused to encode: the first string that is not valid
+    Unicode, or the first value of a type JSON has nothing for. msgspec's own message
+    names neither the place nor, across releases, the fault in the same words.
+    """
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError as bad:
+                return f"{path}: {_not_unicode(item, bad.start)}"
+        elif isinstance(item, dict):
+            for key, inner in reversed(item.items()):
+                if isinstance(key, str):
+                    try:
+                        key.encode()
+                    except UnicodeEncodeError as bad:
+                        return f"{path}: a key is {_not_unicode(key, bad.start)}"
+                stack.append((f"{path}[{show(key)}]", inner))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{n}]", inner) for n, inner in reversed(list(enumerate(item))))
+        elif not isinstance(item, int | float | None):
+            return f"{path}: {type(item).__name__} is not a JSON value"
+    return f"{where} cannot be written as JSON"
+
+
 def check(spec: JobSpec) -> JobSpec:
     """Bound every value of a decoded spec; return it unchanged if all hold."""
     if not spec.type:
@@ -243,18 +289,34 @@ def _lone_surrogate(data: bytes) -> _Malformed | None:
     return None if high is None else lone(high)
 
 
+class _OutOfRange:
+    """Stands in for a number too large to hold, where the standard parser meets one."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+_MAX_DIGITS = 4300  # Python's own limit on converting digits to an int
+
+
 def _number_out_of_range(data: bytes) -> str:
-    """msgspec names no field when a number overflows; a typed decode does."""
+    """Name the top-level field whose number overflows, if it is one."""
     where = "a number"
+
+    def floating(text: str) -> float | _OutOfRange:
+        value = float(text)
+        return value if math.isfinite(value) else _OUT_OF_RANGE
+
+    def integer(text: str) -> int | _OutOfRange:
+        return int(text) if len(text.lstrip("-")) <= _MAX_DIGITS else _OUT_OF_RANGE
+
     try:
-        msgspec.json.decode(data, type=JobSpec)
-    except msgspec.ValidationError as error:
-        field = re.search(r" - at `\$\.([A-Za-z_]+)", str(error))
-        if field and "out of range" in str(error):
-            where = f"{field.group(1)} holds a number that"
-    except (msgspec.DecodeError, RecursionError):
-        pass
-    return f"{where} is out of range (beyond ±1.8e308, or over 4300 digits)"
+        document = json.loads(data, parse_float=floating, parse_int=integer)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict):
+        field = next((key for key, value in document.items() if value is _OUT_OF_RANGE), None)
+        if field is not None:
+            where = f"{field} holds a number that"
+    return f"{where} is out of range (beyond ±1.8e308, or over {_MAX_DIGITS} digits)"
 
 
 def _end_of_first_value(data: bytes) -> int | None:
@@ -268,24 +330,80 @@ def _end_of_first_value(data: bytes) -> int | None:
     return len(text[:end].encode("utf-8", "surrogateescape"))
 
 
+def _bad_utf8(data: bytes) -> _Malformed | None:
+    """The first byte that is not UTF-8, checked here: msgspec words it differently
+    from one release to the next, and not every release says where."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return _Malformed(bad.start, f"byte 0x{data[bad.start]:02x}", "UTF-8")
+    return None
+
+
+def _character_at(data: bytes, offset: int) -> str:
+    """The character that starts at `offset`, named for a message."""
+    if offset >= len(data):
+        return "the end of the data"
+    character = data[offset : offset + 4].decode("utf-8", "replace")[0]
+    if character.isprintable() and character != "\ufffd":
+        return f"character {show(character)}"
+    if data[offset] >= 0x80:
+        return f"byte 0x{data[offset]:02x}"
+    return f"control character U+{ord(character):04X} (write it as \\u{ord(character):04x})"
+
+
+_ESCAPES = 'only \\" \\\\ \\/ \\b \\f \\n \\r \\t and \\uXXXX are escapes in JSON'
+# msgspec's reasons (0.19 to 0.23) in procpool's words; a reason not listed here, or
+# worded otherwise by a later release, is described from the byte at the offset.
+_REASONS = {
+    "expected ':'": "expected : after the object's key",
+    "expected ',' or '}'": "expected , or } after the object's value",
+    "expected ',' or ']'": "expected , or ] after the array's item",
+    "expected '\"'": "expected a key in double quotes",
+    "object keys must be strings": "expected a key in double quotes",
+    "trailing comma in array": "a comma before ]: JSON allows no trailing comma",
+    "trailing comma in object": "a comma before }: JSON allows no trailing comma",
+    "invalid escape character in string": f"not an escape; {_ESCAPES}",
+    "invalid escaped character": f"not an escape; {_ESCAPES}",
+    "invalid character in unicode escape": "a \\u escape takes four hex digits",
+    "unexpected end of hex escape": "a \\u escape takes four hex digits",
+    "invalid number": "not a JSON number",
+}
+_MALFORMED = re.compile(r".*\(byte (\d+)\)", re.DOTALL)
+
+
+def _located_elsewhere(data: bytes) -> _Malformed:
+    """For a msgspec error worded in a way this module does not know: the standard
+    parser says where the JSON goes wrong."""
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as located:
+        offset = len(located.doc[: located.pos].encode("utf-8", "surrogateescape"))
+        return _Malformed(offset, f"unexpected {_character_at(data, offset)}")
+    except (ValueError, RecursionError):
+        pass
+    return _Malformed(None, "not a JSON value")
+
+
 def _explain_decode_error(error: msgspec.DecodeError, data: bytes) -> _Malformed:
     text = str(error)
-    if isinstance(error, msgspec.ValidationError) and "out of range" in text:
+    if isinstance(error, msgspec.ValidationError):  # an untyped decode checks only ranges
         return _Malformed(None, _number_out_of_range(data), None)
     lone = _lone_surrogate(data)
     if lone is not None:
         return lone
+    if not data.strip():
+        return _Malformed(None, "there is no JSON value, only white space")
     if text == "Input data was truncated":
-        if not data.strip():
-            return _Malformed(None, "there is no JSON value, only white space")
         return _Malformed(len(data.rstrip()), _ENDS_EARLY, ends_early=True)
-    match = re.fullmatch(r"JSON is malformed: (.*) \(byte (\d+)\)", text)
-    if not match:
-        return _Malformed(None, text)
-    offset, reason = int(match.group(2)), match.group(1)
-    if reason == "invalid number" and offset >= len(data.rstrip()):  # a cut-off "-" or "1e"
-        return _Malformed(offset, _ENDS_EARLY, ends_early=True)
-    if reason == "trailing characters":  # msgspec points past them, not at them
+    at = _MALFORMED.fullmatch(text)
+    if not at:
+        return _located_elsewhere(data)
+    offset = int(at.group(1))
+    reason = next((ours for theirs, ours in _REASONS.items() if f": {theirs} (" in text), None)
+    if reason == _REASONS["invalid number"] and offset >= len(data.rstrip()):
+        return _Malformed(offset, _ENDS_EARLY, ends_early=True)  # a cut-off "-" or "1e"
+    if "trailing characters" in text:  # msgspec points past them, not at them
         return _Malformed(_end_of_first_value(data), "more follows the JSON value")
     rest = data[offset:]
     if offset == 0 and rest.startswith(b"\xef\xbb\xbf"):
@@ -293,7 +411,7 @@ def _explain_decode_error(error: msgspec.DecodeError, data: bytes) -> _Malformed
     elif rest.startswith((b"NaN", b"Infinity")):
         token = "NaN" if rest.startswith(b"NaN") else "Infinity"
         reason = f"{token} is not a JSON number; numbers must be finite"
-    return _Malformed(offset, reason)
+    return _Malformed(offset, reason or f"unexpected {_character_at(data, offset)}")
 
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -322,19 +440,22 @@ def parse_json(data: bytes, first_line: int = 1) -> Any:
     `first_line` numbers the lines of `data` as in its file (a .jsonl line).
     """
     try:
+        bad_utf8 = _bad_utf8(data)
         try:
             value = msgspec.json.decode(data)
         except msgspec.DecodeError as error:
-            raise _explain_decode_error(error, data) from None
-        except UnicodeDecodeError:
-            try:
-                data.decode()
-            except UnicodeDecodeError as bad:
-                byte = data[bad.start]
-                raise _Malformed(bad.start, f"byte 0x{byte:02x}", "UTF-8") from None
-            raise _Malformed(None, "a string is not UTF-8", "UTF-8") from None
+            malformed = _explain_decode_error(error, data)
+            # The first fault in the file is the one reported, whichever check found it.
+            where = len(data) if malformed.offset is None else malformed.offset
+            if bad_utf8 is not None and where > (bad_utf8.offset or 0):
+                raise bad_utf8 from None
+            raise malformed from None
+        except UnicodeDecodeError:  # how msgspec 0.19 reports bytes that are not UTF-8
+            raise bad_utf8 or _Malformed(None, "a string is not UTF-8", "UTF-8") from None
         except RecursionError:
             raise _Malformed(None, _TOO_DEEP, None) from None
+        if bad_utf8 is not None:
+            raise bad_utf8
         if isinstance(value, dict | list) and _too_deep(data):
             raise _Malformed(None, _TOO_DEEP, None)
     except _Malformed as malformed:
@@ -353,25 +474,24 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), "a number")
 
 
-def _explain_validation_error(
-    error: msgspec.ValidationError, document: dict[str, Any], target: type[msgspec.Struct]
-) -> str:
-    text = str(error)
-    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, re.DOTALL)
-    if unknown:
-        name = unknown.group(1)
-        fields = [f.name for f in msgspec.structs.fields(target)]
-        message = f"unknown field {show(name)}"
-        close = difflib.get_close_matches(name, fields, n=1)
-        return f"{message}; did you mean {show(close[0])}?" if close else message
-    missing = re.fullmatch(r"Object missing required field `(.*)`", text, re.DOTALL)
-    if missing:
-        return f"missing required field {show(missing.group(1))}"
-    wrong = re.fullmatch(r".* - at `\$\.([A-Za-z_]+)`", text, re.DOTALL)
-    if wrong and wrong.group(1) in document:
-        name = wrong.group(1)
-        return f"{name} must be {_KINDS.get(name, 'something else')}, got {show(document[name])}"
-    return text
+def _explain_mismatch(document: dict[str, Any], target: type[msgspec.Struct]) -> str:
+    """Why msgspec would not convert `document` into `target`, found field by field
+    (msgspec's own message is worded differently from one release to the next)."""
+    fields = {field.name: field for field in msgspec.structs.fields(target)}
+    for name in document:
+        if name not in fields:
+            message = f"unknown field {show(name)}"
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            return f"{message}; did you mean {show(close[0])}?" if close else message
+    for field in fields.values():
+        if field.required and field.name not in document:
+            return f"missing required field {show(field.name)}"
+    for name, value in document.items():
+        try:
+            msgspec.convert(value, fields[name].type)
+        except msgspec.ValidationError:
+            return f"{name} must be {_KINDS.get(name, 'something else')}, got {show(value)}"
+    return f"the object is not a valid {target.__name__}"
 
 
 _job_decoder = msgspec.json.Decoder(JobSpec)
@@ -399,8 +519,8 @@ def decode(data: bytes, first_line: int = 1) -> JobSpec | CancelRequest | PruneR
             target = PruneRequest
     try:
         decoded = msgspec.convert(document, target)
-    except msgspec.ValidationError as error:
-        raise InvalidJobFile(_explain_validation_error(error, document, target)) from None
+    except msgspec.ValidationError:
+        raise InvalidJobFile(_explain_mismatch(document, target)) from None
     if isinstance(decoded, CancelRequest):
         check_id(decoded.cancel, "cancel")
         return decoded

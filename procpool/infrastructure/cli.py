@@ -80,10 +80,14 @@ def home_option(function: F) -> F:
 
 
 def _client(home: Path | None) -> Client:
+    """The command's client, closed with the command (an unclosed connection is a
+    ResourceWarning from Python 3.13 on). Reading raises NoJobStore on a home that
+    no daemon has made, a message that says how the home was chosen."""
     with _user_errors():
-        if home is None:
-            home = configuration.find_home()
-    return Client(home)
+        choice = configuration.locate_home(home)
+    client = Client(choice.path, home_source=choice.chosen_by)
+    click.get_current_context().call_on_close(client.close)
+    return client
 
 
 def _print_json(value: Any) -> None:
@@ -122,6 +126,10 @@ class _OneLineErrors(click.Group):
         except click.Abort:
             click.echo("procpool: aborted", err=True)
             sys.exit(EXIT_NOT_DONE)
+        except ProcpoolError as error:  # raised outside _user_errors, e.g. NoJobStore
+            click.echo(f"procpool: {error}", err=True)
+            usage = isinstance(error, ConfigError | InvalidJobFile)
+            sys.exit(EXIT_USAGE if usage else EXIT_NOT_DONE)
         sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
@@ -584,7 +592,9 @@ def logs(
     A line is shown if it is of any --job given, any --event given, and at --level
     or above.
     """
-    path = _client(home).home / "logs" / "procpool.jsonl"
+    client = _client(home)
+    client.require_store()  # a mistyped home is not a daemon that has logged nothing
+    path = client.home / "logs" / "procpool.jsonl"
     wanted = LogFilter(job_ids=job_ids, events=events, level=level)
 
     def shown(lines: Iterable[bytes]) -> Iterator[bytes]:

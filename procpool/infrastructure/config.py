@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
@@ -73,12 +76,25 @@ def _convert(key: str, value: Any, source: str, *, from_text: bool) -> Any:
             value = None
     try:
         return msgspec.convert(value, _FIELDS[key], strict=not from_text)
-    except msgspec.ValidationError as error:
-        reason = str(error).split(" - at ")[0]
-        reason = reason[0].lower() + reason[1:]
-        if ", got " not in reason:
-            reason += f", got {value!r}"
-        raise ConfigError(f"config key {key!r} ({source}): {reason}") from None
+    except msgspec.ValidationError:
+        # In our words: msgspec's ("Expected `int`, got `str`") differ between releases.
+        raise ConfigError(
+            f"config key {key!r} ({source}) must be {_kind(_FIELDS[key])}, got {value!r}"
+        ) from None
+
+
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _kind(annotation: Any) -> str:
+    """A config key's type in words: `int | None` is "an integer or none"."""
+    parts = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    words = [
+        "a list of strings" if get_origin(part) is list else _KIND_WORDS.get(part, str(part))
+        for part in parts
+        if part is not type(None)
+    ]
+    return " or ".join(words) + (" or none" if type(None) in parts else "")
 
 
 def _check(config: Config) -> Config:
@@ -116,14 +132,29 @@ def _check(config: Config) -> Config:
     )
 
 
+def _toml_position(error: tomllib.TOMLDecodeError) -> str:
+    """Where the TOML goes wrong: attributes from Python 3.14 on, the message before."""
+    line, column = getattr(error, "lineno", None), getattr(error, "colno", None)
+    if line is None:
+        found = re.search(r"at line (\d+), column (\d+)", str(error))
+        line, column = found.groups() if found else (None, None)
+    if line is not None:
+        return f" at line {line} column {column}"
+    return " at its end" if "end of document" in str(error) else ""
+
+
 def read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"config file {path}: {error}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML{_toml_position(error)}") from None
     return {key: _convert(key, value, str(path), from_text=False) for key, value in raw.items()}
 
 
@@ -204,4 +235,34 @@ def resolve_home(config: Config, environ: Mapping[str, str] = os.environ) -> Pat
 def find_home(environ: Mapping[str, str] = os.environ) -> Path:
     """The home a command means when it names none: $PROCPOOL_HOME, else the config
     file's `home` ($PROCPOOL_CONFIG), else the default."""
-    return resolve_home(load(environ=environ), environ)
+    return locate_home(None, environ).path
+
+
+@dataclass(frozen=True)
+class HomeChoice:
+    """A home and how it was chosen, in words for a message ("the home given by --home")."""
+
+    path: Path
+    chosen_by: str
+
+
+def locate_home(
+    flag: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ
+) -> HomeChoice:
+    """The home a command means, with how it was chosen: --home (`flag`), else
+    $PROCPOOL_HOME, else the config file's `home`, else the default.
+
+    Raises:
+        ConfigError: no flag given, and the configuration is invalid.
+    """
+    if flag is not None:
+        return HomeChoice(Path(flag).expanduser(), "the home given by --home")
+    home = resolve_home(load(environ=environ), environ)
+    if read_environment(environ).get("home"):
+        return HomeChoice(home, f"the home given by {ENV_PREFIX}HOME")
+    path = config_path(None, default_home(environ), environ)
+    if path is not None and read_file(path).get("home"):
+        return HomeChoice(home, f"the home given by the home key of {path}")
+    return HomeChoice(
+        home, f"the default home, as neither --home, {ENV_PREFIX}HOME nor a config file names one"
+    )

@@ -121,7 +121,8 @@ class _Inotify:
         self._libc = libc
         self.fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            code = ctypes.get_errno()
+            raise OSError(code, f"inotify_init1 failed: {os.strerror(code)}")
         self.watch(directory)
 
     def watch(self, directory: Path) -> None:
@@ -130,7 +131,8 @@ class _Inotify:
             _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_ATTRIB | _IN_ONLYDIR | _IN_DONT_FOLLOW
         )
         if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), mask) < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory} failed")
+            code = ctypes.get_errno()
+            raise OSError(code, f"inotify_add_watch failed: {os.strerror(code)}", str(directory))
 
     def drain(self) -> None:
         try:
@@ -200,7 +202,9 @@ class FileInbox:
                 self._ensure_directories()
                 fd = os.open(self.directory, _OPEN_DIRECTORY)
             except OSError as error:
-                self._report_trouble(f"cannot recreate the inbox {self.directory}: {error}")
+                self._report_trouble(
+                    f"cannot recreate the inbox {self.directory}: {error.strerror}"
+                )
                 return None
         except OSError as error:
             reason = error.strerror
@@ -231,7 +235,12 @@ class FileInbox:
             try:
                 self._inotify.watch(self.directory)
             except OSError as error:
-                emit("WARNING", "inbox.unwatched", f"{error}; new files are found by rescans")
+                emit(
+                    "WARNING",
+                    "inbox.unwatched",
+                    f"cannot watch the inbox {self.directory}: {error.strerror};"
+                    " new files are found by rescans",
+                )
         emit(
             "WARNING",
             "inbox.replaced",
@@ -285,7 +294,9 @@ class FileInbox:
                 try:
                     file = self._read(directory, name)
                 except OSError as error:
-                    self._warn_once(name, f"cannot read {printable(name)}: {error}; will try again")
+                    self._warn_once(
+                        name, f"cannot read {printable(name)}: {error.strerror}; will try again"
+                    )
                     continue
                 if file is not None:
                     read += 1

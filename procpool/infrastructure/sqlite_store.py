@@ -187,14 +187,19 @@ class SqliteJobStore:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
-        # Takes effect only on a new, empty file: retention frees pages incrementally.
-        self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(f"PRAGMA synchronous = {synchronous}")
-        self._db.execute("PRAGMA busy_timeout = 10000")
-        # 32 MiB of page cache (default 2 MiB): inserts into six b-trees at once stay in memory.
-        self._db.execute("PRAGMA cache_size = -32768")
-        _migrate(self._db)
+        try:
+            # Takes effect only on a new, empty file: retention frees pages incrementally.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            # 32 MiB of page cache (default 2 MiB): inserts into six b-trees at once stay in
+            # memory.
+            self._db.execute("PRAGMA cache_size = -32768")
+            _migrate(self._db)
+        except BaseException:
+            self._db.close()  # a store refused (SchemaTooNew) leaves no connection open
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

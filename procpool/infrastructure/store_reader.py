@@ -14,13 +14,23 @@ from typing import Any
 
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
-from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
+from procpool.infrastructure.sqlite_store import (
+    COLUMNS,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    _job,
+    _run,
+)
 
 
 class StoreReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+
+    def exists(self) -> bool:
+        """Whether the store's file is there (the daemon creates it when it starts)."""
+        return self._db is not None or self.path.is_file()
 
     def _connection(self) -> sqlite3.Connection | None:
         if self._db is None:
@@ -36,8 +46,11 @@ class StoreReader:
             return []
         try:
             return db.execute(sql, parameters).fetchall()
-        except sqlite3.OperationalError as error:
-            if "no such table" in str(error):  # the daemon has not created its schema yet
+        except sqlite3.OperationalError:
+            # The daemon creates the file first, then its tables, one migration per
+            # transaction: until the last has committed, a table may be missing.
+            # (Asked of the schema version rather than read from SQLite's message.)
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 return []
             raise
 

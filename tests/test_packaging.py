@@ -1,0 +1,43 @@
+"""The dependency policy (README, "Dependencies"): every dependency has a lower bound in
+pyproject.toml, and .ci/oldest.txt pins each to exactly that bound, so that the CI run
+with the oldest versions tests what pyproject.toml claims."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(>=|==)\s*([0-9][0-9.]*)")
+
+
+def declared() -> dict[str, tuple[str, str]]:
+    """{name: (operator, version)} of every runtime and test dependency."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    found = {}
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        match = REQUIREMENT.fullmatch(text)
+        assert match, f"{text!r}: each dependency is NAME>=VERSION (or ==, for a pinned tool)"
+        found[match.group(1).lower()] = (match.group(2), match.group(3))
+    return found
+
+
+def pinned() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / ".ci" / "oldest.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_the_oldest_constraints_pin_every_dependency_to_its_lower_bound() -> None:
+    bounds = {name: version for name, (_, version) in declared().items()}
+    assert pinned() == bounds
+
+
+def test_every_bound_names_a_full_version() -> None:
+    """'>=8.1.0', not '>=8.1': the pin in .ci/oldest.txt is then the same text."""
+    for name, (_, version) in declared().items():
+        assert version.count(".") == 2, f"{name}: {version}"
