@@ -11,8 +11,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.spec import CancelRequest, JobSpec, PruneRequest
+
+
+class StoreBusy(ProcpoolError):
+    """Another process holds the store's write lock (a backup, an open `sqlite3` shell):
+    the transaction did not begin and nothing changed. Try again later."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,12 @@ class JobStore(Protocol):
     """
 
     def transaction(self) -> AbstractContextManager[None]:
-        """Begin; commit on a normal exit, roll back on an exception."""
+        """Begin, holding the write lock from the start; commit on a normal exit, roll
+        back on an exception.
+
+        Raises:
+            StoreBusy: on entry, when another process holds the lock past a short wait.
+        """
         ...
 
     def get(self, job_id: str) -> Job | None: ...

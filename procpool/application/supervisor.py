@@ -54,7 +54,14 @@ from procpool.application.ingest import Rejection
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
 from procpool.application.messages import ToWorker
-from procpool.application.ports import Inbox, InboxFile, JobStore, StartRegister, WorkerRecord
+from procpool.application.ports import (
+    Inbox,
+    InboxFile,
+    JobStore,
+    StartRegister,
+    StoreBusy,
+    WorkerRecord,
+)
 from procpool.application.recovery import recover
 from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.application.worker import WorkerOptions
@@ -74,6 +81,10 @@ MEMORY_SAMPLE_INTERVAL = 1.0
 RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 500
 VACUUM_PAGES = 256
+# Seconds between tries while another process holds the store's lock, doubling
+# (each try also waits for the lock itself: the store's LOCK_WAIT).
+STORE_PAUSE_MIN = 0.05
+STORE_PAUSE_MAX = 0.5
 
 
 @dataclass
@@ -178,6 +189,8 @@ class Supervisor:
         self._next_publish = 0.0
         self._next_retention = 0.0
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
+        self._store_busy_since: float | None = None  # monotonic: when the store became busy
+        self._store_pause = STORE_PAUSE_MIN
 
     # ----------------------------------------------------------------- life
 
@@ -195,12 +208,12 @@ class Supervisor:
                     "WARNING", "process.killed_stale",
                     f"killed process {pid}, left by a handler of an earlier run", pid=pid,
                 )  # fmt: skip
-        with self.store.transaction():
-            self.ledger.load()
-            begun = set() if self._starts is None else self._starts.begun()
-            recover(self.store, self.ledger, time.time(), begun)
-            self._lease = self.store.max_lease()
-            self.ledger.flush_history()
+        while True:
+            try:
+                self._recover()
+                break
+            except StoreBusy as busy:
+                self._wait_for_store(busy)
         self._after_commit()
         emit(
             "INFO",
@@ -213,12 +226,53 @@ class Supervisor:
         self._spawn_missing(time.monotonic())
         self._telemetry.ready(self.settings.workers)
         while not (self._stopping and not len(self.fleet)):
-            self._turn()
+            try:
+                self._turn()
+            except StoreBusy as busy:
+                self._wait_for_store(busy)
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
         self._selector.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
         return 0
+
+    def _recover(self) -> None:
+        with self.store.transaction():
+            self._store_free()
+            self.ledger.load()
+            begun = set() if self._starts is None else self._starts.begun()
+            recover(self.store, self.ledger, time.time(), begun)
+            self._lease = self.store.max_lease()
+            self.ledger.flush_history()
+
+    def _wait_for_store(self, busy: StoreBusy) -> None:
+        """Another process holds the store's lock, and the turn did not begin: its inputs
+        wait where they were (the selector reports them again, signals stay queued).
+        Say so once, now, then pause before the next try."""
+        if self._store_busy_since is None:
+            self._store_busy_since = time.monotonic()
+            self._store_pause = STORE_PAUSE_MIN
+            emit(
+                "WARNING",
+                "store.busy",
+                f"the store is busy: {busy}; waiting for it, nothing is lost",
+                error=str(busy),
+            )
+            self._flush_logs()
+        time.sleep(self._store_pause)
+        self._store_pause = min(2 * self._store_pause, STORE_PAUSE_MAX)
+
+    def _store_free(self) -> None:
+        """In a transaction that began: end a busy spell."""
+        if self._store_busy_since is not None:
+            waited = time.monotonic() - self._store_busy_since
+            self._store_busy_since = None
+            self._effects.log(
+                "INFO",
+                "store.available",
+                f"the store is free again after {waited:.1f} s",
+                waited_s=round(waited, 3),
+            )
 
     def _install_signals(self) -> None:
         def record(signum: int, frame: object) -> None:
@@ -244,6 +298,7 @@ class Supervisor:
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
         with self.store.transaction():
+            self._store_free()
             for record in self._new_workers:
                 self.store.add_worker(record)
             self._new_workers.clear()

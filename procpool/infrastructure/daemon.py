@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 from traceback import format_exc
@@ -11,13 +12,13 @@ from typing import Any
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
 from procpool.application.supervisor import Settings, Supervisor
-from procpool.domain.errors import ConfigError
+from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure.inbox import FileInbox
-from procpool.infrastructure.logs import DaemonLogs
-from procpool.infrastructure.pidfile import PidFile
+from procpool.infrastructure.logs import DaemonLogs, append_event, reserve_standard_fds
+from procpool.infrastructure.pidfile import AlreadyRunning, PidFile
 from procpool.infrastructure.sqlite_store import SqliteJobStore
 from procpool.infrastructure.start_register import StartRegister
 from procpool.infrastructure.telemetry import DaemonTelemetry
@@ -70,13 +71,109 @@ def prepare_home(home: Path) -> None:
             )
 
 
+class _StoppedWhileStarting(BaseException):
+    """A stop signal came before the supervisor took over the signals."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum).name
+
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    raise _StoppedWhileStarting(signum)
+
+
+def _hold_signals_while_starting() -> None:
+    """Until the supervisor installs its own handlers: a stop signal ends the start with
+    a line in the log (by default it would kill the process without one), and SIGHUP and
+    SIGUSR1 (reload, reopen: both about to happen anyway) are ignored, not fatal."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, _stop_while_starting)
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _crashed(error: BaseException) -> int:
+    reason = f"{type(error).__name__}: {error}"
+    emit(
+        "CRITICAL",
+        "daemon.crashed",
+        f"procpool crashed: {reason}",
+        error=reason,
+        traceback=format_exc(),
+    )
+    return EXIT_CRASHED
+
+
 def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
+    """Serve until a signal stops the daemon. Returns the exit code: 0 stopped by a
+    signal, EXIT_CRASHED (70) a failure of the daemon or of its store.
+
+    Every way out once the log is open says why in it: `daemon.stopped` (a signal),
+    `daemon.start_failed` (a user error, re-raised for the CLI to print and map to
+    its exit code), `daemon.crashed`. A second daemon on a running home says why in
+    the running one's log. Errors found before the home is known and safe (a bad
+    config, an unsafe home) reach stderr only.
+
+    Raises:
+        ProcpoolError: the daemon cannot start (ConfigError, AlreadyRunning, a handler
+            module that does not import, a store of a newer schema).
+    """
+    stderr_closed = reserve_standard_fds()
     config = configuration.load(flags=flags, config_file=config_file)
     home = configuration.resolve_home(config)
     prepare_home(home)
     pid_file = PidFile(home / "procpool.pid")
-    stale = pid_file.acquire()  # raises AlreadyRunning
-    logs = DaemonLogs(home, config.log_level, config.log_max_bytes, config.log_keep)
+    log_path = home / "logs" / "procpool.jsonl"
+    try:
+        stale = pid_file.acquire()
+    except AlreadyRunning as error:
+        append_event(
+            log_path,
+            "ERROR",
+            "daemon.start_failed",
+            f"another procpool (pid {os.getpid()}) did not start: {error}",
+            error=str(error),
+            pid=os.getpid(),
+        )
+        raise
+    try:
+        logs = DaemonLogs(
+            home,
+            config.log_level,
+            config.log_max_bytes,
+            config.log_keep,
+            stderr_closed=stderr_closed,
+        )
+    except OSError as error:
+        pid_file.release()
+        raise ProcpoolError(f"cannot open the log {log_path}: {error.strerror}") from None
+    _hold_signals_while_starting()
+    try:
+        return _serve(flags, config_file, config, home, logs, pid_file, stale)
+    except _StoppedWhileStarting as stop:
+        emit(
+            "INFO",
+            "daemon.stopped",
+            f"procpool stopped on {stop.signal} while starting",
+            pid=os.getpid(),
+            signal=stop.signal,
+        )
+        return 0
+    finally:
+        logs.close()
+        pid_file.release()
+
+
+def _serve(
+    flags: dict[str, Any],
+    config_file: Path | None,
+    config: configuration.Config,
+    home: Path,
+    logs: DaemonLogs,
+    pid_file: PidFile,
+    stale: int | None,
+) -> int:
     try:
         for warning in configuration.unknown_variables():
             emit("WARNING", "config.unknown_variable", warning)
@@ -91,50 +188,52 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
         store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home / "procpool.starts")
+    except ProcpoolError as error:
+        emit("ERROR", "daemon.start_failed", f"procpool did not start: {error}", error=str(error))
+        raise
+    except Exception as error:
+        return _crashed(error)
 
-        def reload() -> Settings:
-            fresh = configuration.load(flags=flags, config_file=config_file)
-            logs.set_level(fresh.log_level)
-            logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
-            inbox.max_file_bytes = fresh.max_file_bytes
-            return settings_from(fresh)
+    def reload() -> Settings:
+        fresh = configuration.load(flags=flags, config_file=config_file)
+        logs.set_level(fresh.log_level)
+        logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
+        inbox.max_file_bytes = fresh.max_file_bytes
+        return settings_from(fresh)
 
-        def close_in_child() -> None:
-            pid_file.close_in_child()
-            logs.close_in_child()
-            inbox.close_descriptors()
-
-        emit(
-            "INFO",
-            "daemon.starting",
-            f"home {home}, handlers from {', '.join(loaded)}",
-            home=str(home),
-            pid=os.getpid(),
-        )
-        supervisor = Supervisor(
-            store,
-            inbox,
-            registry,
-            settings_from(config),
-            reload=reload,
-            reopen_logs=logs.reopen,
-            flush_logs=logs.flush,
-            close_in_child=close_in_child,
-            telemetry=DaemonTelemetry(home, dict(os.environ)),
-            starts=starts,
-            tree_mark=str(home.resolve()),
-        )
-        try:
-            code = supervisor.run()
-        except Exception:
-            # A bug, not a user error: say so in the log, then let the workers die with
-            # us (PR_SET_PDEATHSIG); the next start recovers their jobs.
-            emit("CRITICAL", "daemon.crashed", "procpool crashed", traceback=format_exc())
-            return EXIT_CRASHED
-        store.close()
-        starts.close()
+    def close_in_child() -> None:
+        pid_file.close_in_child()
+        logs.close_in_child()
         inbox.close_descriptors()
-        return code
-    finally:
-        logs.close()
-        pid_file.release()
+
+    emit(
+        "INFO",
+        "daemon.starting",
+        f"home {home}, handlers from {', '.join(loaded)}",
+        home=str(home),
+        pid=os.getpid(),
+    )
+    supervisor = Supervisor(
+        store,
+        inbox,
+        registry,
+        settings_from(config),
+        reload=reload,
+        reopen_logs=logs.reopen,
+        flush_logs=logs.flush,
+        close_in_child=close_in_child,
+        telemetry=DaemonTelemetry(home, dict(os.environ)),
+        starts=starts,
+        tree_mark=str(home.resolve()),
+    )
+    try:
+        code = supervisor.run()
+    except Exception as error:
+        # A bug, or a store that failed (a full disk, an I/O error): say so in the log,
+        # then let the workers die with us (PR_SET_PDEATHSIG); the next start recovers
+        # their jobs. The turn that failed changed nothing: its effects follow its commit.
+        return _crashed(error)
+    store.close()
+    starts.close()
+    inbox.close_descriptors()
+    return code

@@ -5,10 +5,20 @@ cut, and readers (the CLI) never block the writer (the supervisor). The
 supervisor commits once per loop turn, so durability costs one fsync per turn.
 The schema carries a version in `PRAGMA user_version`; each migration moves it
 up by one, so an older store is upgraded in place on open.
+
+Each transaction takes the write lock as it begins (`BEGIN IMMEDIATE`): a lock
+held by another process (a backup, someone in the `sqlite3` shell) is met
+before the turn has changed anything, waited for up to LOCK_WAIT (SQLite's
+busy handler, which retries with growing sleeps up to 100 ms), and then
+reported as StoreBusy for the supervisor to try again. A store file deleted or
+replaced under the daemon is StoreLost: SQLite would go on writing into the
+unlinked file, and every job accepted from then on would be gone at the next
+start.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +26,8 @@ from pathlib import Path
 
 import msgspec
 
-from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.application.ports import StoreBusy, WorkerRecord, WorkerReport
+from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 
 MIGRATIONS: list[str] = [
@@ -97,6 +108,11 @@ RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
 )
 _progress_decoder = msgspec.json.Decoder(Progress)
+# Seconds a transaction waits for a lock another process holds before StoreBusy: short,
+# so that the supervisor's loop regains control and says the store is busy.
+LOCK_WAIT = 1.0
+# Seconds a migration waits for the lock at start.
+MIGRATION_LOCK_WAIT = 10.0
 
 
 def _job(row: tuple) -> Job:  # type: ignore[type-arg]
@@ -163,8 +179,21 @@ def _column_value(job: Job, name: str) -> object:
     return value
 
 
-class SchemaTooNew(Exception):
-    pass
+class SchemaTooNew(ProcpoolError):
+    """The store was written by a newer procpool."""
+
+
+class StoreLost(ProcpoolError):
+    """The store's file was deleted or replaced while the daemon had it open."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode, None if it is gone."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -186,13 +215,14 @@ class SqliteJobStore:
     """The writer. Used by the supervisor only."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
         self._db = sqlite3.connect(path, isolation_level=None)
         try:
             # Takes effect only on a new, empty file: retention frees pages incrementally.
             self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
-            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute(f"PRAGMA busy_timeout = {int(MIGRATION_LOCK_WAIT * 1000)}")
             # 32 MiB of page cache (default 2 MiB): inserts into six b-trees at once stay in
             # memory.
             self._db.execute("PRAGMA cache_size = -32768")
@@ -200,10 +230,23 @@ class SqliteJobStore:
         except BaseException:
             self._db.close()  # a store refused (SchemaTooNew) leaves no connection open
             raise
+        self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+        self._identity = _identity(path)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
+        """See JobStore.transaction. Raises StoreBusy on entry, StoreLost if the file
+        was deleted or replaced, sqlite3.Error for a store that fails."""
+        # A stat per turn (about a microsecond) rather than every few turns: a turn
+        # committed into a deleted file would have its inbox files removed after it.
+        if _identity(self.path) != self._identity:
+            raise StoreLost(f"the store {self.path} was deleted or replaced while the daemon ran")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise StoreBusy(f"{error} (another process holds {self.path.name})") from error
+            raise
         try:
             yield
         except BaseException:

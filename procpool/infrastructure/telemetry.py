@@ -3,6 +3,10 @@
 metrics.prom follows the node_exporter textfile-collector convention: the whole
 file is written to a temporary name and renamed, so a scrape never reads half
 of it. The names are listed in the README ("Metrics").
+
+A file that cannot be written (a full disk, a read-only home) does not stop the
+daemon: `metrics.write_failed` once, a new try at each publish, and
+`metrics.write_recovered` when one succeeds.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from pathlib import Path
 
+from procpool.application.events import emit
 from procpool.application.telemetry import RUN_TIME_BUCKETS, Snapshot
 from procpool.domain.wording import plural
 from procpool.infrastructure.inbox import SUFFIXES
@@ -94,6 +100,7 @@ class DaemonTelemetry:
         self.path = home / "metrics.prom"
         self.inbox = home / "inbox"
         self.systemd = SystemdNotifier(environ.get("NOTIFY_SOCKET"))
+        self._failed_at: float | None = None  # monotonic: since when metrics.prom fails
 
     def ready(self, workers: int) -> None:
         self.systemd.notify(
@@ -117,12 +124,39 @@ class DaemonTelemetry:
 
     def publish(self, snapshot: Snapshot) -> None:
         backlog = self._backlog()
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(render(snapshot, backlog))
-        os.replace(temporary, self.path)
+        self._write(render(snapshot, backlog))
         running = sum(1 for w in snapshot.workers if w.current_job)
         pending = sum(n for (_, status), n in snapshot.jobs.items() if status == "pending")
         self.systemd.notify(
             f"STATUS={plural(len(snapshot.workers), 'worker')}, {plural(running, 'job')} running,"
             f" {pending} pending, {plural(backlog, 'file')} in the inbox"
         )
+
+    def _write(self, text: str) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # a half-written file must not hold the space
+                temporary.unlink()
+            if self._failed_at is None:
+                self._failed_at = time.monotonic()
+                reason = error.strerror or str(error)
+                emit(
+                    "WARNING",
+                    "metrics.write_failed",
+                    f"cannot write {self.path}: {reason};"
+                    " the daemon goes on and tries again at each publish",
+                    error=reason,
+                )
+            return
+        if self._failed_at is not None:
+            failed_for = time.monotonic() - self._failed_at
+            self._failed_at = None
+            emit(
+                "INFO",
+                "metrics.write_recovered",
+                f"{self.path} is written again after {failed_for:.1f} s",
+                failed_for_s=round(failed_for, 3),
+            )
