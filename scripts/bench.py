@@ -482,6 +482,24 @@ def procpool_latency(workdir: Path, samples: int) -> dict[str, float]:
     return result
 
 
+def procpool_waiting(workdir: Path, window: float) -> dict[str, float]:
+    """The supervisor's CPU, in % of one core, while every worker is busy on a long job
+    and a due job waits for one: the loop should sleep until a worker is free."""
+    with running_daemon(workdir, {"PROCPOOL_SHUTDOWN_TIMEOUT": "0.5"}) as daemon:
+        for n in range(WORKERS):
+            daemon.client.submit("sleep", {"seconds": 120}, id=f"busy-{n}")
+        for n in range(WORKERS):
+            daemon.wait_status(f"busy-{n}", "running", 0.01)
+        # Past the prefetch horizon, so the waiting job stays in the store.
+        time.sleep(0.5)
+        daemon.client.submit("echo", None, id="waiting")
+        daemon.wait_status("waiting", "pending", 0.01)
+        before, start = daemon.cpu_seconds(), time.monotonic()
+        time.sleep(window)  # the measuring window itself
+        used = daemon.cpu_seconds() - before
+        return {"percent": 100 * used / (time.monotonic() - start), "window": window}
+
+
 def executor_latency(samples: int) -> dict[str, float]:
     latencies = []
     with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
@@ -669,6 +687,14 @@ class Bench:
             runs=[r["p99"] for r in mine["runs"]], detail=dict(detail),
         ), mine)  # fmt: skip
 
+    def waiting(self) -> None:
+        mine = self.measure("procpool.waiting", lambda: procpool_waiting(self.workdir, 3.0))
+        self.add(Figure(
+            "waiting.cpu", "supervisor CPU, workers busy and a due job waiting",
+            mine["percent"], "% of a core", target="< 2 %", met=mine["percent"] < 2.0,
+            runs=[r["percent"] for r in mine["runs"]], detail={"window_s": mine["window"]},
+        ), mine)  # fmt: skip
+
     def ingestion(self) -> None:
         n = self.sizes.ingestion
         mine = self.measure("procpool.ingestion", lambda: procpool_ingestion(self.workdir, n))
@@ -723,7 +749,9 @@ class Bench:
         ), mine)  # fmt: skip
 
 
-BENCHMARKS = ("throughput", "cpu", "latency", "cancel", "ingestion", "scale", "durability")
+BENCHMARKS = (
+    "throughput", "cpu", "latency", "cancel", "waiting", "ingestion", "scale", "durability",
+)  # fmt: skip
 
 
 def log(message: str) -> None:

@@ -326,8 +326,10 @@ def test_unknown_ids(daemon: Daemon) -> None:
 
 
 def test_unknown_ids_without_a_daemon_or_a_home(home: Path) -> None:
+    """Without a store the id cannot be looked up: the error names the home instead
+    (a mistyped --home is not an empty queue)."""
     for result in run_many(home, [("status", "nope"), ("wait", "nope")]):
-        assert_user_error(result, 1, "nope")
+        assert_user_error(result, 1, str(home), "not a procpool home")
 
 
 def test_usage_errors_exit_2(home: Path) -> None:

@@ -195,6 +195,19 @@ def test_a_bad_config_on_sighup_keeps_the_old_one(make_daemon, tmp_path) -> None
     assert len(daemon.worker_pids()) == 2
 
 
+def test_sighup_with_other_handlers_says_they_need_a_restart(make_daemon, tmp_path) -> None:
+    config = tmp_path / "procpool.toml"
+    config.write_text("workers = 1\n")
+    daemon = make_daemon(workers=None, args=("--config", str(config)))
+    config.write_text('workers = 1\nhandlers = ["fault_handlers"]\n')
+    daemon.signal(signal.SIGHUP)
+    [warning] = daemon.wait_events("config.restart_needed")
+    assert warning["configured"] == ["fault_handlers"]
+    assert "next start" in warning["msg"]
+    daemon.client.submit("echo", 1, id="still")
+    daemon.wait_status("still", "completed")
+
+
 def test_a_stale_pid_file_is_taken_over(make_daemon, home: Path) -> None:
     home.mkdir(mode=0o700, parents=True)
     dead = psutil.Popen(["true"])

@@ -194,8 +194,19 @@ def _serve(
     except Exception as error:
         return _crashed(error)
 
+    loaded_handlers = list(config.handlers)
+
     def reload() -> Settings:
         fresh = configuration.load(flags=flags, config_file=config_file)
+        if fresh.handlers != loaded_handlers:
+            # Modules are imported once, before any worker is forked (DESIGN 9): a
+            # reload cannot change what the workers run without a restart.
+            emit(
+                "WARNING", "config.restart_needed",
+                f"handlers changed from {loaded_handlers} to {fresh.handlers}:"
+                " they load at the next start; the workers keep the ones loaded now",
+                key="handlers", loaded=loaded_handlers, configured=fresh.handlers,
+            )  # fmt: skip
         logs.set_level(fresh.log_level)
         logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
         inbox.max_file_bytes = fresh.max_file_bytes
