@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from procpool.application.ports import JobStore, WorkerRecord
+from procpool.application.ports import FileProgress, JobStore, LineError, WorkerRecord
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Progress, Status
 from procpool.infrastructure.memory_store import MemoryJobStore
@@ -213,6 +213,31 @@ def test_a_transaction_rolls_back_on_an_exception(store: JobStore) -> None:
     assert store.get("lost") is None
     assert store.get("kept") == a_job("kept")
     assert store.workers() == []
+
+
+def test_the_progress_of_files_read_in_parts(store: JobStore) -> None:
+    """Kept with the jobs of the turn (or rolled back with them), replaced per key, and
+    forgotten with its bad lines; the bad lines come back in order of their numbers."""
+    first = FileProgress("big.jsonl", "1:2:300:4", 100, 10, 9, 8, 1)
+    with store.transaction():
+        store.save_progress(first, [LineError(7, "bad")])
+        store.save_progress(FileProgress("other.jsonl", "5:6:7:8", 1, 1, 1, 1, 0), [])
+    later = FileProgress("big.jsonl", "1:2:300:4", 200, 21, 20, 18, 2)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.save_progress(later, [LineError(15, "lost with its turn")])
+        raise RuntimeError("mid-turn")
+    assert store.files_in_progress()["big.jsonl"] == first
+    assert store.line_errors("big.jsonl") == [LineError(7, "bad")]
+    with store.transaction():
+        store.save_progress(later, [LineError(19, "worse"), LineError(12, "also")])
+    assert store.files_in_progress()["big.jsonl"] == later
+    assert store.line_errors("big.jsonl") == [
+        LineError(7, "bad"), LineError(12, "also"), LineError(19, "worse"),
+    ]  # fmt: skip
+    with store.transaction():
+        store.forget_progress("big.jsonl")
+    assert list(store.files_in_progress()) == ["other.jsonl"]
+    assert store.line_errors("big.jsonl") == []
 
 
 # ------------------------------------------------------------------ SQLite only

@@ -3,14 +3,22 @@
 Ids are idempotency keys (DESIGN decision 6): a file read again after a crash
 finds its jobs already stored with the same digest and changes nothing. The
 caller removes accepted files only after the transaction has committed.
+
+A `.jsonl` file read in parts (ports.Part) is judged a part at a time: the jobs
+of a part's good lines are stored at once, and where the file stands (how far
+it was read, how many lines were good and bad, the bad lines themselves) is
+stored with them (ports.FileProgress), in the same transaction. Only the part
+that ends the file decides it, on all of its lines: accepted if none was bad,
+else rejected with every bad line reported (the first MAX_REPORTED_LINES of
+them by number; the count of all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from procpool.application.ports import InboxFile, JobStore, LineError
+from procpool.application.ports import FileProgress, InboxFile, JobStore, LineError
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -22,6 +30,10 @@ from procpool.domain.spec import (
     show,
     to_job,
 )
+
+# A report lists at most this many bad lines (the rest are counted in its `error`), so
+# that judging a file of any size holds a bounded number of them.
+MAX_REPORTED_LINES = 1000
 
 
 @dataclass
@@ -39,6 +51,9 @@ class IngestResult:
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # Each file read in parts (not whole), and where it stands after this part: its
+    # totals so far, or, if the part ended it, for the whole file.
+    progress: list[tuple[InboxFile, FileProgress]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,10 +64,12 @@ class _Candidate:
 
 
 class _FileOutcome:
-    def __init__(self, file: InboxFile) -> None:
+    def __init__(self, file: InboxFile, before: FileProgress | None) -> None:
         self.file = file
+        self.before = before  # what earlier parts of the file came to
         self.error: str | None = file.error
         self.lines: list[LineError] = []
+        self.new_jobs = 0
 
     def fail(self, line: int | None, error: str) -> None:
         if line is None:
@@ -83,9 +100,6 @@ def _read_entries(
     file = outcome.file
     if outcome.error is not None:
         return []
-    if not file.entries:
-        outcome.fail(None, "the file holds no job")
-        return []
     candidates = []
     for entry in file.entries:
         if entry.error is not None or entry.value is None:
@@ -110,11 +124,25 @@ def _read_entries(
     return candidates
 
 
-def _lines_summary(bad: int, total: int) -> str:
+def _lines_summary(bad: int, total: int, listed: int) -> str:
     if bad == total:
-        return "its one line was rejected" if total == 1 else f"all {total} lines were rejected"
-    verb = "was" if bad == 1 else "were"
-    return f"{bad} of {total} lines {verb} rejected, the other {total - bad} accepted"
+        summary = "its one line was rejected" if total == 1 else f"all {total} lines were rejected"
+    else:
+        verb = "was" if bad == 1 else "were"
+        summary = f"{bad} of {total} lines {verb} rejected, the other {total - bad} accepted"
+    return summary if listed >= bad else f"{summary}; the first {listed} are listed"
+
+
+def _before(file: InboxFile, progress: Mapping[str, FileProgress]) -> FileProgress | None:
+    """What earlier parts of this file came to; None if this part starts it."""
+    part = file.part
+    if part is None or part.start == 0:
+        return None
+    known = progress.get(part.key)
+    # The inbox goes on only from this very record: anything else would skip lines.
+    if known is None or known.version != part.version or known.offset != part.start:
+        raise ValueError(f"{file.name}: a part at byte {part.start} without its record")
+    return known
 
 
 def ingest(
@@ -124,9 +152,13 @@ def ingest(
     type_names: Sequence[str],
     defaults: JobDefaults,
     now: float,
+    progress: Mapping[str, FileProgress] | None = None,
 ) -> IngestResult:
+    """Judge `files` into jobs and store them; `progress` is what the store holds of files
+    read in parts (`JobStore.files_in_progress`), and is brought up to date here."""
+    progress = progress or {}
     result = IngestResult()
-    outcomes = {id(file): _FileOutcome(file) for file in files}
+    outcomes = {id(file): _FileOutcome(file, _before(file, progress)) for file in files}
     candidates = [
         candidate
         for outcome in outcomes.values()
@@ -142,6 +174,7 @@ def ingest(
             seen[job.id] = job.digest
             new_jobs.append(job)
             result.jobs.append((job, candidate.file))
+            outcomes[id(candidate.file)].new_jobs += 1
         elif known_digest == job.digest:
             result.duplicates.append((job.id, candidate.file))
         else:
@@ -149,11 +182,56 @@ def ingest(
                 candidate.line, f'duplicate id "{job.id}" with different content'
             )
     store.insert(new_jobs)
-
     for outcome in outcomes.values():
-        if outcome.error is None and not outcome.lines:
-            result.accepted.append(outcome.file)
-        else:
-            error = outcome.error or _lines_summary(len(outcome.lines), len(outcome.file.entries))
-            result.rejected.append(Rejection(outcome.file, error, outcome.lines))
+        _conclude(outcome, store, progress, result)
     return result
+
+
+def _conclude(
+    outcome: _FileOutcome,
+    store: JobStore,
+    progress: Mapping[str, FileProgress],
+    result: IngestResult,
+) -> None:
+    """Decide a file that is done; record how far a file read in parts has got."""
+    file, part, before = outcome.file, outcome.file.part, outcome.before
+    outcome.lines.sort(key=lambda e: e.line)  # a duplicate id is found after the rest
+    if part is not None and before is None and part.key in progress:
+        store.forget_progress(part.key)  # an earlier version of the file, read in part
+    if part is None or (part.start == 0 and part.complete):
+        _decide(outcome, len(file.entries), len(outcome.lines), outcome.lines, result)
+        return
+    done = FileProgress(
+        key=part.key,
+        version=part.version,
+        offset=part.end,
+        line=part.last_line,
+        entries=(before.entries if before else 0) + len(file.entries),
+        accepted=(before.accepted if before else 0) + outcome.new_jobs,
+        rejected=(before.rejected if before else 0) + len(outcome.lines),
+    )
+    result.progress.append((file, done))
+    if not part.complete:
+        room = MAX_REPORTED_LINES - (before.rejected if before else 0)
+        store.save_progress(done, outcome.lines[: max(room, 0)])
+        return
+    listed = (store.line_errors(part.key) if before else []) + outcome.lines
+    store.forget_progress(part.key)
+    _decide(outcome, done.entries, done.rejected, listed, result)
+
+
+def _decide(
+    outcome: _FileOutcome, entries: int, bad: int, lines: list[LineError], result: IngestResult
+) -> None:
+    """Accept a whole file, or reject it with what was wrong: `entries` and `bad` count
+    all of its lines, `lines` the bad ones known (in order of their numbers)."""
+    error = outcome.error
+    if error is None and not entries:
+        error = "the file holds no job"
+    elif error is None and bad:
+        listed = min(len(lines), MAX_REPORTED_LINES)
+        error = _lines_summary(bad, entries, listed)
+    if error is None:
+        result.accepted.append(outcome.file)
+    else:
+        result.rejected.append(Rejection(outcome.file, error, lines[:MAX_REPORTED_LINES]))

@@ -5,11 +5,17 @@ wherever it is (the store, a worker's queue, a running worker), and prune
 requests ask retention to run sooner. Runs inside the supervisor's
 transaction; its decisions about workers go back to the supervisor, which
 carries them out with everything else of the turn.
+
+A `.jsonl` file read in parts is logged twice, not once per part: `file.reading`
+when its first part is read (or when this daemon goes on with a file an earlier
+one had begun, or begins one again that changed while it was read), and
+`file.accepted` with the file's total when its last part is (then it is removed);
+or `file.rejected` as any file. Duplicates are logged once per file and turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +23,7 @@ from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
 from procpool.application.ledger import Ledger
-from procpool.application.ports import InboxFile, JobStore
+from procpool.application.ports import FileProgress, InboxFile, JobStore
 from procpool.domain.job import Job, Status
 from procpool.domain.spec import JobDefaults
 from procpool.domain.wording import plural
@@ -44,34 +50,40 @@ class Intake:
         self.registry = registry
         self.fleet = fleet
         self._log = log
+        self._reading: set[str] = set()  # keys of the files this daemon is reading in parts
 
     def files(
-        self, files: list[InboxFile], defaults: JobDefaults, now: float, wall: float
+        self,
+        files: list[InboxFile],
+        defaults: JobDefaults,
+        now: float,
+        wall: float,
+        progress: Mapping[str, FileProgress] | None = None,
     ) -> Received:
-        """Judge inbox files: new jobs stored, duplicates noted, requests carried out."""
+        """Judge inbox files: new jobs stored, duplicates noted, requests carried out.
+        `progress`: what the store holds of files read in parts, as given to the scan."""
         received = Received()
         if not files:
             return received
-        result = ingest(files, self.store, self.registry, self.registry.names(), defaults, wall)
-        accepted: dict[str, list[Job]] = {}
+        result = ingest(
+            files, self.store, self.registry, self.registry.names(), defaults, wall, progress
+        )
+        new_jobs: dict[int, list[Job]] = {}
         for job, file in result.jobs:
-            accepted.setdefault(file.name, []).append(job)
+            new_jobs.setdefault(id(file), []).append(job)
             self.ledger.added(job)
-        for name, new_jobs in accepted.items():
-            first = new_jobs[0]
-            if len(new_jobs) == 1:
-                message = f"job {first.id} accepted from {name}"
-            else:
-                message = f"{len(new_jobs)} jobs accepted from {name}"
-            self._log(
-                "INFO", "file.accepted", message,
-                file=name, jobs=len(new_jobs), job_id=first.id, type=first.type,
-            )  # fmt: skip
+        parts = {id(file): done for file, done in result.progress}
+        duplicates: dict[int, list[str]] = {}
         for job_id, file in result.duplicates:
-            self._log(
-                "INFO", "file.duplicate", f"job {job_id} from {file.name} already exists",
-                job_id=job_id, file=file.name,
-            )  # fmt: skip
+            duplicates.setdefault(id(file), []).append(job_id)
+        for file in files:
+            done = parts.get(id(file))
+            if done is None:
+                self._accepted(file, new_jobs.get(id(file), []))
+            else:
+                self._progressed(file, done, new_jobs.get(id(file), []))
+            if id(file) in duplicates:
+                self._duplicates(file, duplicates[id(file)])
         for job_id, file in result.cancels:
             received.decisions += self.cancel(job_id, now, wall, file=file.name)
         for days, file in result.prunes:
@@ -85,6 +97,74 @@ class Intake:
         received.accepted = result.accepted
         received.rejected = result.rejected
         return received
+
+    def vanished(self, keys: list[str], progress: Mapping[str, FileProgress]) -> None:
+        """Files read in part that left the inbox before their end (deleted, renamed):
+        forget how far they got. The jobs of their lines read so far stay."""
+        for key in keys:
+            self.store.forget_progress(key)
+            self._reading.discard(key)
+            done = progress[key]
+            self._log(
+                "WARNING", "file.vanished",
+                f"{key} left the inbox before it was read to its end;"
+                f" {plural(done.accepted, 'job')} came from its first"
+                f" {plural(done.line, 'line')}",
+                file=key, jobs=done.accepted, lines=done.line,
+            )  # fmt: skip
+
+    def _accepted(self, file: InboxFile, new_jobs: list[Job]) -> None:
+        if file.part is not None:
+            self._reading.discard(file.part.key)
+        if not new_jobs:
+            return
+        first = new_jobs[0]
+        if len(new_jobs) == 1:
+            message = f"job {first.id} accepted from {file.name}"
+        else:
+            message = f"{len(new_jobs)} jobs accepted from {file.name}"
+        self._log(
+            "INFO", "file.accepted", message,
+            file=file.name, jobs=len(new_jobs), job_id=first.id, type=first.type,
+        )  # fmt: skip
+
+    def _progressed(self, file: InboxFile, done: FileProgress, new_jobs: list[Job]) -> None:
+        """A part of a file read in parts: say when it begins and when it is done."""
+        part = file.part
+        assert part is not None
+        if part.complete:
+            self._reading.discard(part.key)
+            if done.accepted:
+                self._log(
+                    "INFO", "file.accepted",
+                    f"{plural(done.accepted, 'job')} accepted from {file.name}",
+                    file=file.name, jobs=done.accepted, lines=done.line,
+                )  # fmt: skip
+            return
+        size = f"{part.size / 2**20:.1f} MiB"
+        if part.start == 0 and part.key in self._reading:
+            message = f"{file.name} changed while it was read: reading it again from the start"
+        elif part.start == 0:
+            message = f"reading {file.name} ({size}) in parts"
+        elif part.key not in self._reading:
+            message = f"going on with {file.name} ({size}) from line {part.first_line}"
+        else:
+            return
+        self._reading.add(part.key)
+        self._log(
+            "INFO", "file.reading", message,
+            file=file.name, bytes=part.size, line=part.first_line, jobs=len(new_jobs),
+        )  # fmt: skip
+
+    def _duplicates(self, file: InboxFile, job_ids: list[str]) -> None:
+        first = job_ids[0]
+        if len(job_ids) == 1:
+            message = f"job {first} from {file.name} already exists"
+        else:
+            message = f"{len(job_ids)} jobs from {file.name} already exist"
+        self._log(
+            "INFO", "file.duplicate", message, job_id=first, file=file.name, jobs=len(job_ids)
+        )
 
     def cancel(self, job_id: str, now: float, wall: float, **where: Any) -> list[Decision]:
         """Cancel a job: a pending one at once; a running one once its worker ended it

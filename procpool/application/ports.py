@@ -6,7 +6,7 @@ in-memory stores and the file-system inbox.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -117,6 +117,24 @@ class JobStore(Protocol):
         """Give up to `pages` free pages back to the file system."""
         ...
 
+    def files_in_progress(self) -> dict[str, FileProgress]:
+        """How far each `.jsonl` file read in parts has been judged, by `FileProgress.key`.
+        Read every scan: only files that are being read in parts have a record."""
+        ...
+
+    def save_progress(self, progress: FileProgress, errors: Sequence[LineError]) -> None:
+        """Record how far a file has been judged (replacing the record of its key), and add
+        `errors`, bad lines of the part just judged, to those to report when it is done."""
+        ...
+
+    def line_errors(self, key: str) -> list[LineError]:
+        """The bad lines recorded for a file read in parts, by line number."""
+        ...
+
+    def forget_progress(self, key: str) -> None:
+        """Drop a file's record and its bad lines: it is done, or read again from the start."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -142,6 +160,36 @@ class InboxEntry:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Part:
+    """Which lines of a `.jsonl` file an InboxFile holds. A large file is read a part at a
+    time, across loop turns; `start == 0 and complete`: the whole file at once."""
+
+    key: str  # names the file: its name, escaped so that distinct names never share a key
+    version: str  # names its content (device, inode, size, mtime): a new one starts over
+    start: int  # byte offset of the part's first line
+    end: int  # byte offset just past its last line
+    first_line: int  # the number of its first line (1-based; blank lines count)
+    last_line: int  # the number of its last line
+    complete: bool  # the part reaches the end of the file
+    size: int  # the file's size, bytes
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """How far a `.jsonl` file read in parts has been judged. Stored in the same transaction
+    as the jobs of its lines, so that a restart goes on from `offset`: no line is lost, and
+    none is judged twice."""
+
+    key: str  # Part.key
+    version: str  # Part.version of the file judged so far
+    offset: int  # bytes judged: the next part starts here
+    line: int  # lines judged, blank lines too: the next part's first line is line + 1
+    entries: int  # non-blank lines judged
+    accepted: int  # new jobs made of them
+    rejected: int  # bad lines among them
+
+
 @dataclass
 class InboxFile:
     """A file read from the inbox. `error` set means the whole file is rejected."""
@@ -152,6 +200,7 @@ class InboxFile:
     entries: list[InboxEntry] = field(default_factory=list)
     error: str | None = None
     token: object = None  # what the inbox needs to find this very file again
+    part: Part | None = None  # a .jsonl file: which of its lines `entries` holds
 
 
 @dataclass
@@ -169,8 +218,22 @@ class Inbox(Protocol):
         """Consume the readiness of `fileno()`."""
         ...
 
-    def scan(self, limit: int) -> Iterator[InboxFile]:
-        """Read up to `limit` files, oldest first."""
+    def scan(
+        self, limit: int, progress: Mapping[str, FileProgress] | None = None
+    ) -> Iterator[InboxFile]:
+        """Read up to `limit` files (a part of a file counts as one), oldest first, within
+        the inbox's budget of lines and bytes per scan. A `.jsonl` file too large for what
+        is left of the budget is read in parts, its next part at a later scan; one whose
+        key is in `progress` with the same version goes on after `offset`."""
+        ...
+
+    def more(self) -> bool:
+        """Whether the last scan stopped at its budget with files still to read."""
+        ...
+
+    def vanished(self, progress: Mapping[str, FileProgress]) -> list[str]:
+        """The keys of `progress` whose files the last scan's listing no longer found
+        (deleted or renamed before their last part was read); [] if it listed nothing."""
         ...
 
     def remove(self, files: Iterable[InboxFile]) -> None:

@@ -608,10 +608,12 @@ class Supervisor:
     # ----------------------------------------------------------------- jobs
 
     def _ingest(self, now: float, wall: float) -> None:
-        files = list(self.inbox.scan(self.settings.scan_batch))
-        more = len(files) >= self.settings.scan_batch
-        self._next_scan = now if more else now + self.settings.poll_interval
-        received = self.intake.files(files, self.settings.defaults, now, wall)
+        # Where the files read in parts stand, as committed: the scan goes on from there.
+        progress = self.store.files_in_progress()
+        files = list(self.inbox.scan(self.settings.scan_batch, progress))
+        self._next_scan = now if self.inbox.more() else now + self.settings.poll_interval
+        self.intake.vanished(self.inbox.vanished(progress), progress)
+        received = self.intake.files(files, self.settings.defaults, now, wall, progress)
         self._apply(received.decisions, wall)
         if received.prune_days is not None:
             asked = self._prune_older_than

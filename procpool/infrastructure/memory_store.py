@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 
 
@@ -16,14 +16,19 @@ class MemoryJobStore:
         self._workers: dict[int, WorkerRecord] = {}
         self._runs: dict[tuple[str, int], Run] = {}
         self._reports: dict[int, WorkerReport] = {}
+        self._progress: dict[str, FileProgress] = {}
+        self._line_errors: dict[str, dict[int, str]] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
+        saved_progress = dict(self._progress)
+        saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
+            self._progress, self._line_errors = saved_progress, saved_errors
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -107,6 +112,20 @@ class MemoryJobStore:
 
     def vacuum_step(self, pages: int) -> None:
         pass
+
+    def files_in_progress(self) -> dict[str, FileProgress]:
+        return dict(self._progress)
+
+    def save_progress(self, progress: FileProgress, errors: Sequence[LineError]) -> None:
+        self._progress[progress.key] = progress
+        self._line_errors.setdefault(progress.key, {}).update((e.line, e.error) for e in errors)
+
+    def line_errors(self, key: str) -> list[LineError]:
+        return [LineError(*item) for item in sorted(self._line_errors.get(key, {}).items())]
+
+    def forget_progress(self, key: str) -> None:
+        self._progress.pop(key, None)
+        self._line_errors.pop(key, None)
 
     def close(self) -> None:
         pass

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import msgspec
 
-from procpool.application.ports import StoreBusy, WorkerRecord, WorkerReport
+from procpool.application.ports import (
+    FileProgress,
+    LineError,
+    StoreBusy,
+    WorkerRecord,
+    WorkerReport,
+)
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 
@@ -95,6 +101,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_ready_order ON jobs (priority DESC, run_at)
         WHERE status = 'pending' AND ready = 1;
     CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE status = 'pending' AND ready = 0;
+    """,
+    # 4: how far each large .jsonl file has been judged, committed with the jobs of its
+    # lines (see ports.FileProgress), and its bad lines so far, for the report at its end
+    """
+    CREATE TABLE inbox_progress (
+        key TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        byte_offset INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        rejected INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE inbox_line_errors (
+        key TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (key, line)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -381,6 +406,38 @@ class SqliteJobStore:
 
     def vacuum_step(self, pages: int) -> None:
         self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+
+    def files_in_progress(self) -> dict[str, FileProgress]:
+        rows = self._db.execute(
+            "SELECT key, version, byte_offset, line, entries, accepted, rejected"
+            " FROM inbox_progress"
+        )
+        return {row[0]: FileProgress(*row) for row in rows}
+
+    def save_progress(self, progress: FileProgress, errors: Sequence[LineError]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO inbox_progress"
+            " (key, version, byte_offset, line, entries, accepted, rejected)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                progress.key, progress.version, progress.offset, progress.line,
+                progress.entries, progress.accepted, progress.rejected,
+            ),
+        )  # fmt: skip
+        self._db.executemany(
+            "INSERT OR REPLACE INTO inbox_line_errors (key, line, error) VALUES (?, ?, ?)",
+            [(progress.key, e.line, e.error) for e in errors],
+        )
+
+    def line_errors(self, key: str) -> list[LineError]:
+        rows = self._db.execute(
+            "SELECT line, error FROM inbox_line_errors WHERE key = ? ORDER BY line", (key,)
+        )
+        return [LineError(line, error) for line, error in rows]
+
+    def forget_progress(self, key: str) -> None:
+        self._db.execute("DELETE FROM inbox_progress WHERE key = ?", (key,))
+        self._db.execute("DELETE FROM inbox_line_errors WHERE key = ?", (key,))
 
     def close(self) -> None:
         self._db.close()
