@@ -3,6 +3,7 @@
 from procpool.application.handlers import JobContext, handler
 from procpool.client import (
     Client,
+    DuplicateId,
     JobInfo,
     JobNotTerminal,
     JobRejected,
@@ -13,6 +14,7 @@ from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
 
 __all__ = [
     "Client",
+    "DuplicateId",
     "InvalidJobFile",
     "JobContext",
     "JobInfo",

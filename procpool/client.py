@@ -1,10 +1,17 @@
 """The Python client: enqueue and query jobs of a procpool home without shelling out.
 
-It never writes the store: it drops files into the inbox, as any producer
-does, and reads the store through a read-only connection. It works whether or
-not the daemon runs; jobs submitted while it is down start when it starts.
-A Client is cheap to make; its read connection belongs to the thread that
-first reads, so a threaded web server makes one per request or per thread.
+It never writes the store. Two doors lead in (DESIGN decision 12): while the
+daemon runs, the client submits, waits and cancels over the daemon's socket
+(`HOME/procpool.sock`): a submit returns once the daemon has committed the job,
+and a wait is told when the jobs are terminal. When the socket is absent or
+refuses (no daemon runs, or it is busy), it drops files into the inbox as any
+producer does; jobs submitted then start when the daemon starts. Either way, a
+submit that returns has its jobs on disk. It reads the store through a
+read-only connection.
+
+A Client is cheap to make. Its read connection belongs to the thread that first
+reads, so a threaded web server makes one per request or per thread; its socket
+connections are one per thread.
 
 Example:
     from procpool import Client
@@ -20,27 +27,48 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import msgspec
 
+from procpool.application.door_messages import (
+    MAX_REQUEST_BYTES,
+    Accepted,
+    Cancel,
+    CancelAnswer,
+    Done,
+    Refused,
+    Submit,
+    ToClient,
+    ToDaemon,
+    Wait,
+)
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home
+from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles
+from procpool.infrastructure.rejections import RejectedFiles, batch_ids
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
+# Seconds a submit or cancel waits for the daemon's answer over the socket before it
+# writes into the inbox instead (ids are idempotency keys: a job committed meanwhile
+# finds its file a duplicate).
+ANSWER_TIMEOUT = 30.0
+# A batch written into the inbox is one file: within the daemon's default
+# max_file_bytes, or it would be rejected whole.
+INBOX_BATCH_BYTES = 1024 * 1024
 
 
 class UnknownJob(KeyError):
@@ -66,6 +94,15 @@ class JobRejected(UnknownJob, ProcpoolError):
 
     def __str__(self) -> str:
         return f"job {self.job_id!r} was rejected: {self.reason} (rejected/{self.report.name})"
+
+
+class DuplicateId(InvalidJobFile):
+    """A job with this id exists with other content (type, payload or options); it is
+    left as it is. `job_id` names it. Submitting the very same job again is no error."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class JobNotTerminal(ProcpoolError):
@@ -209,6 +246,9 @@ class Client:
         self.inbox = self.home / "inbox"
         self._reader = StoreReader(self.home / "procpool.db")
         self._rejected = RejectedFiles(self.home)
+        self._local = threading.local()  # this thread's connection to the socket door
+        self._doors: set[DoorConnection] = set()
+        self._doors_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -223,13 +263,84 @@ class Client:
 
     # ----------------------------------------------------------------- writing
 
-    def _drop(self, stem: str, document: dict[str, Any]) -> None:
+    # ----------------------------------------------------------------- the socket door
+
+    def _door(self) -> DoorConnection | None:
+        """This thread's connection to the daemon's socket; None when none answers."""
+        door: DoorConnection | None = getattr(self._local, "door", None)
+        if door is not None and door.pid == os.getpid():
+            return door
+        try:
+            door = DoorConnection(self.home)
+        except DoorUnavailable:
+            return None
+        self._local.door = door
+        with self._doors_lock:
+            self._doors.add(door)
+        return door
+
+    def _forget_door(self) -> None:
+        door: DoorConnection | None = getattr(self._local, "door", None)
+        self._local.door = None
+        if door is not None:
+            with self._doors_lock:
+                self._doors.discard(door)
+            if door.pid == os.getpid():
+                door.close()
+
+    def _ask(self, request: Callable[[int], ToDaemon], timeout: float | None) -> ToClient | None:
+        """Send a request over the socket and return the daemon's answer; None if no
+        daemon answers within `timeout` (then use the inbox). Every request is
+        idempotent, so one that met a connection the daemon had closed (it restarted)
+        is sent again on a new one."""
+        for _ in range(2):
+            fresh = getattr(self._local, "door", None) is None
+            door = self._door()
+            if door is None:
+                return None
+            ref = door.next_ref()
+            try:
+                door.send(request(ref))
+                answer = door.receive(ref, timeout)
+            except DoorUnavailable:
+                self._forget_door()
+                if fresh:
+                    return None
+                continue
+            except BaseException:  # interrupted mid-request: its answer must not be taken
+                self._forget_door()  # for the next request's
+                raise
+            if answer is None:
+                self._forget_door()
+            return answer
+        return None
+
+    @staticmethod
+    def _accepted(answer: ToClient) -> list[str] | None:
+        """The ids a Submit's answer gives; None for an answer that is not one."""
+        if isinstance(answer, Accepted):
+            return answer.ids
+        if isinstance(answer, Refused):
+            if answer.duplicate is not None:
+                raise DuplicateId(answer.error, answer.duplicate)
+            raise InvalidJobFile(answer.error)
+        return None
+
+    # ----------------------------------------------------------------- writing
+
+    @staticmethod
+    def _encode(document: dict[str, Any], where: str = "payload") -> bytes:
+        try:
+            return msgspec.json.encode(document)
+        except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+            if where == "payload":
+                raise InvalidJobFile(spec.unencodable(document.get("payload"), "payload")) from None
+            raise InvalidJobFile(spec.unencodable(document, where)) from None
+
+    def _drop(self, stem: str, document: dict[str, Any] | bytes) -> None:
         """Write a file into the inbox atomically: a dot-file first, then a link to
         the final name, which never replaces a file already there."""
-        try:
-            data = msgspec.json.encode(document)
-        except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
-            raise InvalidJobFile(spec.unencodable(document.get("payload"), "payload")) from None
+        data = document if isinstance(document, bytes) else self._encode(document)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.inbox.mkdir(mode=0o700, exist_ok=True)
         temporary = self.inbox / f".{stem}.{uuid.uuid4().hex}.tmp"
@@ -256,7 +367,10 @@ class Client:
             for key, value in msgspec.structs.asdict(job_spec).items()
             if value is not None or key == "payload"
         }
-        self._drop(job_spec.id, document)
+        data = self._encode(document)
+        answer = self._ask(lambda ref: Submit(ref, [data]), ANSWER_TIMEOUT)
+        if answer is None or self._accepted(answer) is None:
+            self._drop(job_spec.id, data)
         return job_spec.id
 
     def submit(
@@ -273,8 +387,10 @@ class Client:
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
-        Submitting the very same job (id, type, payload and options) again is
-        harmless: ids are idempotency keys.
+        While the daemon runs, the job goes over its socket and this returns once the
+        daemon has committed it; otherwise it is written into the inbox. Submitting
+        the very same job (id, type, payload and options) again is harmless: ids are
+        idempotency keys.
 
         Args:
             type: the name of a registered handler.
@@ -293,7 +409,10 @@ class Client:
         Raises:
             procpool.InvalidJobFile: a value is out of its bounds, or the payload is not
                 JSON (a string that is not valid Unicode, an object of another type);
-                nothing was written.
+                nothing was written. While the daemon runs, also a type it has no
+                handler for, as the words of an inbox rejection.
+            procpool.DuplicateId: (an InvalidJobFile; while the daemon runs) a job with
+                this id exists with other content.
         """
         return self._submit(
             spec.JobSpec(
@@ -308,9 +427,78 @@ class Client:
             )
         )
 
-    def cancel(self, job_id: str) -> None:
-        """Ask the daemon to cancel a job, through the inbox; returns at once.
+    def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Queue several jobs at once, all or none.
 
+        Each job is an object of a job file (CONTRACT section 2) as a dict: `type`,
+        and optionally `payload`, `id`, `max_attempts`, `timeout`, `priority`,
+        `delay`, `run_at`. A job without an id gets a new random one. While the
+        daemon runs, the batch goes over its socket in one request, committed in one
+        transaction; otherwise it is written into the inbox as one batch file
+        (`{"batch": [...]}`), which the daemon accepts or rejects whole.
+
+        Returns:
+            The jobs' ids, in order.
+
+        Raises:
+            procpool.InvalidJobFile: a job is not valid ("job 3: unknown field ..."),
+                or (no daemon running) the batch is over 1 MiB, too large for one
+                inbox file; nothing was stored.
+            procpool.DuplicateId: (while the daemon runs) a job's id exists with other
+                content; nothing was stored.
+        """
+        encoded: list[bytes] = []
+        ids: list[str] = []
+        for number, job in enumerate(jobs, 1):
+            data, job_id = self._batch_job(number, job)
+            encoded.append(data)
+            ids.append(job_id)
+        if not encoded:
+            return []
+        size = sum(len(data) + 16 for data in encoded)
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidJobFile(
+                f"the batch is {size} bytes, over {MAX_REQUEST_BYTES} bytes: submit it in parts"
+            )
+        answer = self._ask(lambda ref: Submit(ref, encoded), ANSWER_TIMEOUT)
+        accepted = None if answer is None else self._accepted(answer)
+        if accepted is not None:
+            return accepted
+        batch = b'{"batch":[' + b",".join(encoded) + b"]}"
+        if len(batch) > INBOX_BATCH_BYTES:
+            raise InvalidJobFile(
+                f"no daemon runs, and the batch is {len(batch)} bytes, over the"
+                f" {INBOX_BATCH_BYTES} bytes one inbox file may hold: start the daemon,"
+                " or submit it in smaller batches"
+            )
+        self._drop(f"{ids[0]}.batch", batch)
+        return ids
+
+    def _batch_job(self, number: int, job: Mapping[str, Any]) -> tuple[bytes, str]:
+        """One job of a batch as the JSON of a job object, checked, and its id."""
+        if not isinstance(job, Mapping):
+            raise InvalidJobFile(
+                f"job {number}: a job must be a mapping (a dict), got {type(job).__name__}"
+            )
+        document = dict(job)
+        if document.get("id") is None:
+            document["id"] = f"job-{uuid.uuid4().hex[:16]}"
+        try:
+            data = self._encode(document, "job")
+            value = spec.decode(data)
+        except InvalidJobFile as error:
+            raise InvalidJobFile(f"job {number}: {error}") from None
+        if not isinstance(value, spec.JobSpec):
+            raise InvalidJobFile(f"job {number}: not a job (it has no type)")
+        assert value.id is not None
+        return data, value.id
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the daemon to cancel a job.
+
+        While the daemon runs, the request goes over its socket and this returns once
+        the daemon has committed it; otherwise (or if the daemon does not know the id
+        yet: its file may still wait in the inbox) it is written into the inbox.
         A pending job becomes `canceled`; a running one is terminated (with the
         processes its handler started), then becomes `canceled`; a terminal one
         stays as it is. Follow it with `wait` to see the outcome.
@@ -319,7 +507,9 @@ class Client:
             procpool.InvalidJobFile: `job_id` is not a valid id.
         """
         spec.check_id(job_id, "job id")
-        self._drop(f"cancel-{job_id}", {"cancel": job_id})
+        answer = self._ask(lambda ref: Cancel(ref, job_id), ANSWER_TIMEOUT)
+        if not isinstance(answer, CancelAnswer):
+            self._drop(f"cancel-{job_id}", {"cancel": job_id})
 
     def retry(self, job_id: str) -> str:
         """Queue a new job that repeats a terminal one: same type, payload and options.
@@ -527,8 +717,18 @@ class Client:
         return collect(self._reader, self.daemon_pid(), cpu_sample)
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
-        """Whether a file named after this job still waits in the inbox."""
-        return (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json"))
+        """Whether a file named after this job, or a batch holding it, still waits in
+        the inbox."""
+        if (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json")):
+            return True
+        for batch in self.inbox.glob("*.batch*.json"):
+            try:
+                ids = batch_ids(batch.read_bytes())
+            except OSError:
+                continue  # taken by the daemon meanwhile
+            if ids is not None and job_id in ids:
+                return True
+        return False
 
     def daemon_pid(self) -> int | None:
         """The pid of the daemon serving this home, or None if none runs."""
@@ -543,10 +743,14 @@ class Client:
     ) -> list[JobInfo]:
         """Block until every job is terminal.
 
+        While the daemon runs, it says over its socket when the jobs are terminal (the
+        store is read again then, not polled); otherwise the store is polled.
+
         Args:
             job_ids: the jobs to wait for; a job still waiting in the inbox counts.
             timeout: give up after this many seconds; default never.
-            poll: the longest pause between two looks at the store, in seconds.
+            poll: the longest pause between two looks at the store, in seconds (with
+                `on_poll`, also while the daemon is asked).
             on_poll: called after each look with the jobs in the order asked
                 (None for a job still in the inbox), e.g. to show progress.
 
@@ -561,28 +765,93 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(poll, 0.005)
-        while True:
-            found = self._reader.get_many(list(dict.fromkeys(job_ids)))
-            missing = [i for i in job_ids if i not in found]
-            for job_id in missing:
-                # Checked in this order, a file taken by the daemon in between is in the store.
-                if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
-                    self.require_store()
-                    raise self._unknown(job_id)
-            if on_poll is not None:
-                on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])
-            if not missing and all(job.status.is_terminal for job in found.values()):
-                return [JobInfo.from_job(found[i]) for i in job_ids]
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"jobs not finished after {timeout} s")
-            sleep = (
-                interval
-                if deadline is None
-                else min(interval, max(0.0, deadline - time.monotonic()))
-            )
-            time.sleep(sleep)
-            interval = min(interval * 2, poll)
+        asking = _DoorWait(self)
+        try:
+            while True:
+                found = self._reader.get_many(list(dict.fromkeys(job_ids)))
+                missing = [i for i in job_ids if i not in found]
+                for job_id in missing:
+                    # Checked in this order, a file taken by the daemon in between is in
+                    # the store.
+                    if not self.is_waiting_in_inbox(job_id) and self._reader.get(job_id) is None:
+                        self.require_store()
+                        raise self._unknown(job_id)
+                if on_poll is not None:
+                    on_poll([JobInfo.from_job(found[i]) if i in found else None for i in job_ids])
+                left = [i for i, job in found.items() if not job.status.is_terminal]
+                if not missing and not left:
+                    return [JobInfo.from_job(found[i]) for i in job_ids]
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"jobs not finished after {timeout} s")
+                if not missing and asking.usable:
+                    pause = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if on_poll is not None:
+                        pause = poll if pause is None else min(pause, poll)
+                    if asking.until_done(left, pause):
+                        continue
+                sleep = (
+                    interval
+                    if deadline is None
+                    else min(interval, max(0.0, deadline - time.monotonic()))
+                )
+                time.sleep(sleep)
+                interval = min(interval * 2, poll)
+        finally:
+            asking.give_up()
 
     def close(self) -> None:
-        """Close the read connection (a later read opens a new one)."""
+        """Close the read connection and the socket connections (later calls open
+        new ones)."""
         self._reader.close()
+        with self._doors_lock:
+            doors, self._doors = self._doors, set()
+        for door in doors:
+            if door.pid == os.getpid():
+                door.close()
+        self._local = threading.local()
+
+
+class _DoorWait:
+    """One `Client.wait`'s request to the daemon: tell me when these jobs are terminal.
+
+    The request stays asked across looks at the store (with `on_poll`, every `poll`
+    seconds); an answer, or no daemon to ask, ends it.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.usable = True  # False: no daemon answers, or it does not know a job: poll
+        self._door: DoorConnection | None = None
+        self._ref: int | None = None
+
+    def until_done(self, job_ids: list[str], pause: float | None) -> bool:
+        """Ask (once) and wait up to `pause` seconds (None: no limit) for the answer.
+        Returns whether to look at the store again now; False: poll instead."""
+        try:
+            if self._ref is None:
+                self._door = self._client._door()
+                if self._door is None:
+                    self.usable = False
+                    return False
+                self._ref = self._door.next_ref()
+                self._door.send(Wait(self._ref, job_ids))
+            assert self._door is not None
+            answer = self._door.receive(self._ref, pause)
+        except DoorUnavailable:
+            self._client._forget_door()
+            self._ref = None
+            self.usable = False
+            return False
+        if answer is None:
+            return True  # the pause is over: look, and go on waiting for the same answer
+        self._ref = None
+        if not isinstance(answer, Done):  # Unknown: pruned, or not stored yet
+            self.usable = False
+        return True
+
+    def give_up(self) -> None:
+        """The wait ends with its request unanswered: its answer must not be taken for
+        another's, so the connection goes."""
+        if self._ref is not None:
+            self._client._forget_door()
+            self._ref = None

@@ -36,11 +36,11 @@ class ChannelBroken(Exception):
     """The peer sent what no peer may: a frame too large, or one that is not a message."""
 
 
-def _frame(payload: bytes) -> bytes:
+def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-class _Frames(Generic[T]):
+class Frames(Generic[T]):
     """Bytes in, whole decoded messages out; a partial frame waits for its rest."""
 
     def __init__(self, decoder: msgspec.msgpack.Decoder[T], max_frame: int = 2**32 - 1) -> None:
@@ -88,7 +88,7 @@ class SupervisorEnd:
     def __init__(self, sock: socket.socket, max_frame: int) -> None:
         self.sock = sock
         self.sock.setblocking(False)
-        self._frames = _Frames(msgspec.msgpack.Decoder(ToSupervisor), max_frame)
+        self._frames = Frames(msgspec.msgpack.Decoder(ToSupervisor), max_frame)
         self._encoder = msgspec.msgpack.Encoder()
         self._outgoing = bytearray()
         # What one call reads at most: a worker that floods its channel is read a
@@ -110,7 +110,7 @@ class SupervisorEnd:
             ChannelClosed: the worker is gone.
         """
         for message in messages:
-            self._outgoing += _frame(self._encoder.encode(message))
+            self._outgoing += frame(self._encoder.encode(message))
         self.flush()
 
     def flush(self) -> None:
@@ -161,11 +161,11 @@ class WorkerEnd:
         self.sock.setblocking(True)
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder()
-        self._frames = _Frames(msgspec.msgpack.Decoder(ToWorker))
+        self._frames = Frames(msgspec.msgpack.Decoder(ToWorker))
 
     def send(self, *messages: ToSupervisor) -> None:
         with self._lock:
-            self.sock.sendall(b"".join(_frame(self._encoder.encode(m)) for m in messages))
+            self.sock.sendall(b"".join(frame(self._encoder.encode(m)) for m in messages))
 
     def receive(self, *, block: bool) -> list[ToWorker]:
         """Every whole message that has arrived; with `block`, wait for at least one."""

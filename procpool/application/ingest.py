@@ -41,6 +41,7 @@ class Rejection:
     file: InboxFile
     error: str
     lines: list[LineError]
+    duplicate: str | None = None  # an id that exists with other content
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _FileOutcome:
         self.error: str | None = file.error
         self.lines: list[LineError] = []
         self.new_jobs = 0
+        self.duplicate: str | None = None  # an id that exists with other content
 
     def fail(self, line: int | None, error: str) -> None:
         if line is None:
@@ -155,36 +157,61 @@ def ingest(
     progress: Mapping[str, FileProgress] | None = None,
 ) -> IngestResult:
     """Judge `files` into jobs and store them; `progress` is what the store holds of files
-    read in parts (`JobStore.files_in_progress`), and is brought up to date here."""
+    read in parts (`JobStore.files_in_progress`), and is brought up to date here.
+
+    A `whole` file (a batch, or a submission over the socket door) stores its jobs only
+    if every one is good: one bad job rejects them all, and what they would have been
+    counts for nothing in judging the files after it."""
     progress = progress or {}
     result = IngestResult()
-    outcomes = {id(file): _FileOutcome(file, _before(file, progress)) for file in files}
-    candidates = [
-        candidate
-        for outcome in outcomes.values()
-        for candidate in _read_entries(outcome, known_types, type_names, defaults, now, result)
+    outcomes = [_FileOutcome(file, _before(file, progress)) for file in files]
+    offered = [
+        _read_entries(outcome, known_types, type_names, defaults, now, result)
+        for outcome in outcomes
     ]
-    stored = store.digests([c.job.id for c in candidates])
+    stored = store.digests([c.job.id for candidates in offered for c in candidates])
     seen: dict[str, str] = {}
     new_jobs: list[Job] = []
-    for candidate in candidates:
-        job = candidate.job
-        known_digest = seen.get(job.id) or stored.get(job.id)
-        if known_digest is None:
-            seen[job.id] = job.digest
-            new_jobs.append(job)
-            result.jobs.append((job, candidate.file))
-            outcomes[id(candidate.file)].new_jobs += 1
-        elif known_digest == job.digest:
-            result.duplicates.append((job.id, candidate.file))
-        else:
-            outcomes[id(candidate.file)].fail(
-                candidate.line, f'duplicate id "{job.id}" with different content'
-            )
+    for outcome, candidates in zip(outcomes, offered, strict=True):
+        _judge(outcome, candidates, stored, seen, new_jobs, result)
     store.insert(new_jobs)
-    for outcome in outcomes.values():
+    for outcome in outcomes:
         _conclude(outcome, store, progress, result)
     return result
+
+
+def _judge(
+    outcome: _FileOutcome,
+    candidates: list[_Candidate],
+    stored: Mapping[str, str],
+    seen: dict[str, str],
+    new_jobs: list[Job],
+    result: IngestResult,
+) -> None:
+    """Ids are idempotency keys: a job whose id exists (in the store, or earlier in this
+    step) with the same digest is a duplicate, with another digest an error."""
+    mine: dict[str, str] = {}
+    fresh: list[_Candidate] = []
+    duplicates: list[str] = []
+    for candidate in candidates:
+        job = candidate.job
+        known_digest = mine.get(job.id) or seen.get(job.id) or stored.get(job.id)
+        if known_digest is None:
+            mine[job.id] = job.digest
+            fresh.append(candidate)
+        elif known_digest == job.digest:
+            duplicates.append(job.id)
+        else:
+            outcome.fail(candidate.line, f'duplicate id "{job.id}" with different content')
+            outcome.duplicate = outcome.duplicate or job.id
+    if outcome.file.whole and (outcome.lines or outcome.error is not None):
+        return
+    seen.update(mine)
+    for candidate in fresh:
+        new_jobs.append(candidate.job)
+        result.jobs.append((candidate.job, candidate.file))
+    outcome.new_jobs += len(fresh)
+    result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
 
 
 def _conclude(
@@ -228,10 +255,25 @@ def _decide(
     error = outcome.error
     if error is None and not entries:
         error = "the file holds no job"
+    elif error is None and bad and outcome.file.whole:
+        error = _batch_summary(lines, entries)
     elif error is None and bad:
         listed = min(len(lines), MAX_REPORTED_LINES)
         error = _lines_summary(bad, entries, listed)
     if error is None:
         result.accepted.append(outcome.file)
     else:
-        result.rejected.append(Rejection(outcome.file, error, lines[:MAX_REPORTED_LINES]))
+        result.rejected.append(
+            Rejection(outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate)
+        )
+
+
+def _batch_summary(lines: list[LineError], entries: int) -> str:
+    """Why a batch stored none of its jobs: its first bad job's error, numbered when
+    the batch holds more than one."""
+    first = lines[0]
+    if entries == 1:
+        return first.error
+    more = len(lines) - 1
+    also = f" (and {more} more bad {'job' if more == 1 else 'jobs'})" if more else ""
+    return f"job {first.line} of {entries}: {first.error}{also}; none of the batch was stored"

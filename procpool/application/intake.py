@@ -23,9 +23,11 @@ from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
 from procpool.application.ledger import Ledger
-from procpool.application.ports import FileProgress, InboxFile, JobStore
+from procpool.application.ports import FileProgress, InboxEntry, InboxFile, JobStore
+from procpool.domain import spec
+from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job, Status
-from procpool.domain.spec import JobDefaults
+from procpool.domain.spec import JobDefaults, JobSpec
 from procpool.domain.wording import plural
 
 Log = Callable[..., None]  # (level, event, message, **fields)
@@ -39,6 +41,32 @@ class Received:
     accepted: list[InboxFile] = field(default_factory=list)  # to remove after the commit
     rejected: list[Rejection] = field(default_factory=list)  # to move after the commit
     prune_days: float | None = None  # the smallest age a prune request asked for
+
+
+@dataclass
+class Verdict:
+    """What became of one submission over the socket door: its jobs' ids once stored
+    (new or the very same submissions), or why none of them was."""
+
+    ids: list[str] | None = None
+    error: str | None = None
+    duplicate: str | None = None  # an id that exists with other content
+
+
+def submission_entry(number: int, data: bytes, max_bytes: int) -> InboxEntry:
+    """One job of a submission over the socket, judged as a line of an inbox file is
+    (`number` counts from 1); the socket has no file name to take an id from."""
+    if len(data) > max_bytes:
+        return InboxEntry(number, None, f"job is {len(data)} bytes, limit is {max_bytes} bytes")
+    try:
+        value = spec.decode(data)
+    except InvalidJobFile as error:
+        return InboxEntry(number, None, str(error))
+    if not isinstance(value, JobSpec):
+        return InboxEntry(number, None, "not a job: cancel and prune have requests of their own")
+    if value.id is None:
+        return InboxEntry(number, None, 'missing field "id": a job sent over the socket names it')
+    return InboxEntry(number, value)
 
 
 class Intake:
@@ -97,6 +125,42 @@ class Intake:
         received.accepted = result.accepted
         received.rejected = result.rejected
         return received
+
+    def submissions(
+        self, batches: list[list[bytes]], defaults: JobDefaults, wall: float, max_bytes: int
+    ) -> list[Verdict]:
+        """Judge submissions over the socket door, each all or none, with the code that
+        judges inbox files: the same ids, idempotency and error words. `batches` holds
+        each submission's jobs as JSON bytes of job objects."""
+        files = [
+            InboxFile("socket", "", is_lines=False, whole=True, entries=entries)
+            for entries in (
+                [submission_entry(n, data, max_bytes) for n, data in enumerate(jobs, 1)]
+                for jobs in batches
+            )
+        ]
+        result = ingest(files, self.store, self.registry, self.registry.names(), defaults, wall)
+        for job, _ in result.jobs:
+            self.ledger.added(job)
+        refused = {id(rejection.file): rejection for rejection in result.rejected}
+        verdicts = []
+        for file in files:
+            rejection = refused.get(id(file))
+            if rejection is not None:
+                self._log(
+                    "WARNING", "submit.refused", f"refused a submission: {rejection.error}",
+                    error=rejection.error, jobs=len(file.entries),
+                )  # fmt: skip
+                verdicts.append(Verdict(error=rejection.error, duplicate=rejection.duplicate))
+                continue
+            ids = [entry.value.id for entry in file.entries if isinstance(entry.value, JobSpec)]
+            self._log(
+                "DEBUG", "job.submitted",
+                f"job {ids[0]} submitted" if len(ids) == 1 else f"{len(ids)} jobs submitted",
+                job_id=ids[0], jobs=len(ids),
+            )  # fmt: skip
+            verdicts.append(Verdict(ids=[i for i in ids if i is not None]))
+        return verdicts
 
     def vanished(self, keys: list[str], progress: Mapping[str, FileProgress]) -> None:
         """Files read in part that left the inbox before their end (deleted, renamed):

@@ -34,6 +34,7 @@ class Ledger:
         self.failed_attempts: Counter[tuple[str, str]] = Counter()  # (type, reason)
         self.run_seconds: dict[str, Histogram] = {}
         self._runs: list[Run] = []
+        self._finished: list[str] = []
 
     def load(self) -> None:
         self.counts.update(self.store.counts())
@@ -46,7 +47,15 @@ class Ledger:
         if new.status is not old.status:
             self.counts[(old.type, old.status)] -= 1
             self.counts[(new.type, new.status)] += 1
+            if new.status.is_terminal:
+                self._finished.append(new.id)
         return new
+
+    def take_finished(self) -> list[str]:
+        """The ids of the jobs made terminal since the last call (for the socket door's
+        waiters, told after the commit that holds it)."""
+        finished, self._finished = self._finished, []
+        return finished
 
     def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> None:
         """The end of a run that started: saved, and kept in the attempt history."""

@@ -201,6 +201,9 @@ class InboxFile:
     error: str | None = None
     token: object = None  # what the inbox needs to find this very file again
     part: Part | None = None  # a .jsonl file: which of its lines `entries` holds
+    # All or none: a batch (`{"batch": [...]}`, or one submission over the socket door)
+    # whose jobs are stored only if every one of them is good; `line` numbers its jobs.
+    whole: bool = False
 
 
 @dataclass

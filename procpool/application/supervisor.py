@@ -27,6 +27,7 @@ import math
 import os
 import selectors
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from typing import Any
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
 from procpool.application.dispatch import HORIZON, plan
+from procpool.application.door import Connection, Door
 from procpool.application.events import emit
 from procpool.application.fleet import (
     Began,
@@ -105,6 +107,7 @@ class Settings:
     scan_batch: int = 1000
     retention_days: float = 7.0
     metrics_interval: float = 5.0
+    max_file_bytes: int = 1024 * 1024  # a job file, a .jsonl line, a job sent over the socket
 
     @property
     def limits(self) -> Limits:
@@ -155,6 +158,7 @@ class Supervisor:
         telemetry: Telemetry | None = None,
         starts: StartRegister | None = None,
         tree_mark: str | None = None,
+        door: socket.socket | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -186,6 +190,8 @@ class Supervisor:
         self._telemetry: Telemetry = telemetry or NoTelemetry()
         self.ledger = Ledger(store, settings.retry, self._effects.log)
         self.intake = Intake(store, self.ledger, registry, self.fleet, self._effects.log)
+        # The socket door (DESIGN decision 12): clients submit, wait and cancel through it.
+        self.door = None if door is None else Door(door, self._selector, self._effects.log)
         self._next_publish = 0.0
         self._next_retention = 0.0
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
@@ -230,6 +236,8 @@ class Supervisor:
                 self._turn()
             except StoreBusy as busy:
                 self._wait_for_store(busy)
+        if self.door is not None:
+            self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
         self._selector.close()
         os.close(self._wake_read)
@@ -285,6 +293,8 @@ class Supervisor:
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""
+        if self.door is not None:
+            self.door.close_in_child()
         self._selector.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
@@ -310,8 +320,13 @@ class Supervisor:
                 elif key.data == "inbox":
                     self.inbox.drain_events()
                     scan = True
+                elif key.data == "door" or isinstance(key.data, Connection):
+                    assert self.door is not None
+                    self.door.ready(key.data, mask)
                 else:
                     self._serve_channel(key.data, mask, now, wall)
+            if self.door is not None:
+                self._serve_door(now, wall)
             self._reap(now, wall)
             self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
             self._sample_memory(now, wall)
@@ -412,6 +427,9 @@ class Supervisor:
             except ChannelClosed as error:
                 self._outside(self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0))
             self._watch_writable(pid)
+        finished = self.ledger.take_finished()
+        if self.door is not None:
+            self.door.committed(finished)
         for level, event, message, fields in effects.logs:
             emit(level, event, message, **fields)
         effects.clear()
@@ -622,6 +640,16 @@ class Supervisor:
             self._next_retention = now
         self._effects.accepted.extend(received.accepted)
         self._effects.rejected.extend(received.rejected)
+
+    def _serve_door(self, now: float, wall: float) -> None:
+        """The requests that came over the socket this turn, before dispatch: a job
+        submitted now can be handed to a free worker in the same turn."""
+        assert self.door is not None
+        settings = self.settings
+        decisions = self.door.serve(
+            self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
+        )
+        self._apply(decisions, wall)
 
     def _dispatch(self, now: float, wall: float) -> None:
         self._look_again_at = None

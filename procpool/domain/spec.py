@@ -74,6 +74,14 @@ class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
     prune: float
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """`{"batch": [job, ...]}`: jobs stored all or none (`Client.submit_many` while no
+    daemon runs). Each job is its spec, or why it is not one."""
+
+    jobs: list[JobSpec | InvalidJobFile]
+
+
 # What each field must be, in the words a message uses when the JSON type is wrong.
 _KINDS = {
     "type": "a string",
@@ -497,8 +505,38 @@ def _explain_mismatch(document: dict[str, Any], target: type[msgspec.Struct]) ->
 _job_decoder = msgspec.json.Decoder(JobSpec)
 
 
-def decode(data: bytes, first_line: int = 1) -> JobSpec | CancelRequest | PruneRequest:
-    """Decode one JSON object: a job, a cancel request or a prune request."""
+def _job_of(value: Any) -> JobSpec:
+    """A job object of a batch, checked as a job file is."""
+    if not isinstance(value, dict):
+        raise InvalidJobFile(f"a job must be a JSON object, got {_json_kind(value)}")
+    try:
+        return check(msgspec.convert(value, JobSpec))
+    except msgspec.ValidationError:
+        raise InvalidJobFile(_explain_mismatch(value, JobSpec)) from None
+
+
+def _batch(document: dict[str, Any]) -> BatchRequest:
+    extra = next((key for key in document if key != "batch"), None)
+    if extra is not None:
+        raise InvalidJobFile(f'unknown field {show(extra)} beside "batch"')
+    jobs = document["batch"]
+    if not isinstance(jobs, list):
+        raise InvalidJobFile(f"batch must be an array of job objects, got {_json_kind(jobs)}")
+    if not jobs:
+        raise InvalidJobFile("the batch holds no job")
+    found: list[JobSpec | InvalidJobFile] = []
+    for value in jobs:
+        try:
+            found.append(_job_of(value))
+        except InvalidJobFile as error:
+            found.append(error)
+    return BatchRequest(found)
+
+
+def decode(
+    data: bytes, first_line: int = 1
+) -> JobSpec | CancelRequest | PruneRequest | BatchRequest:
+    """Decode one JSON object: a job, a cancel request, a prune request or a batch."""
     # The common case, a well-formed job, in one typed pass; anything else takes the
     # slower path below, which explains what is wrong.
     try:
@@ -513,6 +551,8 @@ def decode(data: bytes, first_line: int = 1) -> JobSpec | CancelRequest | PruneR
         raise InvalidJobFile(f"a job must be a JSON object, got {_json_kind(document)}")
     target: type[JobSpec | CancelRequest | PruneRequest] = JobSpec
     if "type" not in document:
+        if "batch" in document:
+            return _batch(document)
         if "cancel" in document:
             target = CancelRequest
         elif "prune" in document:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from traceback import format_exc
 from typing import Any
@@ -16,6 +18,7 @@ from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure import config as configuration
+from procpool.infrastructure import door_socket
 from procpool.infrastructure.inbox import FileInbox
 from procpool.infrastructure.logs import DaemonLogs, append_event, reserve_standard_fds
 from procpool.infrastructure.pidfile import AlreadyRunning, PidFile
@@ -41,6 +44,7 @@ def settings_from(config: configuration.Config) -> Settings:
         poll_interval=config.poll_interval,
         retention_days=config.retention_days,
         metrics_interval=config.metrics_interval,
+        max_file_bytes=config.max_file_bytes,
     )
 
 
@@ -224,6 +228,39 @@ def _serve(
         home=str(home),
         pid=os.getpid(),
     )
+    door = _open_door(home)
+    ours = door_socket.identity(home)
+    try:
+        return _supervise(store, inbox, starts, home, logs, reload, close_in_child, config, door)
+    finally:
+        door_socket.remove(home, ours)
+
+
+def _open_door(home: Path) -> socket.socket | None:
+    """The socket door, or None (clients then use the inbox, as they always can)."""
+    try:
+        return door_socket.listen(home)
+    except OSError as error:
+        emit(
+            "WARNING", "socket.unavailable",
+            f"no socket door at {home / door_socket.SOCKET_NAME}: {error.strerror or error};"
+            " clients use the inbox",
+            error=str(error.strerror or error),
+        )  # fmt: skip
+        return None
+
+
+def _supervise(
+    store: SqliteJobStore,
+    inbox: FileInbox,
+    starts: StartRegister,
+    home: Path,
+    logs: DaemonLogs,
+    reload: Callable[[], Settings],
+    close_in_child: Callable[[], None],
+    config: configuration.Config,
+    door: socket.socket | None,
+) -> int:
     supervisor = Supervisor(
         store,
         inbox,
@@ -236,6 +273,7 @@ def _serve(
         telemetry=DaemonTelemetry(home, dict(os.environ)),
         starts=starts,
         tree_mark=str(home.resolve()),
+        door=door,
     )
     try:
         code = supervisor.run()

@@ -600,20 +600,38 @@ class FileInbox:
             chunks.append(chunk)
 
     def _parse(self, file: InboxFile, data: bytes) -> bool:
-        """Fill in a .json file's entry; return whether it looks unfinished."""
+        """Fill in a .json file's entries (a batch's jobs numbered from 1); return
+        whether it looks unfinished."""
         if not data.strip():
             file.error = "the file is empty"
             return True
-        entry, unfinished = self._entry(None, data)
-        file.entries.append(entry)
-        return unfinished
+        try:
+            value = spec.decode(data)
+        except InvalidJobFile as error:
+            file.entries.append(InboxEntry(None, None, str(error)))
+            return isinstance(error, spec.IncompleteJson)
+        if isinstance(value, spec.BatchRequest):
+            file.whole = True
+            file.entries = [
+                InboxEntry(n, None, str(job))
+                if isinstance(job, InvalidJobFile)
+                else InboxEntry(n, job)
+                for n, job in enumerate(value.jobs, 1)
+            ]
+        else:
+            file.entries.append(InboxEntry(None, value))
+        return False
 
     @staticmethod
-    def _entry(line: int | None, data: bytes) -> tuple[InboxEntry, bool]:
+    def _entry(line: int, data: bytes) -> tuple[InboxEntry, bool]:
+        """One line of a .jsonl file, and whether it looks unfinished."""
         try:
-            return InboxEntry(line, spec.decode(data, first_line=line or 1)), False
+            value = spec.decode(data, first_line=line)
         except InvalidJobFile as error:
             return InboxEntry(line, None, str(error)), isinstance(error, spec.IncompleteJson)
+        if isinstance(value, spec.BatchRequest):
+            return InboxEntry(line, None, "a batch must be a .json file of its own"), False
+        return InboxEntry(line, value), False
 
     # ----------------------------------------------------------------- after the commit
 

@@ -10,6 +10,8 @@ the ids are worked out as the daemon would have given them:
 - a bad line N of `NAME.jsonl`: the line's `id` field, else `NAME-N`.
 - a `.jsonl` file rejected as a whole (too big, grew while read): each line's
   id as above; if the file cannot be read, any `NAME-N`.
+- a batch (`{"batch": [...]}`, from `Client.submit_many` while no daemon ran) is
+  rejected whole: each of its jobs' ids.
 - a cancel or prune request (`{"cancel": ...}`, `{"prune": ...}`) is no job.
 
 The reports are the record: a report the user deleted rejects nothing, while
@@ -81,6 +83,20 @@ def _claimed_id(value: Any) -> object:
     return claimed if isinstance(claimed, str) else None
 
 
+def batch_ids(data: bytes) -> list[str] | None:
+    """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none."""
+    return _batch_ids(_decode(data))
+
+
+def _batch_ids(document: Any) -> list[str] | None:
+    if not isinstance(document, dict) or "type" in document:
+        return None
+    jobs = document.get("batch")
+    if not isinstance(jobs, list):
+        return None
+    return [job["id"] for job in jobs if isinstance(job, dict) and isinstance(job.get("id"), str)]
+
+
 def _decode(data: bytes) -> Any:
     try:
         return msgspec.json.decode(data)
@@ -131,7 +147,13 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
         claimed = None
         if with_content is not None:
             with with_content:
-                claimed = _claimed_id(_decode(with_content.read()))
+                document = _decode(with_content.read())
+            batch = _batch_ids(document)
+            if batch is not None:  # a batch is rejected whole: each of its jobs with it
+                for job_id in batch:
+                    parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+                return parsed
+            claimed = _claimed_id(document)
         if claimed is not _NOT_A_JOB:
             job_id = claimed if isinstance(claimed, str) else name.removesuffix(".json")
             parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
