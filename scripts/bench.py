@@ -1,11 +1,13 @@
-"""The benchmark of issue 6: procpool against ProcessPoolExecutor, in one run.
+"""The benchmark of issues 6 and 15: procpool against its peers, in one run.
 
 Every procpool figure runs a real `procpool run --workers 2` daemon in a fresh
-temporary home and measures from the outside, as a user would: it drops files
-into the inbox (or uses `procpool.Client`) and watches the store through a
-read-only SQLite connection. The baseline runs the same job functions
-(scripts/bench_jobs.py) in a `concurrent.futures.ProcessPoolExecutor` with 2
-workers. What each figure starts and stops on is in scripts/README.md.
+temporary home and measures from the outside, as a user would: through
+`procpool.Client` (one `submit` per job, `wait` for the results), or by dropping
+files into the inbox and watching the store through a read-only SQLite
+connection. The peers (bench_peers.py) run the same job functions
+(scripts/bench_jobs.py): `concurrent.futures.ProcessPoolExecutor` with 2
+workers, Huey with SQLite storage (the durable peer; `pip install '.[bench]'`)
+and pebble. What each figure starts and stops on is in scripts/README.md.
 
 Usage: python scripts/bench.py [--quick] [--only NAME[,NAME]] [--repeat N] [--json-only]
 Prints one JSON line per figure as it is measured, then a table (unless
@@ -26,6 +28,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_jobs
+import bench_peers
 import psutil
 
 from procpool import Client
@@ -65,10 +69,12 @@ class Sizes:
     cancel_samples: int = 50
     ingestion: int = 100_000
     preload: int = 1_000_000
+    real_files: int = 900  # the real batch: compress and hash of each, 2 jobs per file
 
 
 QUICK = Sizes(jobs=500, cpu_jobs=40, latency_samples=20, cancel_samples=10,
-              ingestion=10_000, preload=50_000)  # fmt: skip
+              ingestion=10_000, preload=50_000, real_files=50)  # fmt: skip
+PRODUCER_THREADS = 4
 
 
 class BenchError(Exception):
@@ -117,6 +123,9 @@ class Figure:
 
 def _daemon_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCPOOL_")}
+    # The example handlers of the real batch are imported from scripts/.
+    paths = [str(REPO / "scripts"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.update(extra)
     return env
 
@@ -194,10 +203,13 @@ class Daemon:
     # The daemon's own default; --log-level WARNING measures it without the per-job lines.
     log_level = "INFO"
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, handlers: tuple[str, ...] = ()
+    ) -> None:
         self.home = home
         self.inbox = home / "inbox"
         self.env = env or {}
+        self.handlers = handlers
         self.stderr_path = home.parent / "daemon-stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.rss: PeakRss | None = None
@@ -215,7 +227,8 @@ class Daemon:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
-                 "--workers", str(WORKERS), "--log-level", self.log_level],
+                 "--workers", str(WORKERS), "--log-level", self.log_level,
+                 *(arg for module in self.handlers for arg in ("--handlers", module))],
                 # `python -m` puts the working directory first on sys.path: this checkout.
                 cwd=REPO, env=_daemon_env(self.env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr,
@@ -314,7 +327,10 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    workdir: Path, env: dict[str, str] | None = None, template: Path | None = None
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    template: Path | None = None,
+    handlers: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     """A warm daemon on a fresh home (with a copy of `template` as its store, if given)."""
     base = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
@@ -328,7 +344,7 @@ def running_daemon(
             # first checkpoint would pay for writing back the whole fresh copy.
             with open(store, "rb+") as copy:
                 os.fsync(copy.fileno())
-        daemon = Daemon(home, env)
+        daemon = Daemon(home, env, handlers)
         try:
             yield daemon.start()
         finally:
@@ -425,27 +441,20 @@ def calibrate_cpu() -> dict[str, float]:
 
 
 def procpool_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
+    """One `Client.submit` per job, then `Client.wait` for all of them."""
     with running_daemon(workdir) as daemon:
-        done_before = daemon.store.count("completed")  # type: ignore[union-attr]
-        data = _jsonl({"type": "cpu", "payload": {"iterations": iterations}} for _ in range(jobs))
-        path = _write_hidden(daemon.inbox, "cpu.jsonl", data)
+        client = daemon.client
         cpu_before = daemon.cpu_seconds()
         start = time.perf_counter()
-        os.rename(path, daemon.inbox / "cpu.jsonl")
-        end = daemon.wait_count("completed", done_before + jobs, BULK_POLL)
+        ids = [client.submit("cpu", {"iterations": iterations}) for _ in range(jobs)]
+        client.wait(ids, timeout=DEADLINE)
+        end = time.perf_counter()
         cpu = daemon.cpu_seconds() - cpu_before
     return {"seconds": end - start, "supervisor_cpu_us_per_job": cpu / jobs * 1e6}
 
 
 def executor_cpu(jobs: int, iterations: int) -> dict[str, float]:
-    with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
-        list(executor.map(bench_jobs.noop, range(WORKERS * 4)))
-        start = time.perf_counter()
-        futures = [executor.submit(bench_jobs.cpu, iterations) for _ in range(jobs)]
-        for future in futures:
-            future.result()
-        end = time.perf_counter()
-    return {"seconds": end - start}
+    return bench_peers.executor_run([(bench_jobs.cpu, iterations)] * jobs)
 
 
 def paired_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
@@ -466,14 +475,18 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def procpool_latency(workdir: Path, samples: int) -> dict[str, float]:
-    """Client.submit to `completed` committed, one job at a time on an idle daemon."""
+    """Client.submit to Client.wait returning it completed, one job at a time on an
+    idle daemon."""
     with running_daemon(workdir) as daemon:
         latencies, submits = [], []
         for i in range(samples + 5):
             start = time.perf_counter()
             job_id = daemon.client.submit("echo", {"i": i}, id=f"lat-{i}")
             submitted = time.perf_counter()
-            end = daemon.wait_status(job_id, "completed", TIGHT_POLL)
+            [job] = daemon.client.wait([job_id], timeout=DEADLINE)
+            end = time.perf_counter()
+            if job.status != "completed":
+                raise BenchError(f"job {job_id} ended {job.status}")
             if i >= 5:  # the first few warm the client's and the reader's caches
                 latencies.append(end - start)
                 submits.append(submitted - start)
@@ -500,21 +513,13 @@ def procpool_waiting(workdir: Path, window: float) -> dict[str, float]:
         return {"percent": 100 * used / (time.monotonic() - start), "window": window}
 
 
-def executor_latency(samples: int) -> dict[str, float]:
-    latencies = []
-    with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
-        list(executor.map(bench_jobs.noop, range(WORKERS * 4)))
-        for i in range(samples + 5):
-            start = time.perf_counter()
-            executor.submit(bench_jobs.noop, {"i": i}).result()
-            if i >= 5:
-                latencies.append(time.perf_counter() - start)
-    return _percentiles(latencies)
+executor_latency = bench_peers.executor_latency
 
 
 def procpool_cancel(workdir: Path, samples: int) -> dict[str, float]:
-    """Client.cancel of a running `sleep` job to its worker process gone (reaped)."""
-    latencies = []
+    """Client.cancel of a running `sleep` job to Client.wait returning it canceled, and
+    to its worker process gone (reaped)."""
+    latencies, reported = [], []
     with running_daemon(workdir) as daemon:
         store = daemon.store
         assert store is not None
@@ -536,11 +541,15 @@ def procpool_cancel(workdir: Path, samples: int) -> dict[str, float]:
             pid = row[1]
             start = time.perf_counter()
             daemon.client.cancel(job_id)
+            [job] = daemon.client.wait([job_id], timeout=DEADLINE)
+            reported.append(time.perf_counter() - start)
+            if job.status != "canceled":
+                raise BenchError(f"job {job_id} ended {job.status}, not canceled")
             while psutil.pid_exists(pid):
                 time.sleep(TIGHT_POLL)
             latencies.append(time.perf_counter() - start)
-            daemon.wait_status(job_id, "canceled", 0.001)
-    return _percentiles(latencies)
+    told = _percentiles(reported)
+    return {**told, "reaped_p50": statistics.median(latencies) * 1000}
 
 
 def procpool_ingestion(workdir: Path, jobs: int) -> dict[str, float]:
@@ -564,6 +573,86 @@ def procpool_ingestion(workdir: Path, jobs: int) -> dict[str, float]:
         "seconds": end - start,
         "supervisor_cpu_us_per_job": cpu / jobs * 1e6,
     }
+
+
+def procpool_submit(workdir: Path, jobs: int, how: str) -> dict[str, float]:
+    """No-op jobs through the client: `one` Client.submit per job, `many` in one
+    Client.submit_many, or `threads`: PRODUCER_THREADS threads, a Client and a slice
+    each, one submit per job; then Client.wait for all. From the first call to the
+    wait's return."""
+    with running_daemon(workdir) as daemon:
+        client = daemon.client
+        cpu_before = daemon.cpu_seconds()
+        start = time.perf_counter()
+        if how == "one":
+            ids = [client.submit("echo", {"i": i}) for i in range(jobs)]
+        elif how == "many":
+            ids = client.submit_many({"type": "echo", "payload": {"i": i}} for i in range(jobs))
+        else:
+            ids = _threaded_submits(daemon.home, jobs)
+        client.wait(ids, timeout=DEADLINE)
+        end = time.perf_counter()
+        cpu = daemon.cpu_seconds() - cpu_before
+    return {
+        "rate": jobs / (end - start),
+        "seconds": end - start,
+        "supervisor_cpu_us_per_job": cpu / jobs * 1e6,
+    }
+
+
+def _threaded_submits(home: Path, jobs: int) -> list[str]:
+    slices: list[list[str]] = [[] for _ in range(PRODUCER_THREADS)]
+
+    def produce(n: int) -> None:
+        with Client(home) as client:
+            slices[n] = [client.submit("echo", {"i": i}) for i in range(n, jobs, PRODUCER_THREADS)]
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(PRODUCER_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [job_id for part in slices for job_id in part]
+
+
+def real_batch(workdir: Path, files: int) -> list[tuple[str, dict[str, Any]]]:
+    """The real batch: `compress` (gzip -9, into `workdir`) and `hash` (sha256) of each of
+    the first `files` .py files of the standard library, by path."""
+    library = Path(sysconfig.get_paths()["stdlib"])
+    sources = sorted(p for p in library.rglob("*.py") if "site-packages" not in p.parts)
+    out = workdir / "compressed"
+    out.mkdir(exist_ok=True)
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for n, source in enumerate(sources[:files]):
+        target = str(out / f"{n}.gz")
+        jobs.append(("compress", {"source": str(source), "target": target, "level": 9}))
+        jobs.append(("hash", {"path": str(source), "algorithm": "sha256"}))
+    return jobs
+
+
+def procpool_real(workdir: Path, jobs: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
+    """The real batch in one Client.submit_many, then Client.wait."""
+    with running_daemon(workdir, handlers=("example_handlers",)) as daemon:
+        client = daemon.client
+        cpu_before = daemon.cpu_seconds()
+        start = time.perf_counter()
+        ids = client.submit_many({"type": kind, "payload": payload} for kind, payload in jobs)
+        done = client.wait(ids, timeout=DEADLINE)
+        end = time.perf_counter()
+        cpu = daemon.cpu_seconds() - cpu_before
+    bad = [job for job in done if job.status != "completed"]
+    if bad:
+        raise BenchError(f"{len(bad)} jobs of the real batch did not complete: {bad[0]}")
+    return {"seconds": end - start, "supervisor_cpu_us_per_job": cpu / len(jobs) * 1e6}
+
+
+def paired_real(workdir: Path, files: int) -> dict[str, float]:
+    """The executor and procpool back to back on the same batch."""
+    jobs = real_batch(workdir, files)
+    base = bench_peers.executor_run([(bench_jobs.real, job) for job in jobs])["seconds"]
+    mine = procpool_real(workdir, jobs)
+    return {**mine, "baseline_seconds": base, "ratio": mine["seconds"] / base,
+            "jobs": len(jobs), "job_ms": base * WORKERS / len(jobs) * 1000}  # fmt: skip
 
 
 def build_preloaded_store(path: Path, jobs: int) -> float:
@@ -648,12 +737,67 @@ class Bench:
             [r["rate"] for r in files["runs"]],
         ), files)  # fmt: skip
 
+    def submit(self) -> None:
+        """No-op jobs through Client.submit (one at a time, in one submit_many, from 4
+        threads) against the executor, Huey (from 1 and 4 threads) and pebble."""
+        n = self.sizes.jobs
+        noop = [(bench_jobs.noop, {"i": i}) for i in range(n)]
+        huey_calls = [("noop", {"i": i}) for i in range(n)]
+        threads = PRODUCER_THREADS
+        work = self.workdir
+        base = self.measure("executor.submit", lambda: bench_peers.executor_run(noop))
+        pebble = self.measure("pebble.submit", lambda: bench_peers.pebble_run(noop))
+        huey = self.measure("huey.submit", lambda: bench_peers.huey_run(work, huey_calls))
+        huey4 = self.measure(
+            "huey.submit.threads", lambda: bench_peers.huey_run(work, huey_calls, threads)
+        )
+        one = self.measure("procpool.submit.one", lambda: procpool_submit(work, n, "one"))
+        many = self.measure("procpool.submit.many", lambda: procpool_submit(work, n, "many"))
+        four = self.measure("procpool.submit.threads", lambda: procpool_submit(work, n, "threads"))
+        peers = {"executor_rate": base["rate"], "pebble_rate": pebble["rate"],
+                 "huey_rate": huey["rate"], "huey_threads_rate": huey4["rate"]}  # fmt: skip
+        for name, label, mine, reference, reference_name, factor in (
+            ("submit.one", f"no-op jobs/s, {n:,} Client.submit one at a time", one,
+             huey["rate"], "Huey (SQLite)", 2.0),
+            ("submit.many", f"no-op jobs/s, {n:,} in one Client.submit_many", many,
+             base["rate"], "ProcessPoolExecutor", 1.0),
+            ("submit.threads", f"no-op jobs/s, {n:,} Client.submit from {threads} threads", four,
+             huey4["rate"], f"Huey (SQLite), {threads} threads", 3.0),
+        ):  # fmt: skip
+            ratio = mine["rate"] / reference
+            self.add(Figure(
+                name, label, mine["rate"], "jobs/s", reference, reference_name,
+                f">= {factor:g}x ref", ratio >= factor, [r["rate"] for r in mine["runs"]],
+                dict(peers), ratio,
+            ), mine)  # fmt: skip
+        cpu = one["supervisor_cpu_us_per_job"] / 1000
+        self.add(Figure(
+            "supervisor.cpu", "supervisor CPU per job, Client.submit one at a time", cpu,
+            "ms", target="<= 0.15 ms", met=cpu <= 0.15,
+            runs=[r["supervisor_cpu_us_per_job"] / 1000 for r in one["runs"]],
+            detail={"log_level": Daemon.log_level,
+                    "submit_many_ms": many["supervisor_cpu_us_per_job"] / 1000,
+                    "threads_ms": four["supervisor_cpu_us_per_job"] / 1000},
+        ), one)  # fmt: skip
+
+    def batch(self) -> None:
+        """The real batch: compress and hash of standard-library files."""
+        files = self.sizes.real_files
+        mine = self.measure("real.paired", lambda: paired_real(self.workdir, files))
+        self.add(Figure(
+            "batch.real", f"real batch: {int(mine['jobs']):,} compress and hash jobs, wall",
+            mine["seconds"], "s", mine["baseline_seconds"], "ProcessPoolExecutor",
+            "<= 1.10x ref", mine["ratio"] <= 1.10, [r["seconds"] for r in mine["runs"]],
+            {"jobs": mine["jobs"], "job_cpu_ms": mine["job_ms"]}, mine["ratio"],
+        ), mine)  # fmt: skip
+
     def cpu(self) -> None:
         n = self.sizes.cpu_jobs
         iterations = int(self.measure("cpu.calibration", calibrate_cpu)["iterations"])
         mine = self.measure("cpu.paired", lambda: paired_cpu(self.workdir, n, iterations))
         self.add(Figure(
-            "cpu.wall", f"wall time of {n} x 25 ms CPU jobs", mine["seconds"], "s",
+            "cpu.wall", f"wall time of {n} x 25 ms CPU jobs, Client.submit each",
+            mine["seconds"], "s",
             mine["baseline_seconds"], "ProcessPoolExecutor", "<= 1.03x ref",
             mine["ratio"] <= 1.03, [r["seconds"] for r in mine["runs"]],
             {"iterations": iterations, "ideal_seconds": n * CPU_JOB_SECONDS / WORKERS},
@@ -664,9 +808,10 @@ class Bench:
         samples = self.sizes.latency_samples
         base = self.measure("executor.latency", lambda: executor_latency(samples))
         mine = self.measure("procpool.latency", lambda: procpool_latency(self.workdir, samples))
-        for cut, limit in (("p50", 5.0), ("p99", 20.0)):
+        for cut, limit in (("p50", 1.5), ("p99", 3.0)):
             self.add(Figure(
-                f"latency.{cut}", f"idle latency {cut}, submit to completed", mine[cut], "ms",
+                f"latency.{cut}", f"idle latency {cut}, Client.submit to Client.wait",
+                mine[cut], "ms",
                 base[cut], "ProcessPoolExecutor", f"<= {limit:g} ms", mine[cut] <= limit,
                 [r[cut] for r in mine["runs"]],
                 {"samples": samples, "client_submit_p50_ms": mine["submit_p50"],
@@ -676,14 +821,16 @@ class Bench:
     def cancel(self) -> None:
         samples = self.sizes.cancel_samples
         mine = self.measure("procpool.cancel", lambda: procpool_cancel(self.workdir, samples))
-        detail = {"samples": samples, "over_100_ms": mine["over_100_ms"]}
+        detail = {"samples": samples, "over_100_ms": mine["over_100_ms"],
+                  "reaped_p50_ms": mine["reaped_p50"]}  # fmt: skip
         self.add(Figure(
-            "cancel.p50", "cancel latency p50, request to child reaped", mine["p50"], "ms",
-            target="<= 20 ms", met=mine["p50"] <= 20.0, runs=[r["p50"] for r in mine["runs"]],
-            detail=dict(detail),
+            "cancel.p50", "cancel of a running job p50, Client.cancel to reported canceled",
+            mine["p50"], "ms", target="<= 10 ms", met=mine["p50"] <= 10.0,
+            runs=[r["p50"] for r in mine["runs"]], detail=dict(detail),
         ), mine)  # fmt: skip
         self.add(Figure(
-            "cancel.p99", "cancel latency p99, request to child reaped", mine["p99"], "ms",
+            "cancel.p99", "cancel of a running job p99, Client.cancel to reported canceled",
+            mine["p99"], "ms",
             runs=[r["p99"] for r in mine["runs"]], detail=dict(detail),
         ), mine)  # fmt: skip
 
@@ -700,7 +847,7 @@ class Bench:
         mine = self.measure("procpool.ingestion", lambda: procpool_ingestion(self.workdir, n))
         self.add(Figure(
             "ingestion", f"ingestion jobs/s, {n:,} delayed jobs in one .jsonl file",
-            mine["rate"], "jobs/s", target=">= 50,000", met=mine["rate"] >= 50_000,
+            mine["rate"], "jobs/s", target=">= 100,000", met=mine["rate"] >= 100_000,
             runs=[r["rate"] for r in mine["runs"]], detail={"seconds": mine["seconds"]},
         ), mine)  # fmt: skip
 
@@ -750,7 +897,8 @@ class Bench:
 
 
 BENCHMARKS = (
-    "throughput", "cpu", "latency", "cancel", "waiting", "ingestion", "scale", "durability",
+    "submit", "cpu", "latency", "cancel", "batch", "ingestion", "throughput", "waiting",
+    "scale", "durability",
 )  # fmt: skip
 
 
@@ -840,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}:")
             try:
                 getattr(bench, name)()
-            except BenchError as error:
+            except (BenchError, bench_peers.PeerMissing) as error:
                 failed.append(name)
                 log(f"{name} failed: {error}")
                 print(json.dumps({"benchmark": name, "error": str(error)}), flush=True)
