@@ -297,7 +297,7 @@ def test_logs_reads_rotated_files_in_order_and_filters(
     one = daemon.cli("logs", "--job", jobs[0])
     assert one.returncode == 0, one.stderr
     events = [line.split()[2] for line in one.stdout.splitlines()]
-    assert events == ["file.accepted", "job.started", "job.completed"]
+    assert events == ["job.submitted", "job.started", "job.completed"]
     assert all(f"job_id={jobs[0]}" in line for line in one.stdout.splitlines())
 
     # Values of one kind are alternatives; kinds must all hold.

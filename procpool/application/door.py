@@ -222,14 +222,13 @@ class Door:
     def _wait(self, connection: Connection, message: Wait, store: JobStore) -> None:
         if connection.closed:
             return
-        left: set[str] = set()
-        for job_id in dict.fromkeys(message.job_ids):
-            job = store.get(job_id)
-            if job is None:
-                self._answer(connection, Unknown(message.ref, job_id))
-                return
-            if not job.status.is_terminal:
-                left.add(job_id)
+        wanted = list(dict.fromkeys(message.job_ids))
+        statuses = store.statuses(wanted)
+        missing = next((job_id for job_id in wanted if job_id not in statuses), None)
+        if missing is not None:
+            self._answer(connection, Unknown(message.ref, missing))
+            return
+        left = {job_id for job_id, status in statuses.items() if not status.is_terminal}
         if not left:
             self._answer(connection, Done(message.ref))
             return

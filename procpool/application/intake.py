@@ -154,10 +154,11 @@ class Intake:
                 verdicts.append(Verdict(error=rejection.error, duplicate=rejection.duplicate))
                 continue
             ids = [entry.value.id for entry in file.entries if isinstance(entry.value, JobSpec)]
+            first = file.entries[0].value
             self._log(
-                "DEBUG", "job.submitted",
+                "INFO", "job.submitted",
                 f"job {ids[0]} submitted" if len(ids) == 1 else f"{len(ids)} jobs submitted",
-                job_id=ids[0], jobs=len(ids),
+                job_id=ids[0], type=getattr(first, "type", None), jobs=len(ids), via="socket",
             )  # fmt: skip
             verdicts.append(Verdict(ids=[i for i in ids if i is not None]))
         return verdicts

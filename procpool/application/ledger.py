@@ -9,7 +9,8 @@ event name. The supervisor decides *when* a job changes; the ledger is *how*.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from procpool.application.fleet import RunEnded
@@ -35,13 +36,24 @@ class Ledger:
         self.run_seconds: dict[str, Histogram] = {}
         self._runs: list[Run] = []
         self._finished: list[str] = []
+        # While `held`: job id -> (the job as stored, as it is now, the fields changed).
+        self._held: dict[str, tuple[Job, Job, set[str]]] | None = None
 
     def load(self) -> None:
         self.counts.update(self.store.counts())
 
     def _save(self, new: Job, old: Job) -> Job:
         changed = jobs.changed_fields(old, new) or ["updated_at"]
-        if not self.store.save(new, expected=old.status, expected_lease=old.lease, fields=changed):
+        if self._held is not None:
+            held = self._held.get(old.id)
+            if held is None:
+                self._held[old.id] = (old, new, set(changed))
+            else:
+                held[2].update(changed)
+                self._held[old.id] = (held[0], new, held[2])
+        elif not self.store.save(
+            new, expected=old.status, expected_lease=old.lease, fields=changed
+        ):
             # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
             raise RuntimeError(f"job {old.id} changed under the supervisor")
         if new.status is not old.status:
@@ -50,6 +62,26 @@ class Ledger:
             if new.status.is_terminal:
                 self._finished.append(new.id)
         return new
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Within it, changes are kept and each job is written once, as it is at the end:
+        a worker's Started and Finished read in the same turn make one UPDATE, not two.
+        Only for code that reads no job from the store meanwhile (the reading of worker
+        messages): what is held is not in the store until the block ends."""
+        self._held = {}
+        try:
+            yield
+        except BaseException:  # the turn is rolled back: nothing to write
+            self._held = None
+            raise
+        held, self._held = self._held, None
+        for stored, latest, fields in held.values():
+            if not self.store.save(
+                latest, expected=stored.status, expected_lease=stored.lease,
+                fields=[name for name in jobs.MUTABLE_FIELDS if name in fields],
+            ):  # fmt: skip
+                raise RuntimeError(f"job {stored.id} changed under the supervisor")
 
     def take_finished(self) -> list[str]:
         """The ids of the jobs made terminal since the last call (for the socket door's

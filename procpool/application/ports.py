@@ -62,6 +62,10 @@ class JobStore(Protocol):
         """The submission digest of each of these ids that exists."""
         ...
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        """The status of each of these ids that exists (one query, not one per id)."""
+        ...
+
     def insert(self, jobs: Sequence[Job]) -> None:
         """Add new jobs; their ids must not exist yet."""
         ...

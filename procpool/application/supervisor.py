@@ -314,17 +314,18 @@ class Supervisor:
             self._new_workers.clear()
             self._handle_signals(now)
             scan = now >= self._next_scan
-            for key, mask in ready:
-                if key.data == "wake":
-                    self._drain_wake_pipe()
-                elif key.data == "inbox":
-                    self.inbox.drain_events()
-                    scan = True
-                elif key.data == "door" or isinstance(key.data, Connection):
-                    assert self.door is not None
-                    self.door.ready(key.data, mask)
-                else:
-                    self._serve_channel(key.data, mask, now, wall)
+            with self.ledger.held():  # nothing here reads a job from the store
+                for key, mask in ready:
+                    if key.data == "wake":
+                        self._drain_wake_pipe()
+                    elif key.data == "inbox":
+                        self.inbox.drain_events()
+                        scan = True
+                    elif key.data == "door" or isinstance(key.data, Connection):
+                        assert self.door is not None
+                        self.door.ready(key.data, mask)
+                    else:
+                        self._serve_channel(key.data, mask, now, wall)
             if self.door is not None:
                 self._serve_door(now, wall)
             self._reap(now, wall)

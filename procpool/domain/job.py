@@ -92,8 +92,13 @@ MUTABLE_FIELDS = (
 """The fields that transitions change; the others are fixed when the job is created."""
 
 
+_FIELD_INDEX = {name: n for n, name in enumerate(Job.__struct_fields__)}
+_MUTABLE = tuple((name, _FIELD_INDEX[name]) for name in MUTABLE_FIELDS)
+
+
 def changed_fields(old: Job, new: Job) -> list[str]:
-    return [name for name in MUTABLE_FIELDS if getattr(new, name) != getattr(old, name)]
+    before, after = msgspec.structs.astuple(old), msgspec.structs.astuple(new)
+    return [name for name, n in _MUTABLE if after[n] != before[n]]
 
 
 def _move(job: Job, new: Status, now: float, **changes: object) -> Job:

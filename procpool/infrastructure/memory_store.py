@@ -37,6 +37,9 @@ class MemoryJobStore:
     def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
         return {i: self._jobs[i].digest for i in job_ids if i in self._jobs}
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        return {i: self._jobs[i].status for i in job_ids if i in self._jobs}
+
     def insert(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             if job.id in self._jobs:

@@ -18,6 +18,7 @@ start.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -257,6 +258,12 @@ class SqliteJobStore:
             raise
         self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
         self._identity = _identity(path)
+        self._updates: dict[str, str] = {}  # UPDATE statements by the columns they set
+        # What the due query can find, known from what this process wrote since its last
+        # look: no ready job (skip the SELECT), the earliest scheduled run_at (skip the
+        # promotion until then; inf: none). None: not known, look.
+        self._none_ready = False
+        self._earliest_scheduled: float | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -276,6 +283,9 @@ class SqliteJobStore:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            # What was noted of the writes undone no longer holds: look again.
+            self._none_ready = False
+            self._earliest_scheduled = None
             raise
         self._db.execute("COMMIT")
 
@@ -283,20 +293,31 @@ class SqliteJobStore:
         row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
 
-    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def _by_id(self, column: str, job_ids: Sequence[str]) -> dict[str, object]:
+        found: dict[str, object] = {}
+        if len(job_ids) == 1:  # the common case of one submission: no IN list to build
+            found.update(self._db.execute(f"SELECT id, {column} FROM jobs WHERE id = ?", job_ids))
+            return found
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             found.update(
-                self._db.execute(f"SELECT id, digest FROM jobs WHERE id IN ({marks})", chunk)
+                self._db.execute(f"SELECT id, {column} FROM jobs WHERE id IN ({marks})", chunk)
             )
         return found
 
+    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return self._by_id("digest", job_ids)  # type: ignore[return-value]
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        return {job_id: Status(status) for job_id, status in self._by_id("status", job_ids).items()}
+
     def insert(self, jobs: Sequence[Job]) -> None:
-        self._db.executemany(
-            f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({','.join('?' * 21)})", map(_row, jobs)
-        )
+        rows = [_row(job) for job in jobs]
+        marks = ",".join("?" * 21)
+        self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
+        for row in rows:
+            self._noted(row[3], row[8], row[-1])
 
     def save(
         self,
@@ -313,36 +334,65 @@ class SqliteJobStore:
         if "run_at" in names or "status" in names:
             names.append("ready")
             values.append(_is_ready(job))
-        cursor = self._db.execute(
-            f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)}"
-            " WHERE id = ? AND status = ? AND lease = ?",
-            (*values, job.id, str(expected), expected_lease),
-        )
-        return cursor.rowcount == 1
+        key = f"{','.join(names)}"
+        sql = self._updates.get(key)
+        if sql is None:
+            sql = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)}"
+            sql += " WHERE id = ? AND status = ? AND lease = ?"
+            self._updates[key] = sql
+        cursor = self._db.execute(sql, (*values, job.id, str(expected), expected_lease))
+        if cursor.rowcount != 1:
+            return False
+        if job.status is Status.PENDING:
+            self._noted("pending", job.run_at, _is_ready(job))
+        return True
 
-    def due(self, now: float, limit: int) -> list[Job]:
-        # Scheduled jobs whose time has come join the ready ones first: then the most
-        # urgent due jobs are the head of one index, whatever the number of priority
-        # levels or of jobs scheduled for later.
-        self._db.execute(
-            "UPDATE jobs INDEXED BY jobs_scheduled SET ready = 1"
-            " WHERE status = 'pending' AND ready = 0 AND run_at <= ?",
-            (now,),
-        )
-        rows = self._db.execute(
-            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready_order"
-            " WHERE status = 'pending' AND ready = 1 ORDER BY priority DESC, run_at LIMIT ?",
-            (limit,),
-        )
-        return [_job(row) for row in rows]
+    def _noted(self, status: str, run_at: float, ready: int) -> None:
+        """A pending job was written: the due query may find it, or, if it is scheduled,
+        it may be the next to become due."""
+        if status != "pending":
+            return
+        if ready:
+            self._none_ready = False
+        elif self._earliest_scheduled is not None and run_at < self._earliest_scheduled:
+            self._earliest_scheduled = run_at
 
-    def next_run_at(self, after: float) -> float | None:
+    def _scheduled_from(self, after: float) -> float | None:
         (earliest,) = self._db.execute(
             "SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled"
             " WHERE status = 'pending' AND ready = 0 AND run_at > ?",
             (after,),
         ).fetchone()
         return earliest
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        # Scheduled jobs whose time has come join the ready ones first: then the most
+        # urgent due jobs are the head of one index, whatever the number of priority
+        # levels or of jobs scheduled for later. What this process wrote tells when
+        # neither query can find anything: the supervisor is the only writer.
+        if self._earliest_scheduled is None or self._earliest_scheduled <= now:
+            self._db.execute(
+                "UPDATE jobs INDEXED BY jobs_scheduled SET ready = 1"
+                " WHERE status = 'pending' AND ready = 0 AND run_at <= ?",
+                (now,),
+            )
+            self._earliest_scheduled = self._scheduled_from(now) or math.inf
+            self._none_ready = False
+        if self._none_ready:
+            return []
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready_order"
+            " WHERE status = 'pending' AND ready = 1 ORDER BY priority DESC, run_at LIMIT ?",
+            (limit,),
+        ).fetchall()
+        self._none_ready = not rows
+        return [_job(row) for row in rows]
+
+    def next_run_at(self, after: float) -> float | None:
+        known = self._earliest_scheduled
+        if known is not None and known > after:
+            return None if known == math.inf else known
+        return self._scheduled_from(after)
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE status = ?", (str(status),))
