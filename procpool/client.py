@@ -62,10 +62,12 @@ from procpool.infrastructure.store_reader import StoreReader
 
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
-# Seconds a submit or cancel waits for the daemon's answer over the socket before it
-# writes into the inbox instead (ids are idempotency keys: a job committed meanwhile
-# finds its file a duplicate).
-ANSWER_TIMEOUT = 30.0
+# Seconds a submit or cancel waits for the daemon's answer over the socket (a turn
+# takes milliseconds) before it writes into the inbox instead: a daemon that is
+# stopped (SIGSTOP) or wedged must not hold producers. Ids are idempotency keys, so a
+# job committed meanwhile finds its file a duplicate. A batch gets more per job.
+ANSWER_TIMEOUT = 5.0
+ANSWER_TIMEOUT_PER_JOB = 0.0001
 # A batch written into the inbox is one file: within the daemon's default
 # max_file_bytes, or it would be rejected whole.
 INBOX_BATCH_BYTES = 1024 * 1024
@@ -460,7 +462,8 @@ class Client:
             raise InvalidJobFile(
                 f"the batch is {size} bytes, over {MAX_REQUEST_BYTES} bytes: submit it in parts"
             )
-        answer = self._ask(lambda ref: Submit(ref, encoded), ANSWER_TIMEOUT)
+        timeout = ANSWER_TIMEOUT + ANSWER_TIMEOUT_PER_JOB * len(encoded)
+        answer = self._ask(lambda ref: Submit(ref, encoded), timeout)
         accepted = None if answer is None else self._accepted(answer)
         if accepted is not None:
             return accepted

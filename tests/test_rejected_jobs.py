@@ -30,8 +30,12 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
 
 
 def test_wait_status_and_show_say_why_a_submitted_job_was_rejected(daemon: Daemon) -> None:
-    submitted = daemon.cli("submit", "ech", "{}", "--id", "typo1")
-    assert submitted.returncode == 0, submitted.stderr
+    # While the daemon runs, submit goes over its socket and is refused at once.
+    refused = daemon.cli("submit", "ech", "{}", "--id", "typo1")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == f'procpool: unknown job type "ech"; {REGISTERED}\n'
+    # A file (what submit writes while no daemon runs) is rejected into rejected/.
+    daemon.drop("typo1.json", {"type": "ech", "payload": {}, "id": "typo1"})
     rejected(daemon, "typo1.json")
     message = (
         f"job 'typo1' was rejected: unknown job type \"ech\"; {REGISTERED}"

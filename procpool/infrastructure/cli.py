@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
+from procpool.client import Attempt, Client, DuplicateId, JobInfo, JobRejected, UnknownJob
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
@@ -197,7 +197,8 @@ def submit(
     priority: int,
     delay: float | None,
 ) -> None:
-    """Queue a job: writes a file into the inbox and prints the job's id."""
+    """Queue a job and print its id: over the daemon's socket while it runs (returns once
+    the job is committed), else as a file in the inbox."""
     value = None
     if payload is not None:
         try:
@@ -207,15 +208,18 @@ def submit(
             raise CommandFailed(f"PAYLOAD_JSON: {error}", EXIT_USAGE) from None
     client = _client(home)
     with _user_errors():
-        new_id = client.submit(
-            job_type,
-            value,
-            id=job_id,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            priority=priority,
-            delay=delay,
-        )
+        try:
+            new_id = client.submit(
+                job_type,
+                value,
+                id=job_id,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                priority=priority,
+                delay=delay,
+            )
+        except DuplicateId as error:  # what was asked did not happen; no usage error
+            raise CommandFailed(str(error), EXIT_NOT_DONE) from None
     click.echo(new_id)
 
 
