@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from procpool.application.ports import FileProgress, InboxFile, JobStore, LineError
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
     CancelRequest,
     JobDefaults,
     JobSpec,
@@ -80,10 +83,22 @@ class _FileOutcome:
             self.lines.append(LineError(line, error))
 
 
+@lru_cache(maxsize=64)
+def _numbered_ids_valid(stem: str) -> bool:
+    """Whether `STEM-N` is a valid id for every N that keeps it within 128 characters:
+    checked once per file, not once per line."""
+    return ID_PATTERN.fullmatch(f"{stem}-1") is not None
+
+
 def _job_id(spec: JobSpec, file: InboxFile, line: int | None) -> str:
     if spec.id is not None:
         return spec.id
-    default = file.stem if line is None else f"{file.stem}-{line}"
+    if line is None:
+        default = file.stem
+    else:
+        default = f"{file.stem}-{line}"
+        if len(default) <= MAX_ID_LENGTH and _numbered_ids_valid(file.stem):
+            return default
     try:
         return check_id(default, "the id taken from the file name")
     except InvalidJobFile as error:

@@ -99,7 +99,7 @@ class Intake:
         new_jobs: dict[int, list[Job]] = {}
         for job, file in result.jobs:
             new_jobs.setdefault(id(file), []).append(job)
-            self.ledger.added(job)
+        self.ledger.added_many(job for job, _ in result.jobs)
         parts = {id(file): done for file, done in result.progress}
         duplicates: dict[int, list[str]] = {}
         for job_id, file in result.duplicates:
@@ -140,8 +140,7 @@ class Intake:
             )
         ]
         result = ingest(files, self.store, self.registry, self.registry.names(), defaults, wall)
-        for job, _ in result.jobs:
-            self.ledger.added(job)
+        self.ledger.added_many(job for job, _ in result.jobs)
         refused = {id(rejection.file): rejection for rejection in result.rejected}
         verdicts = []
         for file in files:

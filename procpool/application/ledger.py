@@ -9,7 +9,7 @@ event name. The supervisor decides *when* a job changes; the ledger is *how*.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,6 +102,9 @@ class Ledger:
 
     def added(self, job: Job) -> None:
         self.counts[(job.type, Status.PENDING)] += 1
+
+    def added_many(self, new_jobs: Iterable[Job]) -> None:
+        self.counts.update((job.type, Status.PENDING) for job in new_jobs)
 
     def start(self, job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
         """Claimed for a worker: `running` in the store before it is sent there."""

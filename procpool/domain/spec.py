@@ -36,6 +36,7 @@ import msgspec
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 
+MAX_ID_LENGTH = 128
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 ID_RULE = '1-128 characters of A-Z a-z 0-9 . _ -, not starting with "." or "-"'
 MAX_ATTEMPTS_LIMIT = 1000
@@ -222,7 +223,8 @@ def check(spec: JobSpec) -> JobSpec:
     if spec.retry_of is not None:
         check_id(spec.retry_of, "retry_of")
     _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
-    _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
+    if spec.priority:  # 0, the default, needs no check: one line of a large file less work
+        _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
     _check_seconds("timeout", spec.timeout, allow_zero=False)
     _check_seconds("delay", spec.delay, allow_zero=True)
     if spec.run_at is not None:
@@ -571,9 +573,12 @@ def decode(
     return check(decoded)
 
 
+_canonical = msgspec.json.Encoder(order="deterministic")
+
+
 def encode_json(value: Any) -> bytes:
     """Canonical JSON: equal values give equal bytes, whatever their key order."""
-    return msgspec.json.encode(value, order="deterministic")
+    return _canonical.encode(value)
 
 
 def digest(spec: JobSpec) -> str:
