@@ -7,28 +7,52 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 FIGURE_KEYS = {"figure", "label", "value", "unit", "reference", "reference_name", "ratio",
                "target", "met", "runs", "detail"}  # fmt: skip
 
 
-def test_quick_run_prints_a_json_line_per_figure() -> None:
+def quick(names: str) -> list[dict]:
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "throughput,latency", "--json-only"],
+        [sys.executable, str(BENCH), "--quick", "--only", names, "--json-only"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_quick_run_prints_a_json_line_per_figure() -> None:
+    lines = quick("throughput,latency,batch")
     assert "environment" in lines[0]
     assert {"cpus", "python", "procpool_commit", "workers"} <= lines[0]["environment"].keys()
     figures = {line["figure"]: line for line in lines[1:]}
-    assert set(figures) == {"throughput.jsonl", "throughput.files", "latency.p50", "latency.p99"}
+    assert set(figures) == {
+        "throughput.jsonl",
+        "throughput.files",
+        "latency.p50",
+        "latency.p99",
+        "batch.real",
+    }
     for name, figure in figures.items():
         assert set(figure) == FIGURE_KEYS, name
         assert figure["value"] > 0, name
         assert figure["reference_name"] == "ProcessPoolExecutor", name
         assert isinstance(figure["met"], bool), name
         assert len(figure["runs"]) == 1, name
+
+
+def test_the_client_figures_beside_huey_and_pebble() -> None:
+    pytest.importorskip("huey", reason="the benchmark's peers: pip install '.[bench]'")
+    pytest.importorskip("pebble", reason="the benchmark's peers: pip install '.[bench]'")
+    figures = {line["figure"]: line for line in quick("submit")[1:]}
+    assert set(figures) == {"submit.one", "submit.many", "submit.threads", "supervisor.cpu"}
+    assert figures["submit.one"]["reference_name"] == "Huey (SQLite)"
+    assert figures["submit.many"]["reference_name"] == "ProcessPoolExecutor"
+    for figure in figures.values():
+        assert figure["value"] > 0 and isinstance(figure["met"], bool)
+    assert figures["submit.one"]["detail"]["huey_rate"] > 0
