@@ -663,6 +663,9 @@ class Supervisor:
         size = batch.size()
         limit = (len(idle) + len(busy)) * size + 1
         due = self.store.due(wall, limit)
+        if not due and not holders:  # nothing to hand out or take back: no plan to make
+            self._next_due = self.store.next_run_at(wall)
+            return
         decided = plan(
             due, idle=idle, busy=busy, holders=holders, size=size, expected=batch.mean,
             now=now, window=batch.window, horizon=HORIZON,
