@@ -72,6 +72,25 @@ def has_children() -> bool:
     return False
 
 
+def _child_pids() -> list[int] | None:
+    """This process's children, from /proc/self/task/*/children (each line is cheap
+    to read); None where the kernel does not list them."""
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as listing:
+                pids.extend(int(pid) for pid in listing.read().split())
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except (OSError, ValueError):
+            return None
+    return pids
+
+
 def end_tree(wait: float = 2.0) -> int:
     """Kill every descendant of this process and reap them. Returns how many there
     were. Call only when no handler code waits for them (between jobs)."""
@@ -92,6 +111,12 @@ def end_orphans(workers: Iterable[int]) -> int:
     descendants: in a subreaper supervisor, each is what a dead worker's handler
     left. They are reaped by the loop's reaper. Returns how many were killed."""
     keep = set(workers)
+    listed = _child_pids()
+    if listed is not None and keep.issuperset(listed):
+        # The common case, after a worker's exit: no orphan. psutil's children() would
+        # read the stat of every process on the machine to find out (1.6 ms with 75
+        # processes), on the path of every cancel and timeout.
+        return 0
     try:
         children = psutil.Process().children()
     except psutil.Error:
