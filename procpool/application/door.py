@@ -70,6 +70,7 @@ class Connection:
     frames: Frames[ToDaemon]
     outgoing: bytearray = field(default_factory=bytearray)
     waiting: int = 0  # job ids it waits for
+    waiters: set[_Waiter] = field(default_factory=set)  # its waits not answered yet
     closed: bool = False
 
     def fileno(self) -> int:
@@ -241,6 +242,7 @@ class Door:
             return
         waiter = _Waiter(connection, message.ref, left)
         connection.waiting += len(left)
+        connection.waiters.add(waiter)
         for job_id in left:
             self._waiters.setdefault(job_id, []).append(waiter)
 
@@ -256,8 +258,10 @@ class Door:
             for waiter in self._waiters.pop(job_id, ()):
                 waiter.left.discard(job_id)
                 waiter.connection.waiting -= 1
-                if not waiter.left and not waiter.connection.closed:
-                    self._answer(waiter.connection, Done(waiter.ref))
+                if not waiter.left:
+                    waiter.connection.waiters.discard(waiter)
+                    if not waiter.connection.closed:
+                        self._answer(waiter.connection, Done(waiter.ref))
         answers, self._answers = self._answers, []
         touched: dict[int, Connection] = {}
         for connection, message in answers:
@@ -297,16 +301,15 @@ class Door:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(connection.sock)
         connection.sock.close()
-        if connection.waiting:
-            for job_id in [j for j, ws in self._waiters.items() if any(
-                w.connection is connection for w in ws
-            )]:  # fmt: skip
-                kept = [w for w in self._waiters[job_id] if w.connection is not connection]
+        for waiter in connection.waiters:
+            for job_id in waiter.left:
+                kept = [w for w in self._waiters.get(job_id, ()) if w is not waiter]
                 if kept:
                     self._waiters[job_id] = kept
                 else:
-                    del self._waiters[job_id]
-            connection.waiting = 0
+                    self._waiters.pop(job_id, None)
+        connection.waiters.clear()
+        connection.waiting = 0
 
     def close(self) -> None:
         """The daemon stops: every client finds the inbox from now on."""

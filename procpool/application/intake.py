@@ -62,6 +62,8 @@ def submission_entry(number: int, data: bytes, max_bytes: int) -> InboxEntry:
         value = spec.decode(data)
     except InvalidJobFile as error:
         return InboxEntry(number, None, str(error))
+    if isinstance(value, spec.BatchRequest):
+        return InboxEntry(number, None, "a batch is sent as the jobs of one submission")
     if not isinstance(value, JobSpec):
         return InboxEntry(number, None, "not a job: cancel and prune have requests of their own")
     if value.id is None:
