@@ -198,6 +198,10 @@ class Fleet:
         self.limits = limits
         self.workers: dict[int, Worker] = {}
         self.batch = BatchSizer()
+        # Workers that die before they are ready (a broken handler module, no memory)
+        # are replaced after a pause that doubles with each, up to 5 s.
+        self.failed_starts = 0
+        self.respawn_not_before = 0.0
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.workers.values()))
@@ -255,6 +259,9 @@ class Fleet:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return []
+        if worker.state is WorkerState.STARTING:
+            self.failed_starts += 1
+            self.respawn_not_before = now + min(5.0, 0.05 * 2**self.failed_starts)
         decisions: list[Decision] = [
             self._end(worker, job, Report.NONE, exit_signal=exit_signal, error=how)
             for job in list(worker.assigned.values())
@@ -369,6 +376,7 @@ class Fleet:
             return self._broken(worker, "it said Ready twice", now)
         worker.state = WorkerState.SERVING
         worker.last_heard_at = now
+        self.failed_starts = 0
         pid = worker.pid
         return [Say("INFO", "worker.started", f"worker {pid} started", {"worker_pid": pid})]
 

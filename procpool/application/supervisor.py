@@ -180,8 +180,6 @@ class Supervisor:
         self._next_due: float | None = None  # wall time of the earliest future pending job
         self._look_again_at: float | None = None  # monotonic: a queued job may come back then
         self._next_memory_sample = 0.0
-        self._respawn_not_before = 0.0
-        self._failed_spawns = 0
         self._effects = _Effects()
         self._telemetry: Telemetry = telemetry or NoTelemetry()
         self.ledger = Ledger(store, settings.retry, self._effects.log)
@@ -341,7 +339,7 @@ class Supervisor:
         if not self._stopping:
             deadlines.append(self._next_scan)
             if len(self.fleet.counted()) < self.settings.workers:
-                deadlines.append(self._respawn_not_before)
+                deadlines.append(self.fleet.respawn_not_before)
         if self._next_due is not None:
             deadlines.append(now + max(0.0, self._next_due - time.time()))
         if self._look_again_at is not None:
@@ -498,7 +496,7 @@ class Supervisor:
 
     def _spawn_missing(self, now: float) -> None:
         """Fork what the pool lacks: after the turn's commit, never inside it."""
-        if self._stopping or now < self._respawn_not_before:
+        if self._stopping or now < self.fleet.respawn_not_before:
             return
         max_frame = self.settings.max_result_bytes + FRAME_OVERHEAD
         starts = self._starts
@@ -516,7 +514,7 @@ class Supervisor:
                 )  # fmt: skip
             except OSError as error:
                 emit("ERROR", "worker.spawn_failed", f"cannot fork a worker: {error}")
-                self._respawn_not_before = now + 1.0
+                self.fleet.respawn_not_before = now + 1.0
                 return
             self.fleet.spawned(forked.pid, now)
             self._slots[forked.pid] = slot
@@ -562,11 +560,6 @@ class Supervisor:
             # Whatever it said before dying counts: read it all before judging the exit.
             while self._read(pid, now, wall):
                 pass
-            if worker.state is WorkerState.STARTING:
-                self._failed_spawns += 1
-                self._respawn_not_before = now + min(5.0, 0.05 * 2**self._failed_spawns)
-            elif worker.state is WorkerState.SERVING:
-                self._failed_spawns = 0
             how, code, signal_name = pool.describe_exit(status)
             self._apply(self.fleet.exited(pid, how, code, signal_name, now), wall)
             pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
