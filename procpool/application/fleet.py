@@ -239,6 +239,29 @@ class Fleet:
         worker.retiring_since = now
         return [Send(worker.pid, Stop())]
 
+    def retirements(self, wanted: int, stopping: bool, now: float) -> list[Decision]:
+        """Stop idle workers that should go: all when stopping, the surplus over
+        `wanted`, and one at a time (so that replacements do not all happen at the
+        same moment) of those past max_jobs_per_worker or the memory limit."""
+        counted = self.counted()
+        surplus = len(counted) - wanted
+        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
+        quota = self.limits.max_jobs_per_worker
+        decisions: list[Decision] = []
+        for worker in counted:
+            if not worker.available:
+                continue
+            if stopping or surplus > 0:
+                surplus -= 1
+            elif retiring:
+                continue
+            elif (quota and worker.jobs_done >= quota) or self.over_memory(worker):
+                retiring = True
+            else:
+                continue
+            decisions += self.retire(worker, now)
+        return decisions
+
     def terminate(self, worker: Worker, cause: Cause, detail: str, now: float) -> list[Decision]:
         """Start ending a worker: SIGTERM now, SIGKILL once the grace has passed. The
         end is complete when the worker is reaped (`exited`)."""

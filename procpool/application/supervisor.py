@@ -42,7 +42,6 @@ from procpool.application.fleet import (
     Decision,
     Deliver,
     Fleet,
-    Limits,
     ProgressMade,
     RunEnded,
     Say,
@@ -63,10 +62,9 @@ from procpool.application.ports import (
     WorkerRecord,
 )
 from procpool.application.recovery import recover
+from procpool.application.settings import Settings
 from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.application.worker import WorkerOptions
-from procpool.domain.retry import RetryPolicy
-from procpool.domain.spec import JobDefaults
 from procpool.domain.wording import plural
 
 HANDLED_SIGNALS = (
@@ -85,36 +83,6 @@ VACUUM_PAGES = 256
 # (each try also waits for the lock itself: the store's LOCK_WAIT).
 STORE_PAUSE_MIN = 0.05
 STORE_PAUSE_MAX = 0.5
-
-
-@dataclass
-class Settings:
-    """What the supervisor needs of the configuration; SIGHUP may replace it."""
-
-    workers: int
-    defaults: JobDefaults = field(default_factory=JobDefaults)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    shutdown_timeout: float = 30.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    max_jobs_per_worker: int = 0
-    max_memory_mb: int = 0
-    max_result_bytes: int = 16 * 1024 * 1024
-    kill_grace: float = 1.0
-    poll_interval: float = 1.0
-    scan_batch: int = 1000
-    retention_days: float = 7.0
-    metrics_interval: float = 5.0
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            heartbeat_timeout=self.heartbeat_timeout,
-            kill_grace=self.kill_grace,
-            max_jobs_per_worker=self.max_jobs_per_worker,
-            max_memory_bytes=self.max_memory_mb * 1024 * 1024,
-            max_result_bytes=self.max_result_bytes,
-        )
 
 
 def _seconds(value: float) -> str:
@@ -569,26 +537,7 @@ class Supervisor:
             self.store.remove_worker(pid)
 
     def _retire_due(self, now: float) -> None:
-        """Stop idle workers that should go; one recycled at a time, so that
-        replacements do not all happen at the same moment."""
-        settings = self.settings
-        counted = self.fleet.counted()
-        surplus = len(counted) - settings.workers
-        retiring = any(w.state is WorkerState.RETIRING for w in self.fleet)
-        for worker in counted:
-            if not worker.available:
-                continue
-            if self._stopping or surplus > 0:
-                surplus -= 1
-            elif retiring:
-                continue
-            elif (
-                settings.max_jobs_per_worker and worker.jobs_done >= settings.max_jobs_per_worker
-            ) or self.fleet.over_memory(worker):
-                retiring = True
-            else:
-                continue
-            self._apply(self.fleet.retire(worker, now), 0.0)
+        self._apply(self.fleet.retirements(self.settings.workers, self._stopping, now), 0.0)
 
     def _sample_memory(self, now: float, wall: float) -> None:
         if not self.settings.max_memory_mb or now < self._next_memory_sample:

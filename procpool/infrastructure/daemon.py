@@ -11,7 +11,8 @@ from typing import Any
 
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
-from procpool.application.supervisor import Settings, Supervisor
+from procpool.application.settings import Settings
+from procpool.application.supervisor import Supervisor
 from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
