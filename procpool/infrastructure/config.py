@@ -97,6 +97,9 @@ def _kind(annotation: Any) -> str:
     return " or ".join(words) + (" or none" if type(None) in parts else "")
 
 
+MAX_RESULT_BYTES = 512 * 1024 * 1024
+
+
 def _check(config: Config) -> Config:
     def positive(key: str, allow_zero: bool = False) -> None:
         value = getattr(config, key)
@@ -112,6 +115,13 @@ def _check(config: Config) -> Config:
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
+    if config.max_result_bytes > MAX_RESULT_BYTES:
+        # SQLite stores no value over 1 GB (SQLITE_MAX_LENGTH); a result must fit, with
+        # room for the rest of its row.
+        raise ConfigError(
+            f"config key 'max_result_bytes' must be at most {MAX_RESULT_BYTES}"
+            f" (512 MiB), got {config.max_result_bytes}"
+        )
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"config key 'heartbeat_timeout' ({config.heartbeat_timeout}) must be greater than"
