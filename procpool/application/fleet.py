@@ -198,8 +198,9 @@ class Fleet:
         self.limits = limits
         self.workers: dict[int, Worker] = {}
         self.batch = BatchSizer()
-        # Workers that die before they are ready (a broken handler module, no memory)
-        # are replaced after a pause that doubles with each, up to 5 s.
+        # Workers that exit by themselves before they are ready (a broken handler
+        # module, a fork that cannot run) are replaced after a pause that doubles with
+        # each, up to 5 s; one killed by a signal from outside is replaced at once.
         self.failed_starts = 0
         self.respawn_not_before = 0.0
 
@@ -282,7 +283,7 @@ class Fleet:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return []
-        if worker.state is WorkerState.STARTING:
+        if worker.state is WorkerState.STARTING and exit_signal is None:
             self.failed_starts += 1
             self.respawn_not_before = now + min(5.0, 0.05 * 2**self.failed_starts)
         decisions: list[Decision] = [

@@ -376,7 +376,11 @@ class Supervisor:
             try:
                 channel.send(messages)
             except ChannelClosed as error:
-                self._outside(self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0))
+                # A worker that died (a zombie until reaped) is judged by its exit;
+                # one that lives with its channel closed can take no job: end it.
+                if pool.alive(pid):
+                    failed = self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0)
+                    self._outside(failed)
             self._watch_writable(pid)
         for level, event, message, fields in effects.logs:
             emit(level, event, message, **fields)
