@@ -289,10 +289,15 @@ def _collect(url: str, events: list[dict[str, str]], until: Callable[[list], boo
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             connected.set()
-            for event in sse_events(response):
-                events.append(event)
-                if until(events):
-                    return
+            try:
+                for event in sse_events(response):
+                    events.append(event)
+                    if until(events):
+                        return
+            except httpx.RemoteProtocolError:
+                # A server that stops may cut an endless stream mid-way (uvicorn 0.30
+                # does): the client reconnects with Last-Event-ID, nothing is lost.
+                return
 
     connected = threading.Event()
     thread = threading.Thread(target=read, daemon=True)
@@ -494,7 +499,9 @@ def test_serve_exits_0_on_a_stop_signal_with_streams_open(api: Server, signum: i
         daemon=True,
     )
     waiting.start()
-    wait_until(lambda: len(psutil.Process(api.process.pid).net_connections("tcp")) >= 3,
+    process = psutil.Process(api.process.pid)
+    connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6
+    wait_until(lambda: len(connections("tcp")) >= 3,
                what="both requests to be open (and the listening socket)")  # fmt: skip
     assert api.stop(signum, timeout=15) == 0, api.printed()
     thread.join(10)
