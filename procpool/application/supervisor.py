@@ -4,6 +4,7 @@
                              │ one transaction per loop turn │                           │
     signals ─▶ wake-up pipe  └───────────────────────────────┘ ◀─Started/Finished/Log───┘
     SIGCHLD ─▶ reap ─▶ fleet: each run's fate (domain/fate.py) ─▶ ledger
+                  └──▶ companions (the HTTP server: started, restarted, stopped last)
 
 Each turn waits once on every input (the workers' channels, the wake-up pipe
 that signals write to, the inbox watch) with a timeout set by the nearest
@@ -29,12 +30,13 @@ import selectors
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
+from procpool.application.companion import Companion
 from procpool.application.dispatch import HORIZON, plan
 from procpool.application.events import emit
 from procpool.application.fleet import (
@@ -123,6 +125,7 @@ class Supervisor:
         telemetry: Telemetry | None = None,
         starts: StartRegister | None = None,
         tree_mark: str | None = None,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -136,6 +139,7 @@ class Supervisor:
         self.channels: dict[int, SupervisorEnd] = {}
         self._starts = starts
         self._tree_mark = tree_mark  # what every worker's process tree carries (tree.py)
+        self._companions = list(companions)  # children that are not workers (companion.py)
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._new_workers: list[WorkerRecord] = []  # forked, to be stored in the next turn
         self._signals: deque[int] = deque()
@@ -190,8 +194,9 @@ class Supervisor:
             handlers=self.registry.names(),
         )
         self._spawn_missing(time.monotonic())
+        self._tend_companions(time.monotonic())
         self._telemetry.ready(self.settings.workers)
-        while not (self._stopping and not len(self.fleet)):
+        while not (self._stopping and not len(self.fleet)) or self._companions_running():
             try:
                 self._turn()
             except StoreBusy as busy:
@@ -293,6 +298,7 @@ class Supervisor:
             self.ledger.flush_history()
         self._after_commit()
         self._spawn_missing(now)
+        self._tend_companions(now)
         if publish:
             self._next_publish = now + self.settings.metrics_interval
             self._telemetry.publish(snapshot)
@@ -317,6 +323,10 @@ class Supervisor:
         worker_deadline = self.fleet.next_deadline(self._stop_at)
         if worker_deadline is not None:
             deadlines.append(worker_deadline)
+        for companion in self._companions:
+            deadline = companion.next_deadline(self._stopping)
+            if deadline is not None:
+                deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
 
     def _drain_wake_pipe(self) -> None:
@@ -520,11 +530,20 @@ class Supervisor:
             self._selector.unregister(self.channels[pid].fileno())
 
     def _reap(self, now: float, wall: float) -> None:
-        exited = [(pid, status) for pid, status in pool.reap_any() if pid in self.channels]
+        reaped = pool.reap_any()
+        exited = [(pid, status) for pid, status in reaped if pid in self.channels]
+        for pid, status in reaped:
+            if pid in self.channels:
+                continue
+            for companion in self._companions:
+                if companion.exited(pid, status, now):
+                    break
         if exited:
             # What their handlers left is now ours (we are a subreaper): it dies before
             # the runs' fates are decided, so a retry never overlaps it.
-            tree.end_orphans(pid for pid in self.channels if pid not in dict(exited))
+            keep = [pid for pid in self.channels if pid not in dict(exited)]
+            keep.extend(c.pid for c in self._companions if c.pid is not None)
+            tree.end_orphans(keep)
         for pid, status in exited:
             worker = self.fleet.get(pid)
             if worker is None:
@@ -539,6 +558,16 @@ class Supervisor:
             self.channels.pop(pid).close()
             self._slots.pop(pid, None)
             self.store.remove_worker(pid)
+
+    def _tend_companions(self, now: float) -> None:
+        """Start or restart the companions; once stopping has ended every worker, stop
+        them: the HTTP server answers while running jobs finish."""
+        stopping = self._stopping and not len(self.fleet)
+        for companion in self._companions:
+            companion.tick(now, stopping)
+
+    def _companions_running(self) -> bool:
+        return any(companion.running for companion in self._companions)
 
     def _retire_due(self, now: float) -> None:
         self._apply(self.fleet.retirements(self.settings.workers, self._stopping, now), 0.0)

@@ -22,6 +22,7 @@ from typing import Any, Union, get_args, get_origin
 import msgspec
 
 from procpool.domain.errors import ConfigError
+from procpool.infrastructure.bind import parse_bind
 
 ENV_PREFIX = "PROCPOOL_"
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -51,6 +52,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics_interval: float = 5.0
     log_max_bytes: int = 52_428_800
     log_keep: int = 5
+    http_bind: str | None = None  # HOST:PORT or unix:PATH: `procpool run` serves HTTP too
+    http_token_file: str | None = None
 
     @property
     def worker_count(self) -> int:
@@ -132,6 +135,11 @@ def _check(config: Config) -> Config:
             f"config key 'log_level' must be one of {', '.join(LOG_LEVELS)},"
             f" got {config.log_level!r}"
         )
+    if config.http_bind is not None:
+        try:
+            parse_bind(config.http_bind)
+        except ValueError as error:
+            raise ConfigError(f"config key 'http_bind': {error}") from None
     if config.synchronous.upper() not in SYNCHRONOUS_MODES:
         raise ConfigError(
             f"config key 'synchronous' must be one of {', '.join(SYNCHRONOUS_MODES)},"

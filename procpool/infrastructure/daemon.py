@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import stat
+import sys
 from pathlib import Path
 from traceback import format_exc
 from typing import Any
 
+from procpool.application import tree
+from procpool.application.companion import Companion
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
 from procpool.application.settings import Settings
@@ -17,6 +21,7 @@ from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure import config as configuration
+from procpool.infrastructure.bind import check_policy, parse_bind
 from procpool.infrastructure.inbox import FileInbox
 from procpool.infrastructure.logs import DaemonLogs, append_event, reserve_standard_fds
 from procpool.infrastructure.pidfile import AlreadyRunning, PidFile
@@ -70,6 +75,34 @@ def prepare_home(home: Path) -> None:
                 f"{directory} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o});"
                 f" run chmod o-w {directory}"
             )
+
+
+def http_command(
+    config: configuration.Config, home: Path, config_file: Path | None
+) -> list[str] | None:
+    """The argv of the HTTP server that `http_bind` asks for, or None.
+
+    Raises:
+        ConfigError: the bind may not serve without a token, the token file is
+            unusable, or the http extra is not installed.
+        ProcpoolError: the bind's host name does not resolve.
+    """
+    if config.http_bind is None:
+        return None
+    check_policy(parse_bind(config.http_bind), config.http_token_file)
+    missing = [name for name in ("litestar", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"http_bind needs the http extra ({', '.join(missing)} missing):"
+            " pip install 'procpool[http]'"
+        )
+    command = [sys.executable, "-m", "procpool", "serve", "--home", str(home)]
+    command += ["--bind", config.http_bind]
+    if config.http_token_file:
+        command += ["--token-file", config.http_token_file]
+    if config_file is not None:
+        command += ["--config", str(config_file)]
+    return command
 
 
 class _StoppedWhileStarting(BaseException):
@@ -189,6 +222,13 @@ def _serve(
         store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home / "procpool.starts")
+        http = Companion(
+            "http",
+            http_command(config, home, config_file),
+            home / "logs" / "http.log",
+            # The mark lets the next start end a server that outlived a daemon killed -9.
+            {**os.environ, tree.MARKER: str(home.resolve())},
+        )
     except ProcpoolError as error:
         emit("ERROR", "daemon.start_failed", f"procpool did not start: {error}", error=str(error))
         raise
@@ -199,6 +239,7 @@ def _serve(
 
     def reload() -> Settings:
         fresh = configuration.load(flags=flags, config_file=config_file)
+        command = http_command(fresh, home, config_file)  # before any change: it may raise
         if fresh.handlers != loaded_handlers:
             # Modules are imported once, before any worker is forked (DESIGN 9): a
             # reload cannot change what the workers run without a restart.
@@ -211,6 +252,7 @@ def _serve(
         logs.set_level(fresh.log_level)
         logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
         inbox.max_file_bytes = fresh.max_file_bytes
+        http.reconfigure(command)
         return settings_from(fresh)
 
     def close_in_child() -> None:
@@ -237,6 +279,7 @@ def _serve(
         telemetry=DaemonTelemetry(home, dict(os.environ)),
         starts=starts,
         tree_mark=str(home.resolve()),
+        companions=[http],
     )
     try:
         code = supervisor.run()
