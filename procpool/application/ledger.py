@@ -39,19 +39,34 @@ class Ledger:
         self.counts.update(self.store.counts())
 
     def _save(self, new: Job, old: Job) -> Job:
+        self._write(new, old)
+        return new
+
+    def _write(self, new: Job, old: Job) -> bool:
+        """Apply a change as a compare-and-set; whether it took (always, unless shared)."""
         changed = jobs.changed_fields(old, new) or ["updated_at"]
         if not self.store.save(new, expected=old.status, expected_lease=old.lease, fields=changed):
-            # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
-            raise RuntimeError(f"job {old.id} changed under the supervisor")
+            if not self.store.shared:
+                # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
+                raise RuntimeError(f"job {old.id} changed under the supervisor")
+            # Another daemon took the job over (this one was declared dead) or it was
+            # canceled: this attempt's word no longer counts, and nothing was written.
+            self._log(
+                "WARNING", "job.stale_result",
+                f"job {old.id}: the store no longer holds this attempt (lease {old.lease});"
+                f" its {new.status} is dropped",
+                job_id=old.id, lease=old.lease, status=str(new.status),
+            )  # fmt: skip
+            return False
         if new.status is not old.status:
             self.counts[(old.type, old.status)] -= 1
             self.counts[(new.type, new.status)] += 1
-        return new
+        return True
 
     def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> None:
         """The end of a run that started: saved, and kept in the attempt history."""
-        self._save(new, old)
-        self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+        if self._write(new, old):  # a stale run is the history of whoever took the job over
+            self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
 
     def flush_history(self) -> None:
         """Write the turn's finished runs in one statement."""

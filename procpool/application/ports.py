@@ -45,7 +45,12 @@ class JobStore(Protocol):
 
     Changes are made inside `transaction()`; one transaction per loop turn,
     so a turn's changes cost one durable commit.
+
+    `shared`: whether other daemons write the store too (PostgreSQL). Then a lost
+    compare-and-set is normal (another daemon rescued or canceled the job), not a bug.
     """
+
+    shared: bool
 
     def transaction(self) -> AbstractContextManager[None]:
         """Begin, holding the write lock from the start; commit on a normal exit, roll
@@ -87,6 +92,11 @@ class JobStore(Protocol):
         ...
 
     def with_status(self, status: Status) -> list[Job]: ...
+
+    def left_running(self) -> list[Job]:
+        """The running jobs an earlier run of this daemon left behind, for recovery (with
+        a shared store: of this home on this host, not those of the other daemons)."""
+        ...
 
     def max_lease(self) -> int: ...
 
