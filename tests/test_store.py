@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from postgresql import pg_cluster, pg_url  # noqa: F401 (fixtures)
 
 from procpool.application.ports import FileProgress, JobStore, LineError, WorkerRecord
 from procpool.domain import job as jobs

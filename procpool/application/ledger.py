@@ -63,10 +63,13 @@ class Ledger:
             self.counts[(new.type, new.status)] += 1
         return True
 
-    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> None:
-        """The end of a run that started: saved, and kept in the attempt history."""
-        if self._write(new, old):  # a stale run is the history of whoever took the job over
-            self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> bool:
+        """The end of a run that started: saved, and kept in the attempt history. False:
+        the run was stale (another daemon took the job over; it keeps the history)."""
+        if not self._write(new, old):
+            return False
+        self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+        return True
 
     def flush_history(self) -> None:
         """Write the turn's finished runs in one statement."""
@@ -123,7 +126,8 @@ class Ledger:
         return updated
 
     def complete(self, job: Job, result: bytes, duration: float, now: float) -> None:
-        self._end_run(job, jobs.complete(job, result=result, now=now), now)
+        if not self._end_run(job, jobs.complete(job, result=result, now=now), now):
+            return
         self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
         self._log(
             "INFO", "job.completed", f"job {job.id} completed",
@@ -145,7 +149,8 @@ class Ledger:
         `reason` labels it in the metrics; `permanent` ends the retries."""
         retry_at = None if reason == "permanent" else now + self.retry.backoff(job.attempts + 1)
         failed = jobs.fail_attempt(job, error=error, now=now, retry_at=retry_at)
-        self._end_run(job, failed, now, exit_signal)
+        if not self._end_run(job, failed, now, exit_signal):
+            return
         self.failed_attempts[(job.type, reason)] += 1
         fields: dict[str, Any] = {
             "job_id": job.id, "type": job.type, "attempt": job.attempt,
@@ -173,10 +178,10 @@ class Ledger:
 
     def cancel(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
         canceled = jobs.cancel(job, now=now)
-        if ran:
-            self._end_run(job, canceled, now, exit_signal)
-        else:
-            self._save(canceled, job)
+        if not (
+            self._end_run(job, canceled, now, exit_signal) if ran else self._write(canceled, job)
+        ):
+            return
         how = "while it ran" if ran else "before it ran"
         self._log(
             "INFO", "job.canceled", f"job {job.id} canceled {how}",
@@ -194,13 +199,13 @@ class Ledger:
         never started (it waited in a worker's queue)."""
         pending = jobs.interrupt(job, now=now)
         if ran:
-            self._end_run(job, pending, now, exit_signal)
+            if not self._end_run(job, pending, now, exit_signal):
+                return
             self._log(
                 "INFO", "job.interrupted", f"job {job.id} stopped by {why}; back to pending",
                 job_id=job.id, type=job.type, worker_pid=job.worker_pid,
             )  # fmt: skip
-        else:
-            self._save(pending, job)
+        elif self._write(pending, job):
             self._log(
                 "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending",
                 job_id=job.id, type=job.type, worker_pid=job.worker_pid,

@@ -148,6 +148,42 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class Tick:
+    """What one turn of a daemon on a shared store learns about the others
+    (`SharedStore.tick`)."""
+
+    lost: bool = False  # the others declared this daemon dead: its runs are not its own
+    daemon_id: int = 0  # the id it has now (a new one after `lost`)
+    cancels: list[str] = field(default_factory=list)  # its running jobs asked to cancel
+    orphans: list[Job] = field(default_factory=list)  # running jobs of dead daemons, locked
+
+
+class SharedStore(JobStore, Protocol):
+    """A store that several daemons write (`shared` is True): PostgreSQL. Leases are
+    unique across daemons, and each daemon holds a lease of its own on the store."""
+
+    daemon_id: int
+
+    def new_lease(self) -> int:
+        """A fencing token for a new attempt, never used by any daemon before."""
+        ...
+
+    def tick(self) -> Tick:
+        """In the turn's transaction: renew this daemon's lease when due, find the cancels
+        other hosts asked for, and take the running jobs of dead daemons."""
+        ...
+
+    def tick_in(self) -> float:
+        """Seconds until `tick` has work to do."""
+        ...
+
+    def fence_in(self) -> float:
+        """Seconds left before this daemon must have ended its workers' runs, unless a
+        renewal commits first; <= 0: past it."""
+        ...
+
+
 class StartRegister(Protocol):
     """Which run each worker has begun, kept where it outlives the daemon (see
     infrastructure/start_register.py): one slot per live worker."""

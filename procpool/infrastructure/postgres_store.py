@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from procpool.application.ports import (
     FileProgress,
     LineError,
     StoreBusy,
+    Tick,
     WorkerRecord,
     WorkerReport,
 )
@@ -179,16 +180,6 @@ class Timing:
         return self.lease / 7.5
 
 
-@dataclass
-class Tick:
-    """What one turn learns about the other daemons (`PostgresJobStore.tick`)."""
-
-    lost: bool = False  # the others declared this daemon dead: its runs are not its own
-    daemon_id: int = 0  # the id it has now (a new one after `lost`)
-    cancels: list[str] = field(default_factory=list)  # its running jobs asked to cancel
-    orphans: list[Job] = field(default_factory=list)  # running jobs of dead daemons, locked
-
-
 def boottime() -> float:
     """Seconds on a clock that goes on while the machine is suspended."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -246,6 +237,23 @@ def _value(job: Job, name: str) -> object:
 
 def _row(job: Job) -> tuple[Any, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
+
+
+def open_store(url: str, home: Path, lease: float) -> PostgresJobStore:
+    """The daemon's store on `url`, registered as a daemon of `home`.
+
+    Raises:
+        ProcpoolError: the database cannot be reached (the message names why, not the
+            URL, which may hold a password); SchemaTooNew.
+    """
+    try:
+        return PostgresJobStore(url, home, Timing(lease))
+    except psycopg.OperationalError as error:
+        raise ProcpoolError(
+            f"cannot reach the PostgreSQL database of database_url: {error}"
+        ) from None
+    except psycopg.Error as error:
+        raise ProcpoolError(f"the PostgreSQL database of database_url failed: {error}") from None
 
 
 class PostgresJobStore:
