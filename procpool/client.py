@@ -33,7 +33,7 @@ from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import locate_home
+from procpool.infrastructure.config import locate_home, shared_store
 from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
@@ -192,13 +192,20 @@ class Client:
             `${XDG_STATE_HOME:-~/.local/state}/procpool`.
         home_source: how `home` was chosen, in words for an error message
             (default: "the home given to Client()", or worked out when `home` is None).
+        database_url: the PostgreSQL store shared by the daemons (CONTRACT section 11);
+            default: $PROCPOOL_DATABASE_URL, else the config file's `database_url`.
+            With one, the client reads and writes that database instead of the home.
 
     Raises:
         procpool.ProcpoolError: no home given and the configuration is invalid.
     """
 
     def __init__(
-        self, home: str | os.PathLike[str] | None = None, *, home_source: str | None = None
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        home_source: str | None = None,
+        database_url: str | None = None,
     ) -> None:
         if home is None:
             choice = locate_home(None)
@@ -207,7 +214,8 @@ class Client:
             self.home, chosen_by = Path(home), "the home given to Client()"
         self.home_source = home_source or chosen_by
         self.inbox = self.home / "inbox"
-        self._reader = StoreReader(self.home / "procpool.db")
+        self._shared = shared_store(self.home, database_url)
+        self._reader: Any = self._shared or StoreReader(self.home / "procpool.db")
         self._rejected = RejectedFiles(self.home)
 
     def __enter__(self) -> Client:
@@ -251,6 +259,9 @@ class Client:
     def _submit(self, job_spec: spec.JobSpec) -> str:
         spec.check(job_spec)
         assert job_spec.id is not None
+        if self._shared is not None:
+            self._shared.submit_spec(job_spec)
+            return job_spec.id
         document = {
             key: value
             for key, value in msgspec.structs.asdict(job_spec).items()
@@ -319,6 +330,9 @@ class Client:
             procpool.InvalidJobFile: `job_id` is not a valid id.
         """
         spec.check_id(job_id, "job id")
+        if self._shared is not None and self._shared.cancel(job_id) is not None:
+            return
+        # Unknown to the database (or no database): its file may still wait in an inbox.
         self._drop(f"cancel-{job_id}", {"cancel": job_id})
 
     def retry(self, job_id: str) -> str:

@@ -9,7 +9,10 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
-REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(>=|==)\s*([0-9][0-9.]*)")
+# NAME[EXTRAS]>=VERSION; psycopg[binary] pins psycopg-binary to its own version.
+REQUIREMENT = re.compile(
+    r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[([a-z,]+)\])?\s*(>=|==)\s*([0-9][0-9.]*)"
+)
 
 
 def declared() -> dict[str, tuple[str, str]]:
@@ -25,7 +28,10 @@ def declared() -> dict[str, tuple[str, str]]:
             continue
         match = REQUIREMENT.fullmatch(text)
         assert match, f"{text!r}: each dependency is NAME>=VERSION (or ==, for a pinned tool)"
-        found[match.group(1).lower()] = (match.group(2), match.group(3))
+        name, extra, operator, version = match.groups()
+        found[name.lower()] = (operator, version)
+        if extra == "binary":  # psycopg's compiled part, released in step with it
+            found[f"{name.lower()}-binary"] = (operator, version)
     return found
 
 

@@ -24,6 +24,11 @@ from procpool.infrastructure.sqlite_store import (
 )
 from procpool.infrastructure.store_reader import StoreReader
 
+try:
+    from psycopg.errors import UniqueViolation
+except ImportError:  # without psycopg the PostgreSQL cases skip
+    UniqueViolation = KeyError  # type: ignore[assignment, misc]
+
 NOW = 1_800_000_000.0
 
 
@@ -41,11 +46,17 @@ def a_job(job_id: str, *, priority: int = 0, run_at: float = NOW, **changes: obj
     return msgspec.structs.replace(job, **changes)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    opened: JobStore = (
-        SqliteJobStore(tmp_path / "db") if request.param == "sqlite" else MemoryJobStore()
-    )
+    opened: JobStore
+    if request.param == "postgresql":
+        from procpool.infrastructure.postgres_store import PostgresJobStore  # noqa: PLC0415
+
+        opened = PostgresJobStore(request.getfixturevalue("pg_url"), tmp_path)
+    elif request.param == "sqlite":
+        opened = SqliteJobStore(tmp_path / "db")
+    else:
+        opened = MemoryJobStore()
     yield opened
     opened.close()
 
@@ -76,7 +87,7 @@ def test_insert_then_get_returns_the_same_job(store: JobStore) -> None:
 
 def test_an_existing_id_cannot_be_inserted_again(store: JobStore) -> None:
     add(store, a_job("once"))
-    with pytest.raises((sqlite3.IntegrityError, KeyError)), store.transaction():
+    with pytest.raises((sqlite3.IntegrityError, KeyError, UniqueViolation)), store.transaction():
         store.insert([a_job("once", priority=9)])
     assert store.get("once") == a_job("once")
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import selectors
 import signal
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -54,11 +56,13 @@ from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
+from procpool.application.membership import apply_tick, kill_all
 from procpool.application.messages import ToWorker
 from procpool.application.ports import (
     Inbox,
     InboxFile,
     JobStore,
+    SharedStore,
     StartRegister,
     StoreBusy,
     WorkerRecord,
@@ -161,6 +165,11 @@ class Supervisor:
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
         self._store_busy_since: float | None = None  # monotonic: when the store became busy
         self._store_pause = STORE_PAUSE_MIN
+        # Several daemons on one store (PostgreSQL): see membership.py.
+        self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
+        self._fenced = False  # the lease ran out here: no run may go on, none may start
+        # Where the workers read until when the lease holds (WorkerOptions.fence).
+        self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None
 
     # ----------------------------------------------------------------- life
 
@@ -230,6 +239,7 @@ class Supervisor:
                 error=str(busy),
             )
             self._flush_logs()
+        self._check_fence()
         time.sleep(self._store_pause)
         self._store_pause = min(2 * self._store_pause, STORE_PAUSE_MAX)
 
@@ -268,8 +278,16 @@ class Supervisor:
     def _turn(self) -> None:
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
+        self._check_fence()
         with self.store.transaction():
             self._store_free()
+            if self._shared is not None:
+                tick = self._shared.tick()
+                self._apply(
+                    apply_tick(tick, self._shared, self.fleet, self.ledger, self._effects.log,
+                               now, wall),
+                    wall,
+                )  # fmt: skip
             for record in self._new_workers:
                 self.store.add_worker(record)
             self._new_workers.clear()
@@ -296,6 +314,9 @@ class Supervisor:
             if publish:
                 snapshot = take_snapshot(self.fleet, self.ledger, self.store, pool.rss_bytes, wall)
             self.ledger.flush_history()
+        if self._fence_map is not None and self._shared is not None:
+            valid_until = time.clock_gettime(time.CLOCK_BOOTTIME) + self._shared.fence_in()
+            struct.pack_into("d", self._fence_map, 0, valid_until)
         self._after_commit()
         self._spawn_missing(now)
         self._tend_companions(now)
@@ -320,6 +341,10 @@ class Supervisor:
             deadlines.append(self._look_again_at)
         if self.settings.max_memory_mb and any(w.current for w in self.fleet):
             deadlines.append(self._next_memory_sample)
+        if self._shared is not None:
+            deadlines.append(now + self._shared.tick_in())
+            if not self._fenced:
+                deadlines.append(now + max(0.0, self._shared.fence_in()))
         worker_deadline = self.fleet.next_deadline(self._stop_at)
         if worker_deadline is not None:
             deadlines.append(worker_deadline)
@@ -489,6 +514,7 @@ class Supervisor:
                     self.settings.heartbeat_interval,
                     self.settings.max_result_bytes,
                     self._tree_mark,
+                    self._fence_map,
                 )
                 forked = pool.spawn(
                     self.registry, options, self._close_in_child, max_frame,
@@ -602,7 +628,7 @@ class Supervisor:
         self._look_again_at = None
         deaf = {pid for pid, channel in self.channels.items() if channel.backlogged}
         idle, busy, holders = self.fleet.candidates(now, deaf)
-        if self._stopping or not (idle or busy or holders):
+        if self._stopping or self._fenced or not (idle or busy or holders):
             self._next_due = None  # a worker freed later makes a turn of its own
             return
         batch = self.fleet.batch
@@ -615,12 +641,39 @@ class Supervisor:
         )  # fmt: skip
         for worker, jobs in decided.handouts:
             for job in jobs[: self.fleet.room(worker, len(jobs))]:
-                self._lease += 1
-                running = self.ledger.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
+                running = self.ledger.start(
+                    job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
+                )
                 self._apply([self.fleet.hand_out(worker, running, now)], wall)
         self._apply([self.fleet.take_back(w, job) for w, job in decided.take_back], wall)
         self._look_again_at = decided.look_again_at
         self._next_due = self.store.next_run_at(wall) if len(due) < limit else None
+
+    def _new_lease(self) -> int:
+        """The fencing token of a new attempt: unique across daemons on a shared store."""
+        if self._shared is not None:
+            return self._shared.new_lease()
+        self._lease += 1
+        return self._lease
+
+    def _check_fence(self) -> None:
+        """On a shared store: once this daemon's lease may have run out (no renewal for
+        lease - margin seconds, on a clock that counts suspend), kill every worker's
+        runs before another daemon may take them over, and start none until a renewal
+        commits (DESIGN decision 14)."""
+        if self._shared is None:
+            return
+        late = self._shared.fence_in() <= 0
+        if late and not self._fenced:
+            emit(
+                "ERROR", "daemon.fenced",
+                "the lease on the store was not renewed in time: ending every run before"
+                " another daemon may take it over; no job starts until it is renewed",
+                workers=len(self.fleet),
+            )  # fmt: skip
+            self._outside(kill_all(self.fleet))
+            self._flush_logs()
+        self._fenced = late
 
     def _prune(self, now: float, wall: float) -> None:
         """Retention: delete terminal jobs older than retention_days (or the days a prune

@@ -15,6 +15,7 @@ from procpool.application import tree
 from procpool.application.companion import Companion
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
+from procpool.application.ports import JobStore
 from procpool.application.settings import Settings
 from procpool.application.supervisor import Supervisor
 from procpool.domain.errors import ConfigError, ProcpoolError
@@ -48,6 +49,24 @@ def settings_from(config: configuration.Config) -> Settings:
         retention_days=config.retention_days,
         metrics_interval=config.metrics_interval,
     )
+
+
+def open_store(config: configuration.Config, home: Path) -> JobStore:
+    """The job store: HOME/procpool.db, or the PostgreSQL database of `database_url`.
+
+    Raises:
+        ConfigError: `database_url` is set but psycopg is not installed.
+        ProcpoolError: the database cannot be reached, or has a newer schema.
+    """
+    if config.database_url is None:
+        return SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+    try:
+        from procpool.infrastructure import postgres_store  # noqa: PLC0415 (optional)
+    except ImportError as error:
+        raise ConfigError(
+            f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
+        ) from None
+    return postgres_store.open_store(config.database_url, home, config.daemon_lease)
 
 
 def prepare_home(home: Path) -> None:
@@ -219,7 +238,7 @@ def _serve(
                 stale_pid=stale,
             )
         loaded = load_handler_modules(config.handlers)
-        store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+        store = open_store(config, home)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home / "procpool.starts")
         http = Companion(
