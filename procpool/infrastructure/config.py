@@ -22,8 +22,8 @@ from typing import Any, Union, get_args, get_origin
 import msgspec
 
 from procpool.domain.errors import ConfigError
-from procpool.infrastructure.bind import parse_bind
 from procpool.domain.spec import JobDefaults
+from procpool.infrastructure.bind import parse_bind
 
 ENV_PREFIX = "PROCPOOL_"
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
