@@ -8,7 +8,7 @@ as root the server runs as the `postgres` user (`runuser -u postgres --`), in a
 directory owned by it.
 
 Where no server or no psycopg is installed the PostgreSQL tests are skipped, saying
-why; with PROCPOOL_REQUIRE_POSTGRESQL=1 (set by `.ci/run`) they fail instead, so CI
+why; with CI_REQUIRE_POSTGRESQL=1 (set by `.ci/run`) they fail instead, so CI
 never passes by skipping them.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-REQUIRED = os.environ.get("PROCPOOL_REQUIRE_POSTGRESQL") == "1"
+REQUIRED = os.environ.get("CI_REQUIRE_POSTGRESQL") == "1"
 
 
 def _server_bin() -> Path | None:
@@ -42,7 +42,7 @@ def _server_bin() -> Path | None:
 def unavailable(why: str) -> None:
     """Skip the test, or fail it where PostgreSQL is required."""
     if REQUIRED:
-        pytest.fail(f"PostgreSQL is required here (PROCPOOL_REQUIRE_POSTGRESQL=1): {why}")
+        pytest.fail(f"PostgreSQL is required here (CI_REQUIRE_POSTGRESQL=1): {why}")
     pytest.skip(why)
 
 
