@@ -30,7 +30,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,13 +54,15 @@ from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import locate_home
+from procpool.infrastructure.config import locate_home, shared_store
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.rejections import RejectedFiles, batch_ids
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
+# How the intake words an id taken by a job with other content (ingest.py).
+_DUPLICATE = re.compile(r'^duplicate id "(?P<id>[^"]+)" with different content$')
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
 # Seconds a submit or cancel waits for the daemon's answer over the socket (a turn
@@ -231,13 +234,20 @@ class Client:
             `${XDG_STATE_HOME:-~/.local/state}/procpool`.
         home_source: how `home` was chosen, in words for an error message
             (default: "the home given to Client()", or worked out when `home` is None).
+        database_url: the PostgreSQL store shared by the daemons (CONTRACT section 11);
+            default: $PROCPOOL_DATABASE_URL, else the config file's `database_url`.
+            With one, the client reads and writes that database instead of the home.
 
     Raises:
         procpool.ProcpoolError: no home given and the configuration is invalid.
     """
 
     def __init__(
-        self, home: str | os.PathLike[str] | None = None, *, home_source: str | None = None
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        home_source: str | None = None,
+        database_url: str | None = None,
     ) -> None:
         if home is None:
             choice = locate_home(None)
@@ -246,7 +256,8 @@ class Client:
             self.home, chosen_by = Path(home), "the home given to Client()"
         self.home_source = home_source or chosen_by
         self.inbox = self.home / "inbox"
-        self._reader = StoreReader(self.home / "procpool.db")
+        self._shared = shared_store(self.home, database_url)
+        self._reader: Any = self._shared or StoreReader(self.home / "procpool.db")
         self._rejected = RejectedFiles(self.home)
         self._local = threading.local()  # this thread's connection to the socket door
         self._doors: set[DoorConnection] = set()
@@ -364,6 +375,10 @@ class Client:
     def _submit(self, job_spec: spec.JobSpec) -> str:
         spec.check(job_spec)
         assert job_spec.id is not None
+        if self._shared is not None:
+            with _duplicates_named():
+                self._shared.submit_spec(job_spec)
+            return job_spec.id
         document = {
             key: value
             for key, value in msgspec.structs.asdict(job_spec).items()
@@ -451,12 +466,23 @@ class Client:
         """
         encoded: list[bytes] = []
         ids: list[str] = []
+        specs: list[spec.JobSpec] = []
         for number, job in enumerate(jobs, 1):
-            data, job_id = self._batch_job(number, job)
+            data, job_spec = self._batch_job(number, job)
             encoded.append(data)
-            ids.append(job_id)
+            specs.append(job_spec)
+            ids.append(job_spec.id or "")
         if not encoded:
             return []
+        if self._shared is not None:  # the database is the store: one transaction there
+            now = time.time()
+            defaults = self._shared.defaults
+            with _duplicates_named():
+                self._shared.submit(
+                    [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
+                        specs, ids, strict=True)]
+                )  # fmt: skip
+            return ids
         size = sum(len(data) + 16 for data in encoded)
         if size > MAX_REQUEST_BYTES:
             raise InvalidJobFile(
@@ -477,8 +503,9 @@ class Client:
         self._drop(f"{ids[0]}.batch", batch)
         return ids
 
-    def _batch_job(self, number: int, job: Mapping[str, Any]) -> tuple[bytes, str]:
-        """One job of a batch as the JSON of a job object, checked, and its id."""
+    def _batch_job(self, number: int, job: Mapping[str, Any]) -> tuple[bytes, spec.JobSpec]:
+        """One job of a batch as the JSON of a job object, checked, and its spec (with
+        its id)."""
         if not isinstance(job, Mapping):
             raise InvalidJobFile(
                 f"job {number}: a job must be a mapping (a dict), got {type(job).__name__}"
@@ -494,7 +521,7 @@ class Client:
         if not isinstance(value, spec.JobSpec):
             raise InvalidJobFile(f"job {number}: not a job (it has no type)")
         assert value.id is not None
-        return data, value.id
+        return data, value
 
     def cancel(self, job_id: str) -> None:
         """Ask the daemon to cancel a job.
@@ -510,6 +537,11 @@ class Client:
             procpool.InvalidJobFile: `job_id` is not a valid id.
         """
         spec.check_id(job_id, "job id")
+        if self._shared is not None:
+            if self._shared.cancel(job_id) is None:
+                # Unknown to the database: its file may still wait in an inbox.
+                self._drop(f"cancel-{job_id}", {"cancel": job_id})
+            return
         answer = self._ask(lambda ref: Cancel(ref, job_id), ANSWER_TIMEOUT)
         if not isinstance(answer, CancelAnswer):
             self._drop(f"cancel-{job_id}", {"cancel": job_id})
@@ -769,6 +801,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(poll, 0.005)
         asking = _DoorWait(self)
+        # A shared store's jobs end on any daemon, and this home's hears only of its own.
+        asking.usable = self._shared is None
         try:
             while True:
                 found = self._reader.get_many(list(dict.fromkeys(job_ids)))
@@ -812,6 +846,20 @@ class Client:
             if door.pid == os.getpid():
                 door.close()
         self._local = threading.local()
+
+
+@contextmanager
+def _duplicates_named() -> Iterator[None]:
+    """A shared store words a taken id as the daemon does: raise it as DuplicateId."""
+    try:
+        yield
+    except DuplicateId:
+        raise
+    except InvalidJobFile as error:
+        taken = _DUPLICATE.match(str(error))
+        if taken is None:
+            raise
+        raise DuplicateId(str(error), taken["id"]) from None
 
 
 class _DoorWait:

@@ -20,6 +20,9 @@ import pytest
 
 from procpool import Client, JobRejected
 
+# The throwaway PostgreSQL cluster (tests/postgresql.py): pg_cluster, pg_url.
+pytest_plugins = ["postgresql"]
+
 TESTS = Path(__file__).parent
 # Fast timings for tests; each test may override any of them.
 FAST_ENV = {

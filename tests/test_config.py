@@ -279,3 +279,10 @@ def test_a_wrong_value_of_a_known_variable_still_stops_the_daemon(tmp_path: Path
     result = run_cli(tmp_path / "home", "run", env={"PROCPOOL_WORKERS": "many"})
     assert result.returncode == 2
     assert "PROCPOOL_WORKERS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_max_result_bytes_stays_within_what_the_store_keeps(tmp_path: Path) -> None:
+    config_file = tmp_path / "procpool.toml"
+    config_file.write_text("max_result_bytes = 2_000_000_000\n")
+    with pytest.raises(ConfigError, match=r"max_result_bytes.*at most 536870912"):
+        load(flags={}, config_file=config_file)

@@ -9,17 +9,29 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
-REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(>=|==)\s*([0-9][0-9.]*)")
+# NAME[EXTRAS]>=VERSION; psycopg[binary] pins psycopg-binary to its own version.
+REQUIREMENT = re.compile(
+    r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[([a-z,]+)\])?\s*(>=|==)\s*([0-9][0-9.]*)"
+)
 
 
 def declared() -> dict[str, tuple[str, str]]:
-    """{name: (operator, version)} of every runtime and test dependency."""
+    """{name: (operator, version)} of every runtime and extra dependency. An extra may
+    name another of procpool's own (`procpool[http]`): that one is listed by its name."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     found = {}
-    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+    for text in [*project["dependencies"], *(t for group in extras.values() for t in group)]:
+        own = re.fullmatch(r"procpool\[([a-z,]+)\]", text)
+        if own:
+            assert set(own.group(1).split(",")) <= set(extras), f"{text!r}: no such extra"
+            continue
         match = REQUIREMENT.fullmatch(text)
         assert match, f"{text!r}: each dependency is NAME>=VERSION (or ==, for a pinned tool)"
-        found[match.group(1).lower()] = (match.group(2), match.group(3))
+        name, extra, operator, version = match.groups()
+        found[name.lower()] = (operator, version)
+        if extra == "binary":  # psycopg's compiled part, released in step with it
+            found[f"{name.lower()}-binary"] = (operator, version)
     return found
 
 

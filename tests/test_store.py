@@ -24,6 +24,11 @@ from procpool.infrastructure.sqlite_store import (
 )
 from procpool.infrastructure.store_reader import StoreReader
 
+try:
+    from psycopg.errors import UniqueViolation
+except ImportError:  # without psycopg the PostgreSQL cases skip
+    UniqueViolation = KeyError  # type: ignore[assignment, misc]
+
 NOW = 1_800_000_000.0
 
 
@@ -41,11 +46,17 @@ def a_job(job_id: str, *, priority: int = 0, run_at: float = NOW, **changes: obj
     return msgspec.structs.replace(job, **changes)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    opened: JobStore = (
-        SqliteJobStore(tmp_path / "db") if request.param == "sqlite" else MemoryJobStore()
-    )
+    opened: JobStore
+    if request.param == "postgresql":
+        from procpool.infrastructure.postgres_store import PostgresJobStore  # noqa: PLC0415
+
+        opened = PostgresJobStore(request.getfixturevalue("pg_url"), tmp_path)
+    elif request.param == "sqlite":
+        opened = SqliteJobStore(tmp_path / "db")
+    else:
+        opened = MemoryJobStore()
     yield opened
     opened.close()
 
@@ -76,7 +87,7 @@ def test_insert_then_get_returns_the_same_job(store: JobStore) -> None:
 
 def test_an_existing_id_cannot_be_inserted_again(store: JobStore) -> None:
     add(store, a_job("once"))
-    with pytest.raises((sqlite3.IntegrityError, KeyError)), store.transaction():
+    with pytest.raises((sqlite3.IntegrityError, KeyError, UniqueViolation)), store.transaction():
         store.insert([a_job("once", priority=9)])
     assert store.get("once") == a_job("once")
 
@@ -322,9 +333,14 @@ def test_the_due_query_is_served_by_its_index(sqlite_store: SqliteJobStore) -> N
     sqlite_store._db.set_trace_callback(statements.append)
     try:
         sqlite_store.due(NOW, 10)
+        first = len(statements)
+        sqlite_store.due(NOW + 0.5, 10)
     finally:
         sqlite_store._db.set_trace_callback(None)
-    assert len(statements) == 2  # mark the newly due jobs ready, then read the head
+    # Mark the newly due jobs ready, learn when the next scheduled one comes, read the
+    # head; until then (the store is the only writer), only the head is read again.
+    assert first == 3
+    assert len(statements) == 4 and statements[-1] == statements[2]
     for query in statements:
         plan = " | ".join(
             row[-1] for row in sqlite_store._db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
@@ -372,3 +388,37 @@ def test_a_reader_of_a_store_that_does_not_exist_yet(tmp_path: Path) -> None:
     assert reader.get("x") is None
     assert reader.list() == []
     assert not (tmp_path / "absent.db").exists(), "reading must not create the store"
+
+
+def test_what_the_due_query_skips_never_hides_a_job(sqlite_store: SqliteJobStore) -> None:
+    """The store skips the due query's statements when what it wrote says they find
+    nothing; every write that can make a job due undoes that."""
+    store = sqlite_store
+    with store.transaction():
+        assert store.due(NOW, 10) == []
+        assert store.next_run_at(NOW) is None
+    add(store, a_job("later", run_at=NOW + 5))  # scheduled: the next wake-up moves
+    with store.transaction():
+        assert store.due(NOW, 10) == []
+        assert store.next_run_at(NOW) == NOW + 5
+        assert [j.id for j in store.due(NOW + 5, 10)] == ["later"]
+    add(store, a_job("now", run_at=NOW + 5, updated_at=NOW + 5))  # ready at once
+    with store.transaction():
+        assert {j.id for j in store.due(NOW + 5, 10)} == {"later", "now"}
+    # Back to pending by a save (a retry due at once) after a look found none ready.
+    started(store, "later", 1)
+    job = started(store, "now", 2)
+    with store.transaction():
+        assert store.due(NOW + 6, 10) == []
+        store.save(
+            msgspec.structs.replace(job, status=Status.PENDING, updated_at=NOW + 6),
+            expected=Status.RUNNING, expected_lease=2,
+        )  # fmt: skip
+        assert [j.id for j in store.due(NOW + 6, 10)] == ["now"]
+    # A rolled-back turn forgets what it noted.
+    with pytest.raises(RuntimeError), store.transaction():
+        add_inside = a_job("undone", run_at=NOW + 100)
+        store.insert([add_inside])
+        raise RuntimeError("the turn fails")
+    with store.transaction():
+        assert store.next_run_at(NOW + 6) is None

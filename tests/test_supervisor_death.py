@@ -16,7 +16,8 @@ def test_workers_die_with_the_supervisor_and_the_next_start_ends_their_children(
     make_daemon, tmp_path: Path
 ) -> None:
     """The kernel SIGKILLs a worker when its supervisor dies (no Python needs to run);
-    what the worker's handler started is killed by the next start's recovery."""
+    what the worker's handler started is killed by the next start, found by the
+    home's mark in its environment."""
     daemon = make_daemon(args=FAULTS)
     pid_files = [tmp_path / f"pids{n}" for n in range(2)]
     for n, pid_file in enumerate(pid_files):
@@ -30,7 +31,7 @@ def test_workers_die_with_the_supervisor_and_the_next_start_ends_their_children(
     restarted = make_daemon(args=FAULTS)
     wait_until(lambda: not any(alive(pid) for pid in children), timeout=10,
                what="every grandchild gone")  # fmt: skip
-    assert {e["worker_pid"] for e in restarted.events("worker.killed_stale")} == set(workers)
+    assert {e["pid"] for e in restarted.events("process.killed_stale")} == set(children)
 
 
 def test_kill_then_restart_completes_every_job(make_daemon) -> None:

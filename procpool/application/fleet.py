@@ -198,6 +198,11 @@ class Fleet:
         self.limits = limits
         self.workers: dict[int, Worker] = {}
         self.batch = BatchSizer()
+        # Workers that exit by themselves before they are ready (a broken handler
+        # module, a fork that cannot run) are replaced after a pause that doubles with
+        # each, up to 5 s; one killed by a signal from outside is replaced at once.
+        self.failed_starts = 0
+        self.respawn_not_before = 0.0
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.workers.values()))
@@ -235,6 +240,29 @@ class Fleet:
         worker.retiring_since = now
         return [Send(worker.pid, Stop())]
 
+    def retirements(self, wanted: int, stopping: bool, now: float) -> list[Decision]:
+        """Stop idle workers that should go: all when stopping, the surplus over
+        `wanted`, and one at a time (so that replacements do not all happen at the
+        same moment) of those past max_jobs_per_worker or the memory limit."""
+        counted = self.counted()
+        surplus = len(counted) - wanted
+        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
+        quota = self.limits.max_jobs_per_worker
+        decisions: list[Decision] = []
+        for worker in counted:
+            if not worker.available:
+                continue
+            if stopping or surplus > 0:
+                surplus -= 1
+            elif retiring:
+                continue
+            elif (quota and worker.jobs_done >= quota) or self.over_memory(worker):
+                retiring = True
+            else:
+                continue
+            decisions += self.retire(worker, now)
+        return decisions
+
     def terminate(self, worker: Worker, cause: Cause, detail: str, now: float) -> list[Decision]:
         """Start ending a worker: SIGTERM now, SIGKILL once the grace has passed. The
         end is complete when the worker is reaped (`exited`)."""
@@ -255,6 +283,9 @@ class Fleet:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return []
+        if worker.state is WorkerState.STARTING and exit_signal is None:
+            self.failed_starts += 1
+            self.respawn_not_before = now + min(5.0, 0.05 * 2**self.failed_starts)
         decisions: list[Decision] = [
             self._end(worker, job, Report.NONE, exit_signal=exit_signal, error=how)
             for job in list(worker.assigned.values())
@@ -369,6 +400,7 @@ class Fleet:
             return self._broken(worker, "it said Ready twice", now)
         worker.state = WorkerState.SERVING
         worker.last_heard_at = now
+        self.failed_starts = 0
         pid = worker.pid
         return [Say("INFO", "worker.started", f"worker {pid} started", {"worker_pid": pid})]
 

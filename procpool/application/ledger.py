@@ -43,6 +43,11 @@ class Ledger:
         self.counts.update(self.store.counts())
 
     def _save(self, new: Job, old: Job) -> Job:
+        self._write(new, old)
+        return new
+
+    def _write(self, new: Job, old: Job) -> bool:
+        """Apply a change as a compare-and-set; whether it took (always, unless shared)."""
         changed = jobs.changed_fields(old, new) or ["updated_at"]
         if self._held is not None:
             held = self._held.get(old.id)
@@ -54,21 +59,36 @@ class Ledger:
         elif not self.store.save(
             new, expected=old.status, expected_lease=old.lease, fields=changed
         ):
-            # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
-            raise RuntimeError(f"job {old.id} changed under the supervisor")
+            if not self.store.shared:
+                # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
+                raise RuntimeError(f"job {old.id} changed under the supervisor")
+            # Another daemon took the job over (this one was declared dead) or it was
+            # canceled: this attempt's word no longer counts, and nothing was written.
+            self._log(
+                "WARNING", "job.stale_result",
+                f"job {old.id}: the store no longer holds this attempt (lease {old.lease});"
+                f" its {new.status} is dropped",
+                job_id=old.id, lease=old.lease, status=str(new.status),
+            )  # fmt: skip
+            return False
         if new.status is not old.status:
             self.counts[(old.type, old.status)] -= 1
             self.counts[(new.type, new.status)] += 1
             if new.status.is_terminal:
                 self._finished.append(new.id)
-        return new
+        return True
 
     @contextmanager
     def held(self) -> Iterator[None]:
         """Within it, changes are kept and each job is written once, as it is at the end:
         a worker's Started and Finished read in the same turn make one UPDATE, not two.
         Only for code that reads no job from the store meanwhile (the reading of worker
-        messages): what is held is not in the store until the block ends."""
+        messages): what is held is not in the store until the block ends. Only for a
+        store of one writer, where a compare-and-set cannot fail: with a shared store,
+        each change is written at once, so that a stale attempt is known at once."""
+        if self.store.shared:
+            yield
+            return
         self._held = {}
         try:
             yield
@@ -89,10 +109,13 @@ class Ledger:
         finished, self._finished = self._finished, []
         return finished
 
-    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> None:
-        """The end of a run that started: saved, and kept in the attempt history."""
-        self._save(new, old)
+    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> bool:
+        """The end of a run that started: saved, and kept in the attempt history. False:
+        the run was stale (another daemon took the job over; it keeps the history)."""
+        if not self._write(new, old):
+            return False
         self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+        return True
 
     def flush_history(self) -> None:
         """Write the turn's finished runs in one statement."""
@@ -152,7 +175,8 @@ class Ledger:
         return updated
 
     def complete(self, job: Job, result: bytes, duration: float, now: float) -> None:
-        self._end_run(job, jobs.complete(job, result=result, now=now), now)
+        if not self._end_run(job, jobs.complete(job, result=result, now=now), now):
+            return
         self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
         self._log(
             "INFO", "job.completed", f"job {job.id} completed",
@@ -174,7 +198,8 @@ class Ledger:
         `reason` labels it in the metrics; `permanent` ends the retries."""
         retry_at = None if reason == "permanent" else now + self.retry.backoff(job.attempts + 1)
         failed = jobs.fail_attempt(job, error=error, now=now, retry_at=retry_at)
-        self._end_run(job, failed, now, exit_signal)
+        if not self._end_run(job, failed, now, exit_signal):
+            return
         self.failed_attempts[(job.type, reason)] += 1
         fields: dict[str, Any] = {
             "job_id": job.id, "type": job.type, "attempt": job.attempt,
@@ -202,10 +227,10 @@ class Ledger:
 
     def cancel(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
         canceled = jobs.cancel(job, now=now)
-        if ran:
-            self._end_run(job, canceled, now, exit_signal)
-        else:
-            self._save(canceled, job)
+        if not (
+            self._end_run(job, canceled, now, exit_signal) if ran else self._write(canceled, job)
+        ):
+            return
         how = "while it ran" if ran else "before it ran"
         self._log(
             "INFO", "job.canceled", f"job {job.id} canceled {how}",
@@ -223,13 +248,13 @@ class Ledger:
         never started (it waited in a worker's queue)."""
         pending = jobs.interrupt(job, now=now)
         if ran:
-            self._end_run(job, pending, now, exit_signal)
+            if not self._end_run(job, pending, now, exit_signal):
+                return
             self._log(
                 "INFO", "job.interrupted", f"job {job.id} stopped by {why}; back to pending",
                 job_id=job.id, type=job.type, worker_pid=job.worker_pid,
             )  # fmt: skip
-        else:
-            self._save(pending, job)
+        elif self._write(pending, job):
             self._log(
                 "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending",
                 job_id=job.id, type=job.type, worker_pid=job.worker_pid,

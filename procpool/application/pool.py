@@ -140,6 +140,14 @@ def _lives(process: psutil.Process) -> bool:
         return False
 
 
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not reaped, does not)."""
+    try:
+        return _lives(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
 def kill_stale_group(pid: int, create_time: float) -> bool:
     """Kill what is left of a worker of an earlier run: its process group, if the
     group is still that worker's. Returns whether anything was killed.

@@ -45,7 +45,12 @@ class JobStore(Protocol):
 
     Changes are made inside `transaction()`; one transaction per loop turn,
     so a turn's changes cost one durable commit.
+
+    `shared`: whether other daemons write the store too (PostgreSQL). Then a lost
+    compare-and-set is normal (another daemon rescued or canceled the job), not a bug.
     """
+
+    shared: bool
 
     def transaction(self) -> AbstractContextManager[None]:
         """Begin, holding the write lock from the start; commit on a normal exit, roll
@@ -91,6 +96,11 @@ class JobStore(Protocol):
         ...
 
     def with_status(self, status: Status) -> list[Job]: ...
+
+    def left_running(self) -> list[Job]:
+        """The running jobs an earlier run of this daemon left behind, for recovery (with
+        a shared store: of this home on this host, not those of the other daemons)."""
+        ...
 
     def max_lease(self) -> int: ...
 
@@ -140,6 +150,42 @@ class JobStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class Tick:
+    """What one turn of a daemon on a shared store learns about the others
+    (`SharedStore.tick`)."""
+
+    lost: bool = False  # the others declared this daemon dead: its runs are not its own
+    daemon_id: int = 0  # the id it has now (a new one after `lost`)
+    cancels: list[str] = field(default_factory=list)  # its running jobs asked to cancel
+    orphans: list[Job] = field(default_factory=list)  # running jobs of dead daemons, locked
+
+
+class SharedStore(JobStore, Protocol):
+    """A store that several daemons write (`shared` is True): PostgreSQL. Leases are
+    unique across daemons, and each daemon holds a lease of its own on the store."""
+
+    daemon_id: int
+
+    def new_lease(self) -> int:
+        """A fencing token for a new attempt, never used by any daemon before."""
+        ...
+
+    def tick(self) -> Tick:
+        """In the turn's transaction: renew this daemon's lease when due, find the cancels
+        other hosts asked for, and take the running jobs of dead daemons."""
+        ...
+
+    def tick_in(self) -> float:
+        """Seconds until `tick` has work to do."""
+        ...
+
+    def fence_in(self) -> float:
+        """Seconds left before this daemon must have ended its workers' runs, unless a
+        renewal commits first; <= 0: past it."""
+        ...
 
 
 class StartRegister(Protocol):

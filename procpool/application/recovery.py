@@ -11,13 +11,15 @@ and one whose cancel was asked for is canceled.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
+
 from procpool.application import pool
 from procpool.application.events import emit
 from procpool.application.fleet import RunEnded
 from procpool.application.ledger import Ledger
 from procpool.application.ports import JobStore
 from procpool.domain.fate import Cause, Phase, Report, fate
-from procpool.domain.job import Status
+from procpool.domain.job import Job
 
 DAEMON_DIED = "the daemon died while it ran"
 
@@ -34,7 +36,15 @@ def recover(store: JobStore, ledger: Ledger, now: float, begun: set[int]) -> Non
                 worker_pid=record.pid,
             )
         store.remove_worker(record.pid)
-    for job in store.with_status(Status.RUNNING):
+    rescue(store.left_running(), ledger, now, begun)
+
+
+def rescue(left: Iterable[Job], ledger: Ledger, now: float, begun: Container[int] = ()) -> None:
+    """The fates of running jobs whose daemon died (its workers are dead too): one that
+    had started is charged a failed attempt, one only handed over goes back to pending
+    unchanged, one whose cancel was asked for is canceled. Also how a daemon takes over
+    the jobs of a dead one on a shared store (`begun` then empty: `started_at` tells)."""
+    for job in left:
         started = job.started_at is not None or job.lease in begun
         phase = Phase.STARTED if started else Phase.QUEUED
         cause = Cause.CANCEL if job.cancel_requested else Cause.NONE

@@ -4,6 +4,7 @@
                              │ one transaction per loop turn │                           │
     signals ─▶ wake-up pipe  └───────────────────────────────┘ ◀─Started/Finished/Log───┘
     SIGCHLD ─▶ reap ─▶ fleet: each run's fate (domain/fate.py) ─▶ ledger
+                  └──▶ companions (the HTTP server: started, restarted, stopped last)
 
 Each turn waits once on every input (the workers' channels, the wake-up pipe
 that signals write to, the inbox watch) with a timeout set by the nearest
@@ -24,18 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import selectors
 import signal
 import socket
+import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
+from procpool.application.companion import Companion
 from procpool.application.dispatch import HORIZON, plan
 from procpool.application.door import Connection, Door
 from procpool.application.events import emit
@@ -44,7 +48,6 @@ from procpool.application.fleet import (
     Decision,
     Deliver,
     Fleet,
-    Limits,
     ProgressMade,
     RunEnded,
     Say,
@@ -55,20 +58,21 @@ from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
+from procpool.application.membership import apply_tick, kill_all
 from procpool.application.messages import ToWorker
 from procpool.application.ports import (
     Inbox,
     InboxFile,
     JobStore,
+    SharedStore,
     StartRegister,
     StoreBusy,
     WorkerRecord,
 )
 from procpool.application.recovery import recover
+from procpool.application.settings import Settings
 from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.application.worker import WorkerOptions
-from procpool.domain.retry import RetryPolicy
-from procpool.domain.spec import JobDefaults
 from procpool.domain.wording import plural
 
 HANDLED_SIGNALS = (
@@ -87,37 +91,6 @@ VACUUM_PAGES = 256
 # (each try also waits for the lock itself: the store's LOCK_WAIT).
 STORE_PAUSE_MIN = 0.05
 STORE_PAUSE_MAX = 0.5
-
-
-@dataclass
-class Settings:
-    """What the supervisor needs of the configuration; SIGHUP may replace it."""
-
-    workers: int
-    defaults: JobDefaults = field(default_factory=JobDefaults)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    shutdown_timeout: float = 30.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    max_jobs_per_worker: int = 0
-    max_memory_mb: int = 0
-    max_result_bytes: int = 16 * 1024 * 1024
-    kill_grace: float = 1.0
-    poll_interval: float = 1.0
-    scan_batch: int = 1000
-    retention_days: float = 7.0
-    metrics_interval: float = 5.0
-    max_file_bytes: int = 1024 * 1024  # a job file, a .jsonl line, a job sent over the socket
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            heartbeat_timeout=self.heartbeat_timeout,
-            kill_grace=self.kill_grace,
-            max_jobs_per_worker=self.max_jobs_per_worker,
-            max_memory_bytes=self.max_memory_mb * 1024 * 1024,
-            max_result_bytes=self.max_result_bytes,
-        )
 
 
 def _seconds(value: float) -> str:
@@ -158,6 +131,7 @@ class Supervisor:
         telemetry: Telemetry | None = None,
         starts: StartRegister | None = None,
         tree_mark: str | None = None,
+        companions: Sequence[Companion] = (),
         door: socket.socket | None = None,
     ) -> None:
         self.store = store
@@ -172,6 +146,7 @@ class Supervisor:
         self.channels: dict[int, SupervisorEnd] = {}
         self._starts = starts
         self._tree_mark = tree_mark  # what every worker's process tree carries (tree.py)
+        self._companions = list(companions)  # children that are not workers (companion.py)
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._new_workers: list[WorkerRecord] = []  # forked, to be stored in the next turn
         self._signals: deque[int] = deque()
@@ -184,8 +159,6 @@ class Supervisor:
         self._next_due: float | None = None  # wall time of the earliest future pending job
         self._look_again_at: float | None = None  # monotonic: a queued job may come back then
         self._next_memory_sample = 0.0
-        self._respawn_not_before = 0.0
-        self._failed_spawns = 0
         self._effects = _Effects()
         self._telemetry: Telemetry = telemetry or NoTelemetry()
         self.ledger = Ledger(store, settings.retry, self._effects.log)
@@ -197,6 +170,11 @@ class Supervisor:
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
         self._store_busy_since: float | None = None  # monotonic: when the store became busy
         self._store_pause = STORE_PAUSE_MIN
+        # Several daemons on one store (PostgreSQL): see membership.py.
+        self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
+        self._fenced = False  # the lease ran out here: no run may go on, none may start
+        # Where the workers read until when the lease holds (WorkerOptions.fence).
+        self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None
 
     # ----------------------------------------------------------------- life
 
@@ -230,8 +208,9 @@ class Supervisor:
             handlers=self.registry.names(),
         )
         self._spawn_missing(time.monotonic())
+        self._tend_companions(time.monotonic())
         self._telemetry.ready(self.settings.workers)
-        while not (self._stopping and not len(self.fleet)):
+        while not (self._stopping and not len(self.fleet)) or self._companions_running():
             try:
                 self._turn()
             except StoreBusy as busy:
@@ -267,6 +246,7 @@ class Supervisor:
                 error=str(busy),
             )
             self._flush_logs()
+        self._check_fence()
         time.sleep(self._store_pause)
         self._store_pause = min(2 * self._store_pause, STORE_PAUSE_MAX)
 
@@ -307,27 +287,22 @@ class Supervisor:
     def _turn(self) -> None:
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
+        self._check_fence()
         with self.store.transaction():
             self._store_free()
+            if self._shared is not None:
+                tick = self._shared.tick()
+                self._apply(
+                    apply_tick(tick, self._shared, self.fleet, self.ledger, self._effects.log,
+                               now, wall),
+                    wall,
+                )  # fmt: skip
             for record in self._new_workers:
                 self.store.add_worker(record)
             self._new_workers.clear()
             self._handle_signals(now)
-            scan = now >= self._next_scan
-            with self.ledger.held():  # nothing here reads a job from the store
-                for key, mask in ready:
-                    if key.data == "wake":
-                        self._drain_wake_pipe()
-                    elif key.data == "inbox":
-                        self.inbox.drain_events()
-                        scan = True
-                    elif key.data == "door" or isinstance(key.data, Connection):
-                        assert self.door is not None
-                        self.door.ready(key.data, mask)
-                    else:
-                        self._serve_channel(key.data, mask, now, wall)
-            if self.door is not None:
-                self._serve_door(now, wall)
+            scan = self._take_inputs(ready, now, wall) or now >= self._next_scan
+            self._serve_door(now, wall)
             self._reap(now, wall)
             self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
             self._sample_memory(now, wall)
@@ -341,11 +316,34 @@ class Supervisor:
             if publish:
                 snapshot = take_snapshot(self.fleet, self.ledger, self.store, pool.rss_bytes, wall)
             self.ledger.flush_history()
+        if self._fence_map is not None and self._shared is not None:
+            valid_until = time.clock_gettime(time.CLOCK_BOOTTIME) + self._shared.fence_in()
+            struct.pack_into("d", self._fence_map, 0, valid_until)
         self._after_commit()
         self._spawn_missing(now)
+        self._tend_companions(now)
         if publish:
             self._next_publish = now + self.settings.metrics_interval
             self._telemetry.publish(snapshot)
+
+    def _take_inputs(
+        self, ready: list[tuple[selectors.SelectorKey, int]], now: float, wall: float
+    ) -> bool:
+        """Read what the selector found ready. Returns whether the inbox has news."""
+        news = False
+        with self.ledger.held():  # nothing here reads a job from the store
+            for key, mask in ready:
+                if key.data == "wake":
+                    self._drain_wake_pipe()
+                elif key.data == "inbox":
+                    self.inbox.drain_events()
+                    news = True
+                elif key.data == "door" or isinstance(key.data, Connection):
+                    assert self.door is not None
+                    self.door.ready(key.data, mask)
+                else:
+                    self._serve_channel(key.data, mask, now, wall)
+        return news
 
     def _wait_timeout(self) -> float:
         """Until the nearest future event: a past one has been acted on already, so the
@@ -357,16 +355,24 @@ class Supervisor:
         if not self._stopping:
             deadlines.append(self._next_scan)
             if len(self.fleet.counted()) < self.settings.workers:
-                deadlines.append(self._respawn_not_before)
+                deadlines.append(self.fleet.respawn_not_before)
         if self._next_due is not None:
             deadlines.append(now + max(0.0, self._next_due - time.time()))
         if self._look_again_at is not None:
             deadlines.append(self._look_again_at)
         if self.settings.max_memory_mb and any(w.current for w in self.fleet):
             deadlines.append(self._next_memory_sample)
+        if self._shared is not None:
+            deadlines.append(now + self._shared.tick_in())
+            if not self._fenced:
+                deadlines.append(now + max(0.0, self._shared.fence_in()))
         worker_deadline = self.fleet.next_deadline(self._stop_at)
         if worker_deadline is not None:
             deadlines.append(worker_deadline)
+        for companion in self._companions:
+            deadline = companion.next_deadline(self._stopping)
+            if deadline is not None:
+                deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
 
     def _drain_wake_pipe(self) -> None:
@@ -426,7 +432,11 @@ class Supervisor:
             try:
                 channel.send(messages)
             except ChannelClosed as error:
-                self._outside(self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0))
+                # A worker that died (a zombie until reaped) is judged by its exit;
+                # one that lives with its channel closed can take no job: end it.
+                if pool.alive(pid):
+                    failed = self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0)
+                    self._outside(failed)
             self._watch_writable(pid)
         finished = self.ledger.take_finished()
         if self.door is not None:
@@ -517,7 +527,7 @@ class Supervisor:
 
     def _spawn_missing(self, now: float) -> None:
         """Fork what the pool lacks: after the turn's commit, never inside it."""
-        if self._stopping or now < self._respawn_not_before:
+        if self._stopping or now < self.fleet.respawn_not_before:
             return
         max_frame = self.settings.max_result_bytes + FRAME_OVERHEAD
         starts = self._starts
@@ -528,6 +538,7 @@ class Supervisor:
                     self.settings.heartbeat_interval,
                     self.settings.max_result_bytes,
                     self._tree_mark,
+                    self._fence_map,
                 )
                 forked = pool.spawn(
                     self.registry, options, self._close_in_child, max_frame,
@@ -535,7 +546,7 @@ class Supervisor:
                 )  # fmt: skip
             except OSError as error:
                 emit("ERROR", "worker.spawn_failed", f"cannot fork a worker: {error}")
-                self._respawn_not_before = now + 1.0
+                self.fleet.respawn_not_before = now + 1.0
                 return
             self.fleet.spawned(forked.pid, now)
             self._slots[forked.pid] = slot
@@ -569,11 +580,20 @@ class Supervisor:
             self._selector.unregister(self.channels[pid].fileno())
 
     def _reap(self, now: float, wall: float) -> None:
-        exited = [(pid, status) for pid, status in pool.reap_any() if pid in self.channels]
+        reaped = pool.reap_any()
+        exited = [(pid, status) for pid, status in reaped if pid in self.channels]
+        for pid, status in reaped:
+            if pid in self.channels:
+                continue
+            for companion in self._companions:
+                if companion.exited(pid, status, now):
+                    break
         if exited:
             # What their handlers left is now ours (we are a subreaper): it dies before
             # the runs' fates are decided, so a retry never overlaps it.
-            tree.end_orphans(pid for pid in self.channels if pid not in dict(exited))
+            keep = [pid for pid in self.channels if pid not in dict(exited)]
+            keep.extend(c.pid for c in self._companions if c.pid is not None)
+            tree.end_orphans(keep)
         for pid, status in exited:
             worker = self.fleet.get(pid)
             if worker is None:
@@ -581,11 +601,6 @@ class Supervisor:
             # Whatever it said before dying counts: read it all before judging the exit.
             while self._read(pid, now, wall):
                 pass
-            if worker.state is WorkerState.STARTING:
-                self._failed_spawns += 1
-                self._respawn_not_before = now + min(5.0, 0.05 * 2**self._failed_spawns)
-            elif worker.state is WorkerState.SERVING:
-                self._failed_spawns = 0
             how, code, signal_name = pool.describe_exit(status)
             self._apply(self.fleet.exited(pid, how, code, signal_name, now), wall)
             pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
@@ -594,27 +609,18 @@ class Supervisor:
             self._slots.pop(pid, None)
             self.store.remove_worker(pid)
 
+    def _tend_companions(self, now: float) -> None:
+        """Start or restart the companions; once stopping has ended every worker, stop
+        them: the HTTP server answers while running jobs finish."""
+        stopping = self._stopping and not len(self.fleet)
+        for companion in self._companions:
+            companion.tick(now, stopping)
+
+    def _companions_running(self) -> bool:
+        return any(companion.running for companion in self._companions)
+
     def _retire_due(self, now: float) -> None:
-        """Stop idle workers that should go; one recycled at a time, so that
-        replacements do not all happen at the same moment."""
-        settings = self.settings
-        counted = self.fleet.counted()
-        surplus = len(counted) - settings.workers
-        retiring = any(w.state is WorkerState.RETIRING for w in self.fleet)
-        for worker in counted:
-            if not worker.available:
-                continue
-            if self._stopping or surplus > 0:
-                surplus -= 1
-            elif retiring:
-                continue
-            elif (
-                settings.max_jobs_per_worker and worker.jobs_done >= settings.max_jobs_per_worker
-            ) or self.fleet.over_memory(worker):
-                retiring = True
-            else:
-                continue
-            self._apply(self.fleet.retire(worker, now), 0.0)
+        self._apply(self.fleet.retirements(self.settings.workers, self._stopping, now), 0.0)
 
     def _sample_memory(self, now: float, wall: float) -> None:
         if not self.settings.max_memory_mb or now < self._next_memory_sample:
@@ -645,7 +651,8 @@ class Supervisor:
     def _serve_door(self, now: float, wall: float) -> None:
         """The requests that came over the socket this turn, before dispatch: a job
         submitted now can be handed to a free worker in the same turn."""
-        assert self.door is not None
+        if self.door is None:
+            return
         settings = self.settings
         decisions = self.door.serve(
             self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
@@ -656,7 +663,7 @@ class Supervisor:
         self._look_again_at = None
         deaf = {pid for pid, channel in self.channels.items() if channel.backlogged}
         idle, busy, holders = self.fleet.candidates(now, deaf)
-        if self._stopping or not (idle or busy or holders):
+        if self._stopping or self._fenced or not (idle or busy or holders):
             self._next_due = None  # a worker freed later makes a turn of its own
             return
         batch = self.fleet.batch
@@ -672,12 +679,39 @@ class Supervisor:
         )  # fmt: skip
         for worker, jobs in decided.handouts:
             for job in jobs[: self.fleet.room(worker, len(jobs))]:
-                self._lease += 1
-                running = self.ledger.start(job, lease=self._lease, worker_pid=worker.pid, now=wall)
+                running = self.ledger.start(
+                    job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
+                )
                 self._apply([self.fleet.hand_out(worker, running, now)], wall)
         self._apply([self.fleet.take_back(w, job) for w, job in decided.take_back], wall)
         self._look_again_at = decided.look_again_at
         self._next_due = self.store.next_run_at(wall) if len(due) < limit else None
+
+    def _new_lease(self) -> int:
+        """The fencing token of a new attempt: unique across daemons on a shared store."""
+        if self._shared is not None:
+            return self._shared.new_lease()
+        self._lease += 1
+        return self._lease
+
+    def _check_fence(self) -> None:
+        """On a shared store: once this daemon's lease may have run out (no renewal for
+        lease - margin seconds, on a clock that counts suspend), kill every worker's
+        runs before another daemon may take them over, and start none until a renewal
+        commits (DESIGN decision 14)."""
+        if self._shared is None:
+            return
+        late = self._shared.fence_in() <= 0
+        if late and not self._fenced:
+            emit(
+                "ERROR", "daemon.fenced",
+                "the lease on the store was not renewed in time: ending every run before"
+                " another daemon may take it over; no job starts until it is renewed",
+                workers=len(self.fleet),
+            )  # fmt: skip
+            self._outside(kill_all(self.fleet))
+            self._flush_logs()
+        self._fenced = late
 
     def _prune(self, now: float, wall: float) -> None:
         """Retention: delete terminal jobs older than retention_days (or the days a prune

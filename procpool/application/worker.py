@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -83,6 +84,11 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0  # seconds
     max_result_bytes: int = 16_777_216  # of a result encoded as JSON
     tree_mark: str | None = None  # inherited by every process a handler starts (tree.py)
+    # With a shared store: 8 bytes of shared memory where the supervisor keeps the
+    # CLOCK_BOOTTIME second its lease may run out (a double; 0: none). A worker whose
+    # job runs past it kills its own group, so a supervisor that is wedged or stopped
+    # still fences its runs before another daemon may take them over (DESIGN 14).
+    fence: Any = None
 
 
 def safe_text(text: str, limit: int | None = None) -> str:
@@ -189,7 +195,10 @@ class _Reporter:
     next job's progress.
     """
 
-    def __init__(self, outbox: _Outbox, heartbeat_interval: float, parent_pid: int) -> None:
+    def __init__(
+        self, outbox: _Outbox, heartbeat_interval: float, parent_pid: int, fence: Any = None
+    ) -> None:
+        self.fence = fence
         self.outbox = outbox
         self.heartbeat_interval = heartbeat_interval
         self.parent_pid = parent_pid
@@ -277,6 +286,10 @@ class _Reporter:
             self._wake.clear()
             if os.getppid() != self.parent_pid:
                 _kill_own_group()
+            if self.fence is not None and self._run is not None:
+                (valid_until,) = struct.unpack_from("d", self.fence)
+                if valid_until and time.clock_gettime(time.CLOCK_BOOTTIME) > valid_until:
+                    _kill_own_group()
             try:
                 self._send_due(time.monotonic())
             except OSError:  # the supervisor is gone
@@ -531,7 +544,7 @@ def worker_main(
     _stdin_from_null()
     outbox = _Outbox(channel)
     capture = OutputCapture(lambda lines: outbox.send(*lines))
-    reporter = _Reporter(outbox, options.heartbeat_interval, parent_pid)
+    reporter = _Reporter(outbox, options.heartbeat_interval, parent_pid, options.fence)
     fatal = _Fatal(outbox, reporter, capture.original_stderr)
     events.configure(None)  # the supervisor's log sink is not ours: lines go up the channel
     logger.remove()

@@ -180,6 +180,42 @@ def run(
 
 @main.command()
 @home_option
+@click.option(
+    "--bind",
+    default=None,
+    help="HOST:PORT or unix:PATH [config http_bind; default 127.0.0.1:8765].",
+)
+@click.option(
+    "--token-file",
+    default=None,
+    help="File holding the bearer token to require [config http_token_file].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
+)
+def serve(
+    home: Path | None, bind: str | None, token_file: str | None, config_file: Path | None
+) -> None:
+    """Serve the HTTP API of the home in the foreground until SIGTERM or SIGINT."""
+    try:
+        from procpool.infrastructure.http.server import serve as serve_http  # noqa: PLC0415
+    except ImportError as error:
+        raise CommandFailed(
+            f"procpool serve needs the http extra ({error.name} is missing):"
+            " pip install 'procpool[http]'"
+        ) from None
+    with _user_errors():
+        choice = configuration.locate_home(home)
+        code = serve_http(choice.path, bind, token_file, config_file)
+    sys.exit(code)
+
+
+@main.command()
+@home_option
 @click.argument("job_type", metavar="TYPE")
 @click.argument("payload", metavar="[PAYLOAD_JSON]", required=False)
 @click.option("--id", "job_id", default=None, help="The job's id [default: a new random one].")

@@ -22,6 +22,8 @@ from typing import Any, Union, get_args, get_origin
 import msgspec
 
 from procpool.domain.errors import ConfigError
+from procpool.domain.spec import JobDefaults
+from procpool.infrastructure.bind import parse_bind
 
 ENV_PREFIX = "PROCPOOL_"
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -51,6 +53,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics_interval: float = 5.0
     log_max_bytes: int = 52_428_800
     log_keep: int = 5
+    http_bind: str | None = None  # HOST:PORT or unix:PATH: `procpool run` serves HTTP too
+    http_token_file: str | None = None
+    database_url: str | None = None  # PostgreSQL, shared by several daemons (CONTRACT 11)
+    daemon_lease: float = 15.0  # seconds; with database_url: see postgres_store.Timing
 
     @property
     def worker_count(self) -> int:
@@ -97,6 +103,9 @@ def _kind(annotation: Any) -> str:
     return " or ".join(words) + (" or none" if type(None) in parts else "")
 
 
+MAX_RESULT_BYTES = 512 * 1024 * 1024
+
+
 def _check(config: Config) -> Config:
     def positive(key: str, allow_zero: bool = False) -> None:
         value = getattr(config, key)
@@ -108,10 +117,17 @@ def _check(config: Config) -> Config:
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
                 "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
-                "log_max_bytes"):  # fmt: skip
+                "log_max_bytes", "daemon_lease"):  # fmt: skip
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
+    if config.max_result_bytes > MAX_RESULT_BYTES:
+        # SQLite stores no value over 1 GB (SQLITE_MAX_LENGTH); a result must fit, with
+        # room for the rest of its row.
+        raise ConfigError(
+            f"config key 'max_result_bytes' must be at most {MAX_RESULT_BYTES}"
+            f" (512 MiB), got {config.max_result_bytes}"
+        )
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"config key 'heartbeat_timeout' ({config.heartbeat_timeout}) must be greater than"
@@ -121,6 +137,18 @@ def _check(config: Config) -> Config:
         raise ConfigError(
             f"config key 'log_level' must be one of {', '.join(LOG_LEVELS)},"
             f" got {config.log_level!r}"
+        )
+    if config.http_bind is not None:
+        try:
+            parse_bind(config.http_bind)
+        except ValueError as error:
+            raise ConfigError(f"config key 'http_bind': {error}") from None
+    url = config.database_url
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "config key 'database_url' must be a PostgreSQL URL (postgresql://...),"
+            # Only the scheme: the rest may hold a password.
+            f" got {url.split('://')[0] + '://...' if '://' in url else 'no URL scheme'}"
         )
     if config.synchronous.upper() not in SYNCHRONOUS_MODES:
         raise ConfigError(
@@ -266,3 +294,28 @@ def locate_home(
     return HomeChoice(
         home, f"the default home, as neither --home, {ENV_PREFIX}HOME nor a config file names one"
     )
+
+
+def shared_store(home: Path, database_url: str | None = None) -> Any:
+    """The client's PostgreSQL store (postgres_client.PostgresClientStore) when
+    `database_url`, $PROCPOOL_DATABASE_URL or the config file (of `home`) names one;
+    None: the home's SQLite store.
+
+    Raises:
+        ConfigError: the configuration is invalid, or psycopg is not installed.
+    """
+    if database_url is None and not os.environ.get(ENV_PREFIX + "DATABASE_URL"):
+        path = config_path(None, home, os.environ)
+        if path is None or "database_url" not in read_file(path):
+            return None  # the common case costs no parse of the environment
+    config = load(flags={"home": str(home), "database_url": database_url})
+    if config.database_url is None:
+        return None
+    try:
+        from procpool.infrastructure.postgres_client import PostgresClientStore  # noqa: PLC0415
+    except ImportError as error:
+        raise ConfigError(
+            f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
+        ) from None
+    defaults = JobDefaults(max_attempts=config.max_attempts, timeout=config.timeout)
+    return PostgresClientStore(config.database_url, defaults)

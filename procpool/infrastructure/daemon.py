@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
 import stat
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from traceback import format_exc
 from typing import Any
 
+from procpool.application import tree
+from procpool.application.companion import Companion
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
-from procpool.application.supervisor import Settings, Supervisor
+from procpool.application.ports import JobStore
+from procpool.application.settings import Settings
+from procpool.application.supervisor import Supervisor
 from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure import door_socket
+from procpool.infrastructure.bind import check_policy, parse_bind
 from procpool.infrastructure.inbox import FileInbox
 from procpool.infrastructure.logs import DaemonLogs, append_event, reserve_standard_fds
 from procpool.infrastructure.pidfile import AlreadyRunning, PidFile
@@ -48,6 +54,24 @@ def settings_from(config: configuration.Config) -> Settings:
     )
 
 
+def open_store(config: configuration.Config, home: Path) -> JobStore:
+    """The job store: HOME/procpool.db, or the PostgreSQL database of `database_url`.
+
+    Raises:
+        ConfigError: `database_url` is set but psycopg is not installed.
+        ProcpoolError: the database cannot be reached, or has a newer schema.
+    """
+    if config.database_url is None:
+        return SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+    try:
+        from procpool.infrastructure import postgres_store  # noqa: PLC0415 (optional)
+    except ImportError as error:
+        raise ConfigError(
+            f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
+        ) from None
+    return postgres_store.open_store(config.database_url, home, config.daemon_lease)
+
+
 def prepare_home(home: Path) -> None:
     """Create the home 0700; refuse one whose inbox other users could fill.
 
@@ -73,6 +97,34 @@ def prepare_home(home: Path) -> None:
                 f"{directory} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o});"
                 f" run chmod o-w {directory}"
             )
+
+
+def http_command(
+    config: configuration.Config, home: Path, config_file: Path | None
+) -> list[str] | None:
+    """The argv of the HTTP server that `http_bind` asks for, or None.
+
+    Raises:
+        ConfigError: the bind may not serve without a token, the token file is
+            unusable, or the http extra is not installed.
+        ProcpoolError: the bind's host name does not resolve.
+    """
+    if config.http_bind is None:
+        return None
+    check_policy(parse_bind(config.http_bind), config.http_token_file)
+    missing = [name for name in ("litestar", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"http_bind needs the http extra ({', '.join(missing)} missing):"
+            " pip install 'procpool[http]'"
+        )
+    command = [sys.executable, "-m", "procpool", "serve", "--home", str(home)]
+    command += ["--bind", config.http_bind]
+    if config.http_token_file:
+        command += ["--token-file", config.http_token_file]
+    if config_file is not None:
+        command += ["--config", str(config_file)]
+    return command
 
 
 class _StoppedWhileStarting(BaseException):
@@ -189,9 +241,16 @@ def _serve(
                 stale_pid=stale,
             )
         loaded = load_handler_modules(config.handlers)
-        store = SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+        store = open_store(config, home)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home / "procpool.starts")
+        http = Companion(
+            "http",
+            http_command(config, home, config_file),
+            home / "logs" / "http.log",
+            # The mark lets the next start end a server that outlived a daemon killed -9.
+            {**os.environ, tree.MARKER: str(home.resolve())},
+        )
     except ProcpoolError as error:
         emit("ERROR", "daemon.start_failed", f"procpool did not start: {error}", error=str(error))
         raise
@@ -202,6 +261,7 @@ def _serve(
 
     def reload() -> Settings:
         fresh = configuration.load(flags=flags, config_file=config_file)
+        command = http_command(fresh, home, config_file)  # before any change: it may raise
         if fresh.handlers != loaded_handlers:
             # Modules are imported once, before any worker is forked (DESIGN 9): a
             # reload cannot change what the workers run without a restart.
@@ -214,6 +274,7 @@ def _serve(
         logs.set_level(fresh.log_level)
         logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
         inbox.max_file_bytes = fresh.max_file_bytes
+        http.reconfigure(command)
         return settings_from(fresh)
 
     def close_in_child() -> None:
@@ -231,9 +292,35 @@ def _serve(
     door = _open_door(home)
     ours = door_socket.identity(home)
     try:
-        return _supervise(store, inbox, starts, home, logs, reload, close_in_child, config, door)
+        supervisor = Supervisor(
+            store,
+            inbox,
+            registry,
+            settings_from(config),
+            reload=reload,
+            reopen_logs=logs.reopen,
+            flush_logs=logs.flush,
+            close_in_child=close_in_child,
+            telemetry=DaemonTelemetry(home, dict(os.environ)),
+            starts=starts,
+            tree_mark=str(home.resolve()),
+            companions=[http],
+            door=door,
+        )
+        try:
+            code = supervisor.run()
+        except Exception as error:
+            # A bug, or a store that failed (a full disk, an I/O error): say so in the
+            # log, then let the workers die with us (PR_SET_PDEATHSIG); the next start
+            # recovers their jobs. The turn that failed changed nothing: its effects
+            # follow its commit.
+            return _crashed(error)
     finally:
-        door_socket.remove(home, ours)
+        door_socket.remove(home, ours)  # clients use the inbox from now on
+    store.close()
+    starts.close()
+    inbox.close_descriptors()
+    return code
 
 
 def _open_door(home: Path) -> socket.socket | None:
@@ -248,41 +335,3 @@ def _open_door(home: Path) -> socket.socket | None:
             error=str(error.strerror or error),
         )  # fmt: skip
         return None
-
-
-def _supervise(
-    store: SqliteJobStore,
-    inbox: FileInbox,
-    starts: StartRegister,
-    home: Path,
-    logs: DaemonLogs,
-    reload: Callable[[], Settings],
-    close_in_child: Callable[[], None],
-    config: configuration.Config,
-    door: socket.socket | None,
-) -> int:
-    supervisor = Supervisor(
-        store,
-        inbox,
-        registry,
-        settings_from(config),
-        reload=reload,
-        reopen_logs=logs.reopen,
-        flush_logs=logs.flush,
-        close_in_child=close_in_child,
-        telemetry=DaemonTelemetry(home, dict(os.environ)),
-        starts=starts,
-        tree_mark=str(home.resolve()),
-        door=door,
-    )
-    try:
-        code = supervisor.run()
-    except Exception as error:
-        # A bug, or a store that failed (a full disk, an I/O error): say so in the log,
-        # then let the workers die with us (PR_SET_PDEATHSIG); the next start recovers
-        # their jobs. The turn that failed changed nothing: its effects follow its commit.
-        return _crashed(error)
-    store.close()
-    starts.close()
-    inbox.close_descriptors()
-    return code

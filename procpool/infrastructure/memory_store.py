@@ -11,6 +11,8 @@ from procpool.domain.job import Job, Run, Status
 
 
 class MemoryJobStore:
+    shared = False
+
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._workers: dict[int, WorkerRecord] = {}
@@ -70,6 +72,9 @@ class MemoryJobStore:
             ),
             default=None,
         )
+
+    def left_running(self) -> list[Job]:
+        return self.with_status(Status.RUNNING)
 
     def with_status(self, status: Status) -> list[Job]:
         return [j for j in self._jobs.values() if j.status is status]

@@ -240,6 +240,8 @@ def _migrate(db: sqlite3.Connection) -> None:
 class SqliteJobStore:
     """The writer. Used by the supervisor only."""
 
+    shared = False  # one daemon per file: the supervisor is the only writer
+
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -393,6 +395,9 @@ class SqliteJobStore:
         if known is not None and known > after:
             return None if known == math.inf else known
         return self._scheduled_from(after)
+
+    def left_running(self) -> list[Job]:
+        return self.with_status(Status.RUNNING)
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE status = ?", (str(status),))

@@ -69,9 +69,18 @@ class StoreReader:
         return found
 
     def list(
-        self, statuses: Sequence[Status] = (), job_type: str | None = None, limit: int = 100
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
     ) -> list[Job]:
+        """Jobs, newest first (by created_at, then id); `before` = (created_at, id) of
+        a job: only those that come after it in this order (the HTTP API's cursor)."""
         where, parameters = [], []  # type: ignore[var-annotated]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            parameters.extend([before[0], before[0], before[1]])
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             parameters.extend(str(s) for s in statuses)

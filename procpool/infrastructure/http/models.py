@@ -1,0 +1,68 @@
+"""The HTTP API's bodies: msgspec structs, from which the OpenAPI document is made.
+
+Jobs, attempts and stats are the very types the client and the CLI print
+(`JobInfo`, `Attempt`, `Stats`); a request body is the job object of CONTRACT
+section 2, made here from `JobSpec`'s own fields (without `retry_of`, which
+only `POST /jobs/{id}/retry` sets), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from procpool.client import JobInfo
+from procpool.domain.spec import JobSpec
+
+
+class Created(msgspec.Struct):
+    """The id of the job submitted (or retried)."""
+
+    id: str
+
+
+class BatchCreated(msgspec.Struct):
+    """The ids of the jobs submitted, in the order of the array."""
+
+    ids: list[str]
+
+
+class JobPage(msgspec.Struct):
+    """One page of jobs, newest first; `next` is the cursor of the next page, or
+    null on the last."""
+
+    jobs: list[JobInfo]
+    next: str | None
+
+
+class Error(msgspec.Struct, omit_defaults=True):
+    """What went wrong; `index` names the item of a batch at fault."""
+
+    error: str
+    index: int | None = None
+
+
+class Health(msgspec.Struct):
+    """`daemon` is "running" (with its pid) or "stopped"."""
+
+    daemon: str
+    pid: int | None
+
+
+def _job_request() -> type[msgspec.Struct]:
+    fields: list[tuple[str, Any, Any]] = []
+    for field in msgspec.structs.fields(JobSpec):
+        if field.name == "retry_of":
+            continue
+        if field.required:
+            fields.append((field.name, field.type))  # type: ignore[arg-type]
+        else:
+            fields.append((field.name, field.type, field.default))
+    return msgspec.defstruct(
+        "JobRequest", fields, kw_only=True, forbid_unknown_fields=True, module=__name__
+    )
+
+
+JobRequest = _job_request()
+"""A job object of CONTRACT section 2: `type` required, the rest optional."""

@@ -1,0 +1,257 @@
+"""The client's side of a PostgreSQL store: reads, submissions and cancels, directly.
+
+With `database_url` set, `Client` (and so the CLI and the HTTP API) uses this in
+place of the read-only SQLite reader and the inbox: what it reads is every daemon's
+jobs, a submission is committed when `submit` returns (idempotent by id and digest,
+as ingestion is: CONTRACT section 2), and a cancel reaches the job wherever it runs:
+a pending job is canceled at once; a running one gets `cancel_requested` and a
+notification to the daemon that owns it, which also polls for it (a notification
+is lost with a dropped connection).
+
+It has the methods of `StoreReader` that the client and `stats` use, plus `submit`,
+`cancel` and `daemons`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain.job import Job, Run, Status
+from procpool.domain.spec import JobDefaults, JobSpec, to_job
+from procpool.infrastructure.postgres_store import (
+    CANCEL_CHANNEL,
+    JOBS_CHANNEL,
+    _row,
+    connect,
+    migrate,
+)
+from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
+
+STATEMENT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """A daemon registered on the database, as `procpool stats` shows it."""
+
+    id: int
+    host: str
+    home: str
+    pid: int
+    state: str  # alive (its lease holds), expired (not renewed: it is being rescued)
+    started_at: float  # seconds since the epoch, database clock
+    lease_age: float  # seconds since its last renewal
+    expires_in: float  # seconds until its lease runs out (negative: ran out)
+    running: int  # jobs it runs
+
+
+class PostgresClientStore:
+    """A client's connection to the shared store, opened at first use.
+
+    Raises (from every method): ProcpoolError when the database cannot be reached.
+    """
+
+    def __init__(self, url: str, defaults: JobDefaults) -> None:
+        self.url = url
+        self.defaults = defaults  # max_attempts and timeout of jobs that do not say
+        self._db: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed or self._db.broken:
+            try:
+                self._db = connect(self.url, STATEMENT_TIMEOUT)
+                # The client may come first: the tables exist before it reads or writes.
+                migrate(self._db)
+            except psycopg.OperationalError as error:
+                raise ProcpoolError(
+                    f"cannot reach the PostgreSQL database of database_url: {error}"
+                ) from None
+        return self._db
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._connection().execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+
+    def exists(self) -> bool:
+        return True  # the database is the store: created on first use
+
+    # ------------------------------------------------------------- writing
+
+    def submit_spec(self, job_spec: JobSpec) -> None:
+        """Submit one checked job (its id set), as a daemon would ingest its file."""
+        assert job_spec.id is not None
+        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=self.defaults, now=time.time())])
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Insert the jobs, all or none, in one transaction; an id that exists with the
+        same digest is the same submission (nothing changes).
+
+        Raises:
+            InvalidJobFile: an id exists with different content; nothing was inserted.
+        """
+        db = self._connection()
+        with db.transaction():
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({','.join(['%s'] * 20)})"
+                    " ON CONFLICT (id) DO NOTHING",
+                    [_row(job) for job in jobs],
+                )
+            stored = dict(
+                db.execute(  # type: ignore[arg-type]
+                    "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)",
+                    ([job.id for job in jobs],),
+                ).fetchall()
+            )
+            for job in jobs:
+                if stored.get(job.id) != job.digest:
+                    raise InvalidJobFile(f'duplicate id "{job.id}" with different content')
+            db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def cancel(self, job_id: str) -> Status | None:
+        """Cancel a job in one transaction: a pending one becomes `canceled`, a running
+        one gets `cancel_requested` and its daemon a notification. Returns the job's
+        status after it (the running one is canceled by its daemon), None if unknown."""
+        db = self._connection()
+        with db.transaction():
+            row = db.execute(
+                "UPDATE procpool_jobs SET"
+                " status = CASE WHEN status = 'pending' THEN 'canceled' ELSE status END,"
+                " cancel_requested = cancel_requested OR status = 'running',"
+                " updated_at = CASE WHEN status = 'pending'"
+                "   THEN %s ELSE updated_at END"
+                " WHERE id = %s RETURNING status, owner",
+                (time.time(), job_id),
+            ).fetchone()
+            if row is None:
+                return None
+            status, owner = row
+            if status == "running" and owner is not None:
+                db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
+        return Status(status)
+
+    # ------------------------------------------------------------- reading
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = %s", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
+        )
+        return {job.id: job for job in map(_job, rows)}
+
+    def list(
+        self, statuses: Sequence[Status] = (), job_type: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        where, parameters = [], []  # type: ignore[var-annotated]
+        if statuses:
+            where.append("status = ANY(%s)")
+            parameters.append([str(s) for s in statuses])
+        if job_type is not None:
+            where.append("type = %s")
+            parameters.append(job_type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM procpool_jobs {clause}"
+            " ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*parameters, limit],
+        )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for job_type, status, count in self._query(
+            "SELECT type, status, count(*) FROM procpool_jobs GROUP BY type, status"
+        ):
+            table.setdefault(job_type, {})[status] = count
+        return table
+
+    def count_finished_before(self, cutoff: float) -> int:
+        rows = self._query(
+            "SELECT count(*) FROM procpool_jobs"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < %s",
+            (cutoff,),
+        )
+        return int(rows[0][0])
+
+    def retried_ids(self) -> set[str]:
+        rows = self._query("SELECT retry_of FROM procpool_jobs WHERE retry_of IS NOT NULL")
+        return {row[0] for row in rows}
+
+    def oldest_pending_age(self, now: float | None = None) -> float | None:
+        rows = self._query("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
+        return None if rows[0][0] is None else (now or time.time()) - rows[0][0]
+
+    def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
+        """The workers of the daemons alive, on every host."""
+        rows = self._query(
+            "SELECT w.pid, w.create_time, w.state, w.current_job, w.jobs_done, w.updated_at"
+            " FROM procpool_workers w JOIN procpool_daemons d ON d.id = w.daemon_id"
+            " WHERE d.state = 'alive' ORDER BY d.id, w.pid"
+        )
+        return [
+            (
+                WorkerRecord(pid, created),
+                WorkerReport(pid, state or "starting", job, done, at or 0.0),
+            )
+            for pid, created, state, job, done, at in rows
+        ]
+
+    def runs(self, job_id: str) -> list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE job_id = %s ORDER BY ended_at, lease",
+            (job_id,),
+        )
+        return [_run(row) for row in rows]
+
+    def recent_runs(self, since: float) -> list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE ended_at >= %s", (since,)
+        )
+        return [_run(row) for row in rows]
+
+    def daemons(self) -> list[DaemonInfo]:
+        """The daemons registered and not known dead: those alive, and those whose lease
+        ran out and whose jobs are about to be rescued (state `expired`)."""
+        rows = self._query(
+            "SELECT d.id, d.host, d.home, d.pid,"
+            " CASE WHEN d.expires_at < now() THEN 'expired' ELSE 'alive' END,"
+            " extract(epoch FROM d.started_at)::float8,"
+            " extract(epoch FROM now() - d.heartbeat_at)::float8,"
+            " extract(epoch FROM d.expires_at - now())::float8,"
+            " (SELECT count(*) FROM procpool_jobs j WHERE j.owner = d.id"
+            "  AND j.status = 'running')"
+            " FROM procpool_daemons d WHERE d.state = 'alive' ORDER BY d.id"
+        )
+        return [DaemonInfo(*row) for row in rows]
+
+    def health(self) -> dict[str, Any]:
+        """What to watch on the database: the age of the oldest open snapshot (seconds;
+        an old one keeps dead rows that every claim walks) and the jobs table's dead
+        rows."""
+        oldest = self._query(
+            "SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity"
+            " WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL"
+        )[0][0]
+        dead = self._query(
+            "SELECT coalesce(n_dead_tup, 0), coalesce(n_live_tup, 0) FROM pg_stat_user_tables"
+            " WHERE relname = 'procpool_jobs'"
+        )
+        return {
+            "oldest_snapshot_age": None if oldest is None else round(max(0.0, oldest), 3),
+            "jobs_dead_tuples": dead[0][0] if dead else 0,
+            "jobs_live_tuples": dead[0][1] if dead else 0,
+        }
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,625 @@
+"""The PostgreSQL job store: one database shared by several daemons (DESIGN decision 14).
+
+    daemon A ─┐                    ┌─ procpool_daemons: one lease per daemon (database clock)
+    daemon B ─┼─ one transaction ─▶│  procpool_jobs: owner + lease (the fencing token)
+    client   ─┘   per turn         └─ procpool_runs, procpool_workers, inbox progress
+
+What keeps "never twice at once" true with several writers:
+
+- Claims: `due` takes pending rows `FOR UPDATE SKIP LOCKED` inside the turn's
+  transaction, so another daemon's turn skips them; the rows started are committed
+  `running` (owner, a lease from the sequence `procpool_lease`) before any is sent.
+- Fencing: every write about an attempt is a compare-and-set on (status, lease), as
+  with SQLite; the lease is unique across daemons. A lost compare-and-set means
+  another daemon rescued or canceled the job: `shared = True` tells the ledger that
+  this is normal.
+- Liveness (`tick`): each daemon renews its row every `lease / 7.5` seconds, with
+  `expires_at = now() + lease` on the database's clock. It fences itself (the
+  supervisor kills its workers) once `lease - margin` has passed on CLOCK_BOOTTIME
+  since the last renewal that committed, with margin = lease / 3. Any daemon marks
+  dead those whose lease ran out more than `margin` ago and takes their running jobs
+  (SKIP LOCKED: one rescuer wins; a completion that committed first wins, since the
+  rescue needs `status = 'running'`). A daemon that finds itself dead registers
+  anew, under a new id from a sequence (ids are never reused).
+
+Times of jobs (run_at, created_at, ...) are the daemons' wall clocks, as with SQLite:
+a skew between hosts shifts ordering and backoff, never safety, which rests on the
+leases alone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from procpool.application.ports import (
+    FileProgress,
+    LineError,
+    StoreBusy,
+    Tick,
+    WorkerRecord,
+    WorkerReport,
+)
+from procpool.domain.errors import ProcpoolError
+from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
+from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _column_value, _job
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, their history, the daemons and their workers, inbox progress per home
+    """
+    CREATE SEQUENCE procpool_lease;
+    CREATE TABLE procpool_daemons (
+        id bigserial PRIMARY KEY,
+        host text NOT NULL,
+        home text NOT NULL,
+        pid integer NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL,
+        state text NOT NULL DEFAULT 'alive'
+    );
+    CREATE INDEX procpool_daemons_alive ON procpool_daemons (expires_at) WHERE state = 'alive';
+    CREATE INDEX procpool_daemons_home ON procpool_daemons (host, home);
+    -- No foreign key from owner to the daemons: see SCALE-OUT.md (procrastinate#1454).
+    CREATE TABLE procpool_jobs (
+        id text PRIMARY KEY,
+        type text NOT NULL,
+        payload bytea NOT NULL,
+        status text NOT NULL,
+        attempts integer NOT NULL,
+        max_attempts integer NOT NULL,
+        timeout double precision,
+        priority integer NOT NULL,
+        run_at double precision NOT NULL,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        last_error text,
+        result bytea,
+        progress bytea,
+        worker_pid integer,
+        lease bigint NOT NULL,
+        started_at double precision,
+        cancel_requested boolean NOT NULL,
+        digest text NOT NULL,
+        retry_of text,
+        owner bigint
+    ) WITH (fillfactor = 85, autovacuum_vacuum_scale_factor = 0.01,
+            autovacuum_analyze_scale_factor = 0.02);
+    CREATE INDEX procpool_jobs_pending ON procpool_jobs (priority DESC, run_at)
+        WHERE status = 'pending';
+    CREATE INDEX procpool_jobs_pending_run_at ON procpool_jobs (run_at) WHERE status = 'pending';
+    CREATE INDEX procpool_jobs_pending_created ON procpool_jobs (created_at)
+        WHERE status = 'pending';
+    CREATE INDEX procpool_jobs_owner ON procpool_jobs (owner) WHERE status = 'running';
+    CREATE INDEX procpool_jobs_finished ON procpool_jobs (updated_at)
+        WHERE status IN ('completed', 'failed', 'canceled');
+    CREATE INDEX procpool_jobs_created ON procpool_jobs (created_at);
+    CREATE TABLE procpool_runs (
+        job_id text NOT NULL REFERENCES procpool_jobs (id) ON DELETE CASCADE,
+        lease bigint NOT NULL,
+        type text NOT NULL,
+        attempt integer NOT NULL,
+        worker_pid integer,
+        started_at double precision,
+        ended_at double precision NOT NULL,
+        outcome text NOT NULL,
+        error text,
+        exit_signal text,
+        PRIMARY KEY (job_id, lease)
+    );
+    CREATE INDEX procpool_runs_ended ON procpool_runs (ended_at);
+    CREATE TABLE procpool_workers (
+        daemon_id bigint NOT NULL,
+        pid integer NOT NULL,
+        create_time double precision NOT NULL,
+        state text,
+        current_job text,
+        jobs_done integer NOT NULL DEFAULT 0,
+        updated_at double precision,
+        PRIMARY KEY (daemon_id, pid)
+    );
+    CREATE TABLE procpool_inbox_progress (
+        home text NOT NULL,
+        key text NOT NULL,
+        version text NOT NULL,
+        byte_offset bigint NOT NULL,
+        line bigint NOT NULL,
+        entries bigint NOT NULL,
+        accepted bigint NOT NULL,
+        rejected bigint NOT NULL,
+        PRIMARY KEY (home, key)
+    );
+    CREATE TABLE procpool_inbox_line_errors (
+        home text NOT NULL,
+        key text NOT NULL,
+        line bigint NOT NULL,
+        error text NOT NULL,
+        PRIMARY KEY (home, key, line)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+# One number for every procpool on a cluster: migrations take it, so two daemons that
+# start at once do not both create the tables.
+MIGRATION_LOCK = 0x70726F63  # "proc"
+LEASE_BATCH = 64  # leases drawn from the sequence per round trip
+CANCEL_CHANNEL = "procpool_cancel"
+JOBS_CHANNEL = "procpool_jobs"
+
+
+class SchemaTooNew(ProcpoolError):
+    """The database was set up by a newer procpool."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The liveness timings, in seconds, all derived from `lease` (config `daemon_lease`)."""
+
+    lease: float = 15.0
+
+    @property
+    def renew_every(self) -> float:
+        return self.lease / 7.5
+
+    @property
+    def margin(self) -> float:
+        """Self-fence this long before the lease ends; rescue this long after it ended."""
+        return self.lease / 3
+
+    @property
+    def rescue_every(self) -> float:
+        return self.lease / 7.5
+
+
+def boottime() -> float:
+    """Seconds on a clock that goes on while the machine is suspended."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def connect(url: str, statement_timeout: float) -> psycopg.Connection[Any]:
+    """A connection whose every call is bounded: `connect_timeout`, TCP keepalives and
+    user timeout (a half-open socket is found), `statement_timeout` and `lock_timeout`.
+
+    Raises:
+        psycopg.OperationalError: the database cannot be reached.
+    """
+    milliseconds = max(1000, int(statement_timeout * 1000))
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=max(2, int(statement_timeout)),
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        tcp_user_timeout=milliseconds,
+        options=f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+        application_name="procpool",
+    )
+
+
+def migrate(db: psycopg.Connection[Any]) -> None:
+    """Bring the schema up to SCHEMA_VERSION, one migration per transaction.
+
+    Raises:
+        SchemaTooNew: a newer procpool set the database up.
+    """
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS procpool_schema (version integer NOT NULL)")
+        row = db.execute("SELECT version FROM procpool_schema").fetchone()
+        if row is None:
+            db.execute("INSERT INTO procpool_schema VALUES (0)")
+        version = 0 if row is None else row[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has procpool schema version {version};"
+                f" this procpool knows up to {SCHEMA_VERSION}"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            db.execute(MIGRATIONS[number])  # type: ignore[arg-type]
+            db.execute("UPDATE procpool_schema SET version = %s", (number + 1,))
+
+
+def _value(job: Job, name: str) -> object:
+    """A field as its column holds it: SQLite's encoding, but a real boolean."""
+    return job.cancel_requested if name == "cancel_requested" else _column_value(job, name)
+
+
+def _row(job: Job) -> tuple[Any, ...]:
+    return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
+
+
+def open_store(url: str, home: Path, lease: float) -> PostgresJobStore:
+    """The daemon's store on `url`, registered as a daemon of `home`.
+
+    Raises:
+        ProcpoolError: the database cannot be reached (the message names why, not the
+            URL, which may hold a password); SchemaTooNew.
+    """
+    try:
+        return PostgresJobStore(url, home, Timing(lease))
+    except psycopg.OperationalError as error:
+        raise ProcpoolError(
+            f"cannot reach the PostgreSQL database of database_url: {error}"
+        ) from None
+    except psycopg.Error as error:
+        raise ProcpoolError(f"the PostgreSQL database of database_url failed: {error}") from None
+
+
+class PostgresJobStore:
+    """The store of one daemon on a shared database. `shared`: other writers exist."""
+
+    shared = True
+
+    def __init__(self, url: str, home: Path, timing: Timing | None = None) -> None:
+        self.url = url
+        self.timing = timing or Timing()
+        self.host = socket.gethostname()
+        self.home = str(home.resolve())
+        self._db = connect(url, self.timing.margin / 2)
+        migrate(self._db)
+        self.daemon_id = self._register()
+        self._renewed_at = boottime()  # the last renewal that committed (boottime)
+        self._renewing: float | None = None  # a renewal in this transaction, sent then
+        self._next_renewal = 0.0
+        self._next_rescue = 0.0
+        self._leases: list[int] = []
+
+    # ------------------------------------------------------------- connection
+
+    def _register(self) -> int:
+        row = self._db.execute(
+            "INSERT INTO procpool_daemons (host, home, pid, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+            (self.host, self.home, os.getpid(), self.timing.lease),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _reconnect(self) -> None:
+        """A new session after the old one broke.
+
+        Raises:
+            StoreBusy: the database cannot be reached yet.
+        """
+        try:
+            self._db.close()
+            self._db = connect(self.url, self.timing.margin / 2)
+        except psycopg.OperationalError as error:
+            raise StoreBusy(f"cannot reach PostgreSQL: {error}".strip()) from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """See JobStore.transaction. Raises StoreBusy on entry when the database cannot be
+        reached (the turn then changed nothing); psycopg.Error for one that fails later."""
+        if self._db.closed or self._db.broken:
+            self._reconnect()
+        try:
+            self._db.execute("BEGIN")
+        except psycopg.OperationalError as error:
+            self._reconnect()
+            raise StoreBusy(f"lost the connection to PostgreSQL: {error}".strip()) from error
+        try:
+            yield
+        except BaseException:
+            if not self._db.broken:
+                self._db.execute("ROLLBACK")
+            self._renewing = None
+            raise
+        self._db.execute("COMMIT")
+        if self._renewing is not None:
+            self._renewed_at, self._renewing = self._renewing, None
+
+    def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------- jobs
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._rows(f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = %s", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        rows = self._rows(
+            "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
+        )
+        return dict(rows)  # type: ignore[arg-type]
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        if not job_ids:
+            return {}
+        rows = self._rows(
+            "SELECT id, status FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
+        )
+        return {job_id: Status(status) for job_id, status in rows}
+
+    def insert(self, jobs: Sequence[Job]) -> None:
+        """Raises psycopg.errors.UniqueViolation if an id exists (the caller checked)."""
+        if not jobs:
+            return
+        with self._db.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({','.join(['%s'] * 20)})",
+                [_row(job) for job in jobs],
+            )
+        # One notification per transaction, not per job: each NOTIFY commit takes a
+        # cluster-wide lock. Idle daemons wake up; busy ones will look anyway.
+        self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def save(
+        self,
+        job: Job,
+        *,
+        expected: Status,
+        expected_lease: int,
+        fields: Sequence[str] = MUTABLE_FIELDS,
+    ) -> bool:
+        names = list(fields)
+        values: list[Any] = [_value(job, name) for name in names]
+        if "status" in names:
+            # The owner goes with `running` and is cleared when the job leaves it.
+            names.append("owner")
+            values.append(self.daemon_id if job.status is Status.RUNNING else None)
+        cursor = self._db.execute(
+            f"UPDATE procpool_jobs SET {', '.join(f'{name} = %s' for name in names)}"  # type: ignore[arg-type]
+            " WHERE id = %s AND status = %s AND lease = %s",
+            (*values, job.id, str(expected), expected_lease),
+        )
+        return cursor.rowcount == 1
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        # Locked until the turn commits: another daemon's claim skips these rows, and
+        # those this turn does not start are free again after it.
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND run_at <= %s"
+            " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (now, limit),
+        )
+        return [_job(row) for row in rows]
+
+    def new_lease(self) -> int:
+        """A fencing token no other daemon will ever use."""
+        if not self._leases:
+            self._leases = [
+                row[0]
+                for row in self._rows(
+                    "SELECT nextval('procpool_lease') FROM generate_series(1, %s)",
+                    (LEASE_BATCH,),
+                )
+            ]
+            self._leases.reverse()
+        return self._leases.pop()
+
+    def next_run_at(self, after: float) -> float | None:
+        rows = self._rows(
+            "SELECT min(run_at) FROM procpool_jobs WHERE status = 'pending' AND run_at > %s",
+            (after,),
+        )
+        return rows[0][0]
+
+    def with_status(self, status: Status) -> list[Job]:
+        rows = self._rows(f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = %s", (str(status),))
+        return [_job(row) for row in rows]
+
+    def left_running(self) -> list[Job]:
+        """The running jobs of the earlier daemons of this home on this host, which are
+        now dead (the pid file proves it, and their stale workers were killed first):
+        marked dead here, their jobs locked for this transaction."""
+        self._db.execute(
+            "UPDATE procpool_daemons SET state = 'dead'"
+            " WHERE host = %s AND home = %s AND id <> %s AND state = 'alive'",
+            (self.host, self.home, self.daemon_id),
+        )
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner IN"
+            " (SELECT id FROM procpool_daemons WHERE host = %s AND home = %s AND id <> %s)"
+            " FOR UPDATE SKIP LOCKED",
+            (self.host, self.home, self.daemon_id),
+        )
+        return [_job(row) for row in rows]
+
+    def max_lease(self) -> int:
+        return int(self._rows("SELECT coalesce(max(lease), 0) FROM procpool_jobs")[0][0])
+
+    # ------------------------------------------------------------- workers and history
+
+    def _this_home(self) -> str:
+        return "SELECT id FROM procpool_daemons WHERE host = %s AND home = %s"
+
+    def add_worker(self, worker: WorkerRecord) -> None:
+        self._db.execute(
+            "INSERT INTO procpool_workers (daemon_id, pid, create_time) VALUES (%s, %s, %s)"
+            " ON CONFLICT (daemon_id, pid) DO UPDATE SET create_time = excluded.create_time,"
+            " state = NULL, current_job = NULL, jobs_done = 0, updated_at = NULL",
+            (self.daemon_id, worker.pid, worker.create_time),
+        )
+
+    def remove_worker(self, pid: int) -> None:
+        self._db.execute(
+            f"DELETE FROM procpool_workers WHERE pid = %s AND daemon_id IN ({self._this_home()})",  # type: ignore[arg-type]
+            (pid, self.host, self.home),
+        )
+
+    def workers(self) -> list[WorkerRecord]:
+        """The workers this home's daemons on this host recorded: after a restart, those
+        that may have outlived the earlier daemon."""
+        rows = self._rows(
+            "SELECT pid, create_time FROM procpool_workers"
+            f" WHERE daemon_id IN ({self._this_home()}) ORDER BY pid",
+            (self.host, self.home),
+        )
+        return [WorkerRecord(pid, created) for pid, created in rows]
+
+    def update_workers(self, reports: Sequence[WorkerReport]) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE procpool_workers SET state = %s, current_job = %s, jobs_done = %s,"
+                " updated_at = %s WHERE daemon_id = %s AND pid = %s",
+                [
+                    (w.state, w.current_job, w.jobs_done, w.updated_at, self.daemon_id, w.pid)
+                    for w in reports
+                ],
+            )
+
+    def record_runs(self, runs: Sequence[Run]) -> None:
+        if not runs:
+            return
+        with self._db.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO procpool_runs ({RUN_COLUMNS}) VALUES ({','.join(['%s'] * 10)})"
+                " ON CONFLICT (job_id, lease) DO NOTHING",
+                [
+                    (r.job_id, r.type, r.lease, r.attempt, r.worker_pid, r.started_at,
+                     r.ended_at, r.outcome, r.error, r.exit_signal)
+                    for r in runs
+                ],
+            )  # fmt: skip
+
+    def counts(self) -> dict[tuple[str, Status], int]:
+        rows = self._rows("SELECT type, status, count(*) FROM procpool_jobs GROUP BY type, status")
+        return {(job_type, Status(status)): count for job_type, status, count in rows}
+
+    def oldest_pending_created(self) -> float | None:
+        rows = self._rows("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
+        return rows[0][0]
+
+    def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
+        # SKIP LOCKED: daemons pruning at once take disjoint batches.
+        rows = self._rows(
+            "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < %s"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING type, status",
+            (cutoff, limit),
+        )
+        return [(job_type, Status(status)) for job_type, status in rows]
+
+    def vacuum_step(self, pages: int) -> None:
+        """Nothing: autovacuum gives the space back (its settings are in the migration)."""
+
+    # ------------------------------------------------------------- inbox progress
+
+    def files_in_progress(self) -> dict[str, FileProgress]:
+        rows = self._rows(
+            "SELECT key, version, byte_offset, line, entries, accepted, rejected"
+            " FROM procpool_inbox_progress WHERE home = %s",
+            (self.home,),
+        )
+        return {row[0]: FileProgress(*row) for row in rows}
+
+    def save_progress(self, progress: FileProgress, errors: Sequence[LineError]) -> None:
+        p = progress
+        self._db.execute(
+            "INSERT INTO procpool_inbox_progress"
+            " (home, key, version, byte_offset, line, entries, accepted, rejected)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (home, key) DO UPDATE SET"
+            " version = excluded.version, byte_offset = excluded.byte_offset,"
+            " line = excluded.line, entries = excluded.entries,"
+            " accepted = excluded.accepted, rejected = excluded.rejected",
+            (self.home, p.key, p.version, p.offset, p.line, p.entries, p.accepted, p.rejected),
+        )
+        with self._db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO procpool_inbox_line_errors (home, key, line, error)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (home, key, line) DO UPDATE SET error = excluded.error",
+                [(self.home, p.key, e.line, e.error) for e in errors],
+            )
+
+    def line_errors(self, key: str) -> list[LineError]:
+        rows = self._rows(
+            "SELECT line, error FROM procpool_inbox_line_errors WHERE home = %s AND key = %s"
+            " ORDER BY line",
+            (self.home, key),
+        )
+        return [LineError(line, error) for line, error in rows]
+
+    def forget_progress(self, key: str) -> None:
+        for table in ("procpool_inbox_progress", "procpool_inbox_line_errors"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE home = %s AND key = %s",  # type: ignore[arg-type]
+                (self.home, key),
+            )
+
+    # ------------------------------------------------------------- liveness
+
+    def fence_in(self) -> float:
+        """Seconds until this daemon must have stopped its workers unless a renewal
+        commits first (negative: past it)."""
+        return self._renewed_at + self.timing.lease - self.timing.margin - boottime()
+
+    def tick_in(self) -> float:
+        """Seconds until `tick` has work to do."""
+        return max(0.0, min(self._next_renewal, self._next_rescue) - boottime())
+
+    def tick(self) -> Tick:
+        """In the turn's transaction: renew this daemon's lease when due, say which of its
+        jobs another host asked to cancel, and take the running jobs of dead daemons when
+        a rescue is due. `lost`: the others declared this daemon dead; it is registered
+        again under a new id, and its runs are no longer its own."""
+        tick = Tick(daemon_id=self.daemon_id)
+        now = boottime()
+        if now >= self._next_renewal:
+            self._next_renewal = now + self.timing.renew_every
+            sent = boottime()
+            renewed = self._db.execute(
+                "UPDATE procpool_daemons SET heartbeat_at = now(),"
+                " expires_at = now() + make_interval(secs => %s)"
+                " WHERE id = %s AND state = 'alive'",
+                (self.timing.lease, self.daemon_id),
+            ).rowcount
+            if not renewed:
+                tick.lost = True
+                self.daemon_id = tick.daemon_id = self._register()
+            self._renewing = sent
+            tick.cancels = [
+                row[0]
+                for row in self._rows(
+                    "SELECT id FROM procpool_jobs"
+                    " WHERE owner = %s AND status = 'running' AND cancel_requested",
+                    (self.daemon_id,),
+                )
+            ]
+        if now >= self._next_rescue:
+            # Jittered, so that the daemons' rescues do not fall into step.
+            self._next_rescue = now + self.timing.rescue_every * random.uniform(0.75, 1.25)
+            tick.orphans = self._rescue()
+        return tick
+
+    def _rescue(self) -> list[Job]:
+        self._db.execute(
+            "UPDATE procpool_daemons SET state = 'dead' WHERE id IN (SELECT id FROM"
+            " procpool_daemons WHERE state = 'alive'"
+            " AND expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)",
+            (self.timing.margin,),
+        )
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner IN"
+            " (SELECT id FROM procpool_daemons WHERE state = 'dead')"
+            " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED"
+        )
+        return [_job(row) for row in rows]
+
+    def close(self) -> None:
+        """Leave: the daemon's row is marked stopped (it holds no running job now)."""
+        try:
+            if not (self._db.closed or self._db.broken):
+                self._db.execute(
+                    "UPDATE procpool_daemons SET state = 'stopped' WHERE id = %s",
+                    (self.daemon_id,),
+                )
+        except psycopg.Error:
+            pass  # the lease runs out by itself; the others rescue what is left
+        finally:
+            self._db.close()

@@ -1,0 +1,41 @@
+"""A handler for the several-daemons tests: each run records its span and proves it ran
+alone.
+
+`span` ({"dir": D, "seconds": S}) takes an exclusive lock on D/JOB.lock for the whole
+run (the kernel drops it when its holder dies, however it dies): a run that finds it
+taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from procpool import JobContext, handler
+
+
+def _note(directory: Path, line: str) -> None:
+    fd = os.open(directory / "spans", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@handler("span")
+def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    directory = Path(payload["dir"])
+    with open(directory / f"{ctx.job_id}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} overlap {time.time()}")
+            (directory / "OVERLAP").write_text(ctx.job_id)
+            raise
+        _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
+        time.sleep(float(payload.get("seconds", 0.1)))
+        _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()}")
+    return {"pid": os.getpid()}

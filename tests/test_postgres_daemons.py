@@ -1,0 +1,194 @@
+"""Several real daemons on one PostgreSQL store (CONTRACT section 11), end to end.
+
+Each daemon has a home of its own (inbox, logs, pid file) and the same
+`database_url`; the lease is 3 s, so a dead daemon's jobs are rescued about 4-5 s
+after its last renewal. Jobs are `span` runs (tests/pg_handlers.py): each holds a
+lock on a file of its job while it runs, so two runs of one job at once leave
+OVERLAP behind, whatever killed whom.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import Daemon, alive, run_cli, wait_until
+
+from procpool import Client
+
+LEASE = 3.0
+
+
+@pytest.fixture
+def spans(tmp_path: Path) -> Path:
+    directory = tmp_path / "spans"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def start(
+    pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> Callable[[str], Daemon]:
+    """Daemons on the test's database (asked for first: the daemons stop before it goes)."""
+
+    def start_one(name: str, workers: int = 2) -> Daemon:
+        return make_daemon(
+            workers,
+            home=tmp_path / name,
+            env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(LEASE)},
+            args=("--handlers", "pg_handlers"),
+        )
+
+    return start_one
+
+
+@pytest.fixture
+def client(pg_url: str) -> Iterator[Callable[[Daemon], Client]]:
+    """A client of a daemon's home on the shared store; closed after the test."""
+    made: list[Client] = []
+
+    def make(daemon: Daemon) -> Client:
+        made.append(Client(daemon.home, database_url=pg_url))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def ran_by(daemon: Daemon) -> set[str]:
+    return {event["job_id"] for event in daemon.events("job.started")}
+
+
+def spans_of(directory: Path) -> list[list[str]]:
+    path = directory / "spans"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def running_now(directory: Path) -> set[str]:
+    started, ended = set(), set()
+    for job_id, attempt, _pid, what, _at in spans_of(directory):
+        (started if what == "start" else ended).add((job_id, attempt))
+    return {job_id for job_id, _ in started - ended}
+
+
+def test_jobs_spread_over_the_daemons_and_every_client_sees_them(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    daemons = [start(name) for name in ("a", "b", "c")]
+    producer = client(daemons[0])
+    ids = [
+        producer.submit("span", {"dir": str(spans), "seconds": 0.3}, id=f"j{n}") for n in range(18)
+    ]
+    # The very same submission again is the same job; another host's client sees it.
+    assert producer.submit("span", {"dir": str(spans), "seconds": 0.3}, id="j0") == "j0"
+    done = client(daemons[2]).wait(ids, timeout=60)
+    assert {job.status for job in done} == {"completed"}
+    shares = [ran_by(d) for d in daemons]
+    assert all(shares), f"a daemon ran nothing: {[len(s) for s in shares]}"
+    assert set().union(*shares) == set(ids)
+    assert sum(len(s) for s in shares) == len(ids), "a job started twice"
+    assert not (spans / "OVERLAP").exists()
+    # The inbox of any host still works, and the CLI reads the shared store.
+    daemons[1].drop("from-inbox.json", {"type": "span", "payload": {"dir": str(spans)}})
+    [job] = client(daemons[1]).wait(["from-inbox"], timeout=30)
+    assert job.status == "completed"
+    listed = run_cli(daemons[2].home, "status", "from-inbox", env={"PROCPOOL_DATABASE_URL": pg_url})
+    assert listed.returncode == 0, listed.stderr
+    assert "completed" in listed.stdout
+
+
+def test_a_killed_daemons_running_jobs_are_rescued_by_the_others(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    a, b, c = (start(name) for name in ("a", "b", "c"))
+    jobs = client(a)
+    ids = [jobs.submit("span", {"dir": str(spans), "seconds": 6}, id=f"long{n}") for n in range(6)]
+    wait_until(lambda: len(running_now(spans)) == 6, 30, what="six runs at once")
+    # Six runs on six workers: two on each daemon (its log says so just after).
+    on_a = wait_until(lambda: len(ran_by(a)) == 2 and ran_by(a), 10, what="a's two runs")
+    killed_at = time.monotonic()
+    a.process.kill()  # type: ignore[union-attr]
+    a.process.wait(10)  # type: ignore[union-attr]
+    done = jobs.wait(ids, timeout=60)
+    assert {job.status for job in done} == {"completed"}
+    attempts = {job.id: job.attempts for job in done}
+    assert attempts == {job_id: 1 if job_id in on_a else 0 for job_id in ids}
+    for job_id in on_a:
+        history = jobs.attempts(job_id)
+        assert [h.outcome for h in history] == ["retry", "completed"]
+        assert history[0].error == "the daemon died while it ran"
+    rescues = b.events("daemon.rescue") + c.events("daemon.rescue")
+    assert {job_id for event in rescues for job_id in event["jobs"]} == on_a
+    assert not (spans / "OVERLAP").exists()
+    # Each run of a rescued job began after the one before had died with its daemon.
+    starts = [s for s in spans_of(spans) if s[3] == "start" and s[0] in on_a]
+    assert sorted(s[1] for s in starts) == ["1", "1", "2", "2"]
+    assert time.monotonic() - killed_at >= LEASE  # not rescued before the lease ran out
+
+
+def test_cancel_from_one_host_reaches_the_job_running_on_another(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    a = start("a", workers=1)
+    b = start("b", workers=1)
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 60}, id="long")
+    wait_until(lambda: "long" in running_now(spans), 30, what="the job to run")
+    # The log says who runs it just after the commit.
+    wait_until(lambda: "long" in ran_by(a) | ran_by(b), 10, what="the job.started line")
+    owner, other = (a, b) if "long" in ran_by(a) else (b, a)
+    started = time.monotonic()
+    result = run_cli(
+        other.home, "cancel", "long", "--timeout", "20", env={"PROCPOOL_DATABASE_URL": pg_url}
+    )
+    [job] = jobs.wait(["long"], timeout=20)
+    assert job.status == "canceled", result.stdout + result.stderr
+    assert time.monotonic() - started < LEASE  # the poll, not the lease, carried it
+    owner.wait_events("job.canceled", job_id="long")
+
+
+def test_a_daemon_stopped_past_its_lease_fences_itself_and_comes_back_anew(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    a = start("a")
+    jobs = client(a)
+    # Both start on a alone; then b joins.
+    jobs.submit("span", {"dir": str(spans), "seconds": 1.0}, id="short")
+    jobs.submit("span", {"dir": str(spans), "seconds": 30}, id="long")
+    wait_until(lambda: running_now(spans) == {"short", "long"}, 30, what="both on a")
+    b = start("b")
+    [runner] = [int(s[2]) for s in spans_of(spans) if s[0] == "long" and s[3] == "start"]
+    a.signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        # The worker running `long` fences itself before the lease may run out (the
+        # worker of `short`, idle by then, has no run to end); b rescues both jobs.
+        wait_until(lambda: not alive(runner), 10, what="the worker of long to fence itself")
+        assert time.monotonic() - stopped_at < LEASE
+        wait_until(
+            lambda: {"short", "long"} <= {j for e in b.events("daemon.rescue") for j in e["jobs"]},
+            20,
+            what="b's rescue",
+        )
+    finally:
+        a.signal(signal.SIGCONT)
+    # Back, a learns it was declared dead, drops what its runs said, and rejoins.
+    a.wait_events("daemon.lease_lost", timeout=20)
+    a.wait_events("job.stale_result", job_id="short")  # its result came too late
+    assert not a.events("job.completed", job_id="short")
+    [short] = jobs.wait(["short"], timeout=30)
+    assert (short.status, short.attempts) == ("completed", 1)
+    assert not (spans / "OVERLAP").exists()
+    with psycopg.connect(pg_url) as db:
+        rows = db.execute(
+            "SELECT state FROM procpool_daemons WHERE pid = %s ORDER BY id", (a.pid,)
+        ).fetchall()
+    assert [r[0] for r in rows] == ["dead", "alive"]
+    jobs.cancel("long")
+    jobs.wait(["long"], timeout=20)
