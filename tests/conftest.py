@@ -257,8 +257,15 @@ def make_daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
             continue
         if daemon.process.poll() is None:
             groups.update(daemon.worker_pids())
-            daemon.process.kill()
-            daemon.process.wait(10)
+            # SIGQUIT: stop now, ending every running job with its process tree. A kill -9
+            # would leave what handlers started to the next start (by design: the workers
+            # die at once, their handlers' processes at the next start's recovery).
+            daemon.process.send_signal(signal.SIGQUIT)
+            try:
+                daemon.process.wait(15)
+            except subprocess.TimeoutExpired:
+                daemon.process.kill()
+                daemon.process.wait(10)
         daemon.client.close()
     # Workers die with the supervisor; give them the second the design allows, then check.
     if groups:
