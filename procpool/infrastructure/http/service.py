@@ -33,6 +33,7 @@ import msgspec
 from procpool.client import (
     Attempt,
     Client,
+    DuplicateId,
     JobInfo,
     JobNotTerminal,
     JobRejected,
@@ -240,6 +241,8 @@ class Service:
         since = time.time_ns()
         try:
             self.client.submit(**_arguments(job_spec))
+        except DuplicateId as error:  # taken between the look-up above and the submit
+            raise Problem(409, str(error)) from None
         except InvalidJobFile as error:
             raise Problem(422, str(error)) from None
         self._await_intake([(job_spec.id, mine)], since)
