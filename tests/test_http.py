@@ -131,6 +131,17 @@ def test_batch_is_all_or_none(api: Server, daemon: Daemon) -> None:
         assert api.post("/jobs/batch", body).status_code == 422
 
 
+def test_a_batch_with_a_type_only_the_daemon_can_refuse_is_refused_whole(api: Server) -> None:
+    refused = api.post(
+        "/jobs/batch", [{"type": "echo", "id": "u1"}, {"type": "no-such-handler", "id": "u2"}]
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["index"] == 1
+    assert refused.json()["error"].startswith("item 1: unknown job type")
+    for job_id in ("u1", "u2"):
+        assert api.get(f"/jobs/{job_id}").status_code == 404
+
+
 # ----------------------------------------------------------------- reading
 
 

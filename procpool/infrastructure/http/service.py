@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
+import re
 import threading
 import time
 import uuid
@@ -252,9 +252,9 @@ class Service:
         """Submit a JSON array of job objects, all or none.
 
         Every item is decoded and checked, and its id looked up, before any is
-        written; then all are written as one `.jsonl` file in the inbox, which
-        the daemon takes as a whole. A type no handler registers is found only
-        by the daemon (see the module's docstring).
+        written; then all go to the daemon at once (`_queue_all`), which stores
+        them or refuses them whole. A type no handler registers is found only by
+        the daemon (see the module's docstring).
 
         Raises:
             Problem: 422 naming the index and field at fault; 409 an id taken by a
@@ -288,29 +288,27 @@ class Service:
                 fresh.append((index, job_spec, mine))
         if fresh:
             since = time.time_ns()
-            self._queue_all([job_spec for _, job_spec, _ in fresh])
+            self._queue_all(fresh)
             self._await_intake([(s.id or "", mine) for _, s, mine in fresh], since, fresh)
         return list(specs)
 
-    def _queue_all(self, specs: list[spec.JobSpec]) -> None:
-        """Write every job at once: one .jsonl file, published by a link.
+    def _queue_all(self, fresh: list[tuple[int, spec.JobSpec, str]]) -> None:
+        """Write every job at once, all or none: `Client.submit_many` sends the batch
+        in one request that the daemon judges whole (while none runs, one batch file
+        it will accept or reject whole), so a job it refuses, an unknown type say,
+        refuses them all.
 
-        The one place to switch to Client.submit_many (issue 15) once it exists.
+        Raises:
+            Problem: 409 an id taken by a job with other content; 422 a job the
+                daemon refused, naming its item.
         """
-        lines = b"".join(msgspec.json.encode(_document(s)) + b"\n" for s in specs)
-        inbox = self.home / "inbox"
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        inbox.mkdir(mode=0o700, exist_ok=True)
-        name = f"batch-{uuid.uuid4().hex}"
-        temporary = inbox / f".{name}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        index_of = {s.id: index for index, s, _ in fresh}
         try:
-            os.link(temporary, inbox / f"{name}.jsonl")
-        finally:
-            temporary.unlink()
+            self.client.submit_many([_document(s) for _, s, _ in fresh])
+        except DuplicateId as error:
+            raise _with_index(409, str(error), error.job_id, index_of) from None
+        except InvalidJobFile as error:
+            raise _item_problem(str(error), fresh) from None
 
     def _known(self, job_id: str) -> str | None:
         """The digest of the job with this id: in the store, else in a file waiting in
@@ -405,6 +403,19 @@ def _with_index(status: int, message: str, job_id: str, index_of: dict[str | Non
     if index is None:
         return Problem(status, message)
     return Problem(status, f"item {index}: {message}", index)
+
+
+def _item_problem(message: str, fresh: list[tuple[int, spec.JobSpec, str]]) -> Problem:
+    """A 422 for a batch the daemon refused: its "job N of M" (N counting the jobs
+    sent, from 1) told as the item of the request's body it was."""
+    numbered = re.match(r"job (\d+) of \d+: (.*)", message, re.DOTALL)
+    if numbered is None:
+        index = fresh[0][0] if len(fresh) == 1 else None
+        if index is None:
+            return Problem(422, message)
+        return Problem(422, f"item {index}: {message}", index)
+    index = fresh[int(numbered.group(1)) - 1][0]
+    return Problem(422, f"item {index}: {numbered.group(2)}", index)
 
 
 def _newer(report: Path, since_ns: int) -> bool:
