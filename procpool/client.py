@@ -753,7 +753,12 @@ class Client:
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
         """Whether a file named after this job, or a batch holding it, still waits in
-        the inbox."""
+        the inbox. An id that no job can have (CONTRACT 2; one too long for a file
+        name) waits nowhere."""
+        try:
+            spec.check_id(job_id, "job id")
+        except InvalidJobFile:
+            return False
         if (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json")):
             return True
         for batch in self.inbox.glob("*.batch*.json"):

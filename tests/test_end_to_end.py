@@ -332,6 +332,12 @@ def test_unknown_ids_without_a_daemon_or_a_home(home: Path) -> None:
         assert_user_error(result, 1, str(home), "not a procpool home")
 
 
+def test_an_id_no_job_can_have_is_unknown_not_a_traceback(daemon) -> None:
+    """300 characters: longer than a file name may be."""
+    for result in run_many(daemon.home, [("status", "x" * 300), ("wait", "x" * 300)]):
+        assert_user_error(result, 1, "x" * 300)
+
+
 def test_usage_errors_exit_2(home: Path) -> None:
     commands = [
         ("submit", "echo", "--bogus"),

@@ -131,6 +131,21 @@ def test_batch_is_all_or_none(api: Server, daemon: Daemon) -> None:
         assert api.post("/jobs/batch", body).status_code == 422
 
 
+@pytest.mark.parametrize("job_id", ["x" * 300, "T\u033ao\u035e i\u0332nvoke", "..", "-a"])
+def test_what_cannot_be_an_id_is_404_on_every_path(api: Server, job_id: str) -> None:
+    """An id no job can have (too long for a file name, not of the id's characters)
+    is unknown, never a server error (schemathesis found a 500 for a long one)."""
+    quoted = httpx.URL(f"/jobs/{job_id}").raw_path.decode()
+    for response in (
+        api.get(quoted),
+        api.get(f"{quoted}/attempts"),
+        api.get(f"{quoted}/wait", params={"timeout": 0.1}),
+        api.post(f"{quoted}/cancel"),
+        api.post(f"{quoted}/retry"),
+    ):
+        assert response.status_code == 404, (response.request.url, response.text)
+
+
 def test_a_batch_with_a_type_only_the_daemon_can_refuse_is_refused_whole(api: Server) -> None:
     refused = api.post(
         "/jobs/batch", [{"type": "echo", "id": "u1"}, {"type": "no-such-handler", "id": "u2"}]

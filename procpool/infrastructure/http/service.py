@@ -181,6 +181,7 @@ class Service:
 
     def get(self, job_id: str) -> JobInfo:
         """Raises Problem: 404 unknown or rejected; 503 only in the inbox, or no store."""
+        _require_possible_id(job_id)
         try:
             job = self.client.get(job_id)
         except JobRejected as rejected:
@@ -386,6 +387,7 @@ class Service:
 
     def retry(self, job_id: str) -> str:
         """Raises Problem: 404 unknown; 409 not terminal."""
+        _require_possible_id(job_id)
         try:
             return self.client.retry(job_id)
         except JobRejected as rejected:
@@ -403,6 +405,15 @@ def _with_index(status: int, message: str, job_id: str, index_of: dict[str | Non
     if index is None:
         return Problem(status, message)
     return Problem(status, f"item {index}: {message}", index)
+
+
+def _require_possible_id(job_id: str) -> None:
+    """A 404 for what cannot be a job's id (CONTRACT 2): no job has it, and it must
+    not reach a file name (a 300-character id is longer than any name may be)."""
+    try:
+        spec.check_id(job_id, "job id")
+    except InvalidJobFile:
+        raise not_found(job_id) from None
 
 
 def _item_problem(message: str, fresh: list[tuple[int, spec.JobSpec, str]]) -> Problem:
