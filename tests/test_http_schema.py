@@ -57,8 +57,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _run(operation: schemathesis.schemas.APIOperation, mode: GenerationMode,
          check: Callable[[schemathesis.Case], object]) -> None:  # fmt: skip
+    # derandomize: the same examples at every run of the same code, so a failure in CI
+    # is a failure of the change, not of the draw (runs with other seeds, by hand,
+    # are how new cases are found: EXAMPLES up, derandomize off).
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def run(case: schemathesis.Case) -> None:
         check(case)
