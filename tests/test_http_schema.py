@@ -69,6 +69,10 @@ def _run(operation: schemathesis.schemas.APIOperation, mode: GenerationMode,
     run()
 
 
+# The oldest allowed schemathesis (4.0.0) takes up to two minutes for the negative
+# mode on a loaded machine: past the suite's 120 s, pytest-timeout cut it short and
+# hypothesis reported the cut as a flaky failure.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_response_matches_the_document(server: Server, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
