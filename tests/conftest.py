@@ -220,6 +220,12 @@ class Daemon:
             what=f"job {job_id} to become {'/'.join(statuses)}",
         )
 
+    def wait_started(self, job_id: str, timeout: float = 30.0) -> Any:
+        """The job once its handler runs. `running` begins at the hand-over, before the
+        worker says Started: a run ended in between never began and is not charged."""
+        self.wait_events("job.started", job_id=job_id, timeout=timeout)
+        return self.wait_status(job_id, "running", timeout=timeout)
+
 
 def _leftover_processes(root_pids: list[int]) -> list[psutil.Process]:
     found = []

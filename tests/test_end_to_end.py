@@ -386,7 +386,7 @@ def test_python_m_procpool(tmp_path: Path) -> None:
 
 def test_a_graceful_stop_lets_a_running_job_finish(daemon: Daemon) -> None:
     daemon.cli("submit", "sleep", '{"seconds": 1.5}', "--id", "finishing")
-    daemon.wait_status("finishing", "running")
+    daemon.wait_started("finishing")
     daemon.signal(signal.SIGTERM)
     daemon.wait_events("daemon.stopping")
     daemon.drop("late.json", {"type": "echo"})  # no new job starts once the stop began
@@ -408,7 +408,7 @@ def test_a_graceful_stop_lets_a_running_job_finish(daemon: Daemon) -> None:
 def test_a_stop_past_the_shutdown_timeout_returns_the_job_unchanged(make_daemon) -> None:
     daemon = make_daemon(env={"PROCPOOL_SHUTDOWN_TIMEOUT": "0.5"})
     daemon.cli("submit", "sleep", '{"seconds": 4}', "--id", "cut", "--max-attempts", "1")
-    daemon.wait_status("cut", "running")
+    daemon.wait_started("cut")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     job = daemon.job("cut")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -128,7 +129,7 @@ def test_kill_restart_cycles_never_overlap_attempts(make_daemon, tmp_path: Path)
 def test_graceful_stop_returns_an_over_long_job_to_pending(make_daemon) -> None:
     daemon = make_daemon(env={"PROCPOOL_SHUTDOWN_TIMEOUT": "0.5"})
     daemon.client.submit("sleep", {"seconds": 60}, id="long")
-    daemon.wait_status("long", "running")
+    daemon.wait_started("long")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     job = daemon.job("long")
@@ -137,10 +138,29 @@ def test_graceful_stop_returns_an_over_long_job_to_pending(make_daemon) -> None:
     assert job.worker_pid is None
 
 
+def test_a_storm_of_stop_signals_stops_the_daemon_once(make_daemon) -> None:
+    """An impatient operator, or a service manager that repeats its stop: signals that
+    keep coming while the daemon stops, and while it exits, change neither its exit
+    code (0, never killed by SIGTERM) nor its log (one line for all the repeats)."""
+    daemon = make_daemon(env={"PROCPOOL_SHUTDOWN_TIMEOUT": "300"})
+    daemon.client.submit("sleep", {"seconds": 60}, id="long")
+    daemon.wait_started("long")
+    sent = 0
+    while daemon.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon.process.pid, signal.SIGTERM)
+            sent += 1
+    assert daemon.wait_exit() == 0, f"after {sent} SIGTERMs"
+    stopping = [e["msg"] for e in daemon.events("daemon.stopping")]
+    assert len(stopping) == 2 and stopping[1].startswith("second stop signal"), stopping
+    assert len(daemon.events("daemon.stopped")) == 1
+    assert (daemon.job("long").status, daemon.job("long").attempts) == ("pending", 0)
+
+
 def test_a_second_sigterm_skips_the_wait(make_daemon) -> None:
     daemon = make_daemon(env={"PROCPOOL_SHUTDOWN_TIMEOUT": "300"})
     daemon.client.submit("sleep", {"seconds": 60}, id="long")
-    daemon.wait_status("long", "running")
+    daemon.wait_started("long")
     daemon.signal(signal.SIGTERM)
     wait_until(lambda: daemon.events("daemon.stopping"))
     daemon.signal(signal.SIGTERM)
@@ -152,7 +172,7 @@ def test_a_second_sigterm_skips_the_wait(make_daemon) -> None:
 def test_sigquit_stops_at_once(make_daemon) -> None:
     daemon = make_daemon(env={"PROCPOOL_SHUTDOWN_TIMEOUT": "300"})
     daemon.client.submit("sleep", {"seconds": 60}, id="long")
-    daemon.wait_status("long", "running")
+    daemon.wait_started("long")
     daemon.signal(signal.SIGQUIT)
     assert daemon.wait_exit(20) == 0
     job = daemon.job("long")

@@ -46,7 +46,7 @@ def test_a_count_of_one_is_singular_in_the_log_and_reports(
 def test_a_stop_with_one_running_job_says_job(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers=1)
     daemon.cli("submit", "sleep", '{"seconds": 1}', "--id", "short")
-    daemon.wait_status("short", "running")
+    daemon.wait_started("short")
     assert daemon.stop() == 0
     [stopping] = daemon.events("daemon.stopping")
     assert stopping["msg"].endswith(": 1 running job gets 10 s to finish"), stopping["msg"]

@@ -59,7 +59,7 @@ def test_cancel_running_kills_the_group_and_the_pool_goes_on(
 
 def test_cancel_by_file(faulty: Daemon) -> None:
     faulty.client.submit("sleep", {"seconds": 60}, id="long")
-    faulty.wait_status("long", "running")
+    faulty.wait_started("long")
     faulty.drop("stop-long.json", {"cancel": "long"})
     assert faulty.wait_status("long", "canceled").attempts == 0
     assert not (faulty.home / "inbox" / "stop-long.json").exists()
@@ -110,7 +110,7 @@ def test_a_hung_worker_is_detected_by_its_heartbeat(make_daemon) -> None:
 
 def test_sigkill_of_a_worker_mid_job_then_retry_to_success(faulty: Daemon) -> None:
     faulty.client.submit("sleep", {"seconds": 1}, id="interrupted", max_attempts=3)
-    job = faulty.wait_status("interrupted", "running")
+    job = faulty.wait_started("interrupted")
     os.kill(job.worker_pid, signal.SIGKILL)
     done = faulty.wait_status("interrupted", "completed")
     assert done.attempts == 1

@@ -215,6 +215,7 @@ class Supervisor:
                 self._turn()
             except StoreBusy as busy:
                 self._wait_for_store(busy)
+        self._release_signals()
         if self.door is not None:
             self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
@@ -270,6 +271,15 @@ class Supervisor:
             signal.signal(signum, record)
         # The wake-up fd makes a signal that arrives while the loop waits end the wait.
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+
+    @staticmethod
+    def _release_signals() -> None:
+        """The loop is over: a late stop signal has nothing left to stop, so it is
+        ignored. Left to the interpreter, whose finalization puts back the default
+        action, it would end the exiting daemon by the signal instead of with exit 0."""
+        signal.set_wakeup_fd(-1)
+        for signum in pool.HELD_ACROSS_FORK:
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGCHLD else signal.SIG_IGN)
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""
@@ -469,6 +479,8 @@ class Supervisor:
             signum = self._signals.popleft()
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self._stopping:
+                    if self._stop_at is not None and self._stop_at <= now:
+                        continue  # already not waiting: nothing new to say
                     self._effects.log(
                         "INFO", "daemon.stopping", "second stop signal: not waiting for jobs"
                     )
