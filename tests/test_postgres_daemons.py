@@ -9,10 +9,12 @@ OVERLAP behind, whatever killed whom.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -101,6 +103,16 @@ def test_jobs_spread_over_the_daemons_and_every_client_sees_them(
     listed = run_cli(daemons[2].home, "status", "from-inbox", env={"PROCPOOL_DATABASE_URL": pg_url})
     assert listed.returncode == 0, listed.stderr
     assert "completed" in listed.stdout
+    # stats: every daemon on the database, with its lease, and the database's health.
+    shown = run_cli(daemons[1].home, "stats", "--json", env={"PROCPOOL_DATABASE_URL": pg_url})
+    assert shown.returncode == 0, shown.stderr
+    database = json.loads(shown.stdout)["database"]
+    assert sorted(d["pid"] for d in database["daemons"]) == sorted(d.pid for d in daemons)
+    assert {d["state"] for d in database["daemons"]} == {"alive"}
+    assert all(0 <= d["lease_age"] < LEASE < d["expires_in"] + LEASE for d in database["daemons"])
+    assert database["jobs_live_tuples"] + database["jobs_dead_tuples"] >= 0
+    text = run_cli(daemons[1].home, "stats", env={"PROCPOOL_DATABASE_URL": pg_url}).stdout
+    assert "DAEMON" in text and "database: oldest snapshot" in text, text
 
 
 def test_a_killed_daemons_running_jobs_are_rescued_by_the_others(
@@ -153,6 +165,41 @@ def test_cancel_from_one_host_reaches_the_job_running_on_another(
     owner.wait_events("job.canceled", job_id="long")
 
 
+def test_a_cancel_is_heard_at_once_and_heard_again_after_the_database_restarted(
+    pg_url: str,
+    pg_cluster: Any,
+    make_daemon: Callable[..., Daemon],
+    client: Callable[[Daemon], Client],
+    tmp_path: Path,
+    spans: Path,
+) -> None:
+    """With a 60 s lease the cancels are polled every 8 s: a cancel that arrives in a
+    fraction of that was carried by the notification, before and after a restart of
+    the database ended every session (the listening ones too)."""
+    env = {"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": "60"}
+    a, b = (
+        make_daemon(1, home=tmp_path / name, env=env, args=("--handlers", "pg_handlers"))
+        for name in ("a", "b")
+    )
+    jobs = client(a)
+
+    def cancel_from_the_other_host(job_id: str) -> None:
+        jobs.submit("span", {"dir": str(spans), "seconds": 60}, id=job_id)
+        wait_until(lambda: job_id in ran_by(a) | ran_by(b), 30, what=f"{job_id} to start")
+        owner, other = (a, b) if job_id in ran_by(a) else (b, a)
+        asked = time.monotonic()
+        done = run_cli(other.home, "cancel", job_id, "--timeout", "30", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert time.monotonic() - asked < 4, f"{job_id}: the poll, not the notification, carried it"
+        owner.wait_events("job.canceled", job_id=job_id)
+
+    cancel_from_the_other_host("before")
+    pg_cluster.pg_ctl("restart")
+    for daemon in (a, b):
+        daemon.wait_events("store.available", timeout=30)
+    cancel_from_the_other_host("after")
+
+
 def test_a_daemon_stopped_past_its_lease_fences_itself_and_comes_back_anew(
     start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
 ) -> None:
@@ -192,3 +239,26 @@ def test_a_daemon_stopped_past_its_lease_fences_itself_and_comes_back_anew(
     assert [r[0] for r in rows] == ["dead", "alive"]
     jobs.cancel("long")
     jobs.wait(["long"], timeout=20)
+
+
+def test_the_database_restarted_under_running_daemons_loses_nothing(
+    start: Callable[..., Daemon],
+    client: Callable[[Daemon], Client],
+    spans: Path,
+    pg_cluster: Any,
+) -> None:
+    a, b = start("a"), start("b")
+    jobs = client(a)
+    ids = [jobs.submit("span", {"dir": str(spans), "seconds": 1.5}, id=f"r{n}") for n in range(8)]
+    wait_until(lambda: len(running_now(spans)) == 4, 30, what="four runs at once")
+    pg_cluster.pg_ctl("restart")  # fast: every session is ended under the daemons
+    done = client(b).wait(ids, timeout=60)
+    assert {job.status for job in done} == {"completed"}
+    for daemon in (a, b):
+        assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
+        daemon.wait_events("store.available")
+    assert not (spans / "OVERLAP").exists()
+    # Still serving, both of them, after the restart.
+    more = [jobs.submit("span", {"dir": str(spans), "seconds": 0.1}, id=f"s{n}") for n in range(8)]
+    assert {job.status for job in jobs.wait(more, timeout=30)} == {"completed"}
+    assert a.stop() == 0 and b.stop() == 0

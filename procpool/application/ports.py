@@ -179,12 +179,22 @@ class SharedStore(JobStore, Protocol):
         ...
 
     def tick_in(self) -> float:
-        """Seconds until `tick` has work to do."""
+        """Seconds until `tick` (or `listener`, while there is none) has work to do."""
         ...
 
     def fence_in(self) -> float:
         """Seconds left before this daemon must have ended its workers' runs, unless a
         renewal commits first; <= 0: past it."""
+        ...
+
+    def listener(self) -> int | None:
+        """A descriptor that becomes readable when another process notifies this daemon
+        (a new job, a cancel), or None while there is none (polling covers the gap)."""
+        ...
+
+    def heard(self) -> bool:
+        """Take what the listener received (see `listener`). False: the listener broke
+        and was closed; `listener` opens another."""
         ...
 
 

@@ -175,6 +175,7 @@ class Supervisor:
         self._fenced = False  # the lease ran out here: no run may go on, none may start
         # Where the workers read until when the lease holds (WorkerOptions.fence).
         self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None
+        self._store_fd: int | None = None  # the shared store's listener, when selected
 
     # ----------------------------------------------------------------- life
 
@@ -294,7 +295,18 @@ class Supervisor:
 
     # ----------------------------------------------------------------- the loop
 
+    def _watch_store(self) -> None:
+        """Put the shared store's listener, once it has one, in the selector (again
+        after a lost connection, under a new descriptor)."""
+        assert self._shared is not None
+        if self._store_fd is None:
+            self._store_fd = self._shared.listener()
+            if self._store_fd is not None:
+                self._selector.register(self._store_fd, selectors.EVENT_READ, "store")
+
     def _turn(self) -> None:
+        if self._shared is not None:
+            self._watch_store()
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
         self._check_fence()
@@ -345,6 +357,11 @@ class Supervisor:
             for key, mask in ready:
                 if key.data == "wake":
                     self._drain_wake_pipe()
+                elif key.data == "store":
+                    assert self._shared is not None and self._store_fd is not None
+                    if not self._shared.heard():  # closed: out before its number is reused
+                        self._selector.unregister(self._store_fd)
+                        self._store_fd = None
                 elif key.data == "inbox":
                     self.inbox.drain_events()
                     news = True

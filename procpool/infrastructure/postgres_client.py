@@ -15,9 +15,9 @@ It has the methods of `StoreReader` that the client and `stats` use, plus `submi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -35,6 +35,7 @@ from procpool.infrastructure.postgres_store import (
 from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
 
 STATEMENT_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,23 @@ class PostgresClientStore:
                 ) from None
         return self._db
 
+    def _retried(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`operation` on the connection; once more on a new one if the old one broke
+        (the database restarted, a proxy dropped it). Every operation here may run twice:
+        reads, and writes that are idempotent (a submission by id and digest, a cancel).
+        """
+        try:
+            return operation(self._connection())
+        except psycopg.OperationalError as error:
+            if self._db is None or not self._db.broken:
+                raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
+        try:
+            return operation(self._connection())
+        except psycopg.OperationalError as error:
+            raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
+
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._connection().execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+        return self._retried(lambda db: db.execute(sql, parameters).fetchall())  # type: ignore[arg-type]
 
     def exists(self) -> bool:
         return True  # the database is the store: created on first use
@@ -95,7 +111,10 @@ class PostgresClientStore:
         Raises:
             InvalidJobFile: an id exists with different content; nothing was inserted.
         """
-        db = self._connection()
+        self._retried(lambda db: self._insert(db, jobs))
+
+    @staticmethod
+    def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
         with db.transaction():
             with db.cursor() as cursor:
                 cursor.executemany(
@@ -118,7 +137,10 @@ class PostgresClientStore:
         """Cancel a job in one transaction: a pending one becomes `canceled`, a running
         one gets `cancel_requested` and its daemon a notification. Returns the job's
         status after it (the running one is canceled by its daemon), None if unknown."""
-        db = self._connection()
+        return self._retried(lambda db: self._cancel(db, job_id))
+
+    @staticmethod
+    def _cancel(db: psycopg.Connection[Any], job_id: str) -> Status | None:
         with db.transaction():
             row = db.execute(
                 "UPDATE procpool_jobs SET"

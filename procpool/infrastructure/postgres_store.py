@@ -154,6 +154,7 @@ MIGRATION_LOCK = 0x70726F63  # "proc"
 LEASE_BATCH = 64  # leases drawn from the sequence per round trip
 CANCEL_CHANNEL = "procpool_cancel"
 JOBS_CHANNEL = "procpool_jobs"
+LISTEN_PAUSE_MIN = 0.1  # seconds before the first try to listen again
 
 
 class SchemaTooNew(ProcpoolError):
@@ -274,6 +275,9 @@ class PostgresJobStore:
         self._next_renewal = 0.0
         self._next_rescue = 0.0
         self._leases: list[int] = []
+        self._listening: psycopg.Connection[Any] | None = None
+        self._listen_again_at = 0.0  # boottime
+        self._listen_pause = LISTEN_PAUSE_MIN
 
     # ------------------------------------------------------------- connection
 
@@ -560,8 +564,11 @@ class PostgresJobStore:
         return self._renewed_at + self.timing.lease - self.timing.margin - boottime()
 
     def tick_in(self) -> float:
-        """Seconds until `tick` has work to do."""
-        return max(0.0, min(self._next_renewal, self._next_rescue) - boottime())
+        """Seconds until `tick` (or `listener`, while it has none) has work to do."""
+        due = min(self._next_renewal, self._next_rescue)
+        if self._listening is None:
+            due = min(due, self._listen_again_at)
+        return max(0.0, due - boottime())
 
     def tick(self) -> Tick:
         """In the turn's transaction: renew this daemon's lease when due, say which of its
@@ -597,6 +604,48 @@ class PostgresJobStore:
             tick.orphans = self._rescue()
         return tick
 
+    # ------------------------------------------------------------- notifications
+
+    def listener(self) -> int | None:
+        """The socket on which notifications arrive (new jobs; cancels of the jobs this
+        daemon runs), for the supervisor's selector; None while there is none. A lost
+        listening connection is opened again, the tries spaced from 0.1 s up to the
+        renewal period; until then the polling of each renewal covers what nobody heard."""
+        if self._listening is not None and not self._listening.broken:
+            return self._listening.fileno()
+        now = boottime()
+        if now < self._listen_again_at:
+            return None
+        try:
+            listening = connect(self.url, self.timing.margin / 2)
+            listening.execute(f"LISTEN {JOBS_CHANNEL}")
+            listening.execute(f"LISTEN {CANCEL_CHANNEL}")
+        except psycopg.OperationalError:
+            self._listen_again_at = now + self._listen_pause
+            self._listen_pause = min(2 * self._listen_pause, self.timing.renew_every)
+            return None
+        self._listening = listening
+        self._listen_pause = LISTEN_PAUSE_MIN
+        self._next_renewal = 0.0  # what was said while nobody listened: poll it now
+        return listening.fileno()
+
+    def heard(self) -> bool:
+        """Take the notifications that arrived. A cancel of a job this daemon runs makes
+        the next tick poll the cancels at once; a new job needs nothing more: the turn
+        that woke up for it dispatches. False: the connection broke and is closed."""
+        if self._listening is None:
+            return False
+        try:
+            for notice in self._listening.notifies(timeout=0):
+                owner = notice.payload.partition(":")[0]
+                if notice.channel == CANCEL_CHANNEL and owner == str(self.daemon_id):
+                    self._next_renewal = 0.0
+        except psycopg.OperationalError:
+            self._listening.close()
+            self._listening = None
+            return False
+        return True
+
     def _rescue(self) -> list[Job]:
         self._db.execute(
             "UPDATE procpool_daemons SET state = 'dead' WHERE id IN (SELECT id FROM"
@@ -623,3 +672,5 @@ class PostgresJobStore:
             pass  # the lease runs out by itself; the others rescue what is left
         finally:
             self._db.close()
+            if self._listening is not None:
+                self._listening.close()

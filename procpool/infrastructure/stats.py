@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import psutil
@@ -59,6 +60,37 @@ class WorkerStats(msgspec.Struct):
     age: float | None
 
 
+class DaemonOnDatabase(msgspec.Struct):
+    """A daemon registered on a shared PostgreSQL store."""
+
+    id: int
+    host: str
+    home: str
+    pid: int
+    state: str  # alive (its lease holds), expired (not renewed: about to be rescued)
+    lease_age: float  # seconds since its last renewal, on the database's clock
+    expires_in: float  # seconds until its lease runs out (negative: ran out)
+    running: int  # jobs it runs
+
+
+class DatabaseStats(msgspec.Struct):
+    """With `database_url`: who shares the store, and what to watch on PostgreSQL."""
+
+    daemons: list[DaemonOnDatabase]
+    oldest_snapshot_age: float | None  # seconds: an old one keeps the dead rows below
+    jobs_dead_tuples: int  # dead rows of the jobs table, until autovacuum takes them
+    jobs_live_tuples: int
+
+
+@runtime_checkable
+class SharedReader(Protocol):
+    """A reader of a store that several daemons share (postgres_client)."""
+
+    def daemons(self) -> list[Any]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
 class Stats(msgspec.Struct):
     at: str
     daemon: DaemonStats
@@ -69,6 +101,7 @@ class Stats(msgspec.Struct):
     oldest_pending_age: float | None
     run_time: dict[str, RunTime]
     workers: list[WorkerStats]
+    database: DatabaseStats | None = None  # None: the home's own SQLite store
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -163,7 +196,25 @@ def collect(reader: StoreReader, daemon_pid: int | None, cpu_sample: float = 0.2
         ),
         run_time=_run_times(runs),
         workers=_workers(reader, now, cpu_sample) if running else [],
+        database=_database(reader) if isinstance(reader, SharedReader) else None,
     )
+
+
+def _database(reader: SharedReader) -> DatabaseStats:
+    daemons = [
+        DaemonOnDatabase(
+            id=d.id,
+            host=d.host,
+            home=d.home,
+            pid=d.pid,
+            state=d.state,
+            lease_age=round(d.lease_age, 3),
+            expires_in=round(d.expires_in, 3),
+            running=d.running,
+        )
+        for d in reader.daemons()
+    ]
+    return DatabaseStats(daemons=daemons, **reader.health())
 
 
 def _duration(seconds: float) -> str:
@@ -236,4 +287,24 @@ def render(stats: Stats) -> str:
         ], "llrrrrl"))  # fmt: skip
     else:
         lines.append("no workers")
+    if stats.database is not None:
+        lines.extend(_render_database(stats.database))
     return "\n".join(lines)
+
+
+def _render_database(database: DatabaseStats) -> list[str]:
+    lines = [""]
+    if database.daemons:
+        lines.extend(_table([
+            ("DAEMON", "HOST", "PID", "STATE", "RENEWED", "RUNNING", "HOME"),
+            *((str(d.id), d.host, str(d.pid), d.state, _age(d.lease_age), str(d.running), d.home)
+              for d in database.daemons),
+        ], "lllllrl"))  # fmt: skip
+    else:
+        lines.append("no daemons on the database")
+    age = database.oldest_snapshot_age
+    lines.append(
+        f"database: oldest snapshot {'-' if age is None else _duration(age)},"
+        f" jobs table {database.jobs_live_tuples} live rows, {database.jobs_dead_tuples} dead"
+    )
+    return lines
