@@ -262,3 +262,52 @@ def test_the_database_restarted_under_running_daemons_loses_nothing(
     more = [jobs.submit("span", {"dir": str(spans), "seconds": 0.1}, id=f"s{n}") for n in range(8)]
     assert {job.status for job in jobs.wait(more, timeout=30)} == {"completed"}
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_the_same_jobs_dropped_on_two_hosts_at_once_are_one_job_each(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
+) -> None:
+    """Two inboxes (and a client) offer the same ids in the same moment: each id is one
+    job, every offer of it is accepted as that job, and no daemon fails on the race."""
+    a, b = start("a"), start("b")
+    producer = client(a)
+    for round_ in range(4):
+        lines = "".join(
+            json.dumps(
+                {
+                    "id": f"same{round_}-{n}",
+                    "type": "span",
+                    "payload": {"dir": str(spans), "seconds": 0},
+                }
+            )
+            + "\n"
+            for n in range(150)
+        )
+        for daemon in (a, b):  # both inboxes first, so that their turns overlap
+            (daemon.home / "inbox" / f".batch{round_}.tmp").write_text(lines)
+        for daemon in (a, b):
+            (daemon.home / "inbox" / f".batch{round_}.tmp").rename(
+                daemon.home / "inbox" / f"batch{round_}.jsonl"
+            )
+        ids = [f"same{round_}-{n}" for n in range(150)]
+        producer.submit_many(
+            [
+                {"id": i, "type": "span", "payload": {"dir": str(spans), "seconds": 0}}
+                for i in ids[::-1]
+            ]
+        )
+        for daemon in (a, b):  # each file judged whole: its jobs new, or already there
+            wait_until(
+                lambda d=daemon, r=round_: (
+                    {e["event"] for e in d.log() if e.get("file") == f"batch{r}.jsonl"}
+                    & {"file.accepted", "file.duplicate"}
+                ),
+                30,
+                what=f"batch{round_}.jsonl to be judged",
+            )
+            assert not [e for e in daemon.log() if e["event"] == "file.rejected"]
+        assert {job.status for job in producer.wait(ids, timeout=60)} == {"completed"}
+    for daemon in (a, b):
+        assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
+    assert len(producer.list(limit=10_000)) == 600
+    assert not (spans / "OVERLAP").exists()

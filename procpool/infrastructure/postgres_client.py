@@ -30,6 +30,7 @@ from procpool.infrastructure.postgres_store import (
     JOBS_CHANNEL,
     _row,
     connect,
+    lock_ids,
     migrate,
 )
 from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
@@ -116,6 +117,7 @@ class PostgresClientStore:
     @staticmethod
     def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
         with db.transaction():
+            lock_ids(db, [job.id for job in jobs])
             with db.cursor() as cursor:
                 cursor.executemany(
                     f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({','.join(['%s'] * 20)})"

@@ -155,6 +155,10 @@ LEASE_BATCH = 64  # leases drawn from the sequence per round trip
 CANCEL_CHANNEL = "procpool_cancel"
 JOBS_CHANNEL = "procpool_jobs"
 LISTEN_PAUSE_MIN = 0.1  # seconds before the first try to listen again
+# Advisory locks of the intake (`lock_ids`): the first key says "procpool ids", the
+# second is one of the stripes, a power of two.
+ID_LOCK_CLASS = 0x70726F63
+ID_LOCK_STRIPES = 64
 
 
 class SchemaTooNew(ProcpoolError):
@@ -229,6 +233,21 @@ def migrate(db: psycopg.Connection[Any]) -> None:
         for number in range(version, SCHEMA_VERSION):
             db.execute(MIGRATIONS[number])  # type: ignore[arg-type]
             db.execute("UPDATE procpool_schema SET version = %s", (number + 1,))
+
+
+def lock_ids(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
+    """Make the check-then-insert of these ids one step across daemons and clients:
+    until the transaction ends, nobody else inserts any of them, and what was inserted
+    before is committed and seen. Transaction-scoped advisory locks on ID_LOCK_STRIPES
+    stripes of the id space (a bounded number per transaction, whatever the batch),
+    always taken in ascending order, so two batches cannot deadlock."""
+    if not job_ids:
+        return
+    db.execute(
+        "SELECT pg_advisory_xact_lock(%s, stripe) FROM (SELECT DISTINCT hashtext(id) & %s"
+        " AS stripe FROM unnest(%s::text[]) AS id ORDER BY stripe) AS stripes",
+        (ID_LOCK_CLASS, ID_LOCK_STRIPES - 1, list(job_ids)),
+    )
 
 
 def _value(job: Job, name: str) -> object:
@@ -334,8 +353,11 @@ class PostgresJobStore:
         return _job(rows[0]) if rows else None
 
     def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The digests of those ids that exist. The ids are locked until the turn ends
+        (`lock_ids`): none of them appears before this turn's insert."""
         if not job_ids:
             return {}
+        lock_ids(self._db, job_ids)
         rows = self._rows(
             "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
         )
@@ -350,7 +372,7 @@ class PostgresJobStore:
         return {job_id: Status(status) for job_id, status in rows}
 
     def insert(self, jobs: Sequence[Job]) -> None:
-        """Raises psycopg.errors.UniqueViolation if an id exists (the caller checked)."""
+        """The ids were checked with `digests` in this transaction, which locked them."""
         if not jobs:
             return
         with self._db.cursor() as cursor:
