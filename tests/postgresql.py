@@ -49,8 +49,9 @@ def unavailable(why: str) -> None:
 class Cluster:
     """A running cluster: `url(database)` connects through its socket directory."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable  # fsync on, as a real server; off for the tests' speed
         self.as_root = os.geteuid() == 0
         self.directory = Path(tempfile.mkdtemp(prefix="procpool-pg-"))
         self.data = self.directory / "data"
@@ -82,9 +83,10 @@ class Cluster:
         """`start`, `stop` (fast: open connections are ended) or `restart`."""
         options = (
             f"-c listen_addresses='' -c unix_socket_directories={self.socket_dir}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast"]
         if action != "stop":
             command += ["-o", options, "-l", str(self.directory / "server.log")]

@@ -56,3 +56,19 @@ def test_the_client_figures_beside_huey_and_pebble() -> None:
     for figure in figures.values():
         assert figure["value"] > 0 and isinstance(figure["met"], bool)
     assert figures["submit.one"]["detail"]["huey_rate"] > 0
+
+
+def test_the_postgresql_benchmark_measures_its_three_setups(pg_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_postgresql.py"), "--quick",
+         "--database-url", pg_url],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(row["setup"], row["daemons"]) for row in rows] == [
+        ("sqlite-1", 1), ("postgresql-1", 1), ("postgresql-3", 3),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["jobs_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
+    assert "x sqlite" in done.stdout
