@@ -72,6 +72,12 @@ def spans_of(directory: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def comebacks(daemon: Daemon) -> int:
+    """How often the daemon came back after its connection broke: between two turns (it
+    waited for the store), or inside one (it started again in the same process)."""
+    return len(daemon.events("store.available")) + len(daemon.events("daemon.restarting"))
+
+
 def running_now(directory: Path) -> set[str]:
     started, ended = set(), set()
     for job_id, attempt, _pid, what, _at in spans_of(directory):
@@ -196,7 +202,7 @@ def test_a_cancel_is_heard_at_once_and_heard_again_after_the_database_restarted(
     cancel_from_the_other_host("before")
     pg_cluster.pg_ctl("restart")
     for daemon in (a, b):
-        daemon.wait_events("store.available", timeout=30)
+        wait_until(lambda d=daemon: comebacks(d), 30, what="the daemon to be back on the database")
     cancel_from_the_other_host("after")
 
 
@@ -256,7 +262,7 @@ def test_the_database_restarted_under_running_daemons_loses_nothing(
     assert {job.status for job in done} == {"completed"}
     for daemon in (a, b):
         assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
-        daemon.wait_events("store.available")
+        wait_until(lambda d=daemon: comebacks(d), 30, what="the daemon to be back on the database")
     assert not (spans / "OVERLAP").exists()
     # Still serving, both of them, after the restart.
     more = [jobs.submit("span", {"dir": str(spans), "seconds": 0.1}, id=f"s{n}") for n in range(8)]
@@ -311,3 +317,41 @@ def test_the_same_jobs_dropped_on_two_hosts_at_once_are_one_job_each(
         assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
     assert len(producer.list(limit=10_000)) == 600
     assert not (spans / "OVERLAP").exists()
+
+
+def test_connections_cut_in_the_middle_of_turns_restart_the_daemon_in_place(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """The database ends the daemon's sessions again and again while it works through a
+    backlog, so that cuts land between a turn's BEGIN and its COMMIT: the daemon ends
+    its workers and starts again in the same process; no job is lost or run twice."""
+    a = start("a")
+    jobs = client(a)
+    pid = a.pid
+    payload = {"dir": str(spans), "seconds": 0.01}
+    ids = jobs.submit_many(
+        [{"id": f"c{n}", "type": "span", "payload": payload, "max_attempts": 100}
+         for n in range(300)]
+    )  # fmt: skip
+    for _ in range(10):
+        # After each cut the daemon makes progress again before the next one.
+        ended = sum(1 for s in spans_of(spans) if s[3] == "end")
+        wait_until(
+            lambda e=ended: sum(1 for s in spans_of(spans) if s[3] == "end") >= e + 10,
+            30,
+            what="ten more runs to end",
+        )
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'procpool' AND datname = current_database()"
+            )
+    done = jobs.wait(ids, timeout=120)
+    assert {job.status for job in done} == {"completed"}
+    assert a.process is not None and a.process.poll() is None, a.stderr()
+    assert a.pid == pid  # the same process: the pid file and a service manager stay right
+    assert a.events("daemon.restarting"), "no cut landed inside a turn"
+    assert not (spans / "OVERLAP").exists()
+    more = jobs.submit("span", payload, id="after")
+    assert jobs.wait([more], timeout=30)[0].status == "completed"
+    assert a.stop() == 0

@@ -21,6 +21,13 @@ class StoreBusy(ProcpoolError):
     the transaction did not begin and nothing changed. Try again later."""
 
 
+class StoreLost(ProcpoolError):
+    """The connection to a shared store broke in the middle of a turn (the database
+    restarted, the network failed): the turn's transaction is gone, and with it what the
+    turn took in and decided, so the daemon's view of its workers no longer matches the
+    store. The daemon ends its workers and starts again (infrastructure/daemon.py)."""
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     """A worker as the store remembers it, so the next run can find it if it survives us."""
@@ -190,6 +197,10 @@ class SharedStore(JobStore, Protocol):
     def listener(self) -> int | None:
         """A descriptor that becomes readable when another process notifies this daemon
         (a new job, a cancel), or None while there is none (polling covers the gap)."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether a new connection to the store can be opened now."""
         ...
 
     def heard(self) -> bool:

@@ -225,6 +225,38 @@ class Supervisor:
         os.close(self._wake_write)
         return 0
 
+    def abandon(self) -> int:
+        """After StoreLost: end every worker now (SIGKILL to its process group) and wait
+        for it, deciding no fate (the store, read afresh, decides them). Returns how
+        many there were. The companions are left to the next start, which ends what
+        carries this home's mark."""
+        pids = [worker.pid for worker in self.fleet]
+        for pid in pids:
+            pool.signal_group(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        return len(pids)
+
+    def wait_for_shared_store(self) -> bool:
+        """After StoreLost: wait until the shared store answers again, the pause growing
+        up to STORE_PAUSE_MAX, so that the next start finds it. Returns False if a stop
+        was asked for meanwhile (signals are still recorded here)."""
+        assert self._shared is not None
+        pause = STORE_PAUSE_MIN
+        while not self.stop_asked:
+            if self._shared.reachable():
+                return True
+            time.sleep(pause)
+            pause = min(2 * pause, STORE_PAUSE_MAX)
+        return False
+
+    @property
+    def stop_asked(self) -> bool:
+        """Whether a stop began, or a stop signal waits to be handled."""
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+        return self._stopping or any(signum in stops for signum in self._signals)
+
     def _recover(self) -> None:
         with self.store.transaction():
             self._store_free()

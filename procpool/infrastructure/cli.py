@@ -26,7 +26,7 @@ from procpool.domain.job import Status
 from procpool.domain.timefmt import rfc3339
 from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
-from procpool.infrastructure.daemon import run_daemon
+from procpool.infrastructure.daemon import EXIT_RESTART, run_daemon, start_again
 from procpool.infrastructure.log_reader import LEVELS, LogFilter, LogFollower, parse, read_all
 from procpool.infrastructure.logs import human_line
 from procpool.infrastructure.pidfile import AlreadyRunning
@@ -175,6 +175,8 @@ def run(
     }
     with _user_errors():
         code = run_daemon(flags, config_file)
+    if code == EXIT_RESTART:
+        start_again()
     sys.exit(code)
 
 

@@ -10,18 +10,19 @@ import stat
 import sys
 from pathlib import Path
 from traceback import format_exc
-from typing import Any
+from typing import Any, NoReturn
 
 from procpool.application import tree
 from procpool.application.companion import Companion
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
-from procpool.application.ports import JobStore
+from procpool.application.ports import JobStore, StoreLost
 from procpool.application.settings import Settings
 from procpool.application.supervisor import Supervisor
 from procpool.domain.errors import ConfigError, ProcpoolError
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
+from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure import door_socket
 from procpool.infrastructure.bind import check_policy, parse_bind
@@ -33,6 +34,9 @@ from procpool.infrastructure.start_register import StartRegister
 from procpool.infrastructure.telemetry import DaemonTelemetry
 
 EXIT_CRASHED = 70  # EX_SOFTWARE
+# Not an exit code: run_daemon's way of asking its caller to start the daemon again
+# in this process (os.execv), once everything of this start is closed.
+EXIT_RESTART = -1
 
 
 def settings_from(config: configuration.Config) -> Settings:
@@ -149,6 +153,14 @@ def _hold_signals_while_starting() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def start_again() -> NoReturn:
+    """Replace this process by a fresh start of the same command line, under the same
+    pid, so that the pid file and a service manager's view of it stay true."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def _crashed(error: BaseException) -> int:
     reason = f"{type(error).__name__}: {error}"
     emit(
@@ -163,7 +175,8 @@ def _crashed(error: BaseException) -> int:
 
 def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
     """Serve until a signal stops the daemon. Returns the exit code: 0 stopped by a
-    signal, EXIT_CRASHED (70) a failure of the daemon or of its store.
+    signal, EXIT_CRASHED (70) a failure of the daemon or of its store; or EXIT_RESTART
+    after StoreLost, once this start is closed: the caller then calls `start_again`.
 
     Every way out once the log is open says why in it: `daemon.stopped` (a signal),
     `daemon.start_failed` (a user error, re-raised for the CLI to print and map to
@@ -309,6 +322,20 @@ def _serve(
         )
         try:
             code = supervisor.run()
+        except StoreLost as lost:
+            # Started afresh, the daemon rebuilds its view from the store, as after a
+            # crash: the runs of the workers it ends now are recovered by their fates.
+            workers = supervisor.abandon()
+            emit(
+                "ERROR", "daemon.restarting",
+                f"{lost}: ended {plural(workers, 'worker')}, starting again once the"
+                " database answers; their jobs are recovered as after a restart",
+                error=str(lost), workers=workers,
+            )  # fmt: skip
+            if not supervisor.wait_for_shared_store():
+                emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
+                return 0
+            return EXIT_RESTART
         except Exception as error:
             # A bug, or a store that failed (a full disk, an I/O error): say so in the
             # log, then let the workers die with us (PR_SET_PDEATHSIG); the next start

@@ -45,6 +45,7 @@ from procpool.application.ports import (
     FileProgress,
     LineError,
     StoreBusy,
+    StoreLost,
     Tick,
     WorkerRecord,
     WorkerReport,
@@ -324,7 +325,9 @@ class PostgresJobStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """See JobStore.transaction. Raises StoreBusy on entry when the database cannot be
-        reached (the turn then changed nothing); psycopg.Error for one that fails later."""
+        reached (the turn then changed nothing); StoreLost when the connection breaks
+        after that, the commit included (whether it happened is then unknown);
+        psycopg.Error for a statement that fails otherwise."""
         if self._db.closed or self._db.broken:
             self._reconnect()
         try:
@@ -334,12 +337,13 @@ class PostgresJobStore:
             raise StoreBusy(f"lost the connection to PostgreSQL: {error}".strip()) from error
         try:
             yield
-        except BaseException:
-            if not self._db.broken:
-                self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as error:
             self._renewing = None
+            if self._db.broken:
+                raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from error
+            self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
         if self._renewing is not None:
             self._renewed_at, self._renewing = self._renewing, None
 
@@ -650,6 +654,14 @@ class PostgresJobStore:
         self._listen_pause = LISTEN_PAUSE_MIN
         self._next_renewal = 0.0  # what was said while nobody listened: poll it now
         return listening.fileno()
+
+    def reachable(self) -> bool:
+        """Whether a new connection can be opened now (it is closed at once)."""
+        try:
+            connect(self.url, self.timing.margin / 2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def heard(self) -> bool:
         """Take the notifications that arrived. A cancel of a job this daemon runs makes
