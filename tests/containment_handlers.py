@@ -41,6 +41,25 @@ def fork_and_log(ctx: JobContext, payload: Any) -> list[int]:
     return done
 
 
+@handler("terminate_at_once")
+def terminate_at_once(ctx: JobContext, payload: Any) -> int:
+    """`Process.terminate()` right after `start()`, many times: each child must die of
+    the SIGTERM, however early in its life it arrives. Returns how many did."""
+    fork = multiprocessing.get_context("fork")
+    ended = 0
+    for _ in range(payload["times"]):
+        child = fork.Process(target=time.sleep, args=(60,))
+        child.start()
+        child.terminate()
+        child.join(5)
+        if child.exitcode is None:  # the SIGTERM was lost: the child lives on
+            child.kill()
+            child.join()
+        else:
+            ended += 1
+    return ended
+
+
 @handler("session_child")
 def session_child(ctx: JobContext, payload: Any) -> str:
     """Start a child in a session of its own, record its pid, then wait (or return)."""

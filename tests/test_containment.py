@@ -53,6 +53,17 @@ def test_a_handler_that_forks_and_logs_from_its_children(make_daemon) -> None:
     serves(daemon, "after")
 
 
+def test_a_child_terminated_as_soon_as_it_is_forked_dies(make_daemon) -> None:
+    """multiprocessing's `terminate()` at once after `start()` (as `Pool.__exit__` does
+    to a worker the pool just replaced): with the worker's SIGTERM handler reset only
+    after the fork, the signal was lost and the job waited forever."""
+    daemon = make_daemon(workers=1, args=HANDLERS)
+    daemon.client.submit("terminate_at_once", {"times": 20}, id="early", max_attempts=1)
+    job = daemon.wait_status("early", "completed", "failed", timeout=60)
+    assert (job.status, job.result) == ("completed", 20), job.last_error
+    serves(daemon, "after-early")
+
+
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 def test_a_child_in_its_own_session_ends_with_the_run(make_daemon, tmp_path, how: str) -> None:
     daemon = make_daemon(workers=1, args=HANDLERS)

@@ -177,6 +177,39 @@ def _die_with_parent(parent_pid: int) -> None:
         _kill_own_group()
 
 
+def _sigterm_to(action: Any) -> Any:
+    """Set SIGTERM's action from the main thread (signal.signal's rule); returns the one
+    it replaced, or None from another thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, action)
+
+
+def _fork_with_default_sigterm() -> None:
+    """A process the handler forks without exec (multiprocessing's fork context) must not
+    inherit the worker's SIGTERM handler: it would kill a process group that is not its
+    own, and multiprocessing's terminate() relies on SIGTERM's default. Reset after the
+    fork is too late: a SIGTERM that arrives before the child's hooks ran is taken by
+    the inherited handler (threading's own hook runs first) and lost, and a
+    `Pool.terminate()` right after a worker started then waits forever. So SIGTERM is
+    at its default across the fork itself; should one reach the worker in that
+    instant, it dies as SIGTERM means, and the supervisor ends its group."""
+    before: list[Any] = []  # the action during the fork: ours, or the handler's own
+
+    def restore() -> None:
+        action = before.pop() if before else None
+        if action is not None:
+            _sigterm_to(action)
+
+    os.register_at_fork(
+        before=lambda: before.append(_sigterm_to(signal.SIG_DFL)),
+        after_in_parent=restore,
+        # A fork from another thread than the main one cannot change the parent's
+        # handler: the child, whose only thread is its main one, resets its own.
+        after_in_child=lambda: _sigterm_to(signal.SIG_DFL),
+    )
+
+
 def _reset_signals() -> None:
     """Undo what the supervisor installed: its handlers and wake-up fd are not ours."""
     signal.set_wakeup_fd(-1)
@@ -533,10 +566,7 @@ def worker_main(
     """The worker's whole life. Returns the exit code (or exits with EXIT_INTERNAL)."""
     os.setsid()
     tree.become_subreaper()
-    # A process the handler forks without exec (multiprocessing's fork context) must
-    # not inherit the worker's SIGTERM handler: it would kill a process group that is
-    # not its own, and multiprocessing's terminate() relies on SIGTERM's default.
-    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    _fork_with_default_sigterm()
     if options.tree_mark is not None:
         os.environ[tree.MARKER] = options.tree_mark
     _reset_signals()
