@@ -192,7 +192,7 @@ def main() -> int:
     daemon = _start(home, args.workers, log)
     seen.add(daemon.pid)
     deadline = time.monotonic() + args.finish_timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and daemon.poll() is None:
         try:
             jobs = _jobs(home)
         except sqlite3.OperationalError:
