@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -422,3 +423,30 @@ def test_what_the_due_query_skips_never_hides_a_job(sqlite_store: SqliteJobStore
         raise RuntimeError("the turn fails")
     with store.transaction():
         assert store.next_run_at(NOW + 6) is None
+
+
+def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A turn stopped between its BEGIN and its renewal (SIGSTOP, a long pause) must not
+    write a lease counted from the BEGIN: the daemon counts its own from the renewal,
+    and the others would rescue its jobs while it still runs them."""
+    import psycopg  # noqa: PLC0415
+
+    from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
+
+    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))
+    try:
+        with store.transaction():
+            time.sleep(1.5)  # the pause, after BEGIN
+            assert not store.tick().lost  # the first tick renews
+        with psycopg.connect(pg_url) as db:
+            row = db.execute(
+                "SELECT extract(epoch FROM expires_at - clock_timestamp())::float8"
+                " FROM procpool_daemons WHERE id = %s",
+                (store.daemon_id,),
+            ).fetchone()
+        assert row is not None and row[0] > 2.5, row  # counted from BEGIN: about 1.5
+        assert store.fence_in() < row[0]  # the daemon fences itself before it expires
+    finally:
+        store.close()

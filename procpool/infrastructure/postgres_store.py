@@ -14,7 +14,8 @@ What keeps "never twice at once" true with several writers:
   another daemon rescued or canceled the job: `shared = True` tells the ledger that
   this is normal.
 - Liveness (`tick`): each daemon renews its row every `lease / 7.5` seconds, with
-  `expires_at = now() + lease` on the database's clock. It fences itself (the
+  `expires_at = clock_timestamp() + lease` on the database's clock (the time of the
+  renewal itself, not of its transaction's BEGIN). It fences itself (the
   supervisor kills its workers) once `lease - margin` has passed on CLOCK_BOOTTIME
   since the last renewal that committed, with margin = lease / 3. Any daemon marks
   dead those whose lease ran out more than `margin` ago and takes their running jobs
@@ -303,8 +304,9 @@ class PostgresJobStore:
 
     def _register(self) -> int:
         row = self._db.execute(
-            "INSERT INTO procpool_daemons (host, home, pid, expires_at)"
-            " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+            "INSERT INTO procpool_daemons (host, home, pid, heartbeat_at, expires_at)"
+            " VALUES (%s, %s, %s, clock_timestamp(),"
+            " clock_timestamp() + make_interval(secs => %s)) RETURNING id",
             (self.host, self.home, os.getpid(), self.timing.lease),
         ).fetchone()
         assert row is not None
@@ -607,8 +609,13 @@ class PostgresJobStore:
             self._next_renewal = now + self.timing.renew_every
             sent = boottime()
             renewed = self._db.execute(
-                "UPDATE procpool_daemons SET heartbeat_at = now(),"
-                " expires_at = now() + make_interval(secs => %s)"
+                # clock_timestamp(), not now(): now() is when the transaction began, and
+                # a turn stopped (SIGSTOP, a pause) between its BEGIN and this renewal
+                # would write a lease that ends before the one this daemon believes in
+                # (counted from `sent`), and another daemon would rescue its running jobs
+                # while they still run.
+                "UPDATE procpool_daemons SET heartbeat_at = clock_timestamp(),"
+                " expires_at = clock_timestamp() + make_interval(secs => %s)"
                 " WHERE id = %s AND state = 'alive'",
                 (self.timing.lease, self.daemon_id),
             ).rowcount
@@ -684,7 +691,8 @@ class PostgresJobStore:
         self._db.execute(
             "UPDATE procpool_daemons SET state = 'dead' WHERE id IN (SELECT id FROM"
             " procpool_daemons WHERE state = 'alive'"
-            " AND expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)",
+            " AND expires_at < clock_timestamp() - make_interval(secs => %s)"
+            " FOR UPDATE SKIP LOCKED)",
             (self.timing.margin,),
         )
         rows = self._rows(
