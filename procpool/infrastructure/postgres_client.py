@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -34,24 +33,10 @@ from procpool.infrastructure.postgres_store import (
     migrate,
 )
 from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
+from procpool.infrastructure.stats import DaemonOnDatabase
 
 STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    """A daemon registered on the database, as `procpool stats` shows it."""
-
-    id: int
-    host: str
-    home: str
-    pid: int
-    state: str  # alive (its lease holds), expired (not renewed: it is being rescued)
-    started_at: float  # seconds since the epoch, database clock
-    lease_age: float  # seconds since its last renewal
-    expires_in: float  # seconds until its lease runs out (negative: ran out)
-    running: int  # jobs it runs
 
 
 class PostgresClientStore:
@@ -242,20 +227,19 @@ class PostgresClientStore:
         )
         return [_run(row) for row in rows]
 
-    def daemons(self) -> list[DaemonInfo]:
+    def daemons(self) -> list[DaemonOnDatabase]:
         """The daemons registered and not known dead: those alive, and those whose lease
         ran out and whose jobs are about to be rescued (state `expired`)."""
         rows = self._query(
             "SELECT d.id, d.host, d.home, d.pid,"
             " CASE WHEN d.expires_at < now() THEN 'expired' ELSE 'alive' END,"
-            " extract(epoch FROM d.started_at)::float8,"
-            " extract(epoch FROM now() - d.heartbeat_at)::float8,"
-            " extract(epoch FROM d.expires_at - now())::float8,"
+            " round(extract(epoch FROM now() - d.heartbeat_at)::numeric, 3)::float8,"
+            " round(extract(epoch FROM d.expires_at - now())::numeric, 3)::float8,"
             " (SELECT count(*) FROM procpool_jobs j WHERE j.owner = d.id"
             "  AND j.status = 'running')"
             " FROM procpool_daemons d WHERE d.state = 'alive' ORDER BY d.id"
         )
-        return [DaemonInfo(*row) for row in rows]
+        return [DaemonOnDatabase(*row) for row in rows]
 
     def health(self) -> dict[str, Any]:
         """What to watch on the database: the age of the oldest open snapshot (seconds;

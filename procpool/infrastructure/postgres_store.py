@@ -288,7 +288,7 @@ class PostgresJobStore:
         self.timing = timing or Timing()
         self.host = socket.gethostname()
         self.home = str(home.resolve())
-        self._db = connect(url, self.timing.margin / 2)
+        self._db = self._connect()
         migrate(self._db)
         self.daemon_id = self._register()
         self._renewed_at = boottime()  # the last renewal that committed (boottime)
@@ -301,6 +301,10 @@ class PostgresJobStore:
         self._listen_pause = LISTEN_PAUSE_MIN
 
     # ------------------------------------------------------------- connection
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A new session, its statements bounded by half the margin (see `connect`)."""
+        return connect(self.url, self.timing.margin / 2)
 
     def _register(self) -> int:
         row = self._db.execute(
@@ -320,7 +324,7 @@ class PostgresJobStore:
         """
         try:
             self._db.close()
-            self._db = connect(self.url, self.timing.margin / 2)
+            self._db = self._connect()
         except psycopg.OperationalError as error:
             raise StoreBusy(f"cannot reach PostgreSQL: {error}".strip()) from error
 
@@ -650,7 +654,7 @@ class PostgresJobStore:
         if now < self._listen_again_at:
             return None
         try:
-            listening = connect(self.url, self.timing.margin / 2)
+            listening = self._connect()
             listening.execute(f"LISTEN {JOBS_CHANNEL}")
             listening.execute(f"LISTEN {CANCEL_CHANNEL}")
         except psycopg.OperationalError:
@@ -665,7 +669,7 @@ class PostgresJobStore:
     def reachable(self) -> bool:
         """Whether a new connection can be opened now (it is closed at once)."""
         try:
-            connect(self.url, self.timing.margin / 2).close()
+            self._connect().close()
         except psycopg.OperationalError:
             return False
         return True

@@ -86,7 +86,7 @@ class DatabaseStats(msgspec.Struct):
 class SharedReader(Protocol):
     """A reader of a store that several daemons share (postgres_client)."""
 
-    def daemons(self) -> list[Any]: ...
+    def daemons(self) -> list[DaemonOnDatabase]: ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -201,20 +201,7 @@ def collect(reader: StoreReader, daemon_pid: int | None, cpu_sample: float = 0.2
 
 
 def _database(reader: SharedReader) -> DatabaseStats:
-    daemons = [
-        DaemonOnDatabase(
-            id=d.id,
-            host=d.host,
-            home=d.home,
-            pid=d.pid,
-            state=d.state,
-            lease_age=round(d.lease_age, 3),
-            expires_in=round(d.expires_in, 3),
-            running=d.running,
-        )
-        for d in reader.daemons()
-    ]
-    return DatabaseStats(daemons=daemons, **reader.health())
+    return DatabaseStats(daemons=reader.daemons(), **reader.health())
 
 
 def _duration(seconds: float) -> str:
