@@ -33,28 +33,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
+from bench import DEADLINE, _wait  # the benchmark's own poll with a deadline
 
 from procpool import Client
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 2
 POLL = 0.0002
-DEADLINE = 300.0
-
-
-def _wait(predicate: Callable[[], Any], what: str, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(interval)
-    return value
 
 
 class Setup:
@@ -83,7 +73,7 @@ class Setup:
             )  # fmt: skip
             self.processes.append(process)
         for home in self.homes:
-            _wait(lambda home=home: (home / "procpool.sock").exists(), f"{home} to start")
+            _wait(lambda home=home: (home / "procpool.sock").exists(), 0.005, f"{home} to start")
         warm = [self.client.submit("echo", n, id=f"warm-{n}") for n in range(4 * len(self.homes))]
         self.client.wait(warm, timeout=DEADLINE)
         return self
@@ -124,7 +114,7 @@ def throughput(setup: Setup, jobs: int) -> dict[str, float]:
     for n in range(jobs):
         setup.client.submit("echo", n, id=f"tp-{n}")
     submitted = time.perf_counter()
-    _wait(lambda: setup.completed("tp-") >= jobs, "the jobs to complete", 0.002)
+    _wait(lambda: setup.completed("tp-") >= jobs, 0.002, "the jobs to complete")
     ended = time.perf_counter()
     return {
         "jobs_per_s": round(jobs / (ended - began), 1),
@@ -138,7 +128,7 @@ def latency(setup: Setup, samples: int) -> dict[str, float]:
         job_id = f"lat-{n}"
         began = time.perf_counter()
         setup.client.submit("echo", n, id=job_id)
-        _wait(lambda job_id=job_id: setup.status(job_id) == "completed", job_id, POLL)
+        _wait(lambda job_id=job_id: setup.status(job_id) == "completed", POLL, job_id)
         times.append(time.perf_counter() - began)
     times.sort()
     return {
