@@ -38,11 +38,11 @@ def start(
 ) -> Callable[[str], Daemon]:
     """Daemons on the test's database (asked for first: the daemons stop before it goes)."""
 
-    def start_one(name: str, workers: int = 2) -> Daemon:
+    def start_one(name: str, workers: int = 2, lease: float = LEASE) -> Daemon:
         return make_daemon(
             workers,
             home=tmp_path / name,
-            env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(LEASE)},
+            env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(lease)},
             args=("--handlers", "pg_handlers"),
         )
 
@@ -172,21 +172,16 @@ def test_cancel_from_one_host_reaches_the_job_running_on_another(
 
 
 def test_a_cancel_is_heard_at_once_and_heard_again_after_the_database_restarted(
+    start: Callable[..., Daemon],
+    client: Callable[[Daemon], Client],
     pg_url: str,
     pg_cluster: Any,
-    make_daemon: Callable[..., Daemon],
-    client: Callable[[Daemon], Client],
-    tmp_path: Path,
     spans: Path,
 ) -> None:
     """With a 120 s lease the cancels are polled every 16 s: a cancel that arrives in a
     fraction of that was carried by the notification, before and after a restart of
     the database ended every session (the listening ones too)."""
-    env = {"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": "120"}
-    a, b = (
-        make_daemon(1, home=tmp_path / name, env=env, args=("--handlers", "pg_handlers"))
-        for name in ("a", "b")
-    )
+    a, b = (start(name, workers=1, lease=120) for name in ("a", "b"))
     jobs = client(a)
 
     def cancel_from_the_other_host(job_id: str) -> None:
@@ -194,7 +189,9 @@ def test_a_cancel_is_heard_at_once_and_heard_again_after_the_database_restarted(
         wait_until(lambda: job_id in ran_by(a) | ran_by(b), 30, what=f"{job_id} to start")
         owner, other = (a, b) if job_id in ran_by(a) else (b, a)
         asked = time.monotonic()
-        done = run_cli(other.home, "cancel", job_id, "--timeout", "30", env=env)
+        done = run_cli(
+            other.home, "cancel", job_id, "--timeout", "30", env={"PROCPOOL_DATABASE_URL": pg_url}
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert time.monotonic() - asked < 6, f"{job_id}: the poll, not the notification, carried it"
         owner.wait_events("job.canceled", job_id=job_id)
