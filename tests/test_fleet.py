@@ -396,3 +396,46 @@ def test_an_oversized_result_ends_the_worker() -> None:
     job = sim.job("B")
     assert (job.status, job.attempts) == (Status.PENDING, 1)
     assert "11 bytes" in (job.last_error or "")
+
+
+LONGEST, SHORTEST = 0.005, 0.0005
+
+
+@pytest.mark.parametrize(
+    ("mean", "queues", "expected"),
+    [
+        (None, [3, 3], 0.0),  # no job has finished yet: nothing to judge by
+        (0.002, [0, 20], 0.0),  # one worker has nothing queued: it is fed at once
+        (0.002, [20, 1], 0.001),  # half the shortest queue's work
+        (0.002, [20, 20], LONGEST),  # never longer than the longest wait
+        (0.0002, [2, 2], 0.0),  # under the shortest wait: not worth a turn
+        (0.0, [5, 5], 0.0),  # no-op jobs, measured as taking no time
+    ],
+)
+def test_the_loop_lingers_only_while_every_worker_has_work_queued(
+    mean: float | None, queues: list[int], expected: float
+) -> None:
+    """Group commit (supervisor.LINGER): the wait is short enough that no worker's
+    queue runs dry during it."""
+    sim = Sim()
+    for pid, queued in enumerate(queues, start=1):
+        sim.spawn(pid)
+        for n in range(queued + 1):  # the first one runs, the others wait behind it
+            sim.submit(f"{pid}-{n}")
+            sim.hand(pid, f"{pid}-{n}")
+        sim.start_next(pid)
+    if mean is not None:
+        sim.fleet.batch.observe(mean)
+    assert sim.fleet.linger(LONGEST, SHORTEST) == pytest.approx(expected)
+
+
+def test_a_worker_that_does_not_serve_yet_does_not_hold_the_loop() -> None:
+    sim = Sim()
+    sim.spawn(1)
+    for n in range(11):
+        sim.submit(f"j{n}")
+        sim.hand(1, f"j{n}")
+    sim.start_next(1)
+    sim.fleet.spawned(2, sim.now)  # forked, not Ready yet: it takes no job
+    sim.fleet.batch.observe(0.002)
+    assert sim.fleet.linger(LONGEST, SHORTEST) == pytest.approx(0.005)

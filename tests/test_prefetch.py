@@ -70,3 +70,34 @@ def test_a_queued_job_does_not_run_ahead_of_a_more_urgent_one(
     starts = [e["job_id"] for e in daemon.wait_events("job.started", 7)]
     later = [i for i in starts if i in ("urgent", "filler-1", "filler-2")]
     assert later[0] == "urgent", starts
+
+
+def test_while_the_loop_lets_results_gather_clients_are_served_at_once(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Group commit: with every worker's queue full of short jobs the loop waits for
+    their ends to gather (supervisor.LINGER); a client's submit and cancels are
+    served meanwhile, an urgent job overtakes the queue, and each job runs once."""
+    daemon = make_daemon(workers=2)
+    for job_id in ("warm-1", "warm-2"):
+        daemon.client.submit("sleep", {"seconds": 0.005}, id=job_id)
+    for job_id in ("warm-1", "warm-2"):
+        daemon.wait_status(job_id, "completed")
+    batch = [f"b-{n}" for n in range(600)]
+    _drop_lines(daemon, "batch.jsonl", [
+        {"type": "sleep", "payload": {"seconds": 0.005}, "id": job_id} for job_id in batch
+    ])  # fmt: skip
+    daemon.wait_events("job.started", job_id="b-20")
+    canceled = batch[-40:]
+    for job_id in canceled:
+        daemon.client.cancel(job_id)
+    urgent = daemon.client.submit("echo", "urgent", id="urgent", priority=5)
+    assert daemon.client.wait([urgent], timeout=30)[0].status == "completed"
+    # It overtook the batch: most of the batch still waited when it was done.
+    assert sum(daemon.job(job_id).status == "pending" for job_id in batch) > 100
+    for job_id in batch:
+        daemon.wait_status(job_id, "completed", "canceled")
+    assert {daemon.job(job_id).status for job_id in canceled} == {"canceled"}
+    started = [e["job_id"] for e in daemon.events("job.started")]
+    assert len(started) == len(set(started))  # none ran twice
+    assert set(started) >= set(batch) - set(canceled)

@@ -3,8 +3,10 @@
 Pending work waits in the store; a worker holds the job it runs and a short
 queue behind it. An idle worker gets as many jobs as it is expected to finish
 in `window` seconds, judged by a moving average of recent run times: one for
-jobs of 25 ms, dozens for no-op jobs, because one job at a time would cost a
-whole loop turn, with its durable commit, per job.
+jobs of 25 ms, a dozen for jobs of 2 ms, up to 64 no-op jobs, because one job
+at a time would cost a whole loop turn, with its durable commit, per job. The
+queue is also what lets the loop wait for several jobs' ends before its next
+turn (group commit: `Fleet.linger`), so it holds some milliseconds of work.
 
 A busy worker that has started the last job it was given gets its next batch
 at once, so that it starts the next job without waiting for a loop turn and
@@ -40,7 +42,7 @@ W = TypeVar("W")
 
 
 class BatchSizer:
-    def __init__(self, window: float = 0.002, largest: int = 64, weight: float = 0.05) -> None:
+    def __init__(self, window: float = 0.025, largest: int = 64, weight: float = 0.05) -> None:
         self.window = window
         self.largest = largest
         self.weight = weight

@@ -19,6 +19,7 @@ second Started, a Finished for a job it never started) ends it as broken.
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -490,6 +491,23 @@ class Fleet:
         if worker.state is WorkerState.TERMINATING:
             return []
         return [self.take_back(worker, job)]
+
+    def linger(self, longest: float, shortest: float) -> float:
+        """How long the loop may wait before its next turn, so that one turn and its
+        durable commit take in the ends of several jobs (group commit): half the queued
+        work of the worker with the least of it (its queue's length times the mean run
+        time), at most `longest` seconds. 0 when that is under `shortest` or no worker
+        serves: a worker with little or nothing queued is fed at once, so no worker runs
+        dry during the wait, and an idle pool answers as fast as ever."""
+        mean = self.batch.mean
+        if not mean or mean <= 0:
+            return 0.0
+        least = math.inf
+        for worker in self.workers.values():
+            if worker.state is WorkerState.SERVING:
+                least = min(least, len(worker.queued) * mean)
+        wait = min(longest, least / 2)
+        return wait if wait >= shortest else 0.0
 
     def takes_more(self, worker: Worker) -> bool:
         """Whether a busy worker may be handed its next jobs: not once its quota is

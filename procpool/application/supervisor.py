@@ -91,6 +91,13 @@ VACUUM_PAGES = 256
 # (each try also waits for the lock itself: the store's LOCK_WAIT).
 STORE_PAUSE_MIN = 0.05
 STORE_PAUSE_MAX = 0.5
+# Group commit: while every worker has work queued, the loop lets the ends of jobs
+# gather for up to LINGER seconds, so that one turn and one durable commit (about
+# 0.1 ms of CPU and 0.1-0.5 ms of disk) serve several jobs, not one each. Under
+# LINGER_MIN it is not worth a turn of its own. Clients, the inbox and signals are
+# served at once all the same.
+LINGER = 0.005
+LINGER_MIN = 0.0005
 
 
 def _seconds(value: float) -> str:
@@ -339,6 +346,10 @@ class Supervisor:
     def _turn(self) -> None:
         if self._shared is not None:
             self._watch_store()
+        if not (self._signals or self._stopping):
+            linger = self.fleet.linger(LINGER, LINGER_MIN)
+            if linger:
+                self._gather(min(linger, self._wait_timeout()))
         ready = self._selector.select(self._wait_timeout())
         now, wall = time.monotonic(), time.time()
         self._check_fence()
@@ -379,6 +390,21 @@ class Supervisor:
         if publish:
             self._next_publish = now + self.settings.metrics_interval
             self._telemetry.publish(snapshot)
+
+    def _gather(self, seconds: float) -> None:
+        """Wait up to `seconds` with the workers' channels out of the selector, so that
+        their messages gather for the next turn; anything else that comes in (a client,
+        the inbox, a signal, the store) ends the wait at once."""
+        if seconds <= 0:
+            return
+        held = [key for key in self._selector.get_map().values() if isinstance(key.data, int)]
+        for key in held:
+            self._selector.unregister(key.fileobj)
+        try:
+            self._selector.select(seconds)
+        finally:
+            for key in held:
+                self._selector.register(key.fileobj, key.events, key.data)
 
     def _take_inputs(
         self, ready: list[tuple[selectors.SelectorKey, int]], now: float, wall: float
