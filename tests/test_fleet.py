@@ -439,3 +439,23 @@ def test_a_worker_that_does_not_serve_yet_does_not_hold_the_loop() -> None:
     sim.fleet.spawned(2, sim.now)  # forked, not Ready yet: it takes no job
     sim.fleet.batch.observe(0.002)
     assert sim.fleet.linger(LONGEST, SHORTEST) == pytest.approx(0.005)
+
+
+def test_a_busy_worker_is_topped_up_once_its_queue_is_under_half_a_batch() -> None:
+    """Prefetch keeps some work queued (so the loop may linger and the worker never
+    waits for a turn), not only once the queue is empty."""
+    sim = Sim()
+    sim.spawn(W)
+    sim.fleet.batch.observe(0.002)  # a batch: 0.025 s / 0.002 s = 12 jobs
+    for n in range(6):
+        sim.submit(f"j{n}")
+        sim.hand(W, f"j{n}")
+    sim.start_next(W)  # one runs, five wait behind it: under half a batch
+    idle, busy, holders = sim.fleet.candidates(sim.now, set())
+    assert (idle, [w.pid for w, _ in busy], [h.worker.pid for h in holders]) == ([], [W], [W])
+    assert sim.fleet.candidates(sim.now, {W})[1] == []  # not while it does not read
+    for n in range(6, 8):
+        sim.submit(f"j{n}")
+        sim.hand(W, f"j{n}")  # seven wait: enough
+    idle, busy, holders = sim.fleet.candidates(sim.now, set())
+    assert (idle, busy, [h.worker.pid for h in holders]) == ([], [], [W])

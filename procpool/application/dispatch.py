@@ -8,10 +8,10 @@ at a time would cost a whole loop turn, with its durable commit, per job. The
 queue is also what lets the loop wait for several jobs' ends before its next
 turn (group commit: `Fleet.linger`), so it holds some milliseconds of work.
 
-A busy worker that has started the last job it was given gets its next batch
-at once, so that it starts the next job without waiting for a loop turn and
-its commit: but only with the jobs left after every idle worker has had its
-share, and only when its current job is expected to end within `horizon`.
+A busy worker whose queue holds less than half a batch gets its next batch at
+once, so that it starts the next job without waiting for a loop turn and its
+commit: but only with the jobs left after every idle worker has had its share,
+and only when its current job is expected to end within `horizon`.
 That is a prefetch, and Celery's lesson is what it must not do: leave a job
 queued behind a long one while another worker idles, or in front of a more
 urgent job. So a queued job that has not started is taken back (Skip, which

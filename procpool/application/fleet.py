@@ -531,20 +531,24 @@ class Fleet:
     def candidates(
         self, now: float, deaf: set[int]
     ) -> tuple[list[Worker], list[tuple[Worker, float]], list[Holder[Worker]]]:
-        """Who may be handed jobs: (idle, busy with nothing queued, holders of a queue).
-        `deaf` names workers with unsent bytes: they get nothing until they read."""
+        """Who may be handed jobs: (idle, busy with less than half a batch queued,
+        holders of a queue); a worker may be both of the last two. `deaf` names
+        workers with unsent bytes: they get nothing until they read."""
         idle: list[Worker] = []
         busy: list[tuple[Worker, float]] = []
         holders: list[Holder[Worker]] = []
+        low = self.batch.size() / 2
         for worker in self.workers.values():
             if worker.state is not WorkerState.SERVING:
                 continue
             if not worker.assigned:
                 if worker.pid not in deaf:
                     idle.append(worker)
-            elif queued := worker.queued:
+                continue
+            queued = worker.queued
+            if queued:
                 holders.append(Holder(worker, queued, worker.running_since))
-            elif worker.pid not in deaf and self.takes_more(worker):
+            if len(queued) < low and worker.pid not in deaf and self.takes_more(worker):
                 since = worker.running_since
                 busy.append((worker, now if since is None else since))
         return idle, busy, holders
