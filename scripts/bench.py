@@ -43,6 +43,8 @@ import bench_peers
 import psutil
 
 from procpool import Client
+from procpool.domain import job as job_model
+from procpool.domain.job import Job
 from procpool.domain.spec import JobDefaults, JobSpec, to_job
 from procpool.infrastructure.sqlite_store import SqliteJobStore
 
@@ -575,6 +577,40 @@ def procpool_ingestion(workdir: Path, jobs: int) -> dict[str, float]:
     }
 
 
+def store_floor(workdir: Path, jobs: int) -> dict[str, float]:
+    """What the store alone costs per job, in this process and with no daemon: the
+    statements of one job's life as the supervisor issues them (insert; due query;
+    start; begin, completion and history), one durable commit per job (each turn
+    taking in one submission and the previous job's end, the best case of one
+    submit at a time). CPU time, so the figure below the supervisor's own."""
+    path = workdir / "floor.db"
+    for leftover in workdir.glob("floor.db*"):
+        leftover.unlink()
+    store = SqliteJobStore(path)
+    defaults = JobDefaults()
+    previous: Job | None = None
+    cpu = time.process_time()
+    for n in range(jobs):
+        wall = time.time()
+        spec = JobSpec(type="echo", payload={"i": n}, run_at=None, delay=None)
+        with store.transaction():
+            store.insert([to_job(spec, job_id=f"floor-{n}", defaults=defaults, now=wall)])
+            (due,) = store.due(wall, 3)
+            running = job_model.start(due, lease=n + 1, worker_pid=1, now=wall)
+            store.save(running, expected=due.status, expected_lease=due.lease,
+                       fields=job_model.changed_fields(due, running))  # fmt: skip
+            if previous is not None:
+                begun = job_model.begin(previous, now=wall)
+                done = job_model.complete(begun, result=b"null", now=wall)
+                store.save(done, expected=previous.status, expected_lease=previous.lease,
+                           fields=job_model.changed_fields(previous, done))  # fmt: skip
+                store.record_runs([job_model.run_of(begun, done, now=wall)])
+        previous = running
+    spent = time.process_time() - cpu
+    store.close()
+    return {"cpu_us_per_job": spent / jobs * 1e6}
+
+
 def procpool_submit(workdir: Path, jobs: int, how: str) -> dict[str, float]:
     """No-op jobs through the client: `one` Client.submit per job, `many` in one
     Client.submit_many, or `threads`: PRODUCER_THREADS threads, a Client and a slice
@@ -779,6 +815,13 @@ class Bench:
                     "submit_many_ms": many["supervisor_cpu_us_per_job"] / 1000,
                     "threads_ms": four["supervisor_cpu_us_per_job"] / 1000},
         ), one)  # fmt: skip
+        floor = self.measure("store.floor", lambda: store_floor(work, n))
+        store_ms = floor["cpu_us_per_job"] / 1000
+        self.add(Figure(
+            "store.floor", "of which the store alone could be (no daemon, a commit per job)",
+            store_ms, "ms", cpu, "the supervisor, above", ratio=store_ms / cpu,
+            runs=[r["cpu_us_per_job"] / 1000 for r in floor["runs"]],
+        ), floor)  # fmt: skip
 
     def batch(self) -> None:
         """The real batch: compress and hash of standard-library files."""

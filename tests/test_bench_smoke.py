@@ -50,12 +50,16 @@ def test_the_client_figures_beside_huey_and_pebble() -> None:
     pytest.importorskip("huey", reason="the benchmark's peers: pip install '.[bench]'")
     pytest.importorskip("pebble", reason="the benchmark's peers: pip install '.[bench]'")
     figures = {line["figure"]: line for line in quick("submit")[1:]}
+    floor = figures.pop("store.floor")
     assert set(figures) == {"submit.one", "submit.many", "submit.threads", "supervisor.cpu"}
     assert figures["submit.one"]["reference_name"] == "Huey (SQLite)"
     assert figures["submit.many"]["reference_name"] == "ProcessPoolExecutor"
     for figure in figures.values():
         assert figure["value"] > 0 and isinstance(figure["met"], bool)
     assert figures["submit.one"]["detail"]["huey_rate"] > 0
+    # The store's own share, beside the supervisor's whole CPU per job, untargeted.
+    assert floor["value"] > 0 and floor["met"] is None
+    assert floor["reference"] == figures["supervisor.cpu"]["value"]
 
 
 def test_the_postgresql_benchmark_measures_its_three_setups(pg_url: str) -> None:

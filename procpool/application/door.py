@@ -246,6 +246,11 @@ class Door:
         for job_id in left:
             self._waiters.setdefault(job_id, []).append(waiter)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a client waits for a job to end."""
+        return bool(self._waiters)
+
     def _answer(self, connection: Connection, message: ToClient) -> None:
         self._answers.append((connection, message))
 

@@ -165,6 +165,7 @@ class Supervisor:
         self._next_scan = 0.0
         self._next_due: float | None = None  # wall time of the earliest future pending job
         self._look_again_at: float | None = None  # monotonic: a queued job may come back then
+        self._waiting_jobs = True  # due jobs waited for a worker after the last dispatch
         self._next_memory_sample = 0.0
         self._effects = _Effects()
         self._telemetry: Telemetry = telemetry or NoTelemetry()
@@ -347,7 +348,7 @@ class Supervisor:
         if self._shared is not None:
             self._watch_store()
         if not (self._signals or self._stopping):
-            linger = self.fleet.linger(LINGER, LINGER_MIN)
+            linger = self.fleet.linger(LINGER, LINGER_MIN) or self._unawaited_linger()
             if linger:
                 self._gather(min(linger, self._wait_timeout()))
         ready = self._selector.select(self._wait_timeout())
@@ -390,6 +391,16 @@ class Supervisor:
         if publish:
             self._next_publish = now + self.settings.metrics_interval
             self._telemetry.publish(snapshot)
+
+    def _unawaited_linger(self) -> float:
+        """Group commit when the pool is not full: LINGER while no due job waits for a
+        worker and no client on the socket waits for a job, so what workers say (ends
+        of jobs no one waits for, a freed worker with nothing to take) may join the
+        next turn's commit, which a client's next submit usually brings within the
+        wait. 0 otherwise: the turn comes at once."""
+        if self._waiting_jobs or (self.door is not None and self.door.waiting):
+            return 0.0
+        return LINGER
 
     def _gather(self, seconds: float) -> None:
         """Wait up to `seconds` with the workers' channels out of the selector, so that
@@ -750,6 +761,7 @@ class Supervisor:
         self._look_again_at = None
         deaf = {pid for pid, channel in self.channels.items() if channel.backlogged}
         idle, busy, holders = self.fleet.candidates(now, deaf)
+        self._waiting_jobs = True  # until this turn's plan says otherwise
         if self._stopping or self._fenced or not (idle or busy or holders):
             self._next_due = None  # a worker freed later makes a turn of its own
             return
@@ -759,17 +771,21 @@ class Supervisor:
         due = self.store.due(wall, limit)
         if not due and not holders:  # nothing to hand out or take back: no plan to make
             self._next_due = self.store.next_run_at(wall)
+            self._waiting_jobs = False
             return
         decided = plan(
             due, idle=idle, busy=busy, holders=holders, size=size, expected=batch.mean,
             now=now, window=batch.window, horizon=HORIZON,
         )  # fmt: skip
+        handed = 0
         for worker, jobs in decided.handouts:
             for job in jobs[: self.fleet.room(worker, len(jobs))]:
                 running = self.ledger.start(
                     job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
                 )
                 self._apply([self.fleet.hand_out(worker, running, now)], wall)
+                handed += 1
+        self._waiting_jobs = handed < len(due)
         self._apply([self.fleet.take_back(w, job) for w, job in decided.take_back], wall)
         self._look_again_at = decided.look_again_at
         self._next_due = self.store.next_run_at(wall) if len(due) < limit else None
