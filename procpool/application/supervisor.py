@@ -157,7 +157,13 @@ class Supervisor:
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._new_workers: list[WorkerRecord] = []  # forked, to be stored in the next turn
         self._signals: deque[int] = deque()
+        # Two selectors, one inside the other: the workers' channels in the loop's own,
+        # everything else (the socket door, the inbox, the wake-up pipe, the shared
+        # store) in `_others`, whose descriptor the loop's selects too. So the loop can
+        # wait for the others alone while workers' messages gather (group commit).
         self._selector = selectors.DefaultSelector()
+        self._others = selectors.DefaultSelector()
+        self._selector.register(self._others.fileno(), selectors.EVENT_READ, "others")
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._lease = 0
         self._stopping = False
@@ -172,7 +178,7 @@ class Supervisor:
         self.ledger = Ledger(store, settings.retry, self._effects.log)
         self.intake = Intake(store, self.ledger, registry, self.fleet, self._effects.log)
         # The socket door (DESIGN decision 12): clients submit, wait and cancel through it.
-        self.door = None if door is None else Door(door, self._selector, self._effects.log)
+        self.door = None if door is None else Door(door, self._others, self._effects.log)
         self._next_publish = 0.0
         self._next_retention = 0.0
         self._prune_older_than: float | None = None  # days, asked for by `procpool prune`
@@ -192,8 +198,8 @@ class Supervisor:
         self._install_signals()
         inbox_fd = self.inbox.fileno()
         if inbox_fd is not None:
-            self._selector.register(inbox_fd, selectors.EVENT_READ, "inbox")
-        self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+            self._others.register(inbox_fd, selectors.EVENT_READ, "inbox")
+        self._others.register(self._wake_read, selectors.EVENT_READ, "wake")
         tree.become_subreaper()
         if self._tree_mark is not None:
             for pid in tree.end_marked(self._tree_mark):
@@ -229,6 +235,7 @@ class Supervisor:
             self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
         self._selector.close()
+        self._others.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
         return 0
@@ -327,6 +334,7 @@ class Supervisor:
         if self.door is not None:
             self.door.close_in_child()
         self._selector.close()
+        self._others.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
         for channel in self.channels.values():
@@ -342,16 +350,23 @@ class Supervisor:
         if self._store_fd is None:
             self._store_fd = self._shared.listener()
             if self._store_fd is not None:
-                self._selector.register(self._store_fd, selectors.EVENT_READ, "store")
+                self._others.register(self._store_fd, selectors.EVENT_READ, "store")
 
     def _turn(self) -> None:
         if self._shared is not None:
             self._watch_store()
-        if not (self._signals or self._stopping):
+        timeout = self._wait_timeout()
+        if timeout > 0 and not self._stopping:
             linger = self.fleet.linger(LINGER, LINGER_MIN) or self._unawaited_linger()
             if linger:
-                self._gather(min(linger, self._wait_timeout()))
-        ready = self._selector.select(self._wait_timeout())
+                # Whatever comes from outside ends it, and is then selected below.
+                waited = time.monotonic()
+                self._others.select(min(linger, timeout))
+                timeout = max(0.0, timeout - (time.monotonic() - waited))
+        ready = self._selector.select(timeout)
+        if any(key.data == "others" for key, _ in ready):
+            ready = [pair for pair in ready if pair[0].data != "others"]
+            ready += self._others.select(0)
         now, wall = time.monotonic(), time.time()
         self._check_fence()
         with self.store.transaction():
@@ -402,21 +417,6 @@ class Supervisor:
             return 0.0
         return LINGER
 
-    def _gather(self, seconds: float) -> None:
-        """Wait up to `seconds` with the workers' channels out of the selector, so that
-        their messages gather for the next turn; anything else that comes in (a client,
-        the inbox, a signal, the store) ends the wait at once."""
-        if seconds <= 0:
-            return
-        held = [key for key in self._selector.get_map().values() if isinstance(key.data, int)]
-        for key in held:
-            self._selector.unregister(key.fileobj)
-        try:
-            self._selector.select(seconds)
-        finally:
-            for key in held:
-                self._selector.register(key.fileobj, key.events, key.data)
-
     def _take_inputs(
         self, ready: list[tuple[selectors.SelectorKey, int]], now: float, wall: float
     ) -> bool:
@@ -429,7 +429,7 @@ class Supervisor:
                 elif key.data == "store":
                     assert self._shared is not None and self._store_fd is not None
                     if not self._shared.heard():  # closed: out before its number is reused
-                        self._selector.unregister(self._store_fd)
+                        self._others.unregister(self._store_fd)
                         self._store_fd = None
                 elif key.data == "inbox":
                     self.inbox.drain_events()
