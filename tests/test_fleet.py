@@ -439,6 +439,8 @@ def test_a_worker_that_does_not_serve_yet_does_not_hold_the_loop() -> None:
     sim.fleet.spawned(2, sim.now)  # forked, not Ready yet: it takes no job
     sim.fleet.batch.observe(0.002)
     assert sim.fleet.linger(LONGEST, SHORTEST) == pytest.approx(0.005)
+    sim.exited(1)
+    assert sim.fleet.linger(LONGEST, SHORTEST) == 0.0  # no worker serves: no queue to wait on
 
 
 def test_a_busy_worker_is_topped_up_once_its_queue_is_under_half_a_batch() -> None:

@@ -506,6 +506,8 @@ class Fleet:
         for worker in self.workers.values():
             if worker.state is WorkerState.SERVING:
                 least = min(least, len(worker.queued) * mean)
+        if least == math.inf:
+            return 0.0
         wait = min(longest, least / 2)
         return wait if wait >= shortest else 0.0
 
