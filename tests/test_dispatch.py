@@ -5,7 +5,7 @@ from __future__ import annotations
 from procpool.application.dispatch import BatchSizer, Holder, Plan, plan, share
 from procpool.domain.job import Job, Status
 
-WINDOW = 0.002
+PATIENCE = 0.002
 HORIZON = 0.25
 NOW = 100.0
 
@@ -30,7 +30,7 @@ def _plan(
 ) -> Plan[str]:
     return plan(
         due, idle=idle, busy=busy, holders=holders, size=size, expected=expected,
-        now=NOW, window=WINDOW, horizon=HORIZON,
+        now=NOW, patience=PATIENCE, horizon=HORIZON,
     )  # fmt: skip
 
 
@@ -89,7 +89,7 @@ def test_a_queued_job_stays_behind_a_job_that_is_about_to_end() -> None:
     holder = Holder("w", [held], running_since=NOW - 0.001)  # started within the window
     decided = _plan([], idle=("idle",), holders=(holder,))
     assert decided.take_back == []
-    assert decided.look_again_at == NOW - 0.001 + WINDOW
+    assert decided.look_again_at == NOW - 0.001 + PATIENCE
 
 
 def test_a_queued_job_comes_back_when_a_more_urgent_one_waits() -> None:
@@ -102,6 +102,17 @@ def test_a_queued_job_comes_back_when_a_more_urgent_one_waits() -> None:
     later = _job("later", priority=0, run_at=3.0)
     assert _plan([same], holders=(holder,)).take_back == []
     assert _plan([later], holders=(holder,)).take_back == []
+
+
+def test_what_orders_after_an_urgent_job_comes_back_wherever_it_is_queued() -> None:
+    """A top-up queues jobs behind others queued earlier, which may order after
+    them: the less urgent come back, not the queue's tail."""
+    low = [_job(f"low-{n}", priority=0, run_at=n) for n in range(2)]
+    high = [_job(f"high-{n}", priority=9, run_at=10 + n) for n in range(3)]
+    holder = Holder("w", [*low, *high], running_since=NOW - 0.01)
+    waiting = _job("high-9", priority=9, run_at=19)
+    decided = _plan([waiting], holders=(holder,))
+    assert [job.id for _, job in decided.take_back] == ["low-0", "low-1"]
 
 
 def test_only_the_tail_a_starved_worker_needs_comes_back() -> None:

@@ -17,10 +17,12 @@ queued behind a long one while another worker idles, or in front of a more
 urgent job. So a queued job that has not started is taken back (Skip, which
 the worker's reader thread answers even while a handler computes): when a
 worker idles with nothing due for it, or a due job that orders before it is
-waiting, from a worker whose current job has run longer than `window` (one
+waiting, from a worker whose current job has run longer than `patience` (one
 about to finish would start it sooner than taking it back would); and in any
 case once the current job has run `horizon`, so a job shows `running` while it
-still waits for at most about that long.
+still waits for at most about that long. A top-up puts jobs behind others
+queued earlier, which may order after them: what is taken back for an urgent
+job is every queued job that orders after it, wherever it stands.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from procpool.domain.job import Job
 # loop turn (about a millisecond) per job: worth it for jobs of milliseconds,
 # nothing for jobs of seconds, which should wait in the store instead.
 HORIZON = 0.25
+# How long a worker's current job runs before jobs queued behind it may be taken
+# back for an idle worker or a more urgent job.
+PATIENCE = 0.002
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -109,7 +114,7 @@ def plan(
     size: int,
     expected: float | None,
     now: float,
-    window: float,
+    patience: float,
     horizon: float,
 ) -> Plan[W]:
     """`due` holds the most urgent due jobs, in order, one more than idle and busy
@@ -134,19 +139,24 @@ def plan(
     for holder in sorted(holders, key=lambda h: -(h.running_since or now)):
         if holder.running_since is None:
             continue  # about to start its next job
-        queued = holder.queued
+        queued = list(holder.queued)
         elapsed = now - holder.running_since
         if elapsed >= horizon:
-            count = len(queued)
+            back = queued
         else:
-            behind_urgent = 0 if urgent is None else sum(urgent < order(job) for job in queued)
-            # Queues are in dispatch order, so both kinds of take-back are a tail of one.
-            count = max(behind_urgent, min(starved, len(queued)))
-            if count and elapsed < window:
-                result.look_again(holder.running_since + window)
-                count = 0
+            # For an idle worker, the last queued; for an urgent job, all that order
+            # after it (a top-up may have queued them ahead of more urgent ones).
+            cut = len(queued) - max(0, min(starved, len(queued)))
+            back = [
+                job
+                for n, job in enumerate(queued)
+                if n >= cut or (urgent is not None and urgent < order(job))
+            ]
+            if back and elapsed < patience:
+                result.look_again(holder.running_since + patience)
+                back = []
             else:
                 result.look_again(holder.running_since + horizon)
-        starved -= count
-        result.take_back.extend((holder.worker, job) for job in queued[len(queued) - count :])
+        starved -= len(back)
+        result.take_back.extend((holder.worker, job) for job in back)
     return result

@@ -40,7 +40,7 @@ from typing import Any
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
 from procpool.application.companion import Companion
-from procpool.application.dispatch import HORIZON, plan
+from procpool.application.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.door import Connection, Door
 from procpool.application.events import emit
 from procpool.application.fleet import (
@@ -775,7 +775,7 @@ class Supervisor:
             return
         decided = plan(
             due, idle=idle, busy=busy, holders=holders, size=size, expected=batch.mean,
-            now=now, window=batch.window, horizon=HORIZON,
+            now=now, patience=PATIENCE, horizon=HORIZON,
         )  # fmt: skip
         handed = 0
         for worker, jobs in decided.handouts:
@@ -785,7 +785,8 @@ class Supervisor:
                 )
                 self._apply([self.fleet.hand_out(worker, running, now)], wall)
                 handed += 1
-        self._waiting_jobs = handed < len(due)
+        # A job taken back goes to the worker it was taken back for at the next turn.
+        self._waiting_jobs = handed < len(due) or bool(decided.take_back)
         self._apply([self.fleet.take_back(w, job) for w, job in decided.take_back], wall)
         self._look_again_at = decided.look_again_at
         self._next_due = self.store.next_run_at(wall) if len(due) < limit else None
