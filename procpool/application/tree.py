@@ -52,13 +52,18 @@ def _kill(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
     return killed
 
 
+# __WALL (linux/wait.h): children of every kind, also those made by clone(2) with an
+# exit signal other than SIGCHLD, which waitid leaves out without it.
+_WALL = 0x40000000
+
+
 def has_children() -> bool:
     """Whether this process (any of its threads) has a child, alive or a zombie: one
     waitid(2) that reaps nothing (WNOWAIT) and fails with ECHILD when there is none,
     about 4 us where reading /proc/self/task/*/children took 90. In a subreaper, no
     child means no descendant at all."""
     try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WALL)
     except ChildProcessError:
         return False
     return True
