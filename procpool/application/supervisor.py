@@ -91,11 +91,12 @@ VACUUM_PAGES = 256
 # (each try also waits for the lock itself: the store's LOCK_WAIT).
 STORE_PAUSE_MIN = 0.05
 STORE_PAUSE_MAX = 0.5
-# Group commit: while every worker has work queued, the loop lets the ends of jobs
-# gather for up to LINGER seconds, so that one turn and one durable commit (about
-# 0.1 ms of CPU and 0.1-0.5 ms of disk) serve several jobs, not one each. Under
-# LINGER_MIN it is not worth a turn of its own. Clients, the inbox and signals are
-# served at once all the same.
+# Group commit: while every worker has work queued (Fleet.linger), or no due job
+# waits for a worker and no client for a job (_unawaited_linger), the loop lets the
+# ends of jobs gather for up to LINGER seconds, so that one turn and one durable
+# commit (about 0.1 ms of CPU and 0.1-0.5 ms of disk) serve several jobs, not one
+# each. Under LINGER_MIN it is not worth a turn of its own. Clients, the inbox and
+# signals are served at once all the same.
 LINGER = 0.005
 LINGER_MIN = 0.0005
 
