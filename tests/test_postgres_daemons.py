@@ -346,7 +346,13 @@ def test_connections_cut_in_the_middle_of_turns_restart_the_daemon_in_place(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = 'procpool' AND datname = current_database()"
             )
-    done = jobs.wait(ids, timeout=120)
+    try:
+        # Well inside the test's own timeout, so that a stall shows the daemon's state.
+        done = jobs.wait(ids, timeout=60)
+    except TimeoutError:
+        events = [f"{e['ts']} {e['event']} {e['msg']}" for e in a.log()[-40:]]
+        pytest.fail("jobs not finished 60 s after the cuts; the daemon's last events:\n"
+                    + "\n".join(events) + f"\nstderr:\n{a.stderr()[-3000:]}")  # fmt: skip
     assert {job.status for job in done} == {"completed"}
     assert a.process is not None and a.process.poll() is None, a.stderr()
     assert a.pid == pid  # the same process: the pid file and a service manager stay right
