@@ -40,6 +40,21 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def send_buffered(sock: socket.socket, outgoing: bytearray) -> None:
+    """Send what a non-blocking `sock` takes now of `outgoing`, and drop it from there;
+    the rest waits for the socket to be writable.
+
+    Raises:
+        OSError: the peer is gone.
+    """
+    while outgoing:
+        try:
+            sent = sock.send(outgoing)
+        except (BlockingIOError, InterruptedError):
+            return
+        del outgoing[:sent]
+
+
 class Frames(Generic[T]):
     """Bytes in, whole decoded messages out; a partial frame waits for its rest."""
 
@@ -50,6 +65,24 @@ class Frames(Generic[T]):
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
+
+    def read_from(self, sock: socket.socket, budget: int) -> bool:
+        """Feed what a non-blocking `sock` holds now, up to about `budget` bytes (a peer
+        that floods is read a slice per call); returns whether the peer closed."""
+        while budget > 0:
+            try:
+                chunk = sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+            if not chunk:
+                return True
+            self._buffer += chunk
+            budget -= len(chunk)
+            if len(chunk) < _READ_CHUNK:
+                return False
+        return False
 
     def messages(self) -> tuple[list[T], str | None]:
         """The whole messages in the buffer, and what was wrong with the next frame if
@@ -115,37 +148,17 @@ class SupervisorEnd:
 
     def flush(self) -> None:
         """Send what the socket takes of the outgoing buffer."""
-        while self._outgoing:
-            try:
-                sent = self.sock.send(self._outgoing)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                raise ChannelClosed(str(error)) from error
-            del self._outgoing[:sent]
+        try:
+            send_buffered(self.sock, self._outgoing)
+        except OSError as error:
+            raise ChannelClosed(str(error)) from error
 
     def receive(self) -> tuple[list[ToSupervisor], bool, str | None]:
         """Read what is there now, up to a budget. Returns the whole messages, whether
         the peer closed, and what was wrong if it sent what no worker may (a frame
         over the limit, or one that is not a valid message): then the messages
         before it are good, and the worker must be ended as broken."""
-        closed = False
-        budget = self._read_budget
-        while budget > 0:
-            try:
-                chunk = self.sock.recv(_READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            self._frames.feed(chunk)
-            budget -= len(chunk)
-            if len(chunk) < _READ_CHUNK:
-                break
+        closed = self._frames.read_from(self.sock, self._read_budget)
         messages, error = self._frames.messages()
         return messages, closed, error
 

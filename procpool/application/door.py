@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from procpool.application.channel import Frames, frame
+from procpool.application.channel import Frames, frame, send_buffered
 from procpool.application.door_messages import (
     MAX_REQUEST_BYTES,
     Accepted,
@@ -54,7 +54,6 @@ MAX_CONNECTIONS = 128
 MAX_BACKLOG = 4 * 1024 * 1024
 # Bytes read from one connection per turn: a flooding client is read a slice at a time.
 READ_BUDGET = 4 * 1024 * 1024
-_READ_CHUNK = 256 * 1024
 # Job ids one connection may wait for at once.
 MAX_WAITING = 1_000_000
 _ACCEPT_PER_TURN = 64
@@ -143,23 +142,7 @@ class Door:
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
     def _read(self, connection: Connection) -> None:
-        budget = READ_BUDGET
-        closed = False
-        while budget > 0:
-            try:
-                chunk = connection.sock.recv(_READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            connection.frames.feed(chunk)
-            budget -= len(chunk)
-            if len(chunk) < _READ_CHUNK:
-                break
+        closed = connection.frames.read_from(connection.sock, READ_BUDGET)
         messages, error = connection.frames.messages()
         self._requests.extend((connection, message) for message in messages)
         if error is not None:
@@ -277,15 +260,11 @@ class Door:
             self._flush(connection)
 
     def _flush(self, connection: Connection) -> None:
-        while connection.outgoing:
-            try:
-                sent = connection.sock.send(connection.outgoing)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._close(connection)
-                return
-            del connection.outgoing[:sent]
+        try:
+            send_buffered(connection.sock, connection.outgoing)
+        except OSError:
+            self._close(connection)
+            return
         if len(connection.outgoing) > MAX_BACKLOG:
             self._log(
                 "WARNING", "socket.closed",
