@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -611,6 +613,51 @@ def store_floor(workdir: Path, jobs: int) -> dict[str, float]:
     return {"cpu_us_per_job": spent / jobs * 1e6}
 
 
+def _commit_and_answer(path: Path, jobs: int, server: socket.socket) -> None:
+    """The server side of commit_round_trip_floor: one request, one job stored, one answer."""
+    store = SqliteJobStore(path)
+    defaults = JobDefaults()
+    now = time.time()
+    spec = JobSpec(type="echo", payload={}, run_at=None, delay=None)
+    ready = [to_job(spec, job_id=f"floor-{n}", defaults=defaults, now=now) for n in range(jobs)]
+    server.sendall(b"r")
+    for job in ready:
+        if not server.recv(64):
+            break
+        with store.transaction():
+            store.insert([job])
+        server.sendall(b"k")
+    store.close()
+
+
+def commit_round_trip_floor(workdir: Path, jobs: int) -> dict[str, float]:
+    """The most a producer submitting one job at a time can reach when each submit
+    returns only once its job is durable (issue 15, item 5): a request over a Unix
+    socket, one insert of a ready-made job into procpool's store and its commit
+    (synchronous=FULL), an answer; nothing judged, logged, dispatched or run."""
+    path = workdir / "round-trip.db"
+    for leftover in workdir.glob("round-trip.db*"):
+        leftover.unlink()
+    client, server = socket.socketpair()
+    process = multiprocessing.get_context("fork").Process(
+        target=_commit_and_answer, args=(path, jobs, server)
+    )
+    process.start()
+    server.close()
+    try:
+        client.recv(1)  # the server's store is open and its jobs built
+        start = time.perf_counter()
+        for n in range(jobs):
+            client.sendall(b"%d" % n)
+            if not client.recv(1):
+                raise BenchError("the round-trip server died")
+        seconds = time.perf_counter() - start
+    finally:
+        client.close()
+        process.join(DEADLINE)
+    return {"rate": jobs / seconds, "seconds": seconds}
+
+
 def procpool_submit(workdir: Path, jobs: int, how: str) -> dict[str, float]:
     """No-op jobs through the client: `one` Client.submit per job, `many` in one
     Client.submit_many, or `threads`: PRODUCER_THREADS threads, a Client and a slice
@@ -815,6 +862,12 @@ class Bench:
                     "submit_many_ms": many["supervisor_cpu_us_per_job"] / 1000,
                     "threads_ms": four["supervisor_cpu_us_per_job"] / 1000},
         ), one)  # fmt: skip
+        trip = self.measure("submit.floor", lambda: commit_round_trip_floor(work, n))
+        self.add(Figure(
+            "submit.floor", "of which one durable commit per submit allows, and nothing else",
+            trip["rate"], "jobs/s", huey["rate"], "Huey (SQLite)",
+            ratio=trip["rate"] / huey["rate"], runs=[r["rate"] for r in trip["runs"]],
+        ), trip)  # fmt: skip
         floor = self.measure("store.floor", lambda: store_floor(work, n))
         store_ms = floor["cpu_us_per_job"] / 1000
         self.add(Figure(

@@ -51,6 +51,7 @@ def test_the_client_figures_beside_huey_and_pebble() -> None:
     pytest.importorskip("pebble", reason="the benchmark's peers: pip install '.[bench]'")
     figures = {line["figure"]: line for line in quick("submit")[1:]}
     floor = figures.pop("store.floor")
+    trip = figures.pop("submit.floor")
     assert set(figures) == {"submit.one", "submit.many", "submit.threads", "supervisor.cpu"}
     assert figures["submit.one"]["reference_name"] == "Huey (SQLite)"
     assert figures["submit.many"]["reference_name"] == "ProcessPoolExecutor"
@@ -60,6 +61,9 @@ def test_the_client_figures_beside_huey_and_pebble() -> None:
     # The store's own share, beside the supervisor's whole CPU per job, untargeted.
     assert floor["value"] > 0 and floor["met"] is None
     assert floor["reference"] == figures["supervisor.cpu"]["value"]
+    # A durable round trip and nothing else, beside Huey of the same run, untargeted.
+    assert trip["value"] > 0 and trip["met"] is None
+    assert trip["reference"] == figures["submit.one"]["reference"]
 
 
 def test_the_postgresql_benchmark_measures_its_three_setups(pg_url: str) -> None:
