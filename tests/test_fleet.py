@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from procpool.application.fleet import (
+    EXIT_WAIT,
     Began,
     Decision,
     Deliver,
@@ -396,6 +397,40 @@ def test_an_oversized_result_ends_the_worker() -> None:
     job = sim.job("B")
     assert (job.status, job.attempts) == (Status.PENDING, 1)
     assert "11 bytes" in (job.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("since_sigterm", "reaped", "wait"),
+    [
+        (0.0, False, EXIT_WAIT),  # just sent SIGTERM: its replacement waits for its exit
+        (0.03, False, EXIT_WAIT - 0.03),
+        (EXIT_WAIT + 0.01, False, 0.0),  # lingers (SIGTERM ignored): replaced all the same
+        (0.01, True, 0.0),  # reaped: replaced at once
+    ],
+)
+def test_a_worker_the_supervisor_ends_is_replaced_once_reaped(
+    since_sigterm: float, reaped: bool, wait: float
+) -> None:
+    """The fork of a replacement comes after the turn that reaps the ended worker (where
+    a canceled run is reported), not before it."""
+    sim = Sim()
+    sim.spawn(1)
+    sim.spawn(2)
+    assert sim.fleet.spawn_at() <= sim.now
+    sim.fleet.terminate(sim.fleet.workers[1], Cause.CANCEL, "canceled", sim.now)
+    sim.now += since_sigterm
+    if reaped:
+        sim.exited(1)
+    assert max(0.0, sim.fleet.spawn_at() - sim.now) == pytest.approx(wait)
+
+
+def test_the_pause_after_a_failed_start_outlasts_a_dying_worker() -> None:
+    sim = Sim()
+    sim.spawn(1)
+    sim.fleet.spawned(2, sim.now)
+    sim.apply(sim.fleet.exited(2, "the worker exited with code 1", 1, None, sim.now))
+    sim.fleet.terminate(sim.fleet.workers[1], Cause.CANCEL, "canceled", sim.now)
+    assert sim.fleet.spawn_at() == pytest.approx(sim.now + 0.1)  # 0.05 s doubled once
 
 
 LONGEST, SHORTEST = 0.005, 0.0005

@@ -46,6 +46,13 @@ from procpool.domain.job import Job
 
 # A worker that has not said Ready by then is broken (seconds).
 STARTUP_TIMEOUT = 30.0
+# How long a worker the supervisor ended holds back its replacement (seconds). It is
+# usually reaped within milliseconds of its SIGTERM (its handler SIGKILLs its group),
+# and the turn that reaps it decides its runs' fates (a cancel is reported): forked
+# first, the replacement would put the fork's milliseconds before that turn. One
+# that lingers (a C call holding the GIL ignores SIGTERM until its SIGKILL) is
+# replaced once this has passed all the same.
+EXIT_WAIT = 0.05
 
 
 class WorkerState(StrEnum):
@@ -92,6 +99,7 @@ class Worker:
     end_run: tuple[str, int] | None = None  # (job id, lease) it was ended for
     end_detail: str = ""
     kill_at: float | None = None
+    terminated_at: float = 0.0  # when it was sent SIGTERM
 
     @property
     def job(self) -> Job | None:
@@ -222,6 +230,17 @@ class Fleet:
             if w.state in (WorkerState.STARTING, WorkerState.SERVING)
         ]
 
+    def spawn_at(self) -> float:
+        """When the pool's missing workers may be forked (monotonic seconds): not
+        during the pause after failed starts, nor while a worker ended by the
+        supervisor may still be dying (EXIT_WAIT from its SIGTERM)."""
+        dying = [
+            w.terminated_at + EXIT_WAIT
+            for w in self.workers.values()
+            if w.state is WorkerState.TERMINATING
+        ]
+        return max([self.respawn_not_before, *dying])
+
     def holder(self, job: Job) -> Worker | None:
         """The worker that holds this run of the job."""
         for worker in self.workers.values():
@@ -275,6 +294,7 @@ class Fleet:
         worker.end_run = None if job is None else (job.id, job.lease)
         worker.end_detail = detail
         worker.kill_at = now + self.limits.kill_grace
+        worker.terminated_at = now
         return [Deliver(worker.pid, signal.SIGTERM)]
 
     def exited(

@@ -452,7 +452,7 @@ class Supervisor:
         if not self._stopping:
             deadlines.append(self._next_scan)
             if len(self.fleet.counted()) < self.settings.workers:
-                deadlines.append(self.fleet.respawn_not_before)
+                deadlines.append(self.fleet.spawn_at())
         if self._next_due is not None:
             deadlines.append(now + max(0.0, self._next_due - time.time()))
         if self._look_again_at is not None:
@@ -626,7 +626,7 @@ class Supervisor:
 
     def _spawn_missing(self, now: float) -> None:
         """Fork what the pool lacks: after the turn's commit, never inside it."""
-        if self._stopping or now < self.fleet.respawn_not_before:
+        if self._stopping or now < self.fleet.spawn_at():
             return
         max_frame = self.settings.max_result_bytes + FRAME_OVERHEAD
         starts = self._starts
