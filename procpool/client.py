@@ -57,7 +57,7 @@ from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home, shared_store
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles, batch_ids
+from procpool.infrastructure.rejections import RejectedFiles, batch_file_ids
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
@@ -762,10 +762,7 @@ class Client:
         if (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json")):
             return True
         for batch in self.inbox.glob("*.batch*.json"):
-            try:
-                ids = batch_ids(batch.read_bytes())
-            except OSError:
-                continue  # taken by the daemon meanwhile
+            ids = batch_file_ids(batch)
             if ids is not None and job_id in ids:
                 return True
         return False

@@ -83,8 +83,18 @@ def _claimed_id(value: Any) -> object:
     return claimed if isinstance(claimed, str) else None
 
 
-def batch_ids(data: bytes) -> list[str] | None:
-    """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none."""
+def batch_file_ids(path: Path) -> list[str] | None:
+    """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none,
+    cannot be read (taken meanwhile), or is not a regular file within READ_LIMIT: a
+    FIFO is never waited on, a link never followed."""
+    handle = _open_regular(path)
+    if handle is None:
+        return None
+    try:
+        with handle:
+            data = handle.read()
+    except OSError:
+        return None
     return _batch_ids(_decode(data))
 
 
