@@ -668,12 +668,16 @@ class Client:
                 A job in the store wins over a rejection of the same id.
             NoJobStore: the home has no store, and no file for this id waits in its inbox.
         """
+        # The store first: the inbox, which may hold a large backlog, is looked through
+        # only for an id the store lacks.
+        job = self._reader.get(job_id)
+        if job is not None:
+            return JobInfo.from_job(job)
         if not self.is_waiting_in_inbox(job_id):  # then a daemon that starts will take it
             self.require_store()
-        job = self._reader.get(job_id)
-        if job is None and (rejected := self._rejection(job_id)) is not None:
+        if (rejected := self._rejection(job_id)) is not None:
             raise rejected
-        return None if job is None else JobInfo.from_job(job)
+        return None
 
     def _rejection(self, job_id: str) -> JobRejected | None:
         """JobRejected for an id the store lacks whose file or line was rejected,
