@@ -57,7 +57,7 @@ from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home, shared_store
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles, batch_file_ids
+from procpool.infrastructure.rejections import RejectedFiles, batch_file_ids, read_regular
 from procpool.infrastructure.stats import Stats, collect
 from procpool.infrastructure.store_reader import StoreReader
 
@@ -619,10 +619,13 @@ class Client:
     def _retries_in_inbox(self) -> set[str]:
         sources = set()
         for file in self.inbox.glob("*.retry-*.json"):
+            data = read_regular(file)
+            if data is None:
+                continue  # taken by the daemon meanwhile, or no file to read
             try:
-                document = msgspec.json.decode(file.read_bytes())
-            except (OSError, msgspec.DecodeError):
-                continue  # taken by the daemon meanwhile, or not ours
+                document = msgspec.json.decode(data)
+            except msgspec.DecodeError:
+                continue  # not ours
             if isinstance(document, dict) and isinstance(document.get("retry_of"), str):
                 sources.add(document["retry_of"])
         return sources

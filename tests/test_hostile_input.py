@@ -379,11 +379,12 @@ def test_the_clients_look_through_the_inbox_opens_no_fifo_and_follows_no_link(
     daemon: Daemon,
 ) -> None:
     """A lookup of an id the store lacks reads the inbox's batch files (a job may wait
-    in one): a FIFO named like a batch must not hang it, a link to /dev/zero must not
-    fill its memory."""
+    in one), and a retry of every failed job its retry files: a FIFO named like one
+    must not hang them, a link to /dev/zero must not fill their memory."""
     assert daemon.stop() == 0  # so that what is dropped now waits in the inbox
     inbox = daemon.home / "inbox"
     os.mkfifo(inbox / "pipe.batch.json")
+    os.mkfifo(inbox / "pipe.retry-1.json")
     (inbox / "zero.batch.json").symlink_to("/dev/zero")
     (inbox / "held.batch.json").write_bytes(
         json.dumps({"batch": [{"id": "held", "type": "echo"}]}).encode()
@@ -391,6 +392,8 @@ def test_the_clients_look_through_the_inbox_opens_no_fifo_and_follows_no_link(
     done = run_cli(daemon.home, "show", "nowhere", timeout=30)
     assert done.returncode == 1, done.stderr
     assert "no job 'nowhere'" in done.stderr
+    done = run_cli(daemon.home, "retry", "--all-failed", timeout=30)
+    assert done.returncode == 0, done.stderr
     assert daemon.client.is_waiting_in_inbox("held")  # a real batch is still read
 
 

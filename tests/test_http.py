@@ -61,6 +61,18 @@ def test_submit_answers_201_then_200_for_the_same_job_and_409_for_another(api: S
     assert api.get("/jobs/j1/wait").json()["result"] == {"n": 1}  # untouched
 
 
+def test_a_fifo_named_like_the_job_in_the_inbox_does_not_hang_a_submit(
+    api: Server, daemon: Daemon
+) -> None:
+    """A submit looks for a file of the same id waiting in the inbox (its content decides
+    200 or 409): the look opens regular files only, as the daemon does."""
+    os.mkfifo(daemon.home / "inbox" / "piped.json")
+    daemon.wait_events("file.skipped", file="piped.json")
+    created = api.post("/jobs", {"type": "echo", "payload": {"n": 1}, "id": "piped"})
+    assert created.status_code == 201, created.text
+    assert api.get("/jobs/piped/wait").json()["status"] == "completed"
+
+
 def test_submit_without_an_id_gets_one(api: Server) -> None:
     created = api.post("/jobs", {"type": "echo"})
     assert created.status_code == 201

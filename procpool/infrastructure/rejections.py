@@ -18,6 +18,9 @@ The reports are the record: a report the user deleted rejects nothing, while
 a report whose rejected file was deleted still does (with the ids taken from
 its name). When several reports claim an id, the newest wins. Nothing here
 decides whether a job exists: the caller looks in the store first.
+
+Files here and in the inbox are read as the daemon reads them (`read_regular`):
+regular files only, so that a FIFO is never waited on and a link never followed.
 """
 
 from __future__ import annotations
@@ -83,19 +86,24 @@ def _claimed_id(value: Any) -> object:
     return claimed if isinstance(claimed, str) else None
 
 
-def batch_file_ids(path: Path) -> list[str] | None:
-    """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none,
-    cannot be read (taken meanwhile), or is not a regular file within READ_LIMIT: a
-    FIFO is never waited on, a link never followed."""
-    handle = _open_regular(path)
+def read_regular(path: Path, limit: int = READ_LIMIT) -> bytes | None:
+    """The bytes of a regular file of at most `limit` bytes; None if it is not one (a
+    FIFO, a device, a link) or cannot be read (taken by the daemon meanwhile)."""
+    handle = _open_regular(path, limit)
     if handle is None:
         return None
     try:
         with handle:
-            data = handle.read()
+            return handle.read()
     except OSError:
         return None
-    return _batch_ids(_decode(data))
+
+
+def batch_file_ids(path: Path) -> list[str] | None:
+    """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none
+    or cannot be read (see `read_regular`)."""
+    data = read_regular(path)
+    return None if data is None else _batch_ids(_decode(data))
 
 
 def _batch_ids(document: Any) -> list[str] | None:
@@ -114,14 +122,14 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _open_regular(path: Path) -> BinaryIO | None:
-    """The file for reading if it is a regular file within READ_LIMIT; never a link."""
+def _open_regular(path: Path, limit: int = READ_LIMIT) -> BinaryIO | None:
+    """The file for reading if it is a regular file within `limit` bytes; never a link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > READ_LIMIT:
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
         os.close(fd)
         return None
     return os.fdopen(fd, "rb")

@@ -43,7 +43,7 @@ from procpool.client import (
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
-from procpool.infrastructure.rejections import RejectedFiles
+from procpool.infrastructure.rejections import RejectedFiles, read_regular
 from procpool.infrastructure.store_reader import StoreReader
 
 # How long a submit waits for a running daemon to take its file: it takes files
@@ -319,11 +319,13 @@ class Service:
             return job.digest
         for path in [self.home / "inbox" / f"{job_id}.json",
                      *(self.home / "inbox").glob(f"{job_id}.*.json")]:  # fmt: skip
+            data = read_regular(path, self.max_file_bytes)
+            if data is None:
+                continue  # taken by the daemon meanwhile, too big, or no file to read
             try:
-                with open(path, "rb") as handle:
-                    waiting = spec.decode(handle.read(self.max_file_bytes + 1))
-            except (OSError, InvalidJobFile):
-                continue  # taken by the daemon meanwhile, or not a job we can judge
+                waiting = spec.decode(data)
+            except InvalidJobFile:
+                continue  # not a job we can judge
             if isinstance(waiting, spec.JobSpec):
                 if waiting.id is None:
                     waiting = msgspec.structs.replace(waiting, id=path.name[: -len(".json")])
