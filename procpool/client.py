@@ -673,14 +673,22 @@ class Client:
         """
         # The store first: the inbox, which may hold a large backlog, is looked through
         # only for an id the store lacks.
-        job = self._reader.get(job_id)
+        job = self._stored(job_id)
+        if job is None and not self.is_waiting_in_inbox(job_id):
+            # The daemon removes a file only after it committed its job: one taken since
+            # the read above is in the store now.
+            job = self._stored(job_id)
+            if job is None:
+                self.require_store()
         if job is not None:
             return JobInfo.from_job(job)
-        if not self.is_waiting_in_inbox(job_id):  # then a daemon that starts will take it
-            self.require_store()
         if (rejected := self._rejection(job_id)) is not None:
             raise rejected
         return None
+
+    def _stored(self, job_id: str) -> Job | None:
+        """The job in the store; None if it has none, or if there is no store (yet)."""
+        return self._reader.get(job_id) if self._reader.exists() else None
 
     def _rejection(self, job_id: str) -> JobRejected | None:
         """JobRejected for an id the store lacks whose file or line was rejected,
