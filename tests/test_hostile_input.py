@@ -28,6 +28,7 @@ from procpool.application import events
 from procpool.domain.spec import ID_RULE, MAX_DEPTH, RFC3339_RULE
 from procpool.infrastructure import inbox as inbox_module
 from procpool.infrastructure.inbox import FileInbox
+from procpool.infrastructure.rejections import read_regular
 
 MiB = 1024 * 1024
 
@@ -395,6 +396,19 @@ def test_the_clients_look_through_the_inbox_opens_no_fifo_and_follows_no_link(
     done = run_cli(daemon.home, "retry", "--all-failed", timeout=30)
     assert done.returncode == 0, done.stderr
     assert daemon.client.is_waiting_in_inbox("held")  # a real batch is still read
+
+
+def test_read_regular_reads_regular_files_within_their_limit_only(tmp_path: Path) -> None:
+    exact, over = tmp_path / "exact.json", tmp_path / "over.json"
+    exact.write_bytes(b"x" * 10)
+    over.write_bytes(b"x" * 11)
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "link.json").symlink_to(exact)
+    assert read_regular(exact, limit=10) == b"x" * 10
+    assert read_regular(over, limit=10) is None
+    assert read_regular(tmp_path / "pipe.json", limit=10) is None
+    assert read_regular(tmp_path / "link.json", limit=10) is None
+    assert read_regular(tmp_path / "gone.json", limit=10) is None
 
 
 # ------------------------------------------------------------------ 4: races with producers

@@ -88,15 +88,17 @@ def _claimed_id(value: Any) -> object:
 
 def read_regular(path: Path, limit: int = READ_LIMIT) -> bytes | None:
     """The bytes of a regular file of at most `limit` bytes; None if it is not one (a
-    FIFO, a device, a link) or cannot be read (taken by the daemon meanwhile)."""
+    FIFO, a device, a link), is larger (or grows larger while read), or cannot be read
+    (taken by the daemon meanwhile)."""
     handle = _open_regular(path, limit)
     if handle is None:
         return None
     try:
         with handle:
-            return handle.read()
+            data = handle.read(limit + 1)
     except OSError:
         return None
+    return data if len(data) <= limit else None
 
 
 def batch_file_ids(path: Path) -> list[str] | None:
