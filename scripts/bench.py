@@ -655,6 +655,11 @@ def commit_round_trip_floor(workdir: Path, jobs: int) -> dict[str, float]:
     finally:
         client.close()
         process.join(DEADLINE)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if process.exitcode != 0:
+        raise BenchError(f"the round-trip server exited with {process.exitcode}")
     return {"rate": jobs / seconds, "seconds": seconds}
 
 
