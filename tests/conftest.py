@@ -24,6 +24,12 @@ from procpool import Client, JobRejected
 pytest_plugins = ["postgresql"]
 
 TESTS = Path(__file__).parent
+
+# A runner started in the background by a script (`cmd &`, no job control) ignores
+# SIGINT, and so would every process a test starts: `procpool logs -f` could not be
+# stopped with Ctrl-C as a person stops it. The tests run as if from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Fast timings for tests; each test may override any of them.
 FAST_ENV = {
     "PROCPOOL_BACKOFF_BASE": "0.05",
