@@ -153,21 +153,19 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]] | None:
 def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
     parsed = _Report(order)
     target = report_path.name.removesuffix(REPORT_SUFFIX)
-    handle = _open_regular(report_path)
-    if handle is None or not target.endswith((".json", ".jsonl")):
+    data = read_regular(report_path)
+    if data is None or not target.endswith((".json", ".jsonl")):
         return parsed  # not a report: a user's file that was itself named *.error.json
-    with handle:
-        report = _decode(handle.read())
+    report = _decode(data)
     if not isinstance(report, dict) or not isinstance(report.get("error"), str):
         return parsed
     name = report["file"] if isinstance(report.get("file"), str) else target
     rejected = report_path.with_name(target)
     if not target.endswith(".jsonl"):
-        with_content = _open_regular(rejected)
+        content = read_regular(rejected)
         claimed = None
-        if with_content is not None:
-            with with_content:
-                document = _decode(with_content.read())
+        if content is not None:
+            document = _decode(content)
             batch = _batch_ids(document)
             if batch is not None:  # a batch is rejected whole: each of its jobs with it
                 for job_id in batch:
