@@ -1,9 +1,11 @@
 """A handler for the several-daemons tests: each run records its span and proves it ran
 alone.
 
-`span` ({"dir": D, "seconds": S}) takes an exclusive lock on D/JOB.lock for the whole
+`span` ({"dir": D, "seconds": S, "gate": NAME}) takes an exclusive lock on D/JOB.lock for the whole
 run (the kernel drops it when its holder dies, however it dies): a run that finds it
 taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
+With a gate, the run lasts until D/NAME exists (S seconds at the most): a test that
+must stop a daemon while a run is still going opens the gate when it is ready.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
             (directory / "OVERLAP").write_text(ctx.job_id)
             raise
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
-        time.sleep(float(payload.get("seconds", 0.1)))
+        seconds = float(payload.get("seconds", 0.1))
+        if "gate" in payload:
+            gate, until = directory / payload["gate"], time.monotonic() + seconds
+            while not gate.exists() and time.monotonic() < until:
+                time.sleep(0.01)
+        else:
+            time.sleep(seconds)
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()}")
     return {"pid": os.getpid()}

@@ -208,14 +208,17 @@ def test_a_daemon_stopped_past_its_lease_fences_itself_and_comes_back_anew(
 ) -> None:
     a = start("a")
     jobs = client(a)
-    # Both start on a alone; then b joins.
-    jobs.submit("span", {"dir": str(spans), "seconds": 1.0}, id="short")
+    # Both start on a alone; then b joins. `short` ends once a is stopped, so that its
+    # end reaches a too late: a fixed length of it may pass before the stop on a busy
+    # machine, and there is then nothing of it to rescue.
+    jobs.submit("span", {"dir": str(spans), "seconds": 60, "gate": "open"}, id="short")
     jobs.submit("span", {"dir": str(spans), "seconds": 30}, id="long")
     wait_until(lambda: running_now(spans) == {"short", "long"}, 30, what="both on a")
     b = start("b")
     [runner] = [int(s[2]) for s in spans_of(spans) if s[0] == "long" and s[3] == "start"]
     a.signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
+    (spans / "open").touch()
     try:
         # The worker running `long` fences itself before the lease may run out (the
         # worker of `short`, idle by then, has no run to end); b rescues both jobs.
