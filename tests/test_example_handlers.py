@@ -1,4 +1,4 @@
-"""The README's example handler module, run by a real daemon: real files compressed and hashed."""
+"""The example handlers (docs/handlers.md), run by a real daemon: real files gzipped and hashed."""
 
 from __future__ import annotations
 

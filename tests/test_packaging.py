@@ -1,6 +1,6 @@
-"""The dependency policy (README, "Dependencies"): every dependency has a lower bound in
-pyproject.toml, and .ci/oldest.txt pins each to exactly that bound, so that the CI run
-with the oldest versions tests what pyproject.toml claims."""
+"""The dependency policy (docs/development.md, "Dependencies"): every dependency has a
+lower bound in pyproject.toml, and .ci/oldest.txt pins each to exactly that bound, so that
+the CI run with the oldest versions tests what pyproject.toml claims."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 metrics.prom follows the node_exporter textfile-collector convention: the whole
 file is written to a temporary name and renamed, so a scrape never reads half
-of it. The names are listed in the README ("Metrics").
+of it. The names are listed in docs/operations.md ("Metrics").
 
 A file that cannot be written (a full disk, a read-only home) does not stop the
 daemon: `metrics.write_failed` once, a new try at each publish, and
