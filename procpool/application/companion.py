@@ -156,7 +156,9 @@ class Companion:
     def _spawn(self, now: float) -> None:
         assert self.command is not None
         environ = {**self.environ, PARENT_VARIABLE: str(os.getpid())}
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # inherited: no O_CLOEXEC
+        # Inherited: no O_CLOEXEC. No link followed, no FIFO waited on: others may write
+        # the home (docs/operations.md, "A home shared with a group").
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
             self.output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.pid = os.posix_spawn(

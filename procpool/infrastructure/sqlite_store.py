@@ -36,6 +36,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
+from procpool.infrastructure.home_files import check_plain
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -243,7 +244,20 @@ class SqliteJobStore:
     shared = False  # one daemon per file: the supervisor is the only writer
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        """Open (create, migrate) the store at `path`.
+
+        Raises:
+            UnsafeHomeFile: the file, its -wal or its -shm is a link or not a regular
+                file (SQLite would follow a link), or the file is another user's.
+            SchemaTooNew: written by a newer procpool.
+            sqlite3.Error: the file cannot be opened or is not a database.
+        """
         self.path = path
+        check_plain(path)
+        for suffix in ("-wal", "-shm"):
+            # Any owner's: a reader (a producer of the home's group) makes them when it
+            # opens the store while no daemon has it open.
+            check_plain(path.with_name(path.name + suffix), any_owner=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         try:
             # Takes effect only on a new, empty file: retention frees pages incrementally.
