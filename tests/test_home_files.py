@@ -263,6 +263,66 @@ def test_a_link_planted_as_the_socket_is_replaced_not_followed(
     assert daemon.stop() == 0
 
 
+# ------------------------------------------------------------------ outside changes
+
+
+def _run_jobs_until(daemon: Daemon, prefix: str, done: Callable[[], bool], most: int = 400) -> int:
+    """Run echo jobs, three at a time, until `done()`; returns how many ran."""
+    count = 0
+    while not done():
+        if count >= most:
+            pytest.fail(f"{most} jobs ran and the condition still does not hold")
+        ids = [f"{prefix}{count + n}" for n in range(3)]
+        daemon.client.submit_many([{"type": "echo", "id": i, "payload": {"i": i}} for i in ids])
+        daemon.client.wait(ids, timeout=60)
+        daemon.wait_events("job.completed", job_id=ids[-1])  # logged after the commit
+        count += 3
+    return count
+
+
+@pytest.mark.timeout(240)
+def test_a_log_truncated_from_outside_is_rotated_at_its_real_size(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """logrotate's copytruncate empties the file under the daemon: its count of bytes
+    written since it opened the file is wrong from then on."""
+    limit = 20_000
+    daemon = make_daemon(
+        workers=1, start=False,
+        env={"PROCPOOL_LOG_MAX_BYTES": str(limit), "PROCPOOL_LOG_KEEP": "2"},
+    )  # fmt: skip
+    logs = daemon.home / "logs"
+    logs.mkdir(mode=0o700, parents=True)
+    log, kept1, kept2 = (
+        logs / "procpool.jsonl",
+        logs / "procpool.jsonl.1",
+        logs / "procpool.jsonl.2",
+    )
+    kept1.write_bytes(b"kept one\n")
+    kept2.write_bytes(b"kept two\n")
+    daemon.start()
+    _run_jobs_until(daemon, "before", lambda: log.stat().st_size > limit * 0.6)
+    assert kept1.read_bytes() == b"kept one\n"
+
+    copy = logs / "procpool.jsonl-copied"
+    copy.write_bytes(log.read_bytes())
+    os.truncate(log, 0)  # what copytruncate does after the copy
+    # Past the limit by the daemon's own count, well under it by the file's size.
+    _run_jobs_until(daemon, "after", lambda: log.stat().st_size > limit * 0.5)
+    assert kept1.read_bytes() == b"kept one\n", "rotated early"
+    assert kept2.read_bytes() == b"kept two\n"
+    assert b'"job_id":"after0"' in log.read_bytes()
+
+    # At the real size, rotation goes on as before.
+    _run_jobs_until(daemon, "later", lambda: kept1.read_bytes() != b"kept one\n")
+    assert kept2.read_bytes() == b"kept one\n"
+    rotated = kept1.read_bytes()
+    assert b'"job_id":"after0"' in rotated
+    assert limit * 0.5 < len(rotated) <= limit
+    assert not (logs / "procpool.jsonl.3").exists()
+    assert daemon.stop() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_wal_files_a_group_reader_made_do_not_stop_the_daemon(
     make_daemon: Callable[..., Daemon],

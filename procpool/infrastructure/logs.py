@@ -132,7 +132,11 @@ class JsonLogFile(_Output):
     Rotated by size: when a write would take the file past `max_bytes`, it is
     renamed to `procpool.jsonl.1` (the older ones move up by one, the oldest
     beyond `keep` is dropped) and a new file is started. The check happens once
-    per flush, so a line is never split across two files.
+    per flush, so a line is never split across two files. The size is what the
+    daemon wrote since it opened the file until that count passes `max_bytes`;
+    then the file's real size (fstat) decides, and the count starts again from
+    it: a file truncated by someone else (logrotate's copytruncate) is not
+    rotated early.
 
     The file and logs/ are opened through HomeDir: a link planted under either
     name is refused (UnsafeHomeFile), never written through.
@@ -161,13 +165,20 @@ class JsonLogFile(_Output):
         self.size += written
         return written
 
+    def _full(self) -> bool:
+        if not self.size or self.size + self._size <= self.max_bytes:
+            return False
+        # The count may be stale (the file truncated from outside): one fstat each time
+        # it passes the limit, not one per write.
+        self.size = os.fstat(self.fd).st_size
+        return bool(self.size) and self.size + self._size > self.max_bytes
+
     def flush(self) -> None:
         # Never with a partly written line waiting: its end belongs in the same file.
         # A log that cannot rotate (a read-only directory, say) must not stop the
         # daemon: it keeps appending and tries again at the next flush.
         with contextlib.suppress(OSError, UnsafeHomeFile):
-            full = self.size and self.size + self._size > self.max_bytes
-            if self._lines and not self._pending and full:
+            if self._lines and not self._pending and self._full():
                 self._rotate()
         super().flush()
 
