@@ -323,6 +323,31 @@ def test_a_log_truncated_from_outside_is_rotated_at_its_real_size(
     assert daemon.stop() == 0
 
 
+@pytest.mark.timeout(240)
+def test_the_wal_shrinks_once_a_reader_lets_go(make_daemon: Callable[..., Daemon]) -> None:
+    """A reader holding a snapshot lets the WAL grow past wal_max_bytes while jobs run;
+    once it ends its transaction, the WAL is emptied within seconds."""
+    limit = 256 * 1024
+    daemon = make_daemon(workers=2, env={"PROCPOOL_WAL_MAX_BYTES": str(limit)})
+    wal = daemon.home / "procpool.db-wal"
+    reader = sqlite3.connect(daemon.home / "procpool.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM jobs").fetchone()  # the snapshot is held now
+        ran = _run_jobs_until(daemon, "job", lambda: wal.stat().st_size > 3 * limit, most=3000)
+        assert wal.stat().st_size > 3 * limit
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    wait_until(lambda: wal.stat().st_size <= limit, 30, what="the WAL to shrink under its limit")
+    jobs = daemon.client.list(status="completed", limit=ran + 10)
+    assert len(jobs) == ran
+    # The daemon goes on as before.
+    daemon.client.submit("echo", {"n": 1}, id="after")
+    assert daemon.wait_status("after", "completed").result == {"n": 1}
+    assert daemon.stop() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_wal_files_a_group_reader_made_do_not_stop_the_daemon(
     make_daemon: Callable[..., Daemon],

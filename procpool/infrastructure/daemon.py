@@ -67,7 +67,11 @@ def open_store(config: configuration.Config, home: Path) -> JobStore:
         ProcpoolError: the database cannot be reached, or has a newer schema.
     """
     if config.database_url is None:
-        return SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+        return SqliteJobStore(
+            home / "procpool.db",
+            synchronous=config.synchronous,
+            wal_max_bytes=config.wal_max_bytes,
+        )
     try:
         from procpool.infrastructure import postgres_store  # noqa: PLC0415 (optional)
     except ImportError as error:
