@@ -8,6 +8,7 @@ must leave that file's bytes as they were, and the daemon must refuse the name
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -364,4 +365,14 @@ def test_wal_files_a_group_reader_made_do_not_stop_the_daemon(
     daemon.client.submit("echo", {"after": True}, id="after")
     assert daemon.wait_status("after", "completed").result == {"after": True}
     assert daemon.job("before").status == "completed"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_group_member_sees_the_running_daemon(daemon: Daemon) -> None:
+    """A producer of the home's group is not the pid file's owner: it still reads it as
+    the running daemon's."""
+    os.chown(daemon.home / "procpool.pid", 4321, 0)  # as the member sees it: not theirs
+    stats = json.loads(daemon.cli("stats", "--json").stdout)
+    assert stats["daemon"] == {"running": True, "pid": daemon.pid}
     assert daemon.stop() == 0
