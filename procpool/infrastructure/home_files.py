@@ -4,15 +4,17 @@ A home shared with a group of producers (mode 0770) lets every member create,
 rename and delete names in it. A member who plants `procpool.pid` as a symbolic
 link to a file of the daemon's user would have the daemon overwrite that file;
 a FIFO would hang it. So every fixed name the daemon opens in its home goes
-through `HomeDir`:
+through this module:
 
-    open(name)         O_NOFOLLOW relative to the home's descriptor; a directory on
-                       the way (`logs/`) opened with O_NOFOLLOW too; then fstat:
-                       a regular file of the daemon's user, or UnsafeHomeFile
-    check_plain(path)  lstat, for files that a library opens by path (SQLite):
-                       absent, or a regular file of the daemon's user
-    create_temporary   a new file under an unpredictable name, O_CREAT|O_EXCL
-                       (never an existing file or link), to be renamed into place
+    HomeDir.open(name)         O_NOFOLLOW relative to the home's descriptor; a
+                               directory on the way (`logs/`) opened with O_NOFOLLOW
+                               too; then fstat: a regular file of the daemon's user,
+                               or UnsafeHomeFile
+    check_plain(path)          lstat, for files a library opens by path (SQLite):
+                               absent, or a regular file (of the daemon's user
+                               unless any_owner)
+    HomeDir.create_temporary   a new file under an unpredictable name, O_CREAT|O_EXCL
+                               (never an existing file or link), renamed into place
 
 Hard links are left to the kernel: `fs.protected_hardlinks` (on by default)
 stops a user from linking a file they could not write themselves.
