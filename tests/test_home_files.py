@@ -376,3 +376,23 @@ def test_a_group_member_sees_the_running_daemon(daemon: Daemon) -> None:
     stats = json.loads(daemon.cli("stats", "--json").stdout)
     assert stats["daemon"] == {"running": True, "pid": daemon.pid}
     assert daemon.stop() == 0
+
+
+def test_the_http_servers_output_is_not_written_through_a_link(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    target = victim(tmp_path)
+    (home / "logs" / "http.log").symlink_to(target)
+    daemon = make_daemon(workers=1, env={"PROCPOOL_HTTP_BIND": "127.0.0.1:0"})
+    [failed] = daemon.wait_events("http.spawn_failed")
+    assert "Too many levels of symbolic links" in failed["error"]
+    daemon.client.submit("echo", {"n": 1}, id="meanwhile")
+    assert daemon.wait_status("meanwhile", "completed").result == {"n": 1}
+    (home / "logs" / "http.log").unlink()
+    daemon.wait_events("http.started", timeout=60)  # at its next try
+    assert target.read_bytes() == VICTIM
+    assert stat.S_ISREG((home / "logs" / "http.log").lstat().st_mode)
+    assert daemon.stop() == 0
