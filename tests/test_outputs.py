@@ -156,28 +156,6 @@ def test_a_store_locked_by_another_process_is_waited_for(
     assert daemon.stop() == 0
 
 
-def test_a_log_file_that_cannot_be_written(make_daemon: Callable[..., Daemon]) -> None:
-    """/dev/full behind the log's path: every write fails with ENOSPC, no root needed.
-    Daemon.log() must not read it (it never ends) until the link is gone."""
-    daemon = make_daemon(start=False)
-    log = daemon.home / "logs" / "procpool.jsonl"
-    log.parent.mkdir(mode=0o700, parents=True)
-    log.symlink_to("/dev/full")
-    daemon.start(wait_ready=False)
-    wait_until(lambda: "worker.started" in daemon.stderr(), what="worker.started on stderr")
-    _complete(daemon, "job", 3)
-    assert daemon.stderr().count("log.write_failed") == 1
-    assert "No space left on device" in daemon.stderr()
-    log.unlink()
-    daemon.signal(signal.SIGUSR1)  # reopen: a new, writable file at the same path
-    [recovered] = daemon.wait_events("log.write_recovered")
-    assert recovered["dropped_lines"] == 0
-    # The lines of the failing spell were kept and written once it ended.
-    assert len(daemon.events("log.write_failed")) == 1
-    assert {e["job_id"] for e in daemon.events("job.completed")} == {"job0", "job1", "job2"}
-    assert daemon.stop() == 0
-
-
 @pytest.fixture
 def small_logs_disk(home: Path) -> Iterator[Path]:
     """HOME/logs on a tmpfs of 256 KiB: a real full disk, and a real recovery."""
@@ -191,6 +169,36 @@ def small_logs_disk(home: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     yield logs
     subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_a_log_file_that_cannot_be_written(
+    make_daemon: Callable[..., Daemon], small_logs_disk: Path
+) -> None:
+    """A disk full before the daemon starts: every write of the log fails with ENOSPC.
+    (A link to /dev/full would be refused: the daemon follows no link in its home.)"""
+    filler = small_logs_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass  # the disk is full
+    finally:
+        os.close(fd)
+    daemon = make_daemon(start=False)
+    daemon.start(wait_ready=False)
+    wait_until(lambda: "worker.started" in daemon.stderr(), what="worker.started on stderr")
+    _complete(daemon, "job", 3)
+    assert daemon.stderr().count("log.write_failed") == 1
+    assert "No space left on device" in daemon.stderr()
+    filler.unlink()
+    daemon.signal(signal.SIGUSR1)  # a reopen on the way changes nothing
+    [recovered] = daemon.wait_events("log.write_recovered")
+    assert recovered["dropped_lines"] == 0
+    # The lines of the failing spell were kept and written once it ended.
+    assert len(daemon.events("log.write_failed")) == 1
+    assert {e["job_id"] for e in daemon.events("job.completed")} == {"job0", "job1", "job2"}
+    assert daemon.stop() == 0
 
 
 def test_a_full_disk_under_the_log(
@@ -222,7 +230,7 @@ def test_a_full_disk_under_the_log(
 
 def test_metrics_that_cannot_be_written(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(start=False, env={"PROCPOOL_METRICS_INTERVAL": "0.2"})
-    blocker = daemon.home / ".metrics.prom.tmp"  # the temporary name it writes, then renames
+    blocker = daemon.home / "metrics.prom"  # a directory: the rename over it fails
     blocker.mkdir(parents=True)
     daemon.start()
     [failed] = daemon.wait_events("metrics.write_failed")

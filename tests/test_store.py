@@ -450,3 +450,33 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
         assert store.fence_in() < row[0]  # the daemon fences itself before it expires
     finally:
         store.close()
+
+
+def test_the_wal_is_emptied_once_no_reader_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past wal_max_bytes, a commit's look (at most once a second; every commit here)
+    tries a TRUNCATE checkpoint that does not wait: it fails while a reader holds old
+    frames, and empties the WAL once the reader lets go."""
+    monkeypatch.setattr("procpool.infrastructure.sqlite_store.WAL_CHECK_INTERVAL", 0.0)
+    # A checkpoint that waited for the reader would wait this long, at every commit.
+    monkeypatch.setattr("procpool.infrastructure.sqlite_store.LOCK_WAIT", 30.0)
+    path = tmp_path / "db"
+    wal = tmp_path / "db-wal"
+    store = SqliteJobStore(path, wal_max_bytes=64 * 1024)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM jobs").fetchone()
+    started_at = time.monotonic()
+    for n in range(100):
+        with store.transaction():
+            store.insert([a_job(f"j{n}", payload=b"x" * 2000)])
+    assert time.monotonic() - started_at < 25, "a checkpoint waited for the reader"
+    assert wal.stat().st_size > 64 * 1024
+    reader.execute("COMMIT")
+    reader.close()
+    with store.transaction():
+        store.insert([a_job("after")])
+    assert wal.stat().st_size <= 64 * 1024
+    assert len(store.with_status(Status.PENDING)) == 101
+    store.close()

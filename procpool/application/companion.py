@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,7 +157,9 @@ class Companion:
     def _spawn(self, now: float) -> None:
         assert self.command is not None
         environ = {**self.environ, PARENT_VARIABLE: str(os.getpid())}
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # inherited: no O_CLOEXEC
+        # Inherited: no O_CLOEXEC. No link followed, no FIFO waited on: others may write
+        # the home (docs/operations.md, "A home shared with a group").
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
             self.output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.pid = os.posix_spawn(
@@ -197,9 +200,14 @@ class Companion:
     def _last_output(self, size: int = 300) -> str:
         """The end of the last line it wrote, for the log: why it died, usually."""
         try:
-            with open(self.output, "rb") as handle:
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
-                tail = handle.read()
+            # Not through a link, nor from a FIFO: what it reads goes into the log.
+            fd = os.open(self.output, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as handle:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    return ""
+                handle.seek(max(0, info.st_size - size))
+                tail = handle.read(size)
         except OSError:
             return ""
         lines = tail.decode("utf-8", "replace").strip().splitlines()

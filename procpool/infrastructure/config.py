@@ -49,6 +49,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kill_grace: float = 1.0
     poll_interval: float = 1.0
     synchronous: str = "FULL"
+    wal_max_bytes: int = 8_388_608  # the WAL is emptied past this, once no reader holds it
     retention_days: float = 7.0
     metrics_interval: float = 5.0
     log_max_bytes: int = 52_428_800
@@ -117,7 +118,7 @@ def _check(config: Config) -> Config:
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
                 "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
-                "log_max_bytes", "daemon_lease"):  # fmt: skip
+                "log_max_bytes", "daemon_lease", "wal_max_bytes"):  # fmt: skip
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)

@@ -26,8 +26,9 @@ from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure import door_socket
 from procpool.infrastructure.bind import check_policy, parse_bind
+from procpool.infrastructure.home_files import HomeDir, UnsafeHomeFile
 from procpool.infrastructure.inbox import FileInbox
-from procpool.infrastructure.logs import DaemonLogs, append_event, reserve_standard_fds
+from procpool.infrastructure.logs import LOG_NAME, DaemonLogs, append_event, reserve_standard_fds
 from procpool.infrastructure.pidfile import AlreadyRunning, PidFile
 from procpool.infrastructure.sqlite_store import SqliteJobStore
 from procpool.infrastructure.start_register import StartRegister
@@ -66,7 +67,11 @@ def open_store(config: configuration.Config, home: Path) -> JobStore:
         ProcpoolError: the database cannot be reached, or has a newer schema.
     """
     if config.database_url is None:
-        return SqliteJobStore(home / "procpool.db", synchronous=config.synchronous)
+        return SqliteJobStore(
+            home / "procpool.db",
+            synchronous=config.synchronous,
+            wal_max_bytes=config.wal_max_bytes,
+        )
     try:
         from procpool.infrastructure import postgres_store  # noqa: PLC0415 (optional)
     except ImportError as error:
@@ -81,7 +86,9 @@ def prepare_home(home: Path) -> None:
 
     Other users must not be able to write the home, inbox/ or rejected/: whoever can
     write there can submit jobs, or swap a directory for a link elsewhere. Group
-    write is allowed, for producers that share a group with the daemon's user.
+    write is allowed, for producers that share a group with the daemon's user (the
+    daemon's own files are opened through HomeDir, safe from what they plant). The
+    three must belong to the daemon's user: an owner can change their mode at will.
     inbox/ and rejected/ must be real directories, not symbolic links.
     """
     try:
@@ -100,6 +107,12 @@ def prepare_home(home: Path) -> None:
             raise ConfigError(
                 f"{directory} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o});"
                 f" run chmod o-w {directory}"
+            )
+        if info.st_uid != os.geteuid():
+            raise ConfigError(
+                f"{directory} belongs to uid {info.st_uid}, not to the daemon's user"
+                f" (uid {os.geteuid()}): its owner could let anyone write it;"
+                " run the daemon as that user, or chown it"
             )
 
 
@@ -192,13 +205,28 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
     config = configuration.load(flags=flags, config_file=config_file)
     home = configuration.resolve_home(config)
     prepare_home(home)
-    pid_file = PidFile(home / "procpool.pid")
-    log_path = home / "logs" / "procpool.jsonl"
+    home_dir = HomeDir(home)
+    try:
+        return _run_in(home_dir, flags, config_file, config, stderr_closed)
+    finally:
+        home_dir.close()
+
+
+def _run_in(
+    home_dir: HomeDir,
+    flags: dict[str, Any],
+    config_file: Path | None,
+    config: configuration.Config,
+    stderr_closed: bool,
+) -> int:
+    home = home_dir.path
+    pid_file = PidFile(home_dir)
     try:
         stale = pid_file.acquire()
     except AlreadyRunning as error:
         append_event(
-            log_path,
+            home_dir,
+            LOG_NAME,
             "ERROR",
             "daemon.start_failed",
             f"another procpool (pid {os.getpid()}) did not start: {error}",
@@ -208,18 +236,21 @@ def run_daemon(flags: dict[str, Any], config_file: Path | None) -> int:
         raise
     try:
         logs = DaemonLogs(
-            home,
+            home_dir,
             config.log_level,
             config.log_max_bytes,
             config.log_keep,
             stderr_closed=stderr_closed,
         )
+    except UnsafeHomeFile:
+        pid_file.release()
+        raise
     except OSError as error:
         pid_file.release()
-        raise ProcpoolError(f"cannot open the log {log_path}: {error.strerror}") from None
+        raise ProcpoolError(f"cannot open the log {home / LOG_NAME}: {error.strerror}") from None
     _hold_signals_while_starting()
     try:
-        return _serve(flags, config_file, config, home, logs, pid_file, stale)
+        return _serve(flags, config_file, config, home_dir, logs, pid_file, stale)
     except _StoppedWhileStarting as stop:
         emit(
             "INFO",
@@ -238,11 +269,12 @@ def _serve(
     flags: dict[str, Any],
     config_file: Path | None,
     config: configuration.Config,
-    home: Path,
+    home_dir: HomeDir,
     logs: DaemonLogs,
     pid_file: PidFile,
     stale: int | None,
 ) -> int:
+    home = home_dir.path
     try:
         for warning in configuration.unknown_variables():
             emit("WARNING", "config.unknown_variable", warning)
@@ -256,7 +288,7 @@ def _serve(
         loaded = load_handler_modules(config.handlers)
         store = open_store(config, home)
         inbox = FileInbox(home, config.max_file_bytes)
-        starts = StartRegister(home / "procpool.starts")
+        starts = StartRegister(home_dir)
         http = Companion(
             "http",
             http_command(config, home, config_file),
@@ -294,6 +326,7 @@ def _serve(
         pid_file.close_in_child()
         logs.close_in_child()
         inbox.close_descriptors()
+        home_dir.close()
 
     emit(
         "INFO",
@@ -314,7 +347,7 @@ def _serve(
             reopen_logs=logs.reopen,
             flush_logs=logs.flush,
             close_in_child=close_in_child,
-            telemetry=DaemonTelemetry(home, dict(os.environ)),
+            telemetry=DaemonTelemetry(home_dir, dict(os.environ)),
             starts=starts,
             tree_mark=str(home.resolve()),
             companions=[http],

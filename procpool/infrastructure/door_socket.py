@@ -54,14 +54,16 @@ def _address(home: Path) -> Iterator[str]:
 
 def listen(home: Path) -> socket.socket:
     """Bind and listen on `HOME/procpool.sock` (mode 0600), replacing a socket left by a
-    daemon that died (the pid file's lock says none runs).
+    daemon that died (the pid file's lock says none runs), or a symbolic link someone
+    planted there (removed, never followed: bind creates a new node or fails).
 
     Raises:
         OSError: the socket cannot be made (e.g. another file has its name).
     """
     path = home / SOCKET_NAME
     with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISSOCK(mode) or stat.S_ISLNK(mode)):
             raise FileExistsError(f"{path} exists and is not a socket; it is left alone")
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -40,9 +40,12 @@ from loguru import logger
 
 from procpool.application import events
 from procpool.domain.timefmt import rfc3339
+from procpool.infrastructure.home_files import HomeDir, UnsafeHomeFile, open_regular
 
 _encoder = msgspec.json.Encoder()
 _RESERVED = ("ts", "level", "event", "msg")
+LOG_NAME = "logs/procpool.jsonl"  # in the home
+_APPEND = os.O_WRONLY | os.O_APPEND
 STDERR_DRAIN_AT_EXIT = 1.0  # seconds the daemon waits, as it exits, for stderr to take its lines
 
 
@@ -129,22 +132,31 @@ class JsonLogFile(_Output):
     Rotated by size: when a write would take the file past `max_bytes`, it is
     renamed to `procpool.jsonl.1` (the older ones move up by one, the oldest
     beyond `keep` is dropped) and a new file is started. The check happens once
-    per flush, so a line is never split across two files.
+    per flush, so a line is never split across two files. The size is what the
+    daemon wrote since it opened the file until that count passes `max_bytes`;
+    then the file's real size (fstat) decides, and the count starts again from
+    it: a file truncated by someone else (logrotate's copytruncate) is not
+    rotated early.
 
-    Raises OSError when the file cannot be opened at start; later failures to
-    write are kept in `error` (see _Output).
+    The file and logs/ are opened through HomeDir: a link planted under either
+    name is refused (UnsafeHomeFile), never written through.
+
+    Raises OSError (or UnsafeHomeFile) when the file cannot be opened at start;
+    later failures to write are kept in `error` (see _Output).
     """
 
-    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+    def __init__(self, home: HomeDir, name: str, max_bytes: int, keep: int) -> None:
         super().__init__()
-        self.path = path
+        self.home = home
+        self.name = name  # "logs/procpool.jsonl": a file in a directory of the home
+        self.directory, _, self.leaf = name.rpartition("/")
+        self.path = home.path / name
         self.max_bytes = max_bytes
         self.keep = keep
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fd = self._open()
 
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self.home.open(self.name, _APPEND | os.O_CREAT, 0o600)
         self.size = os.fstat(fd).st_size
         return fd
 
@@ -153,32 +165,50 @@ class JsonLogFile(_Output):
         self.size += written
         return written
 
+    def _full(self) -> bool:
+        if not self.size or self.size + self._size <= self.max_bytes:
+            return False
+        # The count may be stale (the file truncated from outside): one fstat each time
+        # it passes the limit, not one per write.
+        self.size = os.fstat(self.fd).st_size
+        return bool(self.size) and self.size + self._size > self.max_bytes
+
     def flush(self) -> None:
         # Never with a partly written line waiting: its end belongs in the same file.
-        full = self.size and self.size + self._size > self.max_bytes
-        if self._lines and not self._pending and full:
-            # A log that cannot rotate (a read-only directory, say) must not stop
-            # the daemon: it keeps appending and tries again at the next flush.
-            with contextlib.suppress(OSError):
+        # A log that cannot rotate (a read-only directory, say) must not stop the
+        # daemon: it keeps appending and tries again at the next flush.
+        with contextlib.suppress(OSError, UnsafeHomeFile):
+            if self._lines and not self._pending and self._full():
                 self._rotate()
         super().flush()
 
     def _rotate(self) -> None:
         """Shift procpool.jsonl.N-1 to .N ... the current file to .1, then start anew."""
-        for number in range(self.keep, 1, -1):
+        directory = self.home.directory(self.directory)
+        try:
+            leaf = self.leaf
+            for number in range(self.keep, 1, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{leaf}.{number - 1}", f"{leaf}.{number}",
+                              src_dir_fd=directory, dst_dir_fd=directory)  # fmt: skip
+            if self.keep:
+                os.rename(leaf, f"{leaf}.1", src_dir_fd=directory, dst_dir_fd=directory)
+            else:
+                os.unlink(leaf, dir_fd=directory)
+            # Whatever has the name now was put there since the rename: not ours.
             with contextlib.suppress(FileNotFoundError):
-                os.rename(rotated_path(self.path, number - 1), rotated_path(self.path, number))
-        if self.keep:
-            os.rename(self.path, rotated_path(self.path, 1))
-        else:
-            self.path.unlink()
-        old, self.fd = self.fd, self._open()
+                os.unlink(leaf, dir_fd=directory)
+            flags = _APPEND | os.O_CREAT | os.O_EXCL
+            fd = open_regular(directory, leaf, self.path, flags, 0o600)
+        finally:
+            os.close(directory)
+        old, self.fd, self.size = self.fd, fd, 0
         os.close(old)
 
     def reopen(self) -> None:
         """For an external logrotate: continue in a new file at the same path.
 
-        Raises OSError if it cannot be opened; the old file is kept then."""
+        Raises OSError (UnsafeHomeFile) if it cannot be opened; the old file is kept then."""
         super().flush()
         fd = self._open()
         old, self.fd = self.fd, fd
@@ -323,21 +353,20 @@ def reserve_standard_fds() -> bool:
     return 2 in closed
 
 
-def append_event(path: Path, level: str, event: str, message: str, **fields: Any) -> None:
-    """Add one line to a log that another process writes (a second daemon says why it
-    did not start in the first one's log). One O_APPEND write; errors are ignored."""
+def append_event(
+    home: HomeDir, name: str, level: str, event: str, message: str, **fields: Any
+) -> None:
+    """Add one line to HOME/`name`, a log that another process writes (a second daemon
+    says why it did not start in the first one's log). One O_APPEND write; errors
+    (the file absent, a link, ...) are ignored."""
     line: dict[str, Any] = {"ts": rfc3339(time.time()), "level": level, "event": event,
                             "msg": message, **fields}  # fmt: skip
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    with contextlib.suppress(OSError, UnsafeHomeFile):
+        fd = home.open(name, _APPEND)
         try:
             os.write(fd, _encode(line) + b"\n")
         finally:
             os.close(fd)
-
-
-def rotated_path(path: Path, number: int) -> Path:
-    return path.with_name(f"{path.name}.{number}")
 
 
 def rotated_files(path: Path) -> list[Path]:
@@ -369,13 +398,14 @@ class DaemonLogs:
     change. Loguru records made in the supervisor's process (a handler module
     logging as it is imported, say) are routed to the same two places.
 
-    Raises OSError if the file cannot be opened; after that, nothing raises.
+    Raises OSError (UnsafeHomeFile) if the file cannot be opened; after that, nothing
+    raises.
     """
 
     def __init__(
-        self, home: Path, level: str, max_bytes: int, keep: int, *, stderr_closed: bool = False
+        self, home: HomeDir, level: str, max_bytes: int, keep: int, *, stderr_closed: bool = False
     ) -> None:
-        self.file = JsonLogFile(home / "logs" / "procpool.jsonl", max_bytes, keep)
+        self.file = JsonLogFile(home, LOG_NAME, max_bytes, keep)
         self.stderr = StandardError(closed=stderr_closed)
         self._told: set[str] = set()  # the troubles of the outputs already logged
         self._file_failed_at = 0.0
@@ -494,12 +524,13 @@ class DaemonLogs:
     def reopen(self) -> None:
         try:
             self.file.reopen()
-        except OSError as error:
+        except (OSError, UnsafeHomeFile) as error:
+            reason = _reason(error) if isinstance(error, OSError) else str(error)
             self._say(
                 "WARNING",
                 "log.reopen_failed",
-                f"cannot reopen {self.file.path}: {_reason(error)}; still writing the old file",
-                error=_reason(error),
+                f"cannot reopen {self.file.path}: {reason}; still writing the old file",
+                error=reason,
             )
 
     def close_in_child(self) -> None:

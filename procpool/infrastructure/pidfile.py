@@ -2,16 +2,20 @@
 
 The lock, not the pid, says whether a daemon is alive: the kernel drops it
 when the process dies, however it dies, so a stale file is recognised safely.
+The file is opened through HomeDir: a link or a FIFO planted under its name is
+refused (UnsafeHomeFile), never written through.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from pathlib import Path
 
 from procpool.domain.errors import ProcpoolError
+from procpool.infrastructure.home_files import HomeDir, refusal
 
 
 class AlreadyRunning(ProcpoolError):
@@ -28,13 +32,23 @@ def _read_pid(fd: int) -> int | None:
 
 
 class PidFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """`HOME/NAME` (procpool.pid)."""
+
+    def __init__(self, home: HomeDir, name: str = "procpool.pid") -> None:
+        self.home = home
+        self.name = name
+        self.path = home.path / name
         self.fd: int | None = None
 
     def acquire(self) -> int | None:
-        """Lock and write our pid. Returns the pid of a stale file that was taken over."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Lock and write our pid. Returns the pid of a stale file that was taken over.
+
+        Raises:
+            AlreadyRunning: a live daemon holds the lock.
+            UnsafeHomeFile: the name is a link, not a regular file, or another user's.
+            OSError: the file cannot be opened or written.
+        """
+        fd = self.home.open(self.name, os.O_RDWR | os.O_CREAT, 0o644)
         # `running_pid` holds a shared lock for an instant: a short retry tells it
         # from a live daemon, which holds the lock for good.
         deadline = time.monotonic() + 0.5
@@ -63,18 +77,26 @@ class PidFile:
 
     def release(self) -> None:
         if self.fd is not None:
-            self.path.unlink(missing_ok=True)
+            self.home.unlink(self.name)
             os.close(self.fd)
             self.fd = None
 
 
 def running_pid(path: Path) -> int | None:
-    """The pid of the daemon that holds this pid file, or None if none does."""
+    """The pid of the daemon that holds this pid file, or None if none does (a link or
+    anything but a regular file is no daemon's: a daemon refuses to start on it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return None
+        raise
     try:
+        # Any owner's: a producer of the home's group asks about the daemon's file.
+        if refusal(path, os.fstat(fd), any_owner=True) is not None:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,6 +14,14 @@ reported as StoreBusy for the supervisor to try again. A store file deleted or
 replaced under the daemon is StoreLost: SQLite would go on writing into the
 unlinked file, and every job accepted from then on would be gone at the next
 start.
+
+The WAL is bounded by `wal_max_bytes`. A reader that holds a snapshot (a backup,
+a `sqlite3` shell in a transaction) keeps every frame written since from being
+checkpointed, and the file grows; SQLite never shrinks it by itself. So
+`journal_size_limit` truncates it to the bound whenever SQLite starts it over,
+and at most once a second, after a commit, a WAL found past the bound gets a
+TRUNCATE checkpoint that does not wait: it fails at once while a reader still
+holds the old frames, and empties the file once none does.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +45,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
+from procpool.infrastructure.home_files import check_plain
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -139,6 +149,9 @@ _progress_decoder = msgspec.json.Decoder(Progress)
 LOCK_WAIT = 1.0
 # Seconds a migration waits for the lock at start.
 MIGRATION_LOCK_WAIT = 10.0
+# Seconds between looks at the WAL's size (a stat), after a commit.
+WAL_CHECK_INTERVAL = 1.0
+WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints keep it at
 
 
 def _job(row: tuple) -> Job:  # type: ignore[type-arg]
@@ -242,8 +255,23 @@ class SqliteJobStore:
 
     shared = False  # one daemon per file: the supervisor is the only writer
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", wal_max_bytes: int = WAL_MAX_BYTES
+    ) -> None:
+        """Open (create, migrate) the store at `path`.
+
+        Raises:
+            UnsafeHomeFile: the file, its -wal or its -shm is a link or not a regular
+                file (SQLite would follow a link), or the file is another user's.
+            SchemaTooNew: written by a newer procpool.
+            sqlite3.Error: the file cannot be opened or is not a database.
+        """
         self.path = path
+        check_plain(path)
+        for suffix in ("-wal", "-shm"):
+            # Any owner's: a reader (a producer of the home's group) makes them when it
+            # opens the store while no daemon has it open.
+            check_plain(path.with_name(path.name + suffix), any_owner=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         try:
             # Takes effect only on a new, empty file: retention frees pages incrementally.
@@ -254,12 +282,16 @@ class SqliteJobStore:
             # 32 MiB of page cache (default 2 MiB): inserts into six b-trees at once stay in
             # memory.
             self._db.execute("PRAGMA cache_size = -32768")
+            self._db.execute(f"PRAGMA journal_size_limit = {int(wal_max_bytes)}")
             _migrate(self._db)
         except BaseException:
             self._db.close()  # a store refused (SchemaTooNew) leaves no connection open
             raise
         self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
         self._identity = _identity(path)
+        self._wal = path.with_name(path.name + "-wal")
+        self._wal_max_bytes = wal_max_bytes
+        self._next_wal_check = 0.0  # monotonic
         self._updates: dict[str, str] = {}  # UPDATE statements by the columns they set
         # What the due query can find, known from what this process wrote since its last
         # look: no ready job (skip the SELECT), the earliest scheduled run_at (skip the
@@ -290,6 +322,25 @@ class SqliteJobStore:
             self._earliest_scheduled = None
             raise
         self._db.execute("COMMIT")
+        now = time.monotonic()
+        if now >= self._next_wal_check:
+            self._next_wal_check = now + WAL_CHECK_INTERVAL
+            self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """Empty a WAL past `wal_max_bytes` if no reader holds its frames; never waits."""
+        try:
+            size = os.stat(self._wal).st_size
+        except FileNotFoundError:
+            return
+        if size <= self._wal_max_bytes:
+            return
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            # A reader still on old frames makes it return busy at once (no exception).
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
 
     def get(self, job_id: str) -> Job | None:
         row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

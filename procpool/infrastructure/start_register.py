@@ -14,23 +14,32 @@ Leases only grow, so a slot's old value never matches a later run: slots need
 no clearing, only a live worker of their own. A power cut loses the page cache
 and with it the slots: then a run that began may be taken as unstarted, which
 costs the job nothing (the daemon, not the job, died).
+
+The file is opened through HomeDir: a link planted under its name is refused
+(UnsafeHomeFile), never mapped and written through.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
+
+from procpool.infrastructure.home_files import HomeDir
 
 SLOT = 8  # bytes: one little-endian lease
 SLOTS = 4096  # workers with a slot at once; more run without one (store only)
 
 
 class StartRegister:
-    """`HOME/procpool.starts`: one slot per worker, indexed by the slot number."""
+    """`HOME/procpool.starts`: one slot per worker, indexed by the slot number.
 
-    def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    Raises:
+        UnsafeHomeFile: the name is a link, not a regular file, or another user's.
+        OSError: the file cannot be opened, sized or mapped.
+    """
+
+    def __init__(self, home: HomeDir, name: str = "procpool.starts") -> None:
+        fd = home.open(name, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size != SLOT * SLOTS:
                 os.ftruncate(fd, SLOT * SLOTS)

@@ -2,7 +2,10 @@
 
 metrics.prom follows the node_exporter textfile-collector convention: the whole
 file is written to a temporary name and renamed, so a scrape never reads half
-of it. The names are listed in docs/operations.md ("Metrics").
+of it. The names are listed in docs/operations.md ("Metrics"). The temporary name is
+new and unpredictable each time (`.metrics.prom.RANDOM.tmp`, created with
+O_EXCL), so a link planted in a shared home is never written through; the
+rename replaces a link at `metrics.prom` itself, never follows it.
 
 A file that cannot be written (a full disk, a read-only home) does not stop the
 daemon: `metrics.write_failed` once, a new try at each publish, and
@@ -15,12 +18,15 @@ import contextlib
 import os
 import socket
 import time
-from pathlib import Path
 
 from procpool.application.events import emit
 from procpool.application.telemetry import RUN_TIME_BUCKETS, Snapshot
 from procpool.domain.wording import plural
+from procpool.infrastructure.home_files import HomeDir
 from procpool.infrastructure.inbox import SUFFIXES
+
+METRICS_NAME = "metrics.prom"
+_TEMPORARY_PREFIX = f".{METRICS_NAME}"
 
 
 def _label(value: object) -> str:
@@ -96,11 +102,21 @@ class SystemdNotifier:
 
 
 class DaemonTelemetry:
-    def __init__(self, home: Path, environ: dict[str, str]) -> None:
-        self.path = home / "metrics.prom"
-        self.inbox = home / "inbox"
+    def __init__(self, home: HomeDir, environ: dict[str, str]) -> None:
+        self.home = home
+        self.path = home.path / METRICS_NAME
+        self.inbox = home.path / "inbox"
         self.systemd = SystemdNotifier(environ.get("NOTIFY_SOCKET"))
         self._failed_at: float | None = None  # monotonic: since when metrics.prom fails
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a daemon killed while it wrote one (and the fixed name
+        older versions used): each start would otherwise add one."""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.home.fd):
+                if name.startswith(_TEMPORARY_PREFIX) and name.endswith(".tmp"):
+                    self.home.unlink(name)
 
     def ready(self, workers: int) -> None:
         self.systemd.notify(
@@ -133,13 +149,20 @@ class DaemonTelemetry:
         )
 
     def _write(self, text: str) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary = None
         try:
-            temporary.write_text(text)
-            os.replace(temporary, self.path)
+            fd, temporary = self.home.create_temporary(_TEMPORARY_PREFIX)
+            try:
+                data = memoryview(text.encode())
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                os.close(fd)
+            self.home.replace(temporary, METRICS_NAME)
         except OSError as error:
-            with contextlib.suppress(OSError):  # a half-written file must not hold the space
-                temporary.unlink()
+            if temporary is not None:  # a half-written file must not hold the space
+                with contextlib.suppress(OSError):
+                    self.home.unlink(temporary)
             if self._failed_at is None:
                 self._failed_at = time.monotonic()
                 reason = error.strerror or str(error)
