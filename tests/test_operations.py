@@ -495,6 +495,45 @@ def test_retry_all_failed_in_bulk(make_daemon: Callable[..., Daemon]) -> None:
     assert restarted.job("flaky-1.retry-1").retry_of == "flaky-1"
 
 
+def test_retry_all_failed_retries_each_line_of_retries_once(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(workers=1)
+    submit(daemon, "fail", "--id", "rep", "--max-attempts", "1")
+    wait_terminal(daemon, "rep")
+    for expected in ("rep.retry-1", "rep.retry-2"):  # both repeat rep
+        assert daemon.cli("retry", "rep").stdout == f"{expected}\n"
+        assert daemon.wait_status(expected, "failed").retry_of == "rep"
+    # rep.retry-1 has no retry of its own, but the work has moved on to rep.retry-2.
+    first = daemon.cli("retry", "--all-failed")
+    assert (first.returncode, first.stdout) == (0, "rep.retry-3\n"), first.stderr
+    wait_terminal(daemon, "rep.retry-3")
+
+    submit(daemon, "fail", "--id", "other", "--max-attempts", "1")
+    wait_terminal(daemon, "other")
+    assert daemon.cli("retry", "other").stdout == "other.retry-1\n"
+    wait_terminal(daemon, "other.retry-1")
+    blocker = submit(daemon, "sleep", '{"seconds": 3600}')
+    daemon.wait_started(blocker)
+    # other.retry-2 waits behind the blocker (pending, or handed to the busy worker).
+    assert daemon.cli("retry", "other").stdout == "other.retry-2\n"
+    assert daemon.job("other.retry-2").status in ("pending", "running")
+    second = daemon.cli("retry", "--all-failed")
+    assert second.stdout == "rep.retry-4\n", "nothing of a line with a job queued or running"
+
+    daemon.client.cancel(blocker)
+    wait_terminal(daemon, blocker, "other.retry-2", "rep.retry-4")
+    blocker = submit(daemon, "sleep", '{"seconds": 3600}')
+    daemon.wait_started(blocker)
+    third = daemon.cli("retry", "--all-failed", "--type", "fail")
+    assert sorted(third.stdout.splitlines()) == ["other.retry-3", "rep.retry-5"]
+    assert daemon.job("other.retry-3").retry_of == "other.retry-2"
+    again = daemon.cli("retry", "--all-failed")  # while both retries wait
+    assert (again.returncode, again.stdout) == (0, ""), "each line once, however often"
+    daemon.client.cancel(blocker)
+    wait_terminal(daemon, "other.retry-3", "rep.retry-5")
+
+
 def test_show_lists_every_attempt(daemon: Daemon) -> None:
     twice = submit(daemon, "fail", '{"times": 1, "message": "first try"}')
     timed_out = submit(daemon, "sleep", '{"seconds": 60}', "--timeout", "0.5",
