@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -144,4 +145,13 @@ BREAKS = {
 def break_worker(ctx: JobContext, payload: str) -> str:
     """Change the worker as `payload` names (a key of BREAKS), and succeed."""
     BREAKS[payload]()
+    return payload
+
+
+@handler("custom_level")
+def custom_level(ctx: JobContext, payload: Any) -> str:
+    """Log at a level of the handler's own, as a script with logger.level() does."""
+    with contextlib.suppress(TypeError):  # defined by an earlier job on this worker
+        logger.level("NOTICE", no=35)
+    ctx.logger.log("NOTICE", "at a level of its own", marker=payload)
     return payload

@@ -81,3 +81,17 @@ def test_a_worker_that_cannot_be_put_back_retires_and_its_queue_waits_unharmed(
         assert job.attempts == 0  # a queued job that went back was not charged
         assert job.result["pid"] != first["pid"]
     assert _probe(daemon, "after") | {"pid": 0} == first | {"pid": 0}
+
+
+def test_a_line_at_a_level_of_the_handlers_own_is_logged_at_loguru_s_level_below_it(
+    make_daemon,
+) -> None:
+    daemon = make_daemon(workers=1, args=HANDLERS)
+    daemon.client.submit("custom_level", "noticed", id="notice", max_attempts=1)
+    job = daemon.wait_status("notice", "completed", "failed")
+    assert job.status == "completed", job.last_error
+    [line] = daemon.wait_events("job.log", job_id="notice")
+    assert (line["level"], line["msg"]) == ("WARNING", "at a level of its own")  # NOTICE is 35
+    assert line["fields"] == {"marker": "noticed", "custom_level": "NOTICE"}
+    _probe(daemon, "after")  # the same worker serves on
+    assert not daemon.events("worker.exited")

@@ -303,12 +303,16 @@ class _Reporter:
         }
         if len(extra) > LOG_FIELDS_LIMIT:
             fields["fields_cut"] = len(extra) - LOG_FIELDS_LIMIT
+        level = record["level"].name
+        if level not in _LEVELS.values():
+            fields.setdefault("custom_level", safe_text(level, 200))
+            level = _standard_level(record["level"].no)
         if record["exception"] is not None:
             fields["traceback"] = safe_text(
                 "".join(traceback.format_exception(*record["exception"])), LOG_TEXT_LIMIT
             )
         line = LogLine(
-            level=safe_text(record["level"].name, 50),
+            level=level,
             message=safe_text(record["message"], LOG_TEXT_LIMIT),
             job_id=job_id,
             attempt=attempt,
@@ -352,6 +356,17 @@ class _Reporter:
                 return
             self._last_sent_at = now
             self.outbox.send(message)
+
+
+# loguru's own levels by number, highest first: the only names a LogLine carries.
+_LEVELS = {50: "CRITICAL", 40: "ERROR", 30: "WARNING", 25: "SUCCESS", 20: "INFO", 10: "DEBUG",
+           5: "TRACE"}  # fmt: skip
+
+
+def _standard_level(number: int) -> str:
+    """A level of the handler's own (`logger.level("NOTICE", no=35)`) as loguru's
+    own level at or below its number (WARNING); TRACE below all."""
+    return next((name for no, name in _LEVELS.items() if number >= no), "TRACE")
 
 
 def _field(value: Any) -> Any:
