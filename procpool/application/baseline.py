@@ -24,7 +24,8 @@ cannot be put back (the kept descriptors closed; a signal whose handler, set by
 C code, a job replaced) is returned by `restore`: the worker then retires after
 the job (worker.py), so the next job never meets it. Not covered: state a
 handler keeps in its own modules, threads it left running, modules it imported,
-and what C code changes behind Python's back (`setenv`, `sigaction`).
+timers it armed (`signal.alarm`, `setitimer`), and what C code changes behind
+Python's back (`setenv`, `sigaction`).
 """
 
 from __future__ import annotations
