@@ -599,10 +599,15 @@ class Client:
         return self.is_waiting_in_inbox(job_id) or self._reader.get(job_id) is not None
 
     def retry_failed(self, type: str | None = None) -> list[str]:
-        """Retry every failed job (of one type) that has not been retried yet.
+        """Retry the failed work (of one type), never the same work twice.
 
-        A failed job counts as retried once a job names it as `retry_of`, so
-        calling this twice does not queue the same work twice.
+        A job and every job that repeats it, directly or through another retry
+        (`retry_of`), are one piece of work: a line of retries. Its tips are those
+        of its jobs that nothing repeats yet; the newest tip is where the work
+        stands. A line gets one retry, of its newest tip, when that tip failed and
+        no job of the line is pending or running, in the store or in the inbox. So
+        after `X` failed and `X.retry-1` and `X.retry-2` (both retries of `X`)
+        failed, only `X.retry-2` is retried; calling this twice queues nothing more.
 
         Returns:
             The new jobs' ids, oldest failed job first.
@@ -611,10 +616,34 @@ class Client:
             NoJobStore: the home has no store.
         """
         self.require_store()
-        failed = self._reader.list([Status.FAILED], type, limit=2**62)
         in_inbox = self._retries_in_inbox()  # before the store, as in `_retry_id`
-        done = in_inbox | self._reader.retried_ids()
-        return [self.retry(job.id) for job in reversed(failed) if job.id not in done]
+        links = self._reader.retry_links()
+        failed = self._reader.list([Status.FAILED], type, limit=2**62)
+        repeats = {job_id: retry_of for job_id, retry_of, _, _ in links}
+        retried = set(repeats.values())
+
+        def line(job_id: str) -> str:
+            """The line's first job: its original (or the oldest still named)."""
+            seen = {job_id}
+            while (earlier := repeats.get(job_id)) is not None and earlier not in seen:
+                seen.add(earlier)
+                job_id = earlier
+            return job_id
+
+        busy = {line(job_id) for job_id in in_inbox}
+        busy.update(line(job_id) for job_id, _, status, _ in links if not status.is_terminal)
+        newest: dict[str, tuple[float, str]] = {}
+        tips = [(job_id, created) for job_id, _, _, created in links]
+        tips += [(job.id, job.created_at) for job in failed]
+        for job_id, created in tips:
+            if job_id not in retried:
+                first = line(job_id)
+                newest[first] = max(newest.get(first, (created, job_id)), (created, job_id))
+        return [
+            self.retry(job.id)
+            for job in reversed(failed)
+            if newest.get(line(job.id), (0.0, ""))[1] == job.id and line(job.id) not in busy
+        ]
 
     def _retries_in_inbox(self) -> set[str]:
         sources = set()

@@ -495,6 +495,60 @@ def test_retry_all_failed_in_bulk(make_daemon: Callable[..., Daemon]) -> None:
     assert restarted.job("flaky-1.retry-1").retry_of == "flaky-1"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a daemon and its CLI on each store. Asked for before
+    make_daemon, so that the daemons stop before the database goes."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("PROCPOOL_DATABASE_URL", url)  # for the test's own Client
+    return {"PROCPOOL_DATABASE_URL": url}
+
+
+def test_retry_all_failed_retries_each_line_of_retries_once(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon(workers=1, env=store_env)
+
+    def cli(*args: str) -> str:
+        done = daemon.cli(*args, env=store_env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cli("submit", "fail", "--id", "rep", "--max-attempts", "1")
+    wait_terminal(daemon, "rep")
+    for expected in ("rep.retry-1", "rep.retry-2"):  # both repeat rep
+        assert cli("retry", "rep") == f"{expected}\n"
+        assert daemon.wait_status(expected, "failed").retry_of == "rep"
+    # rep.retry-1 has no retry of its own, but the work has moved on to rep.retry-2.
+    assert cli("retry", "--all-failed") == "rep.retry-3\n"
+    wait_terminal(daemon, "rep.retry-3")
+
+    cli("submit", "fail", "--id", "other", "--max-attempts", "1")
+    wait_terminal(daemon, "other")
+    assert cli("retry", "other") == "other.retry-1\n"
+    wait_terminal(daemon, "other.retry-1")
+    blocker = cli("submit", "sleep", '{"seconds": 3600}').strip()
+    daemon.wait_started(blocker)
+    # other.retry-2 waits behind the blocker (pending, or handed to the busy worker).
+    assert cli("retry", "other") == "other.retry-2\n"
+    assert daemon.job("other.retry-2").status in ("pending", "running")
+    second = cli("retry", "--all-failed")
+    assert second == "rep.retry-4\n", "nothing of a line with a job queued or running"
+
+    daemon.client.cancel(blocker)
+    wait_terminal(daemon, blocker, "other.retry-2", "rep.retry-4")
+    blocker = cli("submit", "sleep", '{"seconds": 3600}').strip()
+    daemon.wait_started(blocker)
+    third = cli("retry", "--all-failed", "--type", "fail")
+    assert sorted(third.splitlines()) == ["other.retry-3", "rep.retry-5"]
+    assert daemon.job("other.retry-3").retry_of == "other.retry-2"
+    assert cli("retry", "--all-failed") == "", "each line once, while its retry waits"
+    daemon.client.cancel(blocker)
+    wait_terminal(daemon, "other.retry-3", "rep.retry-5")
+
+
 def test_show_lists_every_attempt(daemon: Daemon) -> None:
     twice = submit(daemon, "fail", '{"times": 1, "message": "first try"}')
     timed_out = submit(daemon, "sleep", '{"seconds": 60}', "--timeout", "0.5",

@@ -275,7 +275,7 @@ def test_a_handler_that_closes_its_stdout_leaves_a_quiet_worker(make_daemon) -> 
     worker = daemon.worker_pids()[0]
     daemon.client.submit("close_stdout", None, id="closer")
     assert daemon.wait_status("closer", "completed").result == "closed"
-    # The output thread saw the end of that pipe; it must not spin on it.
+    # fd 1 is put back after the job (baseline.py); the idle worker must not spin.
     cpu = psutil.Process(worker).cpu_percent(0.5)
     assert cpu < 20, f"the idle worker uses {cpu} % of a CPU"
     _pool_serves(daemon, "after-closer")

@@ -19,6 +19,13 @@ hold first, and sends a partial line (a `print(..., end="")`) as a line of its
 own, so that everything written before a job ended is bound to that job. A
 line written by a thread or process that outlives its job is bound to the job
 running when it is read: the streams are the process's, not the job's.
+
+A job cannot take the streams from the jobs after it (`restore`, after each
+job): fd 1 and 2 are put back from copies the capture keeps (a handler that
+closed or redirected them), and so are `sys.stdout` and `sys.stderr` (a handler
+that replaced, closed, detached or reconfigured them). Their buffers ignore
+`close()`: a handler's own wrapper over `sys.stdout.buffer`, collected whenever
+it is, never closes the worker's stream under a later job.
 """
 
 from __future__ import annotations
@@ -101,6 +108,9 @@ class OutputCapture:
         self._run: Run | None = None
         self._lines = {fd: _Lines() for fd in STREAMS}
         self._readers: dict[int, int] = {}  # read end -> 1 or 2
+        # Kept open, so that a handler that closes fd 1 or 2 never ends a pipe, and
+        # `restore` puts each back with one dup2.
+        self._write_ends: dict[int, int] = {}  # 1 or 2 -> a write end (close-on-exec)
         self._ended: set[int] = set()  # read ends at their end of file
         # One poll object per thread that polls: one object may not poll in two at once.
         self._waiting = select.poll()
@@ -111,7 +121,7 @@ class OutputCapture:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             os.set_blocking(read_end, False)
             os.dup2(write_end, fd)  # the new fd 1 or 2 is inheritable, as it should be
-            os.close(write_end)
+            self._write_ends[fd] = write_end
             self._readers[read_end] = fd
             self._waiting.register(read_end, select.POLLIN)
             self._looking.register(read_end, select.POLLIN)
@@ -119,8 +129,8 @@ class OutputCapture:
         # that cannot be encoded (a file name that is not UTF-8) is escaped, not an
         # error in the handler. The ones inherited from the supervisor are left
         # alone, never flushed here: what their buffers hold is the supervisor's.
-        sys.stdout = _text_stream(1)
-        sys.stderr = _text_stream(2)
+        self._streams = {1: _text_stream(1), 2: _text_stream(2)}
+        sys.stdout, sys.stderr = self._streams[1], self._streams[2]
 
     def run(self) -> None:
         """The output thread: read the pipes for as long as the worker lives."""
@@ -152,9 +162,28 @@ class OutputCapture:
                 self._send(lines)
             self._run = run
 
+    def restore(self) -> None:
+        """Put fd 1 and 2, `sys.stdout` and `sys.stderr` back as they were before the
+        job, after `bind` sent what it wrote: two dup2 calls and a few attribute reads
+        when the job left them alone.
+
+        Raises:
+            OSError: a copy of fd 1 or 2 is gone (a handler closed every descriptor).
+        """
+        for fd, write_end in self._write_ends.items():
+            # Cheaper than finding out whether it changed: one dup2 onto the same pipe.
+            os.dup2(write_end, fd)
+        for fd, name in STREAMS.items():
+            stream = self._streams[fd]
+            if not _intact(stream):
+                stream = self._streams[fd] = _text_stream(fd)
+            if getattr(sys, name) is not stream:
+                setattr(sys, name, stream)
+
     def _read(self, read_ends: list[int]) -> None:
         """Read each pipe until it is empty for now, and send the whole lines. A pipe
-        whose every write end is closed (a handler closed fd 1, say) joins `_ended`."""
+        whose every write end is closed (a handler closed the capture's own copies
+        too) joins `_ended`."""
         lines: list[OutputLine] = []
         for read_end in read_ends:
             if read_end in self._ended:
@@ -181,9 +210,33 @@ class OutputCapture:
         return OutputLine(job_id, attempt, STREAMS[fd], text)
 
 
+class _Unclosable(io.BufferedWriter):
+    """A worker's stream buffer: `close()` only flushes. Wrapping `sys.stdout.buffer`
+    in a TextIOWrapper of one's own is a common logging set-up, and that wrapper
+    closes the buffer when it is collected."""
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _intact(stream: io.TextIOWrapper) -> bool:
+    """Whether `stream` is still as `_text_stream` made it: open, attached, and
+    neither re-encoded nor unbuffered by a `reconfigure`."""
+    try:
+        closed = stream.closed
+    except ValueError:  # detached
+        return False
+    return (
+        not closed
+        and stream.line_buffering
+        and stream.encoding == "utf-8"
+        and stream.errors == "backslashreplace"
+    )
+
+
 def _text_stream(fd: int) -> io.TextIOWrapper:
     return io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
+        _Unclosable(io.FileIO(fd, "w", closefd=False)),
         encoding="utf-8",
         errors="backslashreplace",
         line_buffering=True,

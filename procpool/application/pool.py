@@ -22,7 +22,7 @@ import psutil
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.worker import WorkerOptions, worker_main
+from procpool.application.worker import EXIT_UNFIT, WorkerOptions, worker_main
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,9 @@ def describe_exit(status: int) -> tuple[str, int | None, str | None]:
             text += " (it may have run out of memory)"
         return text, None, name
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+    if code == EXIT_UNFIT:
+        text = f"the worker retired (code {code}): its last job left it unfit (see that job's log)"
+        return text, code, None
     return f"the worker exited with code {code}", code, None
 
 

@@ -22,6 +22,13 @@ carries the latest progress report when the handler reports faster than
 request to skip a queued job is answered even while a handler computes. An
 output thread sends what is written to fd 1 and 2 as lines (output.py).
 
+After each job, what the job changed in the process (its standard streams, the
+log sink, signal handlers, working directory, environment, `sys.path`) is put
+back before its result leaves (baseline.py), so each job starts as in a fresh
+worker. Should something not go back, the worker sends the result, a WARNING
+log line of that job naming what it broke, and retires: it exits with
+EXIT_UNFIT, and its queued jobs go back to pending unchanged.
+
 Every message leaves through one outbox, and every string in it is bounded and
 valid Unicode (`safe_text`): nothing a handler reports can make a send fail.
 A failure in any of the worker's own threads ends the worker at once, with its
@@ -49,6 +56,7 @@ import msgspec
 from loguru import logger
 
 from procpool.application import events, tree
+from procpool.application.baseline import Baseline
 from procpool.application.channel import ChannelClosed, WorkerEnd
 from procpool.application.handlers import RUN_KEY, HandlerRegistry, JobContext
 from procpool.application.messages import (
@@ -74,6 +82,7 @@ PROGRESS_MESSAGE_LIMIT = 1_000  # characters of a progress message
 LOG_TEXT_LIMIT = 10_000  # characters of a log message, of each log field, of an error
 LOG_FIELDS_LIMIT = 100  # fields of one log line
 EXIT_INTERNAL = 70  # EX_SOFTWARE: one of the worker's own threads failed
+EXIT_UNFIT = 75  # EX_TEMPFAIL: a job left the worker in a state it cannot undo
 _PR_SET_PDEATHSIG = 1
 
 
@@ -294,12 +303,16 @@ class _Reporter:
         }
         if len(extra) > LOG_FIELDS_LIMIT:
             fields["fields_cut"] = len(extra) - LOG_FIELDS_LIMIT
+        level = record["level"].name
+        if level not in _LEVELS.values():
+            fields.setdefault("custom_level", safe_text(level, 200))
+            level = _standard_level(record["level"].no)
         if record["exception"] is not None:
             fields["traceback"] = safe_text(
                 "".join(traceback.format_exception(*record["exception"])), LOG_TEXT_LIMIT
             )
         line = LogLine(
-            level=safe_text(record["level"].name, 50),
+            level=level,
             message=safe_text(record["message"], LOG_TEXT_LIMIT),
             job_id=job_id,
             attempt=attempt,
@@ -343,6 +356,17 @@ class _Reporter:
                 return
             self._last_sent_at = now
             self.outbox.send(message)
+
+
+# loguru's own levels by number, highest first: the only names a LogLine carries.
+_LEVELS = {50: "CRITICAL", 40: "ERROR", 30: "WARNING", 25: "SUCCESS", 20: "INFO", 10: "DEBUG",
+           5: "TRACE"}  # fmt: skip
+
+
+def _standard_level(number: int) -> str:
+    """A level of the handler's own (`logger.level("NOTICE", no=35)`) as loguru's
+    own level at or below its number (WARNING); TRACE below all."""
+    return next((name for no, name in _LEVELS.items() if number >= no), "TRACE")
 
 
 def _field(value: Any) -> Any:
@@ -522,9 +546,11 @@ def _serve(
     options: WorkerOptions,
     fatal: _Fatal,
     start_slot: memoryview | None,
+    baseline: Baseline,
 ) -> int:
     """Run the jobs the supervisor queued here, in order, sending each Finished
-    together with the next Started in one write when the next is already here."""
+    together with the next Started in one write when the next is already here.
+    Returns 0 when told to Stop, EXIT_UNFIT when a job left the worker unfit."""
     queue = _Queue(channel, outbox)
     fatal.guard("reader", queue.read).start()
     outgoing: list[ToSupervisor] = []
@@ -551,10 +577,26 @@ def _serve(
         # leaves: a retry elsewhere never overlaps it.
         tree.end_tree()
         capture.bind(None)  # the job's output leaves before its result
+        unfit = baseline.restore()
         held = reporter.end()
         if held is not None:
             outgoing.append(held)
         outgoing.append(outcome)
+        if unfit:
+            outbox.send(*outgoing, _retiring(message, unfit))
+            return EXIT_UNFIT
+
+
+def _retiring(run: RunJob, unfit: list[str]) -> LogLine:
+    what = safe_text("; ".join(unfit), LOG_TEXT_LIMIT)
+    return LogLine(
+        "WARNING",
+        f"job {run.job_id} left its worker unfit for another job, so worker {os.getpid()}"
+        f" retires: it could not put back {what}",
+        run.job_id,
+        run.attempt,
+        {},
+    )
 
 
 def worker_main(
@@ -578,13 +620,17 @@ def worker_main(
     reporter = _Reporter(outbox, options.heartbeat_interval, parent_pid, options.fence)
     fatal = _Fatal(outbox, reporter, capture.original_stderr)
     events.configure(None)  # the supervisor's log sink is not ours: lines go up the channel
-    logger.remove()
-    logger.add(reporter.log, level="DEBUG", format="{message}", catch=True)
+    baseline = Baseline(
+        lambda: logger.add(reporter.log, level="DEBUG", format="{message}", catch=True),
+        capture.restore,
+    )
     fatal.guard("heartbeat", reporter.run_heartbeats).start()
     fatal.guard("output", capture.run).start()
     try:
         outbox.send(Ready(os.getpid()))
-        return _serve(channel, outbox, registry, reporter, capture, options, fatal, start_slot)
+        return _serve(
+            channel, outbox, registry, reporter, capture, options, fatal, start_slot, baseline
+        )
     except (ChannelClosed, OSError):
         return 0
     except BaseException:

@@ -532,7 +532,12 @@ def stats(home: Path | None, as_json: bool) -> None:
 @main.command()
 @home_option
 @click.argument("job_id", metavar="[ID]", required=False)
-@click.option("--all-failed", is_flag=True, help="Every failed job not retried yet.")
+@click.option(
+    "--all-failed",
+    is_flag=True,
+    help="The failed work: each line of retries whose newest job failed, once;"
+    " none with a job pending or running.",
+)
 @click.option("--type", "job_type", default=None, help="With --all-failed: only this type.")
 def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None) -> None:
     """Queue a finished job again as ID.retry-N; prints the new id."""

@@ -191,9 +191,12 @@ class PostgresClientStore:
         )
         return int(rows[0][0])
 
-    def retried_ids(self) -> set[str]:
-        rows = self._query("SELECT retry_of FROM procpool_jobs WHERE retry_of IS NOT NULL")
-        return {row[0] for row in rows}
+    def retry_links(self) -> list[tuple[str, str, Status, float]]:
+        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
+        rows = self._query(
+            "SELECT id, retry_of, status, created_at FROM procpool_jobs WHERE retry_of IS NOT NULL"
+        )
+        return [(job_id, of, Status(status), created) for job_id, of, status, created in rows]
 
     def oldest_pending_age(self, now: float | None = None) -> float | None:
         rows = self._query("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")

@@ -112,9 +112,12 @@ class StoreReader:
         )
         return rows[0][0] if rows else 0
 
-    def retried_ids(self) -> set[str]:
-        """The ids that some job names as its `retry_of`."""
-        return {row[0] for row in self._query("SELECT retry_of FROM jobs WHERE retry_of NOT NULL")}
+    def retry_links(self) -> list[tuple[str, str, Status, float]]:
+        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
+        rows = self._query(
+            "SELECT id, retry_of, status, created_at FROM jobs WHERE retry_of NOT NULL"
+        )
+        return [(job_id, of, Status(status), created) for job_id, of, status, created in rows]
 
     def oldest_pending_age(self, now: float | None = None) -> float | None:
         rows = self._query("SELECT min(created_at) FROM jobs WHERE status = 'pending'")
