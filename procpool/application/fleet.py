@@ -385,8 +385,10 @@ class Fleet:
     # ----------------------------------------------------------------- messages
 
     def received(self, pid: int, message: ToSupervisor, now: float) -> list[Decision]:
-        """What a message from a worker (one not yet reaped) means."""
+        """What a message from a worker (one not yet reaped) means. Any message is a
+        sign of life (a heartbeat stuck behind a flood of output lines is one too)."""
         worker = self.workers[pid]
+        worker.last_heard_at = max(worker.last_heard_at, now)
         if isinstance(message, Ready | LogLine | OutputLine):
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
@@ -398,7 +400,6 @@ class Fleet:
                     {"job_id": message.job_id, "worker_pid": pid},
                 )
             ]  # fmt: skip
-        worker.last_heard_at = now
         violation = _violation(worker, job, message)
         if violation is not None:
             return self._broken(worker, violation, now)
@@ -631,6 +632,19 @@ class Fleet:
             (at for w in self.workers.values() for at, _, _ in self.deadlines(w, stop_at)),
             default=None,
         )
+
+    def overdue(self, now: float, stop_at: float | None) -> list[int]:
+        """The workers past a deadline that a message from them could move (every one
+        but a terminating worker's kill): the loop reads what each has sent before
+        `check_deadlines` judges it. After a gap in the loop (the daemon paused, a long
+        turn, a stall on the store) their messages may wait unread while the deadlines
+        passed, and time the daemon did not see is not the worker's fault."""
+        return [
+            worker.pid
+            for worker in self.workers.values()
+            if worker.state is not WorkerState.TERMINATING
+            and any(now >= at for at, _, _ in self.deadlines(worker, stop_at))
+        ]
 
     def check_deadlines(self, now: float, stop_at: float | None) -> list[Decision]:
         """End every worker past one of its deadlines; SIGKILL those past their grace."""

@@ -386,7 +386,7 @@ class Supervisor:
             scan = self._take_inputs(ready, now, wall) or now >= self._next_scan
             self._serve_door(now, wall)
             self._reap(now, wall)
-            self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
+            self._judge_deadlines(now, wall)
             self._sample_memory(now, wall)
             if scan and not self._stopping:
                 self._ingest(now, wall)
@@ -717,6 +717,15 @@ class Supervisor:
 
     def _companions_running(self) -> bool:
         return any(companion.running for companion in self._companions)
+
+    def _judge_deadlines(self, now: float, wall: float) -> None:
+        """End the workers past a deadline, each once what it sent has been read: after
+        a gap in the loop (SIGSTOP or Ctrl-Z then SIGCONT, a long turn, a stall on the
+        store) the select may come back empty while heartbeats wait in the channels."""
+        for pid in self.fleet.overdue(now, self._stop_at):
+            if pid in self.channels:
+                self._read(pid, now, wall)
+        self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
 
     def _retire_due(self, now: float) -> None:
         self._apply(self.fleet.retirements(self.settings.workers, self._stopping, now), 0.0)
