@@ -404,7 +404,9 @@ class Fleet:
         if violation is not None:
             return self._broken(worker, violation, now)
         if isinstance(message, Started):
-            return self._began(worker, job, now)
+            # The worker's own start time, never later than now: a worker can shorten
+            # its job's timeout, not stretch it.
+            return self._began(worker, job, min(message.at or now, now), now)
         if isinstance(message, Skipped):
             return [self._end(worker, job, Report.NONE)]
         if isinstance(message, ProgressReport):
@@ -426,9 +428,9 @@ class Fleet:
         pid = worker.pid
         return [Say("INFO", "worker.started", f"worker {pid} started", {"worker_pid": pid})]
 
-    def _began(self, worker: Worker, job: Job, now: float) -> list[Decision]:
+    def _began(self, worker: Worker, job: Job, at: float, now: float) -> list[Decision]:
         worker.current = job.id
-        worker.started_at = now
+        worker.started_at = at
         worker.taking_back.discard(job.id)
         decisions: list[Decision] = [Began(job, worker.pid)]
         if job.cancel_requested:  # the cancel came while it was queued, the Skip too late
