@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import threading
@@ -9,6 +10,25 @@ import time
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.messages import Finished, RunJob
+from procpool.infrastructure.logs import StandardError
+
+
+def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
+    """DaemonLogs.write_event builds the human line only for a stderr someone may read."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    read_end, write_end = os.pipe()
+    discarded, piped = StandardError(null), StandardError(write_end)
+    try:
+        assert not discarded.wanted
+        assert piped.wanted
+        piped.add(b"line\n")
+        piped.flush()
+        assert os.read(read_end, 100) == b"line\n"
+    finally:
+        discarded.close()
+        piped.close()
+        for fd in (null, read_end, write_end):
+            os.close(fd)
 
 
 def test_a_large_message_crosses_the_channel_whole() -> None:
