@@ -18,6 +18,7 @@ import pytest
 
 from procpool.application.fleet import (
     EXIT_WAIT,
+    STARTUP_TIMEOUT,
     Began,
     Decision,
     Deliver,
@@ -35,6 +36,7 @@ from procpool.application.ledger import Ledger
 from procpool.application.messages import (
     Finished,
     Heartbeat,
+    LogLine,
     ProgressReport,
     Ready,
     RunJob,
@@ -164,12 +166,13 @@ class Sim:
         else:
             self.receive(pid, Finished(job.job_id, job.lease, 0.1, result=b'"partial"'))
 
-    def start_next(self, pid: int) -> RunJob | None:
+    def start_next(self, pid: int, at: float = 0.0) -> RunJob | None:
+        """The worker starts its next job; `at`: when, on its clock (0: now)."""
         worker = self.workers[pid]
         if worker.dead or worker.running is not None or not worker.queue:
             return None
         worker.running = worker.queue.pop(0)
-        self.receive(pid, Started(worker.running.job_id, worker.running.lease))
+        self.receive(pid, Started(worker.running.job_id, worker.running.lease, at))
         return worker.running
 
     def finish(self, pid: int, *, error: str | None = None) -> None:
@@ -496,3 +499,99 @@ def test_a_busy_worker_is_topped_up_once_its_queue_is_under_half_a_batch() -> No
         sim.hand(W, f"j{n}")  # seven wait: enough
     idle, busy, holders = sim.fleet.candidates(sim.now, set())
     assert (idle, busy, [h.worker.pid for h in holders]) == ([], [], [W])
+
+
+GAP = 3 * HEARTBEAT  # the loop saw nothing for this long (paused, a long turn, a stall)
+
+
+def _read_waiting(sim: Sim, waiting: str | None, before: float) -> None:
+    """The loop reads what W sent while it was not looking (from `before` on)."""
+    if waiting == "heartbeat":
+        sim.receive(W, Heartbeat("B", sim.job("B").lease))
+    elif waiting == "log":
+        sim.receive(W, LogLine("INFO", "working", "B", 1, {}))
+    elif waiting == "stale":
+        sim.receive(W, Heartbeat("taken-back", 99))
+    elif waiting == "finished":
+        sim.finish(W)
+    elif waiting == "started":
+        sim.start_next(W, at=before)
+    elif waiting == "ready":
+        sim.receive(W, Ready(W))
+
+
+@pytest.mark.parametrize(
+    ("setup", "waiting", "gap", "overdue", "after"),
+    [
+        # (how B stands, what W sent during the gap, gap, W overdue, B's (status, attempts,
+        # error) and whether W lives once the loop read W's channel and judged)
+        ("running", "heartbeat", GAP, True, (Status.RUNNING, 0, None, True)),
+        ("running", "log", GAP, True, (Status.RUNNING, 0, None, True)),  # a sign of life too
+        ("running", "stale", GAP, True, (Status.RUNNING, 0, None, True)),  # and a late one
+        ("running", None, GAP, True, (Status.PENDING, 1, "no heartbeat", False)),  # silent
+        ("running", None, HEARTBEAT / 2, False, (Status.RUNNING, 0, None, True)),
+        # A job's own timeout is time it really ran, paused daemon or not...
+        ("timed", "heartbeat", GAP, True, (Status.PENDING, 1, "timed out", False)),
+        # ...but a result that waited is a result.
+        ("timed", "finished", GAP, True, (Status.COMPLETED, 0, None, True)),
+        ("sent", "started", GAP, True, (Status.RUNNING, 0, None, True)),
+        # It started at the hand-over, before the gap: its timeout counts from there.
+        ("sent-timed", "started", GAP, True, (Status.PENDING, 1, "timed out", False)),
+        ("sent", None, GAP, True, (Status.PENDING, 0, None, False)),  # not started: uncharged
+        # The stop's deadline is time the jobs had to finish: past it, they go back.
+        ("stopping", "heartbeat", GAP, True, (Status.PENDING, 0, None, False)),
+        ("stopping", "finished", GAP, True, (Status.COMPLETED, 0, None, False)),
+        ("starting", "ready", STARTUP_TIMEOUT + 1, True, None),
+        ("starting", None, STARTUP_TIMEOUT + 1, True, "ended"),
+    ],
+)
+def test_after_a_gap_in_the_loop_a_worker_is_heard_before_it_is_judged(
+    setup: str,
+    waiting: str | None,
+    gap: float,
+    overdue: bool,
+    after: tuple[Status, int, str | None, bool] | str | None,
+) -> None:
+    """The deadline rule of issue 22 (Supervisor._judge_deadlines): the clock jumps
+    while W's messages wait unread; the loop reads every overdue worker's channel, then
+    judges. A worker whose messages waited is alive; what its own deadlines measure
+    (a job's timeout, the stop's wait) still counts the gap."""
+    sim = Sim()
+    if setup == "starting":
+        sim.fleet.spawned(W, sim.now)
+        sim.workers[W] = SimWorker(W, "die")
+    else:
+        sim.spawn(W)
+        sim.submit("B", timeout=TIMEOUT if setup.endswith("timed") else None)
+        sim.hand(W, "B")
+        if not setup.startswith("sent"):
+            sim.start_next(W)
+        if setup == "stopping":
+            sim.stop(wait=3.0)
+    before = sim.now
+    sim.now += gap
+    assert (W in sim.fleet.overdue(sim.now, sim.stop_at)) is overdue
+    _read_waiting(sim, waiting, before)
+    sim.apply(sim.fleet.check_deadlines(sim.now, sim.stop_at))
+    if after is None:
+        assert sim.fleet.workers[W].state is WorkerState.SERVING
+    elif after == "ended":
+        assert W not in sim.fleet.workers
+    else:
+        status, attempts, error, lives = after
+        job = sim.job("B")
+        assert (job.status, job.attempts) == (status, attempts)
+        assert (W in sim.fleet.workers) is lives
+        assert error is None or (job.last_error or "").startswith(error), job.last_error
+
+
+def test_a_worker_cannot_stretch_its_jobs_timeout() -> None:
+    """Started carries the worker's start time: one in the future counts as now."""
+    sim = Sim()
+    sim.spawn(W)
+    sim.submit("B", timeout=TIMEOUT)
+    sim.hand(W, "B")
+    sim.start_next(W, at=sim.now + 1000.0)
+    assert sim.fleet.workers[W].started_at == sim.now
+    sim.tick(TIMEOUT + 0.1)
+    assert (sim.job("B").status, sim.job("B").attempts) == (Status.PENDING, 1)

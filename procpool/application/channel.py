@@ -21,7 +21,9 @@ import msgspec
 from procpool.application.messages import ToSupervisor, ToWorker
 
 _HEADER = struct.Struct("!I")
-_READ_CHUNK = 256 * 1024
+# One recv's size: under glibc's mmap threshold (128 KiB), so that each read is served
+# from the heap; 256 KiB cost an mmap, mremap and munmap per read.
+_READ_CHUNK = 64 * 1024
 _READ_BUDGET = 4 * 1024 * 1024
 # A frame's overhead beyond its result: ids, error text, the msgpack framing.
 FRAME_OVERHEAD = 1024 * 1024

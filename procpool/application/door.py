@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -48,8 +49,14 @@ from procpool.application.fleet import Decision
 from procpool.application.intake import Intake
 from procpool.application.ports import JobStore
 from procpool.domain.spec import JobDefaults
+from procpool.domain.wording import plural
 
 MAX_CONNECTIONS = 128
+# After the listener fails to take a connection (out of descriptors: EMFILE, ENFILE;
+# out of memory), it is not watched for this long (seconds), or until one of the
+# door's connections closes and frees a descriptor: the pending connection stays
+# queued, and watched it would wake every turn to fail again.
+ACCEPT_PAUSE = 0.25
 # Bytes of answers that may wait for a client that does not read them.
 MAX_BACKLOG = 4 * 1024 * 1024
 # Bytes read from one connection per turn: a flooding client is read a slice at a time.
@@ -104,6 +111,11 @@ class Door:
         self._requests: list[tuple[Connection, ToDaemon]] = []
         self._answers: list[tuple[Connection, ToClient]] = []
         self._waiters: dict[str, list[_Waiter]] = {}
+        # A spell of failed accepts: when the listener is watched again (monotonic
+        # seconds), how many tries failed, and since when.
+        self.paused_until: float | None = None
+        self._failed = 0
+        self._failing_since = 0.0
         selector.register(listener, selectors.EVENT_READ, "door")
 
     # ----------------------------------------------------------------- in the turn
@@ -118,18 +130,25 @@ class Door:
             if mask & selectors.EVENT_READ and not data.closed:
                 self._read(data)
 
+    def watch_again(self, now: float) -> None:
+        """Before the loop's wait: once the listener's pause is over, watch it again and
+        try it at once. accept(2) takes a descriptor before it looks for a connection,
+        so the try says whether descriptors are back even when no client waits (one
+        that gave up left the queue): EMFILE pauses again, EAGAIN ends the spell."""
+        if self.paused_until is not None and now >= self.paused_until:
+            self.paused_until = None
+            self._selector.register(self.listener, selectors.EVENT_READ, "door")
+            self._accept()
+
     def _accept(self) -> None:
         for _ in range(_ACCEPT_PER_TURN):
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
+                self._resumed()
                 return
-            except OSError as error:  # EMFILE, ENFILE: the client finds the inbox
-                self._log(
-                    "WARNING", "socket.accept_failed",
-                    f"cannot take a connection on the socket: {error.strerror}",
-                    error=str(error.strerror),
-                )  # fmt: skip
+            except OSError as error:  # EMFILE, ENFILE, ENOMEM: the connection waits
+                self._pause(error)
                 return
             sock.setblocking(False)
             if len(self.connections) >= MAX_CONNECTIONS:
@@ -140,6 +159,38 @@ class Door:
             connection = Connection(sock, Frames(self._decoder, MAX_REQUEST_BYTES))
             self.connections.add(connection)
             self._selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _pause(self, error: OSError) -> None:
+        """The listener failed: stop watching it for ACCEPT_PAUSE, or until a connection
+        closes. Said once per spell; `socket.accept_resumed` ends it with the count."""
+        now = time.monotonic()
+        if not self._failed:
+            self._failing_since = now
+            self._log(
+                "WARNING", "socket.accept_failed",
+                f"cannot take a connection on the socket: {error.strerror}; trying again"
+                f" every {ACCEPT_PAUSE:g} s and whenever a connection closes (clients wait,"
+                " or use the inbox after 5 s)",
+                error=str(error.strerror),
+            )  # fmt: skip
+        self._failed += 1
+        self.paused_until = now + ACCEPT_PAUSE
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self.listener)
+
+    def _resumed(self) -> None:
+        """accept(2) found no connection left waiting, with a descriptor to spare: a spell
+        of failed accepts is over (not at the first that succeeds: one freed descriptor
+        is taken by that connection, and the next fails again)."""
+        if self._failed:
+            waited = time.monotonic() - self._failing_since
+            self._log(
+                "INFO", "socket.accept_resumed",
+                f"connections are taken on the socket again, after"
+                f" {plural(self._failed, 'failed try', 'failed tries')} in {waited:.1f} s",
+                failed=self._failed, waited_s=round(waited, 3),
+            )  # fmt: skip
+            self._failed = 0
 
     def _read(self, connection: Connection) -> None:
         closed = connection.frames.read_from(connection.sock, READ_BUDGET)
@@ -285,6 +336,8 @@ class Door:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(connection.sock)
         connection.sock.close()
+        if self.paused_until is not None:
+            self.paused_until = 0.0  # a descriptor is free: try the listener at once
         for waiter in connection.waiters:
             for job_id in waiter.left:
                 kept = [w for w in self._waiters.get(job_id, ()) if w is not waiter]
@@ -299,6 +352,7 @@ class Door:
         """The daemon stops: every client finds the inbox from now on."""
         for connection in list(self.connections):
             self._close(connection)
+        self.paused_until = None
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(self.listener)
         self.listener.close()

@@ -385,8 +385,10 @@ class Fleet:
     # ----------------------------------------------------------------- messages
 
     def received(self, pid: int, message: ToSupervisor, now: float) -> list[Decision]:
-        """What a message from a worker (one not yet reaped) means."""
+        """What a message from a worker (one not yet reaped) means. Any message is a
+        sign of life (a heartbeat stuck behind a flood of output lines is one too)."""
         worker = self.workers[pid]
+        worker.last_heard_at = max(worker.last_heard_at, now)
         if isinstance(message, Ready | LogLine | OutputLine):
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
@@ -398,12 +400,13 @@ class Fleet:
                     {"job_id": message.job_id, "worker_pid": pid},
                 )
             ]  # fmt: skip
-        worker.last_heard_at = now
         violation = _violation(worker, job, message)
         if violation is not None:
             return self._broken(worker, violation, now)
         if isinstance(message, Started):
-            return self._began(worker, job, now)
+            # The worker's own start time, never later than now: a worker can shorten
+            # its job's timeout, not stretch it.
+            return self._began(worker, job, min(message.at or now, now), now)
         if isinstance(message, Skipped):
             return [self._end(worker, job, Report.NONE)]
         if isinstance(message, ProgressReport):
@@ -425,9 +428,9 @@ class Fleet:
         pid = worker.pid
         return [Say("INFO", "worker.started", f"worker {pid} started", {"worker_pid": pid})]
 
-    def _began(self, worker: Worker, job: Job, now: float) -> list[Decision]:
+    def _began(self, worker: Worker, job: Job, at: float, now: float) -> list[Decision]:
         worker.current = job.id
-        worker.started_at = now
+        worker.started_at = at
         worker.taking_back.discard(job.id)
         decisions: list[Decision] = [Began(job, worker.pid)]
         if job.cancel_requested:  # the cancel came while it was queued, the Skip too late
@@ -631,6 +634,19 @@ class Fleet:
             (at for w in self.workers.values() for at, _, _ in self.deadlines(w, stop_at)),
             default=None,
         )
+
+    def overdue(self, now: float, stop_at: float | None) -> list[int]:
+        """The workers past a deadline that a message from them could move (every one
+        but a terminating worker's kill): the loop reads what each has sent before
+        `check_deadlines` judges it. After a gap in the loop (the daemon paused, a long
+        turn, a stall on the store) their messages may wait unread while the deadlines
+        passed, and time the daemon did not see is not the worker's fault."""
+        return [
+            worker.pid
+            for worker in self.workers.values()
+            if worker.state is not WorkerState.TERMINATING
+            and any(now >= at for at, _, _ in self.deadlines(worker, stop_at))
+        ]
 
     def check_deadlines(self, now: float, stop_at: float | None) -> list[Decision]:
         """End every worker past one of its deadlines; SIGKILL those past their grace."""

@@ -52,8 +52,13 @@ class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 
 class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """`at`: when the job began, on the worker's CLOCK_MONOTONIC (the machine's one
+    clock, the supervisor's too): its timeout counts from there, even when the
+    supervisor reads this late (it was paused)."""
+
     job_id: JobId
     lease: Lease
+    at: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 class Skipped(msgspec.Struct, tag=True, tag_field="kind", array_like=True):

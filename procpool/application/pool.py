@@ -22,6 +22,7 @@ import psutil
 
 from procpool.application.channel import SupervisorEnd, WorkerEnd
 from procpool.application.handlers import HandlerRegistry
+from procpool.application.tree import INSPECTION_ERRORS
 from procpool.application.worker import EXIT_UNFIT, WorkerOptions, worker_main
 
 
@@ -83,7 +84,7 @@ def spawn(
     child_end.close()
     try:
         create_time = psutil.Process(pid).create_time()
-    except psutil.Error:
+    except INSPECTION_ERRORS:  # the fork happened: the worker is kept all the same
         create_time = 0.0
     return Forked(pid, SupervisorEnd(parent_end, max_frame), create_time)
 
@@ -118,7 +119,7 @@ def rss_bytes(pid: int) -> int | None:
     """Resident memory of a worker process, or None if it is gone."""
     try:
         return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
+    except INSPECTION_ERRORS:
         return None
 
 
@@ -141,13 +142,15 @@ def _lives(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+    except INSPECTION_ERRORS:  # not known: waited for as if alive, up to the deadline
+        return True
 
 
 def alive(pid: int) -> bool:
     """Whether the process runs (a zombie, dead but not reaped, does not)."""
     try:
-        return _lives(psutil.Process(pid))
-    except psutil.Error:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except INSPECTION_ERRORS:  # not known: its exit, once reaped, says what became of it
         return False
 
 
@@ -164,7 +167,7 @@ def kill_stale_group(pid: int, create_time: float) -> bool:
             return False
     except psutil.NoSuchProcess:
         pass  # the worker is gone; processes its handler started may not be
-    except psutil.Error:
+    except INSPECTION_ERRORS:
         return False
     group = []
     for process in psutil.process_iter():
@@ -172,7 +175,7 @@ def kill_stale_group(pid: int, create_time: float) -> bool:
             # A zombie is already dead; only its new parent can remove it.
             if os.getpgid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE:
                 group.append(process)
-        except (ProcessLookupError, psutil.Error):
+        except (ProcessLookupError, *INSPECTION_ERRORS):
             continue
     if not group:
         return False

@@ -157,6 +157,7 @@ class Supervisor:
         self._companions = list(companions)  # children that are not workers (companion.py)
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._new_workers: list[WorkerRecord] = []  # forked, to be stored in the next turn
+        self._spawn_failures = 0  # forks failed in a row: said once, at the first
         self._signals: deque[int] = deque()
         # Two selectors, one inside the other: the workers' channels in the loop's own,
         # everything else (the socket door, the inbox, the wake-up pipe, the shared
@@ -356,6 +357,8 @@ class Supervisor:
     def _turn(self) -> None:
         if self._shared is not None:
             self._watch_store()
+        if self.door is not None:
+            self.door.watch_again(time.monotonic())
         timeout = self._wait_timeout()
         if timeout > 0 and not self._stopping:
             linger = self.fleet.linger(LINGER, LINGER_MIN) or self._unawaited_linger()
@@ -386,7 +389,7 @@ class Supervisor:
             scan = self._take_inputs(ready, now, wall) or now >= self._next_scan
             self._serve_door(now, wall)
             self._reap(now, wall)
-            self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
+            self._judge_deadlines(now, wall)
             self._sample_memory(now, wall)
             if scan and not self._stopping:
                 self._ingest(now, wall)
@@ -457,6 +460,8 @@ class Supervisor:
             deadlines.append(now + max(0.0, self._next_due - time.time()))
         if self._look_again_at is not None:
             deadlines.append(self._look_again_at)
+        if self.door is not None and self.door.paused_until is not None:
+            deadlines.append(self.door.paused_until)
         if self.settings.max_memory_mb and any(w.current for w in self.fleet):
             deadlines.append(self._next_memory_sample)
         if self._shared is not None:
@@ -643,10 +648,23 @@ class Supervisor:
                     self.registry, options, self._close_in_child, max_frame,
                     lambda slot=slot: None if starts is None else starts.slot(slot),
                 )  # fmt: skip
-            except OSError as error:
-                emit("ERROR", "worker.spawn_failed", f"cannot fork a worker: {error}")
+            except OSError as error:  # out of processes, memory or descriptors
+                if not self._spawn_failures:
+                    emit(
+                        "ERROR", "worker.spawn_failed",
+                        f"cannot fork a worker: {error}; trying again every second",
+                        error=str(error),
+                    )  # fmt: skip
+                self._spawn_failures += 1
                 self.fleet.respawn_not_before = now + 1.0
                 return
+            if self._spawn_failures:
+                tries = plural(self._spawn_failures, "failed try", "failed tries")
+                emit(
+                    "INFO", "worker.spawn_recovered", f"forked a worker again, after {tries}",
+                    failed=self._spawn_failures,
+                )  # fmt: skip
+                self._spawn_failures = 0
             self.fleet.spawned(forked.pid, now)
             self._slots[forked.pid] = slot
             self.channels[forked.pid] = forked.channel
@@ -717,6 +735,15 @@ class Supervisor:
 
     def _companions_running(self) -> bool:
         return any(companion.running for companion in self._companions)
+
+    def _judge_deadlines(self, now: float, wall: float) -> None:
+        """End the workers past a deadline, each once what it sent has been read: after
+        a gap in the loop (SIGSTOP or Ctrl-Z then SIGCONT, a long turn, a stall on the
+        store) the select may come back empty while heartbeats wait in the channels."""
+        for pid in self.fleet.overdue(now, self._stop_at):
+            if pid in self.channels:
+                self._read(pid, now, wall)
+        self._apply(self.fleet.check_deadlines(now, self._stop_at), wall)
 
     def _retire_due(self, now: float) -> None:
         self._apply(self.fleet.retirements(self.settings.workers, self._stopping, now), 0.0)

@@ -34,6 +34,10 @@ from collections.abc import Iterable
 import psutil
 
 MARKER = "_PROCPOOL_TREE"  # outside PROCPOOL_*: not a configuration key
+# What a look at other processes may raise: psutil's errors, and a plain OSError when
+# /proc cannot be opened at all (EMFILE, ENFILE, ENOMEM), which psutil lets through.
+# Either way the look failed, not the process looked at: the caller goes on without it.
+INSPECTION_ERRORS = (psutil.Error, OSError)
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -46,7 +50,7 @@ def become_subreaper() -> None:
 def _kill(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
     killed = []
     for process in processes:
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(*INSPECTION_ERRORS):
             process.send_signal(signal.SIGKILL)  # checks pid and start time first
             killed.append(process)
     return killed
@@ -95,11 +99,12 @@ def end_tree(wait: float = 2.0) -> int:
         return 0
     try:
         descendants = psutil.Process().children(recursive=True)
-    except psutil.Error:
+    except INSPECTION_ERRORS:
         return 0
     killed = _kill(descendants)
     if killed:
-        psutil.wait_procs(killed, timeout=wait)  # reaps those that are our children
+        with contextlib.suppress(*INSPECTION_ERRORS):
+            psutil.wait_procs(killed, timeout=wait)  # reaps those that are our children
     return len(killed)
 
 
@@ -116,13 +121,16 @@ def end_orphans(workers: Iterable[int]) -> int:
         return 0
     try:
         children = psutil.Process().children()
-    except psutil.Error:
+    except INSPECTION_ERRORS:
+        # Out of descriptors: the worker's group gets its SIGKILL all the same (the
+        # loop's reaper); what left it is killed at the next worker's exit, or by the
+        # mark at the next start.
         return 0
     orphans = []
     for child in children:
         if child.pid in keep:
             continue
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(*INSPECTION_ERRORS):
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
             orphans.extend(child.children(recursive=True))
@@ -137,9 +145,10 @@ def end_marked(mark: str) -> list[int]:
     marked = []
     me = os.getpid()
     for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(*INSPECTION_ERRORS):
             if process.pid != me and process.environ().get(MARKER) == mark:
                 marked.append(process)
     killed = _kill(marked)
-    psutil.wait_procs(killed, timeout=5)
+    with contextlib.suppress(*INSPECTION_ERRORS):
+        psutil.wait_procs(killed, timeout=5)
     return [p.pid for p in killed]

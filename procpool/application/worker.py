@@ -567,7 +567,7 @@ def _serve(
             return 0
         if start_slot is not None:  # before Started: recovery must see the run began
             start_slot[:] = message.lease.to_bytes(8, "little")
-        outgoing.append(Started(message.job_id, message.lease))
+        outgoing.append(Started(message.job_id, message.lease, time.monotonic()))
         outbox.send(*outgoing)
         outgoing.clear()
         capture.bind((message.job_id, message.attempt))

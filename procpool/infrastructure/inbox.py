@@ -69,6 +69,8 @@ MAX_REJECTED_NAME_BYTES = 255 - len("..error.json.tmp") - len(".99999")
 
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The inbox cannot be opened for want of descriptors or memory: nothing is wrong with it.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
@@ -280,6 +282,12 @@ class FileInbox:
                 return None
         except OSError as error:
             reason = error.strerror
+            if error.errno in _OUT_OF_RESOURCES:
+                self._report_trouble(
+                    f"cannot read the inbox {self.directory}: {reason};"
+                    " no job file is read until a descriptor frees"
+                )
+                return None
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 with contextlib.suppress(OSError):
                     reason = f"it is {_kind(os.lstat(self.directory).st_mode)}, not a directory"

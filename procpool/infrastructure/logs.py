@@ -245,15 +245,24 @@ class StandardError(_Output):
         self._socket: socket.socket | None = None
         self._poll = False  # True: a blocking descriptor, written after poll() only
         self.lost: str | None = "it was closed when the daemon started" if closed else None
+        self.discarded = False  # it is /dev/null: no line is made for it
         if not closed:
             self._open(fd)
 
+    @property
+    def wanted(self) -> bool:
+        """Whether a line given to `add` may reach a reader."""
+        return self.lost is None and not self.discarded
+
     def _open(self, fd: int) -> None:
         try:
-            mode = os.fstat(fd).st_mode
+            info = os.fstat(fd)
         except OSError as error:
             self.lost = f"it is not open ({_reason(error)})"
             return
+        mode = info.st_mode
+        with contextlib.suppress(OSError):
+            self.discarded = stat.S_ISCHR(mode) and info.st_rdev == os.stat(os.devnull).st_rdev
         if stat.S_ISSOCK(mode):
             self._socket = socket.socket(fileno=os.dup(fd))
             return
@@ -431,7 +440,7 @@ class DaemonLogs:
             if value is not None and key not in _RESERVED:
                 line[key] = value
         self.file.add(_encode(line) + b"\n")
-        if stderr:
+        if stderr and self.stderr.wanted:
             self.stderr.add(f"{human_line(line)}\n".encode("utf-8", "replace"))
 
     def _say(

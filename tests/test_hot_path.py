@@ -1,0 +1,73 @@
+"""The supervisor's hot path (issue 25): what it skips must change nothing it says."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+
+from procpool.application.channel import SupervisorEnd, WorkerEnd
+from procpool.application.messages import Finished, RunJob
+from procpool.infrastructure.logs import StandardError
+
+
+def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
+    """DaemonLogs.write_event builds the human line only for a stderr someone may read."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    read_end, write_end = os.pipe()
+    discarded, piped = StandardError(null), StandardError(write_end)
+    try:
+        assert not discarded.wanted
+        assert piped.wanted
+        piped.add(b"line\n")
+        piped.flush()
+        assert os.read(read_end, 100) == b"line\n"
+    finally:
+        discarded.close()
+        piped.close()
+        for fd in (null, read_end, write_end):
+            os.close(fd)
+
+
+def test_a_large_message_crosses_the_channel_whole() -> None:
+    """Frames.read_from reads in chunks (64 KiB): a 3 MiB result arrives whole, over
+    as many non-blocking reads as it takes."""
+    ours, theirs = socket.socketpair()
+    supervisor, worker = SupervisorEnd(ours, 8 * 2**20), WorkerEnd(theirs)
+    result = b'"' + b"x" * (3 * 2**20) + b'"'
+    sender = threading.Thread(target=worker.send, args=(Finished("j", 1, 0.5, result=result),))
+    sender.start()
+    got: list[object] = []
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        select.select([supervisor.fileno()], [], [], 1.0)
+        messages, closed, broken = supervisor.receive()
+        assert (closed, broken) == (False, None)
+        got.extend(messages)
+    sender.join(10)
+    assert got == [Finished("j", 1, 0.5, result=result)]
+    supervisor.close()
+    theirs.close()
+
+
+def test_sends_that_the_socket_does_not_take_wait_their_turn_in_order() -> None:
+    """SupervisorEnd.send: what the socket does not take at once waits, and later
+    sends go behind it."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    supervisor, worker = SupervisorEnd(ours, 2**20), WorkerEnd(theirs)
+    runs = [RunJob(f"j{n}", n, 1, "echo", b"y" * 50_000) for n in range(6)]
+    supervisor.send(runs[:3])
+    assert supervisor.backlogged
+    supervisor.send(runs[3:])
+    got: list[object] = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(runs) and time.monotonic() < deadline:
+        supervisor.flush()
+        got.extend(worker.receive(block=False))
+    assert got == runs
+    assert not supervisor.backlogged
+    supervisor.close()
+    theirs.close()
