@@ -11,6 +11,7 @@ import resource
 import signal
 import stat
 import sys
+import warnings
 from typing import Any
 
 from loguru import logger
@@ -51,7 +52,17 @@ def probe(ctx: JobContext, payload: Any) -> dict[str, Any]:
             logging.root.level,
             logging.root.manager.disable,
         ],
+        "warnings": _warns(),
     }
+
+
+def _warns() -> str:
+    """What a DeprecationWarning from a handler's library does: shown, or raised."""
+    try:
+        warnings.warn("old", DeprecationWarning, stacklevel=1)
+    except DeprecationWarning:
+        return "raised"
+    return "warned"
 
 
 LIMITS = (resource.RLIMIT_CPU, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE, resource.RLIMIT_AS)
@@ -164,6 +175,10 @@ def _root_logger() -> None:
     logging.disable(logging.INFO)
 
 
+def _warnings_as_errors() -> None:
+    warnings.simplefilter("error")
+
+
 BREAKS = {
     "drop_buffers": _drop_buffers,
     "replace_streams": _replace_streams,
@@ -181,6 +196,7 @@ BREAKS = {
     "soft_limits": _soft_limits,
     "hard_limit": _hard_limit,
     "root_logger": _root_logger,
+    "warnings": _warnings_as_errors,
 }
 
 

@@ -1,6 +1,6 @@
 """Each job starts in a clean worker: what a handler changed in its worker's process
 (streams, log sink, signals, working directory, environment, sys.path, umask,
-resource limits, the root logger) is put back after its job, or the worker retires;
+resource limits, the root logger, warning filters) is put back after its job, or the worker retires;
 the next job on it behaves as in a fresh one."""
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def _probe(daemon: Daemon, job_id: str) -> dict[str, Any]:
         "umask",
         "soft_limits",  # RLIMIT_CPU and RLIMIT_NOFILE lowered
         "root_logger",  # logging.basicConfig, logging.disable
+        "warnings",  # simplefilter("error")
     ],
 )
 def test_the_next_job_on_the_worker_meets_it_as_it_was(make_daemon, kind: str) -> None:
