@@ -27,8 +27,8 @@ each job, and what differs is put back:
 - the warning filters (`warnings.simplefilter("error")` would turn a later
   job's DeprecationWarning into its failure): compared by value, set back.
 
-About 15 us after a job that changed nothing (nine system calls; 35 to 60 us
-on a 2-core machine at load 10 to 14). What cannot be put back (a lowered hard
+About 20 us after a job that changed nothing (a dozen system calls; measured
+on a 2-core machine at load 8, 30 to 60 us at load 14). What cannot be put back (a lowered hard
 limit; the kept descriptors closed; a signal whose handler, set by C code, a
 job replaced) is returned by `restore`: the worker then retires after the job
 (worker.py), so the next job never meets it. Not covered: state a handler keeps
