@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import logging
 import os
+import resource
 import signal
 import stat
 import sys
+import warnings
 from typing import Any
 
 from loguru import logger
@@ -42,7 +45,33 @@ def probe(ctx: JobContext, payload: Any) -> dict[str, Any]:
         "signals": {s.name: _name(signal.getsignal(s)) for s in WATCHED_SIGNALS},
         "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),
         "stdout": [type(sys.stdout).__name__, sys.stdout.encoding, sys.stdout.closed],
+        "umask": _umask(),
+        "limits": [resource.getrlimit(r) for r in LIMITS],
+        "root_logger": [
+            [type(h).__name__ for h in logging.root.handlers],
+            logging.root.level,
+            logging.root.manager.disable,
+        ],
+        "warnings": _warns(),
     }
+
+
+def _warns() -> str:
+    """What a DeprecationWarning from a handler's library does: shown, or raised."""
+    try:
+        warnings.warn("old", DeprecationWarning, stacklevel=1)
+    except DeprecationWarning:
+        return "raised"
+    return "warned"
+
+
+LIMITS = (resource.RLIMIT_CPU, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE, resource.RLIMIT_AS)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _Terminated(Exception):
@@ -125,6 +154,31 @@ def _sys_path_replaced() -> None:
     sys.path = [EXTRA_PATH, *sys.path]
 
 
+def _umask_changed() -> None:
+    os.umask(0o077)
+
+
+def _soft_limits() -> None:
+    # A handler sandboxing its own work: 10 CPU seconds, 64 descriptors.
+    for which, soft in ((resource.RLIMIT_CPU, 10), (resource.RLIMIT_NOFILE, 64)):
+        resource.setrlimit(which, (soft, resource.getrlimit(which)[1]))
+
+
+def _hard_limit() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    lower = 2**30 if hard == resource.RLIM_INFINITY else hard - 1
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lower, lower))
+
+
+def _root_logger() -> None:
+    logging.basicConfig(level=logging.DEBUG)
+    logging.disable(logging.INFO)
+
+
+def _warnings_as_errors() -> None:
+    warnings.simplefilter("error")
+
+
 BREAKS = {
     "drop_buffers": _drop_buffers,
     "replace_streams": _replace_streams,
@@ -138,6 +192,11 @@ BREAKS = {
     "environ": _environ,
     "sys_path": _sys_path,
     "sys_path_replaced": _sys_path_replaced,
+    "umask": _umask_changed,
+    "soft_limits": _soft_limits,
+    "hard_limit": _hard_limit,
+    "root_logger": _root_logger,
+    "warnings": _warnings_as_errors,
 }
 
 

@@ -1,15 +1,26 @@
 """Each job starts in a clean worker: what a handler changed in its worker's process
-(streams, log sink, signals, working directory, environment, sys.path) is put back
-after its job, or the worker retires; the next job on it behaves as in a fresh one."""
+(streams, log sink, signals, working directory, environment, sys.path, umask,
+resource limits, the root logger, warning filters) is put back after its job, or the worker retires;
+the next job on it behaves as in a fresh one."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from conftest import Daemon
 
 HANDLERS = ("--handlers", "clean_worker_handlers")
+# Whether a process may raise a hard limit again (root with CAP_SYS_RESOURCE may).
+RAISES_HARD_LIMITS = (
+    subprocess.run(
+        [sys.executable, "-c", "import resource as r; f = r.RLIMIT_FSIZE;"
+         " r.setrlimit(f, (2**30, 2**30)); r.setrlimit(f, (2**31, 2**31))"],
+        capture_output=True, check=False,
+    ).returncode == 0
+)  # fmt: skip
 
 
 def _probe(daemon: Daemon, job_id: str) -> dict[str, Any]:
@@ -46,6 +57,10 @@ def _probe(daemon: Daemon, job_id: str) -> dict[str, Any]:
         "environ",
         "sys_path",
         "sys_path_replaced",
+        "umask",
+        "soft_limits",  # RLIMIT_CPU and RLIMIT_NOFILE lowered
+        "root_logger",  # logging.basicConfig, logging.disable
+        "warnings",  # simplefilter("error")
     ],
 )
 def test_the_next_job_on_the_worker_meets_it_as_it_was(make_daemon, kind: str) -> None:
@@ -58,20 +73,31 @@ def test_the_next_job_on_the_worker_meets_it_as_it_was(make_daemon, kind: str) -
     assert not daemon.events("worker.exited")
 
 
+@pytest.mark.parametrize(
+    ("kind", "broken"),
+    [
+        ("close_every_copy_of_stdout", "the standard streams: OSError"),
+        pytest.param(
+            "hard_limit",
+            "the resource limits: ValueError: RLIMIT_FSIZE",
+            marks=pytest.mark.skipif(RAISES_HARD_LIMITS, reason="a hard limit can be raised here"),
+        ),
+    ],
+)
 def test_a_worker_that_cannot_be_put_back_retires_and_its_queue_waits_unharmed(
-    make_daemon,
+    make_daemon, kind: str, broken: str
 ) -> None:
     daemon = make_daemon(workers=1, args=HANDLERS)
     first = _probe(daemon, "before")
     # The next jobs are queued on the worker behind the breaker.
-    daemon.client.submit("break", "close_every_copy_of_stdout", id="breaker", max_attempts=1)
+    daemon.client.submit("break", kind, id="breaker", max_attempts=1)
     for n in range(3):
         daemon.client.submit("probe", f"queued-{n}", id=f"queued-{n}", max_attempts=1)
     assert daemon.wait_status("breaker", "completed", "failed").status == "completed"
     [warning] = daemon.wait_events("job.log", job_id="breaker")
     assert warning["level"] == "WARNING"
     assert "left its worker unfit for another job" in warning["msg"]
-    assert "the standard streams: OSError" in warning["msg"]
+    assert broken in warning["msg"]
     [exited] = daemon.wait_events("worker.exited", worker_pid=first["pid"])
     assert exited["exit_code"] == 75
     assert "its last job left it unfit" in exited["msg"]

@@ -3,8 +3,9 @@
 A worker outlives its jobs, and a handler may reconfigure the process it runs
 in: `logger.remove()` (the first line of many scripts' `main`), `os.chdir`, a
 variable set in `os.environ`, a directory put on `sys.path`, SIGTERM ignored or
-SIGPIPE reset, fd 1 closed. Taken once the worker is set up, the baseline is
-compared with the process after each job, and what differs is put back:
+SIGPIPE reset, fd 1 closed, a memory limit set to sandbox its own work. Taken
+once the worker is set up, the baseline is compared with the process after
+each job, and what differs is put back:
 
 - fd 1 and 2, `sys.stdout`, `sys.stderr`: see `OutputCapture.restore`;
 - loguru's sinks, patcher, extra and activation: compared by identity (loguru
@@ -16,29 +17,48 @@ compared with the process after each job, and what differs is put back:
   the old one kept open;
 - `os.environ`: compared by value, each key that differs set or unset (in the
   process's environment too, which subprocesses inherit);
-- `sys.path`: compared by value and identity, the saved list put back.
+- `sys.path`: compared by value and identity, the saved list put back;
+- the umask: set back (one system call);
+- the soft and hard limits on address space, CPU time, file size and open
+  files (`resource.setrlimit`): set back; a hard limit a job lowered cannot be
+  raised again, and retires the worker;
+- the standard library's root logger (`logging.basicConfig`): its handlers
+  (those a job added are closed), level, and `logging.disable`;
+- the warning filters (`warnings.simplefilter("error")` would turn a later
+  job's DeprecationWarning into its failure): compared by value, set back.
 
-About 10 us after a job that changed nothing (a few system calls; 15 to 50 us
-on a loaded machine), against the hundreds of a no-op job's round trip. What
-cannot be put back (the kept descriptors closed; a signal whose handler, set by
-C code, a job replaced) is returned by `restore`: the worker then retires after
-the job (worker.py), so the next job never meets it. Not covered: state a
-handler keeps in its own modules, threads it left running, modules it imported,
-timers it armed (`signal.alarm`, `setitimer`), and what C code changes behind
-Python's back (`setenv`, `sigaction`).
+About 20 us after a job that changed nothing (a dozen system calls; measured
+on a 2-core machine at load 8, 30 to 60 us at load 14). What cannot be put back (a lowered hard
+limit; the kept descriptors closed; a signal whose handler, set by C code, a
+job replaced) is returned by `restore`: the worker then retires after the job
+(worker.py), so the next job never meets it. Not covered: state a handler keeps
+in its own modules, threads it left running, modules it imported, timers it
+armed (`signal.alarm`, `setitimer`), its scheduling priority and CPU affinity,
+and what C code changes behind Python's back (`setenv`, `sigaction`).
 """
 
 from __future__ import annotations
 
 import _signal  # signal's own functions wrap each value in an enum: 40x slower
+import logging
 import os
+import resource
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 
 from loguru import logger
 
 _SIGNALS = tuple(s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP))
+# The limits a handler sets to sandbox its own work, and that would end or starve a
+# later job; each getrlimit is a system call, so not all sixteen.
+_LIMITS = {
+    "RLIMIT_AS": resource.RLIMIT_AS,
+    "RLIMIT_CPU": resource.RLIMIT_CPU,
+    "RLIMIT_FSIZE": resource.RLIMIT_FSIZE,
+    "RLIMIT_NOFILE": resource.RLIMIT_NOFILE,
+}
 
 
 def _cwd() -> str | None:
@@ -67,6 +87,10 @@ class Baseline:
             ("the working directory", self._restore_cwd),
             ("the environment", self._restore_environ),
             ("sys.path", self._restore_path),
+            ("the umask", self._restore_umask),
+            ("the resource limits", self._restore_limits),
+            ("the root logger", self._restore_logging),
+            ("the warning filters", self._restore_warnings),
         )
         # loguru has no public view of its configuration; its core swaps in a new
         # object on every change (copy on write), so identity says what changed.
@@ -84,6 +108,15 @@ class Baseline:
         self._environ_copy = dict(self._environ_data)
         self._path_list = sys.path
         self._path = list(sys.path)
+        self._umask = os.umask(0)
+        os.umask(self._umask)
+        self._limits = tuple(map(resource.getrlimit, _LIMITS.values()))
+        root = logging.getLogger()
+        self._root_handlers = list(root.handlers)
+        self._root_level = root.level
+        self._logging_disabled = logging.root.manager.disable
+        self._warnings_list = warnings.filters
+        self._warnings = list(warnings.filters)
 
     def restore(self) -> list[str]:
         """Put back what the job changed. Returns what could not be, as
@@ -152,3 +185,42 @@ class Baseline:
         if sys.path is not self._path_list or sys.path != self._path:
             self._path_list[:] = self._path
             sys.path = self._path_list
+
+    def _restore_umask(self) -> None:
+        os.umask(self._umask)
+
+    def _restore_limits(self) -> None:
+        limits = tuple(map(resource.getrlimit, _LIMITS.values()))
+        if limits == self._limits:
+            return
+        for (name, which), before, now in zip(_LIMITS.items(), self._limits, limits, strict=True):
+            if now != before:
+                try:
+                    resource.setrlimit(which, before)
+                except ValueError as error:  # a lowered hard limit stays lowered
+                    raise ValueError(f"{name} {now}, was {before}: {error}") from None
+
+    def _restore_logging(self) -> None:
+        root = logging.getLogger()
+        if (
+            root.handlers == self._root_handlers
+            and root.level == self._root_level
+            and logging.root.manager.disable == self._logging_disabled
+        ):
+            return
+        for added in [h for h in root.handlers if h not in self._root_handlers]:
+            root.removeHandler(added)
+            added.close()
+        for removed in [h for h in self._root_handlers if h not in root.handlers]:
+            root.addHandler(removed)
+        root.setLevel(self._root_level)
+        logging.disable(self._logging_disabled)
+
+    def _restore_warnings(self) -> None:
+        if warnings.filters is self._warnings_list and warnings.filters == self._warnings:
+            return
+        self._warnings_list[:] = self._warnings
+        warnings.filters = self._warnings_list
+        # What catch_warnings does on its way out: modules' caches of which warning
+        # was shown are judged anew.
+        warnings._filters_mutated()  # type: ignore[attr-defined]
