@@ -258,3 +258,17 @@ def close_stdout(ctx: JobContext, payload: Any) -> str:
     sys.stdout.flush()
     os.close(1)
     return "closed"
+
+
+@handler("gated")
+def gated(ctx: JobContext, payload: Any) -> str:
+    """Report progress (a tenth of the way a second, up to 90 %) until the file
+    payload["gate"] exists, then finish: a test opens the gate once it has seen what
+    it needs of the run, instead of hoping a fixed length outlasts its own start."""
+    gate, started = Path(payload["gate"]), time.monotonic()
+    while not gate.exists():
+        elapsed = time.monotonic() - started
+        ctx.progress(min(0.9, elapsed / 10), f"{max(0.0, 10 - elapsed):.1f} s left")
+        time.sleep(0.05)
+    ctx.progress(1.0, "done")
+    return "opened"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, clean_env, run_cli, wait_until
+from conftest import FAULTS, Daemon, clean_env, run_cli, wait_until
 
 from procpool import Client
 from procpool.client import JobNotTerminal
@@ -355,23 +355,41 @@ def test_sigusr1_reopens_the_log_for_logrotate(
 # --------------------------------------------------------------------- progress
 
 
-def test_wait_progress_prints_a_line_per_update_off_a_terminal(daemon: Daemon) -> None:
-    job_id = submit(daemon, "sleep", '{"seconds": 3}')
-    result = daemon.cli("wait", job_id, "--progress")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_wait_progress_prints_a_line_per_update_off_a_terminal(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # The job runs until the test has seen `wait` print it running: a job of a fixed
+    # length could end before `wait` starts on a loaded machine.
+    daemon, gate = make_daemon(args=FAULTS), tmp_path / "gate"
+    job_id = submit(daemon, "gated", json.dumps({"gate": str(gate)}))
+    command = [sys.executable, "-m", "procpool", "wait", "--home", str(daemon.home), job_id,
+               "--progress"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=clean_env()) as wait:
+        assert wait.stdout is not None
+        out = []
+        for line in wait.stdout:
+            out.append(line)
+            if re.fullmatch(rf"{job_id}\s+\d+%\s+running\s+.* s left", line.rstrip("\n")):
+                gate.touch()
+        code = wait.wait(timeout=60)
+    stdout = "".join(out)
+    assert code == 0, stdout
+    lines = stdout.splitlines()
     running = [line for line in lines if re.fullmatch(rf"{job_id}\s+\d+%\s+running\s+.* s left",
                                                       line)]  # fmt: skip
-    assert running, result.stdout
+    assert running, stdout
     percents = [int(re.search(r"(\d+)%", line).group(1)) for line in running]  # type: ignore[union-attr]
     assert percents == sorted(percents)
     assert re.fullmatch(rf"{job_id}\s+100%\s+completed", lines[-2])
     assert lines[-1] == f"{job_id} completed"
-    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "\x1b" not in stdout and "\r" not in stdout
 
 
-def read_pty(command: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run a command with its standard output on a terminal; return its code and output."""
+def read_pty(
+    command: list[str], timeout: float = 60, seen: Callable[[str], None] = lambda output: None
+) -> tuple[int, str]:
+    """Run a command with its standard output on a terminal; return its code and output.
+    `seen` is called with the output so far after each read."""
     primary, secondary = pty.openpty()
     process = subprocess.Popen(command, stdout=secondary, stderr=secondary, env=clean_env())
     os.close(secondary)
@@ -387,17 +405,34 @@ def read_pty(command: list[str], timeout: float = 60) -> tuple[int, str]:
             if not chunk:
                 break
             output += chunk
+            seen(output.decode(errors="replace"))
         elif process.poll() is not None:
             break
     os.close(primary)
     return process.wait(timeout=10), output.decode()
 
 
-def test_wait_progress_draws_bars_on_a_terminal(daemon: Daemon) -> None:
-    slow = submit(daemon, "sleep", '{"seconds": 3}')
+def open_gate_when(gate: Path, pattern: str) -> Callable[[str], None]:
+    """A `seen` callback that opens a gated job's gate once the output matches."""
+
+    def seen(output: str) -> None:
+        if re.search(pattern, output):
+            gate.touch()
+
+    return seen
+
+
+def test_wait_progress_draws_bars_on_a_terminal(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon, gate = make_daemon(args=FAULTS), tmp_path / "gate"
+    slow = submit(daemon, "gated", json.dumps({"gate": str(gate)}))
     quick = submit(daemon, "sleep", '{"seconds": 0.5}')
-    code, output = read_pty([sys.executable, "-m", "procpool", "wait", "--home",
-                             str(daemon.home), slow, quick, "--progress"])  # fmt: skip
+    code, output = read_pty(
+        [sys.executable, "-m", "procpool", "wait", "--home", str(daemon.home), slow, quick,
+         "--progress"],
+        seen=open_gate_when(gate, rf"{slow}\s+\[#*\.+\]\s+\d+%\s+running"),
+    )  # fmt: skip
     assert code == 0, output
     assert "\x1b[2A" in output, "the two bars are redrawn in place"
     assert re.search(rf"{slow}\s+\[#+\.+\]\s+\d+%\s+running", output), output
