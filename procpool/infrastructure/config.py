@@ -17,13 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import msgspec
 
 from procpool.domain.errors import ConfigError
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure.bind import parse_bind
+
+if TYPE_CHECKING:  # psycopg is optional: imported where a database_url asks for it
+    from procpool.infrastructure.postgres_client import PostgresClientStore
 
 ENV_PREFIX = "PROCPOOL_"
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -296,7 +299,7 @@ def locate_home(
     )
 
 
-def shared_store(home: Path, database_url: str | None = None) -> Any:
+def shared_store(home: Path, database_url: str | None = None) -> PostgresClientStore | None:
     """The client's PostgreSQL store (postgres_client.PostgresClientStore) when
     `database_url`, $PROCPOOL_DATABASE_URL or the config file (of `home`) names one;
     None: the home's SQLite store.

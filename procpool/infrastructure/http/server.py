@@ -78,7 +78,7 @@ def serve(
         raise ConfigError(f"--bind: {error}") from None
     token = check_policy(bind, token_file or config.http_token_file)
     listener = listen(bind)
-    service = Service(home, config.max_file_bytes)
+    service = Service(home, config.max_file_bytes, config.database_url)
     server: uvicorn.Server | None = None
 
     def closing() -> bool:
