@@ -56,9 +56,10 @@ from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
+from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles, batch_file_ids, read_regular
+from procpool.infrastructure.rejections import RejectedFiles, read_regular
 from procpool.infrastructure.stats import Stats, collect
 
 # How the intake words an id taken by a job with other content (ingest.py).
@@ -776,20 +777,16 @@ class Client:
         return collect(self._reader, self.daemon_pid(), cpu_sample)
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
-        """Whether a file named after this job, or a batch holding it, still waits in
-        the inbox. An id that no job can have (CONTRACT 2; one too long for a file
-        name) waits nowhere."""
+        """Whether a regular file named after this job (`ID.json`, `ID.*.json`), or a
+        batch file holding it, still waits in the inbox: looked up by name, the inbox
+        listed only when it changed since the last look (infrastructure/inbox_lookup.py).
+        An id that no job can have (CONTRACT 2; one too long for a file name) waits
+        nowhere."""
         try:
             spec.check_id(job_id, "job id")
         except InvalidJobFile:
             return False
-        if (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json")):
-            return True
-        for batch in self.inbox.glob("*.batch*.json"):
-            ids = batch_file_ids(batch)
-            if ids is not None and job_id in ids:
-                return True
-        return False
+        return InboxLookup.of(self.inbox).waiting(job_id)
 
     def daemon_pid(self) -> int | None:
         """The pid of the daemon serving this home, or None if none runs."""

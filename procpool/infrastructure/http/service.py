@@ -43,6 +43,7 @@ from procpool.client import (
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
+from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.rejections import RejectedFiles, read_regular
 
 # How long a submit waits for a running daemon to take its file: it takes files
@@ -319,8 +320,7 @@ class Service:
         job = self.client.reader.get(job_id)
         if job is not None:
             return job.digest
-        for path in [self.home / "inbox" / f"{job_id}.json",
-                     *(self.home / "inbox").glob(f"{job_id}.*.json")]:  # fmt: skip
+        for path in InboxLookup.of(self.client.inbox).named(job_id):
             data = read_regular(path, self.max_file_bytes)
             if data is None:
                 continue  # taken by the daemon meanwhile, too big, or no file to read
