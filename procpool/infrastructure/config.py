@@ -58,6 +58,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_keep: int = 5
     http_bind: str | None = None  # HOST:PORT or unix:PATH: `procpool run` serves HTTP too
     http_token_file: str | None = None
+    http_request_timeout: float = 10.0  # seconds to receive a request's head and body
+    http_max_connections: int = 2048  # connections served at once; past it 503
     database_url: str | None = None  # PostgreSQL, shared by several daemons (CONTRACT 11)
     daemon_lease: float = 15.0  # seconds; with database_url: see postgres_store.Timing
 
@@ -120,7 +122,8 @@ def _check(config: Config) -> Config:
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
                 "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
-                "log_max_bytes", "daemon_lease"):  # fmt: skip
+                "log_max_bytes", "daemon_lease", "http_request_timeout",
+                "http_max_connections"):  # fmt: skip
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
