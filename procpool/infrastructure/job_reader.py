@@ -43,17 +43,6 @@ class JobReader(Protocol):
         """The jobs found, by id; ids the store lacks are left out."""
         ...
 
-    def list(
-        self,
-        statuses: Sequence[Status] = (),
-        job_type: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[Job]:
-        """Jobs, newest first (created_at, then id, both descending); `before` =
-        (created_at, id) of a job: only those after it in this order."""
-        ...
-
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per type and status: {type: {status: n}}; absent pairs have none."""
         ...
@@ -80,6 +69,18 @@ class JobReader(Protocol):
 
     def recent_runs(self, since: float) -> list[Run]:
         """The runs of every job that ended at `since` or later."""
+        ...
+
+    # Last of the reads: below it, `list` in an annotation would name this method.
+    def list(
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[Job]:
+        """Jobs, newest first (created_at, then id, both descending); `before` =
+        (created_at, id) of a job: only those after it in this order."""
         ...
 
     def close(self) -> None:
