@@ -54,12 +54,13 @@ from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import locate_home, shared_store
+from procpool.infrastructure.config import locate_home
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
+from procpool.infrastructure.inbox_lookup import InboxLookup
+from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles, batch_file_ids, read_regular
+from procpool.infrastructure.rejections import RejectedFiles, read_regular
 from procpool.infrastructure.stats import Stats, collect
-from procpool.infrastructure.store_reader import StoreReader
 
 # How the intake words an id taken by a job with other content (ingest.py).
 _DUPLICATE = re.compile(r'^duplicate id "(?P<id>[^"]+)" with different content$')
@@ -256,8 +257,9 @@ class Client:
             self.home, chosen_by = Path(home), "the home given to Client()"
         self.home_source = home_source or chosen_by
         self.inbox = self.home / "inbox"
-        self._shared = shared_store(self.home, database_url)
-        self._reader: Any = self._shared or StoreReader(self.home / "procpool.db")
+        self._reader = open_reader(self.home, database_url)
+        # A shared store is written by the client itself: the database is the store.
+        self._shared = self._reader if isinstance(self._reader, SharedJobStore) else None
         self._rejected = RejectedFiles(self.home)
         self._local = threading.local()  # this thread's connection to the socket door
         self._doors: set[DoorConnection] = set()
@@ -673,6 +675,14 @@ class Client:
 
     # ----------------------------------------------------------------- reading
 
+    @property
+    def reader(self) -> JobReader:
+        """The reader of the store this client reads (the home's SQLite store, read-only,
+        or the PostgreSQL database of `database_url`), as domain `Job`s and `Run`s: for
+        what `JobInfo` leaves out (a submission's digest, exact times for a cursor).
+        It is this client's connection: same thread rules, closed by `close`."""
+        return self._reader
+
     def require_store(self) -> None:
         """Raise NoJobStore unless a daemon has created this home's job store."""
         if self._reader.exists():
@@ -796,20 +806,16 @@ class Client:
         return collect(self._reader, self.daemon_pid(), cpu_sample)
 
     def is_waiting_in_inbox(self, job_id: str) -> bool:
-        """Whether a file named after this job, or a batch holding it, still waits in
-        the inbox. An id that no job can have (CONTRACT 2; one too long for a file
-        name) waits nowhere."""
+        """Whether a regular file named after this job (`ID.json`, `ID.*.json`), or a
+        batch file holding it, still waits in the inbox: looked up by name, the inbox
+        listed only when it changed since the last look (infrastructure/inbox_lookup.py).
+        An id that no job can have (CONTRACT 2; one too long for a file name) waits
+        nowhere."""
         try:
             spec.check_id(job_id, "job id")
         except InvalidJobFile:
             return False
-        if (self.inbox / f"{job_id}.json").exists() or any(self.inbox.glob(f"{job_id}.*.json")):
-            return True
-        for batch in self.inbox.glob("*.batch*.json"):
-            ids = batch_file_ids(batch)
-            if ids is not None and job_id in ids:
-                return True
-        return False
+        return InboxLookup.of(self.inbox).waiting(job_id)
 
     def daemon_pid(self) -> int | None:
         """The pid of the daemon serving this home, or None if none runs."""

@@ -31,11 +31,18 @@ def free_port() -> int:
 class Server:
     """`procpool serve --home HOME ARGS`, its address read from its first line."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, *args: str, env: dict[str, str] | None = None, nofile: int | None = None
+    ) -> None:
+        """`nofile`: the server's soft limit of open files (ulimit -Sn), as many systems
+        give a process (1024); default the test's own."""
         self.home = home
         self.output = home.parent / f"{home.name}-serve.log"
+        command = [sys.executable, "-m", "procpool", "serve", "--home", str(home), *args]
+        if nofile is not None:  # the shell execs the server: same pid
+            command = ["sh", "-c", f'ulimit -Sn {nofile} && exec "$@"', "sh", *command]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "procpool", "serve", "--home", str(home), *args],
+            command,
             env=clean_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,11 @@
 """The HTTP API (CONTRACT section 10) end to end: a real `procpool serve` and a real
-daemon on loopback, every endpoint and status code, through HTTP as a client sends it."""
+daemon on loopback, every endpoint and status code, through HTTP as a client sends it.
+
+Every test runs twice: on a home with its own SQLite store, and on a home whose
+daemon and server share a PostgreSQL database (`database_url`). The few answers
+that differ by design (the database is the store: a submission is committed there
+at once, with no daemon to judge its type) say so where they are asserted.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,45 @@ import pytest
 from conftest import Daemon, run_cli, wait_until
 from http_helpers import JSON, Server, free_port, sse_events
 
+from procpool import Client
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that puts a home's jobs in its SQLite file, or in a database."""
+    if request.param == "sqlite":
+        return {}
+    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
+
 
 @pytest.fixture
-def serve(home: Path) -> Iterator[Callable[..., Server]]:
+def on_postgresql(store_env: dict[str, str]) -> bool:
+    return bool(store_env)
+
+
+@pytest.fixture
+def make_daemon(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon]
+) -> Callable[..., Daemon]:
+    """conftest's daemons on the test's store (the database, asked for first, outlives
+    them); their `client` reads the same store."""
+
+    def make(*args: object, env: dict[str, str] | None = None, **kwargs: object) -> Daemon:
+        daemon = make_daemon(*args, env={**store_env, **(env or {})}, **kwargs)
+        if store_env:
+            daemon.client.close()
+            daemon.client = Client(daemon.home, database_url=store_env["PROCPOOL_DATABASE_URL"])
+        return daemon
+
+    return make
+
+
+@pytest.fixture
+def serve(home: Path, store_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(home, "--bind", "127.0.0.1:0", *args, env=env)
+        server = Server(home, "--bind", "127.0.0.1:0", *args, env={**store_env, **(env or {})})
         started.append(server)
         return server
 
@@ -89,7 +127,6 @@ def test_submit_without_an_id_gets_one(api: Server) -> None:
         ({"payload": 1}, "type"),
         ({"type": "echo", "id": "../x"}, "id"),
         ({"type": "echo", "delay": 1, "run_at": "2030-01-01T00:00:00Z"}, "run_at"),
-        ({"type": "no-such-handler"}, "no-such-handler"),
         ([1, 2], "object"),
     ],
 )
@@ -97,6 +134,23 @@ def test_a_bad_job_is_422_naming_the_field(api: Server, body: object, names: str
     response = api.post("/jobs", body)
     assert response.status_code == 422, response.text
     assert names in response.json()["error"]
+
+
+def test_a_type_no_handler_registers(api: Server, on_postgresql: bool) -> None:
+    """The daemon judges a type: on SQLite it refuses the job (422); on PostgreSQL the
+    job is committed in the database at once (201) and fails, naming its type, when a
+    daemon takes it (a daemon of another host may have the handler)."""
+    body = {"type": "no-such-handler", "id": "nope", "max_attempts": 1}
+    response = api.post("/jobs", body)
+    if on_postgresql:
+        assert response.status_code == 201, response.text
+        failed = api.get("/jobs/nope/wait", params={"timeout": 20}).json()
+        assert failed["status"] == "failed"
+        assert "unknown job type 'no-such-handler'" in failed["last_error"]
+        return
+    assert response.status_code == 422, response.text
+    assert "unknown job type" in response.json()["error"]
+    assert api.get("/jobs/nope").status_code == 404
 
 
 def test_a_malformed_body_is_422_saying_where(api: Server) -> None:
@@ -158,10 +212,17 @@ def test_what_cannot_be_an_id_is_404_on_every_path(api: Server, job_id: str) -> 
         assert response.status_code == 404, (response.request.url, response.text)
 
 
-def test_a_batch_with_a_type_only_the_daemon_can_refuse_is_refused_whole(api: Server) -> None:
+def test_a_batch_with_a_type_only_the_daemon_can_refuse_is_refused_whole(
+    api: Server, on_postgresql: bool
+) -> None:
     refused = api.post(
         "/jobs/batch", [{"type": "echo", "id": "u1"}, {"type": "no-such-handler", "id": "u2"}]
     )
+    if on_postgresql:  # committed whole; the job of the unknown type fails alone
+        assert (refused.status_code, refused.json()) == (201, {"ids": ["u1", "u2"]})
+        assert api.get("/jobs/u1/wait", params={"timeout": 20}).json()["status"] == "completed"
+        assert api.get("/jobs/u2/wait", params={"timeout": 20}).json()["status"] == "failed"
+        return
     assert refused.status_code == 422, refused.text
     assert refused.json()["index"] == 1
     assert refused.json()["error"].startswith("item 1: unknown job type")
@@ -299,7 +360,7 @@ def test_cancel_a_running_job_and_retry_it(api: Server, daemon: Daemon) -> None:
 
 
 def test_serve_works_while_the_daemon_is_down(
-    make_daemon: Callable[..., Daemon], serve: Callable[..., Server]
+    make_daemon: Callable[..., Daemon], serve: Callable[..., Server], on_postgresql: bool
 ) -> None:
     api = serve()
     created = api.post("/jobs", {"type": "echo", "payload": "later", "id": "d1"})
@@ -307,8 +368,11 @@ def test_serve_works_while_the_daemon_is_down(
     assert api.post("/jobs", {"type": "echo", "payload": "later", "id": "d1"}).status_code == 200
     assert api.post("/jobs", {"type": "echo", "payload": "other", "id": "d1"}).status_code == 409
     waiting = api.get("/jobs/d1")
-    assert waiting.status_code == 503
-    assert "inbox" in waiting.json()["error"]
+    if on_postgresql:  # the database is the store: the job is there, pending
+        assert (waiting.status_code, waiting.json()["status"]) == (200, "pending")
+    else:  # its file waits in the inbox for the daemon
+        assert waiting.status_code == 503
+        assert "inbox" in waiting.json()["error"]
     assert api.get("/healthz").status_code == 503
     make_daemon()
     assert api.get("/jobs/d1/wait", params={"timeout": 20}).json()["result"] == "later"
@@ -508,9 +572,9 @@ def test_dns_rebinding_cors_and_form_posts_are_refused(
         assert not [h for h in response.headers if h.lower().startswith("access-control-")]
 
 
-def test_a_unix_socket_is_private(home: Path, tmp_path: Path) -> None:
+def test_a_unix_socket_is_private(home: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
     path = tmp_path / "api.sock"
-    server = Server(home, "--bind", f"unix:{path}")
+    server = Server(home, "--bind", f"unix:{path}", env=store_env)
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         # Any Host is fine: a browser cannot reach a Unix socket.

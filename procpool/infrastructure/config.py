@@ -17,13 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import msgspec
 
 from procpool.domain.errors import ConfigError
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure.bind import parse_bind
+
+if TYPE_CHECKING:  # psycopg is optional: imported where a database_url asks for it
+    from procpool.infrastructure.postgres_client import PostgresClientStore
 
 ENV_PREFIX = "PROCPOOL_"
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -56,6 +59,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_keep: int = 5
     http_bind: str | None = None  # HOST:PORT or unix:PATH: `procpool run` serves HTTP too
     http_token_file: str | None = None
+    http_request_timeout: float = 10.0  # seconds to receive a request's head and body
+    http_max_connections: int = 2048  # connections served at once; past it 503
     database_url: str | None = None  # PostgreSQL, shared by several daemons (CONTRACT 11)
     daemon_lease: float = 15.0  # seconds; with database_url: see postgres_store.Timing
 
@@ -118,7 +123,8 @@ def _check(config: Config) -> Config:
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
                 "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
-                "log_max_bytes", "daemon_lease", "wal_max_bytes"):  # fmt: skip
+                "log_max_bytes", "daemon_lease", "wal_max_bytes", "http_request_timeout",
+                "http_max_connections"):  # fmt: skip
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
@@ -297,7 +303,7 @@ def locate_home(
     )
 
 
-def shared_store(home: Path, database_url: str | None = None) -> Any:
+def shared_store(home: Path, database_url: str | None = None) -> PostgresClientStore | None:
     """The client's PostgreSQL store (postgres_client.PostgresClientStore) when
     `database_url`, $PROCPOOL_DATABASE_URL or the config file (of `home`) names one;
     None: the home's SQLite store.

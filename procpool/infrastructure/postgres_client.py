@@ -8,7 +8,8 @@ a pending job is canceled at once; a running one gets `cancel_requested` and a
 notification to the daemon that owns it, which also polls for it (a notification
 is lost with a dropped connection).
 
-It has the methods of `StoreReader` that the client and `stats` use, plus `submit`,
+It is a `JobReader` (infrastructure/job_reader.py: the reads of the client, the CLI,
+`stats` and the HTTP API, as `StoreReader` answers them on SQLite), plus `submit`,
 `cancel` and `daemons`.
 """
 
@@ -158,9 +159,17 @@ class PostgresClientStore:
         return {job.id: job for job in map(_job, rows)}
 
     def list(
-        self, statuses: Sequence[Status] = (), job_type: str | None = None, limit: int = 100
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
     ) -> list[Job]:
-        where, parameters = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        parameters: list[object] = []
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            parameters.extend(before)
         if statuses:
             where.append("status = ANY(%s)")
             parameters.append([str(s) for s in statuses])

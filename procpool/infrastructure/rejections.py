@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
+
+from procpool.infrastructure.change_stamp import ChangeStamp
 
 REPORT_SUFFIX = ".error.json"
 # Reports and rejected files larger than this are not read for ids: the names give them.
@@ -217,6 +220,7 @@ class RejectedFiles:
         # name -> (identity, parsed): a report is written once (a rename), so its
         # identity says whether what was parsed is still what is there.
         self._cache: dict[str, tuple[tuple[int, int, int], _Report]] = {}
+        self._stamp = ChangeStamp(self.directory)
 
     def find(self, job_id: str) -> Rejection | None:
         """The newest rejection of the file or line that would have been `job_id`."""
@@ -228,10 +232,16 @@ class RejectedFiles:
         return max(found, key=lambda pair: pair[0])[1] if found else None
 
     def _reports(self) -> list[_Report]:
+        # Listed again only once rejected/ changed: a lookup costs one stat, not a scan.
+        if self._stamp.unchanged():
+            return [report for _, report in self._cache.values()]
+        before = self._stamp.current()
+        started = time.time_ns()
         try:
             entries = list(os.scandir(self.directory))
         except OSError:  # no rejected/ yet, or not readable: nothing was rejected we can see
             self._cache.clear()
+            self._stamp.listed(None, started)
             return []
         fresh: dict[str, tuple[tuple[int, int, int], _Report]] = {}
         for entry in entries:
@@ -251,4 +261,5 @@ class RejectedFiles:
                 order = (info.st_mtime_ns, entry.name)
                 fresh[entry.name] = (identity, _parse(Path(entry.path), order))
         self._cache = fresh
+        self._stamp.listed(before, started)
         return [report for _, report in fresh.values()]

@@ -18,7 +18,7 @@ import psutil
 
 from procpool.domain.job import Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.store_reader import StoreReader
+from procpool.infrastructure.job_reader import JobReader
 
 # (name, seconds): the windows of the throughput figures.
 WINDOWS = (("1m", 60.0), ("5m", 300.0), ("15m", 900.0))
@@ -142,7 +142,7 @@ def _run_times(runs: list[Run]) -> dict[str, RunTime]:
     return table
 
 
-def _workers(reader: StoreReader, now: float, cpu_sample: float) -> list[WorkerStats]:
+def _workers(reader: JobReader, now: float, cpu_sample: float) -> list[WorkerStats]:
     """The live workers the daemon recorded, with their RSS and CPU share measured now
     and the age of the rest at `now`."""
     live: list[tuple[psutil.Process, WorkerStats]] = []
@@ -174,7 +174,7 @@ def _workers(reader: StoreReader, now: float, cpu_sample: float) -> list[WorkerS
     return workers
 
 
-def collect(reader: StoreReader, daemon_pid: int | None, cpu_sample: float = 0.25) -> Stats:
+def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25) -> Stats:
     """The figures of one home. `cpu_sample` seconds are spent measuring CPU shares."""
     now = time.time()
     types = {

@@ -231,7 +231,9 @@ def _crash(request: Request[Any, Any, Any], error: Exception) -> Response[Error]
 
 
 def _in_thread(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-    """Run what waits on the disk (a submit's fsync, a CPU sample) off the event loop."""
+    """Run what may block (a store's query, a look into the inbox or rejected/, a
+    submit's fsync, a CPU sample) in a worker thread: the event loop only moves bytes,
+    so one slow look-up never holds the other connections."""
     return anyio.to_thread.run_sync(partial(function, *args))
 
 
@@ -278,7 +280,7 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
     @get("/jobs/{job_id:str}", summary="One job", responses={**NOT_FOUND, **NO_STORE})
     async def job(job_id: str) -> JobInfo:
         """The job, as `procpool status ID --json` prints it."""
-        return service.get(job_id)
+        return await _in_thread(service.get, job_id)
 
     @get("/jobs", summary="Jobs, newest first", responses={**BAD_REQUEST, **NO_STORE})
     async def jobs(
@@ -288,14 +290,14 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
         cursor: Annotated[str | None, Parameter(query="cursor", required=False)] = None,
     ) -> JobPage:
         """Filter by status (repeatable) and type; `next` is the cursor of the next page."""
-        found, following = service.page(status or [], job_type, limit, cursor)
+        found, following = await _in_thread(service.page, status or [], job_type, limit, cursor)
         return JobPage(jobs=found, next=following)
 
     @get("/jobs/{job_id:str}/attempts", summary="A job's attempts",
          responses={**NOT_FOUND, **NO_STORE})  # fmt: skip
     async def attempts(job_id: str) -> list[Attempt]:
         """Every run of the job, oldest first; a running one comes last."""
-        return service.attempts(job_id)
+        return await _in_thread(service.attempts, job_id)
 
     @get("/jobs/{job_id:str}/wait", summary="Wait for a job to end",
          responses={**BAD_REQUEST, **NOT_FOUND, **NO_STORE})  # fmt: skip
@@ -308,7 +310,7 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
         clock = asyncio.get_running_loop().time
         deadline = clock() + timeout
         while True:
-            found = service.get(job_id)
+            found = await _in_thread(service.get, job_id)
             left = deadline - clock()
             if found.is_terminal or left <= 0 or closing():
                 return found
@@ -324,7 +326,7 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
     async def metrics() -> Response[bytes]:
         """HOME/metrics.prom, as the daemon last wrote it."""
         try:
-            data = (service.home / "metrics.prom").read_bytes()
+            data = await _in_thread((service.home / "metrics.prom").read_bytes)
         except OSError:
             raise Problem(503, "no metrics: the daemon has not written metrics.prom") from None
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -334,6 +336,8 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
     @get("/healthz", summary="Whether the daemon runs", responses={503: stopped})
     async def healthz() -> Response[Health]:
         """200 while the daemon runs, 503 otherwise."""
+        # On the loop: one read of a small file, so that the health of the server is
+        # answered even while every worker thread is busy.
         pid = service.daemon_pid()
         if pid is None:
             return Response(Health(daemon="stopped", pid=None), status_code=503)

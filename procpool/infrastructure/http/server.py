@@ -34,10 +34,12 @@ from procpool.infrastructure.bind import (
     parse_bind,
 )
 from procpool.infrastructure.http.app import build
+from procpool.infrastructure.http.bounds import bounded_protocol, fit_descriptors
 from procpool.infrastructure.http.service import Service
 
 _PR_SET_PDEATHSIG = 1
 GRACEFUL_SHUTDOWN = 3.0  # seconds uvicorn gives open requests at a stop
+KEEP_ALIVE = 5.0  # seconds a connection may stay idle between requests (uvicorn's default)
 
 
 def _die_with_parent() -> None:
@@ -78,16 +80,28 @@ def serve(
         raise ConfigError(f"--bind: {error}") from None
     token = check_policy(bind, token_file or config.http_token_file)
     listener = listen(bind)
-    service = Service(home, config.max_file_bytes)
+    service = Service(home, config.max_file_bytes, config.database_url)
     server: uvicorn.Server | None = None
 
     def closing() -> bool:
         return server is not None and server.should_exit
 
     app = build(service, hosts=allowed_hosts(bind), token=token, closing=closing)
+    connections = fit_descriptors(config.http_max_connections)
+    if connections < config.http_max_connections:
+        print(
+            f"procpool serve: serving at most {connections} connections, not"
+            f" {config.http_max_connections} (http_max_connections): the limit of open"
+            " files (ulimit -n) leaves no room for more",
+            file=sys.stderr,
+            flush=True,
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
+            http=bounded_protocol(config.http_request_timeout, connections),
+            # Idle between two requests; the request deadline covers it too.
+            timeout_keep_alive=min(KEEP_ALIVE, config.http_request_timeout),
             lifespan="on",
             log_level="warning",
             access_log=False,

@@ -1,18 +1,18 @@
 """What the HTTP API does, apart from HTTP: a client of the home like the CLI.
 
-It never writes the store (DESIGN decision 1): it submits, cancels and
-retries through the Python client, and reads through read-only connections.
-Each thread gets its own Client and StoreReader (a SQLite connection belongs to
-the thread that opened it): the event loop's thread for quick reads, the
-server's worker threads for what waits on a disk (a submit's fsync, stats'
-CPU sample).
+It never writes the store (DESIGN decision 1): it submits, cancels, retries
+and reads through the Python client only, so it reads the store the client
+reads (the home's SQLite file, or the PostgreSQL database of `database_url`:
+infrastructure/job_reader.py). Each thread gets its own Client (a SQLite
+connection belongs to the thread that opened it).
 
 Submitting, while the daemon runs, waits until the daemon has decided: the
 job committed (201), or its file rejected (422, or 409 for an id taken by
 another job). With no daemon running, the file in the inbox is the answer
 (201): jobs start when the daemon does. A handler type that no daemon
 registers is found only by the daemon, so with none running it is not refused
-here.
+here. On a PostgreSQL store the client commits the job in the database itself:
+201 at once, and a type no daemon registers fails the job when a daemon runs it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from procpool.client import (
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
+from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.rejections import RejectedFiles, read_regular
-from procpool.infrastructure.store_reader import StoreReader
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -74,7 +74,6 @@ class Outcome(Enum):
 @dataclass(frozen=True)
 class _Reading:
     client: Client
-    reader: StoreReader
     rejected: RejectedFiles
 
 
@@ -142,19 +141,24 @@ class Service:
     Args:
         home: the daemon's home.
         max_file_bytes: the largest job file the inbox takes (the config's).
+        database_url: the PostgreSQL store of the configuration, or None: the home's.
     """
 
-    def __init__(self, home: Path, max_file_bytes: int) -> None:
+    def __init__(self, home: Path, max_file_bytes: int, database_url: str | None = None) -> None:
         self.home = home
         self.max_file_bytes = max_file_bytes
+        self.database_url = database_url
         self._local = threading.local()
 
     def _reading(self) -> _Reading:
         reading: _Reading | None = getattr(self._local, "reading", None)
         if reading is None:
             reading = _Reading(
-                Client(self.home, home_source="the home given to procpool serve"),
-                StoreReader(self.home / "procpool.db"),
+                Client(
+                    self.home,
+                    home_source="the home given to procpool serve",
+                    database_url=self.database_url,
+                ),
                 RejectedFiles(self.home),
             )
             self._local.reading = reading
@@ -171,7 +175,6 @@ class Service:
         reading: _Reading | None = getattr(self._local, "reading", None)
         if reading is not None:
             reading.client.close()
-            reading.reader.close()
             self._local.reading = None
 
     def daemon_pid(self) -> int | None:
@@ -200,7 +203,7 @@ class Service:
         """One page of jobs, newest first, and the cursor of the next (None: the last)."""
         before = decode_cursor(cursor) if cursor else None
         self._require_store()
-        jobs = self._reading().reader.list(statuses, job_type, limit + 1, before)
+        jobs = self.client.reader.list(statuses, job_type, limit + 1, before)
         following = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return [JobInfo.from_job(job) for job in jobs[:limit]], following
 
@@ -314,11 +317,10 @@ class Service:
     def _known(self, job_id: str) -> str | None:
         """The digest of the job with this id: in the store, else in a file waiting in
         the inbox; None if neither has it."""
-        job = self._reading().reader.get(job_id)
+        job = self.client.reader.get(job_id)
         if job is not None:
             return job.digest
-        for path in [self.home / "inbox" / f"{job_id}.json",
-                     *(self.home / "inbox").glob(f"{job_id}.*.json")]:  # fmt: skip
+        for path in InboxLookup.of(self.client.inbox).named(job_id):
             data = read_regular(path, self.max_file_bytes)
             if data is None:
                 continue  # taken by the daemon meanwhile, too big, or no file to read
@@ -351,7 +353,7 @@ class Service:
         waiting = dict(jobs)
         index_of = {s.id: index for index, s, _ in items or []}
         while waiting:
-            stored = reading.reader.get_many(list(waiting))
+            stored = reading.client.reader.get_many(list(waiting))
             for job_id, job in stored.items():
                 if job.digest != waiting.pop(job_id):
                     raise _with_index(409, f"job {job_id} exists with other content", job_id,
