@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -361,3 +362,97 @@ def test_connections_cut_in_the_middle_of_turns_restart_the_daemon_in_place(
     more = jobs.submit("span", payload, id="after")
     assert jobs.wait([more], timeout=30)[0].status == "completed"
     assert a.stop() == 0
+
+
+def test_a_row_locked_by_another_session_is_waited_for_and_no_run_is_lost(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """An operator holds a running job's row FOR UPDATE for 8 s, longer than any of the
+    daemon's statement bounds: the turn that ends the job waits for the row in place
+    (store.busy, then store.available), the daemon stays up and keeps both workers, and
+    both jobs complete on their first attempt."""
+    a = start("a", lease=30)  # the wait may go on until 1 s before the fence, 20 s on
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 1}, id="locked")
+    jobs.submit("span", {"dir": str(spans), "seconds": 4}, id="bystander")
+    wait_until(lambda: running_now(spans) == {"locked", "bystander"}, 30, what="both to run")
+    with psycopg.connect(pg_url) as operator:
+        operator.execute("SELECT * FROM procpool_jobs WHERE id = 'locked' FOR UPDATE")
+        # The scenario: the lock outlives the job's run by several seconds.
+        wait_until(lambda: "locked" not in running_now(spans), 30, what="locked's run to end")
+        time.sleep(8)
+        assert a.process is not None and a.process.poll() is None, a.stderr()
+        operator.commit()
+    done = jobs.wait(["locked", "bystander"], timeout=30)
+    assert {(job.status, job.attempts) for job in done} == {("completed", 0)}
+    busy = a.wait_events("store.busy", timeout=10)
+    freed = a.wait_events("store.available", timeout=10)
+    assert busy and freed and freed[0]["waited_s"] >= 5
+    assert not a.events("daemon.restarting") and not a.events("daemon.crashed")
+    assert a.process is not None and a.process.poll() is None, a.stderr()
+    assert not (spans / "OVERLAP").exists()
+    assert a.stop() == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_large_submit_many_does_not_stop_the_daemons_that_ingest_meanwhile(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
+) -> None:
+    """One client submits 50,000 jobs in one call while files keep arriving in two
+    daemons' inboxes: the daemons wait for the ids the producer holds, then go on; none
+    exits or starts again, and every file's job runs."""
+    a, b = start("a", lease=15), start("b", lease=15)
+    producer = client(a)
+    batch = [
+        {"id": f"bulk{n}", "type": "span", "payload": {"dir": str(spans)}, "delay": 3600}
+        for n in range(50_000)
+    ]
+    thread = threading.Thread(target=producer.submit_many, args=(batch,))
+    thread.start()
+    dropped: dict[Daemon, list[str]] = {a: [], b: []}
+    while thread.is_alive():
+        for daemon, names in dropped.items():
+            name = f"{daemon.home.name}{len(names)}"
+            job = {"id": name, "type": "span", "payload": {"dir": str(spans)}}
+            daemon.drop(f"{name}.json", job)
+            names.append(name)
+        time.sleep(0.2)
+    thread.join()
+    for daemon, names in dropped.items():
+        done = client(daemon).wait(names, timeout=120)
+        assert {job.status for job in done} == {"completed"}
+        assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
+        assert not daemon.events("daemon.restarting") and not daemon.events("daemon.crashed")
+    assert producer.get("bulk49999") is not None
+
+
+def test_a_daemon_of_another_machine_with_the_same_hostname_and_home_path_is_not_taken(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """Two containers with host networking, or two cloned VMs: same hostname, same home
+    path. Here a's row is made to name b's home path (the hostname is this machine's for
+    both): b's start must not take a's running job for one an earlier run of its own
+    left, nor kill its workers; once a dies, b rescues the job after the lease only."""
+    a = start("a")
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 4}, id="long")
+    jobs.submit("span", {"dir": str(spans), "seconds": 30}, id="second")
+    wait_until(lambda: running_now(spans) == {"long", "second"}, 30, what="both to run on a")
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(
+            "UPDATE procpool_daemons SET home = %s WHERE pid = %s",
+            (str((a.home.parent / "b").resolve()), a.pid),
+        )
+    b = start("b")
+    [done] = jobs.wait(["long"], timeout=30)
+    assert (done.status, done.attempts) == ("completed", 0)
+    assert "long" not in ran_by(b) and not b.events("worker.killed_stale")
+    assert not (spans / "OVERLAP").exists()
+    # a dies with a job running: b waits for a's lease, as for any other host's.
+    a.process.kill()  # type: ignore[union-attr]
+    killed_at = time.monotonic()
+    a.process.wait(10)  # type: ignore[union-attr]
+    b.wait_events("daemon.rescue", timeout=30)
+    assert time.monotonic() - killed_at >= LEASE
+    jobs.cancel("second")
+    jobs.wait(["second"], timeout=30)

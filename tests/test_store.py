@@ -450,3 +450,36 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
         assert store.fence_in() < row[0]  # the daemon fences itself before it expires
     finally:
         store.close()
+
+
+def test_a_postgresql_turn_frozen_inside_its_transaction_frees_its_rows_within_the_margin(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A daemon stopped between two statements of a turn (SIGSTOP, a paused VM) holds the
+    rows the turn locked: the server ends its session once it stayed idle in the
+    transaction for a margin (a third of the lease), so the rows are free for the
+    others' rescue well before it comes due (lease + margin after the last renewal)."""
+    import psycopg  # noqa: PLC0415
+
+    from procpool.application.ports import StoreLost  # noqa: PLC0415
+    from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
+
+    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))  # margin 1 s
+    other = psycopg.connect(pg_url, autocommit=True)
+    try:
+        add(store, a_job("held"))
+        frozen_at = time.monotonic()
+        with pytest.raises(StoreLost), store.transaction():
+            assert [job.id for job in store.due(NOW, 10)] == ["held"]  # locked by this turn
+            freed = None
+            while freed is None and time.monotonic() - frozen_at < 20:
+                rows = other.execute(
+                    "SELECT id FROM procpool_jobs WHERE id = 'held' FOR UPDATE SKIP LOCKED"
+                ).fetchall()
+                freed = time.monotonic() if rows else None
+                time.sleep(0.05)
+        assert freed is not None and freed - frozen_at < store.timing.lease
+    finally:
+        other.close()
+        with contextlib.suppress(Exception):
+            store.close()
