@@ -13,6 +13,7 @@ import json
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,46 @@ def test_a_daemon_of_another_machine_with_the_same_hostname_and_home_path_is_not
     assert time.monotonic() - killed_at >= LEASE
     jobs.cancel("second")
     jobs.wait(["second"], timeout=30)
+
+
+def test_the_readme_recipe_for_postgresql_from_nothing(
+    pg_cluster: Any, make_daemon: Callable[..., Daemon], tmp_path: Path, spans: Path
+) -> None:
+    """The README's recipe: a login role, a database it owns, its URL. A daemon and the
+    CLI work on it; stats says that this role cannot see other roles' snapshots and
+    which grant fixes it; after the grant, it sees an open one of another role."""
+    admin_url = pg_cluster.url()
+    name = f"recipe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN")
+        admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    url = pg_cluster.url(name).replace(f"//{pg_cluster.user}@", f"//{name}@", 1)
+    env = {"PROCPOOL_DATABASE_URL": url}
+    try:
+        daemon = make_daemon(1, home=tmp_path / "a", env=env, args=("--handlers", "pg_handlers"))
+        jobs = Client(daemon.home, database_url=url)
+        try:
+            jobs.submit("span", {"dir": str(spans)}, id="first")
+            assert jobs.wait(["first"], timeout=30)[0].status == "completed"
+        finally:
+            jobs.close()
+        with psycopg.connect(pg_cluster.url(name)) as analytics:  # another role's snapshot
+            analytics.execute("SELECT txid_current()")
+            shown = run_cli(daemon.home, "stats", "--json", env=env)
+            assert shown.returncode == 0, shown.stderr
+            database = json.loads(shown.stdout)["database"]
+            assert "GRANT pg_read_all_stats" in database["snapshots_hidden"]
+            text = run_cli(daemon.home, "stats", env=env).stdout
+            assert "pg_read_all_stats" in text, text
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f"GRANT pg_read_all_stats TO {name}")
+            database = json.loads(run_cli(daemon.home, "stats", "--json", env=env).stdout)[
+                "database"
+            ]
+            assert database["snapshots_hidden"] is None
+            assert database["oldest_snapshot_age"] > 0
+        assert daemon.stop() == 0
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {name}")

@@ -248,6 +248,10 @@ class PostgresClientStore:
         """What to watch on the database: the age of the oldest open snapshot (seconds;
         an old one keeps dead rows that every claim walks) and the jobs table's dead
         rows."""
+        (sees_all,) = self._query(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')"
+            " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )[0]
         oldest = self._query(
             "SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity"
             " WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL"
@@ -260,6 +264,13 @@ class PostgresClientStore:
             "oldest_snapshot_age": None if oldest is None else round(max(0.0, oldest), 3),
             "jobs_dead_tuples": dead[0][0] if dead else 0,
             "jobs_live_tuples": dead[0][1] if dead else 0,
+            # Without pg_read_all_stats, pg_stat_activity hides the snapshots of other
+            # roles' sessions (analytics, an operator's psql): the age is then this
+            # role's alone, and says so.
+            "snapshots_hidden": None
+            if sees_all
+            else "other roles' sessions are hidden from this role:"
+            " GRANT pg_read_all_stats TO it to see their snapshots",
         }
 
     def close(self) -> None:
