@@ -4,6 +4,7 @@ alone.
 `span` ({"dir": D, "seconds": S}) takes an exclusive lock on D/JOB.lock for the whole
 run (the kernel drops it when its holder dies, however it dies): a run that finds it
 taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
+With "progress_every": P it reports its progress every P seconds while it runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
             (directory / "OVERLAP").write_text(ctx.job_id)
             raise
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
-        time.sleep(float(payload.get("seconds", 0.1)))
+        seconds = float(payload.get("seconds", 0.1))
+        every = payload.get("progress_every")  # seconds between progress reports, if any
+        if every is None:
+            time.sleep(seconds)
+        else:
+            began = time.monotonic()
+            while (spent := time.monotonic() - began) < seconds:
+                ctx.progress(min(1.0, spent / seconds))
+                time.sleep(float(every))
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()}")
     return {"pid": os.getpid()}

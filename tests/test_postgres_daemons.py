@@ -500,3 +500,58 @@ def test_the_readme_recipe_for_postgresql_from_nothing(
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             admin.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def idle_holding_rows(pg_url: str) -> bool:
+    """Whether a daemon's session on the test's database is inside an open transaction
+    (between two statements of a turn) that has written a job or a daemon row, which it
+    keeps locked until it ends."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
+            " WHERE a.application_name = 'procpool' AND a.datname = current_database()"
+            " AND a.state = 'idle in transaction' AND l.mode = 'RowExclusiveLock'"
+            " AND l.relation IN ('procpool_jobs'::regclass, 'procpool_daemons'::regclass)"
+        ).fetchone()
+    return bool(rows and rows[0])
+
+
+@pytest.mark.timeout(240)
+def test_a_daemon_frozen_inside_a_turn_is_rescued_within_the_stated_time(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """a's supervisor is stopped while its session is idle inside a turn's transaction,
+    which locked the row of a job that reports progress (and perhaps a's lease row):
+    the server ends that session a margin into the freeze, and b rescues a's jobs
+    within lease + margin + 1.25 renewal periods of the freeze (README), plus room for
+    a loaded machine."""
+    a = start("a")
+    jobs = client(a)
+    payload = {"dir": str(spans), "seconds": 60, "progress_every": 0.01}
+    jobs.submit("span", payload, id="busy0")
+    jobs.submit("span", payload, id="busy1")
+    wait_until(lambda: running_now(spans) == {"busy0", "busy1"}, 30, what="both to run on a")
+    b = start("b")
+    frozen_at = None
+    for _ in range(100):  # freeze until a freeze lands inside a transaction that wrote
+        a.signal(signal.SIGSTOP)
+        if idle_holding_rows(pg_url):
+            frozen_at = time.monotonic()
+            break
+        a.signal(signal.SIGCONT)
+        time.sleep(0.05)
+    assert frozen_at is not None, "no freeze landed inside a turn"
+    try:
+        stated = LEASE + LEASE / 3 + 1.25 * LEASE / 7.5
+        wait_until(
+            lambda: {"busy0", "busy1"} <= {j for e in b.events("daemon.rescue") for j in e["jobs"]},
+            stated + 10,
+            what="b's rescue of a's jobs while a is frozen",
+        )
+        assert time.monotonic() - frozen_at < stated + 10
+    finally:
+        a.signal(signal.SIGCONT)
+    for job_id in ("busy0", "busy1"):
+        jobs.cancel(job_id)
+    jobs.wait(["busy0", "busy1"], timeout=30)
+    assert not (spans / "OVERLAP").exists()
