@@ -555,3 +555,41 @@ def test_a_daemon_frozen_inside_a_turn_is_rescued_within_the_stated_time(
         jobs.cancel(job_id)
     jobs.wait(["busy0", "busy1"], timeout=30)
     assert not (spans / "OVERLAP").exists()
+
+
+def test_progress_is_written_at_most_once_a_second_and_without_new_index_entries(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """A job reports its progress every 10 ms for 4 s (the worker sends up to 20 a
+    second): the store writes its row's progress about once a second, each a HOT update
+    (no indexed column changes), and the last progress reaches the row."""
+    a = start("a", workers=1)
+    jobs = client(a)
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE progress_writes (n integer NOT NULL)")
+        db.execute(
+            "CREATE FUNCTION count_progress() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO progress_writes VALUES (1); RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER count_progress AFTER UPDATE ON procpool_jobs FOR EACH ROW"
+            " WHEN (OLD.status = 'running' AND NEW.status = 'running'"
+            " AND OLD.progress IS DISTINCT FROM NEW.progress) EXECUTE FUNCTION count_progress()"
+        )
+    payload = {"dir": str(spans), "seconds": 4, "progress_every": 0.01}
+    jobs.submit("span", payload, id="reporter")
+    [done] = jobs.wait(["reporter"], timeout=60)
+    assert done.status == "completed"
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        (writes,) = db.execute("SELECT count(*) FROM progress_writes").fetchone()  # type: ignore[misc]
+        indexed = {
+            row[0]
+            for row in db.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid ="
+                " i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE i.indrelid = 'procpool_jobs'::regclass"
+            )
+        }
+    assert not indexed & {"progress", "updated_at"}, indexed  # so a progress write is HOT
+    assert 2 <= writes <= 8, f"{writes} progress writes in 4 s"
+    assert done.progress is not None and done.progress["fraction"] > 0.7

@@ -119,6 +119,20 @@ def test_save_is_a_compare_and_set(store: JobStore) -> None:
     assert store.get("cas") == done
 
 
+def test_retention_deletes_the_jobs_that_finished_before_the_cutoff(store: JobStore) -> None:
+    add(store, a_job("old"), a_job("running"), a_job("new"))
+    for job_id, ended_at in (("old", NOW + 2), ("new", NOW + 100)):
+        running = started(store, job_id, lease=1)
+        with store.transaction():
+            done = jobs.complete(running, result=b'"ok"', now=ended_at)
+            assert store.save(done, expected=Status.RUNNING, expected_lease=1)
+    started(store, "running", lease=2)
+    with store.transaction():
+        assert store.delete_finished_before(NOW + 50, 10) == [("echo", Status.COMPLETED)]
+    assert store.get("old") is None
+    assert store.get("new") is not None and store.get("running") is not None
+
+
 def test_save_keeps_every_changing_field(store: JobStore) -> None:
     add(store, a_job("f"))
     running = started(store, "f", lease=4)

@@ -131,15 +131,17 @@ class PostgresClientStore:
 
     @staticmethod
     def _cancel(db: psycopg.Connection[Any], job_id: str) -> Status | None:
+        now = time.time()
         with db.transaction():
             row = db.execute(
                 "UPDATE procpool_jobs SET"
                 " status = CASE WHEN status = 'pending' THEN 'canceled' ELSE status END,"
                 " cancel_requested = cancel_requested OR status = 'running',"
                 " updated_at = CASE WHEN status = 'pending'"
-                "   THEN %s ELSE updated_at END"
+                "   THEN %s ELSE updated_at END,"
+                " finished_at = CASE WHEN status = 'pending' THEN %s ELSE finished_at END"
                 " WHERE id = %s RETURNING status, owner",
-                (time.time(), job_id),
+                (now, now, job_id),
             ).fetchone()
             if row is None:
                 return None
