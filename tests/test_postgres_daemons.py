@@ -23,6 +23,7 @@ import pytest
 from conftest import Daemon, alive, run_cli, wait_until
 
 from procpool import Client
+from procpool.domain.errors import ProcpoolError
 
 LEASE = 3.0
 
@@ -40,12 +41,15 @@ def start(
 ) -> Callable[[str], Daemon]:
     """Daemons on the test's database (asked for first: the daemons stop before it goes)."""
 
-    def start_one(name: str, workers: int = 2, lease: float = LEASE) -> Daemon:
+    def start_one(
+        name: str, workers: int = 2, lease: float = LEASE, handlers: tuple[str, ...] = ()
+    ) -> Daemon:
+        modules = [arg for module in ("pg_handlers", *handlers) for arg in ("--handlers", module)]
         return make_daemon(
             workers,
             home=tmp_path / name,
             env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(lease)},
-            args=("--handlers", "pg_handlers"),
+            args=tuple(modules),
         )
 
     return start_one
@@ -593,3 +597,26 @@ def test_progress_is_written_at_most_once_a_second_and_without_new_index_entries
     assert not indexed & {"progress", "updated_at"}, indexed  # so a progress write is HOT
     assert 2 <= writes <= 8, f"{writes} progress writes in 4 s"
     assert done.progress is not None and done.progress["fraction"] > 0.7
+
+
+def test_in_a_fleet_that_differs_in_handlers_a_type_runs_only_where_it_has_a_handler(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
+) -> None:
+    """A rolling deploy: only b has `fresh`. Its jobs, from the client or from a's inbox,
+    all run on b and none fails on a; a typo in a type is refused by the client and
+    rejected from an inbox, naming the type."""
+    a = start("a")
+    b = start("b", workers=1, handlers=("pg_handlers_new",))
+    jobs = client(a)
+    ids = [jobs.submit("fresh", {"dir": str(spans)}, id=f"fresh{n}") for n in range(8)]
+    a.drop("fresh-file.json", {"id": "from-a", "type": "fresh", "payload": {"dir": str(spans)}})
+    a.wait_events("file.accepted", file="fresh-file.json")
+    done = jobs.wait([*ids, "from-a"], timeout=60)
+    assert {(job.status, job.attempts) for job in done} == {("completed", 0)}
+    assert not ran_by(a) and ran_by(b) == {*ids, "from-a"}
+    with pytest.raises(ProcpoolError, match="frsh"):
+        jobs.submit("frsh", {"dir": str(spans)}, id="typo")
+    assert jobs.get("typo") is None
+    a.drop("typo-file.json", {"id": "typo2", "type": "frsh", "payload": {}})
+    [rejected] = a.wait_events("file.rejected", file="typo-file.json")
+    assert "frsh" in rejected["error"]

@@ -189,6 +189,11 @@ class SharedStore(JobStore, Protocol):
         """Seconds until `tick` (or `listener`, while there is none) has work to do."""
         ...
 
+    def served_types(self) -> set[str] | None:
+        """The job types the live daemons have handlers for; None: any (a live daemon
+        did not record its types)."""
+        ...
+
     def fence_in(self) -> float:
         """Seconds left before this daemon must have ended its workers' runs, unless a
         renewal commits first; <= 0: past it."""

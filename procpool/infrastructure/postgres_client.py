@@ -23,7 +23,7 @@ import psycopg
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.spec import JobDefaults, JobSpec, to_job
+from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
 from procpool.infrastructure.postgres_store import (
     CANCEL_CHANNEL,
     JOBS_CHANNEL,
@@ -31,6 +31,7 @@ from procpool.infrastructure.postgres_store import (
     connect,
     lock_ids,
     migrate,
+    served_types,
 )
 from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.infrastructure.stats import DaemonOnDatabase
@@ -101,6 +102,16 @@ class PostgresClientStore:
 
     @staticmethod
     def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+        served = served_types(db)
+        # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
+        # waits in an inbox whose daemon is down.
+        if served:
+            unknown = sorted({job.type for job in jobs} - served)
+            if unknown:
+                raise InvalidJobFile(
+                    f"unknown job type {show(unknown[0])}; no daemon alive on the database"
+                    f" has its handler; registered: {', '.join(sorted(served))}"
+                )
         with db.transaction():
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one

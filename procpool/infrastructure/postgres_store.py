@@ -169,6 +169,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX procpool_jobs_finished ON procpool_jobs (finished_at)
         WHERE status IN ('completed', 'failed', 'canceled');
     """,
+    # 4: the job types each daemon has handlers for (NULL: a daemon that did not say,
+    # taken to run any type); a daemon claims only its own.
+    """
+    ALTER TABLE procpool_daemons ADD COLUMN types text[];
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -329,6 +334,19 @@ def try_lock_ids(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> bool:
     return row is None
 
 
+def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
+    """The job types that the daemons alive on the database have handlers for; None when
+    one of them did not record its types (an older procpool: it takes any)."""
+    row = db.execute(
+        "SELECT coalesce(bool_or(types IS NULL), false),"
+        " coalesce(array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL), '{}')"
+        " FROM procpool_daemons LEFT JOIN LATERAL unnest(types) AS t ON true"
+        " WHERE state = 'alive'"
+    ).fetchone()
+    assert row is not None
+    return None if row[0] else set(row[1])
+
+
 def machine_identity(home: Path) -> str:
     """What tells an earlier run of this daemon from another host's: the id stored in the
     home (HOME/procpool.id, made at the first start: two containers with one hostname
@@ -364,15 +382,18 @@ def _row(job: Job) -> tuple[Any, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
 
 
-def open_store(url: str, home: Path, lease: float) -> PostgresJobStore:
-    """The daemon's store on `url`, registered as a daemon of `home`.
+def open_store(
+    url: str, home: Path, lease: float, types: Sequence[str] | None = None
+) -> PostgresJobStore:
+    """The daemon's store on `url`, registered as a daemon of `home` that has handlers
+    for `types` (None: any type).
 
     Raises:
         ProcpoolError: the database cannot be reached (the message names why, not the
             URL, which may hold a password); SchemaTooNew.
     """
     try:
-        return PostgresJobStore(url, home, Timing(lease))
+        return PostgresJobStore(url, home, Timing(lease), types)
     except psycopg.OperationalError as error:
         raise ProcpoolError(
             f"cannot reach the PostgreSQL database of database_url: {error}"
@@ -386,8 +407,15 @@ class PostgresJobStore:
 
     shared = True
 
-    def __init__(self, url: str, home: Path, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        home: Path,
+        timing: Timing | None = None,
+        types: Sequence[str] | None = None,
+    ) -> None:
         self.url = url
+        self.types = None if types is None else sorted(types)  # None: claims any type
         self.timing = timing or Timing()
         self.host = socket.gethostname()
         self.home = str(home.resolve())
@@ -416,10 +444,11 @@ class PostgresJobStore:
 
     def _register(self) -> int:
         row = self._db.execute(
-            "INSERT INTO procpool_daemons (host, home, machine, pid, heartbeat_at, expires_at)"
-            " VALUES (%s, %s, %s, %s, clock_timestamp(),"
+            "INSERT INTO procpool_daemons"
+            " (host, home, machine, types, pid, heartbeat_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, clock_timestamp(),"
             " clock_timestamp() + make_interval(secs => %s)) RETURNING id",
-            (self.host, self.home, self.machine, os.getpid(), self.timing.lease),
+            (self.host, self.home, self.machine, self.types, os.getpid(), self.timing.lease),
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -607,12 +636,19 @@ class PostgresJobStore:
     def due(self, now: float, limit: int) -> list[Job]:
         # Locked until the turn commits: another daemon's claim skips these rows, and
         # those this turn does not start are free again after it.
+        # Only the types this daemon has handlers for: another's wait for a daemon that has.
         rows = self._rows(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND run_at <= %s"
+            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
             " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (now, limit),
+            (now, self.types, self.types, limit),
         )
         return [_job(row) for row in rows]
+
+    def served_types(self) -> set[str] | None:
+        """The job types the live daemons have handlers for; None: any, while a live
+        daemon did not record its types (an older procpool)."""
+        return served_types(self._db)
 
     def new_lease(self) -> int:
         """A fencing token no other daemon will ever use."""
@@ -629,8 +665,9 @@ class PostgresJobStore:
 
     def next_run_at(self, after: float) -> float | None:
         rows = self._rows(
-            "SELECT min(run_at) FROM procpool_jobs WHERE status = 'pending' AND run_at > %s",
-            (after,),
+            "SELECT min(run_at) FROM procpool_jobs WHERE status = 'pending' AND run_at > %s"
+            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))",
+            (after, self.types, self.types),
         )
         return rows[0][0]
 
