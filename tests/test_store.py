@@ -449,7 +449,9 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
 
     from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
 
-    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))
+    # Lease 6 s: the pause stays under the margin (2 s), past which the server ends a
+    # session idle in a transaction.
+    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=6.0))
     try:
         with store.transaction():
             time.sleep(1.5)  # the pause, after BEGIN
@@ -460,7 +462,7 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
                 " FROM procpool_daemons WHERE id = %s",
                 (store.daemon_id,),
             ).fetchone()
-        assert row is not None and row[0] > 2.5, row  # counted from BEGIN: about 1.5
+        assert row is not None and row[0] > 5.25, row  # counted from BEGIN: about 4.5
         assert store.fence_in() < row[0]  # the daemon fences itself before it expires
     finally:
         store.close()
