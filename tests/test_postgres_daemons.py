@@ -403,14 +403,15 @@ def test_a_row_locked_by_another_session_is_waited_for_and_no_run_is_lost(
 def test_a_large_submit_many_does_not_stop_the_daemons_that_ingest_meanwhile(
     start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
 ) -> None:
-    """One client submits 50,000 jobs in one call while files keep arriving in two
-    daemons' inboxes: the daemons wait for the ids the producer holds, then go on; none
-    exits or starts again, and every file's job runs."""
+    """One client submits 200,000 jobs in one call while files keep arriving in two
+    daemons' inboxes: the daemons leave the files whose ids the producer holds for a
+    later scan instead of waiting in their turns; none waits, exits or starts again, and
+    every file's job runs."""
     a, b = start("a", lease=15), start("b", lease=15)
     producer = client(a)
     batch = [
         {"id": f"bulk{n}", "type": "span", "payload": {"dir": str(spans)}, "delay": 3600}
-        for n in range(50_000)
+        for n in range(200_000)
     ]
     thread = threading.Thread(target=producer.submit_many, args=(batch,))
     thread.start()
@@ -428,7 +429,8 @@ def test_a_large_submit_many_does_not_stop_the_daemons_that_ingest_meanwhile(
         assert {job.status for job in done} == {"completed"}
         assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
         assert not daemon.events("daemon.restarting") and not daemon.events("daemon.crashed")
-    assert producer.get("bulk49999") is not None
+        assert not daemon.events("store.busy")
+    assert producer.get("bulk199999") is not None
 
 
 def test_a_daemon_of_another_machine_with_the_same_hostname_and_home_path_is_not_taken(

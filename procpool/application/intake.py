@@ -23,7 +23,13 @@ from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
 from procpool.application.ledger import Ledger
-from procpool.application.ports import FileProgress, InboxEntry, InboxFile, JobStore
+from procpool.application.ports import (
+    FileProgress,
+    IdsBusy,
+    InboxEntry,
+    InboxFile,
+    JobStore,
+)
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job, Status
@@ -103,7 +109,17 @@ class Intake:
         if not files:
             return received
         known, names = self._types()
-        result = ingest(files, self.store, known, names, defaults, wall, progress)
+        try:
+            result = ingest(files, self.store, known, names, defaults, wall, progress, True)
+        except IdsBusy as busy:
+            # A producer's large submission holds some of these ids: the files stay in
+            # the inbox for a later scan, and the turn goes on without waiting for it.
+            self._log(
+                "DEBUG", "inbox.deferred",
+                f"{plural(len(files), 'file')} left for a later scan: {busy}",
+                files=len(files), error=str(busy),
+            )  # fmt: skip
+            return received
         new_jobs: dict[int, list[Job]] = {}
         for job, file in result.jobs:
             new_jobs.setdefault(id(file), []).append(job)

@@ -557,6 +557,14 @@ class PostgresJobStore:
         )
         return dict(rows)  # type: ignore[arg-type]
 
+    def digests_now(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """`digests`, or None at once if another transaction holds some of these ids'
+        stripes (a producer's large `submit_many`): the inbox's files wait for a later
+        scan rather than the turn for the producer."""
+        if not try_lock_ids(self._db, job_ids):
+            return None
+        return self.digests(job_ids)
+
     def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
         if not job_ids:
             return {}
