@@ -1,11 +1,12 @@
 """A handler for the several-daemons tests: each run records its span and proves it ran
 alone.
 
-`span` ({"dir": D, "seconds": S, "gate": NAME}) takes an exclusive lock on D/JOB.lock for the whole
-run (the kernel drops it when its holder dies, however it dies): a run that finds it
+`span` ({"dir": D, "seconds": S, "gate": NAME}) takes an exclusive lock on D/JOB.lock
+for the whole run (the kernel drops it when its holder dies, however it dies): a run that finds it
 taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
 With a gate, the run lasts until D/NAME exists (S seconds at the most): a test that
 must stop a daemon while a run is still going opens the gate when it is ready.
+With "progress_every": P it reports its progress every P seconds while it runs.
 """
 
 from __future__ import annotations
@@ -39,11 +40,17 @@ def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
             raise
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
         seconds = float(payload.get("seconds", 0.1))
+        every = payload.get("progress_every")  # seconds between progress reports, if any
         if "gate" in payload:
             gate, until = directory / payload["gate"], time.monotonic() + seconds
             while not gate.exists() and time.monotonic() < until:
                 time.sleep(0.01)
-        else:
+        elif every is None:
             time.sleep(seconds)
+        else:
+            began = time.monotonic()
+            while (spent := time.monotonic() - began) < seconds:
+                ctx.progress(min(1.0, spent / seconds))
+                time.sleep(float(every))
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()}")
     return {"pid": os.getpid()}

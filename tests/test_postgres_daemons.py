@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 from conftest import Daemon, alive, run_cli, wait_until
 
 from procpool import Client
+from procpool.domain.errors import ProcpoolError
 
 LEASE = 3.0
 
@@ -38,12 +41,15 @@ def start(
 ) -> Callable[[str], Daemon]:
     """Daemons on the test's database (asked for first: the daemons stop before it goes)."""
 
-    def start_one(name: str, workers: int = 2, lease: float = LEASE) -> Daemon:
+    def start_one(
+        name: str, workers: int = 2, lease: float = LEASE, handlers: tuple[str, ...] = ()
+    ) -> Daemon:
+        modules = [arg for module in ("pg_handlers", *handlers) for arg in ("--handlers", module)]
         return make_daemon(
             workers,
             home=tmp_path / name,
             env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(lease)},
-            args=("--handlers", "pg_handlers"),
+            args=tuple(modules),
         )
 
     return start_one
@@ -364,3 +370,258 @@ def test_connections_cut_in_the_middle_of_turns_restart_the_daemon_in_place(
     more = jobs.submit("span", payload, id="after")
     assert jobs.wait([more], timeout=30)[0].status == "completed"
     assert a.stop() == 0
+
+
+def test_a_row_locked_by_another_session_is_waited_for_and_no_run_is_lost(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """An operator holds a running job's row FOR UPDATE for 8 s, longer than any of the
+    daemon's statement bounds: the turn that ends the job waits for the row in place
+    (store.busy, then store.available), the daemon stays up and keeps both workers, and
+    both jobs complete on their first attempt."""
+    a = start("a", lease=30)  # the wait may go on until 1 s before the fence, 20 s on
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 1}, id="locked")
+    jobs.submit("span", {"dir": str(spans), "seconds": 4}, id="bystander")
+    wait_until(lambda: running_now(spans) == {"locked", "bystander"}, 30, what="both to run")
+    with psycopg.connect(pg_url) as operator:
+        operator.execute("SELECT * FROM procpool_jobs WHERE id = 'locked' FOR UPDATE")
+        # The scenario: the lock outlives the job's run by several seconds.
+        wait_until(lambda: "locked" not in running_now(spans), 30, what="locked's run to end")
+        time.sleep(8)
+        assert a.process is not None and a.process.poll() is None, a.stderr()
+        operator.commit()
+    done = jobs.wait(["locked", "bystander"], timeout=30)
+    assert {(job.status, job.attempts) for job in done} == {("completed", 0)}
+    busy = a.wait_events("store.busy", timeout=10)
+    freed = a.wait_events("store.available", timeout=10)
+    assert busy and freed and freed[0]["waited_s"] >= 5
+    assert not a.events("daemon.restarting") and not a.events("daemon.crashed")
+    assert a.process is not None and a.process.poll() is None, a.stderr()
+    assert not (spans / "OVERLAP").exists()
+    assert a.stop() == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_large_submit_many_does_not_stop_the_daemons_that_ingest_meanwhile(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
+) -> None:
+    """One client submits 200,000 jobs in one call while files keep arriving in two
+    daemons' inboxes: the daemons leave the files whose ids the producer holds for a
+    later scan instead of waiting in their turns; none waits, exits or starts again, and
+    every file's job runs."""
+    a, b = start("a", lease=15), start("b", lease=15)
+    producer = client(a)
+    batch = [
+        {"id": f"bulk{n}", "type": "span", "payload": {"dir": str(spans)}, "delay": 3600}
+        for n in range(200_000)
+    ]
+    thread = threading.Thread(target=producer.submit_many, args=(batch,))
+    thread.start()
+    dropped: dict[Daemon, list[str]] = {a: [], b: []}
+    while thread.is_alive():
+        for daemon, names in dropped.items():
+            name = f"{daemon.home.name}{len(names)}"
+            job = {"id": name, "type": "span", "payload": {"dir": str(spans)}}
+            daemon.drop(f"{name}.json", job)
+            names.append(name)
+        time.sleep(0.2)
+    thread.join()
+    for daemon, names in dropped.items():
+        done = client(daemon).wait(names, timeout=120)
+        assert {job.status for job in done} == {"completed"}
+        assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()
+        assert not daemon.events("daemon.restarting") and not daemon.events("daemon.crashed")
+        assert not daemon.events("store.busy")
+    assert producer.get("bulk199999") is not None
+
+
+def test_a_daemon_of_another_machine_with_the_same_hostname_and_home_path_is_not_taken(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """Two containers with host networking, or two cloned VMs: same hostname, same home
+    path. Here a's row is made to name b's home path (the hostname is this machine's for
+    both): b's start must not take a's running job for one an earlier run of its own
+    left, nor kill its workers; once a dies, b rescues the job after the lease only."""
+    a = start("a")
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 4}, id="long")
+    jobs.submit("span", {"dir": str(spans), "seconds": 30}, id="second")
+    wait_until(lambda: running_now(spans) == {"long", "second"}, 30, what="both to run on a")
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(
+            "UPDATE procpool_daemons SET home = %s WHERE pid = %s",
+            (str((a.home.parent / "b").resolve()), a.pid),
+        )
+    b = start("b")
+    [done] = jobs.wait(["long"], timeout=30)
+    assert (done.status, done.attempts) == ("completed", 0)
+    assert "long" not in ran_by(b) and not b.events("worker.killed_stale")
+    assert not (spans / "OVERLAP").exists()
+    # a dies with a job running: b waits for a's lease, as for any other host's.
+    a.process.kill()  # type: ignore[union-attr]
+    killed_at = time.monotonic()
+    a.process.wait(10)  # type: ignore[union-attr]
+    b.wait_events("daemon.rescue", timeout=30)
+    assert time.monotonic() - killed_at >= LEASE
+    jobs.cancel("second")
+    jobs.wait(["second"], timeout=30)
+
+
+def test_the_readme_recipe_for_postgresql_from_nothing(
+    pg_cluster: Any, make_daemon: Callable[..., Daemon], tmp_path: Path, spans: Path
+) -> None:
+    """The README's recipe: a login role, a database it owns, its URL. A daemon and the
+    CLI work on it; stats says that this role cannot see other roles' snapshots and
+    which grant fixes it; after the grant, it sees an open one of another role."""
+    admin_url = pg_cluster.url()
+    name = f"recipe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN")
+        admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    url = pg_cluster.url(name).replace(f"//{pg_cluster.user}@", f"//{name}@", 1)
+    env = {"PROCPOOL_DATABASE_URL": url}
+    try:
+        daemon = make_daemon(1, home=tmp_path / "a", env=env, args=("--handlers", "pg_handlers"))
+        jobs = Client(daemon.home, database_url=url)
+        try:
+            jobs.submit("span", {"dir": str(spans)}, id="first")
+            assert jobs.wait(["first"], timeout=30)[0].status == "completed"
+        finally:
+            jobs.close()
+        with psycopg.connect(pg_cluster.url(name)) as analytics:  # another role's snapshot
+            analytics.execute("SELECT txid_current()")
+            shown = run_cli(daemon.home, "stats", "--json", env=env)
+            assert shown.returncode == 0, shown.stderr
+            database = json.loads(shown.stdout)["database"]
+            assert "GRANT pg_read_all_stats" in database["snapshots_hidden"]
+            text = run_cli(daemon.home, "stats", env=env).stdout
+            assert "pg_read_all_stats" in text, text
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f"GRANT pg_read_all_stats TO {name}")
+            database = json.loads(run_cli(daemon.home, "stats", "--json", env=env).stdout)[
+                "database"
+            ]
+            assert database["snapshots_hidden"] is None
+            assert database["oldest_snapshot_age"] > 0
+        assert daemon.stop() == 0
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def idle_holding_rows(pg_url: str) -> bool:
+    """Whether a daemon's session on the test's database is inside an open transaction
+    (between two statements of a turn) that has written a job or a daemon row, which it
+    keeps locked until it ends."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
+            " WHERE a.application_name = 'procpool' AND a.datname = current_database()"
+            " AND a.state = 'idle in transaction' AND l.mode = 'RowExclusiveLock'"
+            " AND l.relation IN ('procpool_jobs'::regclass, 'procpool_daemons'::regclass)"
+        ).fetchone()
+    return bool(rows and rows[0])
+
+
+@pytest.mark.timeout(240)
+def test_a_daemon_frozen_inside_a_turn_is_rescued_within_the_stated_time(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """a's supervisor is stopped while its session is idle inside a turn's transaction,
+    which locked the row of a job that reports progress (and perhaps a's lease row):
+    the server ends that session a margin into the freeze, and b rescues a's jobs
+    within lease + margin + 1.25 renewal periods of the freeze (README), plus room for
+    a loaded machine."""
+    a = start("a")
+    jobs = client(a)
+    payload = {"dir": str(spans), "seconds": 60, "progress_every": 0.01}
+    jobs.submit("span", payload, id="busy0")
+    jobs.submit("span", payload, id="busy1")
+    wait_until(lambda: running_now(spans) == {"busy0", "busy1"}, 30, what="both to run on a")
+    b = start("b")
+    frozen_at = None
+    for _ in range(100):  # freeze until a freeze lands inside a transaction that wrote
+        a.signal(signal.SIGSTOP)
+        if idle_holding_rows(pg_url):
+            frozen_at = time.monotonic()
+            break
+        a.signal(signal.SIGCONT)
+        time.sleep(0.05)
+    assert frozen_at is not None, "no freeze landed inside a turn"
+    try:
+        stated = LEASE + LEASE / 3 + 1.25 * LEASE / 7.5
+        wait_until(
+            lambda: {"busy0", "busy1"} <= {j for e in b.events("daemon.rescue") for j in e["jobs"]},
+            stated + 10,
+            what="b's rescue of a's jobs while a is frozen",
+        )
+        assert time.monotonic() - frozen_at < stated + 10
+    finally:
+        a.signal(signal.SIGCONT)
+    for job_id in ("busy0", "busy1"):
+        jobs.cancel(job_id)
+    jobs.wait(["busy0", "busy1"], timeout=30)
+    assert not (spans / "OVERLAP").exists()
+
+
+def test_progress_is_written_at_most_once_a_second_and_without_new_index_entries(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """A job reports its progress every 10 ms for 4 s (the worker sends up to 20 a
+    second): the store writes its row's progress about once a second, each a HOT update
+    (no indexed column changes), and the last progress reaches the row."""
+    a = start("a", workers=1)
+    jobs = client(a)
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE progress_writes (n integer NOT NULL)")
+        db.execute(
+            "CREATE FUNCTION count_progress() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO progress_writes VALUES (1); RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER count_progress AFTER UPDATE ON procpool_jobs FOR EACH ROW"
+            " WHEN (OLD.status = 'running' AND NEW.status = 'running'"
+            " AND OLD.progress IS DISTINCT FROM NEW.progress) EXECUTE FUNCTION count_progress()"
+        )
+    payload = {"dir": str(spans), "seconds": 4, "progress_every": 0.01}
+    jobs.submit("span", payload, id="reporter")
+    [done] = jobs.wait(["reporter"], timeout=60)
+    assert done.status == "completed"
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        (writes,) = db.execute("SELECT count(*) FROM progress_writes").fetchone()  # type: ignore[misc]
+        indexed = {
+            row[0]
+            for row in db.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid ="
+                " i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE i.indrelid = 'procpool_jobs'::regclass"
+            )
+        }
+    assert not indexed & {"progress", "updated_at"}, indexed  # so a progress write is HOT
+    assert 2 <= writes <= 8, f"{writes} progress writes in 4 s"
+    assert done.progress is not None and done.progress["fraction"] > 0.7
+
+
+def test_in_a_fleet_that_differs_in_handlers_a_type_runs_only_where_it_has_a_handler(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path
+) -> None:
+    """A rolling deploy: only b has `fresh`. Its jobs, from the client or from a's inbox,
+    all run on b and none fails on a; a typo in a type is refused by the client and
+    rejected from an inbox, naming the type."""
+    a = start("a")
+    b = start("b", workers=1, handlers=("pg_handlers_new",))
+    jobs = client(a)
+    ids = [jobs.submit("fresh", {"dir": str(spans)}, id=f"fresh{n}") for n in range(8)]
+    a.drop("fresh-file.json", {"id": "from-a", "type": "fresh", "payload": {"dir": str(spans)}})
+    a.wait_events("file.accepted", file="fresh-file.json")
+    done = jobs.wait([*ids, "from-a"], timeout=60)
+    assert {(job.status, job.attempts) for job in done} == {("completed", 0)}
+    assert not ran_by(a) and ran_by(b) == {*ids, "from-a"}
+    with pytest.raises(ProcpoolError, match="frsh"):
+        jobs.submit("frsh", {"dir": str(spans)}, id="typo")
+    assert jobs.get("typo") is None
+    a.drop("typo-file.json", {"id": "typo2", "type": "frsh", "payload": {}})
+    [rejected] = a.wait_events("file.rejected", file="typo-file.json")
+    assert "frsh" in rejected["error"]

@@ -119,6 +119,20 @@ def test_save_is_a_compare_and_set(store: JobStore) -> None:
     assert store.get("cas") == done
 
 
+def test_retention_deletes_the_jobs_that_finished_before_the_cutoff(store: JobStore) -> None:
+    add(store, a_job("old"), a_job("running"), a_job("new"))
+    for job_id, ended_at in (("old", NOW + 2), ("new", NOW + 100)):
+        running = started(store, job_id, lease=1)
+        with store.transaction():
+            done = jobs.complete(running, result=b'"ok"', now=ended_at)
+            assert store.save(done, expected=Status.RUNNING, expected_lease=1)
+    started(store, "running", lease=2)
+    with store.transaction():
+        assert store.delete_finished_before(NOW + 50, 10) == [("echo", Status.COMPLETED)]
+    assert store.get("old") is None
+    assert store.get("new") is not None and store.get("running") is not None
+
+
 def test_save_keeps_every_changing_field(store: JobStore) -> None:
     add(store, a_job("f"))
     running = started(store, "f", lease=4)
@@ -435,7 +449,9 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
 
     from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
 
-    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))
+    # Lease 6 s: the pause stays under the margin (2 s), past which the server ends a
+    # session idle in a transaction.
+    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=6.0))
     try:
         with store.transaction():
             time.sleep(1.5)  # the pause, after BEGIN
@@ -446,7 +462,7 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
                 " FROM procpool_daemons WHERE id = %s",
                 (store.daemon_id,),
             ).fetchone()
-        assert row is not None and row[0] > 2.5, row  # counted from BEGIN: about 1.5
+        assert row is not None and row[0] > 5.25, row  # counted from BEGIN: about 4.5
         assert store.fence_in() < row[0]  # the daemon fences itself before it expires
     finally:
         store.close()
@@ -480,3 +496,36 @@ def test_the_wal_is_emptied_once_no_reader_holds_it(
     assert wal.stat().st_size <= 64 * 1024
     assert len(store.with_status(Status.PENDING)) == 101
     store.close()
+
+
+def test_a_postgresql_turn_frozen_inside_its_transaction_frees_its_rows_within_the_margin(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A daemon stopped between two statements of a turn (SIGSTOP, a paused VM) holds the
+    rows the turn locked: the server ends its session once it stayed idle in the
+    transaction for a margin (a third of the lease), so the rows are free for the
+    others' rescue well before it comes due (lease + margin after the last renewal)."""
+    import psycopg  # noqa: PLC0415
+
+    from procpool.application.ports import StoreLost  # noqa: PLC0415
+    from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
+
+    store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))  # margin 1 s
+    other = psycopg.connect(pg_url, autocommit=True)
+    try:
+        add(store, a_job("held"))
+        frozen_at = time.monotonic()
+        with pytest.raises(StoreLost), store.transaction():
+            assert [job.id for job in store.due(NOW, 10)] == ["held"]  # locked by this turn
+            freed = None
+            while freed is None and time.monotonic() - frozen_at < 20:
+                rows = other.execute(
+                    "SELECT id FROM procpool_jobs WHERE id = 'held' FOR UPDATE SKIP LOCKED"
+                ).fetchall()
+                freed = time.monotonic() if rows else None
+                time.sleep(0.05)
+        assert freed is not None and freed - frozen_at < store.timing.lease
+    finally:
+        other.close()
+        with contextlib.suppress(Exception):
+            store.close()

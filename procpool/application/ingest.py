@@ -19,7 +19,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from procpool.application.ports import FileProgress, InboxFile, JobStore, LineError
+from procpool.application.ports import FileProgress, IdsBusy, InboxFile, JobStore, LineError
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -33,6 +33,7 @@ from procpool.domain.spec import (
     show,
     to_job,
 )
+from procpool.domain.wording import plural
 
 # A report lists at most this many bad lines (the rest are counted in its `error`), so
 # that judging a file of any size holds a bounded number of them.
@@ -170,9 +171,14 @@ def ingest(
     defaults: JobDefaults,
     now: float,
     progress: Mapping[str, FileProgress] | None = None,
+    defer_busy: bool = False,
 ) -> IngestResult:
     """Judge `files` into jobs and store them; `progress` is what the store holds of files
     read in parts (`JobStore.files_in_progress`), and is brought up to date here.
+
+    Raises:
+        IdsBusy: with `defer_busy`, on a shared store, another writer holds some of the
+            ids; nothing was written (the files wait where they are).
 
     A `whole` file (a batch, or a submission over the socket door) stores its jobs only
     if every one is good: one bad job rejects them all, and what they would have been
@@ -184,7 +190,14 @@ def ingest(
         _read_entries(outcome, known_types, type_names, defaults, now, result)
         for outcome in outcomes
     ]
-    stored = store.digests([c.job.id for candidates in offered for c in candidates])
+    ids = [c.job.id for candidates in offered for c in candidates]
+    if defer_busy and store.shared:
+        found = store.digests_now(ids)  # type: ignore[attr-defined]
+        if found is None:
+            raise IdsBusy(f"another writer holds some of {plural(len(ids), 'id')}")
+        stored: dict[str, str] = found
+    else:
+        stored = store.digests(ids)
     seen: dict[str, str] = {}
     new_jobs: list[Job] = []
     for outcome, candidates in zip(outcomes, offered, strict=True):

@@ -15,7 +15,7 @@ or `file.rejected` as any file. Duplicates are logged once per file and turn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,13 @@ from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection, ingest
 from procpool.application.ledger import Ledger
-from procpool.application.ports import FileProgress, InboxEntry, InboxFile, JobStore
+from procpool.application.ports import (
+    FileProgress,
+    IdsBusy,
+    InboxEntry,
+    InboxFile,
+    JobStore,
+)
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job, Status
@@ -71,6 +77,13 @@ def submission_entry(number: int, data: bytes, max_bytes: int) -> InboxEntry:
     return InboxEntry(number, value)
 
 
+class _AnyType:
+    """Every type: a live daemon of the fleet did not record which it has."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
 class Intake:
     def __init__(
         self, store: JobStore, ledger: Ledger, registry: HandlerRegistry, fleet: Fleet, log: Log
@@ -95,9 +108,18 @@ class Intake:
         received = Received()
         if not files:
             return received
-        result = ingest(
-            files, self.store, self.registry, self.registry.names(), defaults, wall, progress
-        )
+        known, names = self._types()
+        try:
+            result = ingest(files, self.store, known, names, defaults, wall, progress, True)
+        except IdsBusy as busy:
+            # A producer's large submission holds some of these ids: the files stay in
+            # the inbox for a later scan, and the turn goes on without waiting for it.
+            self._log(
+                "DEBUG", "inbox.deferred",
+                f"{plural(len(files), 'file')} left for a later scan: {busy}",
+                files=len(files), error=str(busy),
+            )  # fmt: skip
+            return received
         new_jobs: dict[int, list[Job]] = {}
         for job, file in result.jobs:
             new_jobs.setdefault(id(file), []).append(job)
@@ -141,7 +163,8 @@ class Intake:
                 for jobs in batches
             )
         ]
-        result = ingest(files, self.store, self.registry, self.registry.names(), defaults, wall)
+        known, names = self._types()
+        result = ingest(files, self.store, known, names, defaults, wall)
         self.ledger.added_many(job for job, _ in result.jobs)
         refused = {id(rejection.file): rejection for rejection in result.rejected}
         verdicts = []
@@ -163,6 +186,18 @@ class Intake:
             )  # fmt: skip
             verdicts.append(Verdict(ids=[i for i in ids if i is not None]))
         return verdicts
+
+    def _types(self) -> tuple[Container[str], list[str]]:
+        """The job types a submission may have, and their names for an error: this
+        daemon's handlers; on a shared store, those of every live daemon (a job waits
+        for one that has its handler), or any type while a live daemon did not say
+        which it has (an older procpool)."""
+        names = self.registry.names()
+        served = self.store.served_types() if self.store.shared else set()  # type: ignore[attr-defined]
+        if served is None:
+            return _AnyType(), names
+        names = sorted(set(names) | served)
+        return set(names), names
 
     def vanished(self, keys: list[str], progress: Mapping[str, FileProgress]) -> None:
         """Files read in part that left the inbox before their end (deleted, renamed):

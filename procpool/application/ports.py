@@ -28,6 +28,11 @@ class StoreLost(ProcpoolError):
     store. The daemon ends its workers and starts again (infrastructure/daemon.py)."""
 
 
+class IdsBusy(ProcpoolError):
+    """Another writer of a shared store holds some of the ids being submitted (a large
+    submission in its transaction): nothing was written; offer them again later."""
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     """A worker as the store remembers it, so the next run can find it if it survives us."""
@@ -187,6 +192,15 @@ class SharedStore(JobStore, Protocol):
 
     def tick_in(self) -> float:
         """Seconds until `tick` (or `listener`, while there is none) has work to do."""
+        ...
+
+    def digests_now(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """`digests`, or None at once if another writer holds some of these ids."""
+        ...
+
+    def served_types(self) -> set[str] | None:
+        """The job types the live daemons have handlers for; None: any (a live daemon
+        did not record its types)."""
         ...
 
     def fence_in(self) -> float:

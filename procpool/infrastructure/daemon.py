@@ -78,7 +78,9 @@ def open_store(config: configuration.Config, home: Path) -> JobStore:
         raise ConfigError(
             f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
         ) from None
-    return postgres_store.open_store(config.database_url, home, config.daemon_lease)
+    return postgres_store.open_store(
+        config.database_url, home, config.daemon_lease, registry.names()
+    )
 
 
 def prepare_home(home: Path) -> None:

@@ -24,7 +24,7 @@ import psycopg
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.spec import JobDefaults, JobSpec, to_job
+from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
 from procpool.infrastructure.postgres_store import (
     CANCEL_CHANNEL,
     JOBS_CHANNEL,
@@ -32,6 +32,7 @@ from procpool.infrastructure.postgres_store import (
     connect,
     lock_ids,
     migrate,
+    served_types,
 )
 from procpool.infrastructure.sqlite_store import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.infrastructure.stats import DaemonOnDatabase
@@ -102,23 +103,36 @@ class PostgresClientStore:
 
     @staticmethod
     def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
-        with db.transaction():
-            lock_ids(db, [job.id for job in jobs])
-            with db.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({','.join(['%s'] * 20)})"
-                    " ON CONFLICT (id) DO NOTHING",
-                    [_row(job) for job in jobs],
+        served = served_types(db)
+        # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
+        # waits in an inbox whose daemon is down.
+        if served:
+            unknown = sorted({job.type for job in jobs} - served)
+            if unknown:
+                raise InvalidJobFile(
+                    f"unknown job type {show(unknown[0])}; no daemon alive on the database"
+                    f" has its handler; registered: {', '.join(sorted(served))}"
                 )
-            stored = dict(
-                db.execute(  # type: ignore[arg-type]
-                    "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)",
-                    ([job.id for job in jobs],),
-                ).fetchall()
+        with db.transaction():
+            # The rows go to a table of this session first, with no lock that a daemon
+            # waits for; the ids' stripes (`lock_ids`) are held only for the one
+            # statement that moves them, so a daemon that ingests meanwhile waits for
+            # that statement, not for the whole transfer (about a quarter of it).
+            db.execute("CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs) ON COMMIT DROP")
+            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:  # type: ignore[arg-type]
+                for job in jobs:
+                    copy.write_row(_row(job))
+            lock_ids(db, [job.id for job in jobs])
+            db.execute(
+                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"  # type: ignore[arg-type]
+                " ON CONFLICT (id) DO NOTHING"
             )
-            for job in jobs:
-                if stored.get(job.id) != job.digest:
-                    raise InvalidJobFile(f'duplicate id "{job.id}" with different content')
+            differ = db.execute(
+                "SELECT s.id FROM procpool_staged s LEFT JOIN procpool_jobs j ON j.id = s.id"
+                " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
+            ).fetchone()
+            if differ is not None:
+                raise InvalidJobFile(f'duplicate id "{differ[0]}" with different content')
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def cancel(self, job_id: str) -> Status | None:
@@ -129,15 +143,17 @@ class PostgresClientStore:
 
     @staticmethod
     def _cancel(db: psycopg.Connection[Any], job_id: str) -> Status | None:
+        now = time.time()
         with db.transaction():
             row = db.execute(
                 "UPDATE procpool_jobs SET"
                 " status = CASE WHEN status = 'pending' THEN 'canceled' ELSE status END,"
                 " cancel_requested = cancel_requested OR status = 'running',"
                 " updated_at = CASE WHEN status = 'pending'"
-                "   THEN %s ELSE updated_at END"
+                "   THEN %s ELSE updated_at END,"
+                " finished_at = CASE WHEN status = 'pending' THEN %s ELSE finished_at END"
                 " WHERE id = %s RETURNING status, owner",
-                (time.time(), job_id),
+                (now, now, job_id),
             ).fetchone()
             if row is None:
                 return None
@@ -257,6 +273,10 @@ class PostgresClientStore:
         """What to watch on the database: the age of the oldest open snapshot (seconds;
         an old one keeps dead rows that every claim walks) and the jobs table's dead
         rows."""
+        (sees_all,) = self._query(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')"
+            " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )[0]
         oldest = self._query(
             "SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity"
             " WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL"
@@ -269,6 +289,13 @@ class PostgresClientStore:
             "oldest_snapshot_age": None if oldest is None else round(max(0.0, oldest), 3),
             "jobs_dead_tuples": dead[0][0] if dead else 0,
             "jobs_live_tuples": dead[0][1] if dead else 0,
+            # Without pg_read_all_stats, pg_stat_activity hides the snapshots of other
+            # roles' sessions (analytics, an operator's psql): the age is then this
+            # role's alone, and says so.
+            "snapshots_hidden": None
+            if sees_all
+            else "other roles' sessions are hidden from this role:"
+            " GRANT pg_read_all_stats TO it to see their snapshots",
         }
 
     def close(self) -> None:

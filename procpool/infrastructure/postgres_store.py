@@ -30,18 +30,21 @@ leases alone.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
+from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
     LineError,
@@ -148,6 +151,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (home, key, line)
     );
     """,
+    # 2: what only this machine has (`machine_identity`): an earlier run of "this host"
+    # is one with the same, never one with the same hostname and home path.
+    """
+    ALTER TABLE procpool_daemons ADD COLUMN machine text;
+    CREATE INDEX procpool_daemons_machine ON procpool_daemons (machine);
+    """,
+    # 3: retention finds finished jobs by finished_at, which only a status change
+    # writes: no index holds updated_at any more, so a progress write changes no
+    # indexed column and is a HOT update (its old version pruned in its page, no index
+    # entry added).
+    """
+    ALTER TABLE procpool_jobs ADD COLUMN finished_at double precision;
+    UPDATE procpool_jobs SET finished_at = updated_at
+        WHERE status IN ('completed', 'failed', 'canceled');
+    DROP INDEX procpool_jobs_finished;
+    CREATE INDEX procpool_jobs_finished ON procpool_jobs (finished_at)
+        WHERE status IN ('completed', 'failed', 'canceled');
+    """,
+    # 4: the job types each daemon has handlers for (NULL: a daemon that did not say,
+    # taken to run any type); a daemon claims only its own.
+    """
+    ALTER TABLE procpool_daemons ADD COLUMN types text[];
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -161,6 +187,36 @@ LISTEN_PAUSE_MIN = 0.1  # seconds before the first try to listen again
 # second is one of the stripes, a power of two.
 ID_LOCK_CLASS = 0x70726F63
 ID_LOCK_STRIPES = 64
+# A lock another session holds (a row, an id stripe) is waited for in the turn, tried
+# every BUSY_POLL seconds, logged once the wait passes BUSY_NOTICE, and given up
+# BUSY_SPARE seconds before the daemon's fence (`PostgresJobStore._waiting`).
+BUSY_POLL = 0.05
+BUSY_NOTICE = 1.0
+BUSY_SPARE = 1.0
+T = TypeVar("T")
+# A change of progress alone (a handler's ctx.progress) is written at most this often
+# per job, in seconds: 4 jobs reporting 20 times a second made 2,000 dead rows a minute.
+PROGRESS_WRITE_EVERY = 1.0
+PROGRESS_FIELDS = frozenset({"progress", "updated_at"})
+HOME_ID = "procpool.id"  # in the home: this home's part of `machine_identity`
+BUSY_ERRORS = (
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+
+
+@dataclass
+class _KeptProgress:
+    """A running job's progress writes: the latest change (`job`, to be written as a
+    compare-and-set on `expected` and `lease`), and when one was last written."""
+
+    job: Job
+    expected: Status
+    lease: int
+    written_at: float = -math.inf  # boottime
+    waiting: bool = False  # `job` holds a progress not written yet
 
 
 class SchemaTooNew(ProcpoolError):
@@ -192,14 +248,23 @@ def boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def connect(url: str, statement_timeout: float) -> psycopg.Connection[Any]:
+def connect(
+    url: str, statement_timeout: float, idle_in_transaction: float | None = None
+) -> psycopg.Connection[Any]:
     """A connection whose every call is bounded: `connect_timeout`, TCP keepalives and
-    user timeout (a half-open socket is found), `statement_timeout` and `lock_timeout`.
+    user timeout (a half-open socket is found), `statement_timeout` and `lock_timeout`;
+    with `idle_in_transaction` (seconds), the server ends the session once a transaction
+    of it waited that long between two statements (its holder frozen), which frees the
+    rows it locked.
 
     Raises:
         psycopg.OperationalError: the database cannot be reached.
     """
     milliseconds = max(1000, int(statement_timeout * 1000))
+    options = f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}"
+    if idle_in_transaction is not None:
+        idle = max(1000, int(idle_in_transaction * 1000))
+        options += f" -c idle_in_transaction_session_timeout={idle}"
     return psycopg.connect(
         url,
         autocommit=True,
@@ -209,7 +274,7 @@ def connect(url: str, statement_timeout: float) -> psycopg.Connection[Any]:
         keepalives_interval=2,
         keepalives_count=3,
         tcp_user_timeout=milliseconds,
-        options=f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+        options=options,
         application_name="procpool",
     )
 
@@ -252,6 +317,62 @@ def lock_ids(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
     )
 
 
+def try_lock_ids(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> bool:
+    """`lock_ids` without waiting: the stripes are taken in ascending order up to the
+    first one another transaction holds (LIMIT 1 stops the walk there, so no stripe
+    above it is taken and the order that rules out deadlocks holds). Returns whether
+    all were taken; if not, call again later in the same transaction (those taken
+    stay taken: advisory locks nest)."""
+    if not job_ids:
+        return True
+    row = db.execute(
+        "SELECT stripe FROM (SELECT DISTINCT hashtext(id) & %s AS stripe"
+        " FROM unnest(%s::text[]) AS id ORDER BY stripe) AS stripes"
+        " WHERE NOT pg_try_advisory_xact_lock(%s, stripe) LIMIT 1",
+        (ID_LOCK_STRIPES - 1, list(job_ids), ID_LOCK_CLASS),
+    ).fetchone()
+    return row is None
+
+
+def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
+    """The job types that the daemons alive on the database have handlers for; None when
+    one of them did not record its types (an older procpool: it takes any)."""
+    row = db.execute(
+        "SELECT coalesce(bool_or(types IS NULL), false),"
+        " coalesce(array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL), '{}')"
+        " FROM procpool_daemons LEFT JOIN LATERAL unnest(types) AS t ON true"
+        " WHERE state = 'alive'"
+    ).fetchone()
+    assert row is not None
+    return None if row[0] else set(row[1])
+
+
+def machine_identity(home: Path) -> str:
+    """What tells an earlier run of this daemon from another host's: the id stored in the
+    home (HOME/procpool.id, made at the first start: two containers with one hostname
+    and home path have two), this machine's /etc/machine-id and its boot id (two VMs
+    cloned from one image, home and machine id included, differ in it). A daemon of the
+    same identity ran here, in this boot, so the pid file proves it dead; any other one
+    is waited for like another host's, until its lease runs out. The boot id makes a
+    restart after a reboot wait for the lease too."""
+    path = home / HOME_ID
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        home_id = path.read_text().strip()
+    else:
+        home_id = uuid.uuid4().hex
+        with os.fdopen(fd, "w") as file:
+            file.write(home_id + "\n")
+    parts = [home_id]
+    for source in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            parts.append(Path(source).read_text().strip())
+        except OSError:
+            parts.append("")
+    return ":".join(parts)
+
+
 def _value(job: Job, name: str) -> object:
     """A field as its column holds it: SQLite's encoding, but a real boolean."""
     return job.cancel_requested if name == "cancel_requested" else _column_value(job, name)
@@ -261,15 +382,18 @@ def _row(job: Job) -> tuple[Any, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
 
 
-def open_store(url: str, home: Path, lease: float) -> PostgresJobStore:
-    """The daemon's store on `url`, registered as a daemon of `home`.
+def open_store(
+    url: str, home: Path, lease: float, types: Sequence[str] | None = None
+) -> PostgresJobStore:
+    """The daemon's store on `url`, registered as a daemon of `home` that has handlers
+    for `types` (None: any type).
 
     Raises:
         ProcpoolError: the database cannot be reached (the message names why, not the
             URL, which may hold a password); SchemaTooNew.
     """
     try:
-        return PostgresJobStore(url, home, Timing(lease))
+        return PostgresJobStore(url, home, Timing(lease), types)
     except psycopg.OperationalError as error:
         raise ProcpoolError(
             f"cannot reach the PostgreSQL database of database_url: {error}"
@@ -283,11 +407,19 @@ class PostgresJobStore:
 
     shared = True
 
-    def __init__(self, url: str, home: Path, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        home: Path,
+        timing: Timing | None = None,
+        types: Sequence[str] | None = None,
+    ) -> None:
         self.url = url
+        self.types = None if types is None else sorted(types)  # None: claims any type
         self.timing = timing or Timing()
         self.host = socket.gethostname()
         self.home = str(home.resolve())
+        self.machine = machine_identity(home)
         self._db = self._connect()
         migrate(self._db)
         self.daemon_id = self._register()
@@ -296,6 +428,7 @@ class PostgresJobStore:
         self._next_renewal = 0.0
         self._next_rescue = 0.0
         self._leases: list[int] = []
+        self._progress: dict[str, _KeptProgress] = {}  # job id -> its progress writes
         self._listening: psycopg.Connection[Any] | None = None
         self._listen_again_at = 0.0  # boottime
         self._listen_pause = LISTEN_PAUSE_MIN
@@ -303,15 +436,19 @@ class PostgresJobStore:
     # ------------------------------------------------------------- connection
 
     def _connect(self) -> psycopg.Connection[Any]:
-        """A new session, its statements bounded by half the margin (see `connect`)."""
-        return connect(self.url, self.timing.margin / 2)
+        """A new session, its statements bounded by half the margin, and ended by the
+        server if a transaction of it stays idle for a margin (this daemon frozen inside
+        a turn: the rows that turn locked, its lease's row too, are freed for the rescue
+        well before the lease plus margin after which the others take the jobs)."""
+        return connect(self.url, self.timing.margin / 2, self.timing.margin)
 
     def _register(self) -> int:
         row = self._db.execute(
-            "INSERT INTO procpool_daemons (host, home, pid, heartbeat_at, expires_at)"
-            " VALUES (%s, %s, %s, clock_timestamp(),"
+            "INSERT INTO procpool_daemons"
+            " (host, home, machine, types, pid, heartbeat_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, clock_timestamp(),"
             " clock_timestamp() + make_interval(secs => %s)) RETURNING id",
-            (self.host, self.home, os.getpid(), self.timing.lease),
+            (self.host, self.home, self.machine, self.types, os.getpid(), self.timing.lease),
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -332,8 +469,9 @@ class PostgresJobStore:
     def transaction(self) -> Iterator[None]:
         """See JobStore.transaction. Raises StoreBusy on entry when the database cannot be
         reached (the turn then changed nothing); StoreLost when the connection breaks
-        after that, the commit included (whether it happened is then unknown);
-        psycopg.Error for a statement that fails otherwise."""
+        after that, the commit included (whether it happened is then unknown), or when a
+        statement was canceled (BUSY_ERRORS); psycopg.Error for a statement that fails
+        otherwise."""
         if self._db.closed or self._db.broken:
             self._reconnect()
         try:
@@ -349,9 +487,55 @@ class PostgresJobStore:
             if self._db.broken:
                 raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from error
             self._db.execute("ROLLBACK")
+            if isinstance(error, BUSY_ERRORS):
+                # A statement canceled (statement_timeout on a server too slow), a lock
+                # wait that timed out or a deadlock: the turn is rolled back, and what it
+                # took in with it, so the daemon rebuilds its view from the store as
+                # after a lost connection. Locks of other sessions do not end here: the
+                # turn waits for them in place (`_waiting`).
+                raise StoreLost(f"the store is busy, the turn was rolled back: {error}") from error
             raise
         if self._renewing is not None:
             self._renewed_at, self._renewing = self._renewing, None
+
+    def _waiting(self, what: str, attempt: Callable[[], T | None]) -> T:
+        """`attempt()` until it is not None, every BUSY_POLL seconds: None says another
+        session holds a lock this turn needs. A wait longer than BUSY_NOTICE is logged
+        (`store.busy`, then `store.available`). The wait ends while this daemon can still
+        vouch for its lease (BUSY_SPARE before its fence): past that, the turn is given
+        up as if the connection were lost.
+
+        Raises:
+            StoreLost: the lock was held until the fence came near.
+        """
+        result = attempt()
+        if result is not None:
+            return result
+        began = boottime()
+        noticed = False
+        while result is None:
+            if not noticed and boottime() - began >= BUSY_NOTICE:
+                noticed = True
+                emit(
+                    "WARNING", "store.busy",
+                    f"the store is busy: another session locks {what}; waiting for it,"
+                    " nothing is lost",
+                    error=f"another session locks {what}",
+                )  # fmt: skip
+            if self.fence_in() <= BUSY_SPARE:
+                raise StoreLost(
+                    f"another session locked {what} for {boottime() - began:.1f} s, until"
+                    " this daemon's lease could no longer be vouched for"
+                )
+            time.sleep(BUSY_POLL)
+            result = attempt()
+        if noticed:
+            waited = boottime() - began
+            emit(
+                "INFO", "store.available", f"the store is free again after {waited:.1f} s",
+                waited_s=round(waited, 3),
+            )  # fmt: skip
+        return result
 
     def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
@@ -367,11 +551,19 @@ class PostgresJobStore:
         (`lock_ids`): none of them appears before this turn's insert."""
         if not job_ids:
             return {}
-        lock_ids(self._db, job_ids)
+        self._waiting("the ids being submitted", lambda: try_lock_ids(self._db, job_ids) or None)
         rows = self._rows(
             "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
         )
         return dict(rows)  # type: ignore[arg-type]
+
+    def digests_now(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """`digests`, or None at once if another transaction holds some of these ids'
+        stripes (a producer's large `submit_many`): the inbox's files wait for a later
+        scan rather than the turn for the producer."""
+        if not try_lock_ids(self._db, job_ids):
+            return None
+        return self.digests(job_ids)
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
         if not job_ids:
@@ -402,28 +594,69 @@ class PostgresJobStore:
         expected_lease: int,
         fields: Sequence[str] = MUTABLE_FIELDS,
     ) -> bool:
+        """See JobStore.save. A change of progress alone is written at most every
+        PROGRESS_WRITE_EVERY seconds per job: the latest one waits here (True is
+        returned for it), and is written by a later turn's `tick` or with the job's next
+        other change, whichever comes first."""
         names = list(fields)
+        kept = self._progress.get(job.id)
+        if set(names) <= PROGRESS_FIELDS:
+            if kept is None:
+                kept = self._progress[job.id] = _KeptProgress(job, expected, expected_lease)
+            kept.job, kept.expected, kept.lease = job, expected, expected_lease
+            if boottime() - kept.written_at < PROGRESS_WRITE_EVERY:
+                kept.waiting = True
+                return True
+            kept.written_at, kept.waiting = boottime(), False
+        elif kept is not None:
+            del self._progress[job.id]
+            if kept.waiting and "progress" not in names:
+                names.append("progress")  # `job` carries the latest progress
+        return self._write(job, expected, expected_lease, names)
+
+    def _write(self, job: Job, expected: Status, expected_lease: int, names: list[str]) -> bool:
         values: list[Any] = [_value(job, name) for name in names]
         if "status" in names:
-            # The owner goes with `running` and is cleared when the job leaves it.
-            names.append("owner")
+            # The owner goes with `running` and is cleared when the job leaves it;
+            # finished_at (retention's index) with a terminal status.
+            names = [*names, "owner", "finished_at"]
             values.append(self.daemon_id if job.status is Status.RUNNING else None)
-        cursor = self._db.execute(
-            f"UPDATE procpool_jobs SET {', '.join(f'{name} = %s' for name in names)}"  # type: ignore[arg-type]
-            " WHERE id = %s AND status = %s AND lease = %s",
-            (*values, job.id, str(expected), expected_lease),
+            values.append(job.updated_at if job.status.is_terminal else None)
+        # The row is taken SKIP LOCKED: while another session holds it (an operator's
+        # SELECT ... FOR UPDATE, a client's cancel), the turn waits here, in place and
+        # without an error that would roll back what the turn took in.
+        update = (
+            f"UPDATE procpool_jobs SET {', '.join(f'{name} = %s' for name in names)}"
+            " WHERE id = %s AND status = %s AND lease = %s AND id IN (SELECT id"
+            " FROM procpool_jobs WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED)"
         )
-        return cursor.rowcount == 1
+        parameters = (*values, job.id, str(expected), expected_lease, job.id)
+
+        def attempt() -> bool | None:
+            if self._db.execute(update, parameters).rowcount == 1:  # type: ignore[arg-type]
+                return True
+            rows = self._rows("SELECT status, lease FROM procpool_jobs WHERE id = %s", (job.id,))
+            held = bool(rows) and rows[0] == (str(expected), expected_lease)
+            return None if held else False  # held: another session locks the row
+
+        return self._waiting(f"job {job.id}", attempt)
 
     def due(self, now: float, limit: int) -> list[Job]:
         # Locked until the turn commits: another daemon's claim skips these rows, and
         # those this turn does not start are free again after it.
+        # Only the types this daemon has handlers for: another's wait for a daemon that has.
         rows = self._rows(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND run_at <= %s"
+            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
             " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (now, limit),
+            (now, self.types, self.types, limit),
         )
         return [_job(row) for row in rows]
+
+    def served_types(self) -> set[str] | None:
+        """The job types the live daemons have handlers for; None: any, while a live
+        daemon did not record its types (an older procpool)."""
+        return served_types(self._db)
 
     def new_lease(self) -> int:
         """A fencing token no other daemon will ever use."""
@@ -440,8 +673,9 @@ class PostgresJobStore:
 
     def next_run_at(self, after: float) -> float | None:
         rows = self._rows(
-            "SELECT min(run_at) FROM procpool_jobs WHERE status = 'pending' AND run_at > %s",
-            (after,),
+            "SELECT min(run_at) FROM procpool_jobs WHERE status = 'pending' AND run_at > %s"
+            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))",
+            (after, self.types, self.types),
         )
         return rows[0][0]
 
@@ -450,19 +684,21 @@ class PostgresJobStore:
         return [_job(row) for row in rows]
 
     def left_running(self) -> list[Job]:
-        """The running jobs of the earlier daemons of this home on this host, which are
-        now dead (the pid file proves it, and their stale workers were killed first):
-        marked dead here, their jobs locked for this transaction."""
+        """The running jobs of the earlier daemons of this home on this machine in this
+        boot (`machine_identity`), which are now dead (the pid file proves it, and their
+        stale workers were killed first): marked dead here, their jobs locked for this
+        transaction. Those of a daemon that only shares the hostname and home path are
+        not taken: its lease decides."""
         self._db.execute(
             "UPDATE procpool_daemons SET state = 'dead'"
-            " WHERE host = %s AND home = %s AND id <> %s AND state = 'alive'",
-            (self.host, self.home, self.daemon_id),
+            " WHERE machine = %s AND id <> %s AND state = 'alive'",
+            (self.machine, self.daemon_id),
         )
         rows = self._rows(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner IN"
-            " (SELECT id FROM procpool_daemons WHERE host = %s AND home = %s AND id <> %s)"
+            " (SELECT id FROM procpool_daemons WHERE machine = %s AND id <> %s)"
             " FOR UPDATE SKIP LOCKED",
-            (self.host, self.home, self.daemon_id),
+            (self.machine, self.daemon_id),
         )
         return [_job(row) for row in rows]
 
@@ -472,7 +708,7 @@ class PostgresJobStore:
     # ------------------------------------------------------------- workers and history
 
     def _this_home(self) -> str:
-        return "SELECT id FROM procpool_daemons WHERE host = %s AND home = %s"
+        return "SELECT id FROM procpool_daemons WHERE machine = %s"
 
     def add_worker(self, worker: WorkerRecord) -> None:
         self._db.execute(
@@ -485,16 +721,16 @@ class PostgresJobStore:
     def remove_worker(self, pid: int) -> None:
         self._db.execute(
             f"DELETE FROM procpool_workers WHERE pid = %s AND daemon_id IN ({self._this_home()})",  # type: ignore[arg-type]
-            (pid, self.host, self.home),
+            (pid, self.machine),
         )
 
     def workers(self) -> list[WorkerRecord]:
-        """The workers this home's daemons on this host recorded: after a restart, those
-        that may have outlived the earlier daemon."""
+        """The workers this home's daemons on this machine recorded (`machine_identity`):
+        after a restart, those that may have outlived the earlier daemon."""
         rows = self._rows(
             "SELECT pid, create_time FROM procpool_workers"
             f" WHERE daemon_id IN ({self._this_home()}) ORDER BY pid",
-            (self.host, self.home),
+            (self.machine,),
         )
         return [WorkerRecord(pid, created) for pid, created in rows]
 
@@ -535,7 +771,7 @@ class PostgresJobStore:
         # SKIP LOCKED: daemons pruning at once take disjoint batches.
         rows = self._rows(
             "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs"
-            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < %s"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND finished_at < %s"
             " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING type, status",
             (cutoff, limit),
         )
@@ -598,6 +834,9 @@ class PostgresJobStore:
     def tick_in(self) -> float:
         """Seconds until `tick` (or `listener`, while it has none) has work to do."""
         due = min(self._next_renewal, self._next_rescue)
+        for kept in self._progress.values():
+            if kept.waiting:
+                due = min(due, kept.written_at + PROGRESS_WRITE_EVERY)
         if self._listening is None:
             due = min(due, self._listen_again_at)
         return max(0.0, due - boottime())
@@ -635,6 +874,11 @@ class PostgresJobStore:
                     (self.daemon_id,),
                 )
             ]
+        for job_id, kept in list(self._progress.items()):
+            if kept.waiting and now - kept.written_at >= PROGRESS_WRITE_EVERY:
+                kept.written_at, kept.waiting = now, False
+                if not self._write(kept.job, kept.expected, kept.lease, list(PROGRESS_FIELDS)):
+                    del self._progress[job_id]  # the attempt is over: its end says so
         if now >= self._next_rescue:
             # Jittered, so that the daemons' rescues do not fall into step.
             self._next_rescue = now + self.timing.rescue_every * random.uniform(0.75, 1.25)

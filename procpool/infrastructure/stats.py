@@ -80,6 +80,7 @@ class DatabaseStats(msgspec.Struct):
     oldest_snapshot_age: float | None  # seconds: an old one keeps the dead rows below
     jobs_dead_tuples: int  # dead rows of the jobs table, until autovacuum takes them
     jobs_live_tuples: int
+    snapshots_hidden: str | None = None  # why the oldest snapshot may be older than shown
 
 
 @runtime_checkable
@@ -294,4 +295,6 @@ def _render_database(database: DatabaseStats) -> list[str]:
         f"database: oldest snapshot {'-' if age is None else _duration(age)},"
         f" jobs table {database.jobs_live_tuples} live rows, {database.jobs_dead_tuples} dead"
     )
+    if database.snapshots_hidden:
+        lines.append(f"database: oldest snapshot of this role only: {database.snapshots_hidden}")
     return lines
