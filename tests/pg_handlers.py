@@ -4,6 +4,8 @@ alone.
 `span` ({"dir": D, "seconds": S}) takes an exclusive lock on D/JOB.lock for the whole
 run (the kernel drops it when its holder dies, however it dies): a run that finds it
 taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
+With "sum": N, the first attempt computes sum(range(N)) instead of sleeping: one long
+C call that holds the GIL; with "first_seconds", the first attempt sleeps that long.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
             (directory / "OVERLAP").write_text(ctx.job_id)
             raise
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
-        time.sleep(float(payload.get("seconds", 0.1)))
+        if "sum" in payload and ctx.attempt == 1:
+            sum(range(payload["sum"]))  # one C call that holds the GIL throughout
+        elif "first_seconds" in payload and ctx.attempt == 1:
+            time.sleep(float(payload["first_seconds"]))
+        else:
+            time.sleep(float(payload.get("seconds", 0.1)))
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} end {time.time()}")
     return {"pid": os.getpid()}

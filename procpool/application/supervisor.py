@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import os
 import selectors
 import signal
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +41,7 @@ from procpool.application.companion import Companion
 from procpool.application.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.door import Connection, Door
 from procpool.application.events import emit
+from procpool.application.fence import Fence
 from procpool.application.fleet import (
     Began,
     Decision,
@@ -188,8 +187,9 @@ class Supervisor:
         # Several daemons on one store (PostgreSQL): see membership.py.
         self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
         self._fenced = False  # the lease ran out here: no run may go on, none may start
-        # Where the workers read until when the lease holds (WorkerOptions.fence).
-        self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None
+        # Until when the lease holds, and the workers' pids, for the watchdog (fence.py).
+        self._fence = Fence() if self._shared is not None else None
+        self._watchdog_retry_at = 0.0  # monotonic: a failed fork of it is tried again then
         self._store_fd: int | None = None  # the shared store's listener, when selected
 
     # ----------------------------------------------------------------- life
@@ -208,6 +208,7 @@ class Supervisor:
                     "WARNING", "process.killed_stale",
                     f"killed process {pid}, left by a handler of an earlier run", pid=pid,
                 )  # fmt: skip
+        self._renew_fence()  # forks the watchdog, before any worker
         while True:
             try:
                 self._recover()
@@ -232,6 +233,8 @@ class Supervisor:
             except StoreBusy as busy:
                 self._wait_for_store(busy)
         self._release_signals()
+        if self._fence is not None:
+            self._fence.stop()
         if self.door is not None:
             self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
@@ -246,6 +249,8 @@ class Supervisor:
         for it, deciding no fate (the store, read afresh, decides them). Returns how
         many there were. The companions are left to the next start, which ends what
         carries this home's mark."""
+        if self._fence is not None:
+            self._fence.stop()
         pids = [worker.pid for worker in self.fleet]
         for pid in pids:
             pool.signal_group(pid, signal.SIGKILL)
@@ -398,9 +403,7 @@ class Supervisor:
             if publish:
                 snapshot = take_snapshot(self.fleet, self.ledger, self.store, pool.rss_bytes, wall)
             self.ledger.flush_history()
-        if self._fence_map is not None and self._shared is not None:
-            valid_until = time.clock_gettime(time.CLOCK_BOOTTIME) + self._shared.fence_in()
-            struct.pack_into("d", self._fence_map, 0, valid_until)
+        self._renew_fence()
         self._after_commit()
         self._spawn_missing(now)
         self._tend_companions(now)
@@ -637,7 +640,7 @@ class Supervisor:
                     self.settings.heartbeat_interval,
                     self.settings.max_result_bytes,
                     self._tree_mark,
-                    self._fence_map,
+                    None if self._fence is None else self._fence.view,
                 )
                 forked = pool.spawn(
                     self.registry, options, self._close_in_child, max_frame,
@@ -649,6 +652,8 @@ class Supervisor:
                 return
             self.fleet.spawned(forked.pid, now)
             self._slots[forked.pid] = slot
+            if self._fence is not None:
+                self._fence.add(slot, forked.pid)
             self.channels[forked.pid] = forked.channel
             self._selector.register(forked.channel.fileno(), selectors.EVENT_READ, forked.pid)
             self._new_workers.append(WorkerRecord(forked.pid, forked.create_time))
@@ -684,6 +689,9 @@ class Supervisor:
         for pid, status in reaped:
             if pid in self.channels:
                 continue
+            if self._fence is not None and self._fence.exited(pid):
+                self._watchdog_exited(status)
+                continue
             for companion in self._companions:
                 if companion.exited(pid, status, now):
                     break
@@ -692,6 +700,8 @@ class Supervisor:
             # the runs' fates are decided, so a retry never overlaps it.
             keep = [pid for pid in self.channels if pid not in dict(exited)]
             keep.extend(c.pid for c in self._companions if c.pid is not None)
+            if self._fence is not None and self._fence.watchdog is not None:
+                keep.append(self._fence.watchdog)
             tree.end_orphans(keep)
         for pid, status in exited:
             worker = self.fleet.get(pid)
@@ -705,7 +715,9 @@ class Supervisor:
             pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
             self._unregister(pid)
             self.channels.pop(pid).close()
-            self._slots.pop(pid, None)
+            slot = self._slots.pop(pid, None)
+            if self._fence is not None and slot is not None:
+                self._fence.remove(slot)
             self.store.remove_worker(pid)
 
     def _tend_companions(self, now: float) -> None:
@@ -798,6 +810,36 @@ class Supervisor:
             return self._shared.new_lease()
         self._lease += 1
         return self._lease
+
+    def _renew_fence(self) -> None:
+        """After a commit: tell the watchdog and the workers until when the lease holds
+        now, and fork the watchdog (fence.py) if it does not run: at the start, or after
+        it died. Never inside a transaction: no fork copies one."""
+        fence, shared = self._fence, self._shared
+        if fence is None or shared is None:
+            return
+        fence.renewed(time.clock_gettime(time.CLOCK_BOOTTIME) + shared.fence_in())
+        if fence.watchdog is not None or time.monotonic() < self._watchdog_retry_at:
+            return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, pool.HELD_ACROSS_FORK)
+        try:
+            fence.start()
+        except OSError as error:
+            # Until it runs, the supervisor's own check and each worker's thread fence.
+            self._watchdog_retry_at = time.monotonic() + 1.0
+            emit("ERROR", "fence.watchdog_failed", f"cannot fork the fence's watchdog: {error}",
+                 error=str(error))  # fmt: skip
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _watchdog_exited(self, status: int) -> None:
+        _how, code, signal_name = pool.describe_exit(status)
+        self._effects.log(
+            "ERROR", "fence.watchdog_exited",
+            f"the fence's watchdog ended ({signal_name or f'exit code {code}'});"
+            " another is started after this turn",
+            code=code, signal=signal_name,
+        )  # fmt: skip
 
     def _check_fence(self) -> None:
         """On a shared store: once this daemon's lease may have run out (no renewal for
