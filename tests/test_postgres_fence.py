@@ -5,11 +5,13 @@ ended when its pid was first seen gone."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Daemon, alive, wait_until
 from test_postgres_daemons import running_now, spans_of
@@ -95,3 +97,31 @@ def test_a_stopped_supervisors_run_ends_before_another_daemon_starts_the_job_aga
         more = jobs.submit("span", {"dir": str(spans), "seconds": 0}, id="after")
         assert jobs.wait([more], timeout=30)[0].status == "completed"
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_a_killed_watchdog_is_started_again(
+    pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path, spans: Path
+) -> None:
+    a = make_daemon(
+        1,
+        home=tmp_path / "a",
+        env={"PROCPOOL_DATABASE_URL": pg_url, "PROCPOOL_DAEMON_LEASE": str(LEASE)},
+        args=("--handlers", "pg_handlers"),
+    )
+
+    def watchdogs() -> set[int]:
+        workers = {event["worker_pid"] for event in a.events("worker.started")}
+        children = {child.pid for child in psutil.Process(a.pid).children()}
+        return children - workers
+
+    a.wait_events("worker.started", timeout=30)
+    [first] = wait_until(watchdogs, 30, what="the watchdog")
+    os.kill(first, signal.SIGKILL)
+    a.wait_events("fence.watchdog_exited", timeout=30)
+    [second] = wait_until(lambda: watchdogs() - {first}, 30, what="another watchdog")
+    assert os.getsid(second) == second  # a session of its own: no terminal signal reaches it
+    with Client(a.home, database_url=pg_url) as jobs:
+        jobs.submit("span", {"dir": str(spans), "seconds": 0}, id="after")
+        assert jobs.wait(["after"], timeout=30)[0].status == "completed"
+    assert a.stop() == 0
+    assert not alive(second)
