@@ -2,11 +2,13 @@
 alone.
 
 `span` ({"dir": D, "seconds": S, "gate": NAME}) takes an exclusive lock on D/JOB.lock
-for the whole run (the kernel drops it when its holder dies, however it dies): a run that finds it
-taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
+for the whole run (the kernel drops it when its holder dies, however it dies): a run that
+finds it taken writes D/OVERLAP. It appends "JOB ATTEMPT PID start|end TIME" lines to D/spans.
 With a gate, the run lasts until D/NAME exists (S seconds at the most): a test that
 must stop a daemon while a run is still going opens the gate when it is ready.
 With "progress_every": P it reports its progress every P seconds while it runs.
+With "sum": N, the first attempt computes sum(range(N)) instead of sleeping: one long
+C call that holds the GIL; with "first_seconds", the first attempt sleeps that long.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def span(ctx: JobContext, payload: dict[str, Any]) -> Any:
         _note(directory, f"{ctx.job_id} {ctx.attempt} {os.getpid()} start {time.time()}")
         seconds = float(payload.get("seconds", 0.1))
         every = payload.get("progress_every")  # seconds between progress reports, if any
-        if "gate" in payload:
+        if "sum" in payload and ctx.attempt == 1:
+            sum(range(payload["sum"]))  # one C call that holds the GIL throughout
+        elif "first_seconds" in payload and ctx.attempt == 1:
+            time.sleep(float(payload["first_seconds"]))
+        elif "gate" in payload:
             gate, until = directory / payload["gate"], time.monotonic() + seconds
             while not gate.exists() and time.monotonic() < until:
                 time.sleep(0.01)

@@ -143,6 +143,7 @@ def test_log_level_is_case_insensitive(environ: dict[str, str]) -> None:
         ("max_memory_mb = -1\n", "max_memory_mb"),
         ('log_level = "LOUD"\n', "log_level"),
         ("heartbeat_interval = 5.0\nheartbeat_timeout = 2.0\n", "heartbeat_timeout"),
+        ('database_url = "postgresql:///x"\ndaemon_lease = 0.5\n', "daemon_lease"),
     ],
 )
 def test_a_bad_file_names_the_key(

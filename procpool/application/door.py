@@ -310,6 +310,14 @@ class Door:
         for connection in touched.values():
             self._flush(connection)
 
+    def rolled_back(self) -> None:
+        """The turn's transaction is gone (StoreLost): what it would have answered is
+        not true. Each client that waited for such an answer loses its connection and
+        asks again (a submit is idempotent by its ids), or uses the inbox."""
+        answers, self._answers = self._answers, []
+        for connection in {id(c): c for c, _ in answers}.values():
+            self._close(connection)
+
     def _flush(self, connection: Connection) -> None:
         try:
             send_buffered(connection.sock, connection.outgoing)

@@ -103,6 +103,13 @@ class Ledger:
             ):  # fmt: skip
                 raise RuntimeError(f"job {stored.id} changed under the supervisor")
 
+    def rolled_back(self) -> None:
+        """The turn's transaction is gone (StoreLost): forget the history and the ends it
+        held, and count afresh from the store at the next `load`."""
+        self._runs = []
+        self._finished = []
+        self.counts.clear()
+
     def take_finished(self) -> list[str]:
         """The ids of the jobs made terminal since the last call (for the socket door's
         waiters, told after the commit that holds it)."""

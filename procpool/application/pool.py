@@ -82,11 +82,15 @@ def spawn(
             os._exit(code)
     signal.pthread_sigmask(signal.SIG_SETMASK, held)
     child_end.close()
+    return Forked(pid, SupervisorEnd(parent_end, max_frame), create_time(pid))
+
+
+def create_time(pid: int) -> float:
+    """When the process started (psutil's seconds since the epoch); 0.0 if it is gone."""
     try:
-        create_time = psutil.Process(pid).create_time()
+        return psutil.Process(pid).create_time()
     except INSPECTION_ERRORS:  # the fork happened: the worker is kept all the same
-        create_time = 0.0
-    return Forked(pid, SupervisorEnd(parent_end, max_frame), create_time)
+        return 0.0
 
 
 def signal_group(pid: int, signum: int) -> None:

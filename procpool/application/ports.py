@@ -24,8 +24,9 @@ class StoreBusy(ProcpoolError):
 class StoreLost(ProcpoolError):
     """The connection to a shared store broke in the middle of a turn (the database
     restarted, the network failed): the turn's transaction is gone, and with it what the
-    turn took in and decided, so the daemon's view of its workers no longer matches the
-    store. The daemon ends its workers and starts again (infrastructure/daemon.py)."""
+    turn took in and decided. The daemon keeps its workers, reconnects, and the next turn
+    that begins matches its view of them to what the store holds (membership.reconcile).
+    Raised from the start's recovery, the daemon starts again instead (daemon.py)."""
 
 
 class IdsBusy(ProcpoolError):
@@ -183,6 +184,10 @@ class SharedStore(JobStore, Protocol):
 
     def new_lease(self) -> int:
         """A fencing token for a new attempt, never used by any daemon before."""
+        ...
+
+    def owned(self) -> list[Job]:
+        """In a turn's transaction: the running jobs this daemon owns now."""
         ...
 
     def tick(self) -> Tick:

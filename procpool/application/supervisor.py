@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import os
 import selectors
 import signal
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +41,7 @@ from procpool.application.companion import Companion
 from procpool.application.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.door import Connection, Door
 from procpool.application.events import emit
+from procpool.application.fence import Fence
 from procpool.application.fleet import (
     Began,
     Decision,
@@ -58,7 +57,7 @@ from procpool.application.handlers import HandlerRegistry
 from procpool.application.ingest import Rejection
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
-from procpool.application.membership import apply_tick, kill_all
+from procpool.application.membership import apply_tick, kill_all, reconcile
 from procpool.application.messages import ToWorker
 from procpool.application.ports import (
     Inbox,
@@ -67,6 +66,7 @@ from procpool.application.ports import (
     SharedStore,
     StartRegister,
     StoreBusy,
+    StoreLost,
     WorkerRecord,
 )
 from procpool.application.recovery import recover
@@ -189,9 +189,15 @@ class Supervisor:
         # Several daemons on one store (PostgreSQL): see membership.py.
         self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
         self._fenced = False  # the lease ran out here: no run may go on, none may start
-        # Where the workers read until when the lease holds (WorkerOptions.fence).
-        self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None
+        # Until when the lease holds, and the workers' pids, for the watchdog (fence.py).
+        self._fence = Fence() if self._shared is not None else None
+        self._watchdog_retry_at = 0.0  # monotonic: a failed fork of it is tried again then
         self._store_fd: int | None = None  # the shared store's listener, when selected
+        # A connection lost inside a turn: the runs that turn ended (kept with their
+        # results for the next turn to record again) and what it would have sent.
+        self._turn_ends: list[RunEnded] = []
+        self._unjudged: list[tuple[int, int]] = []  # reaped exits a lost turn left unjudged
+        self._lost: tuple[list[RunEnded], dict[int, list[ToWorker]]] | None = None
 
     # ----------------------------------------------------------------- life
 
@@ -209,6 +215,7 @@ class Supervisor:
                     "WARNING", "process.killed_stale",
                     f"killed process {pid}, left by a handler of an earlier run", pid=pid,
                 )  # fmt: skip
+        self._renew_fence()  # forks the watchdog, before any worker
         while True:
             try:
                 self._recover()
@@ -232,7 +239,11 @@ class Supervisor:
                 self._turn()
             except StoreBusy as busy:
                 self._wait_for_store(busy)
+            except StoreLost as lost:
+                self._rolled_back(lost)
         self._release_signals()
+        if self._fence is not None:
+            self._fence.stop()
         if self.door is not None:
             self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
@@ -247,6 +258,8 @@ class Supervisor:
         for it, deciding no fate (the store, read afresh, decides them). Returns how
         many there were. The companions are left to the next start, which ends what
         carries this home's mark."""
+        if self._fence is not None:
+            self._fence.stop()
         pids = [worker.pid for worker in self.fleet]
         for pid in pids:
             pool.signal_group(pid, signal.SIGKILL)
@@ -382,6 +395,7 @@ class Supervisor:
                                now, wall),
                     wall,
                 )  # fmt: skip
+                self._reconcile(wall)
             for record in self._new_workers:
                 self.store.add_worker(record)
             self._new_workers.clear()
@@ -401,9 +415,7 @@ class Supervisor:
             if publish:
                 snapshot = take_snapshot(self.fleet, self.ledger, self.store, pool.rss_bytes, wall)
             self.ledger.flush_history()
-        if self._fence_map is not None and self._shared is not None:
-            valid_until = time.clock_gettime(time.CLOCK_BOOTTIME) + self._shared.fence_in()
-            struct.pack_into("d", self._fence_map, 0, valid_until)
+        self._renew_fence()
         self._after_commit()
         self._spawn_missing(now)
         self._tend_companions(now)
@@ -487,30 +499,91 @@ class Supervisor:
     def _apply(self, decisions: list[Decision], wall: float) -> None:
         """Carry out the fleet's decisions: in the store (this turn's transaction), or
         as effects of the turn."""
+        for done, decision in enumerate(decisions):
+            try:
+                self._apply_one(decision, wall)
+            except BaseException:  # the store's error, StoreLost once out of the turn
+                self._offline(decisions[done + 1 :])
+                raise
+
+    def _offline(self, decisions: list[Decision]) -> None:
+        """The turn failed (the connection broke) before these decisions reached the store: the
+        ends of runs are kept for the reconciliation, what was to be sent or said waits
+        with the turn's other effects, signals go now."""
         for decision in decisions:
             if isinstance(decision, RunEnded):
-                self.ledger.end_run(decision, wall)
-                if self.settings.max_memory_mb and decision.worker_pid in self.channels:
-                    # After every job, so that a leaking worker is retired when idle
-                    # even if it is never idle at a periodic sample.
-                    rss = pool.rss_bytes(decision.worker_pid)
-                    self.fleet.measured(decision.worker_pid, rss, 0.0)
-            elif isinstance(decision, Began):
-                begun = self.ledger.began(decision.job, wall)
-                self.fleet.update(decision.worker_pid, begun)
-            elif isinstance(decision, ProgressMade):
-                job = self.ledger.progress(decision.job, decision.fraction, decision.message, wall)
-                self.fleet.update(decision.worker_pid, job)
-            elif isinstance(decision, Send):
-                self._effects.sends.setdefault(decision.pid, []).append(decision.message)
-            elif isinstance(decision, Deliver):
-                pool.signal_group(decision.pid, decision.signum)
-            elif isinstance(decision, Say):
-                self._effects.log(
-                    decision.level, decision.event, decision.message, **decision.fields
-                )
+                self._turn_ends.append(decision)
+            elif isinstance(decision, Send | Deliver | Say):
+                self._apply_one(decision, 0.0)
+
+    def _apply_one(self, decision: Decision, wall: float) -> None:
+        if isinstance(decision, RunEnded):
+            if self._shared is not None:  # first: kept even if its write fails
+                self._turn_ends.append(decision)
+            self.ledger.end_run(decision, wall)
+            if self.settings.max_memory_mb and decision.worker_pid in self.channels:
+                # After every job, so that a leaking worker is retired when idle
+                # even if it is never idle at a periodic sample.
+                rss = pool.rss_bytes(decision.worker_pid)
+                self.fleet.measured(decision.worker_pid, rss, 0.0)
+        elif isinstance(decision, Began):
+            begun = self.ledger.began(decision.job, wall)
+            self.fleet.update(decision.worker_pid, begun)
+        elif isinstance(decision, ProgressMade):
+            job = self.ledger.progress(decision.job, decision.fraction, decision.message, wall)
+            self.fleet.update(decision.worker_pid, job)
+        elif isinstance(decision, Send):
+            self._effects.sends.setdefault(decision.pid, []).append(decision.message)
+        elif isinstance(decision, Deliver):
+            pool.signal_group(decision.pid, decision.signum)
+        elif isinstance(decision, Say):
+            self._effects.log(decision.level, decision.event, decision.message, **decision.fields)
+
+    def _rolled_back(self, lost: StoreLost) -> None:
+        """The connection broke inside a turn (CONTRACT 11): nothing the turn decided
+        happens (no send, no answer, no log line of it, no inbox file removed: the next
+        scan reads those again), but the workers are kept, and so are their results: the
+        runs the turn ended, and what waits unread in their channels. The next turn that
+        begins, once the store answers, reconciles (membership.reconcile); until then the
+        fence (the watchdog, `_check_fence`) ends the runs if the lease runs out."""
+        ends, unsent = list(self._turn_ends), dict(self._effects.sends)
+        if self._lost is not None:  # lost again before a turn reconciled the first loss
+            ends = self._lost[0] + ends
+            for pid, messages in self._lost[1].items():
+                unsent[pid] = messages + unsent.get(pid, [])
+        self._lost = (ends, unsent)
+        self._turn_ends.clear()
+        self._effects.clear()
+        self.ledger.rolled_back()
+        if self.door is not None:
+            self.door.rolled_back()
+        # The records of workers forked since (the lost turn stored them): stored again.
+        self._new_workers = [
+            WorkerRecord(worker.pid, pool.create_time(worker.pid)) for worker in self.fleet
+        ]
+        emit(
+            "WARNING", "store.lost",
+            f"{lost}: the turn is rolled back; keeping {plural(len(self.fleet), 'worker')}"
+            " and their results, reconnecting",
+            error=str(lost), workers=len(self.fleet),
+        )  # fmt: skip
+        self._flush_logs()
+
+    def _reconcile(self, wall: float) -> None:
+        """In the first turn after a loss (`_rolled_back`): the fleet and the store agree
+        again, and the counts are read afresh."""
+        if self._lost is None or self._shared is None:
+            return
+        ends, unsent = self._lost
+        self._lost = None
+        self._turn_ends.extend(ends)  # should this turn be lost too, they are kept again
+        self.ledger.load()
+        decisions = reconcile(self._shared.owned(), ends, unsent, self.fleet, self.ledger,
+                              self._effects.log, wall)  # fmt: skip
+        self._apply(decisions, wall)
 
     def _after_commit(self) -> None:
+        self._turn_ends.clear()  # committed: the store holds those ends now
         effects = self._effects
         for rejection in effects.rejected:
             where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
@@ -642,7 +715,7 @@ class Supervisor:
                     self.settings.heartbeat_interval,
                     self.settings.max_result_bytes,
                     self._tree_mark,
-                    self._fence_map,
+                    None if self._fence is None else self._fence.view,
                 )
                 forked = pool.spawn(
                     self.registry, options, self._close_in_child, max_frame,
@@ -667,6 +740,8 @@ class Supervisor:
                 self._spawn_failures = 0
             self.fleet.spawned(forked.pid, now)
             self._slots[forked.pid] = slot
+            if self._fence is not None:
+                self._fence.add(slot, forked.pid)
             self.channels[forked.pid] = forked.channel
             self._selector.register(forked.channel.fileno(), selectors.EVENT_READ, forked.pid)
             self._new_workers.append(WorkerRecord(forked.pid, forked.create_time))
@@ -684,8 +759,14 @@ class Supervisor:
         """Take what a worker sent. Returns whether anything came."""
         channel = self.channels[pid]
         messages, closed, broken = channel.receive()
-        for message in messages:
-            self._apply(self.fleet.received(pid, message, now), wall)
+        for done, message in enumerate(messages):
+            try:
+                self._apply(self.fleet.received(pid, message, now), wall)
+            except BaseException:  # the store's error, StoreLost once out of the turn
+                # Read from the channel, so never read again: the fleet takes them now.
+                for later in messages[done + 1 :]:
+                    self._offline(self.fleet.received(pid, later, now))
+                raise
         if broken is not None:
             self._apply(self.fleet.channel_failed(pid, f"the worker sent {broken}", now), wall)
         if closed or broken is not None:
@@ -698,9 +779,13 @@ class Supervisor:
 
     def _reap(self, now: float, wall: float) -> None:
         reaped = pool.reap_any()
-        exited = [(pid, status) for pid, status in reaped if pid in self.channels]
+        exited = self._unjudged + [(pid, status) for pid, status in reaped if pid in self.channels]
+        self._unjudged = []
         for pid, status in reaped:
             if pid in self.channels:
+                continue
+            if self._fence is not None and self._fence.exited(pid):
+                self._watchdog_exited(status)
                 continue
             for companion in self._companions:
                 if companion.exited(pid, status, now):
@@ -710,21 +795,38 @@ class Supervisor:
             # the runs' fates are decided, so a retry never overlaps it.
             keep = [pid for pid in self.channels if pid not in dict(exited)]
             keep.extend(c.pid for c in self._companions if c.pid is not None)
+            if self._fence is not None and self._fence.watchdog is not None:
+                keep.append(self._fence.watchdog)
             tree.end_orphans(keep)
-        for pid, status in exited:
+        for index, (pid, status) in enumerate(exited):
             worker = self.fleet.get(pid)
             if worker is None:
                 continue
-            # Whatever it said before dying counts: read it all before judging the exit.
-            while self._read(pid, now, wall):
-                pass
-            how, code, signal_name = pool.describe_exit(status)
-            self._apply(self.fleet.exited(pid, how, code, signal_name, now), wall)
-            pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
-            self._unregister(pid)
-            self.channels.pop(pid).close()
-            self._slots.pop(pid, None)
+            try:
+                # Whatever it said before dying counts: read it all before judging the exit.
+                while self._read(pid, now, wall):
+                    pass
+                how, code, signal_name = pool.describe_exit(status)
+                self._apply(self.fleet.exited(pid, how, code, signal_name, now), wall)
+            except BaseException:
+                # The turn failed (a lost connection): reaped exits are never reaped
+                # again, so those not judged yet wait for the next turn.
+                judged = self.fleet.get(pid) is None
+                self._unjudged = exited[index + 1 :] if judged else exited[index:]
+                if judged:
+                    self._forget_worker(pid)
+                raise
+            self._forget_worker(pid)
             self.store.remove_worker(pid)
+
+    def _forget_worker(self, pid: int) -> None:
+        """A worker's exit was judged: what is left of it goes."""
+        pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
+        self._unregister(pid)
+        self.channels.pop(pid).close()
+        slot = self._slots.pop(pid, None)
+        if self._fence is not None and slot is not None:
+            self._fence.remove(slot)
 
     def _tend_companions(self, now: float) -> None:
         """Start or restart the companions; once stopping has ended every worker, stop
@@ -825,6 +927,36 @@ class Supervisor:
             return self._shared.new_lease()
         self._lease += 1
         return self._lease
+
+    def _renew_fence(self) -> None:
+        """After a commit: tell the watchdog and the workers until when the lease holds
+        now, and fork the watchdog (fence.py) if it does not run: at the start, or after
+        it died. Never inside a transaction: no fork copies one."""
+        fence, shared = self._fence, self._shared
+        if fence is None or shared is None:
+            return
+        fence.renewed(time.clock_gettime(time.CLOCK_BOOTTIME) + shared.fence_in())
+        if fence.watchdog is not None or time.monotonic() < self._watchdog_retry_at:
+            return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, pool.HELD_ACROSS_FORK)
+        try:
+            fence.start()
+        except OSError as error:
+            # Until it runs, the supervisor's own check and each worker's thread fence.
+            self._watchdog_retry_at = time.monotonic() + 1.0
+            emit("ERROR", "fence.watchdog_failed", f"cannot fork the fence's watchdog: {error}",
+                 error=str(error))  # fmt: skip
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _watchdog_exited(self, status: int) -> None:
+        _how, code, signal_name = pool.describe_exit(status)
+        self._effects.log(
+            "ERROR", "fence.watchdog_exited",
+            f"the fence's watchdog ended ({signal_name or f'exit code {code}'});"
+            " another is started after this turn",
+            code=code, signal=signal_name,
+        )  # fmt: skip
 
     def _check_fence(self) -> None:
         """On a shared store: once this daemon's lease may have run out (no renewal for

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import signal
 import struct
@@ -93,10 +94,10 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0  # seconds
     max_result_bytes: int = 16_777_216  # of a result encoded as JSON
     tree_mark: str | None = None  # inherited by every process a handler starts (tree.py)
-    # With a shared store: 8 bytes of shared memory where the supervisor keeps the
-    # CLOCK_BOOTTIME second its lease may run out (a double; 0: none). A worker whose
-    # job runs past it kills its own group, so a supervisor that is wedged or stopped
-    # still fences its runs before another daemon may take them over (DESIGN 14).
+    # With a shared store: the fence's shared map (application/fence.py), whose first
+    # 8 bytes hold the CLOCK_BOOTTIME second its lease may run out (a double; 0: none).
+    # The watchdog kills the worker's group then; the worker's own heartbeat thread too,
+    # should the watchdog be stopped while the handler lets the thread run (DESIGN 16).
     fence: Any = None
 
 
@@ -256,6 +257,7 @@ class _Reporter:
             self._run = run
             self._unsent = None
             self._last_sent_at = time.monotonic()
+        self._wake.set()  # the fence thread's wait now ends when the lease may run out
 
     def end(self) -> ProgressReport | None:
         """The job is over; returns a progress report held back by the rate limit,
@@ -327,20 +329,28 @@ class _Reporter:
 
     def run_heartbeats(self) -> None:
         while True:
-            self._wake.wait(
-                PROGRESS_INTERVAL if self._unsent is not None else self.heartbeat_interval
-            )
+            wait = PROGRESS_INTERVAL if self._unsent is not None else self.heartbeat_interval
+            self._wake.wait(min(wait, self._fence_in()))
             self._wake.clear()
             if os.getppid() != self.parent_pid:
                 _kill_own_group()
-            if self.fence is not None and self._run is not None:
-                (valid_until,) = struct.unpack_from("d", self.fence)
-                if valid_until and time.clock_gettime(time.CLOCK_BOOTTIME) > valid_until:
-                    _kill_own_group()
+            if self._fence_in() <= 0:
+                _kill_own_group()
             try:
                 self._send_due(time.monotonic())
             except OSError:  # the supervisor is gone
                 _kill_own_group()
+
+    def _fence_in(self) -> float:
+        """Seconds until this worker's run must have ended unless the lease is renewed
+        (math.inf: no shared store, no run, or no lease yet). The second line of the
+        fence (application/fence.py): checked when due, not once per heartbeat."""
+        if self.fence is None or self._run is None:
+            return math.inf
+        (valid_until,) = struct.unpack_from("d", self.fence)
+        if not valid_until:
+            return math.inf
+        return max(0.0, valid_until - time.clock_gettime(time.CLOCK_BOOTTIME))
 
     def _send_due(self, now: float) -> None:
         with self._lock:

@@ -110,6 +110,11 @@ def _kind(annotation: Any) -> str:
 
 
 MAX_RESULT_BYTES = 512 * 1024 * 1024
+# With database_url: the fence ends a daemon's runs within milliseconds of 2/3 of the
+# lease (application/fence.py); below 1 s the 2/3-of-a-second gap before a rescue is
+# what a loaded machine's scheduling delays and the database's own bounds take.
+# heartbeat_interval does not bound the fence: the watchdog acts at the deadline itself.
+MIN_DAEMON_LEASE = 1.0
 
 
 def _check(config: Config) -> Config:
@@ -156,6 +161,13 @@ def _check(config: Config) -> Config:
             "config key 'database_url' must be a PostgreSQL URL (postgresql://...),"
             # Only the scheme: the rest may hold a password.
             f" got {url.split('://')[0] + '://...' if '://' in url else 'no URL scheme'}"
+        )
+    if url is not None and config.daemon_lease < MIN_DAEMON_LEASE:
+        raise ConfigError(
+            f"config key 'daemon_lease' must be at least {MIN_DAEMON_LEASE:g} s with"
+            f" 'database_url', got {config.daemon_lease:g}: a daemon's runs end at 2/3 of"
+            " it, another daemon may take them over at 4/3, and what lies between must"
+            " outlast a loaded machine's delays"
         )
     if config.synchronous.upper() not in SYNCHRONOUS_MODES:
         raise ConfigError(

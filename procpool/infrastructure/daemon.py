@@ -358,8 +358,9 @@ def _serve(
         try:
             code = supervisor.run()
         except StoreLost as lost:
-            # Started afresh, the daemon rebuilds its view from the store, as after a
-            # crash: the runs of the workers it ends now are recovered by their fates.
+            # Lost while starting (the recovery; a lost turn is the supervisor's own to
+            # reconcile): started afresh, the daemon rebuilds its view from the store, as
+            # after a crash; the runs of the workers it ends now are recovered by their fates.
             workers = supervisor.abandon()
             emit(
                 "ERROR", "daemon.restarting",

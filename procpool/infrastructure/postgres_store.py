@@ -702,6 +702,13 @@ class PostgresJobStore:
         )
         return [_job(row) for row in rows]
 
+    def owned(self) -> list[Job]:
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner = %s",
+            (self.daemon_id,),
+        )
+        return [_job(row) for row in rows]
+
     def max_lease(self) -> int:
         return int(self._rows("SELECT coalesce(max(lease), 0) FROM procpool_jobs")[0][0])
 
