@@ -107,12 +107,15 @@ class PostgresClientStore:
         # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
         # waits in an inbox whose daemon is down.
         if served:
-            unknown = sorted({job.type for job in jobs} - served)
-            if unknown:
-                raise InvalidJobFile(
-                    f"unknown job type {show(unknown[0])}; no daemon alive on the database"
-                    f" has its handler; registered: {', '.join(sorted(served))}"
+            bad = [n for n, job in enumerate(jobs, 1) if job.type not in served]
+            if bad:
+                error = (
+                    f"unknown job type {show(jobs[bad[0] - 1].type)}; no daemon alive on the"
+                    f" database has its handler; registered: {', '.join(sorted(served))}"
                 )
+                if len(jobs) > 1:  # numbered as the daemon numbers a batch it refuses
+                    error = f"job {bad[0]} of {len(jobs)}: {error}; none of the batch was stored"
+                raise InvalidJobFile(error)
         with db.transaction():
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one
