@@ -51,8 +51,8 @@ class JobReader(Protocol):
         """Terminal jobs last changed before `cutoff`: what retention would delete."""
         ...
 
-    def retried_ids(self) -> set[str]:
-        """The ids that some job names as its `retry_of`."""
+    def retry_links(self) -> list[tuple[str, str, Status, float]]:
+        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
         ...
 
     def oldest_pending_age(self, now: float | None = None) -> float | None:
