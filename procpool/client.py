@@ -57,8 +57,9 @@ from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
+from procpool.infrastructure.job_reader import JobReader, SharedJobStore
 from procpool.infrastructure.pidfile import running_pid
+from procpool.infrastructure.reader_factory import open_reader
 from procpool.infrastructure.rejections import RejectedFiles, read_regular
 from procpool.infrastructure.stats import Stats, collect
 
