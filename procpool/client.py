@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import re
@@ -765,7 +766,7 @@ class Client:
         self.require_store()
         return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
 
-    def attempts(self, job_id: str) -> list[Attempt]:
+    def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """Every run of a job, oldest first; a running job's current run comes last.
 
         Raises:
@@ -827,8 +828,8 @@ class Client:
         job_ids: Sequence[str],
         timeout: float | None = None,
         poll: float = 0.05,
-        on_poll: Callable[[list[JobInfo | None]], None] | None = None,
-    ) -> list[JobInfo]:
+        on_poll: Callable[[builtins.list[JobInfo | None]], None] | None = None,
+    ) -> builtins.list[JobInfo]:
         """Block until every job is terminal.
 
         While the daemon runs, it says over its socket when the jobs are terminal (the

@@ -637,6 +637,10 @@ class Supervisor:
         starts = self._starts
         for _ in range(self.settings.workers - len(self.fleet.counted())):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
+
+            def start_slot(slot: int = slot) -> memoryview | None:
+                return None if starts is None else starts.slot(slot)
+
             try:
                 options = WorkerOptions(
                     self.settings.heartbeat_interval,
@@ -645,8 +649,7 @@ class Supervisor:
                     self._fence_map,
                 )
                 forked = pool.spawn(
-                    self.registry, options, self._close_in_child, max_frame,
-                    lambda slot=slot: None if starts is None else starts.slot(slot),
+                    self.registry, options, self._close_in_child, max_frame, start_slot
                 )  # fmt: skip
             except OSError as error:  # out of processes, memory or descriptors
                 if not self._spawn_failures:
