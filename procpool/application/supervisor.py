@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
@@ -187,7 +187,7 @@ class Supervisor:
         self._store_busy_since: float | None = None  # monotonic: when the store became busy
         self._store_pause = STORE_PAUSE_MIN
         # Several daemons on one store (PostgreSQL): see membership.py.
-        self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
+        self._shared: SharedStore | None = cast(SharedStore, store) if store.shared else None
         self._fenced = False  # the lease ran out here: no run may go on, none may start
         # Where the workers read until when the lease holds (WorkerOptions.fence).
         self._fence_map = mmap.mmap(-1, 8) if self._shared is not None else None

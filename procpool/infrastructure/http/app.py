@@ -70,6 +70,7 @@ MAX_PAGE = 1000
 # The request bodies, by route: decoded by procpool, documented from these types.
 REQUEST_BODIES: dict[tuple[str, str], Any] = {
     ("/jobs", "post"): JobRequest,
+    # JobRequest is a class made at run time, which mypy cannot take for a type.
     ("/jobs/batch", "post"): list[JobRequest],  # type: ignore[valid-type]
 }
 
