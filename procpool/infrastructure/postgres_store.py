@@ -378,7 +378,7 @@ def _value(job: Job, name: str) -> object:
     return job.cancel_requested if name == "cancel_requested" else _column_value(job, name)
 
 
-def _row(job: Job) -> tuple[Any, ...]:
+def _row(job: Job) -> tuple[object, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
 
 

@@ -154,8 +154,9 @@ WAL_CHECK_INTERVAL = 1.0
 WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints keep it at
 
 
-# A row of the jobs table in COLUMNS' order, as SQLite returns it: payload and
-# result as JSON bytes, progress as msgspec JSON, cancel_requested as 0 or 1.
+# A row of the jobs table in COLUMNS' order, as SQLite returns it (and PostgreSQL,
+# whose cancel_requested is a boolean): payload and result as JSON bytes, progress
+# as msgspec JSON, cancel_requested as 0 or 1.
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
