@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import re
@@ -57,8 +58,9 @@ from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home
 from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
+from procpool.infrastructure.job_reader import JobReader, SharedJobStore
 from procpool.infrastructure.pidfile import running_pid
+from procpool.infrastructure.reader_factory import open_reader
 from procpool.infrastructure.rejections import RejectedFiles, read_regular
 from procpool.infrastructure.stats import Stats, collect
 
@@ -764,7 +766,7 @@ class Client:
         self.require_store()
         return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
 
-    def attempts(self, job_id: str) -> list[Attempt]:
+    def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """Every run of a job, oldest first; a running job's current run comes last.
 
         Raises:
@@ -826,8 +828,8 @@ class Client:
         job_ids: Sequence[str],
         timeout: float | None = None,
         poll: float = 0.05,
-        on_poll: Callable[[list[JobInfo | None]], None] | None = None,
-    ) -> list[JobInfo]:
+        on_poll: Callable[[builtins.list[JobInfo | None]], None] | None = None,
+    ) -> builtins.list[JobInfo]:
         """Block until every job is terminal.
 
         While the daemon runs, it says over its socket when the jobs are terminal (the

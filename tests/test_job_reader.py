@@ -17,7 +17,8 @@ import pytest
 from procpool.application.ports import JobStore, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Run, Status
-from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
+from procpool.infrastructure.job_reader import JobReader, SharedJobStore
+from procpool.infrastructure.reader_factory import open_reader
 from procpool.infrastructure.sqlite_store import SqliteJobStore
 
 NOW = 1_800_000_000.0

@@ -169,7 +169,7 @@ class Baseline:
 
     def _restore_environ(self) -> None:
         if os.environ is not self._environ:
-            os.environ = self._environ  # type: ignore[assignment]  # noqa: B003 (the same mapping back)
+            os.environ = self._environ  # noqa: B003 (the same mapping back)
         data, saved = self._environ_data, self._environ_copy
         if data == saved:
             return
@@ -219,7 +219,9 @@ class Baseline:
     def _restore_warnings(self) -> None:
         if warnings.filters is self._warnings_list and warnings.filters == self._warnings:
             return
-        self._warnings_list[:] = self._warnings
+        # typeshed types warnings.filters as a Sequence; it is the list that warnings
+        # itself changes in place.
+        self._warnings_list[:] = self._warnings  # type: ignore[index]
         warnings.filters = self._warnings_list
         # What catch_warnings does on its way out: modules' caches of which warning
         # was shown are judged anew.

@@ -222,12 +222,12 @@ class Door:
         if submits:
             batches = [message.jobs for _, message in submits]
             verdicts = intake.submissions(batches, defaults, wall, max_job_bytes)
-            for (connection, message), verdict in zip(submits, verdicts, strict=True):
+            for (connection, submit), verdict in zip(submits, verdicts, strict=True):
                 if verdict.ids is not None:
-                    self._answer(connection, Accepted(message.ref, verdict.ids))
+                    self._answer(connection, Accepted(submit.ref, verdict.ids))
                 else:
                     error = verdict.error or "refused"
-                    self._answer(connection, Refused(message.ref, error, verdict.duplicate))
+                    self._answer(connection, Refused(submit.ref, error, verdict.duplicate))
         for connection, message in requests:
             if isinstance(message, Cancel):
                 decisions += self._cancel(connection, message, intake, store, now, wall)

@@ -107,16 +107,17 @@ def handler(job_type: str) -> Callable[[Handler], Handler]:
 
 
 def load_handler_modules(modules: Iterable[str]) -> list[str]:
-    """Import the built-in handlers, the named modules and the entry points of
-    group `procpool.handlers`. Returns what was loaded, for the log.
+    """Import the named modules and the entry points of group `procpool.handlers`.
+    Returns what was loaded, for the log. The built-in handlers are not among them:
+    whoever serves the registry imports procpool.builtin_handlers (the daemon's
+    wiring does), so that the registry does not import its own handlers.
 
     Raises:
         ProcpoolError: a module or entry point failed to import; the message holds
             the traceback of the failure (file, line, code), without the frames
             of the import machinery.
     """
-    loaded = ["procpool.builtin_handlers"]
-    importlib.import_module("procpool.builtin_handlers")
+    loaded: list[str] = []
     for name in modules:
         try:
             importlib.import_module(name)

@@ -18,8 +18,16 @@ from __future__ import annotations
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import cast
 
-from procpool.application.ports import FileProgress, IdsBusy, InboxFile, JobStore, LineError
+from procpool.application.ports import (
+    FileProgress,
+    IdsBusy,
+    InboxFile,
+    JobStore,
+    LineError,
+    SharedStore,
+)
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -192,7 +200,7 @@ def ingest(
     ]
     ids = [c.job.id for candidates in offered for c in candidates]
     if defer_busy and store.shared:
-        found = store.digests_now(ids)  # type: ignore[attr-defined]
+        found = cast(SharedStore, store).digests_now(ids)
         if found is None:
             raise IdsBusy(f"another writer holds some of {plural(len(ids), 'id')}")
         stored: dict[str, str] = found

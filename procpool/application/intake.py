@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
@@ -29,6 +29,7 @@ from procpool.application.ports import (
     InboxEntry,
     InboxFile,
     JobStore,
+    SharedStore,
 )
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile
@@ -193,7 +194,7 @@ class Intake:
         for one that has its handler), or any type while a live daemon did not say
         which it has (an older procpool)."""
         names = self.registry.names()
-        served = self.store.served_types() if self.store.shared else set()  # type: ignore[attr-defined]
+        served = cast(SharedStore, self.store).served_types() if self.store.shared else set()
         if served is None:
             return _AnyType(), names
         names = sorted(set(names) | served)

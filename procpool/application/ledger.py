@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from procpool.application.fleet import RunEnded
+from procpool.application.histogram import Histogram
 from procpool.application.ports import JobStore
-from procpool.application.telemetry import Histogram
 from procpool.domain import job as jobs
 from procpool.domain.fate import Fate, Phase
 from procpool.domain.job import Job, Progress, Run, Status

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from procpool.application import pool, tree
 from procpool.application.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
@@ -187,7 +187,7 @@ class Supervisor:
         self._store_busy_since: float | None = None  # monotonic: when the store became busy
         self._store_pause = STORE_PAUSE_MIN
         # Several daemons on one store (PostgreSQL): see membership.py.
-        self._shared: SharedStore | None = store if store.shared else None  # type: ignore[assignment]
+        self._shared: SharedStore | None = cast(SharedStore, store) if store.shared else None
         self._fenced = False  # the lease ran out here: no run may go on, none may start
         # Until when the lease holds, and the workers' pids, for the watchdog (fence.py).
         self._fence = Fence() if self._shared is not None else None
@@ -710,6 +710,10 @@ class Supervisor:
         starts = self._starts
         for _ in range(self.settings.workers - len(self.fleet.counted())):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
+
+            def start_slot(slot: int = slot) -> memoryview | None:
+                return None if starts is None else starts.slot(slot)
+
             try:
                 options = WorkerOptions(
                     self.settings.heartbeat_interval,
@@ -718,8 +722,7 @@ class Supervisor:
                     None if self._fence is None else self._fence.view,
                 )
                 forked = pool.spawn(
-                    self.registry, options, self._close_in_child, max_frame,
-                    lambda slot=slot: None if starts is None else starts.slot(slot),
+                    self.registry, options, self._close_in_child, max_frame, start_slot
                 )  # fmt: skip
             except OSError as error:  # out of processes, memory or descriptors
                 if not self._spawn_failures:

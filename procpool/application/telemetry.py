@@ -3,52 +3,16 @@ counts and histograms for metrics, worker states for `stats`, readiness for syst
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from procpool.application.fleet import Fleet, WorkerState
+from procpool.application.histogram import Histogram
+from procpool.application.ledger import Ledger
 from procpool.application.ports import JobStore, WorkerReport
 from procpool.domain.job import Status
-
-if TYPE_CHECKING:  # the ledger counts into this module's histograms: no import at run time
-    from procpool.application.ledger import Ledger
-
-# Seconds; the run-time histogram's upper bounds (Prometheus `le`), +Inf implied.
-RUN_TIME_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    300,
-    1800,
-)
-
-
-@dataclass
-class Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(RUN_TIME_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(RUN_TIME_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import msgspec
 from loguru import logger
@@ -495,6 +495,12 @@ class _Queue:
             else:
                 return  # already started: its Started is on the way
         self._outbox.send(Skipped(*key))
+
+    @overload
+    def take(self, *, block: Literal[True]) -> RunJob | Stop: ...
+
+    @overload
+    def take(self, *, block: bool) -> RunJob | Stop | None: ...
 
     def take(self, *, block: bool) -> RunJob | Stop | None:
         """The next message to act on; None if there is none and `block` is false."""

@@ -469,8 +469,8 @@ def parse_json(data: bytes, first_line: int = 1) -> Any:
         if isinstance(value, dict | list) and _too_deep(data):
             raise _Malformed(None, _TOO_DEEP, None)
     except _Malformed as malformed:
-        error = IncompleteJson if malformed.ends_early else InvalidJobFile
-        raise error(malformed.describe(data, first_line)) from None
+        kind = IncompleteJson if malformed.ends_early else InvalidJobFile
+        raise kind(malformed.describe(data, first_line)) from None
     return value
 
 
@@ -480,7 +480,7 @@ def parse_json(data: bytes, first_line: int = 1) -> Any:
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return show(value)
-    kinds = {dict: "an object", list: "an array", str: "a string"}
+    kinds: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
     return kinds.get(type(value), "a number")
 
 

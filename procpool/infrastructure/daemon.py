@@ -12,6 +12,7 @@ from pathlib import Path
 from traceback import format_exc
 from typing import Any, NoReturn
 
+from procpool import builtin_handlers
 from procpool.application import tree
 from procpool.application.companion import Companion
 from procpool.application.events import emit
@@ -287,7 +288,8 @@ def _serve(
                 f"took over the pid file of dead pid {stale}",
                 stale_pid=stale,
             )
-        loaded = load_handler_modules(config.handlers)
+        # The built-in handlers registered themselves when this wiring imported them.
+        loaded = [builtin_handlers.__name__, *load_handler_modules(config.handlers)]
         store = open_store(config, home)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home_dir)

@@ -159,9 +159,9 @@ class DoorConnection:
             if not chunk:
                 raise DoorUnavailable("the daemon closed the connection")
             self._frames.feed(chunk)
-            answers, error = self._frames.messages()
-            if error is not None:
-                raise DoorUnavailable(f"the daemon sent {error}")
+            answers, fault = self._frames.messages()
+            if fault is not None:
+                raise DoorUnavailable(f"the daemon sent {fault}")
             self._answers.extend(answers)
 
     def close(self) -> None:

@@ -596,7 +596,7 @@ class FileInbox:
 
     @staticmethod
     def _read_all(fd: int, size: int, limit: int) -> bytes | None:
-        chunks = []
+        chunks: list[bytes] = []
         total = 0
         while True:
             chunk = os.read(fd, max(size - total, 0) + 65536)

@@ -1,11 +1,12 @@
-"""The one read path to a home's jobs: the `JobReader` port and the factory that picks it.
+"""The one read path to a home's jobs: the `JobReader` port.
 
     Client ─▶ JobReader ─┬─▶ StoreReader          HOME/procpool.db, read-only (SQLite)
       ▲                  └─▶ PostgresClientStore  database_url (PostgreSQL, shared)
       │
     CLI, `stats`, HTTP API (through Client only)
 
-`open_reader` decides once, from the configuration (`database_url`, then
+`open_reader` (reader_factory.py, apart so that this port imports none of its
+adapters) decides once, from the configuration (`database_url`, then
 $PROCPOOL_DATABASE_URL, then the config file of the home), which store a client
 reads. Both readers answer every read the same way, by the contract tests in
 tests/test_job_reader.py; what only the shared store has (submitting and
@@ -15,14 +16,11 @@ canceling in the database, the daemons registered) is `SharedJobStore`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.spec import JobDefaults, JobSpec
-from procpool.infrastructure.config import shared_store
-from procpool.infrastructure.store_reader import StoreReader
 
 
 class JobReader(Protocol):
@@ -100,15 +98,3 @@ class SharedJobStore(JobReader, Protocol):
     def submit(self, jobs: Sequence[Job]) -> None: ...
 
     def cancel(self, job_id: str) -> Status | None: ...
-
-
-def open_reader(home: Path, database_url: str | None = None) -> JobReader:
-    """The reader of `home`'s jobs: the PostgreSQL store when `database_url`,
-    $PROCPOOL_DATABASE_URL or the config file (of `home`) names one, else the home's
-    read-only SQLite store. Nothing is opened until the first read.
-
-    Raises:
-        ConfigError: the configuration is invalid, or psycopg is not installed.
-    """
-    shared: JobReader | None = shared_store(home, database_url)
-    return shared if shared is not None else StoreReader(home / "procpool.db")

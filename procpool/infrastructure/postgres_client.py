@@ -15,6 +15,7 @@ It is a `JobReader` (infrastructure/job_reader.py: the reads of the client, the 
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -80,7 +81,7 @@ class PostgresClientStore:
             raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._retried(lambda db: db.execute(sql, parameters).fetchall())  # type: ignore[arg-type]
+        return self._retried(lambda db: db.execute(sql, parameters).fetchall())
 
     def exists(self) -> bool:
         return True  # the database is the store: created on first use
@@ -122,12 +123,12 @@ class PostgresClientStore:
             # statement that moves them, so a daemon that ingests meanwhile waits for
             # that statement, not for the whole transfer (about a quarter of it).
             db.execute("CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs) ON COMMIT DROP")
-            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:  # type: ignore[arg-type]
+            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:
                 for job in jobs:
                     copy.write_row(_row(job))
             lock_ids(db, [job.id for job in jobs])
             db.execute(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"  # type: ignore[arg-type]
+                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
                 " ON CONFLICT (id) DO NOTHING"
             )
             differ = db.execute(
@@ -219,7 +220,7 @@ class PostgresClientStore:
         )
         return int(rows[0][0])
 
-    def retry_links(self) -> list[tuple[str, str, Status, float]]:
+    def retry_links(self) -> builtins.list[tuple[str, str, Status, float]]:
         """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
         rows = self._query(
             "SELECT id, retry_of, status, created_at FROM procpool_jobs WHERE retry_of IS NOT NULL"
@@ -230,7 +231,7 @@ class PostgresClientStore:
         rows = self._query("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
         return None if rows[0][0] is None else (now or time.time()) - rows[0][0]
 
-    def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
+    def worker_reports(self) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
         """The workers of the daemons alive, on every host."""
         rows = self._query(
             "SELECT w.pid, w.create_time, w.state, w.current_job, w.jobs_done, w.updated_at"
@@ -245,20 +246,20 @@ class PostgresClientStore:
             for pid, created, state, job, done, at in rows
         ]
 
-    def runs(self, job_id: str) -> list[Run]:
+    def runs(self, job_id: str) -> builtins.list[Run]:
         rows = self._query(
             f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE job_id = %s ORDER BY ended_at, lease",
             (job_id,),
         )
         return [_run(row) for row in rows]
 
-    def recent_runs(self, since: float) -> list[Run]:
+    def recent_runs(self, since: float) -> builtins.list[Run]:
         rows = self._query(
             f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE ended_at >= %s", (since,)
         )
         return [_run(row) for row in rows]
 
-    def daemons(self) -> list[DaemonOnDatabase]:
+    def daemons(self) -> builtins.list[DaemonOnDatabase]:
         """The daemons registered and not known dead: those alive, and those whose lease
         ran out and whose jobs are about to be rescued (state `expired`)."""
         rows = self._query(

@@ -298,7 +298,7 @@ def migrate(db: psycopg.Connection[Any]) -> None:
                 f" this procpool knows up to {SCHEMA_VERSION}"
             )
         for number in range(version, SCHEMA_VERSION):
-            db.execute(MIGRATIONS[number])  # type: ignore[arg-type]
+            db.execute(MIGRATIONS[number])
             db.execute("UPDATE procpool_schema SET version = %s", (number + 1,))
 
 
@@ -378,7 +378,7 @@ def _value(job: Job, name: str) -> object:
     return job.cancel_requested if name == "cancel_requested" else _column_value(job, name)
 
 
-def _row(job: Job) -> tuple[Any, ...]:
+def _row(job: Job) -> tuple[object, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
 
 
@@ -538,7 +538,7 @@ class PostgresJobStore:
         return result
 
     def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+        return self._db.execute(sql, parameters).fetchall()
 
     # ------------------------------------------------------------- jobs
 
@@ -555,7 +555,7 @@ class PostgresJobStore:
         rows = self._rows(
             "SELECT id, digest FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
         )
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     def digests_now(self, job_ids: Sequence[str]) -> dict[str, str] | None:
         """`digests`, or None at once if another transaction holds some of these ids'
@@ -633,7 +633,7 @@ class PostgresJobStore:
         parameters = (*values, job.id, str(expected), expected_lease, job.id)
 
         def attempt() -> bool | None:
-            if self._db.execute(update, parameters).rowcount == 1:  # type: ignore[arg-type]
+            if self._db.execute(update, parameters).rowcount == 1:
                 return True
             rows = self._rows("SELECT status, lease FROM procpool_jobs WHERE id = %s", (job.id,))
             held = bool(rows) and rows[0] == (str(expected), expected_lease)
@@ -677,7 +677,8 @@ class PostgresJobStore:
             " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))",
             (after, self.types, self.types),
         )
-        return rows[0][0]
+        earliest: float | None = rows[0][0]
+        return earliest
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._rows(f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = %s", (str(status),))
@@ -727,7 +728,7 @@ class PostgresJobStore:
 
     def remove_worker(self, pid: int) -> None:
         self._db.execute(
-            f"DELETE FROM procpool_workers WHERE pid = %s AND daemon_id IN ({self._this_home()})",  # type: ignore[arg-type]
+            f"DELETE FROM procpool_workers WHERE pid = %s AND daemon_id IN ({self._this_home()})",
             (pid, self.machine),
         )
 
@@ -772,7 +773,8 @@ class PostgresJobStore:
 
     def oldest_pending_created(self) -> float | None:
         rows = self._rows("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
-        return rows[0][0]
+        oldest: float | None = rows[0][0]
+        return oldest
 
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         # SKIP LOCKED: daemons pruning at once take disjoint batches.
@@ -827,7 +829,7 @@ class PostgresJobStore:
     def forget_progress(self, key: str) -> None:
         for table in ("procpool_inbox_progress", "procpool_inbox_line_errors"):
             self._db.execute(
-                f"DELETE FROM {table} WHERE home = %s AND key = %s",  # type: ignore[arg-type]
+                f"DELETE FROM {table} WHERE home = %s AND key = %s",
                 (self.home, key),
             )
 

@@ -42,7 +42,7 @@ class ProgressDisplay:
         self.stream = stream
         self.terminal = terminal
         self._width = max(len(job_id) for job_id in self.job_ids)
-        self._shown: list[tuple[str, float, str] | None] = [None] * len(self.job_ids)
+        self._shown: Sequence[tuple[str, float, str] | None] = [None] * len(self.job_ids)
         self._drawn = 0
 
     def _bar_line(self, job_id: str, state: tuple[str, float, str]) -> str:

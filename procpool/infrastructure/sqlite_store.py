@@ -154,7 +154,20 @@ WAL_CHECK_INTERVAL = 1.0
 WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints keep it at
 
 
-def _job(row: tuple) -> Job:  # type: ignore[type-arg]
+# A row of the jobs table in COLUMNS' order, as SQLite returns it (and PostgreSQL,
+# whose cancel_requested is a boolean): payload and result as JSON bytes, progress
+# as msgspec JSON, cancel_requested as 0 or 1.
+JobRow = tuple[
+    str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
+    bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
+]  # fmt: skip
+# A row of the runs table in RUN_COLUMNS' order.
+RunRow = tuple[
+    str, str, int, int, int | None, float | None, float, str, str | None, str | None
+]  # fmt: skip
+
+
+def _job(row: JobRow) -> Job:
     (
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
@@ -184,7 +197,7 @@ def _job(row: tuple) -> Job:  # type: ignore[type-arg]
     )
 
 
-def _run(row: tuple) -> Run:  # type: ignore[type-arg]
+def _run(row: RunRow) -> Run:
     job_id, job_type, lease, attempt, pid, started, ended, outcome, error, exit_signal = row
     return Run(
         job_id=job_id, type=job_type, lease=lease, attempt=attempt, worker_pid=pid,
@@ -197,7 +210,8 @@ def _is_ready(job: Job) -> int:
     return int(job.run_at <= job.updated_at)
 
 
-def _row(job: Job) -> tuple:  # type: ignore[type-arg]
+def _row(job: Job) -> tuple[*JobRow, int]:
+    """The row that insert writes: the job's, then `ready`."""
     return (
         job.id, job.type, job.payload, str(job.status), job.attempts, job.max_attempts,
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
@@ -346,8 +360,9 @@ class SqliteJobStore:
         row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
 
-    def _by_id(self, column: str, job_ids: Sequence[str]) -> dict[str, object]:
-        found: dict[str, object] = {}
+    def _by_id(self, column: str, job_ids: Sequence[str]) -> dict[str, str]:
+        """A text column of the jobs found, by id."""
+        found: dict[str, str] = {}
         if len(job_ids) == 1:  # the common case of one submission: no IN list to build
             found.update(self._db.execute(f"SELECT id, {column} FROM jobs WHERE id = ?", job_ids))
             return found
@@ -360,7 +375,7 @@ class SqliteJobStore:
         return found
 
     def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
-        return self._by_id("digest", job_ids)  # type: ignore[return-value]
+        return self._by_id("digest", job_ids)
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
         return {job_id: Status(status) for job_id, status in self._by_id("status", job_ids).items()}
@@ -411,6 +426,7 @@ class SqliteJobStore:
             self._earliest_scheduled = run_at
 
     def _scheduled_from(self, after: float) -> float | None:
+        earliest: float | None
         (earliest,) = self._db.execute(
             "SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled"
             " WHERE status = 'pending' AND ready = 0 AND run_at > ?",
@@ -455,7 +471,8 @@ class SqliteJobStore:
         return [_job(row) for row in rows]
 
     def max_lease(self) -> int:
-        return self._db.execute("SELECT coalesce(max(lease), 0) FROM jobs").fetchone()[0]
+        highest: int = self._db.execute("SELECT coalesce(max(lease), 0) FROM jobs").fetchone()[0]
+        return highest
 
     def add_worker(self, worker: WorkerRecord) -> None:
         self._db.execute(

@@ -6,6 +6,7 @@ down or block the supervisor, and a bug here cannot change a job.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ class StoreReader:
             self._db.execute("PRAGMA busy_timeout = 5000")
         return self._db
 
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def _query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         db = self._connection()
         if db is None:
             return []
@@ -77,7 +78,8 @@ class StoreReader:
     ) -> list[Job]:
         """Jobs, newest first (by created_at, then id); `before` = (created_at, id) of
         a job: only those that come after it in this order (the HTTP API's cursor)."""
-        where, parameters = [], []  # type: ignore[var-annotated]
+        where: builtins.list[str] = []
+        parameters: builtins.list[object] = []
         if before is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             parameters.extend([before[0], before[0], before[1]])
@@ -112,7 +114,7 @@ class StoreReader:
         )
         return rows[0][0] if rows else 0
 
-    def retry_links(self) -> list[tuple[str, str, Status, float]]:
+    def retry_links(self) -> builtins.list[tuple[str, str, Status, float]]:
         """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
         rows = self._query(
             "SELECT id, retry_of, status, created_at FROM jobs WHERE retry_of NOT NULL"
@@ -121,11 +123,12 @@ class StoreReader:
 
     def oldest_pending_age(self, now: float | None = None) -> float | None:
         rows = self._query("SELECT min(created_at) FROM jobs WHERE status = 'pending'")
-        if not rows or rows[0][0] is None:
+        oldest: float | None = rows[0][0] if rows else None
+        if oldest is None:
             return None
-        return (now or time.time()) - rows[0][0]
+        return (now or time.time()) - oldest
 
-    def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
+    def worker_reports(self) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
         rows = self._query(
             "SELECT pid, create_time, state, current_job, jobs_done, updated_at FROM workers"
             " ORDER BY pid"
@@ -138,13 +141,13 @@ class StoreReader:
             for pid, created, state, job, done, at in rows
         ]
 
-    def runs(self, job_id: str) -> list[Run]:
+    def runs(self, job_id: str) -> builtins.list[Run]:
         rows = self._query(
             f"SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ? ORDER BY lease", (job_id,)
         )
         return [_run(row) for row in rows]
 
-    def recent_runs(self, since: float) -> list[Run]:
+    def recent_runs(self, since: float) -> builtins.list[Run]:
         rows = self._query(
             f"SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_ended WHERE ended_at >= ?", (since,)
         )

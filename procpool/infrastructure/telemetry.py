@@ -20,7 +20,8 @@ import socket
 import time
 
 from procpool.application.events import emit
-from procpool.application.telemetry import RUN_TIME_BUCKETS, Snapshot
+from procpool.application.histogram import RUN_TIME_BUCKETS
+from procpool.application.telemetry import Snapshot
 from procpool.domain.wording import plural
 from procpool.infrastructure.home_files import HomeDir
 from procpool.infrastructure.inbox import SUFFIXES

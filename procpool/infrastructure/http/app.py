@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import msgspec
@@ -61,6 +61,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
 
 LITESTAR_SCHEMA = "/schema"
 MAX_WAIT = 300.0
@@ -69,6 +70,7 @@ MAX_PAGE = 1000
 # The request bodies, by route: decoded by procpool, documented from these types.
 REQUEST_BODIES: dict[tuple[str, str], Any] = {
     ("/jobs", "post"): JobRequest,
+    # JobRequest is a class made at run time, which mypy cannot take for a type.
     ("/jobs/batch", "post"): list[JobRequest],  # type: ignore[valid-type]
 }
 
@@ -230,7 +232,7 @@ def _crash(request: Request[Any, Any, Any], error: Exception) -> Response[Error]
 # ----------------------------------------------------------------- the routes
 
 
-def _in_thread(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+def _in_thread(function: Callable[..., T], *args: object) -> Awaitable[T]:
     """Run what may block (a store's query, a look into the inbox or rejected/, a
     submit's fsync, a CPU sample) in a worker thread: the event loop only moves bytes,
     so one slow look-up never holds the other connections."""
@@ -423,7 +425,9 @@ def build(
         logging_config=None,
     )
     document = openapi_document(app)
-    return Gate(app, hosts, token, service.max_file_bytes)
+    # Litestar types the ASGI scope and messages as TypedDicts, the Gate as the plain
+    # mappings uvicorn passes to both.
+    return Gate(app, hosts, token, service.max_file_bytes)  # type: ignore[arg-type]
 
 
 def _stats(service: Service) -> Stats:

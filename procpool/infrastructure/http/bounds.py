@@ -90,6 +90,8 @@ def bounded_protocol(request_timeout: float, max_connections: int) -> type[H11Pr
         _deadline: asyncio.TimerHandle | None = None
         _refused = False
 
+        # asyncio types the transport BaseTransport; uvicorn's own connection_made
+        # narrows it to Transport, as this one does.
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.connections) >= max_connections:
                 self._refuse(transport)

@@ -51,12 +51,12 @@ class Health(msgspec.Struct):
 
 
 def _job_request() -> type[msgspec.Struct]:
-    fields: list[tuple[str, Any, Any]] = []
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for field in msgspec.structs.fields(JobSpec):
         if field.name == "retry_of":
             continue
         if field.required:
-            fields.append((field.name, field.type))  # type: ignore[arg-type]
+            fields.append((field.name, field.type))
         else:
             fields.append((field.name, field.type, field.default))
     return msgspec.defstruct(

@@ -101,13 +101,14 @@ def serve(
             app,
             http=bounded_protocol(config.http_request_timeout, connections),
             # Idle between two requests; the request deadline covers it too.
-            timeout_keep_alive=min(KEEP_ALIVE, config.http_request_timeout),
+            # uvicorn annotates both timeouts int; it hands them to asyncio as seconds.
+            timeout_keep_alive=min(KEEP_ALIVE, config.http_request_timeout),  # type: ignore[arg-type]
             lifespan="on",
             log_level="warning",
             access_log=False,
             server_header=False,
             proxy_headers=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,  # type: ignore[arg-type]
         )
     )
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -456,7 +457,18 @@ def _document(job_spec: spec.JobSpec) -> dict[str, object]:
     }
 
 
-def _arguments(job_spec: spec.JobSpec) -> dict[str, object]:
+class _SubmitArguments(TypedDict):
+    type: str
+    payload: Any
+    id: str | None
+    max_attempts: int | None
+    timeout: float | None
+    priority: int
+    delay: float | None
+    run_at: str | None
+
+
+def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
     """Client.submit's arguments for a spec."""
     return {
         "type": job_spec.type,
