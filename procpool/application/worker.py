@@ -347,7 +347,7 @@ class _Reporter:
         fence (application/fence.py): checked when due, not once per heartbeat."""
         if self.fence is None or self._run is None:
             return math.inf
-        (valid_until,) = struct.unpack_from("d", self.fence)
+        valid_until: float = struct.unpack_from("d", self.fence)[0]
         if not valid_until:
             return math.inf
         return max(0.0, valid_until - time.clock_gettime(time.CLOCK_BOOTTIME))
