@@ -74,11 +74,22 @@ class Sizes:
     ingestion: int = 100_000
     preload: int = 1_000_000
     real_files: int = 900  # the real batch: compress and hash of each, 2 jobs per file
+    batched: int = 20_000  # the supervisor's batched CPU per job: one submit_many, one .jsonl
+    paced: int = 500  # 2 ms CPU jobs submitted at PACED_RATE
 
 
 QUICK = Sizes(jobs=500, cpu_jobs=40, latency_samples=20, cancel_samples=10,
-              ingestion=10_000, preload=50_000, real_files=50)  # fmt: skip
+              ingestion=10_000, preload=50_000, real_files=50, batched=2_000,
+              paced=50)  # fmt: skip
 PRODUCER_THREADS = 4
+# The supervisor's CPU per job (issue 25): its targets in microseconds, the paced
+# workload's job length and rate, and how many workers the saturation run forks.
+ONE_CPU_TARGET_US = 300.0
+BATCHED_CPU_TARGET_US = 40.0
+CAPACITY_TARGET = 25_000.0
+PACED_JOB_SECONDS = 0.002
+PACED_RATE = 250.0
+SATURATION_WORKERS = 3 * (os.cpu_count() or 1)
 
 
 class BenchError(Exception):
@@ -208,9 +219,14 @@ class Daemon:
     log_level = "INFO"
 
     def __init__(
-        self, home: Path, env: dict[str, str] | None = None, handlers: tuple[str, ...] = ()
+        self,
+        home: Path,
+        env: dict[str, str] | None = None,
+        handlers: tuple[str, ...] = (),
+        workers: int = WORKERS,
     ) -> None:
         self.home = home
+        self.workers = workers
         self.inbox = home / "inbox"
         self.env = env or {}
         self.handlers = handlers
@@ -231,7 +247,7 @@ class Daemon:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
-                 "--workers", str(WORKERS), "--log-level", self.log_level,
+                 "--workers", str(self.workers), "--log-level", self.log_level,
                  *(arg for module in self.handlers for arg in ("--handlers", module))],
                 # `python -m` puts the working directory first on sys.path: this checkout.
                 cwd=REPO, env=_daemon_env(self.env), stdin=subprocess.DEVNULL,
@@ -258,7 +274,7 @@ class Daemon:
 
     def _wait_warm(self) -> None:
         """Warm means both workers forked and one job done end to end."""
-        _wait(lambda: self._workers() >= WORKERS, 0.01, "the daemon's workers", 300)
+        _wait(lambda: self._workers() >= self.workers, 0.01, "the daemon's workers", 300)
         self.client.submit("echo", {"warm": True}, id="warm-up")
         self.store = _wait(
             lambda: (self.home / "procpool.db").exists() and StoreWatch(self.home / "procpool.db"),
@@ -309,9 +325,16 @@ class Daemon:
         return time.perf_counter()
 
     def cpu_seconds(self) -> float:
-        """CPU time the supervisor process (not its workers) has used so far."""
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
+        """CPU time the supervisor process (not its workers) has used so far.
+
+        The scheduler's own count (/proc/PID/schedstat, field 1, in ns) where there is
+        one: exact, where utime + stime are sampled at the tick (1-10 ms)."""
+        try:
+            with open(f"/proc/{self.pid}/schedstat", "rb") as stat:
+                return int(stat.read().split()[0]) / 1e9
+        except OSError:
+            times = psutil.Process(self.pid).cpu_times()
+            return times.user + times.system
 
     def stop(self) -> int:
         """SIGTERM, wait; returns the peak RSS of the supervisor over its life."""
@@ -335,6 +358,7 @@ def running_daemon(
     env: dict[str, str] | None = None,
     template: Path | None = None,
     handlers: tuple[str, ...] = (),
+    workers: int = WORKERS,
 ) -> Iterator[Daemon]:
     """A warm daemon on a fresh home (with a copy of `template` as its store, if given)."""
     base = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
@@ -348,7 +372,7 @@ def running_daemon(
             # first checkpoint would pay for writing back the whole fresh copy.
             with open(store, "rb+") as copy:
                 os.fsync(copy.fileno())
-        daemon = Daemon(home, env, handlers)
+        daemon = Daemon(home, env, handlers, workers)
         try:
             yield daemon.start()
         finally:
@@ -372,10 +396,11 @@ def _jsonl(lines: Iterator[dict[str, Any]]) -> bytes:
 
 def procpool_throughput(
     workdir: Path, jobs: int, *, files: bool = False, env: dict[str, str] | None = None,
-    template: Path | None = None,
+    template: Path | None = None, workers: int = WORKERS,
 ) -> dict[str, float]:  # fmt: skip
-    """No-op jobs/s from the drop to the last `completed` commit, and the peak RSS."""
-    with running_daemon(workdir, env, template) as daemon:
+    """No-op jobs/s from the drop to the last `completed` commit, the peak RSS, and the
+    supervisor's CPU: per job, and as a share of one core over the run (`core_share`)."""
+    with running_daemon(workdir, env, template, workers=workers) as daemon:
         done_before = daemon.store.count("completed")  # type: ignore[union-attr]
         cpu_before = daemon.cpu_seconds()
         if files:
@@ -402,6 +427,7 @@ def procpool_throughput(
         "seconds": end - start,
         "peak_rss_mb": peak / 2**20,
         "supervisor_cpu_us_per_job": cpu / jobs * 1e6,
+        "core_share": cpu / (end - start),
     }
 
 
@@ -431,8 +457,8 @@ def executor_throughput(jobs: int) -> dict[str, float]:
     return {"rate": jobs / (end - start), "seconds": end - start}
 
 
-def calibrate_cpu() -> dict[str, float]:
-    """The `iterations` that take CPU_JOB_SECONDS in this process."""
+def calibrate_cpu(seconds: float = CPU_JOB_SECONDS) -> dict[str, float]:
+    """The `iterations` that take `seconds` (CPU_JOB_SECONDS) in this process."""
     iterations = 100_000
     for _ in range(3):
         samples = []
@@ -440,7 +466,7 @@ def calibrate_cpu() -> dict[str, float]:
             start = time.perf_counter()
             bench_jobs.cpu(iterations)
             samples.append(time.perf_counter() - start)
-        iterations = max(1000, round(iterations * CPU_JOB_SECONDS / statistics.median(samples)))
+        iterations = max(1000, round(iterations * seconds / statistics.median(samples)))
     return {"iterations": iterations}
 
 
@@ -451,6 +477,23 @@ def procpool_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
         cpu_before = daemon.cpu_seconds()
         start = time.perf_counter()
         ids = [client.submit("cpu", {"iterations": iterations}) for _ in range(jobs)]
+        client.wait(ids, timeout=DEADLINE)
+        end = time.perf_counter()
+        cpu = daemon.cpu_seconds() - cpu_before
+    return {"seconds": end - start, "supervisor_cpu_us_per_job": cpu / jobs * 1e6}
+
+
+def procpool_paced(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
+    """`cpu` jobs, one `Client.submit` each at PACED_RATE a second, then `Client.wait`:
+    the supervisor's CPU per job when each turn carries about one job."""
+    with running_daemon(workdir) as daemon:
+        client = daemon.client
+        cpu_before = daemon.cpu_seconds()
+        start = time.perf_counter()
+        ids = []
+        for n in range(jobs):
+            time.sleep(max(0.0, start + n / PACED_RATE - time.perf_counter()))
+            ids.append(client.submit("cpu", {"iterations": iterations}))
         client.wait(ids, timeout=DEADLINE)
         end = time.perf_counter()
         cpu = daemon.cpu_seconds() - cpu_before
@@ -881,6 +924,87 @@ class Bench:
             runs=[r["cpu_us_per_job"] / 1000 for r in floor["runs"]],
         ), floor)  # fmt: skip
 
+    def supervisor(self) -> None:
+        """The supervisor's CPU per job (issue 25) in each workload beside its target and
+        the peers' rates of the same run; the most jobs a second its batched CPU per job
+        allows; and no-op jobs to more workers than cores, where the supervisor saturates."""
+        n, batched, work = self.sizes.jobs, self.sizes.batched, self.workdir
+        noop = [(bench_jobs.noop, {"i": i}) for i in range(n)]
+        peers: dict[str, float | None] = {
+            "executor_rate": self.measure(
+                "executor.submit", lambda: bench_peers.executor_run(noop)
+            )["rate"]
+        }
+        try:
+            huey_calls = [("noop", {"i": i}) for i in range(n)]
+            huey = self.measure("huey.submit", lambda: bench_peers.huey_run(work, huey_calls))
+            peers["huey_rate"] = huey["rate"]
+        except (bench_peers.PeerMissing, sqlite3.Error) as missing:
+            # On a loaded machine Huey's producer may wait past its store's lock
+            # timeout ("database is locked"): the supervisor's figures stand without it.
+            log(f"  without Huey: {missing}")
+            peers["huey_rate"] = None
+        huey_rate = peers["huey_rate"]
+        beside = f"executor {peers['executor_rate']:,.0f}, Huey " + (
+            "failed or missing" if huey_rate is None else f"{huey_rate:,.0f}"
+        )
+        one = self.measure("procpool.submit.one", lambda: procpool_submit(work, n, "one"))
+        many = self.measure("procpool.submit.many", lambda: procpool_submit(work, batched, "many"))
+        jsonl = self.measure("procpool.jsonl", lambda: procpool_throughput(work, batched))
+        iterations = int(
+            self.measure("paced.calibration", lambda: calibrate_cpu(PACED_JOB_SECONDS))[
+                "iterations"
+            ]
+        )
+        paced = self.measure(
+            "procpool.paced", lambda: procpool_paced(work, self.sizes.paced, iterations)
+        )
+        for name, title, mine, target in (
+            ("supervisor.one", f"supervisor CPU per job, {n:,} Client.submit one at a time",
+             one, ONE_CPU_TARGET_US),
+            ("supervisor.many", f"supervisor CPU per job, {batched:,} in one submit_many",
+             many, BATCHED_CPU_TARGET_US),
+            ("supervisor.jsonl", f"supervisor CPU per job, {batched:,} lines in one .jsonl",
+             jsonl, BATCHED_CPU_TARGET_US),
+            ("supervisor.paced", f"supervisor CPU per job, {self.sizes.paced:,} x 2 ms CPU "
+             f"jobs submitted at {PACED_RATE:g}/s", paced, None),
+        ):  # fmt: skip
+            cpu = mine["supervisor_cpu_us_per_job"]
+            detail: dict[str, Any] = {"log_level": Daemon.log_level, **peers}
+            label = title
+            if "rate" in mine:
+                detail["rate"] = mine["rate"]
+                label += f" ({mine['rate']:,.0f} jobs/s; {beside})"
+            self.add(Figure(
+                name, label, cpu, "us", target=None if target is None else f"<= {target:g} us",
+                met=None if target is None else cpu <= target,
+                runs=[r["supervisor_cpu_us_per_job"] for r in mine["runs"]], detail=detail,
+            ), mine)  # fmt: skip
+        # One core's worth of the supervisor's batched CPU per job: the most jobs a second
+        # one daemon can hand out, whatever its workers.
+        batched_us = max(many["supervisor_cpu_us_per_job"], jsonl["supervisor_cpu_us_per_job"])
+        capacity = 1e6 / batched_us
+        self.add(Figure(
+            "supervisor.capacity", "most jobs/s one daemon can hand out (1 / batched CPU "
+            "per job)", capacity, "jobs/s", target=f">= {CAPACITY_TARGET:,.0f}",
+            met=capacity >= CAPACITY_TARGET, detail={"batched_cpu_us": batched_us},
+        ), {})  # fmt: skip
+        many_workers = SATURATION_WORKERS
+        saturated = self.measure(
+            "procpool.saturation",
+            lambda: procpool_throughput(work, batched, workers=many_workers),
+        )
+        # The reference is the capacity above: a rate near it with a core share near
+        # 100 % is the supervisor saturated; a lower share is the cores shared out.
+        self.add(Figure(
+            "supervisor.saturation", f"no-op jobs/s, {batched:,} in one .jsonl, "
+            f"{many_workers} workers on {os.cpu_count()} CPUs", saturated["rate"], "jobs/s",
+            capacity, "capacity, above",
+            runs=[r["rate"] for r in saturated["runs"]],
+            detail={"workers": many_workers,
+                    "supervisor_core_share": saturated["core_share"]},
+        ), saturated)  # fmt: skip
+
     def batch(self) -> None:
         """The real batch: compress and hash of standard-library files."""
         files = self.sizes.real_files
@@ -998,8 +1122,8 @@ class Bench:
 
 
 BENCHMARKS = (
-    "submit", "cpu", "latency", "cancel", "batch", "ingestion", "throughput", "waiting",
-    "scale", "durability",
+    "submit", "supervisor", "cpu", "latency", "cancel", "batch", "ingestion", "throughput",
+    "waiting", "scale", "durability",
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,29 @@ def test_the_postgresql_benchmark_measures_its_three_setups(pg_url: str) -> None
     for row in rows:
         assert row["jobs_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
     assert "x sqlite" in done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() -> None:
+    figures = {line["figure"]: line for line in quick("supervisor")[1:]}
+    assert set(figures) == {
+        "supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced",
+        "supervisor.capacity", "supervisor.saturation",
+    }  # fmt: skip
+    for name in ("supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced"):
+        figure = figures[name]
+        assert figure["unit"] == "us" and figure["value"] > 0, name
+        # The peers' rates of the same run beside it (Huey's only where it is installed).
+        assert figure["detail"]["executor_rate"] > 0, name
+        assert "huey_rate" in figure["detail"], name
+    assert figures["supervisor.one"]["target"] == "<= 300 us"
+    assert figures["supervisor.many"]["target"] == figures["supervisor.jsonl"]["target"]
+    assert figures["supervisor.paced"]["met"] is None
+    batched = max(figures["supervisor.many"]["value"], figures["supervisor.jsonl"]["value"])
+    capacity = figures["supervisor.capacity"]
+    assert capacity["value"] == pytest.approx(1e6 / batched)
+    assert isinstance(capacity["met"], bool)
+    saturation = figures["supervisor.saturation"]
+    assert saturation["reference"] == capacity["value"]
+    assert saturation["detail"]["workers"] > (os.cpu_count() or 1)
+    assert 0 < saturation["detail"]["supervisor_core_share"] <= 1.0

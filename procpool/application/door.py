@@ -13,8 +13,9 @@ its own buffer, up to MAX_BACKLOG; past it the connection is closed. At most
 MAX_CONNECTIONS are served; one more is told Busy and closed, and its client uses
 the inbox.
 
-Every answer is sent after the commit of the turn that decided it: an Accepted
-means the jobs are on disk, a Done that the terminal state of each job is. The
+Every answer is sent after the commit of the turn that decided it, before the
+turn's other effects: an Accepted means the jobs are on disk, a Done that the
+terminal state of each job is. The
 requests that arrive in one turn share its commit, so concurrent producers share
 one fsync.
 """

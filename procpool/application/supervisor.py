@@ -9,9 +9,10 @@
 Each turn waits once on every input (the workers' channels, the wake-up pipe
 that signals write to, the inbox watch) with a timeout set by the nearest
 future deadline, then applies everything that happened in one store
-transaction, and only after the commit sends to workers, removes accepted
-inbox files, writes the log lines and forks missing workers: nothing is said
-or sent that the store does not hold, and no fork copies an open transaction.
+transaction, and only after the commit answers the socket door's clients (first:
+they wait for it), sends to workers, removes accepted inbox files, writes the log
+lines and forks missing workers: nothing is said or sent that the store does not
+hold, and no fork copies an open transaction.
 
 What each message and each exit means, and when a worker must be ended, is
 the fleet's (fleet.py, pure); this module is the loop and its effects.
@@ -585,6 +586,11 @@ class Supervisor:
     def _after_commit(self) -> None:
         self._turn_ends.clear()  # committed: the store holds those ends now
         effects = self._effects
+        # The door's answers first: a client waits for each, one round trip at a time,
+        # and what follows (inbox files, sends to workers, log lines) is nobody's.
+        finished = self.ledger.take_finished()
+        if self.door is not None:
+            self.door.committed(finished)
         for rejection in effects.rejected:
             where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
             if not where:  # the file changed since it was read: the next scan judges it anew
@@ -613,9 +619,6 @@ class Supervisor:
                     failed = self.fleet.channel_failed(pid, f"the channel failed: {error}", 0.0)
                     self._outside(failed)
             self._watch_writable(pid)
-        finished = self.ledger.take_finished()
-        if self.door is not None:
-            self.door.committed(finished)
         for level, event, message, fields in effects.logs:
             emit(level, event, message, **fields)
         effects.clear()
