@@ -91,6 +91,7 @@ def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.Mon
     monkeypatch.setattr(module, "emit", lambda *args, **fields: order.append("log"))
     fake = SimpleNamespace(
         _effects=effects,
+        _turn_ends=[],
         inbox=SimpleNamespace(remove=lambda files: order.append("inbox")),
         channels={7: SimpleNamespace(send=lambda messages: order.append("send"))},
         fleet=SimpleNamespace(get=lambda pid: SimpleNamespace(state=WorkerState.SERVING)),
