@@ -75,14 +75,6 @@ from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.application.worker import WorkerOptions
 from procpool.domain.wording import plural
 
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGCHLD,
-    signal.SIGUSR1,
-)
 MEMORY_SAMPLE_INTERVAL = 1.0
 RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 500

@@ -267,12 +267,6 @@ def resolve_home(config: Config, environ: Mapping[str, str] = os.environ) -> Pat
     return Path(config.home).expanduser() if config.home else default_home(environ)
 
 
-def find_home(environ: Mapping[str, str] = os.environ) -> Path:
-    """The home a command means when it names none: $PROCPOOL_HOME, else the config
-    file's `home` ($PROCPOOL_CONFIG), else the default."""
-    return locate_home(None, environ).path
-
-
 @dataclass(frozen=True)
 class HomeChoice:
     """A home and how it was chosen, in words for a message ("the home given by --home")."""

@@ -220,11 +220,6 @@ class Service:
         except KeyError:  # deleted (pruned) in between
             raise not_found(job_id) from None
 
-    def terminal_or_none(self, job_id: str) -> JobInfo | None:
-        """The job if it is terminal, else None (for a long poll)."""
-        job = self.get(job_id)
-        return job if job.is_terminal else None
-
     # ------------------------------------------------------------- writing
 
     def submit(self, body: bytes) -> tuple[Outcome, str]:
