@@ -50,7 +50,7 @@ from procpool.application.door_messages import (
     ToDaemon,
     Wait,
 )
-from procpool.domain import spec
+from procpool.domain import inbox_names, spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
@@ -364,13 +364,13 @@ class Client:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            name = f"{stem}.json"
+            name = inbox_names.file_name(stem)
             while True:
                 try:
                     os.link(temporary, self.inbox / name)
                     break
                 except FileExistsError:
-                    name = f"{stem}.{uuid.uuid4().hex[:8]}.json"
+                    name = inbox_names.file_name(stem, uuid.uuid4().hex[:8])
         finally:
             temporary.unlink()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from procpool.application.ports import FileProgress, IdsBusy, InboxFile, JobStore, LineError
+from procpool.domain import inbox_names
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -88,18 +89,15 @@ class _FileOutcome:
 def _numbered_ids_valid(stem: str) -> bool:
     """Whether `STEM-N` is a valid id for every N that keeps it within 128 characters:
     checked once per file, not once per line."""
-    return ID_PATTERN.fullmatch(f"{stem}-1") is not None
+    return ID_PATTERN.fullmatch(inbox_names.default_id(stem, 1)) is not None
 
 
 def _job_id(spec: JobSpec, file: InboxFile, line: int | None) -> str:
     if spec.id is not None:
         return spec.id
-    if line is None:
-        default = file.stem
-    else:
-        default = f"{file.stem}-{line}"
-        if len(default) <= MAX_ID_LENGTH and _numbered_ids_valid(file.stem):
-            return default
+    default = inbox_names.default_id(file.stem, line)
+    if line is not None and len(default) <= MAX_ID_LENGTH and _numbered_ids_valid(file.stem):
+        return default
     try:
         return check_id(default, "the id taken from the file name")
     except InvalidJobFile as error:

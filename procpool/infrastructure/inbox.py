@@ -45,10 +45,10 @@ import msgspec
 
 from procpool.application.events import emit
 from procpool.application.ports import FileProgress, InboxEntry, InboxFile, LineError, Part
-from procpool.domain import spec
+from procpool.domain import inbox_names, spec
 from procpool.domain.errors import InvalidJobFile
 
-SUFFIXES = (".json", ".jsonl")
+SUFFIXES = (inbox_names.JOB_SUFFIX, inbox_names.LINES_SUFFIX)
 # A .jsonl file is bounded per line by max_file_bytes; as a whole, by this.
 MAX_LINES_FILE_BYTES = 256 * 1024 * 1024
 # What one scan reads at most besides its limit of files: lines (a .json file counts as
@@ -439,9 +439,9 @@ class FileInbox:
     ) -> InboxFile | None:
         """The file as it is now (a .jsonl file: its next part), or None to leave it for a
         later scan. What it reads is charged to `budget`."""
-        is_lines = name.endswith(".jsonl")
+        is_lines = name.endswith(inbox_names.LINES_SUFFIX)
         shown = printable(name)
-        stem = shown.removesuffix(".jsonl" if is_lines else ".json")
+        stem = inbox_names.stem(shown) or shown  # listed for its suffix, which stays printable
         file = InboxFile(name=shown, stem=stem, is_lines=is_lines)
         fd = self._open(directory, name, file)
         if fd is None:

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from procpool.domain import inbox_names
 from procpool.infrastructure.change_stamp import ChangeStamp
 
 REPORT_SUFFIX = ".error.json"
@@ -70,9 +71,9 @@ class _Report:
             return self.ids[job_id]
         if self.numbered is not None:
             stem, reason = self.numbered
-            number = job_id.removeprefix(f"{stem}-")
-            if job_id.startswith(f"{stem}-") and number.isdigit() and not number.startswith("0"):
-                return Rejection(job_id, reason, path, int(number))
+            number = inbox_names.line_of(stem, job_id)
+            if number is not None:
+                return Rejection(job_id, reason, path, number)
         return None
 
 
@@ -157,14 +158,14 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
     parsed = _Report(order)
     target = report_path.name.removesuffix(REPORT_SUFFIX)
     data = read_regular(report_path)
-    if data is None or not target.endswith((".json", ".jsonl")):
+    if data is None or inbox_names.stem(target) is None:
         return parsed  # not a report: a user's file that was itself named *.error.json
     report = _decode(data)
     if not isinstance(report, dict) or not isinstance(report.get("error"), str):
         return parsed
     name = report["file"] if isinstance(report.get("file"), str) else target
     rejected = report_path.with_name(target)
-    if not target.endswith(".jsonl"):
+    if not target.endswith(inbox_names.LINES_SUFFIX):
         content = read_regular(rejected)
         claimed = None
         if content is not None:
@@ -176,7 +177,7 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
                 return parsed
             claimed = _claimed_id(document)
         if claimed is not _NOT_A_JOB:
-            job_id = claimed if isinstance(claimed, str) else name.removesuffix(".json")
+            job_id = claimed if isinstance(claimed, str) else inbox_names.default_id(_stem(name))
             parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
         return parsed
     _parse_lines(parsed, report, name, rejected, report_path)
@@ -186,7 +187,7 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
 def _parse_lines(
     parsed: _Report, report: dict[str, Any], name: str, rejected: Path, report_path: Path
 ) -> None:
-    stem = name.removesuffix(".jsonl")
+    stem = _stem(name)
     bad: dict[int, str] = {}
     for entry in report.get("lines") or []:
         if isinstance(entry, dict) and isinstance(entry.get("line"), int):
@@ -197,9 +198,8 @@ def _parse_lines(
         if whole:
             parsed.numbered = (stem, report["error"])
         for number, reason in bad.items():
-            parsed.ids[f"{stem}-{number}"] = Rejection(
-                f"{stem}-{number}", reason, report_path, number
-            )
+            job_id = inbox_names.default_id(stem, number)
+            parsed.ids[job_id] = Rejection(job_id, reason, report_path, number)
         return
     for number, line in lines:
         if not (whole or number in bad) or not line.strip():
@@ -207,9 +207,14 @@ def _parse_lines(
         claimed = _claimed_id(_decode(line))
         if claimed is _NOT_A_JOB:
             continue
-        job_id = claimed if isinstance(claimed, str) else f"{stem}-{number}"
+        job_id = claimed if isinstance(claimed, str) else inbox_names.default_id(stem, number)
         reason = report["error"] if whole else bad[number]
         parsed.ids.setdefault(job_id, Rejection(job_id, reason, report_path, number))
+
+
+def _stem(name: str) -> str:
+    # The report's `file` is the daemon's own name of the file: a .json or .jsonl one.
+    return inbox_names.stem(name) or name
 
 
 class RejectedFiles:

@@ -40,7 +40,7 @@ from procpool.client import (
     NoJobStore,
     UnknownJob,
 )
-from procpool.domain import spec
+from procpool.domain import inbox_names, spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
 from procpool.infrastructure.inbox_lookup import InboxLookup
@@ -325,7 +325,7 @@ class Service:
                 continue  # not a job we can judge
             if isinstance(waiting, spec.JobSpec):
                 if waiting.id is None:
-                    waiting = msgspec.structs.replace(waiting, id=path.name[: -len(".json")])
+                    waiting = msgspec.structs.replace(waiting, id=inbox_names.stem(path.name))
                 if waiting.id == job_id:
                     return fingerprint(waiting)
         return None
