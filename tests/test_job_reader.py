@@ -140,7 +140,7 @@ def test_counts_retention_retries_and_the_oldest_pending(pair: Pair) -> None:
     assert pair.reader.oldest_pending_age(NOW) == pytest.approx(30.0)
     assert pair.reader.count_finished_before(NOW - 39) == 1
     assert pair.reader.count_finished_before(NOW - 41) == 0
-    assert pair.reader.retried_ids() == {"done"}
+    assert pair.reader.retry_links() == [("again", "done", Status.PENDING, NOW - 5)]
 
 
 def test_runs_oldest_first_and_recent_runs(pair: Pair) -> None:

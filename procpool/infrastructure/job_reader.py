@@ -51,10 +51,6 @@ class JobReader(Protocol):
         """Terminal jobs last changed before `cutoff`: what retention would delete."""
         ...
 
-    def retried_ids(self) -> set[str]:
-        """The ids that some job names as its `retry_of`."""
-        ...
-
     def oldest_pending_age(self, now: float | None = None) -> float | None:
         """Seconds since the oldest pending job was created; None: none pending."""
         ...
