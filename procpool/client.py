@@ -59,8 +59,9 @@ from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
 from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.job_reader import JobReader, SharedJobStore, open_reader
 from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.rejections import RejectedFiles, read_regular
+from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
+from procpool.infrastructure.untrusted_files import read_regular
 
 # How the intake words an id taken by a job with other content (ingest.py).
 _DUPLICATE = re.compile(r'^duplicate id "(?P<id>[^"]+)" with different content$')

@@ -19,7 +19,7 @@ a report whose rejected file was deleted still does (with the ids taken from
 its name). When several reports claim an id, the newest wins. Nothing here
 decides whether a job exists: the caller looks in the store first.
 
-Files here and in the inbox are read as the daemon reads them (`read_regular`):
+Files here and in the inbox are read as the daemon reads them (untrusted_files.py):
 regular files only, so that a FIFO is never waited on and a link never followed.
 """
 
@@ -31,16 +31,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 
 from procpool.domain import inbox_names
 from procpool.infrastructure.change_stamp import ChangeStamp
+from procpool.infrastructure.untrusted_files import READ_LIMIT, open_regular, read_regular
 
 REPORT_SUFFIX = ".error.json"
-# Reports and rejected files larger than this are not read for ids: the names give them.
-READ_LIMIT = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -90,21 +89,6 @@ def _claimed_id(value: Any) -> object:
     return claimed if isinstance(claimed, str) else None
 
 
-def read_regular(path: Path, limit: int = READ_LIMIT) -> bytes | None:
-    """The bytes of a regular file of at most `limit` bytes; None if it is not one (a
-    FIFO, a device, a link), is larger (or grows larger while read), or cannot be read
-    (taken by the daemon meanwhile)."""
-    handle = _open_regular(path, limit)
-    if handle is None:
-        return None
-    try:
-        with handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return None
-    return data if len(data) <= limit else None
-
-
 def batch_file_ids(path: Path) -> list[str] | None:
     """The ids of the jobs of a batch file (`{"batch": [...]}`), or None if it is none
     or cannot be read (see `read_regular`)."""
@@ -128,24 +112,15 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _open_regular(path: Path, limit: int = READ_LIMIT) -> BinaryIO | None:
-    """The file for reading if it is a regular file within `limit` bytes; never a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
-
-
 def _lines(path: Path) -> Iterator[tuple[int, bytes]] | None:
     """The numbered lines of a rejected `.jsonl` file; None if it cannot be read."""
-    handle = _open_regular(path)
-    if handle is None:
+    try:
+        opened = open_regular(path, limit=READ_LIMIT)
+    except OSError:
         return None
+    if opened is None:
+        return None
+    handle = os.fdopen(opened[0], "rb")
 
     def numbered() -> Iterator[tuple[int, bytes]]:
         with handle:

@@ -44,7 +44,8 @@ from procpool.domain import inbox_names, spec
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
 from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.rejections import RejectedFiles, read_regular
+from procpool.infrastructure.rejections import RejectedFiles
+from procpool.infrastructure.untrusted_files import read_regular
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
