@@ -42,7 +42,10 @@ MAX_REPORTED_LINES = 1000
 
 
 @dataclass
-class Rejection:
+class RejectedFile:
+    """An inbox file (or a request over the socket) the intake refuses: `error` why,
+    `lines` its bad lines or jobs, `duplicate` an id that exists with other content."""
+
     file: InboxFile
     error: str
     lines: list[LineError]
@@ -56,7 +59,7 @@ class IngestResult:
     prunes: list[tuple[float, InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
     # Each file read in parts (not whole), and where it stands after this part: its
     # totals so far, or, if the part ended it, for the whole file.
     progress: list[tuple[InboxFile, FileProgress]] = field(default_factory=list)
@@ -290,7 +293,7 @@ def _decide(
         result.accepted.append(outcome.file)
     else:
         result.rejected.append(
-            Rejection(outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate)
+            RejectedFile(outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate)
         )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ingest import Rejection, ingest
+from procpool.application.ingest import RejectedFile, ingest
 from procpool.application.ledger import Ledger
 from procpool.application.ports import (
     FileProgress,
@@ -45,7 +45,7 @@ class Received:
 
     decisions: list[Decision] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)  # to remove after the commit
-    rejected: list[Rejection] = field(default_factory=list)  # to move after the commit
+    rejected: list[RejectedFile] = field(default_factory=list)  # to move after the commit
     prune_days: float | None = None  # the smallest age a prune request asked for
 
 

@@ -28,6 +28,22 @@ class StoreLost(ProcpoolError):
     store. The daemon ends its workers and starts again (infrastructure/daemon.py)."""
 
 
+class StoreReplaced(ProcpoolError):
+    """The store's file was deleted or replaced while the daemon had it open (SQLite):
+    what the daemon committed from then on would go into a file nobody reads, so it
+    stops, and its inbox files stay where they are."""
+
+
+class SchemaTooNew(ProcpoolError):
+    """The store was set up by a newer procpool: `version` is its schema version,
+    `known` the newest this procpool knows. Nothing was changed."""
+
+    def __init__(self, message: str, version: int, known: int) -> None:
+        super().__init__(message)
+        self.version = version
+        self.known = known
+
+
 class IdsBusy(ProcpoolError):
     """Another writer of a shared store holds some of the ids being submitted (a large
     submission in its transaction): nothing was written; offer them again later."""

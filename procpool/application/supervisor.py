@@ -55,7 +55,7 @@ from procpool.application.fleet import (
     WorkerState,
 )
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ingest import Rejection
+from procpool.application.ingest import RejectedFile
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
 from procpool.application.membership import apply_tick, kill_all
@@ -104,7 +104,7 @@ class _Effects:
     sends: dict[int, list[ToWorker]] = field(default_factory=dict)
     logs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         self.logs.append((level, event, message, fields))
