@@ -10,9 +10,10 @@ from procpool.client import (
     NoJobStore,
     UnknownJob,
 )
-from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
+from procpool.domain.errors import BatchJobRefused, InvalidJobFile, PermanentError, ProcpoolError
 
 __all__ = [
+    "BatchJobRefused",
     "Client",
     "DuplicateId",
     "InvalidJobFile",

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from procpool.application.ports import FileProgress, IdsBusy, InboxFile, JobStore, LineError
 from procpool.domain import inbox_names
-from procpool.domain.errors import InvalidJobFile
+from procpool.domain.errors import DuplicateId, InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
     ID_PATTERN,
@@ -50,6 +50,7 @@ class RejectedFile:
     error: str
     lines: list[LineError]
     duplicate: str | None = None  # an id that exists with other content
+    bad_job: tuple[int, str] | None = None  # a batch of several: its first bad job, why
 
 
 @dataclass
@@ -231,7 +232,7 @@ def _judge(
         elif known_digest == job.digest:
             duplicates.append(job.id)
         else:
-            outcome.fail(candidate.line, f'duplicate id "{job.id}" with different content')
+            outcome.fail(candidate.line, str(DuplicateId.of(job.id)))
             outcome.duplicate = outcome.duplicate or job.id
     if outcome.file.whole and (outcome.lines or outcome.error is not None):
         return
@@ -282,10 +283,11 @@ def _decide(
     """Accept a whole file, or reject it with what was wrong: `entries` and `bad` count
     all of its lines, `lines` the bad ones known (in order of their numbers)."""
     error = outcome.error
+    bad_job = None
     if error is None and not entries:
         error = "the file holds no job"
     elif error is None and bad and outcome.file.whole:
-        error = _batch_summary(lines, entries)
+        error, bad_job = _batch_summary(lines, entries)
     elif error is None and bad:
         listed = min(len(lines), MAX_REPORTED_LINES)
         error = _lines_summary(bad, entries, listed)
@@ -293,16 +295,19 @@ def _decide(
         result.accepted.append(outcome.file)
     else:
         result.rejected.append(
-            RejectedFile(outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate)
+            RejectedFile(
+                outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate, bad_job
+            )
         )
 
 
-def _batch_summary(lines: list[LineError], entries: int) -> str:
+def _batch_summary(lines: list[LineError], entries: int) -> tuple[str, tuple[int, str] | None]:
     """Why a batch stored none of its jobs: its first bad job's error, numbered when
-    the batch holds more than one."""
+    the batch holds more than one; and then that number and the error unnumbered."""
     first = lines[0]
     if entries == 1:
-        return first.error
+        return first.error, None
     more = len(lines) - 1
     also = f" (and {more} more bad {'job' if more == 1 else 'jobs'})" if more else ""
-    return f"job {first.line} of {entries}: {first.error}{also}; none of the batch was stored"
+    reason = f"{first.error}{also}; none of the batch was stored"
+    return f"job {first.line} of {entries}: {reason}", (first.line, reason)

@@ -57,6 +57,7 @@ class Verdict:
     ids: list[str] | None = None
     error: str | None = None
     duplicate: str | None = None  # an id that exists with other content
+    bad_job: tuple[int, str] | None = None  # a batch of several: its first bad job, why
 
 
 def submission_entry(number: int, data: bytes, max_bytes: int) -> InboxEntry:
@@ -175,7 +176,13 @@ class Intake:
                     "WARNING", "submit.refused", f"refused a submission: {rejection.error}",
                     error=rejection.error, jobs=len(file.entries),
                 )  # fmt: skip
-                verdicts.append(Verdict(error=rejection.error, duplicate=rejection.duplicate))
+                verdicts.append(
+                    Verdict(
+                        error=rejection.error,
+                        duplicate=rejection.duplicate,
+                        bad_job=rejection.bad_job,
+                    )
+                )
                 continue
             ids = [entry.value.id for entry in file.entries if isinstance(entry.value, JobSpec)]
             first = file.entries[0].value

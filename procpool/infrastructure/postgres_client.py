@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from procpool.application.ports import WorkerRecord, WorkerReport
-from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
 from procpool.infrastructure.postgres_store import (
@@ -97,7 +97,9 @@ class PostgresClientStore:
         same digest is the same submission (nothing changes).
 
         Raises:
-            InvalidJobFile: an id exists with different content; nothing was inserted.
+            DuplicateId: an id exists with different content; nothing was inserted.
+            BatchJobRefused: (of several jobs) one has a type no daemon alive serves.
+            InvalidJobFile: the one job has such a type.
         """
         self._retried(lambda db: self._insert(db, jobs))
 
@@ -109,10 +111,14 @@ class PostgresClientStore:
         if served:
             unknown = sorted({job.type for job in jobs} - served)
             if unknown:
-                raise InvalidJobFile(
+                message = (
                     f"unknown job type {show(unknown[0])}; no daemon alive on the database"
                     f" has its handler; registered: {', '.join(sorted(served))}"
                 )
+                if len(jobs) == 1:
+                    raise InvalidJobFile(message)
+                number = next(n for n, job in enumerate(jobs, 1) if job.type == unknown[0])
+                raise BatchJobRefused(message, number, message)
         with db.transaction():
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one
@@ -132,7 +138,7 @@ class PostgresClientStore:
                 " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
             ).fetchone()
             if differ is not None:
-                raise InvalidJobFile(f'duplicate id "{differ[0]}" with different content')
+                raise DuplicateId.of(differ[0])
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def cancel(self, job_id: str) -> Status | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import threading
 import time
 import uuid
@@ -41,7 +40,7 @@ from procpool.client import (
     UnknownJob,
 )
 from procpool.domain import inbox_names, spec
-from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain.errors import BatchJobRefused, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
 from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.rejections import RejectedFiles
@@ -307,6 +306,9 @@ class Service:
             self.client.submit_many([_document(s) for _, s, _ in fresh])
         except DuplicateId as error:
             raise _with_index(409, str(error), error.job_id, index_of) from None
+        except BatchJobRefused as error:
+            index = fresh[error.number - 1][0]
+            raise Problem(422, f"item {index}: {error.reason}", index) from None
         except InvalidJobFile as error:
             raise _item_problem(str(error), fresh) from None
 
@@ -417,16 +419,12 @@ def _require_possible_id(job_id: str) -> None:
 
 
 def _item_problem(message: str, fresh: list[tuple[int, spec.JobSpec, str]]) -> Problem:
-    """A 422 for a batch the daemon refused: its "job N of M" (N counting the jobs
-    sent, from 1) told as the item of the request's body it was."""
-    numbered = re.match(r"job (\d+) of \d+: (.*)", message, re.DOTALL)
-    if numbered is None:
-        index = fresh[0][0] if len(fresh) == 1 else None
-        if index is None:
-            return Problem(422, message)
-        return Problem(422, f"item {index}: {message}", index)
-    index = fresh[int(numbered.group(1)) - 1][0]
-    return Problem(422, f"item {index}: {numbered.group(2)}", index)
+    """A 422 for a batch refused as a whole, not for one of its jobs: told as the item
+    of the request's body when it sent one job."""
+    if len(fresh) != 1:
+        return Problem(422, message)
+    index = fresh[0][0]
+    return Problem(422, f"item {index}: {message}", index)
 
 
 def _newer(report: Path, since_ns: int) -> bool:
