@@ -136,6 +136,7 @@ def test_ids_are_one_across_both_doors(daemon: Daemon) -> None:
     report = daemon.home / "rejected" / "twice.json.error.json"
     wait_until(report.exists, what="the conflicting file rejected")
     assert json.loads(report.read_text())["error"] == 'duplicate id "twice" with different content'
+    assert json.loads(report.read_text())["duplicate"] == "twice"
     assert client.get("twice").payload == {"n": 1}, "the existing job is untouched"
 
 

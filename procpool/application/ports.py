@@ -344,6 +344,13 @@ class Inbox(Protocol):
         """Delete accepted files: called only after their jobs are committed."""
         ...
 
-    def reject(self, file: InboxFile, error: str, lines: Sequence[LineError]) -> str:
-        """Move a file into rejected/ beside its error report; returns where it went."""
+    def reject(
+        self,
+        file: InboxFile,
+        error: str,
+        lines: Sequence[LineError],
+        duplicate: str | None = None,
+    ) -> str:
+        """Move a file into rejected/ beside its error report (naming `duplicate`, an id
+        that exists with other content, when that is why); returns where it went."""
         ...

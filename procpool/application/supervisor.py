@@ -505,7 +505,9 @@ class Supervisor:
     def _after_commit(self) -> None:
         effects = self._effects
         for rejection in effects.rejected:
-            where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
+            where = self.inbox.reject(
+                rejection.file, rejection.error, rejection.lines, rejection.duplicate
+            )
             if not where:  # the file changed since it was read: the next scan judges it anew
                 continue
             emit(

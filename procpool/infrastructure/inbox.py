@@ -678,11 +678,19 @@ class FileInbox:
             os.close(fd)
         os.rename(temporary, self.rejected / f"{target}.error.json")
 
-    def reject(self, file: InboxFile, error: str, lines: Sequence[LineError]) -> str:
+    def reject(
+        self,
+        file: InboxFile,
+        error: str,
+        lines: Sequence[LineError],
+        duplicate: str | None = None,
+    ) -> str:
         found = file.token
         if not isinstance(found, _Found) or not self._still_same(found):
             return ""
         report: dict[str, object] = {"file": file.name, "error": error}
+        if duplicate is not None:  # the fact as a field: no reader parses `error` for it
+            report["duplicate"] = duplicate
         if file.is_lines:
             report["lines"] = [{"line": e.line, "error": e.error} for e in lines]
         try:

@@ -48,13 +48,15 @@ class Rejection:
 
     `reason` is the report's error (for a line: "line N of NAME.jsonl: ..."),
     `report` the absolute path of `NAME.error.json`, `line` the 1-based line of a
-    `.jsonl` file, or None.
+    `.jsonl` file, or None; `duplicate` whether the report says an id of the file
+    exists with other content (its `duplicate` field).
     """
 
     job_id: str
     reason: str
     report: Path
     line: int | None = None
+    duplicate: bool = False
 
 
 @dataclass
@@ -141,6 +143,7 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
     name = report["file"] if isinstance(report.get("file"), str) else target
     rejected = report_path.with_name(target)
     if not target.endswith(inbox_names.LINES_SUFFIX):
+        duplicate = isinstance(report.get("duplicate"), str)
         content = read_regular(rejected)
         claimed = None
         if content is not None:
@@ -148,12 +151,16 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
             batch = _batch_ids(document)
             if batch is not None:  # a batch is rejected whole: each of its jobs with it
                 for job_id in batch:
-                    parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+                    parsed.ids[job_id] = Rejection(
+                        job_id, report["error"], report_path, duplicate=duplicate
+                    )
                 return parsed
             claimed = _claimed_id(document)
         if claimed is not _NOT_A_JOB:
             job_id = claimed if isinstance(claimed, str) else inbox_names.default_id(_stem(name))
-            parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+            parsed.ids[job_id] = Rejection(
+                job_id, report["error"], report_path, duplicate=duplicate
+            )
         return parsed
     _parse_lines(parsed, report, name, rejected, report_path)
     return parsed

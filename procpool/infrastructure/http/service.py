@@ -53,7 +53,6 @@ CANCEL_ACK_WAIT = 2.0
 # Polling the store while a submit waits: from the first pause, doubling, to the last.
 POLL_FIRST = 0.002
 POLL_LAST = 0.05
-DUPLICATE_ID = "duplicate id"  # how the daemon words a rejected id of another job
 
 
 class Problem(ProcpoolError):
@@ -359,7 +358,7 @@ class Service:
             for job_id in list(waiting):
                 rejection = reading.rejected.find(job_id)
                 if rejection is not None and _newer(rejection.report, since_ns):
-                    status = 409 if DUPLICATE_ID in rejection.reason else 422
+                    status = 409 if rejection.duplicate else 422
                     raise _with_index(status, rejection.reason, job_id, index_of)
             if not waiting or time.monotonic() >= deadline or self.daemon_pid() is None:
                 return
