@@ -345,11 +345,7 @@ class Inbox(Protocol):
         ...
 
     def reject(
-        self,
-        file: InboxFile,
-        error: str,
-        lines: Sequence[LineError],
-        duplicate: str | None = None,
+        self, file: InboxFile, error: str, lines: Sequence[LineError], duplicate: str | None = None
     ) -> str:
         """Move a file into rejected/ beside its error report (naming `duplicate`, an id
         that exists with other content, when that is why); returns where it went."""

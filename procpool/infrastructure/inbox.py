@@ -679,11 +679,7 @@ class FileInbox:
         os.rename(temporary, self.rejected / f"{target}.error.json")
 
     def reject(
-        self,
-        file: InboxFile,
-        error: str,
-        lines: Sequence[LineError],
-        duplicate: str | None = None,
+        self, file: InboxFile, error: str, lines: Sequence[LineError], duplicate: str | None = None
     ) -> str:
         found = file.token
         if not isinstance(found, _Found) or not self._still_same(found):
