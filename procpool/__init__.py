@@ -3,16 +3,22 @@
 from procpool.application.handlers import JobContext, handler
 from procpool.client import (
     Client,
-    DuplicateId,
     JobInfo,
     JobNotTerminal,
     JobRejected,
     NoJobStore,
     UnknownJob,
 )
-from procpool.domain.errors import InvalidJobFile, PermanentError, ProcpoolError
+from procpool.domain.errors import (
+    BatchJobRefused,
+    DuplicateId,
+    InvalidJobFile,
+    PermanentError,
+    ProcpoolError,
+)
 
 __all__ = [
+    "BatchJobRefused",
     "Client",
     "DuplicateId",
     "InvalidJobFile",

@@ -31,8 +31,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,8 +50,8 @@ from procpool.application.door_messages import (
     ToDaemon,
     Wait,
 )
-from procpool.domain import spec
-from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain import inbox_names, spec
+from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.infrastructure.config import locate_home
@@ -61,11 +60,10 @@ from procpool.infrastructure.inbox_lookup import InboxLookup
 from procpool.infrastructure.job_reader import JobReader, SharedJobStore
 from procpool.infrastructure.pidfile import running_pid
 from procpool.infrastructure.reader_factory import open_reader
-from procpool.infrastructure.rejections import RejectedFiles, read_regular
+from procpool.infrastructure.rejections import RejectedFiles
 from procpool.infrastructure.stats import Stats, collect
+from procpool.infrastructure.untrusted_files import read_regular
 
-# How the intake words an id taken by a job with other content (ingest.py).
-_DUPLICATE = re.compile(r'^duplicate id "(?P<id>[^"]+)" with different content$')
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
 # Seconds a submit or cancel waits for the daemon's answer over the socket (a turn
@@ -102,15 +100,6 @@ class JobRejected(UnknownJob, ProcpoolError):
 
     def __str__(self) -> str:
         return f"job {self.job_id!r} was rejected: {self.reason} (rejected/{self.report.name})"
-
-
-class DuplicateId(InvalidJobFile):
-    """A job with this id exists with other content (type, payload or options); it is
-    left as it is. `job_id` names it. Submitting the very same job again is no error."""
-
-    def __init__(self, message: str, job_id: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
 
 
 class JobNotTerminal(ProcpoolError):
@@ -340,6 +329,8 @@ class Client:
         if isinstance(answer, Refused):
             if answer.duplicate is not None:
                 raise DuplicateId(answer.error, answer.duplicate)
+            if answer.bad_job is not None:
+                raise BatchJobRefused(answer.error, *answer.bad_job)
             raise InvalidJobFile(answer.error)
         return None
 
@@ -366,13 +357,13 @@ class Client:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            name = f"{stem}.json"
+            name = inbox_names.file_name(stem)
             while True:
                 try:
                     os.link(temporary, self.inbox / name)
                     break
                 except FileExistsError:
-                    name = f"{stem}.{uuid.uuid4().hex[:8]}.json"
+                    name = inbox_names.file_name(stem, uuid.uuid4().hex[:8])
         finally:
             temporary.unlink()
 
@@ -380,8 +371,7 @@ class Client:
         spec.check(job_spec)
         assert job_spec.id is not None
         if self._shared is not None:
-            with _duplicates_named():
-                self._shared.submit_spec(job_spec)
+            self._shared.submit_spec(job_spec)
             return job_spec.id
         document = {
             key: value
@@ -481,11 +471,10 @@ class Client:
         if self._shared is not None:  # the database is the store: one transaction there
             now = time.time()
             defaults = self._shared.defaults
-            with _duplicates_named():
-                self._shared.submit(
-                    [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
-                        specs, ids, strict=True)]
-                )  # fmt: skip
+            self._shared.submit(
+                [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
+                    specs, ids, strict=True)]
+            )  # fmt: skip
             return ids
         size = sum(len(data) + 16 for data in encoded)
         if size > MAX_REQUEST_BYTES:
@@ -900,20 +889,6 @@ class Client:
             if door.pid == os.getpid():
                 door.close()
         self._local = threading.local()
-
-
-@contextmanager
-def _duplicates_named() -> Iterator[None]:
-    """A shared store words a taken id as the daemon does: raise it as DuplicateId."""
-    try:
-        yield
-    except DuplicateId:
-        raise
-    except InvalidJobFile as error:
-        taken = _DUPLICATE.match(str(error))
-        if taken is None:
-            raise
-        raise DuplicateId(str(error), taken["id"]) from None
 
 
 class _DoorWait:

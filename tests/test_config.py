@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from conftest import Daemon, run_cli
 
+from procpool.application.settings import Settings
 from procpool.domain.errors import ConfigError
 from procpool.infrastructure.config import (
     Config,
@@ -21,6 +22,7 @@ from procpool.infrastructure.config import (
     resolve_home,
     unknown_variables,
 )
+from procpool.infrastructure.daemon import settings_from
 
 DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
 
@@ -287,3 +289,10 @@ def test_max_result_bytes_stays_within_what_the_store_keeps(tmp_path: Path) -> N
     config_file.write_text("max_result_bytes = 2_000_000_000\n")
     with pytest.raises(ConfigError, match=r"max_result_bytes.*at most 536870912"):
         load(flags={}, config_file=config_file)
+
+
+def test_a_config_of_defaults_gives_the_supervisor_its_own_defaults() -> None:
+    """One source of defaults: the settings of a config that sets nothing are those the
+    supervisor's records hold (Settings, JobDefaults, RetryPolicy)."""
+    given = settings_from(Config(workers=3))
+    assert given == Settings(workers=3)

@@ -16,6 +16,7 @@ import pytest
 
 from procpool.application.ports import JobStore, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
+from procpool.domain.errors import DuplicateId
 from procpool.domain.job import Job, Run, Status
 from procpool.infrastructure.job_reader import JobReader, SharedJobStore
 from procpool.infrastructure.reader_factory import open_reader
@@ -167,3 +168,17 @@ def test_worker_reports(pair: Pair) -> None:
         (WorkerRecord(11, 100.5), WorkerReport(11, "starting", None, 0, 0.0)),
         (WorkerRecord(12, 101.5), WorkerReport(12, "busy", "r", 3, NOW)),
     ]
+
+
+def test_a_shared_store_names_the_taken_id_in_its_error(pair: Pair) -> None:
+    """A submission whose id is taken by other content raises DuplicateId with the id
+    as a field: nothing reads it back out of the message."""
+    if not isinstance(pair.reader, SharedJobStore):
+        pytest.skip("only a shared store is written by the client")
+    add(pair.store, a_job("taken"))
+    other = msgspec.structs.replace(a_job("taken"), digest="other")
+    with pytest.raises(DuplicateId) as raised:
+        pair.reader.submit([a_job("fresh"), other])
+    assert raised.value.job_id == "taken"
+    assert str(raised.value) == 'duplicate id "taken" with different content'
+    assert pair.reader.get("fresh") is None  # all or none

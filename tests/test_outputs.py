@@ -255,7 +255,7 @@ def test_a_deleted_store_ends_the_daemon_with_its_reason(
     dropped = daemon.drop("late.json", {"type": "echo", "id": "late"})
     assert daemon.wait_exit(20) == 70
     [crash] = daemon.events("daemon.crashed")
-    assert "StoreLost" in crash["error"] and "deleted or replaced" in crash["error"]
+    assert "StoreReplaced" in crash["error"] and "deleted or replaced" in crash["error"]
     assert dropped.exists()  # not consumed by a turn that could not be stored
 
 

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from conftest import Daemon, wait_until
 
-from procpool import Client, DuplicateId, InvalidJobFile, JobRejected
+from procpool import BatchJobRefused, Client, DuplicateId, InvalidJobFile, JobRejected
 from procpool.application.door_messages import Submit, Wait
 
 SOCKET = "procpool.sock"
@@ -88,8 +88,10 @@ def test_submit_many_is_all_or_none(daemon: Daemon) -> None:
     assert len(ids) == 51 and ids[-1] == "named" and len(set(ids)) == 51
     assert {job.status for job in client.wait(ids, timeout=30)} == {"completed"}
 
-    with pytest.raises(InvalidJobFile, match=r'job 2 of 3: unknown job type "nope"'):
+    with pytest.raises(BatchJobRefused, match=r'job 2 of 3: unknown job type "nope"') as refused:
         client.submit_many([{"type": "echo", "id": "b1"}, {"type": "nope"}, {"type": "echo"}])
+    assert refused.value.number == 2  # the fact as a field: nothing parses the message
+    assert refused.value.reason.startswith('unknown job type "nope"')
     assert client.get("b1") is None, "nothing of a refused batch is stored"
     with pytest.raises(InvalidJobFile, match=r"job 2: unknown field \"paylod\""):
         client.submit_many([{"type": "echo"}, {"type": "echo", "paylod": 1}])
@@ -134,6 +136,7 @@ def test_ids_are_one_across_both_doors(daemon: Daemon) -> None:
     report = daemon.home / "rejected" / "twice.json.error.json"
     wait_until(report.exists, what="the conflicting file rejected")
     assert json.loads(report.read_text())["error"] == 'duplicate id "twice" with different content'
+    assert json.loads(report.read_text())["duplicate"] == "twice"
     assert client.get("twice").payload == {"n": 1}, "the existing job is untouched"
 
 

@@ -13,14 +13,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from procpool.application.ports import FileProgress, JobStore, LineError, WorkerRecord
+from procpool.application.ports import (
+    FileProgress,
+    JobStore,
+    LineError,
+    SchemaTooNew,
+    WorkerRecord,
+)
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Progress, Status
 from procpool.infrastructure.memory_store import MemoryJobStore
 from procpool.infrastructure.sqlite_store import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    SchemaTooNew,
     SqliteJobStore,
 )
 from procpool.infrastructure.store_reader import StoreReader
@@ -334,8 +339,9 @@ def test_a_newer_schema_is_refused(db_path: Path) -> None:
     with sqlite3.connect(db_path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(SchemaTooNew, match=str(SCHEMA_VERSION + 1)):
+    with pytest.raises(SchemaTooNew, match=str(SCHEMA_VERSION + 1)) as raised:
         SqliteJobStore(db_path)
+    assert (raised.value.version, raised.value.known) == (SCHEMA_VERSION + 1, SCHEMA_VERSION)
 
 
 def test_the_due_query_is_served_by_its_index(sqlite_store: SqliteJobStore) -> None:

@@ -228,7 +228,10 @@ class Door:
                     self._answer(connection, Accepted(submit.ref, verdict.ids))
                 else:
                     error = verdict.error or "refused"
-                    self._answer(connection, Refused(submit.ref, error, verdict.duplicate))
+                    self._answer(
+                        connection,
+                        Refused(submit.ref, error, verdict.duplicate, verdict.bad_job),
+                    )
         for connection, message in requests:
             if isinstance(message, Cancel):
                 decisions += self._cancel(connection, message, intake, store, now, wall)

@@ -62,11 +62,14 @@ class Accepted(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
 
 class Refused(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     """Nothing of the request was stored: `error` says what is wrong, in the words of
-    an inbox rejection; `duplicate` names an id that exists with other content."""
+    an inbox rejection; `duplicate` names an id that exists with other content;
+    `bad_job`, for a batch of several, is its first bad job's number (from 1) and what
+    is wrong with it (`error` without the words that number it)."""
 
     ref: int
     error: str
     duplicate: str | None = None
+    bad_job: tuple[int, str] | None = None
 
 
 class Done(msgspec.Struct, tag=True, tag_field="kind", array_like=True):

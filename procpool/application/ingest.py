@@ -28,7 +28,8 @@ from procpool.application.ports import (
     LineError,
     SharedStore,
 )
-from procpool.domain.errors import InvalidJobFile
+from procpool.domain import inbox_names
+from procpool.domain.errors import DuplicateId, InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
     ID_PATTERN,
@@ -49,11 +50,15 @@ MAX_REPORTED_LINES = 1000
 
 
 @dataclass
-class Rejection:
+class RejectedFile:
+    """An inbox file (or a request over the socket) the intake refuses: `error` why,
+    `lines` its bad lines or jobs, `duplicate` an id that exists with other content."""
+
     file: InboxFile
     error: str
     lines: list[LineError]
     duplicate: str | None = None  # an id that exists with other content
+    bad_job: tuple[int, str] | None = None  # a batch of several: its first bad job, why
 
 
 @dataclass
@@ -63,7 +68,7 @@ class IngestResult:
     prunes: list[tuple[float, InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
     # Each file read in parts (not whole), and where it stands after this part: its
     # totals so far, or, if the part ended it, for the whole file.
     progress: list[tuple[InboxFile, FileProgress]] = field(default_factory=list)
@@ -96,18 +101,15 @@ class _FileOutcome:
 def _numbered_ids_valid(stem: str) -> bool:
     """Whether `STEM-N` is a valid id for every N that keeps it within 128 characters:
     checked once per file, not once per line."""
-    return ID_PATTERN.fullmatch(f"{stem}-1") is not None
+    return ID_PATTERN.fullmatch(inbox_names.default_id(stem, 1)) is not None
 
 
 def _job_id(spec: JobSpec, file: InboxFile, line: int | None) -> str:
     if spec.id is not None:
         return spec.id
-    if line is None:
-        default = file.stem
-    else:
-        default = f"{file.stem}-{line}"
-        if len(default) <= MAX_ID_LENGTH and _numbered_ids_valid(file.stem):
-            return default
+    default = inbox_names.default_id(file.stem, line)
+    if line is not None and len(default) <= MAX_ID_LENGTH and _numbered_ids_valid(file.stem):
+        return default
     try:
         return check_id(default, "the id taken from the file name")
     except InvalidJobFile as error:
@@ -238,7 +240,7 @@ def _judge(
         elif known_digest == job.digest:
             duplicates.append(job.id)
         else:
-            outcome.fail(candidate.line, f'duplicate id "{job.id}" with different content')
+            outcome.fail(candidate.line, str(DuplicateId.of(job.id)))
             outcome.duplicate = outcome.duplicate or job.id
     if outcome.file.whole and (outcome.lines or outcome.error is not None):
         return
@@ -289,10 +291,11 @@ def _decide(
     """Accept a whole file, or reject it with what was wrong: `entries` and `bad` count
     all of its lines, `lines` the bad ones known (in order of their numbers)."""
     error = outcome.error
+    bad_job = None
     if error is None and not entries:
         error = "the file holds no job"
     elif error is None and bad and outcome.file.whole:
-        error = _batch_summary(lines, entries)
+        error, bad_job = _batch_summary(lines, entries)
     elif error is None and bad:
         listed = min(len(lines), MAX_REPORTED_LINES)
         error = _lines_summary(bad, entries, listed)
@@ -300,16 +303,19 @@ def _decide(
         result.accepted.append(outcome.file)
     else:
         result.rejected.append(
-            Rejection(outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate)
+            RejectedFile(
+                outcome.file, error, lines[:MAX_REPORTED_LINES], outcome.duplicate, bad_job
+            )
         )
 
 
-def _batch_summary(lines: list[LineError], entries: int) -> str:
+def _batch_summary(lines: list[LineError], entries: int) -> tuple[str, tuple[int, str] | None]:
     """Why a batch stored none of its jobs: its first bad job's error, numbered when
-    the batch holds more than one."""
+    the batch holds more than one; and then that number and the error unnumbered."""
     first = lines[0]
     if entries == 1:
-        return first.error
+        return first.error, None
     more = len(lines) - 1
     also = f" (and {more} more bad {'job' if more == 1 else 'jobs'})" if more else ""
-    return f"job {first.line} of {entries}: {first.error}{also}; none of the batch was stored"
+    reason = f"{first.error}{also}; none of the batch was stored"
+    return f"job {first.line} of {entries}: {reason}", (first.line, reason)

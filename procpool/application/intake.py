@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from procpool.application.fleet import Decision, Fleet
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ingest import Rejection, ingest
+from procpool.application.ingest import RejectedFile, ingest
 from procpool.application.ledger import Ledger
 from procpool.application.ports import (
     FileProgress,
@@ -46,7 +46,7 @@ class Received:
 
     decisions: list[Decision] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)  # to remove after the commit
-    rejected: list[Rejection] = field(default_factory=list)  # to move after the commit
+    rejected: list[RejectedFile] = field(default_factory=list)  # to move after the commit
     prune_days: float | None = None  # the smallest age a prune request asked for
 
 
@@ -58,6 +58,7 @@ class Verdict:
     ids: list[str] | None = None
     error: str | None = None
     duplicate: str | None = None  # an id that exists with other content
+    bad_job: tuple[int, str] | None = None  # a batch of several: its first bad job, why
 
 
 def submission_entry(number: int, data: bytes, max_bytes: int) -> InboxEntry:
@@ -176,7 +177,13 @@ class Intake:
                     "WARNING", "submit.refused", f"refused a submission: {rejection.error}",
                     error=rejection.error, jobs=len(file.entries),
                 )  # fmt: skip
-                verdicts.append(Verdict(error=rejection.error, duplicate=rejection.duplicate))
+                verdicts.append(
+                    Verdict(
+                        error=rejection.error,
+                        duplicate=rejection.duplicate,
+                        bad_job=rejection.bad_job,
+                    )
+                )
                 continue
             ids = [entry.value.id for entry in file.entries if isinstance(entry.value, JobSpec)]
             first = file.entries[0].value

@@ -29,6 +29,22 @@ class StoreLost(ProcpoolError):
     Raised from the start's recovery, the daemon starts again instead (daemon.py)."""
 
 
+class StoreReplaced(ProcpoolError):
+    """The store's file was deleted or replaced while the daemon had it open (SQLite):
+    what the daemon committed from then on would go into a file nobody reads, so it
+    stops, and its inbox files stay where they are."""
+
+
+class SchemaTooNew(ProcpoolError):
+    """The store was set up by a newer procpool: `version` is its schema version,
+    `known` the newest this procpool knows. Nothing was changed."""
+
+    def __init__(self, message: str, version: int, known: int) -> None:
+        super().__init__(message)
+        self.version = version
+        self.known = known
+
+
 class IdsBusy(ProcpoolError):
     """Another writer of a shared store holds some of the ids being submitted (a large
     submission in its transaction): nothing was written; offer them again later."""
@@ -333,6 +349,9 @@ class Inbox(Protocol):
         """Delete accepted files: called only after their jobs are committed."""
         ...
 
-    def reject(self, file: InboxFile, error: str, lines: Sequence[LineError]) -> str:
-        """Move a file into rejected/ beside its error report; returns where it went."""
+    def reject(
+        self, file: InboxFile, error: str, lines: Sequence[LineError], duplicate: str | None = None
+    ) -> str:
+        """Move a file into rejected/ beside its error report (naming `duplicate`, an id
+        that exists with other content, when that is why); returns where it went."""
         ...

@@ -55,7 +55,7 @@ from procpool.application.fleet import (
     WorkerState,
 )
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ingest import Rejection
+from procpool.application.ingest import RejectedFile
 from procpool.application.intake import Intake
 from procpool.application.ledger import Ledger
 from procpool.application.membership import apply_tick, kill_all, reconcile
@@ -76,14 +76,6 @@ from procpool.application.telemetry import NoTelemetry, Telemetry, take_snapshot
 from procpool.application.worker import WorkerOptions
 from procpool.domain.wording import plural
 
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGCHLD,
-    signal.SIGUSR1,
-)
 MEMORY_SAMPLE_INTERVAL = 1.0
 RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 500
@@ -113,7 +105,7 @@ class _Effects:
     sends: dict[int, list[ToWorker]] = field(default_factory=dict)
     logs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         self.logs.append((level, event, message, fields))
@@ -592,7 +584,9 @@ class Supervisor:
         if self.door is not None:
             self.door.committed(finished)
         for rejection in effects.rejected:
-            where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
+            where = self.inbox.reject(
+                rejection.file, rejection.error, rejection.lines, rejection.duplicate
+            )
             if not where:  # the file changed since it was read: the next scan judges it anew
                 continue
             emit(

@@ -19,15 +19,16 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from procpool.client import Attempt, Client, DuplicateId, JobInfo, JobRejected, UnknownJob
+from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
 from procpool.domain import spec
-from procpool.domain.errors import ConfigError, InvalidJobFile, ProcpoolError
+from procpool.domain.errors import ConfigError, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
 from procpool.domain.timefmt import rfc3339
 from procpool.domain.wording import plural
 from procpool.infrastructure import config as configuration
 from procpool.infrastructure.daemon import EXIT_RESTART, run_daemon, start_again
-from procpool.infrastructure.log_reader import LEVELS, LogFilter, LogFollower, parse, read_all
+from procpool.infrastructure.log_cursor import LogCursor
+from procpool.infrastructure.log_reader import LEVELS, LogFilter, parse, read_all
 from procpool.infrastructure.logs import human_line
 from procpool.infrastructure.pidfile import AlreadyRunning
 from procpool.infrastructure.progress_display import ProgressDisplay, first_line
@@ -658,14 +659,17 @@ def logs(
             lines = shown(read_all(path))
             _write_lines(lines if last is None else deque(lines, maxlen=last))
             return
-        follower = LogFollower(path)
-        while (backlog := follower.open()) is None:
+        cursor = LogCursor(path)
+        while not cursor.open():
             time.sleep(0.2)
+        backlog: list[bytes] = []
+        while batch := cursor.read():  # the current file as it is now
+            backlog.extend(line + b"\n" for _, line in batch)
         _write_lines(deque(shown(backlog), maxlen=10 if last is None else last))
         while True:
-            fresh = follower.poll()
+            fresh = cursor.read()
             if fresh:
-                _write_lines(shown(fresh))
+                _write_lines(shown(line + b"\n" for _, line in fresh))
             else:
                 time.sleep(0.1)
     except KeyboardInterrupt:

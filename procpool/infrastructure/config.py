@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import msgspec
 
+from procpool.application.settings import Settings
 from procpool.domain.errors import ConfigError
+from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.infrastructure.bind import parse_bind
+from procpool.infrastructure.sqlite_store import WAL_MAX_BYTES
 
 if TYPE_CHECKING:  # psycopg is optional: imported where a database_url asks for it
     from procpool.infrastructure.postgres_client import PostgresClientStore
@@ -33,28 +36,35 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
+# The keys the supervisor, a job or its retries read default to what those records
+# say (application/settings.py); the keys only the adapters read default here.
+_SETTINGS = Settings(workers=1)
+_JOB = JobDefaults()
+_RETRY = RetryPolicy()
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     home: str | None = None
     workers: int | None = None  # None: one per CPU
     handlers: list[str] = msgspec.field(default_factory=list)
-    max_attempts: int = 3
-    timeout: float | None = None
-    backoff_base: float = 1.0
-    backoff_max: float = 300.0
-    shutdown_timeout: float = 30.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    max_jobs_per_worker: int = 0
-    max_memory_mb: int = 0
-    max_file_bytes: int = 1_048_576
-    max_result_bytes: int = 16_777_216
+    max_attempts: int = _JOB.max_attempts
+    timeout: float | None = _JOB.timeout
+    backoff_base: float = _RETRY.base
+    backoff_max: float = _RETRY.cap
+    shutdown_timeout: float = _SETTINGS.shutdown_timeout
+    heartbeat_interval: float = _SETTINGS.heartbeat_interval
+    heartbeat_timeout: float = _SETTINGS.heartbeat_timeout
+    max_jobs_per_worker: int = _SETTINGS.max_jobs_per_worker
+    max_memory_mb: int = _SETTINGS.max_memory_mb
+    max_file_bytes: int = _SETTINGS.max_file_bytes
+    max_result_bytes: int = _SETTINGS.max_result_bytes
     log_level: str = "INFO"
-    kill_grace: float = 1.0
-    poll_interval: float = 1.0
+    kill_grace: float = _SETTINGS.kill_grace
+    poll_interval: float = _SETTINGS.poll_interval
     synchronous: str = "FULL"
-    wal_max_bytes: int = 8_388_608  # the WAL is emptied past this, once no reader holds it
-    retention_days: float = 7.0
-    metrics_interval: float = 5.0
+    wal_max_bytes: int = WAL_MAX_BYTES  # the WAL is emptied past this, once no reader holds it
+    retention_days: float = _SETTINGS.retention_days
+    metrics_interval: float = _SETTINGS.metrics_interval
     log_max_bytes: int = 52_428_800
     log_keep: int = 5
     http_bind: str | None = None  # HOST:PORT or unix:PATH: `procpool run` serves HTTP too
@@ -277,12 +287,6 @@ def load(
 
 def resolve_home(config: Config, environ: Mapping[str, str] = os.environ) -> Path:
     return Path(config.home).expanduser() if config.home else default_home(environ)
-
-
-def find_home(environ: Mapping[str, str] = os.environ) -> Path:
-    """The home a command means when it names none: $PROCPOOL_HOME, else the config
-    file's `home` ($PROCPOOL_CONFIG), else the default."""
-    return locate_home(None, environ).path
 
 
 @dataclass(frozen=True)

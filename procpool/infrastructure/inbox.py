@@ -45,10 +45,11 @@ import msgspec
 
 from procpool.application.events import emit
 from procpool.application.ports import FileProgress, InboxEntry, InboxFile, LineError, Part
-from procpool.domain import spec
+from procpool.domain import inbox_names, spec
 from procpool.domain.errors import InvalidJobFile
+from procpool.infrastructure.untrusted_files import open_regular, read_bounded
 
-SUFFIXES = (".json", ".jsonl")
+SUFFIXES = (inbox_names.JOB_SUFFIX, inbox_names.LINES_SUFFIX)
 # A .jsonl file is bounded per line by max_file_bytes; as a whole, by this.
 MAX_LINES_FILE_BYTES = 256 * 1024 * 1024
 # What one scan reads at most besides its limit of files: lines (a .json file counts as
@@ -67,7 +68,6 @@ SETTLE_SECONDS = 2.0
 # longest of them, with a ".N" counter, must fit in a file name (255 bytes).
 MAX_REJECTED_NAME_BYTES = 255 - len("..error.json.tmp") - len(".99999")
 
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The inbox cannot be opened for want of descriptors or memory: nothing is wrong with it.
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
@@ -439,17 +439,15 @@ class FileInbox:
     ) -> InboxFile | None:
         """The file as it is now (a .jsonl file: its next part), or None to leave it for a
         later scan. What it reads is charged to `budget`."""
-        is_lines = name.endswith(".jsonl")
+        is_lines = name.endswith(inbox_names.LINES_SUFFIX)
         shown = printable(name)
-        stem = shown.removesuffix(".jsonl" if is_lines else ".json")
+        stem = inbox_names.stem(shown) or shown  # listed for its suffix, which stays printable
         file = InboxFile(name=shown, stem=stem, is_lines=is_lines)
-        fd = self._open(directory, name, file)
-        if fd is None:
+        opened = self._open(directory, name, file)
+        if opened is None:
             return None
+        fd, info = opened
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None
             identity = _identity(info)
             file.token = _Found(name, identity)
             if is_lines:
@@ -462,7 +460,7 @@ class FileInbox:
                 return file
             if is_lines:
                 return self._read_part(fd, name, file, identity, budget, progress)
-            data = self._read_all(fd, info.st_size, limit)
+            data = read_bounded(fd, info.st_size, limit)
             if data is None:
                 file.error = f"file grew past the limit of {_size(limit)} while it was read"
                 budget.charge(1, 0)
@@ -478,9 +476,12 @@ class FileInbox:
         budget.charge(1, len(data))
         return file
 
-    def _open(self, directory: int, name: str, file: InboxFile) -> int | None:
+    def _open(
+        self, directory: int, name: str, file: InboxFile
+    ) -> tuple[int, os.stat_result] | None:
+        """The file, opened, and its fstat if it is a regular file; None to leave it."""
         try:
-            return os.open(name, _OPEN_FILE, dir_fd=directory)
+            return open_regular(name, dir_fd=directory)
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -594,19 +595,6 @@ class FileInbox:
             offset += len(piece)
         return None
 
-    @staticmethod
-    def _read_all(fd: int, size: int, limit: int) -> bytes | None:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, max(size - total, 0) + 65536)
-            if not chunk:
-                return b"".join(chunks)
-            total += len(chunk)
-            if total > limit:
-                return None
-            chunks.append(chunk)
-
     def _parse(self, file: InboxFile, data: bytes) -> bool:
         """Fill in a .json file's entries (a batch's jobs numbered from 1); return
         whether it looks unfinished."""
@@ -690,11 +678,15 @@ class FileInbox:
             os.close(fd)
         os.rename(temporary, self.rejected / f"{target}.error.json")
 
-    def reject(self, file: InboxFile, error: str, lines: Sequence[LineError]) -> str:
+    def reject(
+        self, file: InboxFile, error: str, lines: Sequence[LineError], duplicate: str | None = None
+    ) -> str:
         found = file.token
         if not isinstance(found, _Found) or not self._still_same(found):
             return ""
         report: dict[str, object] = {"file": file.name, "error": error}
+        if duplicate is not None:  # the fact as a field: no reader parses `error` for it
+            report["duplicate"] = duplicate
         if file.is_lines:
             report["lines"] = [{"line": e.line, "error": e.error} for e in lines]
         try:

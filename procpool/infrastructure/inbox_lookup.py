@@ -20,7 +20,6 @@ When a listing is trusted: see change_stamp.py.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 import threading
@@ -28,10 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procpool.domain import inbox_names
 from procpool.infrastructure.change_stamp import ChangeStamp
 from procpool.infrastructure.rejections import batch_file_ids
-
-BATCH_PATTERN = "*.batch*.json"
 
 
 @dataclass
@@ -66,7 +64,7 @@ class InboxLookup:
     def named(self, job_id: str) -> list[Path]:
         """The regular files named after `job_id` (`ID.json`, `ID.*.json`), waiting now."""
         found = []
-        direct = self.inbox / f"{job_id}.json"
+        direct = self.inbox / inbox_names.file_name(job_id)
         if _is_regular(direct):
             found.append(direct)
         found += [self.inbox / name for name in self._current().named.get(job_id, ())]
@@ -74,7 +72,7 @@ class InboxLookup:
 
     def waiting(self, job_id: str) -> bool:
         """Whether a file named after `job_id`, or a batch file holding it, waits."""
-        if _is_regular(self.inbox / f"{job_id}.json"):
+        if _is_regular(self.inbox / inbox_names.file_name(job_id)):
             return True
         index = self._current()
         return job_id in index.named or job_id in index.batched
@@ -98,18 +96,16 @@ class InboxLookup:
             return index
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not name.endswith(".json"):
+            if name.startswith(".") or not name.endswith(inbox_names.JOB_SUFFIX):
                 continue
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
             except OSError:
                 continue
-            stem = name[: -len(".json")]
-            for dot in range(1, len(stem)):
-                if stem[dot] == ".":
-                    index.named.setdefault(stem[:dot], []).append(name)
-            if fnmatch.fnmatchcase(name, BATCH_PATTERN):
+            for job_id in inbox_names.named_ids(name):
+                index.named.setdefault(job_id, []).append(name)
+            if inbox_names.is_batch(name):
                 ids = self._batch_ids(entry, batches)
                 for job_id in ids:
                     index.batched.setdefault(job_id, []).append(name)

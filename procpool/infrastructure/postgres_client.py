@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from procpool.application.ports import WorkerRecord, WorkerReport
-from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
 from procpool.infrastructure.postgres_store import (
@@ -98,7 +98,9 @@ class PostgresClientStore:
         same digest is the same submission (nothing changes).
 
         Raises:
-            InvalidJobFile: an id exists with different content; nothing was inserted.
+            DuplicateId: an id exists with different content; nothing was inserted.
+            BatchJobRefused: (of several jobs) one has a type no daemon alive serves.
+            InvalidJobFile: the one job has such a type.
         """
         self._retried(lambda db: self._insert(db, jobs))
 
@@ -108,15 +110,20 @@ class PostgresClientStore:
         # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
         # waits in an inbox whose daemon is down.
         if served:
-            bad = [n for n, job in enumerate(jobs, 1) if job.type not in served]
-            if bad:
-                error = (
-                    f"unknown job type {show(jobs[bad[0] - 1].type)}; no daemon alive on the"
-                    f" database has its handler; registered: {', '.join(sorted(served))}"
+            unknown = sorted({job.type for job in jobs} - served)
+            if unknown:
+                message = (
+                    f"unknown job type {show(unknown[0])}; no daemon alive on the database"
+                    f" has its handler; registered: {', '.join(sorted(served))}"
                 )
-                if len(jobs) > 1:  # numbered as the daemon numbers a batch it refuses
-                    error = f"job {bad[0]} of {len(jobs)}: {error}; none of the batch was stored"
-                raise InvalidJobFile(error)
+                if len(jobs) == 1:
+                    raise InvalidJobFile(message)
+                number = next(n for n, job in enumerate(jobs, 1) if job.type == unknown[0])
+                raise BatchJobRefused(
+                    f"job {number} of {len(jobs)}: {message}; none of the batch was stored",
+                    number,
+                    message,
+                )
         with db.transaction():
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one
@@ -136,7 +143,7 @@ class PostgresClientStore:
                 " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
             ).fetchone()
             if differ is not None:
-                raise InvalidJobFile(f'duplicate id "{differ[0]}" with different content')
+                raise DuplicateId.of(differ[0])
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def cancel(self, job_id: str) -> Status | None:

@@ -48,6 +48,7 @@ from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
     LineError,
+    SchemaTooNew,
     StoreBusy,
     StoreLost,
     Tick,
@@ -219,10 +220,6 @@ class _KeptProgress:
     waiting: bool = False  # `job` holds a progress not written yet
 
 
-class SchemaTooNew(ProcpoolError):
-    """The database was set up by a newer procpool."""
-
-
 @dataclass(frozen=True)
 class Timing:
     """The liveness timings, in seconds, all derived from `lease` (config `daemon_lease`)."""
@@ -295,7 +292,9 @@ def migrate(db: psycopg.Connection[Any]) -> None:
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"the database has procpool schema version {version};"
-                f" this procpool knows up to {SCHEMA_VERSION}"
+                f" this procpool knows up to {SCHEMA_VERSION}",
+                version,
+                SCHEMA_VERSION,
             )
         for number in range(version, SCHEMA_VERSION):
             db.execute(MIGRATIONS[number])

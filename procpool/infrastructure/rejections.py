@@ -19,7 +19,7 @@ a report whose rejected file was deleted still does (with the ids taken from
 its name). When several reports claim an id, the newest wins. Nothing here
 decides whether a job exists: the caller looks in the store first.
 
-Files here and in the inbox are read as the daemon reads them (`read_regular`):
+Files here and in the inbox are read as the daemon reads them (untrusted_files.py):
 regular files only, so that a FIFO is never waited on and a link never followed.
 """
 
@@ -31,15 +31,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 
+from procpool.domain import inbox_names
 from procpool.infrastructure.change_stamp import ChangeStamp
+from procpool.infrastructure.untrusted_files import READ_LIMIT, open_regular, read_regular
 
 REPORT_SUFFIX = ".error.json"
-# Reports and rejected files larger than this are not read for ids: the names give them.
-READ_LIMIT = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,15 @@ class Rejection:
 
     `reason` is the report's error (for a line: "line N of NAME.jsonl: ..."),
     `report` the absolute path of `NAME.error.json`, `line` the 1-based line of a
-    `.jsonl` file, or None.
+    `.jsonl` file, or None; `duplicate` whether the report says an id of the file
+    exists with other content (its `duplicate` field).
     """
 
     job_id: str
     reason: str
     report: Path
     line: int | None = None
+    duplicate: bool = False
 
 
 @dataclass
@@ -70,9 +72,9 @@ class _Report:
             return self.ids[job_id]
         if self.numbered is not None:
             stem, reason = self.numbered
-            number = job_id.removeprefix(f"{stem}-")
-            if job_id.startswith(f"{stem}-") and number.isdigit() and not number.startswith("0"):
-                return Rejection(job_id, reason, path, int(number))
+            number = inbox_names.line_of(stem, job_id)
+            if number is not None:
+                return Rejection(job_id, reason, path, number)
         return None
 
 
@@ -87,21 +89,6 @@ def _claimed_id(value: Any) -> object:
         return _NOT_A_JOB
     claimed = value.get("id")
     return claimed if isinstance(claimed, str) else None
-
-
-def read_regular(path: Path, limit: int = READ_LIMIT) -> bytes | None:
-    """The bytes of a regular file of at most `limit` bytes; None if it is not one (a
-    FIFO, a device, a link), is larger (or grows larger while read), or cannot be read
-    (taken by the daemon meanwhile)."""
-    handle = _open_regular(path, limit)
-    if handle is None:
-        return None
-    try:
-        with handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return None
-    return data if len(data) <= limit else None
 
 
 def batch_file_ids(path: Path) -> list[str] | None:
@@ -127,24 +114,15 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _open_regular(path: Path, limit: int = READ_LIMIT) -> BinaryIO | None:
-    """The file for reading if it is a regular file within `limit` bytes; never a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
-
-
 def _lines(path: Path) -> Iterator[tuple[int, bytes]] | None:
     """The numbered lines of a rejected `.jsonl` file; None if it cannot be read."""
-    handle = _open_regular(path)
-    if handle is None:
+    try:
+        opened = open_regular(path, limit=READ_LIMIT)
+    except OSError:
         return None
+    if opened is None:
+        return None
+    handle = os.fdopen(opened[0], "rb")
 
     def numbered() -> Iterator[tuple[int, bytes]]:
         with handle:
@@ -157,14 +135,15 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
     parsed = _Report(order)
     target = report_path.name.removesuffix(REPORT_SUFFIX)
     data = read_regular(report_path)
-    if data is None or not target.endswith((".json", ".jsonl")):
+    if data is None or inbox_names.stem(target) is None:
         return parsed  # not a report: a user's file that was itself named *.error.json
     report = _decode(data)
     if not isinstance(report, dict) or not isinstance(report.get("error"), str):
         return parsed
     name = report["file"] if isinstance(report.get("file"), str) else target
     rejected = report_path.with_name(target)
-    if not target.endswith(".jsonl"):
+    if not target.endswith(inbox_names.LINES_SUFFIX):
+        duplicate = isinstance(report.get("duplicate"), str)
         content = read_regular(rejected)
         claimed = None
         if content is not None:
@@ -172,12 +151,16 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
             batch = _batch_ids(document)
             if batch is not None:  # a batch is rejected whole: each of its jobs with it
                 for job_id in batch:
-                    parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+                    parsed.ids[job_id] = Rejection(
+                        job_id, report["error"], report_path, duplicate=duplicate
+                    )
                 return parsed
             claimed = _claimed_id(document)
         if claimed is not _NOT_A_JOB:
-            job_id = claimed if isinstance(claimed, str) else name.removesuffix(".json")
-            parsed.ids[job_id] = Rejection(job_id, report["error"], report_path)
+            job_id = claimed if isinstance(claimed, str) else inbox_names.default_id(_stem(name))
+            parsed.ids[job_id] = Rejection(
+                job_id, report["error"], report_path, duplicate=duplicate
+            )
         return parsed
     _parse_lines(parsed, report, name, rejected, report_path)
     return parsed
@@ -186,7 +169,7 @@ def _parse(report_path: Path, order: tuple[int, str]) -> _Report:
 def _parse_lines(
     parsed: _Report, report: dict[str, Any], name: str, rejected: Path, report_path: Path
 ) -> None:
-    stem = name.removesuffix(".jsonl")
+    stem = _stem(name)
     bad: dict[int, str] = {}
     for entry in report.get("lines") or []:
         if isinstance(entry, dict) and isinstance(entry.get("line"), int):
@@ -197,9 +180,8 @@ def _parse_lines(
         if whole:
             parsed.numbered = (stem, report["error"])
         for number, reason in bad.items():
-            parsed.ids[f"{stem}-{number}"] = Rejection(
-                f"{stem}-{number}", reason, report_path, number
-            )
+            job_id = inbox_names.default_id(stem, number)
+            parsed.ids[job_id] = Rejection(job_id, reason, report_path, number)
         return
     for number, line in lines:
         if not (whole or number in bad) or not line.strip():
@@ -207,9 +189,14 @@ def _parse_lines(
         claimed = _claimed_id(_decode(line))
         if claimed is _NOT_A_JOB:
             continue
-        job_id = claimed if isinstance(claimed, str) else f"{stem}-{number}"
+        job_id = claimed if isinstance(claimed, str) else inbox_names.default_id(stem, number)
         reason = report["error"] if whole else bad[number]
         parsed.ids.setdefault(job_id, Rejection(job_id, reason, report_path, number))
+
+
+def _stem(name: str) -> str:
+    # The report's `file` is the daemon's own name of the file: a .json or .jsonl one.
+    return inbox_names.stem(name) or name
 
 
 class RejectedFiles:

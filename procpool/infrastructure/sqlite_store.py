@@ -39,11 +39,12 @@ import msgspec
 from procpool.application.ports import (
     FileProgress,
     LineError,
+    SchemaTooNew,
     StoreBusy,
+    StoreReplaced,
     WorkerRecord,
     WorkerReport,
 )
-from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 from procpool.infrastructure.home_files import check_plain
 
@@ -232,14 +233,6 @@ def _column_value(job: Job, name: str) -> object:
     return value
 
 
-class SchemaTooNew(ProcpoolError):
-    """The store was written by a newer procpool."""
-
-
-class StoreLost(ProcpoolError):
-    """The store's file was deleted or replaced while the daemon had it open."""
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     """The file's device and inode, None if it is gone."""
     try:
@@ -253,7 +246,9 @@ def _migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(
-            f"the store has schema version {version}; this procpool knows up to {SCHEMA_VERSION}"
+            f"the store has schema version {version}; this procpool knows up to {SCHEMA_VERSION}",
+            version,
+            SCHEMA_VERSION,
         )
     for number in range(version, SCHEMA_VERSION):
         db.execute("BEGIN IMMEDIATE")
@@ -315,12 +310,14 @@ class SqliteJobStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """See JobStore.transaction. Raises StoreBusy on entry, StoreLost if the file
+        """See JobStore.transaction. Raises StoreBusy on entry, StoreReplaced if the file
         was deleted or replaced, sqlite3.Error for a store that fails."""
         # A stat per turn (about a microsecond) rather than every few turns: a turn
         # committed into a deleted file would have its inbox files removed after it.
         if _identity(self.path) != self._identity:
-            raise StoreLost(f"the store {self.path} was deleted or replaced while the daemon ran")
+            raise StoreReplaced(
+                f"the store {self.path} was deleted or replaced while the daemon ran"
+            )
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:

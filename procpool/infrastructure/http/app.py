@@ -40,7 +40,6 @@ from procpool.infrastructure.http.events import (
     WAIT_FLOOR,
     BadEventId,
     EventFilter,
-    LogCursor,
     LogWatch,
     parse_event_id,
     stream,
@@ -54,6 +53,7 @@ from procpool.infrastructure.http.models import (
     JobRequest,
 )
 from procpool.infrastructure.http.service import Outcome, Problem, Service
+from procpool.infrastructure.log_cursor import LogCursor
 from procpool.infrastructure.stats import Stats
 
 Scope = MutableMapping[str, Any]

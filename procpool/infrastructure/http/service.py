@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import threading
 import time
 import uuid
@@ -34,18 +33,18 @@ import msgspec
 from procpool.client import (
     Attempt,
     Client,
-    DuplicateId,
     JobInfo,
     JobNotTerminal,
     JobRejected,
     NoJobStore,
     UnknownJob,
 )
-from procpool.domain import spec
-from procpool.domain.errors import InvalidJobFile, ProcpoolError
+from procpool.domain import inbox_names, spec
+from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
 from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.rejections import RejectedFiles, read_regular
+from procpool.infrastructure.rejections import RejectedFiles
+from procpool.infrastructure.untrusted_files import read_regular
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -54,7 +53,6 @@ CANCEL_ACK_WAIT = 2.0
 # Polling the store while a submit waits: from the first pause, doubling, to the last.
 POLL_FIRST = 0.002
 POLL_LAST = 0.05
-DUPLICATE_ID = "duplicate id"  # how the daemon words a rejected id of another job
 
 
 class Problem(ProcpoolError):
@@ -221,11 +219,6 @@ class Service:
         except KeyError:  # deleted (pruned) in between
             raise not_found(job_id) from None
 
-    def terminal_or_none(self, job_id: str) -> JobInfo | None:
-        """The job if it is terminal, else None (for a long poll)."""
-        job = self.get(job_id)
-        return job if job.is_terminal else None
-
     # ------------------------------------------------------------- writing
 
     def submit(self, body: bytes) -> tuple[Outcome, str]:
@@ -312,6 +305,9 @@ class Service:
             self.client.submit_many([_document(s) for _, s, _ in fresh])
         except DuplicateId as error:
             raise _with_index(409, str(error), error.job_id, index_of) from None
+        except BatchJobRefused as error:
+            index = fresh[error.number - 1][0]
+            raise Problem(422, f"item {index}: {error.reason}", index) from None
         except InvalidJobFile as error:
             raise _item_problem(str(error), fresh) from None
 
@@ -331,7 +327,7 @@ class Service:
                 continue  # not a job we can judge
             if isinstance(waiting, spec.JobSpec):
                 if waiting.id is None:
-                    waiting = msgspec.structs.replace(waiting, id=path.name[: -len(".json")])
+                    waiting = msgspec.structs.replace(waiting, id=inbox_names.stem(path.name))
                 if waiting.id == job_id:
                     return fingerprint(waiting)
         return None
@@ -362,7 +358,7 @@ class Service:
             for job_id in list(waiting):
                 rejection = reading.rejected.find(job_id)
                 if rejection is not None and _newer(rejection.report, since_ns):
-                    status = 409 if DUPLICATE_ID in rejection.reason else 422
+                    status = 409 if rejection.duplicate else 422
                     raise _with_index(status, rejection.reason, job_id, index_of)
             if not waiting or time.monotonic() >= deadline or self.daemon_pid() is None:
                 return
@@ -422,16 +418,12 @@ def _require_possible_id(job_id: str) -> None:
 
 
 def _item_problem(message: str, fresh: list[tuple[int, spec.JobSpec, str]]) -> Problem:
-    """A 422 for a batch the daemon refused: its "job N of M" (N counting the jobs
-    sent, from 1) told as the item of the request's body it was."""
-    numbered = re.match(r"job (\d+) of \d+: (.*)", message, re.DOTALL)
-    if numbered is None:
-        index = fresh[0][0] if len(fresh) == 1 else None
-        if index is None:
-            return Problem(422, message)
-        return Problem(422, f"item {index}: {message}", index)
-    index = fresh[int(numbered.group(1)) - 1][0]
-    return Problem(422, f"item {index}: {numbered.group(2)}", index)
+    """A 422 for a batch refused as a whole, not for one of its jobs: told as the item
+    of the request's body when it sent one job."""
+    if len(fresh) != 1:
+        return Problem(422, message)
+    index = fresh[0][0]
+    return Problem(422, f"item {index}: {message}", index)
 
 
 def _newer(report: Path, since_ns: int) -> bool:
