@@ -1,0 +1,307 @@
+"""Chaos on PostgreSQL (issue 23): two daemons with a 3 s lease on one database run a
+workload of `span` jobs (tests/pg_handlers.py) through a seeded random sequence of
+faults, each at least once: kill -9 of a daemon (then started again), SIGSTOP of one
+daemon's supervisor alone past its lease (then SIGCONT), a running job's row held
+FOR UPDATE from outside for a few seconds, and a restart of the database. The kill and
+the stop land while that daemon runs a handler holding the GIL in one long C call.
+
+Once the faults are over every job completes, no run found its job's lock taken, no
+two runs of one job overlapped in time by the marks they wrote (a run without an end
+mark ended when its pid was first seen gone), every daemon is still up and, once they
+stopped, no process of theirs is left. PROCPOOL_PG_CHAOS_SEED replays a sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+from conftest import Daemon, alive, wait_until
+from test_postgres_daemons import spans, start  # noqa: F401 (the fixtures)
+
+from procpool import Client
+
+FAULTS = ("kill", "stop", "row_lock", "restart")
+EXTRA_FAULTS = 2  # drawn at random on top of one of each
+Run = tuple[str, str, int]  # job id, attempt, worker pid
+
+
+class Witness(threading.Thread):
+    """Watches the runs while they go: reads the marks the runs append to spans/spans
+    and polls the pid of each run without an end mark every few milliseconds. A run's
+    end is its end mark, else the first moment its pid was seen gone (taken after the
+    look, so never earlier than the death). Also keeps every pid of the daemons'
+    process trees, for the check that none outlives them."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = directory / "spans"
+        self.daemons: dict[str, Daemon] = {}  # by name, the one running now
+        self.starts: dict[Run, float] = {}
+        self.ends: dict[Run, float] = {}
+        self.gone: dict[Run, float] = {}
+        self.overlap_marks: list[str] = []
+        self.seen: dict[int, float] = {}  # pid: its process's start (pids are reused)
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self._offset = 0
+        self._looks = 0
+
+    def run(self) -> None:
+        while not self.halt.wait(0.005):
+            self.look()
+
+    def look(self) -> None:
+        with self.lock:
+            self._read_marks()
+            for run in self.starts.keys() - self.ends.keys() - self.gone.keys():
+                if not alive(run[2]):
+                    self.gone[run] = time.time()
+            self._looks += 1
+            if self._looks % 20 == 0:
+                self.see_trees()
+
+    def see_trees(self) -> None:
+        for daemon in list(self.daemons.values()):
+            for process in tree(daemon):
+                self.see(process)
+
+    def see(self, process: psutil.Process) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.seen.setdefault(process.pid, process.create_time())
+
+    def left(self) -> list[int]:
+        """Pids seen that still run (the same process, not a reuse of its pid)."""
+        found = []
+        for pid, began in self.seen.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process = psutil.Process(pid)
+                if process.create_time() == began and process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(pid)
+        return found
+
+    def _read_marks(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as marks:
+            marks.seek(self._offset)
+            data = marks.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            job_id, attempt, pid, what, at = line.split()
+            run = (job_id, attempt, int(pid))
+            if what == "start":
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.see(psutil.Process(run[2]))
+                self.starts[run] = float(at)
+            elif what == "end":
+                self.ends[run] = float(at)
+            else:
+                self.overlap_marks.append(line)
+
+    def open_runs(self) -> set[Run]:
+        """Runs that started and have neither ended nor been seen gone."""
+        with self.lock:
+            return set(self.starts.keys() - self.ends.keys() - self.gone.keys())
+
+    def overlaps(self) -> list[str]:
+        """Each pair of runs of one job whose spans overlap, or whose first has no end."""
+        with self.lock:
+            runs: dict[str, list[tuple[float, float | None, Run]]] = defaultdict(list)
+            for run, began in self.starts.items():
+                runs[run[0]].append((began, self.ends.get(run, self.gone.get(run)), run))
+        found = []
+        for spans_of_job in runs.values():
+            spans_of_job.sort(key=lambda s: s[0])
+            for (_, ended, first), (began, _, second) in itertools.pairwise(spans_of_job):
+                if ended is None or ended > began:
+                    found.append(f"{first} ended at {ended}, {second} began at {began}")
+        return found
+
+
+def tree(daemon: Daemon) -> list[psutil.Process]:
+    """The daemon's supervisor and every process under it (workers, watchdog)."""
+    try:
+        process = psutil.Process(daemon.pid)
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def dead_rows(pg_url: str, pid: int) -> int:
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        row = db.execute(
+            "SELECT count(*) FROM procpool_daemons WHERE pid = %s AND state = 'dead'", (pid,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def seed() -> int:
+    chosen = os.environ.get("PROCPOOL_PG_CHAOS_SEED")
+    return int(chosen) if chosen else random.randrange(1 << 30)
+
+
+@pytest.fixture
+def witness(spans: Path) -> Iterator[Witness]:  # noqa: F811
+    watching = Witness(spans)
+    watching.start()
+    yield watching
+    watching.halt.set()
+    watching.join(10)
+
+
+@pytest.mark.timeout(300)
+def test_kills_stops_row_locks_and_database_restarts_run_no_job_twice_and_lose_none(
+    start: Callable[..., Daemon],  # noqa: F811
+    pg_url: str,
+    pg_cluster: Any,
+    spans: Path,  # noqa: F811
+    witness: Witness,
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    daemons = witness.daemons
+    for name in ("a", "b"):
+        daemons[name] = start(name)
+    faults = [*FAULTS, *(rng.choice(FAULTS) for _ in range(EXTRA_FAULTS))]
+    rng.shuffle(faults)
+    done_faults: list[str] = []
+    ids: list[str] = []
+
+    def story() -> str:
+        return f"seed {seed}; faults {done_faults}"
+
+    def submit(job_id: str, payload: dict[str, Any]) -> str:
+        # A client of its own each time: the database may have restarted since the last.
+        with Client(daemons["a"].home, database_url=pg_url) as jobs:
+            jobs.submit("span", {"dir": str(spans), **payload}, id=job_id, max_attempts=20)
+        ids.append(job_id)
+        return job_id
+
+    def wave(number: int) -> None:
+        """Short sleeps, progress reports (a turn every few tens of ms, so that a fault
+        lands inside one) and short GIL-holding sums."""
+        for n in range(5):
+            payload: dict[str, Any] = {"seconds": rng.uniform(0.2, 1.5)}
+            if n == 3:
+                payload["progress_every"] = 0.02
+            elif n == 4:
+                payload["sum"] = rng.randrange(10**6, 5 * 10**6)
+            submit(f"w{number}-{n}", payload)
+
+    def owner(run: Run) -> Daemon | None:
+        return next((d for d in daemons.values() if run[2] in d.worker_pids()), None)
+
+    def running_on_some_daemon() -> tuple[Run, Daemon]:
+        def found() -> tuple[Run, Daemon] | None:
+            for run in sorted(witness.open_runs()):
+                daemon = owner(run)
+                if daemon is not None:
+                    return run, daemon
+            return None
+
+        return wait_until(found, 60, interval=0.05, what=f"a run on a daemon ({story()})")
+
+    def long_gil_run(number: int) -> tuple[Run, Daemon]:
+        """A job whose first attempt never ends by itself: one C call holding the GIL."""
+        job_id = submit(f"gil{number}", {"sum": 10**12, "seconds": 0.2})
+
+        def found() -> tuple[Run, Daemon] | None:
+            for run in witness.open_runs():
+                if run[0] == job_id and (daemon := owner(run)) is not None:
+                    return run, daemon
+            return None
+
+        return wait_until(found, 60, interval=0.05, what=f"{job_id} to run ({story()})")
+
+    for number, fault in enumerate(faults):
+        wave(number)
+        if fault == "kill":
+            run, daemon = long_gil_run(number)
+            daemon.kill()
+            name = next(n for n, d in daemons.items() if d is daemon)
+            daemons[name] = start(name)
+        elif fault == "stop":
+            run, daemon = long_gil_run(number)
+            declared = dead_rows(pg_url, daemon.pid)
+            daemon.signal(signal.SIGSTOP)
+            try:
+                wait_until(
+                    lambda d=daemon, k=declared: dead_rows(pg_url, d.pid) > k,
+                    60,
+                    interval=0.1,
+                    what=f"the stopped daemon to be declared dead ({story()})",
+                )
+            finally:
+                daemon.signal(signal.SIGCONT)
+            lost = len(daemon.events("daemon.lease_lost"))
+            daemon.wait_events("daemon.lease_lost", count=lost + 1, timeout=60)
+        elif fault == "row_lock":
+            run, daemon = running_on_some_daemon()
+            with psycopg.connect(pg_url) as operator:
+                operator.execute("SET lock_timeout = '20s'")
+                operator.execute("SELECT 1 FROM procpool_jobs WHERE id = %s FOR UPDATE", (run[0],))
+                time.sleep(rng.uniform(1.5, 5))  # how long the operator holds it: the fault
+                operator.commit()
+        else:
+            running_on_some_daemon()
+            pg_cluster.pg_ctl("restart")
+        done_faults.append(fault)
+        if fault in ("kill", "stop"):
+            wait_until(lambda r=run: r in witness.gone, 60, what=f"{run} to end ({story()})")
+
+    with Client(daemons["a"].home, database_url=pg_url) as jobs:
+        try:
+            finished = jobs.wait(ids, timeout=120)
+        except TimeoutError:
+            left = [
+                (job.id, job.status) for job in jobs.list(limit=1000) if job.status != "completed"
+            ]
+            tails = {
+                name: [f"{e['ts']} {e['event']} {e['msg']}" for e in d.log()[-30:]]
+                for name, d in daemons.items()
+            }
+            pytest.fail(f"jobs not finished ({story()}): {left}\n{tails}")
+    assert {(job.id, job.status) for job in finished} == {(i, "completed") for i in ids}, story()
+    witness.look()
+    assert not witness.overlap_marks, f"{witness.overlap_marks} ({story()})"
+    assert not (spans / "OVERLAP").exists(), story()
+    assert witness.overlaps() == [], story()
+    for job_id in ids:  # each job's last attempt ran to its end mark
+        assert any(run[0] == job_id for run in witness.ends), f"{job_id} ({story()})"
+    for name, daemon in daemons.items():
+        assert daemon.process is not None and daemon.process.poll() is None, (
+            f"{name} exited ({story()}):\n{daemon.stderr()[-3000:]}"
+        )
+        assert not daemon.events("daemon.crashed"), story()
+    witness.look()
+    witness.see_trees()
+    # What the run went through, for -s and for a failure below.
+    said = [e["event"] for d in daemons.values() for e in d.log()]
+    print(
+        story(),
+        f"{len(ids)} jobs, {len(witness.starts)} runs, {len(witness.gone)} ended unmarked",
+        {e: said.count(e) for e in sorted(set(said)) if e.split(".")[0] in ("store", "daemon")},
+    )
+    for daemon in daemons.values():
+        assert daemon.stop() == 0, story()
+    witness.halt.set()
+    wait_until(
+        lambda: not witness.left(),
+        15,
+        what=f"every process of the daemons to end ({story()})",
+    )
