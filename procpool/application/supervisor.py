@@ -198,6 +198,8 @@ class Supervisor:
         self._turn_ends: list[RunEnded] = []
         self._unjudged: list[tuple[int, int]] = []  # reaped exits a lost turn left unjudged
         self._lost: tuple[list[RunEnded], dict[int, list[ToWorker]]] | None = None
+        self._losing = False  # turns lost since the last commit: a spell of losses
+        self._lost_pause = STORE_PAUSE_MIN  # seconds before a turn after a repeated loss
 
     # ----------------------------------------------------------------- life
 
@@ -545,7 +547,13 @@ class Supervisor:
         scan reads those again), but the workers are kept, and so are their results: the
         runs the turn ended, and what waits unread in their channels. The next turn that
         begins, once the store answers, reconciles (membership.reconcile); until then the
-        fence (the watchdog, `_check_fence`) ends the runs if the lease runs out."""
+        fence (the watchdog, `_check_fence`) ends the runs if the lease runs out.
+
+        Lost again before a turn committed: said once per spell, and the next turn
+        waits as for a busy store. The cause is likely still there (a row another
+        session holds past BUSY_SPARE before the fence makes every turn that needs it
+        give up at once), and tried at once it spun hundreds of turns a second."""
+        again, self._losing = self._losing, True
         ends, unsent = list(self._turn_ends), dict(self._effects.sends)
         if self._lost is not None:  # lost again before a turn reconciled the first loss
             ends = self._lost[0] + ends
@@ -561,6 +569,12 @@ class Supervisor:
         self._new_workers = [
             WorkerRecord(worker.pid, pool.create_time(worker.pid)) for worker in self.fleet
         ]
+        if again:
+            self._check_fence()
+            time.sleep(self._lost_pause)
+            self._lost_pause = min(2 * self._lost_pause, STORE_PAUSE_MAX)
+            return
+        self._lost_pause = STORE_PAUSE_MIN
         emit(
             "WARNING", "store.lost",
             f"{lost}: the turn is rolled back; keeping {plural(len(self.fleet), 'worker')}"
@@ -584,6 +598,7 @@ class Supervisor:
 
     def _after_commit(self) -> None:
         self._turn_ends.clear()  # committed: the store holds those ends now
+        self._losing = False
         effects = self._effects
         for rejection in effects.rejected:
             where = self.inbox.reject(rejection.file, rejection.error, rejection.lines)
