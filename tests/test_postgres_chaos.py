@@ -35,6 +35,8 @@ from procpool import Client
 
 FAULTS = ("kill", "stop", "row_lock", "restart")
 EXTRA_FAULTS = 2  # drawn at random on top of one of each
+RESTARTS = 4  # restarts of the database at most for one fault, until one lands in a turn
+COMEBACKS = ("store.available", "store.reconciled", "daemon.restarting")
 Run = tuple[str, str, int]  # job id, attempt, worker pid
 
 
@@ -141,12 +143,135 @@ def tree(daemon: Daemon) -> list[psutil.Process]:
         return []
 
 
+def lost_inside(daemon: Daemon) -> int:
+    """Turns whose connection broke between their BEGIN and their COMMIT."""
+    return sum("connection" in e["error"] for e in daemon.events("store.lost"))
+
+
+def comebacks(daemon: Daemon) -> int:
+    """Returns to the database after a break: between turns, inside one, or while starting."""
+    return sum(len(daemon.events(name)) for name in COMEBACKS)
+
+
 def dead_rows(pg_url: str, pid: int) -> int:
     with psycopg.connect(pg_url, autocommit=True) as db:
         row = db.execute(
             "SELECT count(*) FROM procpool_daemons WHERE pid = %s AND state = 'dead'", (pid,)
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+class Chaos:
+    """The faults, on the daemons the witness watches, and the jobs submitted so far."""
+
+    def __init__(self, seed: int, launch: Callable[..., Daemon], pg_url: str, pg_cluster: Any,
+                 directory: Path, witness: Witness) -> None:  # fmt: skip
+        self.seed, self.rng = seed, random.Random(seed)
+        self.start, self.pg_url, self.pg_cluster = launch, pg_url, pg_cluster
+        self.spans, self.witness = directory, witness
+        self.daemons = witness.daemons
+        self.ids: list[str] = []
+        self.done: list[str] = []  # the faults so far
+        self.restarts = 0  # of the database
+        self.inside = 0  # restarts that landed inside a turn
+
+    def story(self) -> str:
+        return (
+            f"seed {self.seed}; faults {self.done}; {self.restarts} restarts of the database,"
+            f" {self.inside} inside a turn"
+        )
+
+    def submit(self, job_id: str, payload: dict[str, Any]) -> str:
+        # A client of its own each time: the database may have restarted since the last.
+        with Client(self.daemons["a"].home, database_url=self.pg_url) as jobs:
+            jobs.submit("span", {"dir": str(self.spans), **payload}, id=job_id, max_attempts=20)
+        self.ids.append(job_id)
+        return job_id
+
+    def wave(self, number: int) -> None:
+        """Short sleeps, progress reports (a turn every few tens of ms, so that a fault
+        lands inside one) and short GIL-holding sums."""
+        for n in range(5):
+            payload: dict[str, Any] = {"seconds": self.rng.uniform(0.2, 1.5)}
+            if n == 3:
+                payload["progress_every"] = 0.02
+            elif n == 4:
+                payload["sum"] = self.rng.randrange(10**6, 5 * 10**6)
+            self.submit(f"w{number}-{n}", payload)
+
+    def running(self, job_id: str | None = None) -> tuple[Run, Daemon]:
+        """A run going on a daemon now (of `job_id`, if given), once there is one."""
+
+        def found() -> tuple[Run, Daemon] | None:
+            for run in sorted(self.witness.open_runs()):
+                if job_id in (None, run[0]):
+                    for daemon in self.daemons.values():
+                        if run[2] in daemon.worker_pids():
+                            return run, daemon
+            return None
+
+        what = f"{job_id or 'a job'} to run on a daemon ({self.story()})"
+        return wait_until(found, 60, interval=0.05, what=what)
+
+    def long_gil_run(self, number: int) -> tuple[Run, Daemon]:
+        """A job whose first attempt never ends by itself: one C call holding the GIL."""
+        return self.running(self.submit(f"gil{number}", {"sum": 10**12, "seconds": 0.2}))
+
+    def ended(self, run: Run) -> None:
+        wait_until(lambda: run in self.witness.gone, 60, what=f"{run} to end ({self.story()})")
+
+    def kill(self, number: int) -> None:
+        run, daemon = self.long_gil_run(number)
+        daemon.kill()
+        name = next(n for n, d in self.daemons.items() if d is daemon)
+        self.daemons[name] = self.start(name)
+        self.ended(run)
+
+    def stop(self, number: int) -> None:
+        """The supervisor alone (its workers and watchdog run on) until the others
+        declared it dead."""
+        run, daemon = self.long_gil_run(number)
+        declared = dead_rows(self.pg_url, daemon.pid)
+        daemon.signal(signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: dead_rows(self.pg_url, daemon.pid) > declared,
+                60,
+                interval=0.1,
+                what=f"the stopped daemon to be declared dead ({self.story()})",
+            )
+        finally:
+            daemon.signal(signal.SIGCONT)
+        lost = len(daemon.events("daemon.lease_lost"))
+        daemon.wait_events("daemon.lease_lost", count=lost + 1, timeout=60)
+        self.ended(run)
+
+    def row_lock(self, number: int) -> None:
+        run, _ = self.running()
+        with psycopg.connect(self.pg_url) as operator:
+            operator.execute("SET lock_timeout = '20s'")
+            operator.execute("SELECT 1 FROM procpool_jobs WHERE id = %s FOR UPDATE", (run[0],))
+            time.sleep(self.rng.uniform(1.5, 5))  # how long the operator holds it: the fault
+            operator.commit()
+
+    def restart(self, number: int) -> None:
+        """Again until one lands inside a turn (about 1 in 3 does), RESTARTS at most."""
+        for again in range(RESTARTS):
+            # A progress report every 20 ms: a turn to land in.
+            self.running(self.submit(f"r{number}-{again}", {"seconds": 2, "progress_every": 0.02}))
+            inside = {name: lost_inside(d) for name, d in self.daemons.items()}
+            back = {name: comebacks(d) for name, d in self.daemons.items()}
+            self.pg_cluster.pg_ctl("restart")
+            self.restarts += 1
+            for name, daemon in self.daemons.items():
+                wait_until(
+                    lambda d=daemon, before=back[name]: comebacks(d) > before,
+                    60,
+                    what=f"{name} to be back on the database ({self.story()})",
+                )
+            if any(lost_inside(d) > inside[n] for n, d in self.daemons.items()):
+                self.inside += 1
+                return
 
 
 @pytest.fixture
@@ -173,135 +298,57 @@ def test_kills_stops_row_locks_and_database_restarts_run_no_job_twice_and_lose_n
     witness: Witness,
     seed: int,
 ) -> None:
-    rng = random.Random(seed)
+    chaos = Chaos(seed, start, pg_url, pg_cluster, spans, witness)
     daemons = witness.daemons
     for name in ("a", "b"):
         daemons[name] = start(name)
-    faults = [*FAULTS, *(rng.choice(FAULTS) for _ in range(EXTRA_FAULTS))]
-    rng.shuffle(faults)
-    done_faults: list[str] = []
-    ids: list[str] = []
-
-    def story() -> str:
-        return f"seed {seed}; faults {done_faults}"
-
-    def submit(job_id: str, payload: dict[str, Any]) -> str:
-        # A client of its own each time: the database may have restarted since the last.
-        with Client(daemons["a"].home, database_url=pg_url) as jobs:
-            jobs.submit("span", {"dir": str(spans), **payload}, id=job_id, max_attempts=20)
-        ids.append(job_id)
-        return job_id
-
-    def wave(number: int) -> None:
-        """Short sleeps, progress reports (a turn every few tens of ms, so that a fault
-        lands inside one) and short GIL-holding sums."""
-        for n in range(5):
-            payload: dict[str, Any] = {"seconds": rng.uniform(0.2, 1.5)}
-            if n == 3:
-                payload["progress_every"] = 0.02
-            elif n == 4:
-                payload["sum"] = rng.randrange(10**6, 5 * 10**6)
-            submit(f"w{number}-{n}", payload)
-
-    def owner(run: Run) -> Daemon | None:
-        return next((d for d in daemons.values() if run[2] in d.worker_pids()), None)
-
-    def running_on_some_daemon() -> tuple[Run, Daemon]:
-        def found() -> tuple[Run, Daemon] | None:
-            for run in sorted(witness.open_runs()):
-                daemon = owner(run)
-                if daemon is not None:
-                    return run, daemon
-            return None
-
-        return wait_until(found, 60, interval=0.05, what=f"a run on a daemon ({story()})")
-
-    def long_gil_run(number: int) -> tuple[Run, Daemon]:
-        """A job whose first attempt never ends by itself: one C call holding the GIL."""
-        job_id = submit(f"gil{number}", {"sum": 10**12, "seconds": 0.2})
-
-        def found() -> tuple[Run, Daemon] | None:
-            for run in witness.open_runs():
-                if run[0] == job_id and (daemon := owner(run)) is not None:
-                    return run, daemon
-            return None
-
-        return wait_until(found, 60, interval=0.05, what=f"{job_id} to run ({story()})")
-
+    faults = [*FAULTS, *(chaos.rng.choice(FAULTS) for _ in range(EXTRA_FAULTS))]
+    chaos.rng.shuffle(faults)
     for number, fault in enumerate(faults):
-        wave(number)
-        if fault == "kill":
-            run, daemon = long_gil_run(number)
-            daemon.kill()
-            name = next(n for n, d in daemons.items() if d is daemon)
-            daemons[name] = start(name)
-        elif fault == "stop":
-            run, daemon = long_gil_run(number)
-            declared = dead_rows(pg_url, daemon.pid)
-            daemon.signal(signal.SIGSTOP)
-            try:
-                wait_until(
-                    lambda d=daemon, k=declared: dead_rows(pg_url, d.pid) > k,
-                    60,
-                    interval=0.1,
-                    what=f"the stopped daemon to be declared dead ({story()})",
-                )
-            finally:
-                daemon.signal(signal.SIGCONT)
-            lost = len(daemon.events("daemon.lease_lost"))
-            daemon.wait_events("daemon.lease_lost", count=lost + 1, timeout=60)
-        elif fault == "row_lock":
-            run, daemon = running_on_some_daemon()
-            with psycopg.connect(pg_url) as operator:
-                operator.execute("SET lock_timeout = '20s'")
-                operator.execute("SELECT 1 FROM procpool_jobs WHERE id = %s FOR UPDATE", (run[0],))
-                time.sleep(rng.uniform(1.5, 5))  # how long the operator holds it: the fault
-                operator.commit()
-        else:
-            running_on_some_daemon()
-            pg_cluster.pg_ctl("restart")
-        done_faults.append(fault)
-        if fault in ("kill", "stop"):
-            wait_until(lambda r=run: r in witness.gone, 60, what=f"{run} to end ({story()})")
+        chaos.wave(number)
+        getattr(chaos, fault)(number)
+        chaos.done.append(fault)
 
     with Client(daemons["a"].home, database_url=pg_url) as jobs:
         try:
-            finished = jobs.wait(ids, timeout=120)
+            finished = jobs.wait(chaos.ids, timeout=120)
         except TimeoutError:
-            left = [
-                (job.id, job.status) for job in jobs.list(limit=1000) if job.status != "completed"
-            ]
+            left = [(j.id, j.status) for j in jobs.list(limit=1000) if j.status != "completed"]
             tails = {
                 name: [f"{e['ts']} {e['event']} {e['msg']}" for e in d.log()[-30:]]
                 for name, d in daemons.items()
             }
-            pytest.fail(f"jobs not finished ({story()}): {left}\n{tails}")
-    assert {(job.id, job.status) for job in finished} == {(i, "completed") for i in ids}, story()
+            pytest.fail(f"jobs not finished ({chaos.story()}): {left}\n{tails}")
+    story = chaos.story()
+    assert {(job.id, job.status) for job in finished} == {(i, "completed") for i in chaos.ids}, (
+        story
+    )
     witness.look()
-    assert not witness.overlap_marks, f"{witness.overlap_marks} ({story()})"
-    assert not (spans / "OVERLAP").exists(), story()
-    assert witness.overlaps() == [], story()
-    for job_id in ids:  # each job's last attempt ran to its end mark
-        assert any(run[0] == job_id for run in witness.ends), f"{job_id} ({story()})"
+    assert not witness.overlap_marks, f"{witness.overlap_marks} ({story})"
+    assert not (spans / "OVERLAP").exists(), story
+    assert witness.overlaps() == [], story
+    for job_id in chaos.ids:  # each job's last attempt ran to its end mark
+        assert any(run[0] == job_id for run in witness.ends), f"{job_id} ({story})"
     for name, daemon in daemons.items():
         assert daemon.process is not None and daemon.process.poll() is None, (
-            f"{name} exited ({story()}):\n{daemon.stderr()[-3000:]}"
+            f"{name} exited ({story}):\n{daemon.stderr()[-3000:]}"
         )
-        assert not daemon.events("daemon.crashed"), story()
+        assert not daemon.events("daemon.crashed"), story
+        # A fault is a spell of lost turns or two, said once each: never a spin.
+        spells = len(faults) + chaos.restarts
+        assert len(daemon.events("store.lost")) <= 2 * spells, f"{name} ({story})"
     witness.look()
     witness.see_trees()
     # What the run went through, for -s and for a failure below.
     said = [e["event"] for d in daemons.values() for e in d.log()]
     print(
-        story(),
-        f"{len(ids)} jobs, {len(witness.starts)} runs, {len(witness.gone)} ended unmarked",
+        story,
+        f"{len(chaos.ids)} jobs, {len(witness.starts)} runs, {len(witness.gone)} ended unmarked",
         {e: said.count(e) for e in sorted(set(said)) if e.split(".")[0] in ("store", "daemon")},
     )
     for daemon in daemons.values():
-        assert daemon.stop() == 0, story()
+        assert daemon.stop() == 0, story
     witness.halt.set()
     wait_until(
-        lambda: not witness.left(),
-        15,
-        what=f"every process of the daemons to end ({story()})",
+        lambda: not witness.left(), 15, what=f"every process of the daemons to end ({story})"
     )
