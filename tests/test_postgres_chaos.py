@@ -42,7 +42,7 @@ Run = tuple[str, str, int]  # job id, attempt, worker pid
 
 class Witness(threading.Thread):
     """Watches the runs while they go: reads the marks the runs append to spans/spans
-    and polls the pid of each run without an end mark every few milliseconds. A run's
+    and polls the pid of each run without an end mark every 10 ms. A run's
     end is its end mark, else the first moment its pid was seen gone (taken after the
     look, so never earlier than the death). Also keeps every pid of the daemons'
     process trees, for the check that none outlives them."""
@@ -62,7 +62,7 @@ class Witness(threading.Thread):
         self._looks = 0
 
     def run(self) -> None:
-        while not self.halt.wait(0.005):
+        while not self.halt.wait(0.01):
             self.look()
 
     def look(self) -> None:
@@ -72,7 +72,7 @@ class Witness(threading.Thread):
                 if not alive(run[2]):
                     self.gone[run] = time.time()
             self._looks += 1
-            if self._looks % 20 == 0:
+            if self._looks % 10 == 0:
                 self.see_trees()
 
     def see_trees(self) -> None:
