@@ -18,6 +18,7 @@ import itertools
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -352,3 +353,27 @@ def test_kills_stops_row_locks_and_database_restarts_run_no_job_twice_and_lose_n
     wait_until(
         lambda: not witness.left(), 15, what=f"every process of the daemons to end ({story})"
     )
+
+
+def test_the_witness_ends_an_unmarked_run_when_its_pid_is_gone(tmp_path: Path) -> None:
+    """The judge itself: a run with no end mark ends when its pid is first seen gone
+    (after the look), so a later run that began before that overlaps it; one that
+    began after does not; a run whose pid still runs has no end and overlaps."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lines = [
+        f"late 1 {gone.pid} start 100.0",
+        "late 2 1 start 200.0",  # long before the look below: an overlap
+        f"later 1 {gone.pid} start 100.0",
+        f"later 2 1 start {time.time() + 3600}",  # after the look: none
+        f"ends 1 {os.getpid()} start 100.0",
+        f"ends 1 {os.getpid()} end 150.0",
+        "ends 2 1 start 150.0",  # marked ends: touching is not overlapping
+        f"open 1 {os.getpid()} start 100.0",  # this process: still running
+        "open 2 1 start 200.0",
+    ]
+    (tmp_path / "spans").write_text("".join(f"{line}\n" for line in lines))
+    watching = Witness(tmp_path)
+    watching.look()
+    found = watching.overlaps()
+    assert [line.split()[0] for line in found] == ["('late',", "('open',"], found
