@@ -182,6 +182,13 @@ class Chaos:
             f" {self.inside} inside a turn"
         )
 
+    @staticmethod
+    def tail(daemon: Daemon) -> str:
+        """What a failure shows of a daemon: whether it runs, its last events, stderr."""
+        code = daemon.process.poll() if daemon.process else None
+        events = "\n".join(f"{e['ts']} {e['event']} {e['msg']}" for e in daemon.log()[-40:])
+        return f"exit code {code}\n{events}\n{daemon.stderr()[-3000:]}"
+
     def submit(self, job_id: str, payload: dict[str, Any]) -> str:
         # A client of its own each time: the database may have restarted since the last.
         with Client(self.daemons["a"].home, database_url=self.pg_url) as jobs:
@@ -265,11 +272,11 @@ class Chaos:
             self.pg_cluster.pg_ctl("restart")
             self.restarts += 1
             for name, daemon in self.daemons.items():
-                wait_until(
-                    lambda d=daemon, before=back[name]: comebacks(d) > before,
-                    60,
-                    what=f"{name} to be back on the database ({self.story()})",
-                )
+                try:
+                    wait_until(lambda d=daemon, before=back[name]: comebacks(d) > before, 60)
+                except pytest.fail.Exception:
+                    pytest.fail(f"{name} not back on the database ({self.story()}):\n"
+                                f"{self.tail(daemon)}")  # fmt: skip
             if any(lost_inside(d) > inside[n] for n, d in self.daemons.items()):
                 self.inside += 1
                 return
@@ -315,10 +322,7 @@ def test_kills_stops_row_locks_and_database_restarts_run_no_job_twice_and_lose_n
             finished = jobs.wait(chaos.ids, timeout=120)
         except TimeoutError:
             left = [(j.id, j.status) for j in jobs.list(limit=1000) if j.status != "completed"]
-            tails = {
-                name: [f"{e['ts']} {e['event']} {e['msg']}" for e in d.log()[-30:]]
-                for name, d in daemons.items()
-            }
+            tails = "\n".join(f"{name}: {chaos.tail(d)}" for name, d in daemons.items())
             pytest.fail(f"jobs not finished ({chaos.story()}): {left}\n{tails}")
     story = chaos.story()
     assert {(job.id, job.status) for job in finished} == {(i, "completed") for i in chaos.ids}, (
