@@ -37,7 +37,6 @@ from procpool import Client
 FAULTS = ("kill", "stop", "row_lock", "restart")
 EXTRA_FAULTS = 2  # drawn at random on top of one of each
 RESTARTS = 4  # restarts of the database at most for one fault, until one lands in a turn
-COMEBACKS = ("store.available", "store.reconciled", "daemon.restarting")
 Run = tuple[str, str, int]  # job id, attempt, worker pid
 
 
@@ -149,9 +148,16 @@ def lost_inside(daemon: Daemon) -> int:
     return sum("connection" in e["error"] for e in daemon.events("store.lost"))
 
 
-def comebacks(daemon: Daemon) -> int:
-    """Returns to the database after a break: between turns, inside one, or while starting."""
-    return sum(len(daemon.events(name)) for name in COMEBACKS)
+def renewed_since(pg_url: str, pid: int, moment: Any) -> bool:
+    """Whether the daemon of this pid committed a renewal of its lease after `moment`
+    (a row of the database's clock): it is back on the database."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        row = db.execute(
+            "SELECT count(*) FROM procpool_daemons WHERE pid = %s AND state = 'alive'"
+            " AND heartbeat_at > %s",
+            (pid, moment[0]),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def dead_rows(pg_url: str, pid: int) -> int:
@@ -268,12 +274,15 @@ class Chaos:
             # A progress report every 20 ms: a turn to land in.
             self.running(self.submit(f"r{number}-{again}", {"seconds": 2, "progress_every": 0.02}))
             inside = {name: lost_inside(d) for name, d in self.daemons.items()}
-            back = {name: comebacks(d) for name, d in self.daemons.items()}
             self.pg_cluster.pg_ctl("restart")
             self.restarts += 1
+            with psycopg.connect(self.pg_url, autocommit=True) as db:
+                restarted = db.execute("SELECT clock_timestamp()").fetchone()
             for name, daemon in self.daemons.items():
                 try:
-                    wait_until(lambda d=daemon, before=back[name]: comebacks(d) > before, 60)
+                    wait_until(
+                        lambda d=daemon, t=restarted: renewed_since(self.pg_url, d.pid, t), 60
+                    )
                 except pytest.fail.Exception:
                     pytest.fail(f"{name} not back on the database ({self.story()}):\n"
                                 f"{self.tail(daemon)}")  # fmt: skip
