@@ -445,7 +445,12 @@ class Supervisor:
                 if key.data == "wake":
                     self._drain_wake_pipe()
                 elif key.data == "store":
-                    assert self._shared is not None and self._store_fd is not None
+                    if self._store_fd is None:
+                        # Reported twice in one select (seen once in a database restart;
+                        # the assert here ended the daemon with exit 70), and dropped at
+                        # the first report: a new listener is opened at the next turn.
+                        continue
+                    assert self._shared is not None
                     if not self._shared.heard():  # closed: out before its number is reused
                         self._others.unregister(self._store_fd)
                         self._store_fd = None
