@@ -410,6 +410,34 @@ def test_a_row_locked_by_another_session_is_waited_for_and_no_run_is_lost(
     assert a.stop() == 0
 
 
+def test_a_row_locked_past_the_fence_is_asked_for_again_with_pauses_not_in_a_spin(
+    start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
+) -> None:
+    """An operator holds a job's row FOR UPDATE for 4 s after its run ended, past the
+    point (1 s before the fence of a 3 s lease) where the turn that records the end
+    gives up: each turn after it needs the row again and gave up at once, and the
+    daemon spun through hundreds of rolled-back turns a second, each logged as
+    store.lost. Now the turns lost again before one reconciles wait, the pause growing
+    as for a busy store, and are said once; once the row is free the job completes."""
+    a = start("a", workers=1)
+    jobs = client(a)
+    jobs.submit("span", {"dir": str(spans), "seconds": 0.5}, id="locked")
+    wait_until(lambda: running_now(spans) == {"locked"}, 30, what="the job to run")
+    with psycopg.connect(pg_url) as operator:
+        operator.execute("SELECT * FROM procpool_jobs WHERE id = 'locked' FOR UPDATE")
+        wait_until(lambda: a.events("store.lost"), 30, what="the turn to give up waiting")
+        time.sleep(4)  # the scenario: the lock outlives the give-up by seconds
+        lost = a.events("store.lost")
+        operator.commit()
+    [done] = jobs.wait(["locked"], timeout=30)
+    assert done.status == "completed"
+    assert len(lost) == 1, f"{len(lost)} store.lost lines while one row stayed locked"
+    a.wait_events("store.reconciled", timeout=30)
+    assert a.process is not None and a.process.poll() is None, a.stderr()
+    assert not (spans / "OVERLAP").exists()
+    assert a.stop() == 0
+
+
 @pytest.mark.timeout(300)
 def test_a_large_submit_many_does_not_stop_the_daemons_that_ingest_meanwhile(
     start: Callable[..., Daemon], client: Callable[[Daemon], Client], spans: Path

@@ -191,6 +191,8 @@ class Supervisor:
         self._turn_ends: list[RunEnded] = []
         self._unjudged: list[tuple[int, int]] = []  # reaped exits a lost turn left unjudged
         self._lost: tuple[list[RunEnded], dict[int, list[ToWorker]]] | None = None
+        self._losing = False  # turns lost since the last commit: a spell of losses
+        self._lost_pause = STORE_PAUSE_MIN  # seconds before a turn after a repeated loss
 
     # ----------------------------------------------------------------- life
 
@@ -436,7 +438,12 @@ class Supervisor:
                 if key.data == "wake":
                     self._drain_wake_pipe()
                 elif key.data == "store":
-                    assert self._shared is not None and self._store_fd is not None
+                    if self._store_fd is None:
+                        # Reported twice in one select (seen once in a database restart;
+                        # the assert here ended the daemon with exit 70), and dropped at
+                        # the first report: a new listener is opened at the next turn.
+                        continue
+                    assert self._shared is not None
                     if not self._shared.heard():  # closed: out before its number is reused
                         self._others.unregister(self._store_fd)
                         self._store_fd = None
@@ -538,7 +545,13 @@ class Supervisor:
         scan reads those again), but the workers are kept, and so are their results: the
         runs the turn ended, and what waits unread in their channels. The next turn that
         begins, once the store answers, reconciles (membership.reconcile); until then the
-        fence (the watchdog, `_check_fence`) ends the runs if the lease runs out."""
+        fence (the watchdog, `_check_fence`) ends the runs if the lease runs out.
+
+        Lost again before a turn committed: said once per spell, and the next turn
+        waits as for a busy store. The cause is likely still there (a row another
+        session holds past BUSY_SPARE before the fence makes every turn that needs it
+        give up at once), and tried at once it spun hundreds of turns a second."""
+        again, self._losing = self._losing, True
         ends, unsent = list(self._turn_ends), dict(self._effects.sends)
         if self._lost is not None:  # lost again before a turn reconciled the first loss
             ends = self._lost[0] + ends
@@ -554,6 +567,12 @@ class Supervisor:
         self._new_workers = [
             WorkerRecord(worker.pid, pool.create_time(worker.pid)) for worker in self.fleet
         ]
+        if again:
+            self._check_fence()
+            time.sleep(self._lost_pause)
+            self._lost_pause = min(2 * self._lost_pause, STORE_PAUSE_MAX)
+            return
+        self._lost_pause = STORE_PAUSE_MIN
         emit(
             "WARNING", "store.lost",
             f"{lost}: the turn is rolled back; keeping {plural(len(self.fleet), 'worker')}"
@@ -577,6 +596,7 @@ class Supervisor:
 
     def _after_commit(self) -> None:
         self._turn_ends.clear()  # committed: the store holds those ends now
+        self._losing = False
         effects = self._effects
         # The door's answers first: a client waits for each, one round trip at a time,
         # and what follows (inbox files, sends to workers, log lines) is nobody's.

@@ -485,7 +485,14 @@ class PostgresJobStore:
             self._renewing = None
             if self._db.broken:
                 raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from error
-            self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("ROLLBACK")
+            except psycopg.OperationalError as failed:
+                # Ended inside a pipeline (executemany): psycopg leaves the connection
+                # not broken but unable to send the rollback ("cannot exit pipeline mode
+                # while busy"), which ended the daemon with exit 70. Lost all the same.
+                self._db.close()
+                raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from failed
             if isinstance(error, BUSY_ERRORS):
                 # A statement canceled (statement_timeout on a server too slow), a lock
                 # wait that timed out or a deadlock: the turn is rolled back, and what it
