@@ -239,8 +239,9 @@ class SharedStore(JobStore, Protocol):
         ...
 
     def heard(self) -> bool:
-        """Take what the listener received (see `listener`). False: the listener broke
-        and was closed; `listener` opens another."""
+        """Take what the listener received (see `listener`). False: the listener broke;
+        the caller stops watching its descriptor, then `listener` closes it and opens
+        another."""
         ...
 
 

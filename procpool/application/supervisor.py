@@ -444,7 +444,7 @@ class Supervisor:
                         # the first report: a new listener is opened at the next turn.
                         continue
                     assert self._shared is not None
-                    if not self._shared.heard():  # closed: out before its number is reused
+                    if not self._shared.heard():  # broken: out of the selector, then closed
                         self._others.unregister(self._store_fd)
                         self._store_fd = None
                 elif key.data == "inbox":

@@ -429,6 +429,7 @@ class PostgresJobStore:
         self._leases: list[int] = []
         self._progress: dict[str, _KeptProgress] = {}  # job id -> its progress writes
         self._listening: psycopg.Connection[Any] | None = None
+        self._listening_lost = False  # heard() found it broken: closed by listener()
         self._listen_again_at = 0.0  # boottime
         self._listen_pause = LISTEN_PAUSE_MIN
 
@@ -907,8 +908,15 @@ class PostgresJobStore:
         daemon runs), for the supervisor's selector; None while there is none. A lost
         listening connection is opened again, the tries spaced from 0.1 s up to the
         renewal period; until then the polling of each renewal covers what nobody heard."""
-        if self._listening is not None and not self._listening.broken:
-            return self._listening.fileno()
+        if self._listening is not None:
+            if not (self._listening.broken or self._listening_lost):
+                return self._listening.fileno()
+            # Closed only now, after the supervisor took its descriptor out of the
+            # selector: epoll keeps watching a socket that a forked worker still holds
+            # a copy of, and a new listener given the same number was reported twice.
+            self._listening.close()
+            self._listening = None
+            self._listening_lost = False
         now = boottime()
         if now < self._listen_again_at:
             return None
@@ -936,7 +944,8 @@ class PostgresJobStore:
     def heard(self) -> bool:
         """Take the notifications that arrived. A cancel of a job this daemon runs makes
         the next tick poll the cancels at once; a new job needs nothing more: the turn
-        that woke up for it dispatches. False: the connection broke and is closed."""
+        that woke up for it dispatches. False: the connection broke; it is closed by the
+        next call of `listener`, once the caller stopped watching its descriptor."""
         if self._listening is None:
             return False
         try:
@@ -945,8 +954,7 @@ class PostgresJobStore:
                 if notice.channel == CANCEL_CHANNEL and owner == str(self.daemon_id):
                     self._next_renewal = 0.0
         except psycopg.OperationalError:
-            self._listening.close()
-            self._listening = None
+            self._listening_lost = True
             return False
         return True
 
