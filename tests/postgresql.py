@@ -136,3 +136,11 @@ def pg_url(pg_cluster: Cluster) -> Iterator[str]:
     yield pg_cluster.url(name)
     with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def spans(tmp_path: Path) -> Path:
+    """The directory where the `span` runs of tests/pg_handlers.py leave their marks."""
+    directory = tmp_path / "spans"
+    directory.mkdir()
+    return directory

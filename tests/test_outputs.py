@@ -171,12 +171,9 @@ def small_logs_disk(home: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(logs)], check=False)
 
 
-def test_a_log_file_that_cannot_be_written(
-    make_daemon: Callable[..., Daemon], small_logs_disk: Path
-) -> None:
-    """A disk full before the daemon starts: every write of the log fails with ENOSPC.
-    (A link to /dev/full would be refused: the daemon follows no link in its home.)"""
-    filler = small_logs_disk / "filler"
+def _fill(disk: Path) -> Path:
+    """Fill the small disk to its last block with one file; returns that file."""
+    filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         while os.write(fd, b"x" * 4096):
@@ -185,6 +182,15 @@ def test_a_log_file_that_cannot_be_written(
         pass  # the disk is full
     finally:
         os.close(fd)
+    return filler
+
+
+def test_a_log_file_that_cannot_be_written(
+    make_daemon: Callable[..., Daemon], small_logs_disk: Path
+) -> None:
+    """A disk full before the daemon starts: every write of the log fails with ENOSPC.
+    (A link to /dev/full would be refused: the daemon follows no link in its home.)"""
+    filler = _fill(small_logs_disk)
     daemon = make_daemon(start=False)
     daemon.start(wait_ready=False)
     wait_until(lambda: "worker.started" in daemon.stderr(), what="worker.started on stderr")
@@ -205,15 +211,7 @@ def test_a_full_disk_under_the_log(
     make_daemon: Callable[..., Daemon], small_logs_disk: Path
 ) -> None:
     daemon = make_daemon()
-    filler = small_logs_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"x" * 4096):
-            pass
-    except OSError:
-        pass  # the disk is full
-    finally:
-        os.close(fd)
+    filler = _fill(small_logs_disk)
     _complete(daemon, "full", 30)
     wait_until(lambda: "log.write_failed" in daemon.stderr(), what="log.write_failed")
     filler.unlink()

@@ -30,7 +30,7 @@ import psutil
 import psycopg
 import pytest
 from conftest import Daemon, alive, wait_until
-from test_postgres_daemons import spans, start  # noqa: F401 (the fixtures)
+from test_postgres_daemons import start  # noqa: F401 (the fixture)
 
 from procpool import Client
 
@@ -298,7 +298,7 @@ def seed() -> int:
 
 
 @pytest.fixture
-def witness(spans: Path) -> Iterator[Witness]:  # noqa: F811
+def witness(spans: Path) -> Iterator[Witness]:
     watching = Witness(spans)
     watching.start()
     yield watching
@@ -311,7 +311,7 @@ def test_kills_stops_row_locks_and_database_restarts_run_no_job_twice_and_lose_n
     start: Callable[..., Daemon],  # noqa: F811
     pg_url: str,
     pg_cluster: Any,
-    spans: Path,  # noqa: F811
+    spans: Path,
     witness: Witness,
     seed: int,
 ) -> None:

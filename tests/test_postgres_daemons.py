@@ -29,13 +29,6 @@ LEASE = 3.0
 
 
 @pytest.fixture
-def spans(tmp_path: Path) -> Path:
-    directory = tmp_path / "spans"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def start(
     pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> Callable[[str], Daemon]:

@@ -21,13 +21,6 @@ from procpool import Client
 LEASE = 3.0
 
 
-@pytest.fixture
-def spans(tmp_path: Path) -> Path:
-    directory = tmp_path / "spans"
-    directory.mkdir()
-    return directory
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("payload", "env"),
