@@ -439,9 +439,10 @@ class Supervisor:
                     self._drain_wake_pipe()
                 elif key.data == "store":
                     if self._store_fd is None:
-                        # Reported twice in one select (seen once in a database restart;
-                        # the assert here ended the daemon with exit 70), and dropped at
-                        # the first report: a new listener is opened at the next turn.
+                        # Dropped at an earlier report of this select. The cause seen (a
+                        # closed listener still in epoll through a worker's copy) is gone:
+                        # the listener now leaves the selector before it is closed; this
+                        # keeps any other double report from ending the daemon.
                         continue
                     assert self._shared is not None
                     if not self._shared.heard():  # broken: out of the selector, then closed
