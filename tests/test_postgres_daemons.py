@@ -557,12 +557,54 @@ def idle_holding_rows(pg_url: str) -> bool:
     return bool(rows and rows[0])
 
 
+def freeze_inside_a_turn(daemon: Daemon, pg_url: str) -> float:
+    """Stop `daemon`'s supervisor between two statements of a turn that renewed its
+    lease, and return when (monotonic). A trigger holds the daemon's next renewal
+    0.3 s in the server (under its statement bound), long enough to send SIGSTOP
+    while it runs; when the renewal returns the stopped session sits idle inside its
+    transaction, holding the daemon row it wrote. Deterministic, where stopping at
+    random moments lands inside a turn's transaction only now and then."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("CREATE TABLE slow_renewal (daemon bigint NOT NULL)")
+        db.execute(
+            "CREATE FUNCTION slow_renewal() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF EXISTS (SELECT 1 FROM slow_renewal WHERE daemon = NEW.id) THEN"
+            " PERFORM pg_sleep(0.3); END IF; RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER slow_renewal BEFORE UPDATE ON procpool_daemons"
+            " FOR EACH ROW EXECUTE FUNCTION slow_renewal()"
+        )
+        db.execute(
+            "INSERT INTO slow_renewal SELECT id FROM procpool_daemons"
+            " WHERE home = %s AND state = 'alive'",
+            (str(daemon.home),),
+        )
+
+        def renewing() -> bool:
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'procpool'"
+                " AND datname = current_database() AND state = 'active'"
+                " AND wait_event = 'PgSleep' AND query LIKE 'UPDATE procpool_daemons%%'"
+            ).fetchone()
+            return bool(row and row[0])
+
+        wait_until(renewing, 30, what="a renewal held in the server", interval=0.01)
+        daemon.signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        db.execute("DELETE FROM slow_renewal")
+    wait_until(
+        lambda: idle_holding_rows(pg_url), 10, what="the stopped turn idle in its transaction"
+    )
+    return frozen_at
+
+
 @pytest.mark.timeout(240)
 def test_a_daemon_frozen_inside_a_turn_is_rescued_within_the_stated_time(
     start: Callable[..., Daemon], client: Callable[[Daemon], Client], pg_url: str, spans: Path
 ) -> None:
     """a's supervisor is stopped while its session is idle inside a turn's transaction,
-    which locked the row of a job that reports progress (and perhaps a's lease row):
+    which locked a's lease row (and perhaps the row of a job that reports progress):
     the server ends that session a margin into the freeze, and b rescues a's jobs
     within lease + margin + 1.25 renewal periods of the freeze (README), plus room for
     a loaded machine."""
@@ -573,16 +615,8 @@ def test_a_daemon_frozen_inside_a_turn_is_rescued_within_the_stated_time(
     jobs.submit("span", payload, id="busy1")
     wait_until(lambda: running_now(spans) == {"busy0", "busy1"}, 30, what="both to run on a")
     b = start("b")
-    frozen_at = None
-    for _ in range(100):  # freeze until a freeze lands inside a transaction that wrote
-        a.signal(signal.SIGSTOP)
-        if idle_holding_rows(pg_url):
-            frozen_at = time.monotonic()
-            break
-        a.signal(signal.SIGCONT)
-        time.sleep(0.05)
-    assert frozen_at is not None, "no freeze landed inside a turn"
     try:
+        frozen_at = freeze_inside_a_turn(a, pg_url)
         stated = LEASE + LEASE / 3 + 1.25 * LEASE / 7.5
         wait_until(
             lambda: {"busy0", "busy1"} <= {j for e in b.events("daemon.rescue") for j in e["jobs"]},
