@@ -1,3 +1,3 @@
-from procpool.infrastructure.cli import main
+from procpool.entrypoints.cli import main
 
 main(prog_name="procpool")

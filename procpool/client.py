@@ -38,7 +38,16 @@ from typing import Any
 
 import msgspec
 
-from procpool.application.door_messages import (
+from procpool.adapters.config import locate_home
+from procpool.adapters.home.door_socket import DoorConnection, DoorUnavailable
+from procpool.adapters.home.pidfile import running_pid
+from procpool.adapters.inbox.lookup import InboxLookup
+from procpool.adapters.inbox.rejections import RejectedFiles
+from procpool.adapters.inbox.untrusted_files import read_regular
+from procpool.adapters.reader_factory import open_reader
+from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
+from procpool.adapters.stores.stats import Stats, collect
+from procpool.application.wire.door_messages import (
     MAX_REQUEST_BYTES,
     Accepted,
     Cancel,
@@ -54,15 +63,6 @@ from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.timefmt import rfc3339
-from procpool.infrastructure.config import locate_home
-from procpool.infrastructure.door_socket import DoorConnection, DoorUnavailable
-from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.job_reader import JobReader, SharedJobStore
-from procpool.infrastructure.pidfile import running_pid
-from procpool.infrastructure.reader_factory import open_reader
-from procpool.infrastructure.rejections import RejectedFiles
-from procpool.infrastructure.stats import Stats, collect
-from procpool.infrastructure.untrusted_files import read_regular
 
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
@@ -799,7 +799,7 @@ class Client:
     def is_waiting_in_inbox(self, job_id: str) -> bool:
         """Whether a regular file named after this job (`ID.json`, `ID.*.json`), or a
         batch file holding it, still waits in the inbox: looked up by name, the inbox
-        listed only when it changed since the last look (infrastructure/inbox_lookup.py).
+        listed only when it changed since the last look (adapters/inbox/lookup.py).
         An id that no job can have (CONTRACT 2; one too long for a file name) waits
         nowhere."""
         try:

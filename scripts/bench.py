@@ -45,10 +45,10 @@ import bench_peers
 import psutil
 
 from procpool import Client
+from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.domain import job as job_model
 from procpool.domain.job import Job
 from procpool.domain.spec import JobDefaults, JobSpec, to_job
-from procpool.infrastructure.sqlite_store import SqliteJobStore
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 2

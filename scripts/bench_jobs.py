@@ -14,8 +14,8 @@ from typing import Any
 import example_handlers
 
 from procpool.application.handlers import JobContext
-from procpool.builtin_handlers import cpu as cpu_handler
-from procpool.builtin_handlers import echo as echo_handler
+from procpool.entrypoints.builtin_handlers import cpu as cpu_handler
+from procpool.entrypoints.builtin_handlers import echo as echo_handler
 
 # The handlers ignore their context for these payloads; one is made per process.
 _CONTEXT = JobContext("bench", 1, lambda fraction, message: None)

@@ -20,7 +20,7 @@ from typing import Any
 from loguru import logger
 
 from procpool import JobContext, PermanentError, handler
-from procpool.builtin_handlers import _spin
+from procpool.entrypoints.builtin_handlers import _spin
 
 
 def _work(ctx: JobContext, kind: str, payload: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procpool.infrastructure.inbox import FileInbox
+from procpool.adapters.inbox.directory import FileInbox
 
 
 def measure(files: int, scans: int, batch: int) -> list[float]:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from procpool import JobContext, handler
-from procpool.application.channel import WorkerEnd
+from procpool.application.wire.channel import WorkerEnd
 
 _forked_from: list[JobContext] = []  # the job's context, inherited by forked children
 

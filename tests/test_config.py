@@ -13,16 +13,16 @@ import msgspec
 import pytest
 from conftest import Daemon, run_cli
 
-from procpool.application.settings import Settings
-from procpool.domain.errors import ConfigError
-from procpool.infrastructure.config import (
+from procpool.adapters.config import (
     Config,
     default_home,
     load,
     resolve_home,
     unknown_variables,
 )
-from procpool.infrastructure.daemon import settings_from
+from procpool.application.supervisor.settings import Settings
+from procpool.domain.errors import ConfigError
+from procpool.entrypoints.daemon import settings_from
 
 DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
 

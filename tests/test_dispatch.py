@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from procpool.application.dispatch import BatchSizer, Holder, Plan, plan, share
+from procpool.application.supervisor.dispatch import BatchSizer, Holder, Plan, plan, share
 from procpool.domain.job import Job, Status
 
 PATIENCE = 0.002

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from procpool.application.fleet import (
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.application.handlers import HandlerRegistry
+from procpool.application.supervisor.fleet import (
     EXIT_WAIT,
     STARTUP_TIMEOUT,
     Began,
@@ -30,10 +32,9 @@ from procpool.application.fleet import (
     Send,
     WorkerState,
 )
-from procpool.application.handlers import HandlerRegistry
-from procpool.application.intake import Intake
-from procpool.application.ledger import Ledger
-from procpool.application.messages import (
+from procpool.application.supervisor.intake import Intake
+from procpool.application.supervisor.ledger import Ledger
+from procpool.application.wire.messages import (
     Finished,
     Heartbeat,
     LogLine,
@@ -48,7 +49,6 @@ from procpool.application.messages import (
 from procpool.domain.fate import Cause
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
-from procpool.infrastructure.memory_store import MemoryJobStore
 
 WALL = 1_800_000_000.0
 HEARTBEAT = 10.0

@@ -148,7 +148,7 @@ TRACKER = textwrap.dedent(
         return connection
 
     sqlite3.connect = connect
-    from procpool.infrastructure.cli import main
+    from procpool.entrypoints.cli import main
 
     sys.argv[0] = "procpool"
     try:

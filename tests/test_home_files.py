@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, run_cli, wait_until
 
-from procpool.infrastructure.home_files import HomeDir, UnsafeHomeFile
+from procpool.adapters.home.files import HomeDir, UnsafeHomeFile
 
 VICTIM = b"the daemon user's own file: not to be written through a link\n"
 

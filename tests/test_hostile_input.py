@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from conftest import Daemon, clean_env, run_cli, wait_until
 
+from procpool.adapters.inbox import directory as inbox_module
+from procpool.adapters.inbox.directory import FileInbox
+from procpool.adapters.inbox.rejections import read_regular
 from procpool.application import events
 from procpool.domain.spec import ID_RULE, MAX_DEPTH, RFC3339_RULE
-from procpool.infrastructure import inbox as inbox_module
-from procpool.infrastructure.inbox import FileInbox
-from procpool.infrastructure.rejections import read_regular
 
 MiB = 1024 * 1024
 

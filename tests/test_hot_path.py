@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from procpool.application import supervisor as module
-from procpool.application.channel import SupervisorEnd, WorkerEnd
-from procpool.application.fleet import WorkerState
-from procpool.application.messages import Finished, RunJob
-from procpool.application.supervisor import Supervisor, _Effects
-from procpool.infrastructure.logs import StandardError
+from procpool.adapters.logs.writer import StandardError
+from procpool.application.supervisor import loop as module
+from procpool.application.supervisor.fleet import WorkerState
+from procpool.application.supervisor.loop import Supervisor, _Effects
+from procpool.application.wire.channel import SupervisorEnd, WorkerEnd
+from procpool.application.wire.messages import Finished, RunJob
 
 
 def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:

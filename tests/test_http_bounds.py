@@ -21,7 +21,7 @@ import pytest
 from conftest import Daemon, wait_until
 from http_helpers import Server
 
-from procpool.infrastructure.http import bounds
+from procpool.entrypoints.http import bounds
 
 HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: local"  # and then nothing, or a byte now and then
 

@@ -1,4 +1,4 @@
-"""Looking an id up in the inbox by name (infrastructure/inbox_lookup.py): what it
+"""Looking an id up in the inbox by name (adapters/inbox/lookup.py): what it
 finds, that it lists the inbox once per change of it and not once per look-up, and
 that a listing made in the same clock tick as a change is never trusted."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from procpool.infrastructure.change_stamp import RACY_NS, ChangeStamp
-from procpool.infrastructure.inbox_lookup import InboxLookup
-from procpool.infrastructure.rejections import RejectedFiles
+from procpool.adapters.inbox.change_stamp import RACY_NS, ChangeStamp
+from procpool.adapters.inbox.lookup import InboxLookup
+from procpool.adapters.inbox.rejections import RejectedFiles
 
 
 def settle(directory: Path) -> None:

@@ -23,17 +23,17 @@ from conftest import Daemon, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from procpool.adapters.inbox import directory as inbox_module
+from procpool.adapters.inbox.directory import FileInbox
+from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application import events
-from procpool.application.fleet import Fleet, Limits
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.intake import Intake, Received
-from procpool.application.ledger import Ledger
+from procpool.application.supervisor.fleet import Fleet, Limits
+from procpool.application.supervisor.intake import Intake, Received
+from procpool.application.supervisor.ledger import Ledger
 from procpool.domain.job import Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
-from procpool.infrastructure import inbox as inbox_module
-from procpool.infrastructure.inbox import FileInbox
-from procpool.infrastructure.memory_store import MemoryJobStore
 
 NOW = 1_800_000_000.0
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from procpool.adapters.reader_factory import open_reader
+from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
+from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.application.ports import JobStore, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
 from procpool.domain.errors import DuplicateId
 from procpool.domain.job import Job, Run, Status
-from procpool.infrastructure.job_reader import JobReader, SharedJobStore
-from procpool.infrastructure.reader_factory import open_reader
-from procpool.infrastructure.sqlite_store import SqliteJobStore
 
 NOW = 1_800_000_000.0
 
@@ -39,7 +39,7 @@ def pair(
     monkeypatch.delenv("PROCPOOL_CONFIG", raising=False)
     store: JobStore
     if request.param == "postgresql":
-        from procpool.infrastructure.postgres_store import PostgresJobStore  # noqa: PLC0415
+        from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
 
         url = request.getfixturevalue("pg_url")
         store = PostgresJobStore(url, tmp_path)

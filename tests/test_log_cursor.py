@@ -1,4 +1,4 @@
-"""Following the log (infrastructure/log_cursor.py), the one follower of `procpool logs
+"""Following the log (adapters/logs/cursor.py), the one follower of `procpool logs
 -f` and the SSE stream: rotations, truncation, a file not there yet, an over-long line."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from procpool.infrastructure.log_cursor import MAX_LINE, LogCursor
+from procpool.adapters.logs.cursor import MAX_LINE, LogCursor
 
 
 @pytest.fixture(autouse=True)

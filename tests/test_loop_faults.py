@@ -15,7 +15,7 @@ import psutil
 import pytest
 from conftest import FAULTS, Daemon, wait_until
 
-from procpool.application.door import Door
+from procpool.application.supervisor.door import Door
 
 BEAT = {"PROCPOOL_HEARTBEAT_INTERVAL": "0.2", "PROCPOOL_HEARTBEAT_TIMEOUT": "2"}
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from procpool.application.fleet import Deliver, Fleet, Limits, RunEnded, Send
-from procpool.application.ledger import Ledger
-from procpool.application.membership import reconcile
-from procpool.application.messages import Finished, Ready, RunJob, Started
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.application.supervisor.fleet import Deliver, Fleet, Limits, RunEnded, Send
+from procpool.application.supervisor.ledger import Ledger
+from procpool.application.supervisor.membership import reconcile
+from procpool.application.wire.messages import Finished, Ready, RunJob, Started
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
-from procpool.infrastructure.memory_store import MemoryJobStore
 
 WALL = 1_700_000_000.0
 W = 11

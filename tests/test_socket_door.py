@@ -20,7 +20,7 @@ import pytest
 from conftest import Daemon, wait_until
 
 from procpool import BatchJobRefused, Client, DuplicateId, InvalidJobFile, JobRejected
-from procpool.application.door_messages import Submit, Wait
+from procpool.application.wire.door_messages import Submit, Wait
 
 SOCKET = "procpool.sock"
 

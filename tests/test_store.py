@@ -13,6 +13,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.adapters.stores.sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteJobStore,
+)
+from procpool.adapters.stores.sqlite_reader import StoreReader
 from procpool.application.ports import (
     FileProgress,
     JobStore,
@@ -22,13 +29,6 @@ from procpool.application.ports import (
 )
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Progress, Status
-from procpool.infrastructure.memory_store import MemoryJobStore
-from procpool.infrastructure.sqlite_store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SqliteJobStore,
-)
-from procpool.infrastructure.store_reader import StoreReader
 
 try:
     from psycopg.errors import UniqueViolation
@@ -56,7 +56,7 @@ def a_job(job_id: str, *, priority: int = 0, run_at: float = NOW, **changes: obj
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     opened: JobStore
     if request.param == "postgresql":
-        from procpool.infrastructure.postgres_store import PostgresJobStore  # noqa: PLC0415
+        from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
 
         opened = PostgresJobStore(request.getfixturevalue("pg_url"), tmp_path)
     elif request.param == "sqlite":
@@ -453,7 +453,7 @@ def test_a_lease_renewed_late_in_a_transaction_counts_from_the_renewal(
     and the others would rescue its jobs while it still runs them."""
     import psycopg  # noqa: PLC0415
 
-    from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
+    from procpool.adapters.stores.postgres import PostgresJobStore, Timing  # noqa: PLC0415
 
     # Lease 6 s: the pause stays under the margin (2 s), past which the server ends a
     # session idle in a transaction.
@@ -480,9 +480,9 @@ def test_the_wal_is_emptied_once_no_reader_holds_it(
     """Past wal_max_bytes, a commit's look (at most once a second; every commit here)
     tries a TRUNCATE checkpoint that does not wait: it fails while a reader holds old
     frames, and empties the WAL once the reader lets go."""
-    monkeypatch.setattr("procpool.infrastructure.sqlite_store.WAL_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr("procpool.adapters.stores.sqlite.WAL_CHECK_INTERVAL", 0.0)
     # A checkpoint that waited for the reader would wait this long, at every commit.
-    monkeypatch.setattr("procpool.infrastructure.sqlite_store.LOCK_WAIT", 30.0)
+    monkeypatch.setattr("procpool.adapters.stores.sqlite.LOCK_WAIT", 30.0)
     path = tmp_path / "db"
     wal = tmp_path / "db-wal"
     store = SqliteJobStore(path, wal_max_bytes=64 * 1024)
@@ -513,8 +513,8 @@ def test_a_postgresql_turn_frozen_inside_its_transaction_frees_its_rows_within_t
     others' rescue well before it comes due (lease + margin after the last renewal)."""
     import psycopg  # noqa: PLC0415
 
+    from procpool.adapters.stores.postgres import PostgresJobStore, Timing  # noqa: PLC0415
     from procpool.application.ports import StoreLost  # noqa: PLC0415
-    from procpool.infrastructure.postgres_store import PostgresJobStore, Timing  # noqa: PLC0415
 
     store = PostgresJobStore(pg_url, tmp_path, Timing(lease=3.0))  # margin 1 s
     other = psycopg.connect(pg_url, autocommit=True)

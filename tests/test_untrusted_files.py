@@ -1,4 +1,4 @@
-"""Reading a file someone else put there (infrastructure/untrusted_files.py): what is
+"""Reading a file someone else put there (adapters/inbox/untrusted_files.py): what is
 read, and the table of what is refused without being followed, waited on or read."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procpool.infrastructure.untrusted_files import open_regular, read_bounded, read_regular
+from procpool.adapters.inbox.untrusted_files import open_regular, read_bounded, read_regular
 
 LIMIT = 100
 

@@ -1,6 +1,6 @@
 """Every log line is an event with a stable name (CONTRACT section 7).
 
-The daemon's event log is written through a sink that infrastructure installs
+The daemon's event log is written through a sink that the adapters install
 with `configure`: a flat JSON line and a readable line per event, gathered per
 loop turn. Events do not pass through loguru on that path: its per-record work
 (about 30 us) was the largest single cost of the supervisor under load. Loguru

@@ -10,7 +10,7 @@ be vouched for, without the supervisor and without the workers' GIL (DESIGN 16).
 ```
 
 The supervisor writes, after each commit, the CLOCK_BOOTTIME second until which its
-lease holds (the last committed renewal + lease - margin: postgres_store.Timing),
+lease holds (the last committed renewal + lease - margin: adapters/stores/postgres.py, Timing),
 and the pid of each worker it forks. The watchdog, a process forked by the
 supervisor before any worker, sleeps on CLOCK_BOOTTIME (which counts suspend) until
 that second; if no renewal moved it on meanwhile, it kills every worker's group.

@@ -109,7 +109,7 @@ def handler(job_type: str) -> Callable[[Handler], Handler]:
 def load_handler_modules(modules: Iterable[str]) -> list[str]:
     """Import the named modules and the entry points of group `procpool.handlers`.
     Returns what was loaded, for the log. The built-in handlers are not among them:
-    whoever serves the registry imports procpool.builtin_handlers (the daemon's
+    whoever serves the registry imports procpool.entrypoints.builtin_handlers (the daemon's
     wiring does), so that the registry does not import its own handlers.
 
     Raises:

@@ -1,6 +1,6 @@
 """What the application needs from the outside world, as interfaces.
 
-The supervisor is written against these; infrastructure provides SQLite and
+The supervisor is written against these; the adapters provide SQLite and
 in-memory stores and the file-system inbox.
 """
 
@@ -247,7 +247,7 @@ class SharedStore(JobStore, Protocol):
 
 class StartRegister(Protocol):
     """Which run each worker has begun, kept where it outlives the daemon (see
-    infrastructure/start_register.py): one slot per live worker."""
+    adapters/home/start_register.py): one slot per live worker."""
 
     def begun(self) -> set[int]:
         """The leases of the runs the workers of earlier daemons began last."""

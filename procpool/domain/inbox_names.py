@@ -6,7 +6,7 @@
                        may hold job ID, for every prefix of the stem ending at a dot
     FIRST.batch*.json  a batch written while no daemon ran: its ids are inside
 
-The daemon (intake), the client's look-ups (inbox_lookup.py), the reports of
+The daemon (intake), the client's look-ups (adapters/inbox/lookup.py), the reports of
 rejected files (rejections.py) and the HTTP API's digests all go through here, so
 that a file is given the same ids wherever it is looked at. Names only: whether
 an id is valid is `spec.check_id`'s business.

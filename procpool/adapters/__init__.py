@@ -1,0 +1,2 @@
+"""The outside world as the application sees it: stores, the inbox, logs,
+configuration, the home's files."""

@@ -1,0 +1,1 @@
+"""The daemon's JSON log: written, read back and followed."""

@@ -1,0 +1,554 @@
+"""The daemon's logs: flat JSON lines in logs/procpool.jsonl, a readable line on stderr.
+
+Only the supervisor writes them (DESIGN decision 1); workers send their lines
+up their channels. Both sinks write synchronously: loguru's `enqueue=True`
+would start a thread in a process that forks (DESIGN decision 2). The file is
+written with plain `os.write` on an O_APPEND descriptor, so a forked worker
+holds no buffered copy of it that could be flushed twice.
+
+Neither output may stop the daemon (issue 14). What an output does not take
+now (a full disk, a paused terminal, a pipe nobody reads) waits for the next
+flush, up to a limit (1 MiB for the file, 256 KiB for stderr, which drains a
+pipe's worth per loop turn); lines beyond it are dropped and counted.
+Standard error is written through a descriptor of its own that never blocks;
+once it is gone (its reader closed the pipe, the terminal hung up) it is left
+for good. Each trouble is logged once when it starts, and again when it ends:
+
+    daemon.stderr_lost      stderr gone or closed at start (file only)
+    daemon.stderr_full      stderr took no more lines: dropping them (file only)
+    daemon.stderr_resumed   stderr drained, with the number of lines dropped
+    log.write_failed        the file cannot be written (stderr at once, file later)
+    log.write_recovered     the file is written again, with the lines lost
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import stat
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from procpool.adapters.home.files import HomeDir, UnsafeHomeFile, open_regular
+from procpool.application import events
+from procpool.domain.timefmt import rfc3339
+
+_encoder = msgspec.json.Encoder()
+_RESERVED = ("ts", "level", "event", "msg")
+LOG_NAME = "logs/procpool.jsonl"  # in the home
+_APPEND = os.O_WRONLY | os.O_APPEND
+STDERR_DRAIN_AT_EXIT = 1.0  # seconds the daemon waits, as it exits, for stderr to take its lines
+
+
+def _encode(line: dict[str, Any]) -> bytes:
+    try:
+        return _encoder.encode(line)
+    except (TypeError, ValueError):
+        return _encoder.encode(
+            {k: v if isinstance(v, str | int | float | bool) else repr(v) for k, v in line.items()}
+        )
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+class _Output(ABC):
+    """Lines gathered during one loop turn and written with one write() at its end:
+    a syscall per line was a third of the supervisor's time under load.
+
+    `flush` never raises: what the destination did not take stays (a partly written
+    line first, so it is completed, not repeated), and `error` says why; lines that
+    would take the backlog past LIMIT bytes are counted in `dropped`.
+    """
+
+    FLUSH_AT = 256 * 1024
+    LIMIT = 1024 * 1024  # bytes that may wait for a destination that does not take them
+
+    def __init__(self) -> None:
+        self._lines: list[bytes] = []
+        self._size = 0  # bytes in _lines
+        self._pending = b""  # what the last flush could not write
+        self.dropped = 0
+        self.error: OSError | None = None  # why the last flush stopped short
+
+    @property
+    def waiting(self) -> int:
+        """Bytes not written yet."""
+        return len(self._pending) + self._size
+
+    def add(self, line: bytes) -> None:
+        if self.waiting + len(line) > self.LIMIT:
+            self.dropped += 1
+            return
+        self._lines.append(line)
+        self._size += len(line)
+        # A destination that refused the last bytes is tried again at the turn's end.
+        if self._size >= self.FLUSH_AT and self.error is None:
+            self.flush()
+
+    def flush(self) -> None:
+        data = self._pending
+        if self._lines:
+            joined = b"".join(self._lines)
+            data = data + joined if data else joined
+            self._lines.clear()
+            self._size = 0
+        if not data:
+            return
+        view = memoryview(data)
+        self.error = None
+        try:
+            while view:
+                written = self._write(view)
+                if not written:  # a destination that takes nothing must not spin the loop
+                    raise BlockingIOError(errno.EAGAIN, "the write took nothing")
+                view = view[written:]
+        except OSError as error:
+            self.error = error
+        self._pending = bytes(view) if view else b""
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+    @abstractmethod
+    def _write(self, data: memoryview) -> int:
+        """Write some of `data`; return how many bytes. Raises OSError."""
+
+
+class JsonLogFile(_Output):
+    """logs/procpool.jsonl: one flat JSON object per line, appended.
+
+    Rotated by size: when a write would take the file past `max_bytes`, it is
+    renamed to `procpool.jsonl.1` (the older ones move up by one, the oldest
+    beyond `keep` is dropped) and a new file is started. The check happens once
+    per flush, so a line is never split across two files. The size is what the
+    daemon wrote since it opened the file until that count passes `max_bytes`;
+    then the file's real size (fstat) decides, and the count starts again from
+    it: a file truncated by someone else (logrotate's copytruncate) is not
+    rotated early.
+
+    The file and logs/ are opened through HomeDir: a link planted under either
+    name is refused (UnsafeHomeFile), never written through.
+
+    Raises OSError (or UnsafeHomeFile) when the file cannot be opened at start;
+    later failures to write are kept in `error` (see _Output).
+    """
+
+    def __init__(self, home: HomeDir, name: str, max_bytes: int, keep: int) -> None:
+        super().__init__()
+        self.home = home
+        self.name = name  # "logs/procpool.jsonl": a file in a directory of the home
+        self.directory, _, self.leaf = name.rpartition("/")
+        self.path = home.path / name
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        fd = self.home.open(self.name, _APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(fd).st_size
+        return fd
+
+    def _write(self, data: memoryview) -> int:
+        written = os.write(self.fd, data)
+        self.size += written
+        return written
+
+    def _full(self) -> bool:
+        if not self.size or self.size + self._size <= self.max_bytes:
+            return False
+        # The count may be stale (the file truncated from outside): one fstat each time
+        # it passes the limit, not one per write.
+        self.size = os.fstat(self.fd).st_size
+        return bool(self.size) and self.size + self._size > self.max_bytes
+
+    def flush(self) -> None:
+        # Never with a partly written line waiting: its end belongs in the same file.
+        # A log that cannot rotate (a read-only directory, say) must not stop the
+        # daemon: it keeps appending and tries again at the next flush.
+        with contextlib.suppress(OSError, UnsafeHomeFile):
+            if self._lines and not self._pending and self._full():
+                self._rotate()
+        super().flush()
+
+    def _rotate(self) -> None:
+        """Shift procpool.jsonl.N-1 to .N ... the current file to .1, then start anew."""
+        directory = self.home.directory(self.directory)
+        try:
+            leaf = self.leaf
+            for number in range(self.keep, 1, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{leaf}.{number - 1}", f"{leaf}.{number}",
+                              src_dir_fd=directory, dst_dir_fd=directory)  # fmt: skip
+            if self.keep:
+                os.rename(leaf, f"{leaf}.1", src_dir_fd=directory, dst_dir_fd=directory)
+            else:
+                os.unlink(leaf, dir_fd=directory)
+            # Whatever has the name now was put there since the rename: not ours.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leaf, dir_fd=directory)
+            flags = _APPEND | os.O_CREAT | os.O_EXCL
+            fd = open_regular(directory, leaf, self.path, flags, 0o600)
+        finally:
+            os.close(directory)
+        old, self.fd, self.size = self.fd, fd, 0
+        os.close(old)
+
+    def reopen(self) -> None:
+        """For an external logrotate: continue in a new file at the same path.
+
+        Raises OSError (UnsafeHomeFile) if it cannot be opened; the old file is kept then."""
+        super().flush()
+        fd = self._open()
+        old, self.fd = self.fd, fd
+        os.close(old)
+
+    def stop(self) -> None:
+        self.flush()
+        os.close(self.fd)
+
+
+class StandardError(_Output):
+    """The daemon's standard error, written so that it can neither block nor kill it.
+
+    Writes go through a descriptor of their own: a pipe or a terminal is opened
+    again (through /proc/self/fd) with O_NONBLOCK, which leaves the shared one
+    (the shell's terminal, the workers' stderr) as it was; a socket (journald's
+    stream) is sent to with MSG_DONTWAIT. Where neither works, a write waits for
+    poll() to say the descriptor takes PIPE_BUF bytes, and writes no more.
+
+    A write that would block leaves the lines waiting (_Output); any other error
+    (EPIPE, EIO, ...) means the reader is gone: `lost` says why, nothing is
+    written to stderr again, and descriptor 2 becomes /dev/null, so that a stray
+    write (Python's own at exit, a worker forked later) cannot fail either.
+    """
+
+    # The file has every line: a small backlog drains in a few turns once the reader
+    # is back (a pipe takes 64 KiB at a time).
+    LIMIT = 256 * 1024
+
+    def __init__(self, fd: int = 2, *, closed: bool = False) -> None:
+        super().__init__()
+        self._target = fd
+        self._fd = -1
+        self._socket: socket.socket | None = None
+        self._poll = False  # True: a blocking descriptor, written after poll() only
+        self.lost: str | None = "it was closed when the daemon started" if closed else None
+        self.discarded = False  # it is /dev/null: no line is made for it
+        if not closed:
+            self._open(fd)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a line given to `add` may reach a reader."""
+        return self.lost is None and not self.discarded
+
+    def _open(self, fd: int) -> None:
+        try:
+            info = os.fstat(fd)
+        except OSError as error:
+            self.lost = f"it is not open ({_reason(error)})"
+            return
+        mode = info.st_mode
+        with contextlib.suppress(OSError):
+            self.discarded = stat.S_ISCHR(mode) and info.st_rdev == os.stat(os.devnull).st_rdev
+        if stat.S_ISSOCK(mode):
+            self._socket = socket.socket(fileno=os.dup(fd))
+            return
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            try:
+                self._fd = os.open(f"/proc/self/fd/{fd}", flags)
+                return
+            except OSError:  # no /proc, or a FIFO without a reader (then the write says so)
+                self._poll = True
+        self._fd = os.dup(fd)  # a regular file never blocks a write
+
+    def _write(self, data: memoryview) -> int:
+        if self._socket is not None:
+            return self._socket.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        if self._poll:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLOUT)
+            if not poller.poll(0):
+                raise BlockingIOError(errno.EAGAIN, "standard error takes no more now")
+            data = data[: select.PIPE_BUF]
+        return os.write(self._fd, data)
+
+    def add(self, line: bytes) -> None:
+        if self.lost is None:
+            super().add(line)
+
+    def flush(self) -> None:
+        if self.lost is not None:
+            return
+        super().flush()
+        if self.error is not None and not isinstance(self.error, BlockingIOError):
+            self._lose(_reason(self.error))
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        self._lines.clear()
+        self._size = 0
+        self._pending = b""
+        self._close()
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            os.dup2(null, self._target)
+            os.close(null)
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self._socket is not None else self._fd
+
+    def drain(self, timeout: float) -> None:
+        """Write what waits, waiting up to `timeout` seconds for stderr to take it."""
+        deadline = time.monotonic() + timeout
+        self.flush()
+        while self.lost is None and self.waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            poller = select.poll()
+            poller.register(self.fileno(), select.POLLOUT)
+            poller.poll(left * 1000)
+            self.flush()
+
+    def _close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        elif self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+
+    def close_in_child(self) -> None:
+        self._close()
+
+    def close(self) -> None:
+        self.drain(STDERR_DRAIN_AT_EXIT)
+        self._close()
+
+
+def reserve_standard_fds() -> bool:
+    """Open /dev/null on descriptors 0, 1 and 2 where they are closed (`2>&-`), so
+    that no file the daemon opens later (the pid file, the store, a worker's socket)
+    gets one of their numbers and is written to as stdout or stderr; and give Python
+    the streams it left as None, which the code that forks flushes.
+
+    Returns whether standard error was closed."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:  # the lowest free number is the first closed one
+        os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)
+        name = ("stdin", "stdout", "stderr")[fd]
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    return 2 in closed
+
+
+def append_event(
+    home: HomeDir, name: str, level: str, event: str, message: str, **fields: Any
+) -> None:
+    """Add one line to HOME/`name`, a log that another process writes (a second daemon
+    says why it did not start in the first one's log). One O_APPEND write; errors
+    (the file absent, a link, ...) are ignored."""
+    line: dict[str, Any] = {"ts": rfc3339(time.time()), "level": level, "event": event,
+                            "msg": message, **fields}  # fmt: skip
+    with contextlib.suppress(OSError, UnsafeHomeFile):
+        fd = home.open(name, _APPEND)
+        try:
+            os.write(fd, _encode(line) + b"\n")
+        finally:
+            os.close(fd)
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """The rotated files beside `path` that exist, oldest (highest number) first."""
+    numbered = []
+    for candidate in path.parent.glob(f"{path.name}.*"):
+        suffix = candidate.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            numbered.append((int(suffix), candidate))
+    return [candidate for _, candidate in sorted(numbered, reverse=True)]
+
+
+_HUMAN_FIELDS = ("job_id", "worker_pid", "attempt", "duration_ms")
+
+
+def human_line(line: dict[str, Any]) -> str:
+    """One event as a person reads it: time, level, event, message, then the job's fields."""
+    human = (
+        f"{line.get('ts', '')} {line.get('level', ''):<7} {line.get('event', ''):<16}"
+        f" {line.get('msg', '')}"
+    )
+    fields = "  ".join(f"{key}={line[key]}" for key in _HUMAN_FIELDS if key in line)
+    return f"{human}  {fields}" if fields else human
+
+
+class DaemonLogs:
+    """The supervisor's log: each event written twice, as a flat JSON line to the
+    file and as a readable line to standard error, at one level that SIGHUP may
+    change. Loguru records made in the supervisor's process (a handler module
+    logging as it is imported, say) are routed to the same two places.
+
+    Raises OSError (UnsafeHomeFile) if the file cannot be opened; after that, nothing
+    raises.
+    """
+
+    def __init__(
+        self, home: HomeDir, level: str, max_bytes: int, keep: int, *, stderr_closed: bool = False
+    ) -> None:
+        self.file = JsonLogFile(home, LOG_NAME, max_bytes, keep)
+        self.stderr = StandardError(closed=stderr_closed)
+        self._told: set[str] = set()  # the troubles of the outputs already logged
+        self._file_failed_at = 0.0
+        self.set_level(level)
+
+    def set_level(self, level: str) -> None:
+        self._threshold = events.LEVELS.get(level.upper(), events.LEVELS["INFO"])
+        events.configure(self, level)
+        logger.remove()  # loguru's default stderr sink, and any earlier configuration
+        logger.add(self._from_loguru, level=level, format="{message}", catch=True)
+
+    def _from_loguru(self, message: Any) -> None:
+        record = message.record
+        extra = dict(record["extra"])
+        self.write_event(record["level"].name, extra.pop("event", "log"), record["message"], extra)
+
+    def write_event(
+        self, level: str, event: str, message: str, fields: dict[str, Any], stderr: bool = True
+    ) -> None:
+        line: dict[str, Any] = {"ts": rfc3339(time.time()), "level": level, "event": event,
+                                "msg": message}  # fmt: skip
+        for key, value in fields.items():
+            if value is not None and key not in _RESERVED:
+                line[key] = value
+        self.file.add(_encode(line) + b"\n")
+        if stderr and self.stderr.wanted:
+            self.stderr.add(f"{human_line(line)}\n".encode("utf-8", "replace"))
+
+    def _say(
+        self, level: str, event: str, message: str, stderr: bool = True, **fields: Any
+    ) -> None:
+        """An event about the outputs themselves, at the level events.emit would apply."""
+        if events.LEVELS[level] >= self._threshold:
+            self.write_event(level, event, message, fields, stderr)
+
+    def set_rotation(self, max_bytes: int, keep: int) -> None:
+        self.file.max_bytes = max_bytes
+        self.file.keep = keep
+
+    def flush(self) -> None:
+        """Write what the turn logged; never raises (see the module's docstring)."""
+        self.stderr.flush()
+        self.file.flush()
+        said = self._review_stderr()
+        if self._review_file() or said:
+            self.stderr.flush()  # a warning reaches stderr at once
+            if self.file.error is None:
+                self.file.flush()
+
+    def _review_stderr(self) -> bool:
+        """Log the start or the end of a trouble of stderr. Returns whether it did."""
+        stderr = self.stderr
+        if stderr.lost is not None:
+            if "stderr_lost" in self._told:
+                return False
+            self._told.add("stderr_lost")
+            self._say(
+                "WARNING",
+                "daemon.stderr_lost",
+                f"standard error is gone ({stderr.lost}): the daemon goes on, and logs"
+                " to this file only",
+                stderr=False,
+                error=stderr.lost,
+            )
+        elif stderr.dropped and "stderr_full" not in self._told:
+            self._told.add("stderr_full")
+            self._say(
+                "WARNING",
+                "daemon.stderr_full",
+                "standard error takes no lines (a paused terminal, a pipe nobody reads):"
+                f" past {stderr.LIMIT // 1024} KiB waiting, its lines are dropped until"
+                " it drains; this file has them all",
+                stderr=False,
+            )
+        elif "stderr_full" in self._told and not stderr.waiting:
+            self._told.discard("stderr_full")
+            dropped = stderr.take_dropped()
+            self._say(
+                "INFO",
+                "daemon.stderr_resumed",
+                f"standard error takes lines again; {dropped} were dropped from it",
+                dropped_lines=dropped,
+            )
+        else:
+            return False
+        return True
+
+    def _review_file(self) -> bool:
+        """Log the start or the end of a trouble of the file. Returns whether it did."""
+        file = self.file
+        if file.error is not None and "file" not in self._told:
+            self._told.add("file")
+            self._file_failed_at = time.monotonic()
+            self._say(
+                "WARNING",
+                "log.write_failed",
+                f"cannot write {file.path}: {_reason(file.error)}; the daemon goes on and"
+                " tries again at each turn",
+                error=_reason(file.error),
+            )
+        elif file.error is None and "file" in self._told:
+            self._told.discard("file")
+            dropped = file.take_dropped()
+            failed_for = time.monotonic() - self._file_failed_at
+            self._say(
+                "INFO",
+                "log.write_recovered",
+                f"{file.path} is written again after {failed_for:.1f} s; {dropped} lines were lost",
+                dropped_lines=dropped,
+                failed_for_s=round(failed_for, 3),
+            )
+        else:
+            return False
+        return True
+
+    def reopen(self) -> None:
+        try:
+            self.file.reopen()
+        except (OSError, UnsafeHomeFile) as error:
+            reason = _reason(error) if isinstance(error, OSError) else str(error)
+            self._say(
+                "WARNING",
+                "log.reopen_failed",
+                f"cannot reopen {self.file.path}: {reason}; still writing the old file",
+                error=reason,
+            )
+
+    def close_in_child(self) -> None:
+        os.close(self.file.fd)
+        self.stderr.close_in_child()
+
+    def close(self) -> None:
+        events.configure(None)
+        logger.remove()
+        self.flush()
+        self.stderr.close()
+        self.file.stop()

@@ -1,0 +1,315 @@
+"""The client's side of a PostgreSQL store: reads, submissions and cancels, directly.
+
+With `database_url` set, `Client` (and so the CLI and the HTTP API) uses this in
+place of the read-only SQLite reader and the inbox: what it reads is every daemon's
+jobs, a submission is committed when `submit` returns (idempotent by id and digest,
+as ingestion is: CONTRACT section 2), and a cancel reaches the job wherever it runs:
+a pending job is canceled at once; a running one gets `cancel_requested` and a
+notification to the daemon that owns it, which also polls for it (a notification
+is lost with a dropped connection).
+
+It is a `JobReader` (adapters/stores/job_reader.py: the reads of the client, the CLI,
+`stats` and the HTTP API, as `StoreReader` answers them on SQLite), plus `submit`,
+`cancel` and `daemons`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from procpool.adapters.stores.postgres import (
+    CANCEL_CHANNEL,
+    JOBS_CHANNEL,
+    _row,
+    connect,
+    lock_ids,
+    migrate,
+    served_types,
+)
+from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
+from procpool.adapters.stores.stats import DaemonOnDatabase
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
+from procpool.domain.job import Job, Run, Status
+from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
+
+STATEMENT_TIMEOUT = 30.0
+T = TypeVar("T")
+
+
+class PostgresClientStore:
+    """A client's connection to the shared store, opened at first use.
+
+    Raises (from every method): ProcpoolError when the database cannot be reached.
+    """
+
+    def __init__(self, url: str, defaults: JobDefaults) -> None:
+        self.url = url
+        self.defaults = defaults  # max_attempts and timeout of jobs that do not say
+        self._db: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed or self._db.broken:
+            try:
+                self._db = connect(self.url, STATEMENT_TIMEOUT)
+                # The client may come first: the tables exist before it reads or writes.
+                migrate(self._db)
+            except psycopg.OperationalError as error:
+                raise ProcpoolError(
+                    f"cannot reach the PostgreSQL database of database_url: {error}"
+                ) from None
+        return self._db
+
+    def _retried(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`operation` on the connection; once more on a new one if the old one broke
+        (the database restarted, a proxy dropped it). Every operation here may run twice:
+        reads, and writes that are idempotent (a submission by id and digest, a cancel).
+        """
+        try:
+            return operation(self._connection())
+        except psycopg.OperationalError as error:
+            if self._db is None or not self._db.broken:
+                raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
+        try:
+            return operation(self._connection())
+        except psycopg.OperationalError as error:
+            raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._retried(lambda db: db.execute(sql, parameters).fetchall())
+
+    def exists(self) -> bool:
+        return True  # the database is the store: created on first use
+
+    # ------------------------------------------------------------- writing
+
+    def submit_spec(self, job_spec: JobSpec) -> None:
+        """Submit one checked job (its id set), as a daemon would ingest its file."""
+        assert job_spec.id is not None
+        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=self.defaults, now=time.time())])
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Insert the jobs, all or none, in one transaction; an id that exists with the
+        same digest is the same submission (nothing changes).
+
+        Raises:
+            DuplicateId: an id exists with different content; nothing was inserted.
+            BatchJobRefused: (of several jobs) one has a type no daemon alive serves.
+            InvalidJobFile: the one job has such a type.
+        """
+        self._retried(lambda db: self._insert(db, jobs))
+
+    @staticmethod
+    def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+        served = served_types(db)
+        # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
+        # waits in an inbox whose daemon is down.
+        if served:
+            unknown = sorted({job.type for job in jobs} - served)
+            if unknown:
+                message = (
+                    f"unknown job type {show(unknown[0])}; no daemon alive on the database"
+                    f" has its handler; registered: {', '.join(sorted(served))}"
+                )
+                if len(jobs) == 1:
+                    raise InvalidJobFile(message)
+                number = next(n for n, job in enumerate(jobs, 1) if job.type == unknown[0])
+                raise BatchJobRefused(
+                    f"job {number} of {len(jobs)}: {message}; none of the batch was stored",
+                    number,
+                    message,
+                )
+        with db.transaction():
+            # The rows go to a table of this session first, with no lock that a daemon
+            # waits for; the ids' stripes (`lock_ids`) are held only for the one
+            # statement that moves them, so a daemon that ingests meanwhile waits for
+            # that statement, not for the whole transfer (about a quarter of it).
+            db.execute("CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs) ON COMMIT DROP")
+            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:
+                for job in jobs:
+                    copy.write_row(_row(job))
+            lock_ids(db, [job.id for job in jobs])
+            db.execute(
+                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
+                " ON CONFLICT (id) DO NOTHING"
+            )
+            differ = db.execute(
+                "SELECT s.id FROM procpool_staged s LEFT JOIN procpool_jobs j ON j.id = s.id"
+                " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
+            ).fetchone()
+            if differ is not None:
+                raise DuplicateId.of(differ[0])
+            db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def cancel(self, job_id: str) -> Status | None:
+        """Cancel a job in one transaction: a pending one becomes `canceled`, a running
+        one gets `cancel_requested` and its daemon a notification. Returns the job's
+        status after it (the running one is canceled by its daemon), None if unknown."""
+        return self._retried(lambda db: self._cancel(db, job_id))
+
+    @staticmethod
+    def _cancel(db: psycopg.Connection[Any], job_id: str) -> Status | None:
+        now = time.time()
+        with db.transaction():
+            row = db.execute(
+                "UPDATE procpool_jobs SET"
+                " status = CASE WHEN status = 'pending' THEN 'canceled' ELSE status END,"
+                " cancel_requested = cancel_requested OR status = 'running',"
+                " updated_at = CASE WHEN status = 'pending'"
+                "   THEN %s ELSE updated_at END,"
+                " finished_at = CASE WHEN status = 'pending' THEN %s ELSE finished_at END"
+                " WHERE id = %s RETURNING status, owner",
+                (now, now, job_id),
+            ).fetchone()
+            if row is None:
+                return None
+            status, owner = row
+            if status == "running" and owner is not None:
+                db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
+        return Status(status)
+
+    # ------------------------------------------------------------- reading
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = %s", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
+        )
+        return {job.id: job for job in map(_job, rows)}
+
+    def list(
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[Job]:
+        where: list[str] = []
+        parameters: list[object] = []
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            parameters.extend(before)
+        if statuses:
+            where.append("status = ANY(%s)")
+            parameters.append([str(s) for s in statuses])
+        if job_type is not None:
+            where.append("type = %s")
+            parameters.append(job_type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM procpool_jobs {clause}"
+            " ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*parameters, limit],
+        )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for job_type, status, count in self._query(
+            "SELECT type, status, count(*) FROM procpool_jobs GROUP BY type, status"
+        ):
+            table.setdefault(job_type, {})[status] = count
+        return table
+
+    def count_finished_before(self, cutoff: float) -> int:
+        rows = self._query(
+            "SELECT count(*) FROM procpool_jobs"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < %s",
+            (cutoff,),
+        )
+        return int(rows[0][0])
+
+    def retry_links(self) -> builtins.list[tuple[str, str, Status, float]]:
+        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
+        rows = self._query(
+            "SELECT id, retry_of, status, created_at FROM procpool_jobs WHERE retry_of IS NOT NULL"
+        )
+        return [(job_id, of, Status(status), created) for job_id, of, status, created in rows]
+
+    def oldest_pending_age(self, now: float | None = None) -> float | None:
+        rows = self._query("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
+        return None if rows[0][0] is None else (now or time.time()) - rows[0][0]
+
+    def worker_reports(self) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
+        """The workers of the daemons alive, on every host."""
+        rows = self._query(
+            "SELECT w.pid, w.create_time, w.state, w.current_job, w.jobs_done, w.updated_at"
+            " FROM procpool_workers w JOIN procpool_daemons d ON d.id = w.daemon_id"
+            " WHERE d.state = 'alive' ORDER BY d.id, w.pid"
+        )
+        return [
+            (
+                WorkerRecord(pid, created),
+                WorkerReport(pid, state or "starting", job, done, at or 0.0),
+            )
+            for pid, created, state, job, done, at in rows
+        ]
+
+    def runs(self, job_id: str) -> builtins.list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE job_id = %s ORDER BY ended_at, lease",
+            (job_id,),
+        )
+        return [_run(row) for row in rows]
+
+    def recent_runs(self, since: float) -> builtins.list[Run]:
+        rows = self._query(
+            f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE ended_at >= %s", (since,)
+        )
+        return [_run(row) for row in rows]
+
+    def daemons(self) -> builtins.list[DaemonOnDatabase]:
+        """The daemons registered and not known dead: those alive, and those whose lease
+        ran out and whose jobs are about to be rescued (state `expired`)."""
+        rows = self._query(
+            "SELECT d.id, d.host, d.home, d.pid,"
+            " CASE WHEN d.expires_at < now() THEN 'expired' ELSE 'alive' END,"
+            " round(extract(epoch FROM now() - d.heartbeat_at)::numeric, 3)::float8,"
+            " round(extract(epoch FROM d.expires_at - now())::numeric, 3)::float8,"
+            " (SELECT count(*) FROM procpool_jobs j WHERE j.owner = d.id"
+            "  AND j.status = 'running')"
+            " FROM procpool_daemons d WHERE d.state = 'alive' ORDER BY d.id"
+        )
+        return [DaemonOnDatabase(*row) for row in rows]
+
+    def health(self) -> dict[str, Any]:
+        """What to watch on the database: the age of the oldest open snapshot (seconds;
+        an old one keeps dead rows that every claim walks) and the jobs table's dead
+        rows."""
+        (sees_all,) = self._query(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')"
+            " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )[0]
+        oldest = self._query(
+            "SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity"
+            " WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL"
+        )[0][0]
+        dead = self._query(
+            "SELECT coalesce(n_dead_tup, 0), coalesce(n_live_tup, 0) FROM pg_stat_user_tables"
+            " WHERE relname = 'procpool_jobs'"
+        )
+        return {
+            "oldest_snapshot_age": None if oldest is None else round(max(0.0, oldest), 3),
+            "jobs_dead_tuples": dead[0][0] if dead else 0,
+            "jobs_live_tuples": dead[0][1] if dead else 0,
+            # Without pg_read_all_stats, pg_stat_activity hides the snapshots of other
+            # roles' sessions (analytics, an operator's psql): the age is then this
+            # role's alone, and says so.
+            "snapshots_hidden": None
+            if sees_all
+            else "other roles' sessions are hidden from this role:"
+            " GRANT pg_read_all_stats TO it to see their snapshots",
+        }
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

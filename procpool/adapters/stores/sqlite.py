@@ -1,0 +1,563 @@
+"""The SQLite job store: the only durable truth (DESIGN decision 4).
+
+WAL mode with `synchronous=FULL`: a committed transaction survives a power
+cut, and readers (the CLI) never block the writer (the supervisor). The
+supervisor commits once per loop turn, so durability costs one fsync per turn.
+The schema carries a version in `PRAGMA user_version`; each migration moves it
+up by one, so an older store is upgraded in place on open.
+
+Each transaction takes the write lock as it begins (`BEGIN IMMEDIATE`): a lock
+held by another process (a backup, someone in the `sqlite3` shell) is met
+before the turn has changed anything, waited for up to LOCK_WAIT (SQLite's
+busy handler, which retries with growing sleeps up to 100 ms), and then
+reported as StoreBusy for the supervisor to try again. A store file deleted or
+replaced under the daemon is StoreLost: SQLite would go on writing into the
+unlinked file, and every job accepted from then on would be gone at the next
+start.
+
+The WAL is bounded by `wal_max_bytes`. A reader that holds a snapshot (a backup,
+a `sqlite3` shell in a transaction) keeps every frame written since from being
+checkpointed, and the file grows; SQLite never shrinks it by itself. So
+`journal_size_limit` truncates it to the bound whenever SQLite starts it over,
+and at most once a second, after a commit, a WAL found past the bound gets a
+TRUNCATE checkpoint that does not wait: it fails at once while a reader still
+holds the old frames, and empties the file once none does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from procpool.adapters.home.files import check_plain
+from procpool.application.ports import (
+    FileProgress,
+    LineError,
+    SchemaTooNew,
+    StoreBusy,
+    StoreReplaced,
+    WorkerRecord,
+    WorkerReport,
+)
+from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
+
+MIGRATIONS: list[str] = [
+    # 1: jobs and the workers of the running daemon
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        timeout REAL,
+        priority INTEGER NOT NULL,
+        run_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT,
+        result BLOB,
+        progress BLOB,
+        worker_pid INTEGER,
+        lease INTEGER NOT NULL,
+        started_at REAL,
+        cancel_requested INTEGER NOT NULL,
+        digest TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_pending_order ON jobs (priority DESC, run_at) WHERE status = 'pending';
+    CREATE INDEX jobs_status_updated ON jobs (status, updated_at);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    CREATE TABLE workers (
+        pid INTEGER PRIMARY KEY,
+        create_time REAL NOT NULL
+    );
+    """,
+    # 2: the attempt history, worker state for `stats`, retries of terminal jobs
+    """
+    CREATE TABLE runs (
+        job_id TEXT NOT NULL,
+        lease INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker_pid INTEGER,
+        started_at REAL,
+        ended_at REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        exit_signal TEXT,
+        PRIMARY KEY (job_id, lease)
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_ended ON runs (ended_at);
+    ALTER TABLE jobs ADD COLUMN retry_of TEXT;
+    -- The oldest pending job's age, for stats and metrics.
+    CREATE INDEX jobs_pending_created ON jobs (created_at) WHERE status = 'pending';
+    ALTER TABLE workers ADD COLUMN state TEXT;
+    ALTER TABLE workers ADD COLUMN current_job TEXT;
+    ALTER TABLE workers ADD COLUMN jobs_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workers ADD COLUMN updated_at REAL;
+    """,
+    # 3: due jobs apart from scheduled ones, so that finding the next due jobs is one
+    # seek whatever the number of priority levels (the scheduled ones are promoted to
+    # ready by `due` once their run_at has come; 0 here: the first `due` promotes them)
+    """
+    ALTER TABLE jobs ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_pending_order;
+    CREATE INDEX jobs_ready_order ON jobs (priority DESC, run_at)
+        WHERE status = 'pending' AND ready = 1;
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE status = 'pending' AND ready = 0;
+    """,
+    # 4: how far each large .jsonl file has been judged, committed with the jobs of its
+    # lines (see ports.FileProgress), and its bad lines so far, for the report at its end
+    """
+    CREATE TABLE inbox_progress (
+        key TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        byte_offset INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        rejected INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE inbox_line_errors (
+        key TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (key, line)
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS = (
+    "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
+    " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
+    " cancel_requested, digest, retry_of"
+)
+RUN_COLUMNS = (
+    "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
+)
+_progress_decoder = msgspec.json.Decoder(Progress)
+# Seconds a transaction waits for a lock another process holds before StoreBusy: short,
+# so that the supervisor's loop regains control and says the store is busy.
+LOCK_WAIT = 1.0
+# Seconds a migration waits for the lock at start.
+MIGRATION_LOCK_WAIT = 10.0
+# Seconds between looks at the WAL's size (a stat), after a commit.
+WAL_CHECK_INTERVAL = 1.0
+WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints keep it at
+
+
+# A row of the jobs table in COLUMNS' order, as SQLite returns it (and PostgreSQL,
+# whose cancel_requested is a boolean): payload and result as JSON bytes, progress
+# as msgspec JSON, cancel_requested as 0 or 1.
+JobRow = tuple[
+    str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
+    bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
+]  # fmt: skip
+# A row of the runs table in RUN_COLUMNS' order.
+RunRow = tuple[
+    str, str, int, int, int | None, float | None, float, str, str | None, str | None
+]  # fmt: skip
+
+
+def _job(row: JobRow) -> Job:
+    (
+        job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
+        run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
+        started_at, cancel_requested, digest, retry_of,
+    ) = row  # fmt: skip
+    return Job(
+        id=job_id,
+        type=job_type,
+        payload=payload,
+        status=Status(status),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        priority=priority,
+        run_at=run_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        last_error=last_error,
+        result=result,
+        progress=None if progress is None else _progress_decoder.decode(progress),
+        worker_pid=worker_pid,
+        lease=lease,
+        started_at=started_at,
+        cancel_requested=bool(cancel_requested),
+        digest=digest,
+        retry_of=retry_of,
+    )
+
+
+def _run(row: RunRow) -> Run:
+    job_id, job_type, lease, attempt, pid, started, ended, outcome, error, exit_signal = row
+    return Run(
+        job_id=job_id, type=job_type, lease=lease, attempt=attempt, worker_pid=pid,
+        started_at=started, ended_at=ended, outcome=outcome, error=error, exit_signal=exit_signal,
+    )  # fmt: skip
+
+
+def _is_ready(job: Job) -> int:
+    """Whether a pending job was due when it was last written (the `ready` column)."""
+    return int(job.run_at <= job.updated_at)
+
+
+def _row(job: Job) -> tuple[*JobRow, int]:
+    """The row that insert writes: the job's, then `ready`."""
+    return (
+        job.id, job.type, job.payload, str(job.status), job.attempts, job.max_attempts,
+        job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
+        job.result, None if job.progress is None else msgspec.json.encode(job.progress),
+        job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
+        job.retry_of, _is_ready(job),
+    )  # fmt: skip
+
+
+def _column_value(job: Job, name: str) -> object:
+    value = getattr(job, name)
+    if name == "progress":
+        return None if value is None else msgspec.json.encode(value)
+    if name == "status":
+        return str(value)
+    if name == "cancel_requested":
+        return int(value)
+    return value
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode, None if it is gone."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the store has schema version {version}; this procpool knows up to {SCHEMA_VERSION}",
+            version,
+            SCHEMA_VERSION,
+        )
+    for number in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[number].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number + 1}")
+        db.execute("COMMIT")
+
+
+class SqliteJobStore:
+    """The writer. Used by the supervisor only."""
+
+    shared = False  # one daemon per file: the supervisor is the only writer
+
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", wal_max_bytes: int = WAL_MAX_BYTES
+    ) -> None:
+        """Open (create, migrate) the store at `path`.
+
+        Raises:
+            UnsafeHomeFile: the file, its -wal or its -shm is a link or not a regular
+                file (SQLite would follow a link), or the file is another user's.
+            SchemaTooNew: written by a newer procpool.
+            sqlite3.Error: the file cannot be opened or is not a database.
+        """
+        self.path = path
+        check_plain(path)
+        for suffix in ("-wal", "-shm"):
+            # Any owner's: a reader (a producer of the home's group) makes them when it
+            # opens the store while no daemon has it open.
+            check_plain(path.with_name(path.name + suffix), any_owner=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        try:
+            # Takes effect only on a new, empty file: retention frees pages incrementally.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            self._db.execute(f"PRAGMA busy_timeout = {int(MIGRATION_LOCK_WAIT * 1000)}")
+            # 32 MiB of page cache (default 2 MiB): inserts into six b-trees at once stay in
+            # memory.
+            self._db.execute("PRAGMA cache_size = -32768")
+            self._db.execute(f"PRAGMA journal_size_limit = {int(wal_max_bytes)}")
+            _migrate(self._db)
+        except BaseException:
+            self._db.close()  # a store refused (SchemaTooNew) leaves no connection open
+            raise
+        self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+        self._identity = _identity(path)
+        self._wal = path.with_name(path.name + "-wal")
+        self._wal_max_bytes = wal_max_bytes
+        self._next_wal_check = 0.0  # monotonic
+        self._updates: dict[str, str] = {}  # UPDATE statements by the columns they set
+        # What the due query can find, known from what this process wrote since its last
+        # look: no ready job (skip the SELECT), the earliest scheduled run_at (skip the
+        # promotion until then; inf: none). None: not known, look.
+        self._none_ready = False
+        self._earliest_scheduled: float | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """See JobStore.transaction. Raises StoreBusy on entry, StoreReplaced if the file
+        was deleted or replaced, sqlite3.Error for a store that fails."""
+        # A stat per turn (about a microsecond) rather than every few turns: a turn
+        # committed into a deleted file would have its inbox files removed after it.
+        if _identity(self.path) != self._identity:
+            raise StoreReplaced(
+                f"the store {self.path} was deleted or replaced while the daemon ran"
+            )
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise StoreBusy(f"{error} (another process holds {self.path.name})") from error
+            raise
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            # What was noted of the writes undone no longer holds: look again.
+            self._none_ready = False
+            self._earliest_scheduled = None
+            raise
+        self._db.execute("COMMIT")
+        now = time.monotonic()
+        if now >= self._next_wal_check:
+            self._next_wal_check = now + WAL_CHECK_INTERVAL
+            self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """Empty a WAL past `wal_max_bytes` if no reader holds its frames; never waits."""
+        try:
+            size = os.stat(self._wal).st_size
+        except FileNotFoundError:
+            return
+        if size <= self._wal_max_bytes:
+            return
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            # A reader still on old frames makes it return busy at once (no exception).
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def _by_id(self, column: str, job_ids: Sequence[str]) -> dict[str, str]:
+        """A text column of the jobs found, by id."""
+        found: dict[str, str] = {}
+        if len(job_ids) == 1:  # the common case of one submission: no IN list to build
+            found.update(self._db.execute(f"SELECT id, {column} FROM jobs WHERE id = ?", job_ids))
+            return found
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._db.execute(f"SELECT id, {column} FROM jobs WHERE id IN ({marks})", chunk)
+            )
+        return found
+
+    def digests(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return self._by_id("digest", job_ids)
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        return {job_id: Status(status) for job_id, status in self._by_id("status", job_ids).items()}
+
+    def insert(self, jobs: Sequence[Job]) -> None:
+        rows = [_row(job) for job in jobs]
+        marks = ",".join("?" * 21)
+        self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
+        for row in rows:
+            self._noted(row[3], row[8], row[-1])
+
+    def save(
+        self,
+        job: Job,
+        *,
+        expected: Status,
+        expected_lease: int,
+        fields: Sequence[str] = MUTABLE_FIELDS,
+    ) -> bool:
+        # Naming only the columns that changed spares SQLite the upkeep of indexes
+        # over the others (run_at, priority, created_at are in the pending indexes).
+        values = [_column_value(job, name) for name in fields]
+        names = list(fields)
+        if "run_at" in names or "status" in names:
+            names.append("ready")
+            values.append(_is_ready(job))
+        key = f"{','.join(names)}"
+        sql = self._updates.get(key)
+        if sql is None:
+            sql = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)}"
+            sql += " WHERE id = ? AND status = ? AND lease = ?"
+            self._updates[key] = sql
+        cursor = self._db.execute(sql, (*values, job.id, str(expected), expected_lease))
+        if cursor.rowcount != 1:
+            return False
+        if job.status is Status.PENDING:
+            self._noted("pending", job.run_at, _is_ready(job))
+        return True
+
+    def _noted(self, status: str, run_at: float, ready: int) -> None:
+        """A pending job was written: the due query may find it, or, if it is scheduled,
+        it may be the next to become due."""
+        if status != "pending":
+            return
+        if ready:
+            self._none_ready = False
+        elif self._earliest_scheduled is not None and run_at < self._earliest_scheduled:
+            self._earliest_scheduled = run_at
+
+    def _scheduled_from(self, after: float) -> float | None:
+        earliest: float | None
+        (earliest,) = self._db.execute(
+            "SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled"
+            " WHERE status = 'pending' AND ready = 0 AND run_at > ?",
+            (after,),
+        ).fetchone()
+        return earliest
+
+    def due(self, now: float, limit: int) -> list[Job]:
+        # Scheduled jobs whose time has come join the ready ones first: then the most
+        # urgent due jobs are the head of one index, whatever the number of priority
+        # levels or of jobs scheduled for later. What this process wrote tells when
+        # neither query can find anything: the supervisor is the only writer.
+        if self._earliest_scheduled is None or self._earliest_scheduled <= now:
+            self._db.execute(
+                "UPDATE jobs INDEXED BY jobs_scheduled SET ready = 1"
+                " WHERE status = 'pending' AND ready = 0 AND run_at <= ?",
+                (now,),
+            )
+            self._earliest_scheduled = self._scheduled_from(now) or math.inf
+            self._none_ready = False
+        if self._none_ready:
+            return []
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready_order"
+            " WHERE status = 'pending' AND ready = 1 ORDER BY priority DESC, run_at LIMIT ?",
+            (limit,),
+        ).fetchall()
+        self._none_ready = not rows
+        return [_job(row) for row in rows]
+
+    def next_run_at(self, after: float) -> float | None:
+        known = self._earliest_scheduled
+        if known is not None and known > after:
+            return None if known == math.inf else known
+        return self._scheduled_from(after)
+
+    def left_running(self) -> list[Job]:
+        return self.with_status(Status.RUNNING)
+
+    def with_status(self, status: Status) -> list[Job]:
+        rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE status = ?", (str(status),))
+        return [_job(row) for row in rows]
+
+    def max_lease(self) -> int:
+        highest: int = self._db.execute("SELECT coalesce(max(lease), 0) FROM jobs").fetchone()[0]
+        return highest
+
+    def add_worker(self, worker: WorkerRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO workers (pid, create_time) VALUES (?, ?)",
+            (worker.pid, worker.create_time),
+        )
+
+    def remove_worker(self, pid: int) -> None:
+        self._db.execute("DELETE FROM workers WHERE pid = ?", (pid,))
+
+    def workers(self) -> list[WorkerRecord]:
+        return [
+            WorkerRecord(*row) for row in self._db.execute("SELECT pid, create_time FROM workers")
+        ]
+
+    def update_workers(self, reports: Sequence[WorkerReport]) -> None:
+        self._db.executemany(
+            "UPDATE workers SET state = ?, current_job = ?, jobs_done = ?, updated_at = ?"
+            " WHERE pid = ?",
+            [(w.state, w.current_job, w.jobs_done, w.updated_at, w.pid) for w in reports],
+        )
+
+    def record_runs(self, runs: Sequence[Run]) -> None:
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({','.join('?' * 10)})",
+            [
+                (r.job_id, r.type, r.lease, r.attempt, r.worker_pid, r.started_at, r.ended_at,
+                 r.outcome, r.error, r.exit_signal)
+                for r in runs
+            ],
+        )  # fmt: skip
+
+    def counts(self) -> dict[tuple[str, Status], int]:
+        rows = self._db.execute("SELECT type, status, count(*) FROM jobs GROUP BY type, status")
+        return {(job_type, Status(status)): count for job_type, status, count in rows}
+
+    def oldest_pending_created(self) -> float | None:
+        row = self._db.execute(
+            "SELECT created_at FROM jobs INDEXED BY jobs_pending_created"
+            " WHERE status = 'pending' ORDER BY created_at LIMIT 1"
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
+        rows = self._db.execute(
+            "SELECT id, type, status FROM jobs INDEXED BY jobs_status_updated"
+            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < ? LIMIT ?",
+            (cutoff, limit),
+        ).fetchall()
+        ids = [(job_id,) for job_id, _, _ in rows]
+        self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
+        self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        return [(job_type, Status(status)) for _, job_type, status in rows]
+
+    def vacuum_step(self, pages: int) -> None:
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+
+    def files_in_progress(self) -> dict[str, FileProgress]:
+        rows = self._db.execute(
+            "SELECT key, version, byte_offset, line, entries, accepted, rejected"
+            " FROM inbox_progress"
+        )
+        return {row[0]: FileProgress(*row) for row in rows}
+
+    def save_progress(self, progress: FileProgress, errors: Sequence[LineError]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO inbox_progress"
+            " (key, version, byte_offset, line, entries, accepted, rejected)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                progress.key, progress.version, progress.offset, progress.line,
+                progress.entries, progress.accepted, progress.rejected,
+            ),
+        )  # fmt: skip
+        self._db.executemany(
+            "INSERT OR REPLACE INTO inbox_line_errors (key, line, error) VALUES (?, ?, ?)",
+            [(progress.key, e.line, e.error) for e in errors],
+        )
+
+    def line_errors(self, key: str) -> list[LineError]:
+        rows = self._db.execute(
+            "SELECT line, error FROM inbox_line_errors WHERE key = ? ORDER BY line", (key,)
+        )
+        return [LineError(line, error) for line, error in rows]
+
+    def forget_progress(self, key: str) -> None:
+        self._db.execute("DELETE FROM inbox_progress WHERE key = ?", (key,))
+        self._db.execute("DELETE FROM inbox_line_errors WHERE key = ?", (key,))
+
+    def close(self) -> None:
+        self._db.close()

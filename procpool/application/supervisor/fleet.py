@@ -1,0 +1,698 @@
+"""The fleet: what the supervisor knows of its workers, and what each event means.
+
+Pure bookkeeping, no I/O and no clock: every method takes the time it
+happens at (monotonic seconds) and returns decisions for the supervisor to
+carry out: runs that ended and their fates, jobs that began, progress to
+store, messages to send, signals to deliver, lines to log.
+
+    spawned ──Ready──▶ SERVING ──hand_out──▶ (sent) ──Started──▶ (running) ──Finished──▶ idle
+        │                 │                     │                   │
+        └─ deadline ──────┴──── Stop ─▶ RETIRING┴── any deadline ───┴──▶ TERMINATING ─exit─▶ gone
+
+Every state a worker can be in has a deadline (`deadlines`), the one source
+for the loop's wait and for the check that ends workers; a worker held in a
+state past it is ended, and its runs take their fates from `domain.fate`.
+A worker's messages are untrusted: one about a run it does not hold is
+stale and dropped (DESIGN decision 8); one that breaks the protocol (a
+second Started, a Finished for a job it never started) ends it as broken.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from procpool.application.supervisor.dispatch import BatchSizer, Holder
+from procpool.application.wire.messages import (
+    Finished,
+    Heartbeat,
+    LogLine,
+    OutputLine,
+    ProgressReport,
+    Ready,
+    RunJob,
+    Skip,
+    Skipped,
+    Started,
+    Stop,
+    ToSupervisor,
+    ToWorker,
+)
+from procpool.domain.fate import Cause, Fate, Phase, Report, fate
+from procpool.domain.job import Job
+
+# A worker that has not said Ready by then is broken (seconds).
+STARTUP_TIMEOUT = 30.0
+# How long a worker the supervisor ended holds back its replacement (seconds). It is
+# usually reaped within milliseconds of its SIGTERM (its handler SIGKILLs its group),
+# and the turn that reaps it decides its runs' fates (a cancel is reported): forked
+# first, the replacement would put the fork's milliseconds before that turn. One
+# that lingers (a C call holding the GIL ignores SIGTERM until its SIGKILL) is
+# replaced once this has passed all the same.
+EXIT_WAIT = 0.05
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    RETIRING = "retiring"  # told to stop once its queue is empty
+    TERMINATING = "terminating"  # signalled; waiting to be reaped
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings the fleet's deadlines come from, in seconds; SIGHUP may change them."""
+
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 1.0
+    startup_timeout: float = STARTUP_TIMEOUT
+    max_jobs_per_worker: int = 0
+    max_memory_bytes: int = 0
+    max_result_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class Worker:
+    """The fleet's view of one worker process.
+
+    `assigned` holds the runs handed to it and not ended, in the order it runs
+    them; `current` names the one it acknowledged starting. The others wait in
+    its queue; `taking_back` names those it was asked to skip.
+    """
+
+    pid: int
+    spawned_at: float
+    state: WorkerState = WorkerState.STARTING
+    assigned: dict[str, Job] = field(default_factory=dict)
+    current: str | None = None
+    taking_back: set[str] = field(default_factory=set)
+    started_at: float = 0.0  # of the current job
+    last_heard_at: float = 0.0
+    owes_start_since: float = 0.0  # it holds jobs and has started none since then
+    retiring_since: float = 0.0
+    jobs_done: int = 0
+    last_rss: int | None = None  # bytes, measured after its last job
+    end_cause: Cause | None = None
+    end_run: tuple[str, int] | None = None  # (job id, lease) it was ended for
+    end_detail: str = ""
+    kill_at: float | None = None
+    terminated_at: float = 0.0  # when it was sent SIGTERM
+
+    @property
+    def job(self) -> Job | None:
+        """The job it runs now, if any."""
+        return None if self.current is None else self.assigned.get(self.current)
+
+    @property
+    def available(self) -> bool:
+        return self.state is WorkerState.SERVING and not self.assigned
+
+    @property
+    def queued(self) -> list[Job]:
+        """Jobs waiting in its queue that it will run: not started, not being taken back."""
+        return [
+            job
+            for job_id, job in self.assigned.items()
+            if job_id != self.current and job_id not in self.taking_back
+        ]
+
+    @property
+    def running_since(self) -> float | None:
+        return None if self.current is None else self.started_at
+
+
+# ----------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """A run is over; `fate` says what becomes of its job."""
+
+    job: Job
+    fate: Fate
+    phase: Phase
+    cause: Cause
+    error: str | None = None  # for a failed attempt: what to record
+    label: str = ""  # why an attempt failed, for the metrics
+    result: bytes | None = None
+    duration: float | None = None
+    exit_signal: str | None = None
+    worker_pid: int = 0
+
+
+@dataclass(frozen=True)
+class Began:
+    """The worker started the job: store and log it."""
+
+    job: Job
+    worker_pid: int
+
+
+@dataclass(frozen=True)
+class ProgressMade:
+    job: Job
+    fraction: float
+    message: str | None
+    worker_pid: int
+
+
+@dataclass(frozen=True)
+class Send:
+    pid: int
+    message: ToWorker
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send a signal to the worker's process group (and what it started)."""
+
+    pid: int
+    signum: int
+
+
+@dataclass(frozen=True)
+class Say:
+    level: str
+    event: str
+    message: str
+    fields: dict[str, object]
+
+
+Decision = RunEnded | Began | ProgressMade | Send | Deliver | Say
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+# The failure label of a run, in the metrics, by the supervisor's reason or the report.
+_LABELS = {
+    Cause.TIMEOUT: "timeout",
+    Cause.HUNG: "heartbeat",
+    Cause.MEMORY: "memory",
+    Cause.BROKEN: "broken",
+    Report.ERROR: "error",
+    Report.PERMANENT: "permanent",
+    Report.NONE: "worker_died",
+}
+
+
+class Fleet:
+    """Every worker the supervisor has forked and not yet reaped, by pid."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.workers: dict[int, Worker] = {}
+        self.batch = BatchSizer()
+        # Workers that exit by themselves before they are ready (a broken handler
+        # module, a fork that cannot run) are replaced after a pause that doubles with
+        # each, up to 5 s; one killed by a signal from outside is replaced at once.
+        self.failed_starts = 0
+        self.respawn_not_before = 0.0
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(list(self.workers.values()))
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def get(self, pid: int) -> Worker | None:
+        return self.workers.get(pid)
+
+    def counted(self) -> list[Worker]:
+        """Workers that hold a slot of the pool: not on their way out."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.state in (WorkerState.STARTING, WorkerState.SERVING)
+        ]
+
+    def spawn_at(self) -> float:
+        """When the pool's missing workers may be forked (monotonic seconds): not
+        during the pause after failed starts, nor while a worker ended by the
+        supervisor may still be dying (EXIT_WAIT from its SIGTERM)."""
+        dying = [
+            w.terminated_at + EXIT_WAIT
+            for w in self.workers.values()
+            if w.state is WorkerState.TERMINATING
+        ]
+        return max([self.respawn_not_before, *dying])
+
+    def holder(self, job: Job) -> Worker | None:
+        """The worker that holds this run of the job."""
+        for worker in self.workers.values():
+            held = worker.assigned.get(job.id)
+            if held is not None and held.lease == job.lease:
+                return worker
+        return None
+
+    # ----------------------------------------------------------------- life
+
+    def spawned(self, pid: int, now: float) -> None:
+        self.workers[pid] = Worker(pid=pid, spawned_at=now, last_heard_at=now)
+
+    def retire(self, worker: Worker, now: float) -> list[Decision]:
+        """Ask an idle worker to exit."""
+        worker.state = WorkerState.RETIRING
+        worker.retiring_since = now
+        return [Send(worker.pid, Stop())]
+
+    def retirements(self, wanted: int, stopping: bool, now: float) -> list[Decision]:
+        """Stop idle workers that should go: all when stopping, the surplus over
+        `wanted`, and one at a time (so that replacements do not all happen at the
+        same moment) of those past max_jobs_per_worker or the memory limit."""
+        counted = self.counted()
+        surplus = len(counted) - wanted
+        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
+        quota = self.limits.max_jobs_per_worker
+        decisions: list[Decision] = []
+        for worker in counted:
+            if not worker.available:
+                continue
+            if stopping or surplus > 0:
+                surplus -= 1
+            elif retiring:
+                continue
+            elif (quota and worker.jobs_done >= quota) or self.over_memory(worker):
+                retiring = True
+            else:
+                continue
+            decisions += self.retire(worker, now)
+        return decisions
+
+    def terminate(self, worker: Worker, cause: Cause, detail: str, now: float) -> list[Decision]:
+        """Start ending a worker: SIGTERM now, SIGKILL once the grace has passed. The
+        end is complete when the worker is reaped (`exited`)."""
+        if worker.state is WorkerState.TERMINATING:
+            return []
+        worker.state = WorkerState.TERMINATING
+        worker.end_cause = cause
+        job = worker.job
+        worker.end_run = None if job is None else (job.id, job.lease)
+        worker.end_detail = detail
+        worker.kill_at = now + self.limits.kill_grace
+        worker.terminated_at = now
+        return [Deliver(worker.pid, signal.SIGTERM)]
+
+    def exited(
+        self, pid: int, how: str, exit_code: int | None, exit_signal: str | None, now: float
+    ) -> list[Decision]:
+        """The worker was reaped: every run it held ends. `how` says how it exited."""
+        worker = self.workers.pop(pid, None)
+        if worker is None:
+            return []
+        if worker.state is WorkerState.STARTING and exit_signal is None:
+            self.failed_starts += 1
+            self.respawn_not_before = now + min(5.0, 0.05 * 2**self.failed_starts)
+        decisions: list[Decision] = [
+            self._end(worker, job, Report.NONE, exit_signal=exit_signal, error=how)
+            for job in list(worker.assigned.values())
+        ]
+        cause = worker.end_cause
+        expected = cause is not None or worker.state is WorkerState.RETIRING
+        if cause is not None:
+            how = f"ended by the supervisor ({cause}): {worker.end_detail}"
+        decisions.append(
+            Say(
+                "INFO" if expected else "WARNING",
+                "worker.exited",
+                f"worker {pid} exited: {how}",
+                {
+                    "worker_pid": pid,
+                    "exit_code": exit_code,
+                    "signal": exit_signal,
+                    "reason": str(cause) if cause else ("retired" if expected else "unexpected"),
+                    "jobs_done": worker.jobs_done,
+                },
+            )
+        )
+        return decisions
+
+    def _cause(self, worker: Worker, job: Job) -> Cause:
+        """Why the supervisor ended this run, if it did (see `domain.fate`)."""
+        if job.cancel_requested:
+            return Cause.CANCEL
+        if worker.end_cause is None:
+            return Cause.NONE
+        if worker.end_run == (job.id, job.lease) or worker.end_cause is Cause.SHUTDOWN:
+            return worker.end_cause
+        if worker.end_run is None and job.id != worker.current:
+            return worker.end_cause  # ended while it owed a start: its queue goes back
+        return Cause.OTHER_RUN
+
+    def _end(
+        self,
+        worker: Worker,
+        job: Job,
+        report: Report,
+        *,
+        error: str | None = None,
+        result: bytes | None = None,
+        duration: float | None = None,
+        exit_signal: str | None = None,
+    ) -> RunEnded:
+        """End one run: `error` is the worker's own (its Finished error, or how it exited)."""
+        phase = Phase.STARTED if worker.current == job.id else Phase.QUEUED
+        cause = self._cause(worker, job)
+        ended = fate(phase, report, cause)
+        del worker.assigned[job.id]
+        worker.taking_back.discard(job.id)
+        if phase is Phase.STARTED:
+            worker.current = None
+            worker.jobs_done += 1
+        if ended is Fate.REQUEUED:
+            error = self._why_requeued(worker, cause, phase)
+        elif cause is not Cause.NONE:
+            error = worker.end_detail
+        return RunEnded(
+            job=job, fate=ended, phase=phase, cause=cause, error=error,
+            label=_LABELS.get(cause if cause is not Cause.NONE else report, str(cause)),
+            result=result, duration=duration, exit_signal=exit_signal, worker_pid=worker.pid,
+        )  # fmt: skip
+
+    @staticmethod
+    def _why_requeued(worker: Worker, cause: Cause, phase: Phase) -> str:
+        if phase is Phase.QUEUED:
+            return "it had not started"
+        if cause is Cause.SHUTDOWN:
+            return "the shutdown"
+        ended_for = "" if worker.end_run is None else f" for job {worker.end_run[0]}"
+        return f"ending its worker ({worker.end_cause}){ended_for}"
+
+    # ----------------------------------------------------------------- messages
+
+    def received(self, pid: int, message: ToSupervisor, now: float) -> list[Decision]:
+        """What a message from a worker (one not yet reaped) means. Any message is a
+        sign of life (a heartbeat stuck behind a flood of output lines is one too)."""
+        worker = self.workers[pid]
+        worker.last_heard_at = max(worker.last_heard_at, now)
+        if isinstance(message, Ready | LogLine | OutputLine):
+            return self._about_worker(worker, message, now)
+        job = worker.assigned.get(message.job_id)
+        if job is None or job.lease != message.lease:
+            return [
+                Say(
+                    "DEBUG", "message.stale",
+                    f"dropped a {type(message).__name__} from a run that is no longer current",
+                    {"job_id": message.job_id, "worker_pid": pid},
+                )
+            ]  # fmt: skip
+        violation = _violation(worker, job, message)
+        if violation is not None:
+            return self._broken(worker, violation, now)
+        if isinstance(message, Started):
+            # The worker's own start time, never later than now: a worker can shorten
+            # its job's timeout, not stretch it.
+            return self._began(worker, job, min(message.at or now, now), now)
+        if isinstance(message, Skipped):
+            return [self._end(worker, job, Report.NONE)]
+        if isinstance(message, ProgressReport):
+            return [ProgressMade(job, message.fraction, message.message, pid)]
+        if isinstance(message, Heartbeat):
+            return []  # heard: that is all it says
+        return self._finished(worker, job, message, now)
+
+    def _about_worker(
+        self, worker: Worker, message: Ready | LogLine | OutputLine, now: float
+    ) -> list[Decision]:
+        if not isinstance(message, Ready):
+            return [_log_line(worker, message)]
+        if worker.state is not WorkerState.STARTING:
+            return self._broken(worker, "it said Ready twice", now)
+        worker.state = WorkerState.SERVING
+        worker.last_heard_at = now
+        self.failed_starts = 0
+        pid = worker.pid
+        return [Say("INFO", "worker.started", f"worker {pid} started", {"worker_pid": pid})]
+
+    def _began(self, worker: Worker, job: Job, at: float, now: float) -> list[Decision]:
+        worker.current = job.id
+        worker.started_at = at
+        worker.taking_back.discard(job.id)
+        decisions: list[Decision] = [Began(job, worker.pid)]
+        if job.cancel_requested:  # the cancel came while it was queued, the Skip too late
+            decisions += self.terminate(worker, Cause.CANCEL, "canceled", now)
+        return decisions
+
+    def _finished(self, worker: Worker, job: Job, message: Finished, now: float) -> list[Decision]:
+        size = 0 if message.result is None else len(message.result)
+        if size > self.limits.max_result_bytes:
+            return self._broken(
+                worker,
+                f"it sent a result of {size} bytes, over {self.limits.max_result_bytes}",
+                now,
+            )
+        if message.error is None:
+            report = Report.OK
+        else:
+            report = Report.PERMANENT if message.permanent else Report.ERROR
+        self.batch.observe(message.duration)
+        result = (message.result or b"null") if report is Report.OK else None
+        ended = self._end(
+            worker, job, report, error=message.error, duration=message.duration, result=result
+        )
+        if worker.assigned:
+            worker.owes_start_since = now
+        return [ended]
+
+    def _broken(self, worker: Worker, detail: str, now: float) -> list[Decision]:
+        return self.terminate(worker, Cause.BROKEN, f"the worker broke the protocol: {detail}", now)
+
+    def channel_failed(self, pid: int, detail: str, now: float) -> list[Decision]:
+        """Its channel failed, or carried what no worker may send."""
+        worker = self.workers.get(pid)
+        if worker is None:
+            return []
+        return self.terminate(worker, Cause.BROKEN, detail, now)
+
+    def update(self, pid: int, job: Job) -> None:
+        """The job as the ledger saved it, for the next compare-and-set."""
+        worker = self.workers.get(pid)
+        if worker is not None and job.id in worker.assigned:
+            worker.assigned[job.id] = job
+
+    def measured(self, pid: int, rss: int | None, now: float) -> list[Decision]:
+        """A memory sample of a worker; one past twice the limit with a job is ended."""
+        worker = self.workers.get(pid)
+        limit = self.limits.max_memory_bytes
+        if worker is None or rss is None or not limit:
+            return []
+        if worker.current is None:
+            worker.last_rss = rss
+            return []
+        if rss > 2 * limit and worker.state is not WorkerState.TERMINATING:
+            return self.terminate(
+                worker, Cause.MEMORY,
+                f"out of memory: the worker used {rss / 2**20:.0f} MB,"
+                f" more than twice max_memory_mb ({limit // 2**20} MB)",
+                now,
+            )  # fmt: skip
+        return []
+
+    # ----------------------------------------------------------------- dispatch
+
+    def hand_out(self, worker: Worker, job: Job, now: float) -> Send:
+        """Give a claimed (running) job to a worker."""
+        if not worker.assigned:
+            worker.owes_start_since = now
+            worker.last_heard_at = now
+        worker.assigned[job.id] = job
+        return Send(worker.pid, RunJob(job.id, job.lease, job.attempt, job.type, job.payload))
+
+    def take_back(self, worker: Worker, job: Job) -> Send:
+        worker.taking_back.add(job.id)
+        return Send(worker.pid, Skip(job.id, job.lease))
+
+    def cancel(self, worker: Worker, job: Job, now: float) -> list[Decision]:
+        """A cancel was requested for a run this worker holds (`job` carries the flag)."""
+        worker.assigned[job.id] = job
+        if worker.current == job.id:
+            return self.terminate(worker, Cause.CANCEL, "canceled", now)
+        if worker.state is WorkerState.TERMINATING:
+            return []
+        return [self.take_back(worker, job)]
+
+    def linger(self, longest: float, shortest: float) -> float:
+        """How long the loop may wait before its next turn, so that one turn and its
+        durable commit take in the ends of several jobs (group commit): half the queued
+        work of the worker with the least of it (its queue's length times the mean run
+        time), at most `longest` seconds. 0 when that is under `shortest` or no worker
+        serves: a worker with little or nothing queued is fed at once, so no worker runs
+        dry during the wait, and an idle pool answers as fast as ever."""
+        mean = self.batch.mean
+        if not mean or mean <= 0:
+            return 0.0
+        least = math.inf
+        for worker in self.workers.values():
+            if worker.state is WorkerState.SERVING:
+                least = min(least, len(worker.queued) * mean)
+        if least == math.inf:
+            return 0.0
+        wait = min(longest, least / 2)
+        return wait if wait >= shortest else 0.0
+
+    def takes_more(self, worker: Worker) -> bool:
+        """Whether a busy worker may be handed its next jobs: not once its quota is
+        spoken for or it is over the memory limit (it is retired when idle)."""
+        quota = self.limits.max_jobs_per_worker
+        if quota and worker.jobs_done + len(worker.assigned) >= quota:
+            return False
+        return not self.over_memory(worker)
+
+    def room(self, worker: Worker, batch: int) -> int:
+        """How many of `batch` jobs a worker may still be handed under its quota."""
+        quota = self.limits.max_jobs_per_worker
+        return (
+            max(1, min(batch, quota - worker.jobs_done - len(worker.assigned))) if quota else batch
+        )
+
+    def over_memory(self, worker: Worker) -> bool:
+        limit = self.limits.max_memory_bytes
+        return bool(limit) and worker.last_rss is not None and worker.last_rss > limit
+
+    def candidates(
+        self, now: float, deaf: set[int]
+    ) -> tuple[list[Worker], list[tuple[Worker, float]], list[Holder[Worker]]]:
+        """Who may be handed jobs: (idle, busy with less than half a batch queued,
+        holders of a queue); a worker may be both of the last two. `deaf` names
+        workers with unsent bytes: they get nothing until they read."""
+        idle: list[Worker] = []
+        busy: list[tuple[Worker, float]] = []
+        holders: list[Holder[Worker]] = []
+        low = self.batch.size() / 2
+        for worker in self.workers.values():
+            if worker.state is not WorkerState.SERVING:
+                continue
+            if not worker.assigned:
+                if worker.pid not in deaf:
+                    idle.append(worker)
+                continue
+            queued = worker.queued
+            if queued:
+                holders.append(Holder(worker, queued, worker.running_since))
+            if len(queued) < low and worker.pid not in deaf and self.takes_more(worker):
+                since = worker.running_since
+                busy.append((worker, now if since is None else since))
+        return idle, busy, holders
+
+    def stop_queues(self) -> list[Decision]:
+        """The daemon stops: queued jobs that have not started go back instead of running."""
+        return [
+            self.take_back(worker, job)
+            for worker in self.workers.values()
+            if worker.state is not WorkerState.TERMINATING
+            for job in worker.queued
+        ]
+
+    # ----------------------------------------------------------------- deadlines
+
+    def deadlines(self, worker: Worker, stop_at: float | None) -> list[tuple[float, Cause, str]]:
+        """When a worker is ended unless it moves on first, and why: the one source of
+        these deadlines, for the loop's timeout and for the check. A terminating
+        worker's one deadline is its SIGKILL (cause NONE)."""
+        limits = self.limits
+        beat = limits.heartbeat_timeout
+        if worker.state is WorkerState.TERMINATING:
+            return [] if worker.kill_at is None else [(worker.kill_at, Cause.NONE, "kill")]
+        found: list[tuple[float, Cause, str]] = []
+        if stop_at is not None:
+            found.append((stop_at, Cause.SHUTDOWN, "the daemon is stopping"))
+        if worker.state is WorkerState.STARTING:
+            found.append(
+                (worker.spawned_at + limits.startup_timeout, Cause.BROKEN,
+                 f"the worker did not become ready within {_seconds(limits.startup_timeout)}")
+            )  # fmt: skip
+            return found
+        job = worker.job
+        if job is not None:
+            if job.timeout is not None:
+                found.append(
+                    (worker.started_at + job.timeout, Cause.TIMEOUT,
+                     f"timed out after {_seconds(job.timeout)}")
+                )  # fmt: skip
+            found.append(
+                (worker.last_heard_at + beat, Cause.HUNG,
+                 f"no heartbeat for {_seconds(beat)}: the worker hung")
+            )  # fmt: skip
+        elif worker.assigned:
+            found.append(
+                (worker.owes_start_since + beat, Cause.HUNG,
+                 f"the worker did not start its next job within {_seconds(beat)}")
+            )  # fmt: skip
+        elif worker.state is WorkerState.RETIRING:
+            found.append(
+                (worker.retiring_since + beat, Cause.HUNG,
+                 f"the worker did not exit within {_seconds(beat)} of being told to")
+            )  # fmt: skip
+        return found
+
+    def next_deadline(self, stop_at: float | None) -> float | None:
+        return min(
+            (at for w in self.workers.values() for at, _, _ in self.deadlines(w, stop_at)),
+            default=None,
+        )
+
+    def overdue(self, now: float, stop_at: float | None) -> list[int]:
+        """The workers past a deadline that a message from them could move (every one
+        but a terminating worker's kill): the loop reads what each has sent before
+        `check_deadlines` judges it. After a gap in the loop (the daemon paused, a long
+        turn, a stall on the store) their messages may wait unread while the deadlines
+        passed, and time the daemon did not see is not the worker's fault."""
+        return [
+            worker.pid
+            for worker in self.workers.values()
+            if worker.state is not WorkerState.TERMINATING
+            and any(now >= at for at, _, _ in self.deadlines(worker, stop_at))
+        ]
+
+    def check_deadlines(self, now: float, stop_at: float | None) -> list[Decision]:
+        """End every worker past one of its deadlines; SIGKILL those past their grace."""
+        decisions: list[Decision] = []
+        for worker in self:
+            expired = [(cause, detail) for at, cause, detail in self.deadlines(worker, stop_at)
+                       if now >= at]  # fmt: skip
+            if not expired:
+                continue
+            if worker.state is WorkerState.TERMINATING:
+                worker.kill_at = None
+                decisions.append(Deliver(worker.pid, signal.SIGKILL))
+                continue
+            # The shutdown first: a stop is not a failure of the job, whatever else is due.
+            cause, detail = min(expired, key=lambda pair: pair[0] is not Cause.SHUTDOWN)
+            decisions += self.terminate(worker, cause, detail, now)
+        return decisions
+
+
+def _violation(
+    worker: Worker, job: Job, message: Started | Skipped | Heartbeat | ProgressReport | Finished
+) -> str | None:
+    """How a message about a run this worker holds breaks the protocol, if it does:
+    one job at a time, each started once, and only a started one reported on."""
+    started = worker.current == job.id
+    if isinstance(message, Started):
+        if started:
+            return f"it started {job.id} twice"
+        return None if worker.current is None else f"it started {job.id} while running another"
+    if isinstance(message, Skipped):
+        return f"it skipped {job.id}, which it had started" if started else None
+    if not started:
+        return f"it sent {type(message).__name__} for {job.id}, which it had not started"
+    return None
+
+
+def _log_line(worker: Worker, message: LogLine | OutputLine) -> Say:
+    """A line a handler logged or printed, as an event bound to its job; the
+    handler's own fields stay under `fields`, where no name clashes with ours."""
+    job_id = message.job_id
+    fields: dict[str, object] = {
+        "job_id": job_id, "attempt": message.attempt, "worker_pid": worker.pid,
+    }  # fmt: skip
+    if isinstance(message, OutputLine):
+        fields["stream"] = message.stream
+        return Say("INFO", "job.output" if job_id else "worker.output", message.text, fields)
+    if message.fields:
+        fields["fields"] = dict(message.fields)
+    return Say(message.level, "job.log" if job_id else "worker.log", message.message, fields)

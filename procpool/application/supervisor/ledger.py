@@ -1,0 +1,281 @@
+"""The ledger: every change of a job's status, in one place.
+
+Each change is computed by the domain's transition functions, applied to the
+store as a compare-and-set, counted (per type and status, for metrics and
+stats), kept in the attempt history when a run ends, and logged with its
+event name. The supervisor decides *when* a job changes; the ledger is *how*.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from procpool.application.ports import JobStore
+from procpool.application.supervisor.fleet import RunEnded
+from procpool.application.supervisor.histogram import Histogram
+from procpool.domain import job as jobs
+from procpool.domain.fate import Fate, Phase
+from procpool.domain.job import Job, Progress, Run, Status
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.timefmt import rfc3339
+from procpool.domain.wording import plural
+
+Log = Callable[..., None]  # (level, event, message, **fields)
+
+
+class Ledger:
+    def __init__(self, store: JobStore, retry: RetryPolicy, log: Log) -> None:
+        self.store = store
+        self.retry = retry
+        self._log = log
+        self.counts: Counter[tuple[str, Status]] = Counter()
+        self.failed_attempts: Counter[tuple[str, str]] = Counter()  # (type, reason)
+        self.run_seconds: dict[str, Histogram] = {}
+        self._runs: list[Run] = []
+        self._finished: list[str] = []
+        # While `held`: job id -> (the job as stored, as it is now, the fields changed).
+        self._held: dict[str, tuple[Job, Job, set[str]]] | None = None
+
+    def load(self) -> None:
+        self.counts.update(self.store.counts())
+
+    def _save(self, new: Job, old: Job) -> Job:
+        self._write(new, old)
+        return new
+
+    def _write(self, new: Job, old: Job) -> bool:
+        """Apply a change as a compare-and-set; whether it took (always, unless shared)."""
+        changed = jobs.changed_fields(old, new) or ["updated_at"]
+        if self._held is not None:
+            held = self._held.get(old.id)
+            if held is None:
+                self._held[old.id] = (old, new, set(changed))
+            else:
+                held[2].update(changed)
+                self._held[old.id] = (held[0], new, held[2])
+        elif not self.store.save(
+            new, expected=old.status, expected_lease=old.lease, fields=changed
+        ):
+            if not self.store.shared:
+                # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
+                raise RuntimeError(f"job {old.id} changed under the supervisor")
+            # Another daemon took the job over (this one was declared dead) or it was
+            # canceled: this attempt's word no longer counts, and nothing was written.
+            self._log(
+                "WARNING", "job.stale_result",
+                f"job {old.id}: the store no longer holds this attempt (lease {old.lease});"
+                f" its {new.status} is dropped",
+                job_id=old.id, lease=old.lease, status=str(new.status),
+            )  # fmt: skip
+            return False
+        if new.status is not old.status:
+            self.counts[(old.type, old.status)] -= 1
+            self.counts[(new.type, new.status)] += 1
+            if new.status.is_terminal:
+                self._finished.append(new.id)
+        return True
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Within it, changes are kept and each job is written once, as it is at the end:
+        a worker's Started and Finished read in the same turn make one UPDATE, not two.
+        Only for code that reads no job from the store meanwhile (the reading of worker
+        messages): what is held is not in the store until the block ends. Only for a
+        store of one writer, where a compare-and-set cannot fail: with a shared store,
+        each change is written at once, so that a stale attempt is known at once."""
+        if self.store.shared:
+            yield
+            return
+        self._held = {}
+        try:
+            yield
+        except BaseException:  # the turn is rolled back: nothing to write
+            self._held = None
+            raise
+        held, self._held = self._held, None
+        for stored, latest, fields in held.values():
+            if not self.store.save(
+                latest, expected=stored.status, expected_lease=stored.lease,
+                fields=[name for name in jobs.MUTABLE_FIELDS if name in fields],
+            ):  # fmt: skip
+                raise RuntimeError(f"job {stored.id} changed under the supervisor")
+
+    def rolled_back(self) -> None:
+        """The turn's transaction is gone (StoreLost): forget the history and the ends it
+        held, and count afresh from the store at the next `load`."""
+        self._runs = []
+        self._finished = []
+        self.counts.clear()
+
+    def take_finished(self) -> list[str]:
+        """The ids of the jobs made terminal since the last call (for the socket door's
+        waiters, told after the commit that holds it)."""
+        finished, self._finished = self._finished, []
+        return finished
+
+    def _end_run(self, old: Job, new: Job, now: float, exit_signal: str | None = None) -> bool:
+        """The end of a run that started: saved, and kept in the attempt history. False:
+        the run was stale (another daemon took the job over; it keeps the history)."""
+        if not self._write(new, old):
+            return False
+        self._runs.append(jobs.run_of(old, new, now=now, exit_signal=exit_signal))
+        return True
+
+    def flush_history(self) -> None:
+        """Write the turn's finished runs in one statement."""
+        if self._runs:
+            self.store.record_runs(self._runs)
+            self._runs = []
+
+    def added(self, job: Job) -> None:
+        self.counts[(job.type, Status.PENDING)] += 1
+
+    def added_many(self, new_jobs: Iterable[Job]) -> None:
+        self.counts.update((job.type, Status.PENDING) for job in new_jobs)
+
+    def start(self, job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
+        """Claimed for a worker: `running` in the store before it is sent there."""
+        return self._save(jobs.start(job, lease=lease, worker_pid=worker_pid, now=now), job)
+
+    def began(self, job: Job, now: float) -> Job:
+        """The worker has started the job: stored in this turn, so that only a run that
+        began is charged an attempt if it ends without a word (CONTRACT section 3); and
+        logged now, not when it was sent (it may have waited in the worker's queue)."""
+        begun = self._save(jobs.begin(job, now=now), job)
+        self._log(
+            "INFO", "job.started", f"job {job.id} started, attempt {job.attempt}",
+            job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
+        )  # fmt: skip
+        return begun
+
+    def end_run(self, ended: RunEnded, now: float) -> None:
+        """Apply a run's fate (see `domain.fate`)."""
+        job, ran = ended.job, ended.phase is Phase.STARTED
+        if ended.fate is Fate.COMPLETED:
+            self.complete(job, ended.result or b"null", ended.duration or 0.0, now)
+        elif ended.fate in (Fate.FAILED_ATTEMPT, Fate.FAILED):
+            self.fail(
+                job, ended.error or "the attempt failed", now,
+                reason="permanent" if ended.fate is Fate.FAILED else ended.label,
+                duration=ended.duration, exit_signal=ended.exit_signal,
+            )  # fmt: skip
+        elif ended.fate is Fate.CANCELED:
+            self.cancel(job, now, ran=ran, exit_signal=ended.exit_signal)
+        else:
+            self.interrupt(
+                job, now, ran=ran, exit_signal=ended.exit_signal, why=ended.error or "the shutdown"
+            )
+
+    def progress(self, job: Job, fraction: float, message: str | None, now: float) -> Job:
+        updated = self._save(jobs.report_progress(job, Progress(fraction, message), now=now), job)
+        self._log(
+            "DEBUG",
+            "job.progress",
+            f"job {job.id} at {fraction:.0%}" + (f": {message}" if message else ""),
+            job_id=job.id,
+            fraction=fraction,
+            worker_pid=job.worker_pid,
+        )
+        return updated
+
+    def complete(self, job: Job, result: bytes, duration: float, now: float) -> None:
+        if not self._end_run(job, jobs.complete(job, result=result, now=now), now):
+            return
+        self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+        self._log(
+            "INFO", "job.completed", f"job {job.id} completed",
+            job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
+            duration_ms=round(duration * 1000, 3),
+        )  # fmt: skip
+
+    def fail(
+        self,
+        job: Job,
+        error: str,
+        now: float,
+        *,
+        reason: str,
+        duration: float | None = None,
+        exit_signal: str | None = None,
+    ) -> None:
+        """A failed attempt: retried after a backoff, or the job fails for good.
+        `reason` labels it in the metrics; `permanent` ends the retries."""
+        retry_at = None if reason == "permanent" else now + self.retry.backoff(job.attempts + 1)
+        failed = jobs.fail_attempt(job, error=error, now=now, retry_at=retry_at)
+        if not self._end_run(job, failed, now, exit_signal):
+            return
+        self.failed_attempts[(job.type, reason)] += 1
+        fields: dict[str, Any] = {
+            "job_id": job.id, "type": job.type, "attempt": job.attempt,
+            "worker_pid": job.worker_pid, "error": error, "reason": reason,
+            "status": str(failed.status),
+        }  # fmt: skip
+        if duration is not None:
+            self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+            fields["duration_ms"] = round(duration * 1000, 3)
+        if exit_signal is not None:
+            fields["signal"] = exit_signal
+        if failed.status is Status.PENDING:
+            self._log(
+                "WARNING", "job.failed",
+                f"job {job.id} attempt {job.attempt} failed, retry in"
+                f" {failed.run_at - now:.2f} s: {error}",
+                retry_at=rfc3339(failed.run_at), **fields,
+            )  # fmt: skip
+        else:
+            self._log(
+                "ERROR", "job.failed",
+                f"job {job.id} failed for good after {plural(failed.attempts, 'attempt')}: {error}",
+                **fields,
+            )  # fmt: skip
+
+    def cancel(self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None) -> None:
+        canceled = jobs.cancel(job, now=now)
+        if not (
+            self._end_run(job, canceled, now, exit_signal) if ran else self._write(canceled, job)
+        ):
+            return
+        how = "while it ran" if ran else "before it ran"
+        self._log(
+            "INFO", "job.canceled", f"job {job.id} canceled {how}",
+            job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+        )  # fmt: skip
+
+    def request_cancel(self, job: Job, now: float) -> Job:
+        return self._save(jobs.request_cancel(job, now=now), job)
+
+    def interrupt(
+        self, job: Job, now: float, *, ran: bool, exit_signal: str | None = None,
+        why: str = "the shutdown",
+    ) -> None:  # fmt: skip
+        """Back to pending with attempts unchanged: the daemon stopped the run, or it
+        never started (it waited in a worker's queue)."""
+        pending = jobs.interrupt(job, now=now)
+        if ran:
+            if not self._end_run(job, pending, now, exit_signal):
+                return
+            self._log(
+                "INFO", "job.interrupted", f"job {job.id} stopped by {why}; back to pending",
+                job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+            )  # fmt: skip
+        elif self._write(pending, job):
+            self._log(
+                "DEBUG", "job.requeued", f"job {job.id} had not started; back to pending",
+                job_id=job.id, type=job.type, worker_pid=job.worker_pid,
+            )  # fmt: skip
+
+    def prune(self, days: float, now: float, limit: int) -> int:
+        """Delete up to `limit` terminal jobs older than `days`; returns how many went."""
+        deleted = self.store.delete_finished_before(now - days * 86400, limit)
+        for key in deleted:
+            self.counts[key] -= 1
+        if deleted:
+            self._log(
+                "INFO", "jobs.pruned",
+                f"deleted {plural(len(deleted), 'finished job')} older than {plural(days, 'day')}",
+                count=len(deleted), days=days,
+            )  # fmt: skip
+        return len(deleted)

@@ -1,0 +1,47 @@
+"""What the supervisor needs of the configuration; SIGHUP may replace it.
+
+The defaults of the settings live in one place each: the fleet's limits (Limits),
+what a worker is told at its fork (WorkerOptions), a job's (JobDefaults), the
+retry backoff (RetryPolicy), and the supervisor's own below. The config file's
+keys (adapters/config.py) take their defaults from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from procpool.application.supervisor.fleet import Limits
+from procpool.application.worker.main import WorkerOptions
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.spec import JobDefaults
+
+
+@dataclass
+class Settings:
+    """What the supervisor needs of the configuration; SIGHUP may replace it."""
+
+    workers: int
+    defaults: JobDefaults = field(default_factory=JobDefaults)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    shutdown_timeout: float = 30.0
+    heartbeat_interval: float = WorkerOptions.heartbeat_interval
+    heartbeat_timeout: float = Limits.heartbeat_timeout
+    max_jobs_per_worker: int = Limits.max_jobs_per_worker
+    max_memory_mb: int = Limits.max_memory_bytes // 2**20
+    max_result_bytes: int = Limits.max_result_bytes
+    kill_grace: float = Limits.kill_grace
+    poll_interval: float = 1.0
+    scan_batch: int = 1000
+    retention_days: float = 7.0
+    metrics_interval: float = 5.0
+    max_file_bytes: int = 1024 * 1024  # a job file, a .jsonl line, a job sent over the socket
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            heartbeat_timeout=self.heartbeat_timeout,
+            kill_grace=self.kill_grace,
+            max_jobs_per_worker=self.max_jobs_per_worker,
+            max_memory_bytes=self.max_memory_mb * 1024 * 1024,
+            max_result_bytes=self.max_result_bytes,
+        )

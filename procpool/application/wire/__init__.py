@@ -1,0 +1,1 @@
+"""The wire: typed messages between supervisor and workers, and between clients and the daemon."""

@@ -1,0 +1,121 @@
+"""Typed messages between the supervisor and one worker, over that worker's own channel.
+
+Every message about a job carries the job's id and the lease of its run, so the
+supervisor can drop whatever comes from a run that is no longer current
+(DESIGN decision 8). Payloads and results travel as JSON bytes, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+# Bounds on what a worker may send (DESIGN decision 11): a message past them is
+# not decoded but ends the worker as broken. The worker truncates its own text
+# to well inside them (see worker/main.py); these catch a worker that does not.
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Lease = Annotated[int, msgspec.Meta(ge=0)]
+MAX_TEXT = 64 * 1024  # characters of a progress message, log line or output line
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+FieldName = Annotated[str, msgspec.Meta(max_length=128)]
+FieldValue = Text | int | float | bool | None
+MAX_FIELDS = 128
+
+# supervisor -> worker
+
+
+class RunJob(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: str
+    lease: int
+    attempt: int
+    type: str
+    payload: bytes
+
+
+class Skip(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """Do not start this queued job (canceled, or the daemon stops): answer Skipped."""
+
+    job_id: str
+    lease: int
+
+
+class Stop(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """Exit once idle: the worker is retired or the daemon stops."""
+
+
+# worker -> supervisor
+
+
+class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    pid: int
+
+
+class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """`at`: when the job began, on the worker's CLOCK_MONOTONIC (the machine's one
+    clock, the supervisor's too): its timeout counts from there, even when the
+    supervisor reads this late (it was paused)."""
+
+    job_id: JobId
+    lease: Lease
+    at: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+
+
+class Skipped(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: JobId
+    lease: Lease
+
+
+class Heartbeat(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: JobId
+    lease: Lease
+
+
+class ProgressReport(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    job_id: JobId
+    lease: Lease
+    fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    message: Text | None
+
+
+class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """The end of a started job: `result` (JSON bytes) or `error`. The result's size
+    is bounded by the channel's frame limit and checked against max_result_bytes."""
+
+    job_id: JobId
+    lease: Lease
+    duration: Annotated[float, msgspec.Meta(ge=0.0)]
+    result: bytes | None = None
+    error: Text | None = None
+    permanent: bool = False
+
+
+class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """A handler's log record. `job_id` and `attempt` name the run it is bound to
+    (None: logged outside any job); `fields` are the handler's own structured
+    fields, kept apart from the daemon's so that no name can clash."""
+
+    level: Annotated[
+        str, msgspec.Meta(pattern="^(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)$")
+    ]
+    message: Text
+    job_id: JobId | None
+    attempt: Annotated[int, msgspec.Meta(ge=1)] | None
+    fields: Annotated[dict[FieldName, FieldValue], msgspec.Meta(max_length=MAX_FIELDS)]
+
+
+class OutputLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """One line written to the worker's standard output or error (`stream` is
+    "stdout" or "stderr") by the handler, or by any process it started; bound to
+    the job that ran when the line was read (None: between jobs)."""
+
+    job_id: JobId | None
+    attempt: Annotated[int, msgspec.Meta(ge=1)] | None
+    stream: Annotated[str, msgspec.Meta(pattern="^(stdout|stderr)$")]
+    text: Text
+
+
+ToWorker = RunJob | Skip | Stop
+ToSupervisor = (
+    Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | OutputLine
+)

@@ -1,0 +1,1 @@
+"""What a user starts: the `procpool` command, the daemon's wiring, the HTTP API."""

@@ -1,0 +1,703 @@
+"""The `procpool` command (CONTRACT section 5): a thin layer over the Client.
+
+Exit codes: 0 success; 1 the thing asked for did not happen; 2 usage error;
+124 a --timeout ran out. A user error prints one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from procpool.adapters import config as configuration
+from procpool.adapters.home.pidfile import AlreadyRunning
+from procpool.adapters.logs.cursor import LogCursor
+from procpool.adapters.logs.reader import LEVELS, LogFilter, parse, read_all
+from procpool.adapters.logs.writer import human_line
+from procpool.adapters.stores.stats import render
+from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
+from procpool.domain import spec
+from procpool.domain.errors import ConfigError, DuplicateId, InvalidJobFile, ProcpoolError
+from procpool.domain.job import Status
+from procpool.domain.timefmt import rfc3339
+from procpool.domain.wording import plural
+from procpool.entrypoints.daemon import EXIT_RESTART, run_daemon, start_again
+from procpool.entrypoints.progress_display import ProgressDisplay, first_line
+
+EXIT_OK = 0
+EXIT_NOT_DONE = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandFailed(click.ClickException):
+    """One line on stderr, and an exit code of the contract."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_NOT_DONE) -> None:
+        super().__init__(message)
+        # click declares exit_code a ClassVar, yet reads it from the instance.
+        self.exit_code = exit_code  # type: ignore[misc]
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"procpool: {self.message}", err=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ConfigError, InvalidJobFile) as error:
+        raise CommandFailed(str(error), EXIT_USAGE) from None
+    except AlreadyRunning as error:
+        raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    except JobRejected as error:
+        raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    except UnknownJob as error:
+        raise CommandFailed(f"no job {error.args[0]!r}", EXIT_NOT_DONE) from None
+    except ProcpoolError as error:
+        raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    except PermissionError as error:
+        raise CommandFailed(f"permission denied: {error.filename}", EXIT_NOT_DONE) from None
+
+
+def home_option(function: F) -> F:
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The daemon's home directory [env PROCPOOL_HOME].",
+    )(function)
+
+
+def _client(home: Path | None) -> Client:
+    """The command's client, closed with the command (an unclosed connection is a
+    ResourceWarning from Python 3.13 on). Reading raises NoJobStore on a home that
+    no daemon has made, a message that says how the home was chosen."""
+    with _user_errors():
+        choice = configuration.locate_home(home)
+    client = Client(choice.path, home_source=choice.chosen_by)
+    click.get_current_context().call_on_close(client.close)
+    return client
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
+    sys.stdout.flush()
+
+
+def _brief(value: Any, width: int = 60) -> str:
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _progress_text(job: JobInfo) -> str:
+    if job.progress is None:
+        return ""
+    message = job.progress.get("message")
+    percent = f"{job.progress['fraction'] * 100:.0f}%"
+    return f"{percent} {message}" if message else percent
+
+
+class _OneLineErrors(click.Group):
+    """Usage errors as one line, like every other error of procpool (click prints three)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "procpool"
+            message = error.format_message()
+            click.echo(f"{command}: {message[0].lower()}{message[1:]} (see --help)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("procpool: aborted", err=True)
+            sys.exit(EXIT_NOT_DONE)
+        except ProcpoolError as error:  # raised outside _user_errors, e.g. NoJobStore
+            click.echo(f"procpool: {error}", err=True)
+            usage = isinstance(error, ConfigError | InvalidJobFile)
+            sys.exit(EXIT_USAGE if usage else EXIT_NOT_DONE)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="procpool")
+@click.pass_context
+def main(context: click.Context) -> None:
+    """procpool: run CPU-bound jobs in a pool of worker processes, durably."""
+    if context.invoked_subcommand != "run":  # the daemon logs them itself
+        for warning in configuration.unknown_variables():
+            click.echo(f"procpool: warning: {warning}", err=True)
+
+
+@main.command()
+@home_option
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: CPUs]."
+)
+@click.option(
+    "--handlers", "handlers", multiple=True, help="Module with handlers to import (repeatable)."
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
+)
+@click.option("--log-level", default=None, help="TRACE, DEBUG, INFO, WARNING or ERROR.")
+def run(
+    home: Path | None,
+    workers: int | None,
+    handlers: tuple[str, ...],
+    config_file: Path | None,
+    log_level: str | None,
+) -> None:
+    """Run the daemon in the foreground until a signal stops it."""
+    flags = {
+        "home": str(home) if home else None,
+        "workers": workers,
+        "handlers": list(handlers) or None,
+        "log_level": log_level,
+    }
+    with _user_errors():
+        code = run_daemon(flags, config_file)
+    if code == EXIT_RESTART:
+        start_again()
+    sys.exit(code)
+
+
+@main.command()
+@home_option
+@click.option(
+    "--bind",
+    default=None,
+    help="HOST:PORT or unix:PATH [config http_bind; default 127.0.0.1:8765].",
+)
+@click.option(
+    "--token-file",
+    default=None,
+    help="File holding the bearer token to require [config http_token_file].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
+)
+def serve(
+    home: Path | None, bind: str | None, token_file: str | None, config_file: Path | None
+) -> None:
+    """Serve the HTTP API of the home in the foreground until SIGTERM or SIGINT."""
+    try:
+        from procpool.entrypoints.http.server import serve as serve_http  # noqa: PLC0415
+    except ImportError as error:
+        raise CommandFailed(
+            f"procpool serve needs the http extra ({error.name} is missing):"
+            " pip install 'procpool[http]'"
+        ) from None
+    with _user_errors():
+        choice = configuration.locate_home(home)
+        code = serve_http(choice.path, bind, token_file, config_file)
+    sys.exit(code)
+
+
+@main.command()
+@home_option
+@click.argument("job_type", metavar="TYPE")
+@click.argument("payload", metavar="[PAYLOAD_JSON]", required=False)
+@click.option("--id", "job_id", default=None, help="The job's id [default: a new random one].")
+@click.option("--max-attempts", type=int, default=None)
+@click.option("--timeout", type=float, default=None, help="Hard limit of one attempt, seconds.")
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--delay", type=float, default=None, help="Do not start before now + S seconds.")
+def submit(
+    home: Path | None,
+    job_type: str,
+    payload: str | None,
+    job_id: str | None,
+    max_attempts: int | None,
+    timeout: float | None,
+    priority: int,
+    delay: float | None,
+) -> None:
+    """Queue a job and print its id: over the daemon's socket while it runs (returns once
+    the job is committed), else as a file in the inbox."""
+    value = None
+    if payload is not None:
+        try:
+            # fsencode: argv bytes that are not UTF-8 reach the parser, which names them.
+            value = spec.parse_json(os.fsencode(payload))
+        except InvalidJobFile as error:
+            raise CommandFailed(f"PAYLOAD_JSON: {error}", EXIT_USAGE) from None
+    client = _client(home)
+    with _user_errors():
+        try:
+            new_id = client.submit(
+                job_type,
+                value,
+                id=job_id,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                priority=priority,
+                delay=delay,
+            )
+        except DuplicateId as error:  # what was asked did not happen; no usage error
+            raise CommandFailed(str(error), EXIT_NOT_DONE) from None
+    click.echo(new_id)
+
+
+def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
+    canceling = job.cancel_requested and job.status == "running"
+    return [
+        ("id", job.id),
+        ("type", job.type),
+        ("status", job.status + (" (cancel requested)" if canceling else "")),
+        ("attempts", f"{job.attempts} failed of {job.max_attempts}"),
+        ("priority", str(job.priority)),
+        ("created", job.created_at),
+        ("updated", job.updated_at),
+        ("run at", job.run_at),
+        ("timeout", "none" if job.timeout is None else f"{job.timeout:g} s"),
+        ("worker pid", "" if job.worker_pid is None else str(job.worker_pid)),
+        ("progress", _progress_text(job)),
+        ("last error", job.last_error or ""),
+        ("retry of", job.retry_of or ""),
+        ("payload", _brief(job.payload, 200)),
+        ("result", "" if job.result is None else _brief(job.result, 200)),
+    ]  # fmt: skip
+
+
+def _clock(moment: str | None) -> str:
+    return "" if moment is None else moment[:19].replace("T", " ")
+
+
+def _attempt_lines(attempts: list[Attempt]) -> list[str]:
+    if not attempts:
+        return ["attempts    none yet"]
+    rows = [("#", "STARTED", "ENDED", "DURATION", "OUTCOME", "PID", "SIGNAL", "ERROR")]
+    rows.extend(
+        (str(a.attempt), _clock(a.started_at), _clock(a.ended_at),
+         "" if a.duration is None else f"{a.duration:.3f} s", a.outcome,
+         "" if a.worker_pid is None else str(a.worker_pid), a.exit_signal or "",
+         first_line(a.error)[:100])
+        for a in attempts
+    )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    lines = ["attempts"]
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in (0, 3, 5) else cell.ljust(widths[i])
+                 for i, cell in enumerate(row[:7])]  # fmt: skip
+        lines.append(("  " + "  ".join(cells) + "  " + row[7]).rstrip())
+    return lines
+
+
+def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: bool) -> None:
+    client = _client(home)
+    with _user_errors():
+        job = client.get(job_id)
+    if job is None:
+        raise CommandFailed(f"no job {job_id!r}")
+    with _user_errors():
+        attempts = client.attempts(job_id)
+    if as_json:
+        document = job.to_dict()
+        if with_attempts_json:
+            document["history"] = [attempt.to_dict() for attempt in attempts]
+        _print_json(document)
+        return
+    for label, value in _status_lines(job):
+        click.echo(f"{label:<11} {value}".rstrip())
+    for line in _attempt_lines(attempts):
+        click.echo(line)
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(home: Path | None, job_id: str, as_json: bool) -> None:
+    """Show one job, and every attempt it made."""
+    _show(home, job_id, as_json, with_attempts_json=False)
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The job, with its attempts under history.")
+def show(home: Path | None, job_id: str, as_json: bool) -> None:
+    """Show one job and its attempts: start, end, outcome, error, worker pid, signal."""
+    _show(home, job_id, as_json, with_attempts_json=True)
+
+
+@main.command(name="list")
+@home_option
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]))
+@click.option("--type", "job_type", default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_jobs(
+    home: Path | None, statuses: tuple[str, ...], job_type: str | None, limit: int, as_json: bool
+) -> None:
+    """List jobs, newest first."""
+    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit)
+    if as_json:
+        for job in jobs:
+            _print_json(job.to_dict())
+        return
+    rows = [("ID", "TYPE", "STATUS", "ATTEMPTS", "UPDATED", "NOTE")]
+    for job in jobs:
+        note = first_line(job.last_error) if job.status != "completed" else ""
+        if job.status == "running":
+            note = _progress_text(job) or note
+        note = note or (f"retry of {job.retry_of}" if job.retry_of else "")
+        rows.append(
+            (job.id, job.type, job.status, f"{job.attempts}/{job.max_attempts}",
+             job.updated_at[:19].replace("T", " "), note[:80])
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo(
+            (
+                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+            ).rstrip()
+        )
+
+
+class _DaemonGone(Exception):
+    """The daemon stopped while a command waited for it to act."""
+
+
+def _all_terminal(jobs: list[JobInfo | None]) -> bool:
+    return all(job is not None and job.is_terminal for job in jobs)
+
+
+class _DaemonWatch:
+    """Whether a daemon serves the home, looked up at most every `interval` seconds
+    (a look takes the pid file's lock for an instant)."""
+
+    def __init__(self, client: Client, interval: float = 0.2) -> None:
+        self._client = client
+        self._interval = interval
+        self._next = 0.0
+        self.pid: int | None = None
+        self.absent = False  # whether `announce` has said that none runs
+
+    def look(self) -> int | None:
+        """The daemon's pid (-1: running, pid unreadable), or None if none runs."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self.pid = self._client.daemon_pid()
+        return self.pid
+
+    def announce(self, jobs: list[JobInfo | None]) -> None:
+        """While jobs are left to wait for, say on stderr when no daemon runs to run
+        them, once per absence, and when one runs again."""
+        if _all_terminal(jobs):
+            return
+        pid = self.look()
+        if pid is None and not self.absent:
+            click.echo(f"procpool: no daemon runs on {self._client.home}; still waiting: the"
+                       " jobs go on when it starts", err=True)  # fmt: skip
+            self.absent = True
+        elif pid is not None and self.absent:
+            running = f" (pid {pid})" if pid > 0 else ""
+            click.echo(f"procpool: the daemon runs again{running}; still waiting", err=True)
+            self.absent = False
+
+
+@main.command()
+@home_option
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 124).")
+@click.option(
+    "--progress", "show_progress", is_flag=True, help="Show the handlers' progress reports."
+)
+def wait(
+    home: Path | None, job_ids: tuple[str, ...], timeout: float | None, show_progress: bool
+) -> None:
+    """Block until every job is terminal: exit 0 if all completed, 1 otherwise.
+
+    While no daemon runs, it says so once on stderr and keeps waiting.
+    """
+    client = _client(home)
+    display = ProgressDisplay(job_ids, sys.stdout, sys.stdout.isatty()) if show_progress else None
+    watch = _DaemonWatch(client)
+
+    def on_poll(found: list[JobInfo | None]) -> None:
+        if display is not None:
+            display.update(found)
+        watch.announce(found)
+
+    try:
+        jobs = client.wait(list(job_ids), timeout=timeout, on_poll=on_poll)
+    except JobRejected as error:
+        raise CommandFailed(str(error)) from None
+    except UnknownJob as error:
+        raise CommandFailed(f"no job {error.args[0]!r}") from None
+    except TimeoutError:
+        raise CommandFailed(f"timed out after {timeout:g} s", EXIT_TIMEOUT) from None
+    for job in jobs:
+        failed = job.status == "failed" and job.last_error
+        suffix = f": {first_line(job.last_error)}" if failed else ""
+        click.echo(f"{job.id} {job.status}{suffix}")
+    if any(job.status != "completed" for job in jobs):
+        sys.exit(EXIT_NOT_DONE)
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
+)
+def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
+    """Cancel a job; while the daemon runs, wait until it is canceled.
+
+    With no daemon running, or once it stops, the request waits in the inbox and
+    takes effect when the daemon starts: exit 0.
+    """
+    client = _client(home)
+    with _user_errors():
+        job = client.get(job_id)
+    if job is None and not client.is_waiting_in_inbox(job_id):
+        raise CommandFailed(f"no job {job_id!r}")
+    if job is not None and job.is_terminal:
+        raise CommandFailed(f"job {job_id} is already {job.status}; nothing to cancel")
+    with _user_errors():
+        client.cancel(job_id)
+    if client.daemon_pid() is None:
+        click.echo(f"cancel of {job_id} requested; it takes effect when the daemon starts")
+        return
+    watch = _DaemonWatch(client)
+
+    def give_up_without_a_daemon(jobs: list[JobInfo | None]) -> None:
+        if not _all_terminal(jobs) and watch.look() is None:
+            raise _DaemonGone
+
+    try:
+        with _user_errors():
+            [job] = client.wait([job_id], timeout=timeout, on_poll=give_up_without_a_daemon)
+    except TimeoutError:
+        raise CommandFailed(
+            f"job {job_id} not canceled after {timeout:g} s", EXIT_TIMEOUT
+        ) from None
+    except _DaemonGone:
+        with _user_errors():
+            found = client.get(job_id)
+        if found is None or not found.is_terminal:
+            if found is not None and found.cancel_requested:
+                # The daemon took the request and stopped before the job ended: ask
+                # again, so that the next start applies it after its recovery.
+                with _user_errors():
+                    client.cancel(job_id)
+            click.echo(f"the daemon stopped before job {job_id} was canceled; the cancel"
+                       " takes effect when the daemon starts")  # fmt: skip
+            return
+        job = found
+    if job.status != "canceled":
+        raise CommandFailed(f"job {job_id} ended {job.status} before the cancel took effect")
+    click.echo(f"{job_id} canceled")
+
+
+@main.command()
+@home_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object (keys in docs/operations.md)."
+)
+def stats(home: Path | None, as_json: bool) -> None:
+    """Jobs per status and type, throughput, failure rate, run times, workers."""
+    figures = _client(home).stats()
+    if as_json:
+        _print_json(figures)
+        return
+    click.echo(render(figures))
+
+
+@main.command()
+@home_option
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option(
+    "--all-failed",
+    is_flag=True,
+    help="The failed work: each line of retries whose newest job failed, once;"
+    " none with a job pending or running.",
+)
+@click.option("--type", "job_type", default=None, help="With --all-failed: only this type.")
+def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None) -> None:
+    """Queue a finished job again as ID.retry-N; prints the new id."""
+    if (job_id is None) == (not all_failed):
+        raise CommandFailed("give either a job ID or --all-failed", EXIT_USAGE)
+    if job_type is not None and not all_failed:
+        raise CommandFailed("--type goes with --all-failed", EXIT_USAGE)
+    client = _client(home)
+    with _user_errors():
+        new_ids = [client.retry(job_id)] if job_id else client.retry_failed(job_type)
+    for new_id in new_ids:
+        click.echo(new_id)
+    if not new_ids:
+        click.echo("no failed jobs to retry", err=True)
+
+
+@main.command()
+@home_option
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Days since the job finished [default: config retention_days].",
+)
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
+)
+def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
+    """Delete finished jobs older than D days, with their attempts; pending ones stay."""
+    with _user_errors():
+        config = configuration.load(flags={"home": str(home) if home else None})
+    if days is None:
+        days = config.retention_days
+    client = _client(home)
+    cutoff = time.time() - days * 86400
+    before = client.count_finished_before(cutoff)
+    with _user_errors():
+        client.prune(days)
+    if client.daemon_pid() is None:
+        click.echo(f"prune of jobs older than {plural(days, 'day')} requested; it takes effect"
+                   " when the daemon starts")  # fmt: skip
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (left := client.count_finished_before(cutoff)) > 0:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CommandFailed(
+                f"{plural(left, 'job')} still to delete after {timeout:g} s", EXIT_TIMEOUT
+            )
+        time.sleep(0.1)
+    click.echo(f"deleted {plural(before, 'job')} finished before {rfc3339(cutoff)[:19]}Z")
+
+
+def _write_lines(lines: Iterable[bytes]) -> None:
+    out = sys.stdout.buffer
+    for line in lines:
+        out.write(line)
+    out.flush()
+
+
+@main.command()
+@home_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines, across rotations.")
+@click.option(
+    "-n",
+    "--lines",
+    "last",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Only the last N matching lines [default: all; 10 with -f].",
+)
+@click.option(
+    "--job", "job_ids", multiple=True, help="Only this job's lines (repeatable: any of them)."
+)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    help="Only this event; a pattern such as 'job.*' works (repeatable: any of them).",
+)
+@click.option(
+    "--level",
+    type=click.Choice(list(LEVELS), case_sensitive=False),
+    default=None,
+    help="Only this level and above.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The raw JSON lines.")
+def logs(
+    home: Path | None,
+    follow: bool,
+    last: int | None,
+    job_ids: tuple[str, ...],
+    events: tuple[str, ...],
+    level: str | None,
+    as_json: bool,
+) -> None:
+    """Print the daemon's log (logs/procpool.jsonl and its rotated files), filtered.
+
+    A line is shown if it is of any --job given, any --event given, and at --level
+    or above.
+    """
+    client = _client(home)
+    client.require_store()  # a mistyped home is not a daemon that has logged nothing
+    path = client.home / "logs" / "procpool.jsonl"
+    wanted = LogFilter(job_ids=job_ids, events=events, level=level)
+
+    def shown(lines: Iterable[bytes]) -> Iterator[bytes]:
+        for raw in lines:
+            line = parse(raw)
+            if line is not None and wanted.matches(line):
+                yield raw if as_json else human_line(line).encode("utf-8", "replace") + b"\n"
+
+    try:
+        if not follow:
+            if not path.exists():
+                raise CommandFailed(f"no log at {path}: the daemon has not run on this home")
+            lines = shown(read_all(path))
+            _write_lines(lines if last is None else deque(lines, maxlen=last))
+            return
+        cursor = LogCursor(path)
+        while not cursor.open():
+            time.sleep(0.2)
+        backlog: list[bytes] = []
+        while batch := cursor.read():  # the current file as it is now
+            backlog.extend(line + b"\n" for _, line in batch)
+        _write_lines(deque(shown(backlog), maxlen=10 if last is None else last))
+        while True:
+            fresh = cursor.read()
+            if fresh:
+                _write_lines(shown(line + b"\n" for _, line in fresh))
+            else:
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_OK)  # Ctrl-C is how one stops following: not an error
+    except BrokenPipeError:
+        # The reader (head, less) went away: point stdout at /dev/null so that the
+        # interpreter's final flush does not complain, and end quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OK)
+
+
+@main.command()
+@home_option
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
+)
+def stop(home: Path | None, timeout: float | None) -> None:
+    """Send SIGTERM to the daemon and wait for it to exit."""
+    client = _client(home)
+    pid = client.daemon_pid()
+    if pid is None or pid < 0:
+        raise CommandFailed("procpool is not running on this home")
+    os.kill(pid, signal.SIGTERM)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while client.daemon_pid() is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CommandFailed(
+                f"the daemon (pid {pid}) still runs after {timeout:g} s", EXIT_TIMEOUT
+            )
+        time.sleep(0.05)
+    click.echo(f"procpool (pid {pid}) stopped")

@@ -1,1 +1,0 @@
-"""The outside world: SQLite, files, logs, configuration, the command line."""
