@@ -391,13 +391,29 @@ def rotated_files(path: Path) -> list[Path]:
 _HUMAN_FIELDS = ("job_id", "worker_pid", "attempt", "duration_ms")
 
 
+def _human_value(value: Any) -> str:
+    """A field's value on one readable line: a plain word as it is, anything else
+    (text with spaces, quotes or line breaks; numbers, lists, objects) as JSON."""
+    if isinstance(value, str) and value and not any(c.isspace() or c == '"' for c in value):
+        return value
+    try:
+        return _encoder.encode(value).decode()
+    except (TypeError, ValueError):  # a lone surrogate from a file name, say
+        return repr(value)
+
+
 def human_line(line: dict[str, Any]) -> str:
-    """One event as a person reads it: time, level, event, message, then the job's fields."""
+    """One event as a person reads it: time, level, event, message, then the job's
+    fields, then those a handler gave `ctx.logger` (the JSON line's `fields`)."""
     human = (
         f"{line.get('ts', '')} {line.get('level', ''):<7} {line.get('event', ''):<16}"
         f" {line.get('msg', '')}"
     )
-    fields = "  ".join(f"{key}={line[key]}" for key in _HUMAN_FIELDS if key in line)
+    pairs = [(key, line[key]) for key in _HUMAN_FIELDS if key in line]
+    handler_fields = line.get("fields")
+    if isinstance(handler_fields, dict):
+        pairs.extend(handler_fields.items())
+    fields = "  ".join(f"{key}={_human_value(value)}" for key, value in pairs)
     return f"{human}  {fields}" if fields else human
 
 

@@ -1,0 +1,30 @@
+"""What a new user met on a first afternoon (issue 24, item 9), each through a real
+daemon or a real command: the readable log lines, the CLI's hints and numbering,
+the store a start names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import Daemon, wait_until
+
+HANDLERS = ("--handlers", "new_user_handlers")
+
+
+def test_a_handlers_log_fields_show_on_the_readable_lines(make_daemon: Any) -> None:
+    daemon: Daemon = make_daemon(workers=1, args=HANDLERS)
+    daemon.client.submit("count_lines", None, id="counted")
+    assert daemon.wait_status("counted", "completed").result == 200000
+    [line] = daemon.wait_events("job.log", job_id="counted")
+    assert line["fields"] == {"n": 200000, "source": "the numbers file"}
+    shown = '  n=200000  source="the numbers file"'
+    stderr = wait_until(
+        lambda: [t for t in daemon.stderr().splitlines() if "counted the lines" in t],
+        what="the job.log line on stderr",
+    )
+    assert stderr[0].endswith(shown), stderr
+    logs = daemon.cli("logs", "--job", "counted")
+    assert logs.returncode == 0, logs.stderr
+    [logged] = [t for t in logs.stdout.splitlines() if "counted the lines" in t]
+    assert logged.endswith(shown), logged
+    assert daemon.process is not None and daemon.process.poll() is None
