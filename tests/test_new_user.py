@@ -4,11 +4,22 @@ the store a start names."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from conftest import Daemon, wait_until
+from conftest import Daemon, clean_env, wait_until
 
 HANDLERS = ("--handlers", "new_user_handlers")
+
+
+def _procpool(*words: str) -> subprocess.CompletedProcess[str]:
+    """`procpool WORDS` exactly as typed (run_cli puts --home after the command)."""
+    command = [sys.executable, "-m", "procpool", *words]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=clean_env(), timeout=60, check=False
+    )
 
 
 def test_a_handlers_log_fields_show_on_the_readable_lines(make_daemon: Any) -> None:
@@ -28,3 +39,18 @@ def test_a_handlers_log_fields_show_on_the_readable_lines(make_daemon: Any) -> N
     [logged] = [t for t in logs.stdout.splitlines() if "counted the lines" in t]
     assert logged.endswith(shown), logged
     assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_an_option_before_the_command_is_told_to_go_after_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    answer = _procpool("--home", str(home), "list", "--limit", "2")
+    assert answer.returncode == 2
+    assert answer.stderr == (
+        "procpool: no such option '--home' before the command: options go after it,"
+        f" as in procpool list --home {home} --limit 2 (see --help)\n"
+    )
+    # An option no command has keeps click's answer: moving it would not help.
+    answer = _procpool("--frobnicate", "list")
+    assert answer.returncode == 2
+    assert "no such option '--frobnicate'" in answer.stderr
+    assert "go after" not in answer.stderr

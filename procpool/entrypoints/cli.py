@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the thing asked for did not happen; 2 usage error;
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
@@ -119,7 +120,7 @@ class _OneLineErrors(click.Group):
             result = super().main(*args, **kwargs)
         except click.UsageError as error:
             command = error.ctx.command_path if error.ctx is not None else "procpool"
-            message = error.format_message()
+            message = self._options_after_command(error) or error.format_message()
             click.echo(f"{command}: {message[0].lower()}{message[1:]} (see --help)", err=True)
             sys.exit(EXIT_USAGE)
         except click.ClickException as error:
@@ -133,6 +134,26 @@ class _OneLineErrors(click.Group):
             usage = isinstance(error, ConfigError | InvalidJobFile)
             sys.exit(EXIT_USAGE if usage else EXIT_NOT_DONE)
         sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+    def _options_after_command(self, error: click.UsageError) -> str | None:
+        """For `procpool --home X list`: the options a command takes go after it, which
+        click's "no such option" does not say. None for any other usage error."""
+        if not isinstance(error, click.NoSuchOption) or error.ctx is None:
+            return None
+        if error.ctx.command is not self:
+            return None
+        words = sys.argv[1:]
+        at = next((i for i, word in enumerate(words) if word in self.commands), None)
+        if at is None:
+            return None
+        known = {name for param in self.commands[words[at]].params for name in param.opts}
+        if error.option_name not in known:
+            return None
+        moved = shlex.join([words[at], *words[:at], *words[at + 1 :]])
+        return (
+            f"no such option {error.option_name!r} before the command: options go after it,"
+            f" as in procpool {moved}"
+        )
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
