@@ -4,11 +4,13 @@ the store a start names."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Daemon, clean_env, wait_until
 
 HANDLERS = ("--handlers", "new_user_handlers")
@@ -54,3 +56,19 @@ def test_an_option_before_the_command_is_told_to_go_after_it(tmp_path: Path) -> 
     assert answer.returncode == 2
     assert "no such option '--frobnicate'" in answer.stderr
     assert "go after" not in answer.stderr
+
+
+@pytest.mark.timeout(180)
+def test_show_numbers_only_the_runs_that_count_as_attempts(make_daemon: Any) -> None:
+    first: Daemon = make_daemon(workers=1)
+    first.client.submit("sleep", {"seconds": 3}, id="napper")
+    first.wait_started("napper")
+    first.signal(signal.SIGQUIT)  # stop now: the run is interrupted, not charged
+    assert first.wait_exit() == 0
+    second: Daemon = make_daemon(workers=1)
+    assert second.wait_status("napper", "completed", timeout=60).attempts == 0
+    shown = second.cli("show", "napper")
+    assert shown.returncode == 0, shown.stderr
+    rows = shown.stdout.split("\nattempts\n")[1].splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["-", "1"], shown.stdout
+    assert "interrupted" in rows[0] and "completed" in rows[1]

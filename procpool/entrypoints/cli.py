@@ -314,7 +314,9 @@ def _attempt_lines(attempts: list[Attempt]) -> list[str]:
         return ["attempts    none yet"]
     rows = [("#", "STARTED", "ENDED", "DURATION", "OUTCOME", "PID", "SIGNAL", "ERROR")]
     rows.extend(
-        (str(a.attempt), _clock(a.started_at), _clock(a.ended_at),
+        # An interrupted run is not counted as an attempt: the next run takes its number.
+        ("-" if a.outcome == "interrupted" else str(a.attempt),
+         _clock(a.started_at), _clock(a.ended_at),
          "" if a.duration is None else f"{a.duration:.3f} s", a.outcome,
          "" if a.worker_pid is None else str(a.worker_pid), a.exit_signal or "",
          first_line(a.error)[:100])
