@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from conftest import Daemon, clean_env, wait_until
 
+from procpool.entrypoints.daemon import store_label
+
 HANDLERS = ("--handlers", "new_user_handlers")
 
 
@@ -72,3 +74,28 @@ def test_show_numbers_only_the_runs_that_count_as_attempts(make_daemon: Any) -> 
     rows = shown.stdout.split("\nattempts\n")[1].splitlines()[1:]
     assert [row.split()[0] for row in rows] == ["-", "1"], shown.stdout
     assert "interrupted" in rows[0] and "completed" in rows[1]
+
+
+def test_the_start_line_names_the_store(daemon: Daemon) -> None:
+    [starting] = daemon.wait_events("daemon.starting")
+    expected = f"SQLite {daemon.home / 'procpool.db'}"
+    assert starting["store"] == expected
+    assert f", store {expected}, handlers from " in starting["msg"]
+
+
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        (
+            "postgresql://procpool:secret@db.example:5433/jobs",
+            "PostgreSQL database jobs at db.example:5433",
+        ),
+        ("postgresql://procpool@localhost/jobs", "PostgreSQL database jobs at localhost"),
+        ("postgresql:///jobs", "PostgreSQL database jobs at the local socket"),
+        ("host=/run/postgresql dbname=q", "PostgreSQL database q at /run/postgresql"),
+        ("postgresql://u@h:5432", "PostgreSQL database (the user name) at h:5432"),
+    ],
+)
+def test_the_store_label_of_a_database_url_keeps_no_secret(url: str, label: str) -> None:
+    assert store_label(Path("/home/h"), url) == label
+    assert "secret" not in store_label(Path("/home/h"), url)

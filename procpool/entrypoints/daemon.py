@@ -60,6 +60,25 @@ def settings_from(config: configuration.Config) -> Settings:
     )
 
 
+def store_label(home: Path, database_url: str | None) -> str:
+    """Which store a daemon of `home` uses, for its start line: "SQLite HOME/procpool.db"
+    or "PostgreSQL database DB at HOST:PORT" (never the user or password of the URL).
+
+    Raises:
+        ImportError: `database_url` is set and psycopg is not installed.
+        psycopg.ProgrammingError: `database_url` is not a connection string.
+    """
+    if database_url is None:
+        return f"SQLite {home / 'procpool.db'}"
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 (optional)
+
+    parts = conninfo_to_dict(database_url)
+    where = str(parts.get("host") or "the local socket")
+    if parts.get("port"):
+        where += f":{parts['port']}"
+    return f"PostgreSQL database {parts.get('dbname') or '(the user name)'} at {where}"
+
+
 def open_store(config: configuration.Config, home: Path) -> JobStore:
     """The job store: HOME/procpool.db, or the PostgreSQL database of `database_url`.
 
@@ -335,8 +354,10 @@ def _serve(
     emit(
         "INFO",
         "daemon.starting",
-        f"home {home}, handlers from {', '.join(loaded)}",
+        f"home {home}, store {(label := store_label(home, config.database_url))},"
+        f" handlers from {', '.join(loaded)}",
         home=str(home),
+        store=label,
         pid=os.getpid(),
     )
     door = _open_door(home)
