@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, clean_env, wait_until
+from http_helpers import Server, free_port
 
 from procpool.entrypoints.daemon import store_label
 
@@ -99,3 +100,17 @@ def test_the_start_line_names_the_store(daemon: Daemon) -> None:
 def test_the_store_label_of_a_database_url_keeps_no_secret(url: str, label: str) -> None:
     assert store_label(Path("/home/h"), url) == label
     assert "secret" not in store_label(Path("/home/h"), url)
+
+
+def test_a_server_bound_to_localhost_answers_its_own_address(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    port = free_port()
+    api = Server(home, "--bind", f"localhost:{port}")
+    try:
+        assert api.url == f"http://127.0.0.1:{port}", api.printed()
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            answer = api.get("/healthz", headers={"Host": host})
+            assert answer.status_code == 503, (host, answer.text)  # in; no daemon runs
+        assert api.get("/healthz", headers={"Host": "evil.example"}).status_code == 421
+    finally:
+        assert api.stop() == 0

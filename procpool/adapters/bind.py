@@ -152,10 +152,17 @@ def check_policy(bind: Bind, token_file: str | None) -> str | None:
 
 
 def allowed_hosts(bind: Bind) -> frozenset[str] | None:
-    """The names a request's Host header may give (without the port); None: any."""
+    """The names a request's Host header may give (without the port); None: any.
+
+    Raises:
+        BindFailed: the bind's host name does not resolve.
+    """
     if bind.is_unix:
         return None
     names = {"localhost", bind.host}
+    # A name's addresses too: `--bind localhost:8765` serves on 127.0.0.1, the address
+    # it prints. An address literal cannot be rebound by anyone's DNS.
+    names.update(str(address) for address in _addresses(bind.host))
     try:
         wildcard = ipaddress.ip_address(bind.host).is_unspecified
     except ValueError:
