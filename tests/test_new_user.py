@@ -114,3 +114,37 @@ def test_a_server_bound_to_localhost_answers_its_own_address(home: Path) -> None
         assert api.get("/healthz", headers={"Host": "evil.example"}).status_code == 421
     finally:
         assert api.stop() == 0
+
+
+def _without(tmp_path: Path, module: str) -> dict[str, str]:
+    """An environment in which importing `module` fails as if it were not installed."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        f'raise ModuleNotFoundError("No module named {module!r}", name={module!r})\n'
+    )
+    return {"PYTHONPATH": str(shadow.parent)}
+
+
+def test_a_missing_extra_is_installed_from_the_repository(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env = clean_env(_without(tmp_path, "litestar"))
+    command = [sys.executable, "-m", "procpool", "serve", "--home", str(home)]
+    answer = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert answer.returncode == 1
+    assert answer.stderr == (
+        "procpool: procpool serve needs the http extra (litestar not installed):"
+        " pip install '.[http]' in procpool's repository\n"
+    )
+    env = clean_env(_without(tmp_path, "psycopg"))
+    env["PROCPOOL_DATABASE_URL"] = "postgresql://procpool@localhost:5432/procpool"
+    command = [sys.executable, "-m", "procpool", "list", "--home", str(home)]
+    answer = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert answer.returncode == 2
+    assert "pip install '.[postgresql]' in procpool's repository" in answer.stderr
+    assert "procpool[" not in answer.stderr

@@ -320,6 +320,16 @@ def locate_home(
     )
 
 
+def extra_missing(what: str, extra: str, missing: str) -> ConfigError:
+    """The error of `what` (a command, a config key) that needs an optional part of
+    procpool, `extra`, whose module `missing` is not installed. procpool installs from
+    its repository, not a package index, so `pip install 'procpool[http]'` would fail."""
+    return ConfigError(
+        f"{what} needs the {extra} extra ({missing} not installed):"
+        f" pip install '.[{extra}]' in procpool's repository"
+    )
+
+
 def shared_store(home: Path, database_url: str | None = None) -> PostgresClientStore | None:
     """The client's PostgreSQL store (postgres_client.PostgresClientStore) when
     `database_url`, $PROCPOOL_DATABASE_URL or the config file (of `home`) names one;
@@ -338,8 +348,6 @@ def shared_store(home: Path, database_url: str | None = None) -> PostgresClientS
     try:
         from procpool.adapters.stores.postgres_client import PostgresClientStore  # noqa: PLC0415
     except ImportError as error:
-        raise ConfigError(
-            f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
-        ) from None
+        raise extra_missing("config key 'database_url'", "postgresql", str(error.name)) from None
     defaults = JobDefaults(max_attempts=config.max_attempts, timeout=config.timeout)
     return PostgresClientStore(config.database_url, defaults)

@@ -229,10 +229,8 @@ def serve(
     try:
         from procpool.entrypoints.http.server import serve as serve_http  # noqa: PLC0415
     except ImportError as error:
-        raise CommandFailed(
-            f"procpool serve needs the http extra ({error.name} is missing):"
-            " pip install 'procpool[http]'"
-        ) from None
+        missing = configuration.extra_missing("procpool serve", "http", str(error.name))
+        raise CommandFailed(str(missing)) from None
     with _user_errors():
         choice = configuration.locate_home(home)
         code = serve_http(choice.path, bind, token_file, config_file)

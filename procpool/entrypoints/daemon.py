@@ -95,8 +95,8 @@ def open_store(config: configuration.Config, home: Path) -> JobStore:
     try:
         from procpool.adapters.stores import postgres as postgres_store  # noqa: PLC0415 (optional)
     except ImportError as error:
-        raise ConfigError(
-            f"config key 'database_url' needs psycopg ({error}): pip install 'procpool[postgresql]'"
+        raise configuration.extra_missing(
+            "config key 'database_url'", "postgresql", str(error.name)
         ) from None
     return postgres_store.open_store(
         config.database_url, home, config.daemon_lease, registry.names()
@@ -153,10 +153,7 @@ def http_command(
     check_policy(parse_bind(config.http_bind), config.http_token_file)
     missing = [name for name in ("litestar", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
-        raise ConfigError(
-            f"http_bind needs the http extra ({', '.join(missing)} missing):"
-            " pip install 'procpool[http]'"
-        )
+        raise configuration.extra_missing("http_bind", "http", " and ".join(missing))
     command = [sys.executable, "-m", "procpool", "serve", "--home", str(home)]
     command += ["--bind", config.http_bind]
     if config.http_token_file:
