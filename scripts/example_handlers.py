@@ -1,9 +1,13 @@
 """Example handlers: gzip a file and hash a file or a directory tree, with the standard library.
 
-Load them with `PYTHONPATH=scripts procpool run --handlers example_handlers`, then:
+Load them with `PYTHONPATH=scripts procpool run --handlers example_handlers`, then
+make an input file (2,000,000 numbered lines, 14 MiB) and work on it:
 
-    procpool submit compress '{"source": "/data/big.log"}'
-    procpool submit hash '{"path": "/data/photos", "algorithm": "blake2b"}'
+    mkdir -p /tmp/data && seq 2000000 > /tmp/data/numbers.txt
+    procpool submit compress '{"source": "/tmp/data/numbers.txt", "level": 9}'
+    procpool submit hash '{"path": "/tmp/data", "algorithm": "blake2b"}'
+
+(docs/handlers.md, "The example module", shows the session.)
 
 A bad payload raises PermanentError: no retry would make it valid. Other
 errors (a full disk, an I/O error) are ordinary exceptions, so the job is
