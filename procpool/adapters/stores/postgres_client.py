@@ -9,8 +9,8 @@ notification to the daemon that owns it, which also polls for it (a notification
 is lost with a dropped connection).
 
 It is a `JobReader` (adapters/stores/job_reader.py: the reads of the client, the CLI,
-`stats` and the HTTP API, as `StoreReader` answers them on SQLite), plus `submit`,
-`cancel` and `daemons`.
+`stats` and the HTTP API, as `StoreReader` answers them on SQLite; the reads worded
+alike are in sql_reads.py), plus `submit`, `cancel` and `daemons`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from procpool.adapters.stores.postgres import (
     migrate,
     served_types,
 )
+from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
@@ -42,11 +43,14 @@ STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-class PostgresClientStore:
+class PostgresClientStore(SqlReads):
     """A client's connection to the shared store, opened at first use.
 
     Raises (from every method): ProcpoolError when the database cannot be reached.
     """
+
+    JOBS = "procpool_jobs"
+    MARK = "%s"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
@@ -80,7 +84,7 @@ class PostgresClientStore:
         except psycopg.OperationalError as error:
             raise ProcpoolError(f"the PostgreSQL database failed: {error}") from None
 
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
         return self._retried(lambda db: db.execute(sql, parameters).fetchall())
 
     def exists(self) -> bool:
@@ -175,83 +179,27 @@ class PostgresClientStore:
 
     # ------------------------------------------------------------- reading
 
-    def get(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = %s", (job_id,))
-        return _job(rows[0]) if rows else None
-
     def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
         rows = self._query(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
         )
         return {job.id: job for job in map(_job, rows)}
 
-    def list(
-        self,
-        statuses: Sequence[Status] = (),
-        job_type: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[Job]:
-        where: list[str] = []
-        parameters: list[object] = []
-        if before is not None:
-            where.append("(created_at, id) < (%s, %s)")
-            parameters.extend(before)
-        if statuses:
-            where.append("status = ANY(%s)")
-            parameters.append([str(s) for s in statuses])
-        if job_type is not None:
-            where.append("type = %s")
-            parameters.append(job_type)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._query(
-            f"SELECT {COLUMNS} FROM procpool_jobs {clause}"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
-            [*parameters, limit],
-        )
-        return [_job(row) for row in rows]
+    def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
+        return f"{column} = ANY(%s)", [[*values]]
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        table: dict[str, dict[str, int]] = {}
-        for job_type, status, count in self._query(
-            "SELECT type, status, count(*) FROM procpool_jobs GROUP BY type, status"
-        ):
-            table.setdefault(job_type, {})[status] = count
-        return table
-
-    def count_finished_before(self, cutoff: float) -> int:
-        rows = self._query(
-            "SELECT count(*) FROM procpool_jobs"
-            " WHERE status IN ('completed', 'failed', 'canceled') AND updated_at < %s",
-            (cutoff,),
-        )
-        return int(rows[0][0])
-
-    def retry_links(self) -> builtins.list[tuple[str, str, Status, float]]:
-        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
-        rows = self._query(
-            "SELECT id, retry_of, status, created_at FROM procpool_jobs WHERE retry_of IS NOT NULL"
-        )
-        return [(job_id, of, Status(status), created) for job_id, of, status, created in rows]
-
-    def oldest_pending_age(self, now: float | None = None) -> float | None:
-        rows = self._query("SELECT min(created_at) FROM procpool_jobs WHERE status = 'pending'")
-        return None if rows[0][0] is None else (now or time.time()) - rows[0][0]
+    def _before(self, before: tuple[float, str]) -> tuple[str, builtins.list[object]]:
+        return "(created_at, id) < (%s, %s)", [*before]
 
     def worker_reports(self) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
         """The workers of the daemons alive, on every host."""
-        rows = self._query(
-            "SELECT w.pid, w.create_time, w.state, w.current_job, w.jobs_done, w.updated_at"
-            " FROM procpool_workers w JOIN procpool_daemons d ON d.id = w.daemon_id"
-            " WHERE d.state = 'alive' ORDER BY d.id, w.pid"
-        )
-        return [
-            (
-                WorkerRecord(pid, created),
-                WorkerReport(pid, state or "starting", job, done, at or 0.0),
+        return worker_pairs(
+            self._query(
+                "SELECT w.pid, w.create_time, w.state, w.current_job, w.jobs_done, w.updated_at"
+                " FROM procpool_workers w JOIN procpool_daemons d ON d.id = w.daemon_id"
+                " WHERE d.state = 'alive' ORDER BY d.id, w.pid"
             )
-            for pid, created, state, job, done, at in rows
-        ]
+        )
 
     def runs(self, job_id: str) -> builtins.list[Run]:
         rows = self._query(

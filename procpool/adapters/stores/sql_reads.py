@@ -1,0 +1,113 @@
+"""The reads that the SQLite reader and the PostgreSQL client store word alike.
+
+    JobReader (job_reader.py, the port)
+        └── SqlReads: get, list, counts, count_finished_before, retry_links,
+            │         oldest_pending_age, the workers' rows
+            ├── StoreReader          (sqlite_reader.py)    tables jobs, runs; marks ?
+            └── PostgresClientStore  (postgres_client.py)  tables procpool_*; marks %s
+
+A subclass gives its `_query`, its table of jobs and its parameter mark, and the two
+clauses the dialects write differently (a list of values, a row comparison); what
+only one store can do (SQLite's chunked lookups and its index hint, PostgreSQL's
+writes) stays in its own module.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from procpool.adapters.stores.sqlite import COLUMNS, _job
+from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.job import Job, Status
+
+Rows = builtins.list[tuple[Any, ...]]
+
+
+def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
+    """Rows of (pid, create_time, state, current_job, jobs_done, updated_at) as the
+    workers' records and last reports."""
+    return [
+        (WorkerRecord(pid, created), WorkerReport(pid, state or "starting", job, done, at or 0.0))
+        for pid, created, state, job, done, at in rows
+    ]
+
+
+class SqlReads(ABC):
+    """The shared reads of a SQL store. `JOBS`: the jobs table; `MARK`: the parameter
+    mark of the driver. A read of a store that is not there yet returns no rows."""
+
+    JOBS: str
+    MARK: str
+
+    @abstractmethod
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
+        """The rows of one statement."""
+
+    @abstractmethod
+    def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
+        """The condition "`column` is one of `values`", with its parameters."""
+
+    @abstractmethod
+    def _before(self, before: tuple[float, str]) -> tuple[str, builtins.list[object]]:
+        """The condition "(created_at, id) comes before `before`", with its parameters."""
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {COLUMNS} FROM {self.JOBS} WHERE id = {self.MARK}", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list(
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs, newest first (by created_at, then id); `before` = (created_at, id) of
+        a job: only those that come after it in this order (the HTTP API's cursor)."""
+        conditions = [
+            self._before(before) if before is not None else None,
+            self._any_of("status", [str(s) for s in statuses]) if statuses else None,
+            (f"type = {self.MARK}", [job_type]) if job_type is not None else None,
+        ]
+        where = [condition for condition in conditions if condition is not None]
+        clause = f"WHERE {' AND '.join(sql for sql, _ in where)}" if where else ""
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM {self.JOBS} {clause}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {self.MARK}",
+            [*(value for _, values in where for value in values), limit],
+        )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per type and status: {type: {status: n}}."""
+        table: dict[str, dict[str, int]] = {}
+        for job_type, status, count in self._query(
+            f"SELECT type, status, count(*) FROM {self.JOBS} GROUP BY type, status"
+        ):
+            table.setdefault(job_type, {})[status] = count
+        return table
+
+    def count_finished_before(self, cutoff: float) -> int:
+        """Terminal jobs last changed before `cutoff`: what retention would delete."""
+        rows = self._query(
+            f"SELECT count(*) FROM {self.JOBS} WHERE status IN ('completed', 'failed',"
+            f" 'canceled') AND updated_at < {self.MARK}",
+            (cutoff,),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def retry_links(self) -> builtins.list[tuple[str, str, Status, float]]:
+        """Every job that repeats another: (id, its `retry_of`, status, created_at)."""
+        rows = self._query(
+            f"SELECT id, retry_of, status, created_at FROM {self.JOBS} WHERE retry_of IS NOT NULL"
+        )
+        return [(job_id, of, Status(status), created) for job_id, of, status, created in rows]
+
+    def oldest_pending_age(self, now: float | None = None) -> float | None:
+        rows = self._query(f"SELECT min(created_at) FROM {self.JOBS} WHERE status = 'pending'")
+        oldest: float | None = rows[0][0] if rows else None
+        return None if oldest is None else (now or time.time()) - oldest
