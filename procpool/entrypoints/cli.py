@@ -349,22 +349,24 @@ def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: boo
         click.echo(line)
 
 
-@main.command()
-@home_option
-@click.argument("job_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def status(home: Path | None, job_id: str, as_json: bool) -> None:
-    """Show one job, and every attempt it made."""
-    _show(home, job_id, as_json, with_attempts_json=False)
+def _show_command(name: str, summary: str, json_help: str, with_attempts_json: bool) -> None:
+    """`status` and `show`: the same table; their JSON differs by the attempt history."""
+
+    @main.command(name=name, help=summary)
+    @home_option
+    @click.argument("job_id", metavar="ID")
+    @click.option("--json", "as_json", is_flag=True, help=json_help)
+    def command(home: Path | None, job_id: str, as_json: bool) -> None:
+        _show(home, job_id, as_json, with_attempts_json)
 
 
-@main.command()
-@home_option
-@click.argument("job_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="The job, with its attempts under history.")
-def show(home: Path | None, job_id: str, as_json: bool) -> None:
-    """Show one job and its attempts: start, end, outcome, error, worker pid, signal."""
-    _show(home, job_id, as_json, with_attempts_json=True)
+_show_command("status", "Show one job, and every attempt it made.", "One JSON object.", False)
+_show_command(
+    "show",
+    "Show one job and its attempts: start, end, outcome, error, worker pid, signal.",
+    "The job, with its attempts under history.",
+    True,
+)
 
 
 @main.command(name="list")
