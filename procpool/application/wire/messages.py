@@ -22,75 +22,74 @@ FieldName = Annotated[str, msgspec.Meta(max_length=128)]
 FieldValue = Text | int | float | bool | None
 MAX_FIELDS = 128
 
+
+class _Message(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+    """Every message: an array whose first item, `kind`, is its class's name."""
+
+
+class _OfRun(_Message):
+    """A message about one run of a job: the job's id and the run's lease first."""
+
+    job_id: JobId
+    lease: Lease
+
+
 # supervisor -> worker
 
 
-class RunJob(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: str
-    lease: int
+class RunJob(_OfRun):
     attempt: int
     type: str
     payload: bytes
 
 
-class Skip(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class Skip(_OfRun):
     """Do not start this queued job (canceled, or the daemon stops): answer Skipped."""
 
-    job_id: str
-    lease: int
 
-
-class Stop(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class Stop(_Message):
     """Exit once idle: the worker is retired or the daemon stops."""
 
 
 # worker -> supervisor
 
 
-class Ready(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class Ready(_Message):
     pid: int
 
 
-class Started(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class Started(_OfRun):
     """`at`: when the job began, on the worker's CLOCK_MONOTONIC (the machine's one
     clock, the supervisor's too): its timeout counts from there, even when the
     supervisor reads this late (it was paused)."""
 
-    job_id: JobId
-    lease: Lease
     at: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
-class Skipped(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: JobId
-    lease: Lease
+class Skipped(_OfRun):
+    """The answer to Skip: the job was not started."""
 
 
-class Heartbeat(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: JobId
-    lease: Lease
+class Heartbeat(_OfRun):
+    """The run goes on (sent every heartbeat_interval while a job runs)."""
 
 
-class ProgressReport(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
-    job_id: JobId
-    lease: Lease
+class ProgressReport(_OfRun):
     fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
     message: Text | None
 
 
-class Finished(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class Finished(_OfRun):
     """The end of a started job: `result` (JSON bytes) or `error`. The result's size
     is bounded by the channel's frame limit and checked against max_result_bytes."""
 
-    job_id: JobId
-    lease: Lease
     duration: Annotated[float, msgspec.Meta(ge=0.0)]
     result: bytes | None = None
     error: Text | None = None
     permanent: bool = False
 
 
-class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class LogLine(_Message):
     """A handler's log record. `job_id` and `attempt` name the run it is bound to
     (None: logged outside any job); `fields` are the handler's own structured
     fields, kept apart from the daemon's so that no name can clash."""
@@ -104,7 +103,7 @@ class LogLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
     fields: Annotated[dict[FieldName, FieldValue], msgspec.Meta(max_length=MAX_FIELDS)]
 
 
-class OutputLine(msgspec.Struct, tag=True, tag_field="kind", array_like=True):
+class OutputLine(_Message):
     """One line written to the worker's standard output or error (`stream` is
     "stdout" or "stderr") by the handler, or by any process it started; bound to
     the job that ran when the line was read (None: between jobs)."""
