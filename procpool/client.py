@@ -117,7 +117,15 @@ class NoJobStore(ProcpoolError):
         self.home = home
 
 
-class JobInfo(msgspec.Struct, kw_only=True):
+class _Record(msgspec.Struct, kw_only=True):
+    """What the client returns: a plain record that prints as JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, as the CLI's --json prints them."""
+        return msgspec.structs.asdict(self)
+
+
+class JobInfo(_Record):
     """A job as `procpool status ID --json` prints it (CONTRACT section 3)."""
 
     id: str
@@ -141,9 +149,6 @@ class JobInfo(msgspec.Struct, kw_only=True):
     @property
     def is_terminal(self) -> bool:
         return Status(self.status).is_terminal
-
-    def to_dict(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
 
     @classmethod
     def from_job(cls, job: Job) -> JobInfo:
@@ -170,7 +175,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
         )
 
 
-class Attempt(msgspec.Struct, kw_only=True):
+class Attempt(_Record):
     """One run of a job, from the attempt history (`procpool show ID`).
 
     `outcome` is `completed`, `failed` (the job failed for good), `retry` (the
@@ -186,9 +191,6 @@ class Attempt(msgspec.Struct, kw_only=True):
     error: str | None
     worker_pid: int | None
     exit_signal: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
 
     @classmethod
     def from_run(cls, run: Run) -> Attempt:
