@@ -148,3 +148,28 @@ def test_a_missing_extra_is_installed_from_the_repository(tmp_path: Path) -> Non
     assert answer.returncode == 2
     assert "pip install '.[postgresql]' in procpool's repository" in answer.stderr
     assert "procpool[" not in answer.stderr
+
+
+def test_wait_on_a_home_never_served_says_a_daemon_started(
+    make_daemon: Any, home: Path, tmp_path: Path
+) -> None:
+    submitted = _procpool("submit", "sleep", '{"seconds": 2}', "--id", "w1", "--home", str(home))
+    assert submitted.returncode == 0, submitted.stderr
+    err = tmp_path / "wait-err.txt"
+    command = [sys.executable, "-m", "procpool", "wait", "w1", "--home", str(home)]
+    with open(err, "w") as stderr:
+        waiting = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env=clean_env()
+        )
+    try:
+        wait_until(lambda: "no daemon runs" in err.read_text(), what="the notice")
+        daemon: Daemon = make_daemon(workers=1)
+        wait_until(lambda: "started" in err.read_text(), what="the daemon's start")
+        assert waiting.wait(30) == 0, err.read_text()
+        assert err.read_text().splitlines()[1] == (
+            f"procpool: a daemon started (pid {daemon.pid}); still waiting"
+        )
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)

@@ -421,6 +421,9 @@ class _DaemonWatch:
         self._next = 0.0
         self.pid: int | None = None
         self.absent = False  # whether `announce` has said that none runs
+        # Whether a daemon has served the home (its store is there, or one was seen):
+        # the first daemon of a new home starts, it does not run "again".
+        self.served = client.reader.exists()
 
     def look(self) -> int | None:
         """The daemon's pid (-1: running, pid unreadable), or None if none runs."""
@@ -442,8 +445,11 @@ class _DaemonWatch:
             self.absent = True
         elif pid is not None and self.absent:
             running = f" (pid {pid})" if pid > 0 else ""
-            click.echo(f"procpool: the daemon runs again{running}; still waiting", err=True)
+            news = "the daemon runs again" if self.served else "a daemon started"
+            click.echo(f"procpool: {news}{running}; still waiting", err=True)
             self.absent = False
+        if pid is not None:
+            self.served = True
 
 
 @main.command()
