@@ -4,6 +4,7 @@ the store a start names."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -173,3 +174,20 @@ def test_wait_on_a_home_never_served_says_a_daemon_started(
         if waiting.poll() is None:
             waiting.kill()
             waiting.wait(10)
+
+
+def test_every_event_the_code_logs_is_in_the_event_table() -> None:
+    """An event is logged as `emit(LEVEL, "area.what", ...)` (or log, Say): each name
+    written so in the code has its row in docs/operations.md."""
+    root = Path(__file__).resolve().parent.parent
+    logged = re.compile(
+        r'"(?:TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)",\s*"([a-z_]+\.[a-z_]+)"'
+    )
+    names = {
+        name
+        for source in (root / "procpool").rglob("*.py")
+        for name in logged.findall(source.read_text())
+    }
+    assert len(names) > 50, "the pattern no longer finds the events"
+    table = (root / "docs" / "operations.md").read_text()
+    assert sorted(name for name in names if f"`{name}`" not in table) == []
