@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, clean_env, wait_until
+from conftest import Daemon, clean_env, run_cli, wait_until
 from http_helpers import Server, free_port
 
 from procpool.entrypoints.daemon import store_label
@@ -191,3 +191,13 @@ def test_every_event_the_code_logs_is_in_the_event_table() -> None:
     assert len(names) > 50, "the pattern no longer finds the events"
     table = (root / "docs" / "operations.md").read_text()
     assert sorted(name for name in names if f"`{name}`" not in table) == []
+
+
+def test_status_of_a_job_waiting_in_the_inbox_says_so(home: Path) -> None:
+    submitted = run_cli(home, "submit", "echo", "{}", "--id", "queued")
+    assert (submitted.returncode, submitted.stdout) == (0, "queued\n")
+    for command in ("status", "show"):
+        answer = run_cli(home, command, "queued")
+        assert (answer.returncode, answer.stderr) == (
+            1, "procpool: job 'queued' waits in the inbox: no daemon has taken it yet\n"
+        )  # fmt: skip

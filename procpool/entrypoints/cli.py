@@ -333,6 +333,8 @@ def _show(home: Path | None, job_id: str, as_json: bool, with_attempts_json: boo
     client = _client(home)
     with _user_errors():
         job = client.get(job_id)
+    if job is None and client.is_waiting_in_inbox(job_id):
+        raise CommandFailed(f"job {job_id!r} waits in the inbox: no daemon has taken it yet")
     if job is None:
         raise CommandFailed(f"no job {job_id!r}")
     with _user_errors():
