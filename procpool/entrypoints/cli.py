@@ -82,6 +82,16 @@ def home_option(function: F) -> F:
     )(function)
 
 
+def give_up_option(function: F) -> F:
+    """`--timeout S` of the commands that wait (wait, cancel, prune, stop)."""
+    return click.option(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"Give up waiting after S seconds (exit {EXIT_TIMEOUT}).",
+    )(function)
+
+
 def _client(home: Path | None) -> Client:
     """The command's client, closed with the command (an unclosed connection is a
     ResourceWarning from Python 3.13 on). Reading raises NoJobStore on a home that
@@ -457,7 +467,7 @@ class _DaemonWatch:
 @main.command()
 @home_option
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
-@click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 124).")
+@give_up_option
 @click.option(
     "--progress", "show_progress", is_flag=True, help="Show the handlers' progress reports."
 )
@@ -496,9 +506,7 @@ def wait(
 @main.command()
 @home_option
 @click.argument("job_id", metavar="ID")
-@click.option(
-    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
-)
+@give_up_option
 def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
     """Cancel a job; while the daemon runs, wait until it is canceled.
 
@@ -596,9 +604,7 @@ def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str
     default=None,
     help="Days since the job finished [default: config retention_days].",
 )
-@click.option(
-    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
-)
+@give_up_option
 def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
     """Delete finished jobs older than D days, with their attempts; pending ones stay."""
     with _user_errors():
@@ -714,9 +720,7 @@ def logs(
 
 @main.command()
 @home_option
-@click.option(
-    "--timeout", type=float, default=None, help="Give up waiting after S seconds (exit 124)."
-)
+@give_up_option
 def stop(home: Path | None, timeout: float | None) -> None:
     """Send SIGTERM to the daemon and wait for it to exit."""
     client = _client(home)
