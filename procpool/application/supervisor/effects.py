@@ -18,7 +18,7 @@ alike, carries its decisions out through `Effects.apply`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from procpool.application.events import emit
@@ -66,29 +66,22 @@ class Answers(Protocol):
     def committed(self, finished: list[str]) -> None: ...
 
 
+@dataclass
 class Effects:
     """Carries out the fleet's decisions (`apply`), and after the commit the turn's
     effects (`carry_out`). `deliver` sends a signal to a worker's process group, `rss`
     measures a worker's memory in bytes (None if it is gone): the system's by default,
-    a simulation's in tests."""
+    a simulation's in tests. `ends`: on a shared store, the runs this turn ended, kept
+    with their results should the turn be lost (member.py); None on a store of one
+    writer."""
 
-    def __init__(
-        self,
-        fleet: Fleet,
-        ledger: Ledger,
-        turn: TurnEffects,
-        *,
-        deliver: Callable[[int, int], None] = pool.signal_group,
-        rss: Callable[[int], int | None] = pool.rss_bytes,
-    ) -> None:
-        self.fleet = fleet
-        self.ledger = ledger
-        self.turn = turn
-        self._deliver = deliver
-        self._rss = rss
-        # On a shared store: the runs this turn ended, kept with their results should
-        # the turn be lost (member.py); None on a store of one writer.
-        self.ends: list[RunEnded] | None = None
+    fleet: Fleet
+    ledger: Ledger
+    turn: TurnEffects
+    _: KW_ONLY
+    deliver: Callable[[int, int], None] = pool.signal_group
+    rss: Callable[[int], int | None] = pool.rss_bytes
+    ends: list[RunEnded] | None = None
 
     def apply(self, decisions: list[Decision], wall: float) -> None:
         """Carry out decisions: in the store (this turn's transaction), or as effects of
@@ -115,7 +108,7 @@ class Effects:
         """Decisions made after the commit: signals and log lines only."""
         for decision in decisions:
             if isinstance(decision, Deliver):
-                self._deliver(decision.pid, decision.signum)
+                self.deliver(decision.pid, decision.signum)
             elif isinstance(decision, Say):
                 emit(decision.level, decision.event, decision.message, **decision.fields)
 
@@ -127,7 +120,7 @@ class Effects:
             if self.fleet.limits.max_memory_bytes and decision.worker_pid in self.fleet.workers:
                 # After every job, so that a leaking worker is retired when idle
                 # even if it is never idle at a periodic sample.
-                rss = self._rss(decision.worker_pid)
+                rss = self.rss(decision.worker_pid)
                 self.fleet.measured(decision.worker_pid, rss, 0.0)
         elif isinstance(decision, Began):
             begun = self.ledger.began(decision.job, wall)
@@ -138,7 +131,7 @@ class Effects:
         elif isinstance(decision, Send):
             self.turn.sends.setdefault(decision.pid, []).append(decision.message)
         elif isinstance(decision, Deliver):
-            self._deliver(decision.pid, decision.signum)
+            self.deliver(decision.pid, decision.signum)
         elif isinstance(decision, Say):
             self.turn.log(decision.level, decision.event, decision.message, **decision.fields)
 

@@ -96,30 +96,20 @@ class Stop:
     at: float | None = None
 
 
+@dataclass
 class SignalHandlers:
     """What each signal does, in the turn (see the module's docstring). `settings()`
-    gives the settings in force; `reconfigure` puts reloaded ones in force."""
+    gives the settings in force; `reconfigure` puts reloaded ones in force; `reload`
+    reads them anew (None: SIGHUP does nothing), `reopen_logs` reopens the log files."""
 
-    def __init__(
-        self,
-        stop: Stop,
-        fleet: Fleet,
-        effects: Effects,
-        telemetry: Telemetry,
-        settings: Callable[[], Settings],
-        reconfigure: Callable[[Settings], None],
-        *,
-        reload: Callable[[], Settings] | None = None,
-        reopen_logs: Callable[[], None] | None = None,
-    ) -> None:
-        self.stop = stop
-        self._fleet = fleet
-        self._effects = effects
-        self._telemetry = telemetry
-        self._settings = settings
-        self._reconfigure = reconfigure
-        self._reload = reload
-        self._reopen_logs = reopen_logs
+    stop: Stop
+    fleet: Fleet
+    effects: Effects
+    telemetry: Telemetry
+    settings: Callable[[], Settings]
+    reconfigure: Callable[[Settings], None]
+    reload: Callable[[], Settings] | None = None
+    reopen_logs: Callable[[], None] | None = None
 
     def handle_term(self, now: float) -> None:
         self._stop_signal(now, "SIGTERM")
@@ -131,18 +121,18 @@ class SignalHandlers:
         self.begin_stop(now, "SIGQUIT", 0.0)
 
     def handle_hup(self, now: float) -> None:
-        if self._reload is None:
+        if self.reload is None:
             return
         try:
-            settings = self._reload()
+            settings = self.reload()
         except Exception as error:
-            self._effects.turn.log(
+            self.effects.turn.log(
                 "ERROR", "config.reload_failed", f"config not reloaded: {error}", error=str(error)
             )
             return
-        old = self._settings()
-        self._reconfigure(settings)
-        self._effects.turn.log(
+        old = self.settings()
+        self.reconfigure(settings)
+        self.effects.turn.log(
             "INFO",
             "config.reloaded",
             f"config reloaded: {plural(settings.workers, 'worker')} (was {old.workers})",
@@ -150,8 +140,8 @@ class SignalHandlers:
         )
 
     def handle_usr1(self, now: float) -> None:
-        if self._reopen_logs is not None:
-            self._reopen_logs()
+        if self.reopen_logs is not None:
+            self.reopen_logs()
 
     def handle_chld(self, now: float) -> None:
         """Nothing here: it woke the loop, and every turn reaps."""
@@ -161,9 +151,9 @@ class SignalHandlers:
         them now."""
         stop = self.stop
         if not stop.begun:
-            self.begin_stop(now, name, self._settings().shutdown_timeout)
+            self.begin_stop(now, name, self.settings().shutdown_timeout)
         elif stop.at is None or stop.at > now:
-            self._effects.turn.log(
+            self.effects.turn.log(
                 "INFO", "daemon.stopping", "second stop signal: not waiting for jobs"
             )
             stop.at = now
@@ -174,9 +164,9 @@ class SignalHandlers:
         stop = self.stop
         if not stop.begun:
             stop.begun = True
-            self._telemetry.stopping()
-            running = sum(1 for w in self._fleet if w.current is not None)
-            self._effects.turn.log(
+            self.telemetry.stopping()
+            running = sum(1 for w in self.fleet if w.current is not None)
+            self.effects.turn.log(
                 "INFO",
                 "daemon.stopping",
                 f"stopping on {why}: {plural(running, 'running job')}"
@@ -185,6 +175,6 @@ class SignalHandlers:
                 running=running,
                 shutdown_timeout=wait,
             )
-            self._effects.apply(self._fleet.stop_queues(), time.time())
+            self.effects.apply(self.fleet.stop_queues(), time.time())
         deadline = now + wait
         stop.at = min(stop.at or deadline, deadline)
