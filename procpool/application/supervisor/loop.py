@@ -20,8 +20,8 @@ Nothing is said or sent that the store does not hold, and no fork copies an open
 transaction. The loop's parts live beside it: what each message and exit means
 (fleet.py, pure), the worker processes (workers.py), the one interpreter of the
 fleet's decisions and the turn's effects (effects.py), signals (signals.py), a
-shared store's lease and fence (member.py), retention (retention.py), the wait
-(wait.py, pure).
+shared store's lease and fence (member.py), dispatch (handout.py, over dispatch.py's
+plan), retention (retention.py), a busy store (busy.py), the wait (wait.py, pure).
 
 No threads: the supervisor forks replacement workers at any time, and a fork
 taken while another thread holds a lock copies the held lock into the child
@@ -75,6 +75,9 @@ class Clock(Protocol):
 
 
 class Supervisor:
+    """The daemon's one thread: `run` serves turn after turn until a stop has ended
+    every worker and companion (the module's docstring)."""
+
     def __init__(
         self,
         store: JobStore,
