@@ -21,7 +21,8 @@ transaction. The loop's parts live beside it: what each message and exit means
 (fleet.py, pure), the worker processes (workers.py), the one interpreter of the
 fleet's decisions and the turn's effects (effects.py), signals (signals.py), a
 shared store's lease and fence (member.py), dispatch (handout.py, over dispatch.py's
-plan), retention (retention.py), a busy store (busy.py), the wait (wait.py, pure).
+plan), retention (retention.py), a busy store (busy.py), the wait (wait.py, pure)
+and the selectors it waits on (inputs.py).
 
 No threads: the supervisor forks replacement workers at any time, and a fork
 taken while another thread holds a lock copies the held lock into the child
@@ -35,17 +36,18 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.ports import Inbox, JobStore, StartRegister, StoreBusy, StoreLost
+from procpool.application.supervisor import wait
 from procpool.application.supervisor.busy import BusySpell
 from procpool.application.supervisor.companion import Companion, Companions
 from procpool.application.supervisor.door import Connection, Door
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import Fleet
 from procpool.application.supervisor.handout import Dispatcher
+from procpool.application.supervisor.inputs import Inputs, Selected
 from procpool.application.supervisor.intake import Intake
 from procpool.application.supervisor.ledger import Ledger
 from procpool.application.supervisor.member import membership
@@ -59,19 +61,9 @@ from procpool.application.supervisor.telemetry import (
     Telemetry,
     take_snapshot,
 )
-from procpool.application.supervisor.wait import LINGER, LINGER_MIN, Alarms, linger, wait_timeout
 from procpool.application.supervisor.workers import WorkerManager
 from procpool.application.worker import pool
 from procpool.domain.wording import plural
-
-Selected = list[tuple[selectors.SelectorKey, int]]
-
-
-class Clock(Protocol):
-    """Where the loop reads the time: the `time` module, or a test's fake clock."""
-
-    def monotonic(self) -> float: ...
-    def time(self) -> float: ...
 
 
 class Supervisor:
@@ -94,7 +86,7 @@ class Supervisor:
         tree_mark: str | None = None,
         companions: Sequence[Companion] = (),
         door: socket.socket | None = None,
-        clock: Clock = time,
+        clock: wait.Clock = time,
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
         self.clock = clock
@@ -103,24 +95,18 @@ class Supervisor:
         self._telemetry: Telemetry = telemetry or NoTelemetry()
         self._starts = starts
         self.companions = Companions(companions)  # children that are not workers
-        # Two selectors, one inside the other: the workers' channels in the loop's own,
-        # everything else (the socket door, the inbox, the wake-up pipe, the shared
-        # store) in `_others`, whose descriptor the loop's selects too. So the loop can
-        # wait for the others alone while workers' messages gather (group commit).
-        self._selector = selectors.DefaultSelector()
-        self._others = selectors.DefaultSelector()
-        self._selector.register(self._others.fileno(), selectors.EVENT_READ, "others")
+        self.inputs = Inputs()  # two selectors, one inside the other (inputs.py)
         self.fleet = Fleet(settings.limits)
         self.turn_effects = TurnEffects()
         self.ledger = Ledger(store, settings.retry, self.turn_effects.log)
         self.effects = Effects(self.fleet, self.ledger, self.turn_effects)
         self.intake = Intake(store, self.ledger, registry, self.fleet, self.turn_effects.log)
         # The socket door (DESIGN decision 12): clients submit, wait and cancel through it.
-        self.door = None if door is None else Door(door, self._others, self.turn_effects.log)
+        self.door = None if door is None else Door(door, self.inputs.others, self.turn_effects.log)
         # Alone, or one of several daemons on a shared store (PostgreSQL): member.py.
-        self.member = membership(store, self.effects, self._others, flush_logs)
+        self.member = membership(store, self.effects, self.inputs.others, flush_logs)
         self.workers = WorkerManager(
-            self.fleet, self.effects, self._selector, registry, settings,
+            self.fleet, self.effects, self.inputs.workers, registry, settings,
             close_in_child=self._close_in_child, starts=starts, tree_mark=tree_mark,
             fence=self.member.fence,
         )  # fmt: skip
@@ -158,8 +144,8 @@ class Supervisor:
         self.signals.install()
         inbox_fd = self.inbox.fileno()
         if inbox_fd is not None:
-            self._others.register(inbox_fd, selectors.EVENT_READ, "inbox")
-        self._others.register(self.signals.fileno(), selectors.EVENT_READ, "wake")
+            self.inputs.others.register(inbox_fd, selectors.EVENT_READ, "inbox")
+        self.inputs.others.register(self.signals.fileno(), selectors.EVENT_READ, "wake")
         self.workers.adopt()
         self.member.renew_fence()  # forks the watchdog, before any worker
         while True:
@@ -186,8 +172,7 @@ class Supervisor:
         if self.door is not None:
             self.door.close()
         emit("INFO", "daemon.stopped", "procpool stopped", pid=os.getpid())
-        self._selector.close()
-        self._others.close()
+        self.inputs.close()
         self.signals.close()
 
     def abandon(self) -> int:
@@ -225,8 +210,7 @@ class Supervisor:
         """In a freshly forked worker: drop the supervisor's descriptors."""
         if self.door is not None:
             self.door.close_in_child()
-        self._selector.close()
-        self._others.close()
+        self.inputs.close()
         self.signals.close()
         self.workers.close_in_child()
         self._close_in_child_extra()
@@ -255,30 +239,22 @@ class Supervisor:
         self.member.watch()
         if self.door is not None:
             self.door.watch_again(self.clock.monotonic())
-        timeout = wait_timeout(self._alarms())
+        timeout = wait.wait_timeout(self._alarms())
+        lingering = 0.0
         if timeout > 0 and not self.stop.begun:
             waiting = self.door is not None and self.door.waiting
-            queued = self.fleet.linger(LINGER, LINGER_MIN)
-            lingering = linger(queued, self.dispatcher.jobs_waiting, waiting)
-            if lingering:
-                # Whatever comes from outside ends it, and is then selected below.
-                waited = self.clock.monotonic()
-                self._others.select(min(lingering, timeout))
-                timeout = max(0.0, timeout - (self.clock.monotonic() - waited))
-        ready = self._selector.select(timeout)
-        if any(key.data == "others" for key, _ in ready):
-            ready = [pair for pair in ready if pair[0].data != "others"]
-            ready += self._others.select(0)
-        return ready
+            queued = self.fleet.linger(wait.LINGER, wait.LINGER_MIN)
+            lingering = wait.linger(queued, self.dispatcher.jobs_waiting, waiting)
+        return self.inputs.select(timeout, lingering)
 
-    def _alarms(self) -> Alarms:
+    def _alarms(self) -> wait.Alarms:
         now, stopping = self.clock.monotonic(), self.stop.begun
         lacking = len(self.fleet.counted()) < self.settings.workers
         tick_in, fence_in = self.member.timeouts()
         sampling = self.settings.max_memory_mb and any(w.current for w in self.fleet)
         deadlines = [self.fleet.next_deadline(self.stop.at)]
         deadlines += self.companions.deadlines(stopping)
-        return Alarms(
+        return wait.Alarms(
             now, self.clock.time(), signals=self.signals.pending, stopping=stopping,
             publish_at=self._next_publish, retention_at=self.retention.next_at,
             scan_at=self._next_scan, spawn_at=self.fleet.spawn_at() if lacking else None,

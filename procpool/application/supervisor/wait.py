@@ -19,9 +19,17 @@ same (the loop's second selector).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 LINGER = 0.005
 LINGER_MIN = 0.0005
+
+
+class Clock(Protocol):
+    """Where the loop reads the time: the `time` module, or a test's fake clock."""
+
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
 
 
 @dataclass(frozen=True)
