@@ -18,18 +18,14 @@ import pytest
 
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.handlers import HandlerRegistry
+from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import (
     EXIT_WAIT,
     STARTUP_TIMEOUT,
-    Began,
     Decision,
-    Deliver,
     Fleet,
     Limits,
-    ProgressMade,
-    RunEnded,
     Say,
-    Send,
     WorkerState,
 )
 from procpool.application.supervisor.intake import Intake
@@ -75,6 +71,10 @@ class Sim:
         self.ledger = Ledger(self.store, RetryPolicy(base=1.0, cap=1.0), self._log)
         self.fleet = Fleet(Limits(heartbeat_timeout=HEARTBEAT, kill_grace=GRACE))
         self.intake = Intake(self.store, self.ledger, HandlerRegistry(), self.fleet, self._log)
+        # The supervisor's own interpreter of the fleet's decisions: what it sends and
+        # says is taken from its turn's effects at once, as if each apply were a turn.
+        self.turn = TurnEffects()
+        self.effects = Effects(self.fleet, self.ledger, self.turn, deliver=self.signal)
         self.workers: dict[int, SimWorker] = {}
         self.on_term = on_term
         self.lease = 0
@@ -86,20 +86,13 @@ class Sim:
     # the supervisor's side
 
     def apply(self, decisions: list[Decision]) -> None:
-        for decision in decisions:
-            if isinstance(decision, RunEnded):
-                self.ledger.end_run(decision, WALL + self.now)
-            elif isinstance(decision, Began):
-                self.fleet.update(decision.worker_pid, self.ledger.began(decision.job, WALL))
-            elif isinstance(decision, ProgressMade):
-                job = self.ledger.progress(decision.job, decision.fraction, None, WALL)
-                self.fleet.update(decision.worker_pid, job)
-            elif isinstance(decision, Send):
-                self.deliver_message(decision.pid, decision.message)
-            elif isinstance(decision, Deliver):
-                self.signal(decision.pid, decision.signum)
-            elif isinstance(decision, Say):
-                self.said.append(decision)
+        self.effects.apply(decisions, WALL + self.now)
+        sends = dict(self.turn.sends)
+        self.said += [Say(*logged) for logged in self.turn.logs]
+        self.turn.clear()
+        for pid, messages in sends.items():
+            for message in messages:
+                self.deliver_message(pid, message)
 
     def receive(self, pid: int, message: object) -> None:
         if pid in self.fleet.workers:
@@ -552,7 +545,7 @@ def test_after_a_gap_in_the_loop_a_worker_is_heard_before_it_is_judged(
     overdue: bool,
     after: tuple[Status, int, str | None, bool] | str | None,
 ) -> None:
-    """The deadline rule of issue 22 (Supervisor._judge_deadlines): the clock jumps
+    """The deadline rule of issue 22 (WorkerManager.judge_deadlines): the clock jumps
     while W's messages wait unread; the loop reads every overdue worker's channel, then
     judges. A worker whose messages waited is alive; what its own deadlines measure
     (a job's timeout, the stop's wait) still counts the gap."""

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from procpool.adapters.logs.writer import StandardError
-from procpool.application.supervisor import loop as module
-from procpool.application.supervisor.fleet import WorkerState
-from procpool.application.supervisor.loop import Supervisor, _Effects
+from procpool.application.supervisor import effects as module
+from procpool.application.supervisor.effects import Effects, TurnEffects
+from procpool.application.supervisor.fleet import Fleet, Limits
 from procpool.application.wire.channel import SupervisorEnd, WorkerEnd
 from procpool.application.wire.messages import Finished, RunJob
 
@@ -80,25 +80,21 @@ def test_sends_that_the_socket_does_not_take_wait_their_turn_in_order() -> None:
 
 
 def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Supervisor._after_commit: the door's answers go out right after the commit, before
+    """Effects.carry_out: the door's answers go out right after the commit, before
     inbox files are moved, jobs are sent to workers and log lines are written (a client
     submitting one at a time waits for each answer; the rest is nobody's round trip)."""
     order: list[str] = []
-    effects = _Effects()
-    effects.sends[7] = [RunJob("j", 1, 1, "echo", b"{}")]
-    effects.accepted.append("file")  # type: ignore[arg-type]
-    effects.log("INFO", "job.submitted", "job j submitted", job_id="j")
+    turn = TurnEffects()
+    turn.sends[7] = [RunJob("j", 1, 1, "echo", b"{}")]
+    turn.accepted.append("file")  # type: ignore[arg-type]
+    turn.log("INFO", "job.submitted", "job j submitted", job_id="j")
     monkeypatch.setattr(module, "emit", lambda *args, **fields: order.append("log"))
-    fake = SimpleNamespace(
-        _effects=effects,
-        _turn_ends=[],
-        inbox=SimpleNamespace(remove=lambda files: order.append("inbox")),
-        channels={7: SimpleNamespace(send=lambda messages: order.append("send"))},
-        fleet=SimpleNamespace(get=lambda pid: SimpleNamespace(state=WorkerState.SERVING)),
-        ledger=SimpleNamespace(take_finished=lambda: ["j"]),
-        door=SimpleNamespace(committed=lambda finished: order.append(f"answers {finished}")),
-        _watch_writable=lambda pid: None,
-        _flush_logs=lambda: order.append("flush"),
+    ledger = SimpleNamespace(take_finished=lambda: ["j"])
+    effects = Effects(Fleet(Limits()), ledger, turn)  # type: ignore[arg-type]
+    effects.carry_out(
+        SimpleNamespace(committed=lambda finished: order.append(f"answers {finished}")),
+        SimpleNamespace(remove=lambda files: order.append("inbox")),  # type: ignore[arg-type]
+        lambda sends: order.append("send"),
+        lambda: order.append("flush"),
     )
-    Supervisor._after_commit(fake)  # type: ignore[arg-type]
     assert order == ["answers ['j']", "inbox", "send", "log", "flush"]

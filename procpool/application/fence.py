@@ -15,7 +15,7 @@ and the pid of each worker it forks. The watchdog, a process forked by the
 supervisor before any worker, sleeps on CLOCK_BOOTTIME (which counts suspend) until
 that second; if no renewal moved it on meanwhile, it kills every worker's group.
 The kernel carries out the kill: neither a stopped supervisor nor a handler holding
-the GIL inside one long C call delays it. The supervisor's own check (`_check_fence`)
+the GIL inside one long C call delays it. The supervisor's own check (`Member.check_fence`)
 and each worker's fence thread stay as second lines, for a watchdog that was stopped
 or killed; the supervisor forks a new one when it reaps the old.
 

@@ -212,3 +212,33 @@ class Companion:
             return ""
         lines = tail.decode("utf-8", "replace").strip().splitlines()
         return lines[-1].strip() if lines else ""
+
+
+class Companions:
+    """The supervisor's companions, as its loop sees them all at once."""
+
+    def __init__(self, companions: Sequence[Companion]) -> None:
+        self._all = list(companions)
+
+    @property
+    def running(self) -> bool:
+        return any(companion.running for companion in self._all)
+
+    def pids(self) -> list[int]:
+        """The companions that run: no worker's orphans."""
+        return [companion.pid for companion in self._all if companion.pid is not None]
+
+    def tick(self, now: float, stopping: bool) -> None:
+        """After each commit: start or restart them; once `stopping` (the workers are
+        gone), stop them: the HTTP server answers while running jobs finish."""
+        for companion in self._all:
+            companion.tick(now, stopping)
+
+    def deadlines(self, stopping: bool) -> list[float]:
+        """Each one's `next_deadline`, where it has one (monotonic seconds)."""
+        deadlines = [companion.next_deadline(stopping) for companion in self._all]
+        return [deadline for deadline in deadlines if deadline is not None]
+
+    def exited(self, pid: int, status: int, now: float) -> bool:
+        """Claim a reaped child. Returns whether it was one of them."""
+        return any(companion.exited(pid, status, now) for companion in self._all)

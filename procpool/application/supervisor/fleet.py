@@ -26,21 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from procpool.application.supervisor.dispatch import BatchSizer, Holder
-from procpool.application.wire.messages import (
-    Finished,
-    Heartbeat,
-    LogLine,
-    OutputLine,
-    ProgressReport,
-    Ready,
-    RunJob,
-    Skip,
-    Skipped,
-    Started,
-    Stop,
-    ToSupervisor,
-    ToWorker,
-)
+from procpool.application.wire import messages as wire
 from procpool.domain.fate import Cause, Fate, Phase, Report, fate
 from procpool.domain.job import Job
 
@@ -162,7 +148,7 @@ class ProgressMade:
 @dataclass(frozen=True)
 class Send:
     pid: int
-    message: ToWorker
+    message: wire.ToWorker
 
 
 @dataclass(frozen=True)
@@ -258,7 +244,7 @@ class Fleet:
         """Ask an idle worker to exit."""
         worker.state = WorkerState.RETIRING
         worker.retiring_since = now
-        return [Send(worker.pid, Stop())]
+        return [Send(worker.pid, wire.Stop())]
 
     def retirements(self, wanted: int, stopping: bool, now: float) -> list[Decision]:
         """Stop idle workers that should go: all when stopping, the surplus over
@@ -384,12 +370,12 @@ class Fleet:
 
     # ----------------------------------------------------------------- messages
 
-    def received(self, pid: int, message: ToSupervisor, now: float) -> list[Decision]:
+    def received(self, pid: int, message: wire.ToSupervisor, now: float) -> list[Decision]:
         """What a message from a worker (one not yet reaped) means. Any message is a
         sign of life (a heartbeat stuck behind a flood of output lines is one too)."""
         worker = self.workers[pid]
         worker.last_heard_at = max(worker.last_heard_at, now)
-        if isinstance(message, Ready | LogLine | OutputLine):
+        if isinstance(message, wire.Ready | wire.LogLine | wire.OutputLine):
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
         if job is None or job.lease != message.lease:
@@ -403,22 +389,22 @@ class Fleet:
         violation = _violation(worker, job, message)
         if violation is not None:
             return self._broken(worker, violation, now)
-        if isinstance(message, Started):
+        if isinstance(message, wire.Started):
             # The worker's own start time, never later than now: a worker can shorten
             # its job's timeout, not stretch it.
             return self._began(worker, job, min(message.at or now, now), now)
-        if isinstance(message, Skipped):
+        if isinstance(message, wire.Skipped):
             return [self._end(worker, job, Report.NONE)]
-        if isinstance(message, ProgressReport):
+        if isinstance(message, wire.ProgressReport):
             return [ProgressMade(job, message.fraction, message.message, pid)]
-        if isinstance(message, Heartbeat):
+        if isinstance(message, wire.Heartbeat):
             return []  # heard: that is all it says
         return self._finished(worker, job, message, now)
 
     def _about_worker(
-        self, worker: Worker, message: Ready | LogLine | OutputLine, now: float
+        self, worker: Worker, message: wire.Ready | wire.LogLine | wire.OutputLine, now: float
     ) -> list[Decision]:
-        if not isinstance(message, Ready):
+        if not isinstance(message, wire.Ready):
             return [_log_line(worker, message)]
         if worker.state is not WorkerState.STARTING:
             return self._broken(worker, "it said Ready twice", now)
@@ -437,7 +423,9 @@ class Fleet:
             decisions += self.terminate(worker, Cause.CANCEL, "canceled", now)
         return decisions
 
-    def _finished(self, worker: Worker, job: Job, message: Finished, now: float) -> list[Decision]:
+    def _finished(
+        self, worker: Worker, job: Job, message: wire.Finished, now: float
+    ) -> list[Decision]:
         size = 0 if message.result is None else len(message.result)
         if size > self.limits.max_result_bytes:
             return self._broken(
@@ -500,11 +488,11 @@ class Fleet:
             worker.owes_start_since = now
             worker.last_heard_at = now
         worker.assigned[job.id] = job
-        return Send(worker.pid, RunJob(job.id, job.lease, job.attempt, job.type, job.payload))
+        return Send(worker.pid, wire.RunJob(job.id, job.lease, job.attempt, job.type, job.payload))
 
     def take_back(self, worker: Worker, job: Job) -> Send:
         worker.taking_back.add(job.id)
-        return Send(worker.pid, Skip(job.id, job.lease))
+        return Send(worker.pid, wire.Skip(job.id, job.lease))
 
     def cancel(self, worker: Worker, job: Job, now: float) -> list[Decision]:
         """A cancel was requested for a run this worker holds (`job` carries the flag)."""
@@ -667,30 +655,32 @@ class Fleet:
 
 
 def _violation(
-    worker: Worker, job: Job, message: Started | Skipped | Heartbeat | ProgressReport | Finished
+    worker: Worker,
+    job: Job,
+    message: wire.Started | wire.Skipped | wire.Heartbeat | wire.ProgressReport | wire.Finished,
 ) -> str | None:
     """How a message about a run this worker holds breaks the protocol, if it does:
     one job at a time, each started once, and only a started one reported on."""
     started = worker.current == job.id
-    if isinstance(message, Started):
+    if isinstance(message, wire.Started):
         if started:
             return f"it started {job.id} twice"
         return None if worker.current is None else f"it started {job.id} while running another"
-    if isinstance(message, Skipped):
+    if isinstance(message, wire.Skipped):
         return f"it skipped {job.id}, which it had started" if started else None
     if not started:
         return f"it sent {type(message).__name__} for {job.id}, which it had not started"
     return None
 
 
-def _log_line(worker: Worker, message: LogLine | OutputLine) -> Say:
+def _log_line(worker: Worker, message: wire.LogLine | wire.OutputLine) -> Say:
     """A line a handler logged or printed, as an event bound to its job; the
     handler's own fields stay under `fields`, where no name clashes with ours."""
     job_id = message.job_id
     fields: dict[str, object] = {
         "job_id": job_id, "attempt": message.attempt, "worker_pid": worker.pid,
     }  # fmt: skip
-    if isinstance(message, OutputLine):
+    if isinstance(message, wire.OutputLine):
         fields["stream"] = message.stream
         return Say("INFO", "job.output" if job_id else "worker.output", message.text, fields)
     if message.fields:

@@ -1,0 +1,47 @@
+"""The loop's inputs: two selectors, one inside the other.
+
+    workers' channels ──────────────────────────────▶ ┐
+    the socket door, the inbox, the wake-up pipe,      │ `workers` (the loop's select)
+    the shared store's listener ─▶ `others` ─fileno──▶ ┘
+
+The workers' channels are in the loop's own selector; everything else is in
+`others`, whose descriptor the loop's selector watches too. So the loop can wait
+for the others alone while the workers' messages gather (group commit: `wait`'s
+`linger`), and any other input ends that wait at once.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+
+Selected = list[tuple[selectors.SelectorKey, int]]
+
+
+class Inputs:
+    """`workers`: the selector the worker channels go in (data: the pid); `others`:
+    the one the rest goes in (data: "door", "inbox", "wake", "store", a connection)."""
+
+    def __init__(self) -> None:
+        self.workers = selectors.DefaultSelector()
+        self.others = selectors.DefaultSelector()
+        self.workers.register(self.others.fileno(), selectors.EVENT_READ, "others")
+
+    def select(self, timeout: float, linger: float) -> Selected:
+        """Wait up to `linger` seconds (within `timeout`) for the others alone, then up
+        to what is left of `timeout` for every input. Returns what is ready, the others'
+        keys in place of their selector's."""
+        if linger:
+            # Whatever comes from outside ends it, and is then selected below.
+            waited = time.monotonic()
+            self.others.select(min(linger, timeout))
+            timeout = max(0.0, timeout - (time.monotonic() - waited))
+        ready = self.workers.select(timeout)
+        if any(key.data == "others" for key, _ in ready):
+            ready = [pair for pair in ready if pair[0].data != "others"]
+            ready += self.others.select(0)
+        return ready
+
+    def close(self) -> None:
+        self.workers.close()
+        self.others.close()
