@@ -137,6 +137,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
     worker_pid: int | None
     cancel_requested: bool
     retry_of: str | None
+    concurrency_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -167,6 +168,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
             worker_pid=job.worker_pid,
             cancel_requested=job.cancel_requested,
             retry_of=job.retry_of,
+            concurrency_key=job.concurrency_key,
         )
 
 
@@ -395,6 +397,7 @@ class Client:
         priority: int = 0,
         delay: float | None = None,
         run_at: str | None = None,
+        concurrency_key: str | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -413,6 +416,8 @@ class Client:
             priority: higher runs first.
             delay: do not start before now + `delay` seconds.
             run_at: do not start before this RFC 3339 time (not with `delay`).
+            concurrency_key: 1-128 characters; jobs of this type with the same key run
+                at most `key_limit` at once (default 1). See docs/handlers.md.
 
         Returns:
             The job's id.
@@ -435,6 +440,7 @@ class Client:
                 priority=priority,
                 delay=delay,
                 run_at=run_at,
+                concurrency_key=concurrency_key,
             )
         )
 
@@ -573,6 +579,7 @@ class Client:
                 timeout=job.timeout,
                 priority=job.priority,
                 retry_of=job_id,
+                concurrency_key=job.concurrency_key,
             )
         )
 

@@ -78,6 +78,8 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     cancel_requested: bool = False
     digest: str = ""
     retry_of: str | None = None
+    # Jobs of one type with the same key share the key's limit (CONTRACT section 13).
+    concurrency_key: str | None = None
 
     @property
     def attempt(self) -> int:

@@ -35,6 +35,7 @@ import msgspec
 
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
+from procpool.domain.limits import KEY_MAX_CHARS
 
 MAX_ID_LENGTH = 128
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -63,6 +64,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delay: float | None = None
     run_at: str | None = None
     retry_of: str | None = None  # set by `procpool retry`: the terminal job this one repeats
+    # Last: `digest` leaves it out while it is null, so that a submission made before it
+    # existed keeps its digest (see `digest`).
+    concurrency_key: str | None = None
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,6 +97,7 @@ _KINDS = {
     "delay": "a number",
     "run_at": "a string",
     "retry_of": "a string",
+    "concurrency_key": "a string",
     "cancel": "a string",
     "prune": "a number",
 }
@@ -172,6 +177,15 @@ def _check_text(name: str, value: str) -> None:
         raise InvalidJobFile(f"{name} is not valid Unicode text, got {show(value)}") from None
 
 
+def check_concurrency_key(value: str) -> str:
+    if not 1 <= len(value) <= KEY_MAX_CHARS:
+        raise InvalidJobFile(
+            f"concurrency_key must be 1-{KEY_MAX_CHARS} characters, got {len(value)}: {show(value)}"
+        )
+    _check_text("concurrency_key", value)
+    return value
+
+
 def _not_unicode(text: str, start: int) -> str:
     """Why `text[start]`, a lone surrogate, is not text, in a file's terms where it can."""
     code = ord(text[start])
@@ -222,6 +236,8 @@ def check(spec: JobSpec) -> JobSpec:
         check_id(spec.id)
     if spec.retry_of is not None:
         check_id(spec.retry_of, "retry_of")
+    if spec.concurrency_key is not None:
+        check_concurrency_key(spec.concurrency_key)
     _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
     if spec.priority:  # 0, the default, needs no check: one line of a large file less work
         _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
@@ -581,9 +597,17 @@ def encode_json(value: Any) -> bytes:
     return _canonical.encode(value)
 
 
+_NO_KEY = b',"concurrency_key":null}'
+
+
 def digest(spec: JobSpec) -> str:
-    """What makes two submissions "the very same": type, payload and options."""
-    return hashlib.blake2b(encode_json(spec), digest_size=16).hexdigest()
+    """What makes two submissions "the very same": type, payload and options. A spec
+    without concurrency_key is hashed as it was before the field existed (its last),
+    so that a file read again after an upgrade is still the same submission."""
+    encoded = encode_json(spec)
+    if spec.concurrency_key is None and encoded.endswith(_NO_KEY):
+        encoded = encoded[: -len(_NO_KEY)] + b"}"
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> Job:
@@ -603,4 +627,5 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         updated_at=now,
         digest=digest(submitted),
         retry_of=spec.retry_of,
+        concurrency_key=spec.concurrency_key,
     )

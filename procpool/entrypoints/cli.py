@@ -227,6 +227,11 @@ def serve(
 @click.option("--timeout", type=float, default=None, help="Hard limit of one attempt, seconds.")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--delay", type=float, default=None, help="Do not start before now + S seconds.")
+@click.option(
+    "--concurrency-key",
+    default=None,
+    help="Jobs of this type with the same key run at most key_limit at once (default 1).",
+)
 def submit(
     home: Path | None,
     job_type: str,
@@ -236,6 +241,7 @@ def submit(
     timeout: float | None,
     priority: int,
     delay: float | None,
+    concurrency_key: str | None,
 ) -> None:
     """Queue a job and print its id: over the daemon's socket while it runs (returns once
     the job is committed), else as a file in the inbox."""
@@ -257,6 +263,7 @@ def submit(
                 timeout=timeout,
                 priority=priority,
                 delay=delay,
+                concurrency_key=concurrency_key,
             )
         except DuplicateId as error:  # what was asked did not happen; no usage error
             raise CommandFailed(str(error), EXIT_NOT_DONE) from None
@@ -271,6 +278,7 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("status", job.status + (" (cancel requested)" if canceling else "")),
         ("attempts", f"{job.attempts} failed of {job.max_attempts}"),
         ("priority", str(job.priority)),
+        ("concurrency key", job.concurrency_key or ""),
         ("created", job.created_at),
         ("updated", job.updated_at),
         ("run at", job.run_at),

@@ -139,6 +139,7 @@ class Supervisor:
         self.inbox = inbox
         self.registry = registry
         self.settings = settings
+        store.set_limits(settings.claim, registry.names())  # the claim counts: see `due`
         self._reload = reload
         self._reopen_logs = reopen_logs
         self._flush_logs = flush_logs
@@ -711,6 +712,7 @@ class Supervisor:
         self.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
+        self.store.set_limits(settings.claim, self.registry.names())
         self._effects.log(
             "INFO",
             "config.reloaded",
