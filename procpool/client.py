@@ -138,6 +138,10 @@ class JobInfo(msgspec.Struct, kw_only=True):
     cancel_requested: bool
     retry_of: str | None
     concurrency_key: str | None = None
+    # Why a pending, due job has not started, when a limit holds it back, e.g.
+    # {"reason": "limit", "limit": "render", "running": 2, "max": 2} (limits.waiting);
+    # null otherwise. Computed when the job is read, from the running jobs then.
+    waiting: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -147,7 +151,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
         return msgspec.structs.asdict(self)
 
     @classmethod
-    def from_job(cls, job: Job) -> JobInfo:
+    def from_job(cls, job: Job, waiting: dict[str, Any] | None = None) -> JobInfo:
         return cls(
             id=job.id,
             type=job.type,
@@ -169,7 +173,14 @@ class JobInfo(msgspec.Struct, kw_only=True):
             cancel_requested=job.cancel_requested,
             retry_of=job.retry_of,
             concurrency_key=job.concurrency_key,
+            waiting=waiting,
         )
+
+    @classmethod
+    def of_jobs(cls, jobs: Sequence[Job], reader: JobReader) -> list[JobInfo]:
+        """The jobs, each with its `waiting` (one read of the running jobs for all)."""
+        held = reader.waiting(jobs, time.time())
+        return [cls.from_job(job, held.get(job.id)) for job in jobs]
 
 
 class Attempt(msgspec.Struct, kw_only=True):
@@ -718,7 +729,7 @@ class Client:
             if job is None:
                 self.require_store()
         if job is not None:
-            return JobInfo.from_job(job)
+            return JobInfo.of_jobs([job], self._reader)[0]
         if (rejected := self._rejection(job_id)) is not None:
             raise rejected
         return None
@@ -760,7 +771,7 @@ class Client:
             NoJobStore: the home has no store.
         """
         self.require_store()
-        return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
+        return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """Every run of a job, oldest first; a running job's current run comes last.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from procpool.adapters.stores.memory import MemoryJobStore
@@ -14,7 +15,7 @@ from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.application.ports import JobStore
 from procpool.domain import job as jobs
 from procpool.domain.job import Job
-from procpool.domain.limits import ClaimLimits, Running, admit
+from procpool.domain.limits import ClaimLimits, Running, admit, waiting
 
 NOW = 1_000_000.0  # the fake clock: every job below is due at NOW
 SERVED = ("render", "echo", "sync")
@@ -166,3 +167,33 @@ def test_admit(
         candidates.append(pending(str(n), job_type, key or None))
     admitted = admit(candidates, Running.of(counts), limits, want)
     assert [int(job.id) for job in admitted] == expected
+
+
+@pytest.mark.parametrize(
+    ("job", "counts", "limits", "expected"),
+    [
+        (pending("r", "render"), [("render", None, 2)], ClaimLimits({"render": 2}),
+         {"reason": "limit", "limit": "render", "running": 2, "max": 2}),
+        (pending("r", "render"), [("render", None, 1)], ClaimLimits({"render": 2}), None),
+        (pending("s", "sync", "a"), [("sync", "a", 1)], ClaimLimits(),
+         {"reason": "key_limit", "limit": "sync", "key": "a", "running": 1, "max": 1}),
+        (pending("s", "sync", "a"), [("sync", "a", 1)], ClaimLimits(keys={"sync": 2}), None),
+        (pending("s", "sync", "b"), [("sync", "a", 1)], ClaimLimits(), None),
+        # A lowered limit: more run than it allows.
+        (pending("r", "render"), [("render", None, 3)], ClaimLimits({"render": 1}),
+         {"reason": "limit", "limit": "render", "running": 3, "max": 1}),
+        # Not due yet: it waits for its time, not for a slot.
+        (msgspec.structs.replace(pending("r", "render"), run_at=NOW + 1),
+         [("render", None, 2)], ClaimLimits({"render": 2}), None),
+        (jobs.start(pending("r", "render"), lease=1, worker_pid=1, now=NOW),
+         [("render", None, 2)], ClaimLimits({"render": 2}), None),
+    ],
+)  # fmt: skip
+def test_waiting(
+    job: Job,
+    counts: list[tuple[str, str | None, int]],
+    limits: ClaimLimits,
+    expected: dict[str, object] | None,
+) -> None:
+    """Pure, with a fake clock: why a job is held back, from what runs."""
+    assert waiting(job, limits, Running.of(counts), NOW) == expected

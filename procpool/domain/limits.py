@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from procpool.domain.job import Job
+from procpool.domain.job import Job, Status
 
 KEY_MAX_CHARS = 128
 # A key without a key limit of its type is a mutex.
@@ -91,3 +91,41 @@ def admit(due: Sequence[Job], running: Running, limits: ClaimLimits, want: int) 
         running.types[job.type] = running.types.get(job.type, 0) + 1
         admitted.append(job)
     return admitted
+
+
+def waiting(
+    job: Job, limits: ClaimLimits, running: Running, now: float
+) -> dict[str, object] | None:
+    """Why a due pending job is held back by a limit, from what runs now; None for a job
+    that is not pending, not due yet, or under its limits (it waits for a worker).
+
+    Shapes: {"reason": "limit", "limit": TYPE, "running": N, "max": M} for a full type;
+    {"reason": "key_limit", "limit": TYPE, "key": KEY, "running": N, "max": M} for a
+    full key."""
+    if job.status is not Status.PENDING or job.run_at > now:
+        return None
+    most = limits.types.get(job.type)
+    count = running.types.get(job.type, 0)
+    if most is not None and count >= most:
+        return {"reason": "limit", "limit": job.type, "running": count, "max": most}
+    key = job.concurrency_key
+    if key is not None:
+        most, count = limits.key_limit(job.type), running.keys.get((job.type, key), 0)
+        if count >= most:
+            return {"reason": "key_limit", "limit": job.type, "key": key, "running": count,
+                    "max": most}  # fmt: skip
+    return None
+
+
+def as_rows(limits: ClaimLimits) -> list[tuple[str, int | None, int | None]]:
+    """The limits as the stores publish them for readers: (type, limit, key limit)."""
+    return [
+        (t, limits.types.get(t), limits.keys.get(t)) for t in sorted({*limits.types, *limits.keys})
+    ]
+
+
+def from_rows(rows: Sequence[tuple[str, int | None, int | None]]) -> ClaimLimits:
+    return ClaimLimits(
+        {t: most for t, most, _ in rows if most is not None},
+        {t: most for t, _, most in rows if most is not None},
+    )

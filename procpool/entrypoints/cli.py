@@ -287,9 +287,20 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("progress", _progress_text(job)),
         ("last error", job.last_error or ""),
         ("retry of", job.retry_of or ""),
+        ("waiting", _waiting_text(job.waiting)),
         ("payload", _brief(job.payload, 200)),
         ("result", "" if job.result is None else _brief(job.result, 200)),
     ]  # fmt: skip
+
+
+def _waiting_text(waiting: dict[str, Any] | None) -> str:
+    """Why a pending job has not started, in words: "limit of render: 2 of 2 running"."""
+    if waiting is None:
+        return ""
+    share = f"{waiting['running']} of {waiting['max']} running"
+    if waiting["reason"] == "key_limit":
+        return f"key limit of {waiting['limit']}, key {waiting['key']!r}: {share}"
+    return f"limit of {waiting['limit']}: {share}"
 
 
 def _clock(moment: str | None) -> str:

@@ -58,7 +58,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
-from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
+from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
 
 MIGRATIONS: list[str] = [
     # 1: jobs, their history, the daemons and their workers, inbox progress per home
@@ -181,6 +181,13 @@ MIGRATIONS: list[str] = [
     # procpool_jobs_owner, which holds only them.
     """
     ALTER TABLE procpool_jobs ADD COLUMN concurrency_key text;
+    -- The limits the daemons apply (the last to start or reload wrote them), for
+    -- readers to say why a job waits; the claim never reads them.
+    CREATE TABLE procpool_limits (
+        type text PRIMARY KEY,
+        max_running integer,
+        key_max integer
+    );
     CREATE INDEX procpool_jobs_pending_type ON procpool_jobs (type, priority DESC, run_at)
         WHERE status = 'pending';
     """,
@@ -444,6 +451,7 @@ class PostgresJobStore:
         self._progress: dict[str, _KeptProgress] = {}  # job id -> its progress writes
         self._limits = NO_LIMITS
         self._served: tuple[str, ...] = tuple(self.types or ())
+        self._publish = False  # the limits changed: write them for readers
         self._listening: psycopg.Connection[Any] | None = None
         self._listening_lost = False  # heard() found it broken: closed by listener()
         self._listen_again_at = 0.0  # boottime
@@ -496,10 +504,13 @@ class PostgresJobStore:
             self._reconnect()
             raise StoreBusy(f"lost the connection to PostgreSQL: {error}".strip()) from error
         try:
+            if self._publish:
+                self._publish_limits()
             yield
             self._db.execute("COMMIT")
         except BaseException as error:
             self._renewing = None
+            self._publish = True  # if they were written, that was undone too
             if self._db.broken:
                 raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from error
             try:
@@ -680,8 +691,17 @@ class PostgresJobStore:
         return jobs
 
     def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
-        """See JobStore.set_limits."""
+        """See JobStore.set_limits. Published for readers by the next transaction."""
         self._limits, self._served = limits, tuple(served)
+        self._publish = True
+
+    def _publish_limits(self) -> None:
+        self._publish = False
+        self._db.execute("DELETE FROM procpool_limits")
+        rows = as_rows(self._limits)
+        if rows:
+            with self._db.cursor() as cursor:
+                cursor.executemany("INSERT INTO procpool_limits VALUES (%s, %s, %s)", rows)
 
     def _due_limited(self, now: float, limit: int) -> list[Job]:
         """`due` when the head of the queue holds a limited job: for each type served,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from procpool.adapters.stores.job_reader import held_back
 from procpool.adapters.stores.postgres import (
     CANCEL_CHANNEL,
     JOBS_CHANNEL,
@@ -265,6 +266,9 @@ class PostgresClientStore:
             f"SELECT {RUN_COLUMNS} FROM procpool_runs WHERE ended_at >= %s", (since,)
         )
         return [_run(row) for row in rows]
+
+    def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
+        return held_back(jobs, now, self._query, "procpool_limits", "procpool_jobs")
 
     def daemons(self) -> builtins.list[DaemonOnDatabase]:
         """The daemons registered and not known dead: those alive, and those whose lease

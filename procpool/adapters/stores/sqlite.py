@@ -47,7 +47,7 @@ from procpool.application.ports import (
     WorkerReport,
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
-from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit
+from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -141,6 +141,13 @@ MIGRATIONS: list[str] = [
     # (two more index writes in its life), to spare only claims that count.
     """
     ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    -- The limits the daemon applies, for readers to say why a job waits (`waiting`);
+    -- the claim never reads them.
+    CREATE TABLE limits (
+        type TEXT PRIMARY KEY,
+        max_running INTEGER,
+        key_max INTEGER
+    ) WITHOUT ROWID;
     CREATE INDEX jobs_ready_type ON jobs (type, priority DESC, run_at, concurrency_key)
         WHERE status = 'pending' AND ready = 1;
     """,
@@ -322,13 +329,19 @@ class SqliteJobStore:
         self._earliest_scheduled: float | None = None
         self._limits = NO_LIMITS
         self._served: tuple[str, ...] = ()
-        self._by_type: dict[
-            tuple[int, int], str
-        ] = {}  # the limited claim's SELECTs, by keys excluded
+        # The limited claim's SELECTs, by how many keys and ids they leave out.
+        self._by_type: dict[tuple[int, int], str] = {}
+        self._publish = False  # the limits changed: write them for readers
 
     def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
-        """See JobStore.set_limits."""
+        """See JobStore.set_limits. Published for readers by the next transaction."""
         self._limits, self._served = limits, tuple(served)
+        self._publish = True
+
+    def _publish_limits(self) -> None:
+        self._publish = False
+        self._db.execute("DELETE FROM limits")
+        self._db.executemany("INSERT INTO limits VALUES (?, ?, ?)", as_rows(self._limits))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -347,12 +360,15 @@ class SqliteJobStore:
                 raise StoreBusy(f"{error} (another process holds {self.path.name})") from error
             raise
         try:
+            if self._publish:
+                self._publish_limits()
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             # What was noted of the writes undone no longer holds: look again.
             self._none_ready = False
             self._earliest_scheduled = None
+            self._publish = True  # if they were written, that was undone too
             raise
         self._db.execute("COMMIT")
         now = time.monotonic()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from procpool.adapters.stores.job_reader import held_back
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
     RUN_COLUMNS,
@@ -152,6 +153,9 @@ class StoreReader:
             f"SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_ended WHERE ended_at >= ?", (since,)
         )
         return [_run(row) for row in rows]
+
+    def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
+        return held_back(jobs, now, self._query, "limits", "jobs")
 
     def close(self) -> None:
         if self._db is not None:
