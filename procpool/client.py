@@ -142,6 +142,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
     # {"reason": "limit", "limit": "render", "running": 2, "max": 2} (limits.waiting);
     # null otherwise. Computed when the job is read, from the running jobs then.
     waiting: dict[str, Any] | None = None
+    expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
 
     @property
     def is_terminal(self) -> bool:
@@ -174,6 +175,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
             retry_of=job.retry_of,
             concurrency_key=job.concurrency_key,
             waiting=waiting,
+            expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
         )
 
     @classmethod
@@ -382,6 +384,7 @@ class Client:
 
     def _submit(self, job_spec: spec.JobSpec) -> str:
         spec.check(job_spec)
+        spec.check_expiry(job_spec, time.time())  # judged again when the job is accepted
         assert job_spec.id is not None
         if self._shared is not None:
             self._shared.submit_spec(job_spec)
@@ -409,6 +412,8 @@ class Client:
         delay: float | None = None,
         run_at: str | None = None,
         concurrency_key: str | None = None,
+        expires_at: str | None = None,
+        expires_in: float | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -429,6 +434,9 @@ class Client:
             run_at: do not start before this RFC 3339 time (not with `delay`).
             concurrency_key: 1-128 characters; jobs of this type with the same key run
                 at most `key_limit` at once (default 1). See docs/handlers.md.
+            expires_at: an RFC 3339 time; a job still pending then is canceled with
+                `last_error` "expired" (one that runs goes on). Not with `expires_in`.
+            expires_in: the same, in seconds from when the job is accepted.
 
         Returns:
             The job's id.
@@ -452,6 +460,8 @@ class Client:
                 delay=delay,
                 run_at=run_at,
                 concurrency_key=concurrency_key,
+                expires_at=expires_at,
+                expires_in=expires_in,
             )
         )
 
@@ -488,6 +498,11 @@ class Client:
         if self._shared is not None:  # the database is the store: one transaction there
             now = time.time()
             defaults = self._shared.defaults
+            for number, job_spec in enumerate(specs, 1):
+                try:
+                    spec.check_expiry(job_spec, now)
+                except InvalidJobFile as error:
+                    raise InvalidJobFile(f"job {number}: {error}") from None
             self._shared.submit(
                 [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
                     specs, ids, strict=True)]

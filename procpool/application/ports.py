@@ -128,6 +128,14 @@ class JobStore(Protocol):
         by a full type: it runs every loop turn that has a worker free."""
         ...
 
+    def expired(self, now: float, limit: int) -> list[Job]:
+        """Up to `limit` pending jobs whose expires_at has come, earliest first."""
+        ...
+
+    def next_expiry(self) -> float | None:
+        """The earliest expires_at of any pending job (seconds since the epoch)."""
+        ...
+
     def next_run_at(self, after: float) -> float | None:
         """The earliest run_at later than `after` of any pending job: when the next
         scheduled job becomes due (seconds since the epoch)."""

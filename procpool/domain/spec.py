@@ -64,9 +64,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delay: float | None = None
     run_at: str | None = None
     retry_of: str | None = None  # set by `procpool retry`: the terminal job this one repeats
-    # Last: `digest` leaves it out while it is null, so that a submission made before it
-    # existed keeps its digest (see `digest`).
+    # Last: `digest` leaves these out while they are null, so that a submission made
+    # before they existed keeps its digest (see `digest`).
     concurrency_key: str | None = None
+    expires_at: str | None = None  # RFC 3339: canceled if still pending then
+    expires_in: float | None = None  # seconds from acceptance; not with expires_at
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -98,6 +100,8 @@ _KINDS = {
     "run_at": "a string",
     "retry_of": "a string",
     "concurrency_key": "a string",
+    "expires_at": "a string",
+    "expires_in": "a number",
     "cancel": "a string",
     "prune": "a number",
 }
@@ -247,7 +251,21 @@ def check(spec: JobSpec) -> JobSpec:
         if spec.delay is not None:
             raise InvalidJobFile("run_at and delay cannot be given together")
         parse_time(spec.run_at)
+    _check_seconds("expires_in", spec.expires_in, allow_zero=False)
+    if spec.expires_at is not None:
+        if spec.expires_in is not None:
+            raise InvalidJobFile("expires_at and expires_in cannot be given together")
+        parse_time(spec.expires_at, "expires_at")
     return spec
+
+
+def check_expiry(spec: JobSpec, now: float) -> None:
+    """At acceptance: an `expires_at` that has passed is an error (the job could never
+    run). Raises InvalidJobFile naming it."""
+    if spec.expires_at is not None and parse_time(spec.expires_at, "expires_at") <= now:
+        raise InvalidJobFile(
+            f"expires_at {show(spec.expires_at)} has passed: the job would expire at once"
+        )
 
 
 # ----------------------------------------------------------------- bytes to values
@@ -597,16 +615,20 @@ def encode_json(value: Any) -> bytes:
     return _canonical.encode(value)
 
 
-_NO_KEY = b',"concurrency_key":null}'
+# The fields added after digests were first kept, in their order (the last ones).
+_LATER_FIELDS = ("concurrency_key", "expires_at", "expires_in")
 
 
 def digest(spec: JobSpec) -> str:
-    """What makes two submissions "the very same": type, payload and options. A spec
-    without concurrency_key is hashed as it was before the field existed (its last),
+    """What makes two submissions "the very same": type, payload and options. The
+    fields added later (_LATER_FIELDS) are hashed only where set, as before they existed,
     so that a file read again after an upgrade is still the same submission."""
     encoded = encode_json(spec)
-    if spec.concurrency_key is None and encoded.endswith(_NO_KEY):
-        encoded = encoded[: -len(_NO_KEY)] + b"}"
+    for name in reversed(_LATER_FIELDS):  # trailing nulls only: order is the fields'
+        null = f',"{name}":null}}'.encode()
+        if not encoded.endswith(null):
+            break
+        encoded = encoded[: -len(null)] + b"}"
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
@@ -628,4 +650,11 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         digest=digest(submitted),
         retry_of=spec.retry_of,
         concurrency_key=spec.concurrency_key,
+        expires_at=_expiry(spec, now),
     )
+
+
+def _expiry(spec: JobSpec, now: float) -> float | None:
+    if spec.expires_at is not None:
+        return parse_time(spec.expires_at, "expires_at")
+    return None if spec.expires_in is None else now + spec.expires_in

@@ -232,6 +232,12 @@ def serve(
     default=None,
     help="Jobs of this type with the same key run at most key_limit at once (default 1).",
 )
+@click.option(
+    "--expires-in", type=float, default=None, help="Cancel it if still pending S seconds from now."
+)
+@click.option(
+    "--expires-at", default=None, help="Cancel it if still pending at this RFC 3339 time."
+)
 def submit(
     home: Path | None,
     job_type: str,
@@ -242,6 +248,8 @@ def submit(
     priority: int,
     delay: float | None,
     concurrency_key: str | None,
+    expires_in: float | None,
+    expires_at: str | None,
 ) -> None:
     """Queue a job and print its id: over the daemon's socket while it runs (returns once
     the job is committed), else as a file in the inbox."""
@@ -264,6 +272,8 @@ def submit(
                 priority=priority,
                 delay=delay,
                 concurrency_key=concurrency_key,
+                expires_in=expires_in,
+                expires_at=expires_at,
             )
         except DuplicateId as error:  # what was asked did not happen; no usage error
             raise CommandFailed(str(error), EXIT_NOT_DONE) from None
@@ -288,6 +298,7 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("last error", job.last_error or ""),
         ("retry of", job.retry_of or ""),
         ("waiting", _waiting_text(job.waiting)),
+        ("expires at", job.expires_at or ""),
         ("payload", _brief(job.payload, 200)),
         ("result", "" if job.result is None else _brief(job.result, 200)),
     ]  # fmt: skip

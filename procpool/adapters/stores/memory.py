@@ -81,6 +81,21 @@ class MemoryJobStore:
         served = [job for job in ready if job.type in self._served]
         return admit(served, running, self._limits, limit)
 
+    def expired(self, now: float, limit: int) -> list[Job]:
+        found = [
+            j
+            for j in self._jobs.values()
+            if j.status is Status.PENDING and j.expires_at is not None and j.expires_at <= now
+        ]
+        return sorted(found, key=lambda j: j.expires_at or 0.0)[:limit]
+
+    def next_expiry(self) -> float | None:
+        return min(
+            (j.expires_at for j in self._jobs.values()
+             if j.status is Status.PENDING and j.expires_at is not None),
+            default=None,
+        )  # fmt: skip
+
     def next_run_at(self, after: float) -> float | None:
         return min(
             (

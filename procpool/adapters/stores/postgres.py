@@ -181,6 +181,9 @@ MIGRATIONS: list[str] = [
     # procpool_jobs_owner, which holds only them.
     """
     ALTER TABLE procpool_jobs ADD COLUMN concurrency_key text;
+    ALTER TABLE procpool_jobs ADD COLUMN expires_at double precision;
+    CREATE INDEX procpool_jobs_expiry ON procpool_jobs (expires_at)
+        WHERE status = 'pending' AND expires_at IS NOT NULL;
     -- The limits the daemons apply (the last to start or reload wrote them), for
     -- readers to say why a job waits; the claim never reads them.
     CREATE TABLE procpool_limits (
@@ -759,6 +762,24 @@ class PostgresJobStore:
             (job_type, now, full, taken, limit),
         )
         return [_job(row) for row in rows]
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        """Locked as `due` locks: another daemon's turn skips them."""
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending'"
+            " AND expires_at IS NOT NULL AND expires_at <= %s ORDER BY expires_at LIMIT %s"
+            " FOR UPDATE SKIP LOCKED",
+            (now, limit),
+        )
+        return [_job(row) for row in rows]
+
+    def next_expiry(self) -> float | None:
+        rows = self._rows(
+            "SELECT min(expires_at) FROM procpool_jobs"
+            " WHERE status = 'pending' AND expires_at IS NOT NULL"
+        )
+        earliest: float | None = rows[0][0]
+        return earliest
 
     def served_types(self) -> set[str] | None:
         """The job types the live daemons have handlers for; None: any, while a live

@@ -141,6 +141,10 @@ MIGRATIONS: list[str] = [
     # (two more index writes in its life), to spare only claims that count.
     """
     ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    -- Expiry: only jobs that have one are in the index (`expired`, `next_expiry`).
+    ALTER TABLE jobs ADD COLUMN expires_at REAL;
+    CREATE INDEX jobs_expiry ON jobs (expires_at)
+        WHERE status = 'pending' AND expires_at IS NOT NULL;
     -- The limits the daemon applies, for readers to say why a job waits (`waiting`);
     -- the claim never reads them.
     CREATE TABLE limits (
@@ -157,7 +161,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of, concurrency_key"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at"
 )
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
@@ -179,7 +183,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
-    str | None,
+    str | None, float | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -191,7 +195,7 @@ def _job(row: JobRow) -> Job:
     (
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
-        started_at, cancel_requested, digest, retry_of, concurrency_key,
+        started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -215,6 +219,7 @@ def _job(row: JobRow) -> Job:
         digest=digest,
         retry_of=retry_of,
         concurrency_key=concurrency_key,
+        expires_at=expires_at,
     )
 
 
@@ -238,7 +243,7 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of, job.concurrency_key, _is_ready(job),
+        job.retry_of, job.concurrency_key, job.expires_at, _is_ready(job),
     )  # fmt: skip
 
 
@@ -417,7 +422,7 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 22)
+        marks = ",".join("?" * 23)
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
@@ -542,6 +547,21 @@ class SqliteJobStore:
             if len(rows) < page or not more:
                 break
         return admitted
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_expiry WHERE status = 'pending'"
+            " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [_job(row) for row in rows]
+
+    def next_expiry(self) -> float | None:
+        earliest: float | None = self._db.execute(
+            "SELECT min(expires_at) FROM jobs INDEXED BY jobs_expiry"
+            " WHERE status = 'pending' AND expires_at IS NOT NULL"
+        ).fetchone()[0]
+        return earliest
 
     def next_run_at(self, after: float) -> float | None:
         known = self._earliest_scheduled

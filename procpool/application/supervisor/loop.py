@@ -404,7 +404,7 @@ class Supervisor:
             if scan and not self._stopping:
                 self._ingest(now, wall)
             self._retire_due(now)
-            self._dispatch(now, wall)
+            self._expire_then_dispatch(now, wall)
             if now >= self._next_retention:
                 self._prune(now, wall)
             publish = now >= self._next_publish
@@ -909,6 +909,14 @@ class Supervisor:
             self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
         )
         self._apply(decisions, wall)
+
+    def _expire_then_dispatch(self, now: float, wall: float) -> None:
+        """Pending jobs past their expires_at are canceled before the claim could start
+        them (CONTRACT 13), and the loop wakes up when the next one expires."""
+        expiry = self.ledger.expire_due(wall)
+        self._dispatch(now, wall)
+        if expiry is not None:
+            self._next_due = min(expiry, self._next_due or expiry)
 
     def _dispatch(self, now: float, wall: float) -> None:
         self._look_again_at = None
