@@ -57,6 +57,12 @@ def test_pending_jobs_expire_and_a_running_one_goes_on(
     assert time.monotonic() - began < 25  # within a turn of the second; generous on a busy box
     daemon.wait_events("job.expired", 2)
     assert client.get("runs").status == "running"  # its expiry passed while it ran
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: metrics.exists() and "procpool_jobs_expired_total 2" in metrics.read_text(),
+        30,
+        what="the expired jobs in metrics.prom",
+    )
     (tmp_path / "open").write_text("")
     [runs] = client.wait(["runs"], timeout=30)
     assert runs.status == "completed" and runs.expires_at is not None

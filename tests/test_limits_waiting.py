@@ -1,6 +1,6 @@
 """`waiting` (CONTRACT section 13): why a due pending job has not started, read from the
 rows when the job is read, the same through `status`, the client and the HTTP API, on
-SQLite and on PostgreSQL."""
+SQLite and on PostgreSQL; and each limit's figures in `stats` and metrics.prom."""
 
 from __future__ import annotations
 
@@ -74,6 +74,24 @@ def test_a_held_back_job_says_why_everywhere(
     schema = server.get("/openapi.json").json()
     job_schema = json.dumps(schema["components"]["schemas"]["JobInfo"])
     assert "waiting" in job_schema and "concurrency_key" in job_schema
+
+    stats = json.loads(daemon.cli("stats", "--json", env=store_env).stdout)
+    assert stats["limits"] == [
+        {"type": "capped", "max": 1, "running": 1, "waiting": 1},
+        {"type": "render", "max": 2, "running": 0, "waiting": 0},  # limit=2 on its handler
+    ]
+    assert "LIMIT" in daemon.cli("stats", env=store_env).stdout
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: (
+            metrics.exists() and 'procpool_limit_waiting{type="capped"} 1' in metrics.read_text()
+        ),
+        30,
+        what="the limit in metrics.prom",
+    )
+    text = metrics.read_text()
+    assert 'procpool_limit_running{type="capped"} 1' in text
+    assert 'procpool_limit_max{type="capped"} 1' in text
 
     (tmp_path / "open").write_text("")
     done = client.wait(["c1", "c2", "k1", "k2"], timeout=60)

@@ -128,6 +128,10 @@ class JobStore(Protocol):
         by a full type: it runs every loop turn that has a worker free."""
         ...
 
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        """Each type limit of `set_limits`: (type, max, running, due pending jobs)."""
+        ...
+
     def expired(self, now: float, limit: int) -> list[Job]:
         """Up to `limit` pending jobs whose expires_at has come, earliest first."""
         ...

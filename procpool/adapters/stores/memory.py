@@ -81,6 +81,19 @@ class MemoryJobStore:
         served = [job for job in ready if job.type in self._served]
         return admit(served, running, self._limits, limit)
 
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        def count(job_type: str, status: Status) -> int:
+            return sum(
+                1
+                for j in self._jobs.values()
+                if j.type == job_type and j.status is status and j.run_at <= now
+            )
+
+        return [
+            (t, most, count(t, Status.RUNNING), count(t, Status.PENDING))
+            for t, most in sorted(self._limits.types.items())
+        ]
+
     def expired(self, now: float, limit: int) -> list[Job]:
         found = [
             j

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from procpool.adapters.stores.job_reader import limit_figures
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _column_value, _job
 from procpool.application.events import emit
 from procpool.application.ports import (
@@ -762,6 +763,9 @@ class PostgresJobStore:
             (job_type, now, full, taken, limit),
         )
         return [_job(row) for row in rows]
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        return limit_figures(self._limits, now, self._rows, "procpool_jobs", "%s")
 
     def expired(self, now: float, limit: int) -> list[Job]:
         """Locked as `due` locks: another daemon's turn skips them."""

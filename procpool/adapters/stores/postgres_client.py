@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from procpool.adapters.stores.job_reader import held_back
+from procpool.adapters.stores.job_reader import held_back, limit_figures, published_limits
 from procpool.adapters.stores.postgres import (
     CANCEL_CHANNEL,
     JOBS_CHANNEL,
@@ -271,6 +271,10 @@ class PostgresClientStore:
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
         return held_back(jobs, now, self._query, "procpool_limits", "procpool_jobs")
+
+    def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
+        limits = published_limits(self._query, "procpool_limits")
+        return limit_figures(limits, now, self._query, "procpool_jobs", "%s")
 
     def daemons(self) -> builtins.list[DaemonOnDatabase]:
         """The daemons registered and not known dead: those alive, and those whose lease

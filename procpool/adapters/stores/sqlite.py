@@ -37,6 +37,7 @@ from pathlib import Path
 import msgspec
 
 from procpool.adapters.home.files import check_plain
+from procpool.adapters.stores.job_reader import limit_figures
 from procpool.application.ports import (
     FileProgress,
     LineError,
@@ -547,6 +548,11 @@ class SqliteJobStore:
             if len(rows) < page or not more:
                 break
         return admitted
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        return limit_figures(
+            self._limits, now, lambda sql, args: self._db.execute(sql, args).fetchall(), "jobs", "?"
+        )
 
     def expired(self, now: float, limit: int) -> list[Job]:
         rows = self._db.execute(

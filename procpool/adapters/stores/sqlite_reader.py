@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procpool.adapters.stores.job_reader import held_back
+from procpool.adapters.stores.job_reader import held_back, limit_figures, published_limits
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
     RUN_COLUMNS,
@@ -156,6 +156,10 @@ class StoreReader:
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
         return held_back(jobs, now, self._query, "limits", "jobs")
+
+    def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
+        limits = published_limits(self._query, "limits")
+        return limit_figures(limits, now, self._query, "jobs", "?")
 
     def close(self) -> None:
         if self._db is not None:
