@@ -75,6 +75,8 @@ ANSWER_TIMEOUT_PER_JOB = 0.0001
 # A batch written into the inbox is one file: within the daemon's default
 # max_file_bytes, or it would be rejected whole.
 INBOX_BATCH_BYTES = 1024 * 1024
+# Pending jobs read at a time by `list(waiting=...)`, which judges each (two queries a page).
+WAITING_PAGE = 1000
 
 
 class UnknownJob(KeyError):
@@ -774,6 +776,7 @@ class Client:
         status: str | Status | Iterable[str | Status] | None = None,
         type: str | None = None,
         limit: int = 100,
+        waiting: str | None = None,
     ) -> list[JobInfo]:
         """Jobs, newest first.
 
@@ -781,12 +784,25 @@ class Client:
             status: one status or several; default all.
             type: only jobs of this type; default all.
             limit: at most this many jobs.
+            waiting: only pending jobs held back for this reason (`limit`, `key_limit`:
+                the `reason` of their `waiting`); `status` is then not used.
 
         Raises:
             NoJobStore: the home has no store.
         """
         self.require_store()
-        return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
+        if waiting is None:
+            return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
+        found: builtins.list[JobInfo] = []
+        before: tuple[float, str] | None = None
+        while len(found) < limit:
+            page = self._reader.list([Status.PENDING], type, WAITING_PAGE, before)
+            held = JobInfo.of_jobs(page, self._reader)
+            found.extend(job for job in held if job.waiting and job.waiting["reason"] == waiting)
+            if len(page) < WAITING_PAGE:
+                break
+            before = (page[-1].created_at, page[-1].id)
+        return found[:limit]
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """Every run of a job, oldest first; a running job's current run comes last.

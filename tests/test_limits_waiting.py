@@ -60,6 +60,14 @@ def test_a_held_back_job_says_why_everywhere(
     listed = {job.id: job.waiting for job in client.list(status="pending")}
     assert listed == {"c2": LIMIT, "k2": KEY, "k3": None}
 
+    assert [job.id for job in client.list(waiting="key_limit")] == ["k2"]
+    held = daemon.cli("list", "--waiting", "limit", "--json", env=store_env).stdout
+    assert [json.loads(line)["id"] for line in held.splitlines()] == ["c2"]
+    table = daemon.cli("list", "--status", "pending", env=store_env).stdout
+    assert "limit of capped: 1 of 1 running" in table
+    refused = daemon.cli("list", "--waiting", "limit", "--status", "failed", env=store_env)
+    assert refused.returncode == 2 and "--waiting" in refused.stderr
+
     shown = daemon.cli("status", "c2", "--json", env=store_env)
     assert json.loads(shown.stdout)["waiting"] == LIMIT
     assert "limit of capped: 1 of 1 running" in daemon.cli("status", "c2", env=store_env).stdout

@@ -381,12 +381,25 @@ def show(home: Path | None, job_id: str, as_json: bool) -> None:
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]))
 @click.option("--type", "job_type", default=None)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--waiting",
+    type=click.Choice(["limit", "key_limit"]),
+    default=None,
+    help="Only pending jobs a full limit holds back (their waiting.reason).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_jobs(
-    home: Path | None, statuses: tuple[str, ...], job_type: str | None, limit: int, as_json: bool
+    home: Path | None,
+    statuses: tuple[str, ...],
+    job_type: str | None,
+    limit: int,
+    waiting: str | None,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit)
+    if waiting is not None and statuses:
+        raise click.UsageError("--waiting lists pending jobs: it does not go with --status")
+    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit, waiting=waiting)
     if as_json:
         for job in jobs:
             _print_json(job.to_dict())
@@ -397,6 +410,7 @@ def list_jobs(
         if job.status == "running":
             note = _progress_text(job) or note
         note = note or (f"retry of {job.retry_of}" if job.retry_of else "")
+        note = _waiting_text(job.waiting) or note
         rows.append(
             (job.id, job.type, job.status, f"{job.attempts}/{job.max_attempts}",
              job.updated_at[:19].replace("T", " "), note[:80])
