@@ -615,20 +615,29 @@ def encode_json(value: Any) -> bytes:
     return _canonical.encode(value)
 
 
-# The fields added after digests were first kept, in their order (the last ones).
-_LATER_FIELDS = ("concurrency_key", "expires_at", "expires_in")
+# The fields added after digests were first kept, in their order (the last ones), as
+# they are encoded while null: last first.
+_LATER_NULLS = tuple(
+    f',"{name}":null'.encode() for name in reversed(("concurrency_key", "expires_at", "expires_in"))
+)
+
+_ALL_NULL = b"".join(reversed(_LATER_NULLS)) + b"}"
 
 
 def digest(spec: JobSpec) -> str:
     """What makes two submissions "the very same": type, payload and options. The
-    fields added later (_LATER_FIELDS) are hashed only where set, as before they existed,
+    fields added later (_LATER_NULLS) are hashed only where set, as before they existed,
     so that a file read again after an upgrade is still the same submission."""
     encoded = encode_json(spec)
-    for name in reversed(_LATER_FIELDS):  # trailing nulls only: order is the fields'
-        null = f',"{name}":null}}'.encode()
-        if not encoded.endswith(null):
-            break
-        encoded = encoded[: -len(null)] + b"}"
+    if encoded.endswith(_ALL_NULL):  # the common case: one look
+        encoded = encoded[: -len(_ALL_NULL)] + b"}"
+    else:
+        end = len(encoded) - 1  # before the closing brace
+        for null in _LATER_NULLS:  # trailing nulls only: the order is the fields'
+            if not encoded.endswith(null, 0, end):
+                break
+            end -= len(null)
+        encoded = encoded[:end] + b"}"
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
