@@ -68,8 +68,10 @@ def test_two_daemons_never_run_two_at_once(
     assert {job.status for job in done} == {"completed"}
     runs = spans(marks)
     assert len(runs) == 30
+    # Never two at once. Which daemon takes the next job is not promised: the one whose
+    # worker freed the slot usually does, at the turn that records the end.
     assert most_at_once(runs) == 1
-    assert a.events("job.started") and b.events("job.started"), "both daemons claimed"
+    assert len(a.events("job.started")) + len(b.events("job.started")) == 30
 
 
 @pytest.mark.timeout(300)
