@@ -75,6 +75,8 @@ ANSWER_TIMEOUT_PER_JOB = 0.0001
 # A batch written into the inbox is one file: within the daemon's default
 # max_file_bytes, or it would be rejected whole.
 INBOX_BATCH_BYTES = 1024 * 1024
+# Pending jobs read at a time by `list(waiting=...)`, which judges each (two queries a page).
+WAITING_PAGE = 1000
 
 
 class UnknownJob(KeyError):
@@ -145,13 +147,19 @@ class JobInfo(_Record):
     worker_pid: int | None
     cancel_requested: bool
     retry_of: str | None
+    concurrency_key: str | None = None
+    # Why a pending, due job has not started, when a limit holds it back, e.g.
+    # {"reason": "limit", "limit": "render", "running": 2, "max": 2} (limits.waiting);
+    # null otherwise. Computed when the job is read, from the running jobs then.
+    waiting: dict[str, Any] | None = None
+    expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
 
     @property
     def is_terminal(self) -> bool:
         return Status(self.status).is_terminal
 
     @classmethod
-    def from_job(cls, job: Job) -> JobInfo:
+    def from_job(cls, job: Job, waiting: dict[str, Any] | None = None) -> JobInfo:
         return cls(
             id=job.id,
             type=job.type,
@@ -172,7 +180,16 @@ class JobInfo(_Record):
             worker_pid=job.worker_pid,
             cancel_requested=job.cancel_requested,
             retry_of=job.retry_of,
+            concurrency_key=job.concurrency_key,
+            waiting=waiting,
+            expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
         )
+
+    @classmethod
+    def of_jobs(cls, jobs: Sequence[Job], reader: JobReader) -> list[JobInfo]:
+        """The jobs, each with its `waiting` (one read of the running jobs for all)."""
+        held = reader.waiting(jobs, time.time())
+        return [cls.from_job(job, held.get(job.id)) for job in jobs]
 
 
 class Attempt(_Record):
@@ -371,6 +388,7 @@ class Client:
 
     def _submit(self, job_spec: spec.JobSpec) -> str:
         spec.check(job_spec)
+        spec.check_expiry(job_spec, time.time())  # judged again when the job is accepted
         assert job_spec.id is not None
         if self._shared is not None:
             self._shared.submit_spec(job_spec)
@@ -397,6 +415,9 @@ class Client:
         priority: int = 0,
         delay: float | None = None,
         run_at: str | None = None,
+        concurrency_key: str | None = None,
+        expires_at: str | None = None,
+        expires_in: float | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -415,6 +436,11 @@ class Client:
             priority: higher runs first.
             delay: do not start before now + `delay` seconds.
             run_at: do not start before this RFC 3339 time (not with `delay`).
+            concurrency_key: 1-128 characters; jobs of this type with the same key run
+                at most `key_limit` at once (default 1). See docs/handlers.md.
+            expires_at: an RFC 3339 time; a job still pending then is canceled with
+                `last_error` "expired" (one that runs goes on). Not with `expires_in`.
+            expires_in: the same, in seconds from when the job is accepted.
 
         Returns:
             The job's id.
@@ -437,6 +463,9 @@ class Client:
                 priority=priority,
                 delay=delay,
                 run_at=run_at,
+                concurrency_key=concurrency_key,
+                expires_at=expires_at,
+                expires_in=expires_in,
             )
         )
 
@@ -473,6 +502,11 @@ class Client:
         if self._shared is not None:  # the database is the store: one transaction there
             now = time.time()
             defaults = self._shared.defaults
+            for number, job_spec in enumerate(specs, 1):
+                try:
+                    spec.check_expiry(job_spec, now)
+                except InvalidJobFile as error:
+                    raise InvalidJobFile(f"job {number}: {error}") from None
             self._shared.submit(
                 [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
                     specs, ids, strict=True)]
@@ -575,6 +609,7 @@ class Client:
                 timeout=job.timeout,
                 priority=job.priority,
                 retry_of=job_id,
+                concurrency_key=job.concurrency_key,
             )
         )
 
@@ -713,7 +748,7 @@ class Client:
             if job is None:
                 self.require_store()
         if job is not None:
-            return JobInfo.from_job(job)
+            return JobInfo.of_jobs([job], self._reader)[0]
         if (rejected := self._rejection(job_id)) is not None:
             raise rejected
         return None
@@ -743,6 +778,7 @@ class Client:
         status: str | Status | Iterable[str | Status] | None = None,
         type: str | None = None,
         limit: int = 100,
+        waiting: str | None = None,
     ) -> list[JobInfo]:
         """Jobs, newest first.
 
@@ -750,12 +786,25 @@ class Client:
             status: one status or several; default all.
             type: only jobs of this type; default all.
             limit: at most this many jobs.
+            waiting: only pending jobs held back for this reason (`limit`, `key_limit`:
+                the `reason` of their `waiting`); `status` is then not used.
 
         Raises:
             NoJobStore: the home has no store.
         """
         self.require_store()
-        return [JobInfo.from_job(j) for j in self._reader.list(_statuses(status), type, limit)]
+        if waiting is None:
+            return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
+        found: builtins.list[JobInfo] = []
+        before: tuple[float, str] | None = None
+        while len(found) < limit:
+            page = self._reader.list([Status.PENDING], type, WAITING_PAGE, before)
+            held = JobInfo.of_jobs(page, self._reader)
+            found.extend(job for job in held if job.waiting and job.waiting["reason"] == waiting)
+            if len(page) < WAITING_PAGE:
+                break
+            before = (page[-1].created_at, page[-1].id)
+        return found[:limit]
 
     def attempts(self, job_id: str) -> builtins.list[Attempt]:
         """Every run of a job, oldest first; a running job's current run comes last.

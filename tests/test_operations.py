@@ -232,6 +232,10 @@ def test_metrics_file_counts_a_known_workload(make_daemon: Callable[..., Daemon]
         "procpool_worker_rss_bytes": "gauge",
         "procpool_inbox_backlog_files": "gauge",
         "procpool_oldest_pending_age_seconds": "gauge",
+        "procpool_limit_max": "gauge",
+        "procpool_limit_running": "gauge",
+        "procpool_limit_waiting": "gauge",
+        "procpool_jobs_expired_total": "counter",
         "procpool_metrics_timestamp_seconds": "gauge",
     }
     assert not list(daemon.home.glob(".metrics.prom*")), "the temporary file is renamed away"

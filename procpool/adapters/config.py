@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -74,6 +74,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_max_connections: int = 2048  # connections served at once; past it 503
     database_url: str | None = None  # PostgreSQL, shared by several daemons (CONTRACT 11)
     daemon_lease: float = 15.0  # seconds; with database_url: see stores/postgres.py, Timing
+    # Tables: the most jobs of a type that run at once; the most of a type with one
+    # concurrency_key (CONTRACT section 13). They override @handler(limit=, key_limit=).
+    limits: dict[str, int] = msgspec.field(default_factory=dict)
+    key_limits: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def worker_count(self) -> int:
@@ -95,6 +99,8 @@ def _convert(key: str, value: Any, source: str, *, from_text: bool) -> Any:
         text = str(value).strip()
         if key == "handlers":
             value = [part.strip() for part in text.split(",") if part.strip()]
+        elif key in _TABLES:
+            value = _table_from_text(key, text, source)
         elif text.lower() in ("", "none", "null") and _FIELDS[key] is not str:
             value = None
     try:
@@ -107,13 +113,35 @@ def _convert(key: str, value: Any, source: str, *, from_text: bool) -> Any:
 
 
 _KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_TABLES = ("limits", "key_limits")
+
+
+def _table_from_text(key: str, text: str, source: str) -> dict[str, Any]:
+    """A table from an environment variable: `render=2,sync=1`."""
+    table: dict[str, Any] = {}
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        name, equals, value = part.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(
+                f"config key {key!r} ({source}) must be TYPE=N pairs separated by commas,"
+                f" got {part!r}"
+            )
+        try:
+            table[name.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(
+                f"config key '{key}.{name.strip()}' ({source}) must be an integer,"
+                f" got {value.strip()!r}"
+            ) from None
+    return table
 
 
 def _kind(annotation: Any) -> str:
     """A config key's type in words: `int | None` is "an integer or none"."""
     parts = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    tables = {list: "a list of strings", dict: "a table of integers by job type"}
     words = [
-        "a list of strings" if get_origin(part) is list else _KIND_WORDS.get(part, str(part))
+        tables[get_origin(part)] if get_origin(part) in tables else _KIND_WORDS.get(part, str(part))
         for part in parts
         if part is not type(None)
     ]
@@ -126,6 +154,13 @@ MAX_RESULT_BYTES = 512 * 1024 * 1024
 # what a loaded machine's scheduling delays and the database's own bounds take.
 # heartbeat_interval does not bound the fence: the watchdog acts at the deadline itself.
 MIN_DAEMON_LEASE = 1.0
+
+
+def _check_tables(config: Config) -> None:
+    for table in _TABLES:
+        for job_type, most in getattr(config, table).items():
+            if most < 1:
+                raise ConfigError(f"config key '{table}.{job_type}' must be >= 1, got {most}")
 
 
 def _check(config: Config) -> Config:
@@ -144,6 +179,7 @@ def _check(config: Config) -> Config:
         positive(key)
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
+    _check_tables(config)
     if config.max_result_bytes > MAX_RESULT_BYTES:
         # SQLite stores no value over 1 GB (SQLITE_MAX_LENGTH); a result must fit, with
         # room for the rest of its row.
@@ -214,6 +250,20 @@ def read_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML{_toml_position(error)}") from None
     return {key: _convert(key, value, str(path), from_text=False) for key, value in raw.items()}
+
+
+def check_limit_types(config: Config, types: Collection[str]) -> None:
+    """Raises ConfigError naming the first key of `[limits]` or `[key_limits]` whose type
+    no handler registers (`types`): a typo would otherwise limit nothing, silently."""
+    for table in _TABLES:
+        for job_type in getattr(config, table):
+            if job_type not in types:
+                guess = difflib.get_close_matches(job_type, list(types), n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                raise ConfigError(
+                    f"config key '{table}.{job_type}': no handler registers job type"
+                    f" {job_type!r}{hint}"
+                )
 
 
 def _variable_key(name: str) -> str | None:

@@ -79,6 +79,15 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
         "Age of the oldest pending job, 0 when none is pending.",
     )
     out.append(f"procpool_oldest_pending_age_seconds {snapshot.oldest_pending_age or 0:.3f}")
+    for name, column, text in (
+        ("procpool_limit_max", 1, "The concurrency limit of each limited type."),
+        ("procpool_limit_running", 2, "Running jobs of each limited type."),
+        ("procpool_limit_waiting", 3, "Due pending jobs of each limited type."),
+    ):
+        family(name, "gauge", text)
+        out.extend(f'{name}{{type="{_label(row[0])}"}} {row[column]}' for row in snapshot.limits)
+    family("procpool_jobs_expired_total", "counter", "Pending jobs canceled at expires_at.")
+    out.append(f"procpool_jobs_expired_total {snapshot.expired}")
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
     out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
     return "\n".join(out) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -59,18 +60,44 @@ class JobContext:
 Handler = Callable[[JobContext, Any], Any]
 
 
+@dataclass(frozen=True)
+class HandlerOptions:
+    """What `@handler` says of its type besides the function: `limit`, the most jobs of
+    the type that run at once; `key_limit`, the most with one concurrency_key (None:
+    not set here: the configuration's, else unlimited and 1)."""
+
+    limit: int | None = None
+    key_limit: int | None = None
+
+
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._options: dict[str, HandlerOptions] = {}
 
-    def register(self, job_type: str, function: Handler) -> None:
+    def register(
+        self, job_type: str, function: Handler, options: HandlerOptions | None = None
+    ) -> None:
+        """Raises ProcpoolError: the type has another handler, or an option is not an
+        integer >= 1 (the message names it)."""
         existing = self._handlers.get(job_type)
         if existing is not None and existing is not function:
             raise ProcpoolError(
                 f"job type {job_type!r} is registered twice:"
                 f" {_qualified_name(existing)} and {_qualified_name(function)}"
             )
+        options = options or HandlerOptions()
+        for name in ("limit", "key_limit"):
+            value = getattr(options, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ProcpoolError(
+                    f"@handler({job_type!r}, {name}=...) must be an integer >= 1, got {value!r}"
+                )
         self._handlers[job_type] = function
+        self._options[job_type] = options
+
+    def options(self, job_type: str) -> HandlerOptions:
+        return self._options.get(job_type, HandlerOptions())
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
@@ -90,17 +117,26 @@ registry = HandlerRegistry()
 """The registry that `@handler` fills and the daemon serves."""
 
 
-def handler(job_type: str) -> Callable[[Handler], Handler]:
+def handler(
+    job_type: str, *, limit: int | None = None, key_limit: int | None = None
+) -> Callable[[Handler], Handler]:
     """Register the decorated function as the handler of `job_type`.
 
+    `limit`: at most this many jobs of the type run at once, across every daemon of
+    the store; `key_limit`: at most this many with the same concurrency_key (default
+    1). The config tables `[limits]` and `[key_limits]` override both.
+
     Example:
-        @handler("thumbnail")
-        def thumbnail(ctx: JobContext, payload: dict) -> dict:
+        @handler("render", limit=2)
+        def render(ctx: JobContext, payload: dict) -> dict:
             ...
+
+    Raises:
+        ProcpoolError: the type has another handler, or a limit is not an integer >= 1.
     """
 
     def register(function: Handler) -> Handler:
-        registry.register(job_type, function)
+        registry.register(job_type, function, HandlerOptions(limit, key_limit))
         return function
 
     return register

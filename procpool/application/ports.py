@@ -13,6 +13,7 @@ from typing import Protocol
 
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import Job, Run, Status
+from procpool.domain.limits import ClaimLimits
 from procpool.domain.spec import CancelRequest, JobSpec, PruneRequest
 
 
@@ -113,10 +114,30 @@ class JobStore(Protocol):
         progress, worker_pid, lease, started_at, cancel_requested); default: all."""
         ...
 
+    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+        """The concurrency limits `due` obeys from now on, and the job types this daemon
+        serves (a claim that must count what runs looks at these types only)."""
+        ...
+
     def due(self, now: float, limit: int) -> list[Job]:
         """Up to `limit` pending jobs whose run_at has come: highest priority first, then
-        oldest run_at. Its cost must not grow with the number of priority levels or of
-        jobs scheduled for later: it runs every loop turn that has a worker free."""
+        oldest run_at, leaving out those that the limits of `set_limits` hold back (as
+        `limits.admit` decides, from the running jobs counted in this transaction: the
+        caller starts what it gets in the same transaction). Its cost must not grow with
+        the number of priority levels, of jobs scheduled for later, or of jobs held back
+        by a full type: it runs every loop turn that has a worker free."""
+        ...
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        """Each type limit of `set_limits`: (type, max, running, due pending jobs)."""
+        ...
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        """Up to `limit` pending jobs whose expires_at has come, earliest first."""
+        ...
+
+    def next_expiry(self) -> float | None:
+        """The earliest expires_at of any pending job (seconds since the epoch)."""
         ...
 
     def next_run_at(self, after: float) -> float | None:

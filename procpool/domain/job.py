@@ -78,6 +78,10 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     cancel_requested: bool = False
     digest: str = ""
     retry_of: str | None = None
+    # Jobs of one type with the same key share the key's limit (CONTRACT section 13).
+    concurrency_key: str | None = None
+    # A job still pending then is canceled as expired (CONTRACT section 13).
+    expires_at: float | None = None
 
     @property
     def attempt(self) -> int:
@@ -149,6 +153,13 @@ def fail_attempt(job: Job, *, error: str, now: float, retry_at: float | None) ->
 
 def cancel(job: Job, *, now: float) -> Job:
     return _move(job, Status.CANCELED, now, worker_pid=None, cancel_requested=True)
+
+
+def expire(job: Job, *, now: float) -> Job:
+    """A pending job past its expires_at: canceled, `last_error` "expired"."""
+    if job.status is not Status.PENDING:
+        raise InvalidTransition(f"only a pending job expires, not a {job.status}")
+    return _move(job, Status.CANCELED, now, last_error="expired")
 
 
 def request_cancel(job: Job, *, now: float) -> Job:

@@ -35,6 +35,7 @@ import msgspec
 
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
+from procpool.domain.limits import KEY_MAX_CHARS
 
 MAX_ID_LENGTH = 128
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -63,6 +64,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delay: float | None = None
     run_at: str | None = None
     retry_of: str | None = None  # set by `procpool retry`: the terminal job this one repeats
+    # Last: `digest` leaves these out while they are null, so that a submission made
+    # before they existed keeps its digest (see `digest`).
+    concurrency_key: str | None = None
+    expires_at: str | None = None  # RFC 3339: canceled if still pending then
+    expires_in: float | None = None  # seconds from acceptance; not with expires_at
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,6 +99,9 @@ _KINDS = {
     "delay": "a number",
     "run_at": "a string",
     "retry_of": "a string",
+    "concurrency_key": "a string",
+    "expires_at": "a string",
+    "expires_in": "a number",
     "cancel": "a string",
     "prune": "a number",
 }
@@ -172,6 +181,15 @@ def _check_text(name: str, value: str) -> None:
         raise InvalidJobFile(f"{name} is not valid Unicode text, got {show(value)}") from None
 
 
+def check_concurrency_key(value: str) -> str:
+    if not 1 <= len(value) <= KEY_MAX_CHARS:
+        raise InvalidJobFile(
+            f"concurrency_key must be 1-{KEY_MAX_CHARS} characters, got {len(value)}: {show(value)}"
+        )
+    _check_text("concurrency_key", value)
+    return value
+
+
 def _not_unicode(text: str, start: int) -> str:
     """Why `text[start]`, a lone surrogate, is not text, in a file's terms where it can."""
     code = ord(text[start])
@@ -222,6 +240,8 @@ def check(spec: JobSpec) -> JobSpec:
         check_id(spec.id)
     if spec.retry_of is not None:
         check_id(spec.retry_of, "retry_of")
+    if spec.concurrency_key is not None:
+        check_concurrency_key(spec.concurrency_key)
     _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
     if spec.priority:  # 0, the default, needs no check: one line of a large file less work
         _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
@@ -231,7 +251,21 @@ def check(spec: JobSpec) -> JobSpec:
         if spec.delay is not None:
             raise InvalidJobFile("run_at and delay cannot be given together")
         parse_time(spec.run_at)
+    _check_seconds("expires_in", spec.expires_in, allow_zero=False)
+    if spec.expires_at is not None:
+        if spec.expires_in is not None:
+            raise InvalidJobFile("expires_at and expires_in cannot be given together")
+        parse_time(spec.expires_at, "expires_at")
     return spec
+
+
+def check_expiry(spec: JobSpec, now: float) -> None:
+    """At acceptance: an `expires_at` that has passed is an error (the job could never
+    run). Raises InvalidJobFile naming it."""
+    if spec.expires_at is not None and parse_time(spec.expires_at, "expires_at") <= now:
+        raise InvalidJobFile(
+            f"expires_at {show(spec.expires_at)} has passed: the job would expire at once"
+        )
 
 
 # ----------------------------------------------------------------- bytes to values
@@ -581,9 +615,30 @@ def encode_json(value: Any) -> bytes:
     return _canonical.encode(value)
 
 
+# The fields added after digests were first kept, in their order (the last ones), as
+# they are encoded while null: last first.
+_LATER_NULLS = tuple(
+    f',"{name}":null'.encode() for name in reversed(("concurrency_key", "expires_at", "expires_in"))
+)
+
+_ALL_NULL = b"".join(reversed(_LATER_NULLS)) + b"}"
+
+
 def digest(spec: JobSpec) -> str:
-    """What makes two submissions "the very same": type, payload and options."""
-    return hashlib.blake2b(encode_json(spec), digest_size=16).hexdigest()
+    """What makes two submissions "the very same": type, payload and options. The
+    fields added later (_LATER_NULLS) are hashed only where set, as before they existed,
+    so that a file read again after an upgrade is still the same submission."""
+    encoded = encode_json(spec)
+    if encoded.endswith(_ALL_NULL):  # the common case: one look
+        encoded = encoded[: -len(_ALL_NULL)] + b"}"
+    else:
+        end = len(encoded) - 1  # before the closing brace
+        for null in _LATER_NULLS:  # trailing nulls only: the order is the fields'
+            if not encoded.endswith(null, 0, end):
+                break
+            end -= len(null)
+        encoded = encoded[:end] + b"}"
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> Job:
@@ -603,4 +658,12 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         updated_at=now,
         digest=digest(submitted),
         retry_of=spec.retry_of,
+        concurrency_key=spec.concurrency_key,
+        expires_at=_expiry(spec, now),
     )
+
+
+def _expiry(spec: JobSpec, now: float) -> float | None:
+    if spec.expires_at is not None:
+        return parse_time(spec.expires_at, "expires_at")
+    return None if spec.expires_in is None else now + spec.expires_in

@@ -256,6 +256,17 @@ def serve(
 @click.option("--timeout", type=float, default=None, help="Hard limit of one attempt, seconds.")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--delay", type=float, default=None, help="Do not start before now + S seconds.")
+@click.option(
+    "--concurrency-key",
+    default=None,
+    help="Jobs of this type with the same key run at most key_limit at once (default 1).",
+)
+@click.option(
+    "--expires-in", type=float, default=None, help="Cancel it if still pending S seconds from now."
+)
+@click.option(
+    "--expires-at", default=None, help="Cancel it if still pending at this RFC 3339 time."
+)
 def submit(
     home: Path | None,
     job_type: str,
@@ -265,6 +276,9 @@ def submit(
     timeout: float | None,
     priority: int,
     delay: float | None,
+    concurrency_key: str | None,
+    expires_in: float | None,
+    expires_at: str | None,
 ) -> None:
     """Queue a job and print its id: over the daemon's socket while it runs (returns once
     the job is committed), else as a file in the inbox."""
@@ -286,6 +300,9 @@ def submit(
                 timeout=timeout,
                 priority=priority,
                 delay=delay,
+                concurrency_key=concurrency_key,
+                expires_in=expires_in,
+                expires_at=expires_at,
             )
         except DuplicateId as error:  # what was asked did not happen; no usage error
             raise CommandFailed(str(error), EXIT_NOT_DONE) from None
@@ -300,6 +317,7 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("status", job.status + (" (cancel requested)" if canceling else "")),
         ("attempts", f"{job.attempts} failed of {job.max_attempts}"),
         ("priority", str(job.priority)),
+        ("concurrency key", job.concurrency_key or ""),
         ("created", job.created_at),
         ("updated", job.updated_at),
         ("run at", job.run_at),
@@ -308,9 +326,21 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("progress", _progress_text(job)),
         ("last error", job.last_error or ""),
         ("retry of", job.retry_of or ""),
+        ("waiting", _waiting_text(job.waiting)),
+        ("expires at", job.expires_at or ""),
         ("payload", _brief(job.payload, 200)),
         ("result", "" if job.result is None else _brief(job.result, 200)),
     ]  # fmt: skip
+
+
+def _waiting_text(waiting: dict[str, Any] | None) -> str:
+    """Why a pending job has not started, in words: "limit of render: 2 of 2 running"."""
+    if waiting is None:
+        return ""
+    share = f"{waiting['running']} of {waiting['max']} running"
+    if waiting["reason"] == "key_limit":
+        return f"key limit of {waiting['limit']}, key {waiting['key']!r}: {share}"
+    return f"limit of {waiting['limit']}: {share}"
 
 
 def _clock(moment: str | None) -> str:
@@ -386,12 +416,25 @@ _show_command(
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]))
 @click.option("--type", "job_type", default=None)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--waiting",
+    type=click.Choice(["limit", "key_limit"]),
+    default=None,
+    help="Only pending jobs a full limit holds back (their waiting.reason).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_jobs(
-    home: Path | None, statuses: tuple[str, ...], job_type: str | None, limit: int, as_json: bool
+    home: Path | None,
+    statuses: tuple[str, ...],
+    job_type: str | None,
+    limit: int,
+    waiting: str | None,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit)
+    if waiting is not None and statuses:
+        raise click.UsageError("--waiting lists pending jobs: it does not go with --status")
+    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit, waiting=waiting)
     if as_json:
         for job in jobs:
             _print_json(job.to_dict())
@@ -402,6 +445,7 @@ def list_jobs(
         if job.status == "running":
             note = _progress_text(job) or note
         note = note or (f"retry of {job.retry_of}" if job.retry_of else "")
+        note = _waiting_text(job.waiting) or note
         rows.append(
             (job.id, job.type, job.status, f"{job.attempts}/{job.max_attempts}",
              job.updated_at[:19].replace("T", " "), note[:80])

@@ -30,6 +30,7 @@ from procpool.application.supervisor.loop import Supervisor
 from procpool.application.supervisor.settings import Settings
 from procpool.application.worker import tree
 from procpool.domain.errors import ConfigError, ProcpoolError
+from procpool.domain.limits import ClaimLimits
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 from procpool.domain.wording import plural
@@ -42,7 +43,9 @@ EXIT_RESTART = -1
 
 
 def settings_from(config: configuration.Config) -> Settings:
+    """Raises ConfigError: see `claim_limits`."""
     return Settings(
+        claim=claim_limits(config),
         workers=config.worker_count,
         defaults=JobDefaults(max_attempts=config.max_attempts, timeout=config.timeout),
         retry=RetryPolicy(base=config.backoff_base, cap=config.backoff_max),
@@ -77,6 +80,48 @@ def store_label(home: Path, database_url: str | None) -> str:
     if parts.get("port"):
         where += f":{parts['port']}"
     return f"PostgreSQL database {parts.get('dbname') or '(the user name)'} at {where}"
+
+
+def claim_limits(config: configuration.Config) -> ClaimLimits:
+    """The limits of every registered type: the config tables over @handler's own,
+    logged (`limits.set`).
+
+    Raises:
+        ConfigError: `[limits]` or `[key_limits]` names a type no handler registers.
+    """
+    configuration.check_limit_types(config, registry.names())
+    types, keys = {}, {}
+    for job_type in registry.names():
+        options = registry.options(job_type)
+        if options.limit is not None:
+            types[job_type] = options.limit
+        if options.key_limit is not None:
+            keys[job_type] = options.key_limit
+    limits = ClaimLimits({**types, **config.limits}, {**keys, **config.key_limits})
+    _log_limits(limits)
+    return limits
+
+
+def _restart_needed(loaded: list[str], configured: list[str]) -> None:
+    if configured != loaded:
+        # Modules are imported once, before any worker is forked (DESIGN 9): a
+        # reload cannot change what the workers run without a restart.
+        emit(
+            "WARNING", "config.restart_needed",
+            f"handlers changed from {loaded} to {configured}:"
+            " they load at the next start; the workers keep the ones loaded now",
+            key="handlers", loaded=loaded, configured=configured,
+        )  # fmt: skip
+
+
+def _log_limits(limits: ClaimLimits) -> None:
+    emit(
+        "INFO", "limits.set",
+        "limits: " + (", ".join(f"{t} {n}" for t, n in sorted(limits.types.items())) or "none")
+        + "; key limits: "
+        + (", ".join(f"{t} {n}" for t, n in sorted(limits.keys.items())) or "1 per key"),
+        limits=dict(limits.types), key_limits=dict(limits.keys),
+    )  # fmt: skip
 
 
 def open_store(config: configuration.Config, home: Path) -> JobStore:
@@ -306,6 +351,7 @@ def _serve(
             )
         # The built-in handlers registered themselves when this wiring imported them.
         loaded = [builtin_handlers.__name__, *load_handler_modules(config.handlers)]
+        settings = settings_from(config)  # before the store: the config may be wrong
         store = open_store(config, home)
         inbox = FileInbox(home, config.max_file_bytes)
         starts = StartRegister(home_dir)
@@ -322,25 +368,16 @@ def _serve(
     except Exception as error:
         return _crashed(error)
 
-    loaded_handlers = list(config.handlers)
-
     def reload() -> Settings:
         fresh = configuration.load(flags=flags, config_file=config_file)
         command = http_command(fresh, home, config_file)  # before any change: it may raise
-        if fresh.handlers != loaded_handlers:
-            # Modules are imported once, before any worker is forked (DESIGN 9): a
-            # reload cannot change what the workers run without a restart.
-            emit(
-                "WARNING", "config.restart_needed",
-                f"handlers changed from {loaded_handlers} to {fresh.handlers}:"
-                " they load at the next start; the workers keep the ones loaded now",
-                key="handlers", loaded=loaded_handlers, configured=fresh.handlers,
-            )  # fmt: skip
+        settings = settings_from(fresh)  # so may this
+        _restart_needed(config.handlers, fresh.handlers)
         logs.set_level(fresh.log_level)
         logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
         inbox.max_file_bytes = fresh.max_file_bytes
         http.reconfigure(command)
-        return settings_from(fresh)
+        return settings
 
     def close_in_child() -> None:
         pid_file.close_in_child()
@@ -364,7 +401,7 @@ def _serve(
             store,
             inbox,
             registry,
-            settings_from(config),
+            settings,
             reload=reload,
             reopen_logs=logs.reopen,
             flush_logs=logs.flush,

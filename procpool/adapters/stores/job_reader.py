@@ -15,11 +15,12 @@ canceling in the database, the daemons registered) is `SharedJobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
+from procpool.domain.limits import ClaimLimits, Running, from_rows, waiting
 from procpool.domain.spec import JobDefaults, JobSpec
 
 
@@ -69,6 +70,17 @@ class JobReader(Protocol):
         """The runs of every job that ended at `since` or later."""
         ...
 
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        """Each type limit the daemon published: (type, max, running, waiting), where
+        `waiting` counts the type's due pending jobs (see `limit_figures` below)."""
+        ...
+
+    def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
+        """Why each of these jobs that is pending and due is held back by a limit, by id
+        (`limits.waiting`), from the limits the daemon published and the running jobs
+        now; jobs not held back are left out. Two queries, none when no job is due."""
+        ...
+
     # Last of the reads: below it, `list` in an annotation would name this method.
     def list(
         self,
@@ -98,3 +110,55 @@ class SharedJobStore(JobReader, Protocol):
     def submit(self, jobs: Sequence[Job]) -> None: ...
 
     def cancel(self, job_id: str) -> Status | None: ...
+
+
+def held_back(
+    jobs: Sequence[Job],
+    now: float,
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    limits_table: str,
+    jobs_table: str,
+) -> dict[str, dict[str, object]]:
+    """`JobReader.waiting` over a store's tables, read with `query`."""
+    due = [job for job in jobs if job.status is Status.PENDING and job.run_at <= now]
+    if not due:
+        return {}
+    limits = published_limits(query, limits_table)
+    if not limits.types and all(job.concurrency_key is None for job in due):
+        return {}
+    running = Running.of([tuple(row) for row in query(
+        f"SELECT type, concurrency_key, count(*) FROM {jobs_table}"
+        " WHERE status = 'running' GROUP BY type, concurrency_key", ())])  # fmt: skip
+    found = {job.id: waiting(job, limits, running, now) for job in due}
+    return {job_id: why for job_id, why in found.items() if why is not None}
+
+
+def limit_figures(
+    limits: ClaimLimits,
+    now: float,
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    jobs_table: str,
+    mark: str,
+) -> list[tuple[str, int, int, int]]:
+    """Each type limit as (type, max, running, waiting): `waiting` counts the type's due
+    pending jobs (those its limit holds back while it is full). Two queries over the
+    limited types only; none without limits. `mark` is the store's placeholder."""
+    if not limits.types:
+        return []
+    names = sorted(limits.types)
+    marks = ",".join([mark] * len(names))
+    running = dict(query(
+        f"SELECT type, count(*) FROM {jobs_table} WHERE status = 'running'"
+        f" AND type IN ({marks}) GROUP BY type", names))  # fmt: skip
+    waiting = dict(query(
+        f"SELECT type, count(*) FROM {jobs_table} WHERE status = 'pending'"
+        f" AND run_at <= {mark} AND type IN ({marks}) GROUP BY type", [now, *names]))  # fmt: skip
+    return [(t, limits.types[t], running.get(t, 0), waiting.get(t, 0)) for t in names]
+
+
+def published_limits(
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]], limits_table: str
+) -> ClaimLimits:
+    """The limits a daemon wrote into the store for readers."""
+    return from_rows([tuple(row) for row in query(
+        f"SELECT type, max_running, key_max FROM {limits_table}", ())])  # fmt: skip

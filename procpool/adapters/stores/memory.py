@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
+from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
 
 
 class MemoryJobStore:
@@ -20,6 +21,8 @@ class MemoryJobStore:
         self._reports: dict[int, WorkerReport] = {}
         self._progress: dict[str, FileProgress] = {}
         self._line_errors: dict[str, dict[int, str]] = {}
+        self._limits = NO_LIMITS
+        self._served: frozenset[str] = frozenset()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -58,10 +61,53 @@ class MemoryJobStore:
         self._jobs[job.id] = job
         return True
 
+    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+        self._limits, self._served = limits, frozenset(served)
+
     def due(self, now: float, limit: int) -> list[Job]:
         ready = [j for j in self._jobs.values() if j.status is Status.PENDING and j.run_at <= now]
         ready.sort(key=lambda j: (-j.priority, j.run_at))
-        return ready[:limit]
+        if not any(limited(job, self._limits) for job in ready[:limit]):
+            return ready[:limit]
+        # As the SQLite store's limited claim: the types served only, counted from the
+        # running rows.
+        running = Running.of(
+            [
+                (j.type, j.concurrency_key, 1)
+                for j in self._jobs.values()
+                if j.status is Status.RUNNING
+            ]
+        )
+        served = [job for job in ready if job.type in self._served]
+        return admit(served, running, self._limits, limit)
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        def count(job_type: str, status: Status) -> int:
+            return sum(
+                1
+                for j in self._jobs.values()
+                if j.type == job_type and j.status is status and j.run_at <= now
+            )
+
+        return [
+            (t, most, count(t, Status.RUNNING), count(t, Status.PENDING))
+            for t, most in sorted(self._limits.types.items())
+        ]
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        found = [
+            j
+            for j in self._jobs.values()
+            if j.status is Status.PENDING and j.expires_at is not None and j.expires_at <= now
+        ]
+        return sorted(found, key=lambda j: j.expires_at or 0.0)[:limit]
+
+    def next_expiry(self) -> float | None:
+        return min(
+            (j.expires_at for j in self._jobs.values()
+             if j.status is Status.PENDING and j.expires_at is not None),
+            default=None,
+        )  # fmt: skip
 
     def next_run_at(self, after: float) -> float | None:
         return min(

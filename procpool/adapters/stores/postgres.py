@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from procpool.adapters.stores.job_reader import limit_figures
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _column_value, _job
 from procpool.application.events import emit
 from procpool.application.ports import (
@@ -58,6 +59,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
+from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
 
 MIGRATIONS: list[str] = [
     # 1: jobs, their history, the daemons and their workers, inbox progress per home
@@ -175,6 +177,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE procpool_daemons ADD COLUMN types text[];
     """,
+    # 5: concurrency limits (CONTRACT section 13): the pending jobs sought by type
+    # (`PostgresJobStore._due_limited`); the running ones are counted through
+    # procpool_jobs_owner, which holds only them.
+    """
+    ALTER TABLE procpool_jobs ADD COLUMN concurrency_key text;
+    ALTER TABLE procpool_jobs ADD COLUMN expires_at double precision;
+    CREATE INDEX procpool_jobs_expiry ON procpool_jobs (expires_at)
+        WHERE status = 'pending' AND expires_at IS NOT NULL;
+    -- The limits the daemons apply (the last to start or reload wrote them), for
+    -- readers to say why a job waits; the claim never reads them.
+    CREATE TABLE procpool_limits (
+        type text PRIMARY KEY,
+        max_running integer,
+        key_max integer
+    );
+    CREATE INDEX procpool_jobs_pending_type ON procpool_jobs (type, priority DESC, run_at)
+        WHERE status = 'pending';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -188,6 +208,10 @@ LISTEN_PAUSE_MIN = 0.1  # seconds before the first try to listen again
 # second is one of the stripes, a power of two.
 ID_LOCK_CLASS = 0x70726F63
 ID_LOCK_STRIPES = 64
+# Advisory locks of limited claims (`PostgresJobStore._due_limited`): the first key says
+# "procpool limits", the second is the type's hashtext. A hash collision only makes two
+# types' claims take turns.
+LIMIT_LOCK_CLASS = 0x706C6D74
 # A lock another session holds (a row, an id stripe) is waited for in the turn, tried
 # every BUSY_POLL seconds, logged once the wait passes BUSY_NOTICE, and given up
 # BUSY_SPARE seconds before the daemon's fence (`PostgresJobStore._waiting`).
@@ -195,6 +219,7 @@ BUSY_POLL = 0.05
 BUSY_NOTICE = 1.0
 BUSY_SPARE = 1.0
 T = TypeVar("T")
+_MARKS = ",".join(["%s"] * len(COLUMNS.split(",")))
 # A change of progress alone (a handler's ctx.progress) is written at most this often
 # per job, in seconds: 4 jobs reporting 20 times a second made 2,000 dead rows a minute.
 PROGRESS_WRITE_EVERY = 1.0
@@ -428,6 +453,9 @@ class PostgresJobStore:
         self._next_rescue = 0.0
         self._leases: list[int] = []
         self._progress: dict[str, _KeptProgress] = {}  # job id -> its progress writes
+        self._limits = NO_LIMITS
+        self._served: tuple[str, ...] = tuple(self.types or ())
+        self._publish = False  # the limits changed: write them for readers
         self._listening: psycopg.Connection[Any] | None = None
         self._listening_lost = False  # heard() found it broken: closed by listener()
         self._listen_again_at = 0.0  # boottime
@@ -480,10 +508,13 @@ class PostgresJobStore:
             self._reconnect()
             raise StoreBusy(f"lost the connection to PostgreSQL: {error}".strip()) from error
         try:
+            if self._publish:
+                self._publish_limits()
             yield
             self._db.execute("COMMIT")
         except BaseException as error:
             self._renewing = None
+            self._publish = True  # if they were written, that was undone too
             if self._db.broken:
                 raise StoreLost(f"lost the connection to PostgreSQL: {error}".strip()) from error
             try:
@@ -586,7 +617,7 @@ class PostgresJobStore:
             return
         with self._db.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({','.join(['%s'] * 20)})",
+                f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})",
                 [_row(job) for job in jobs],
             )
         # One notification per transaction, not per job: each NOTIFY commit takes a
@@ -658,7 +689,101 @@ class PostgresJobStore:
             " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (now, self.types, self.types, limit),
         )
+        jobs = [_job(row) for row in rows]
+        if any(limited(job, self._limits) for job in jobs):
+            return self._due_limited(now, limit)
+        return jobs
+
+    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+        """See JobStore.set_limits. Published for readers by the next transaction."""
+        self._limits, self._served = limits, tuple(served)
+        self._publish = True
+
+    def _publish_limits(self) -> None:
+        self._publish = False
+        self._db.execute("DELETE FROM procpool_limits")
+        rows = as_rows(self._limits)
+        if rows:
+            with self._db.cursor() as cursor:
+                cursor.executemany("INSERT INTO procpool_limits VALUES (%s, %s, %s)", rows)
+
+    def _due_limited(self, now: float, limit: int) -> list[Job]:
+        """`due` when the head of the queue holds a limited job: for each type served,
+        its most urgent due jobs that may start. Limits are global across daemons: the
+        claim of a limited type, or of jobs with a concurrency_key, takes the type's
+        transaction-scoped advisory lock before it counts the running jobs (each
+        statement sees what other daemons committed: READ COMMITTED), so that two
+        daemons never both take the last slot; the lock is only tried, and a type whose
+        lock another daemon holds waits for a later turn, its keyless jobs of an
+        unlimited type excepted. Unlimited types without keys take no lock."""
+        claimed: list[Job] = []
+        for job_type in self._served:
+            claimed.extend(self._claim_type(job_type, now, limit))
+        claimed.sort(key=lambda job: (-job.priority, job.run_at))
+        return claimed[:limit]
+
+    def _claim_type(self, job_type: str, now: float, want: int) -> list[Job]:
+        limits = self._limits
+        first = self._pending_of(job_type, now, [], [], want)
+        if job_type not in limits.types and all(j.concurrency_key is None for j in first):
+            return first
+        locked = self._rows(
+            "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (LIMIT_LOCK_CLASS, job_type)
+        )[0][0]
+        if not locked:
+            unlimited = job_type not in limits.types
+            return [j for j in first if unlimited and j.concurrency_key is None]
+        running = Running.of(
+            self._rows(
+                "SELECT type, concurrency_key, count(*) FROM procpool_jobs"
+                " WHERE status = 'running' AND type = %s GROUP BY type, concurrency_key",
+                (job_type,),
+            )
+        )
+        admitted: list[Job] = []
+        while len(admitted) < want and job_type not in running.full_types(limits):
+            full = [key for kind, key in running.full_keys(limits) if kind == job_type]
+            page = want - len(admitted)
+            jobs = self._pending_of(job_type, now, full, [j.id for j in admitted], page)
+            more = admit(jobs, running, limits, page)
+            admitted.extend(more)
+            if len(jobs) < page or not more:
+                break
+        return admitted
+
+    def _pending_of(
+        self, job_type: str, now: float, full: list[str], taken: list[str], limit: int
+    ) -> list[Job]:
+        """The most urgent due jobs of a type whose keys are not in `full`, but those of
+        `taken`, locked as `due` locks them."""
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND type = %s"
+            " AND run_at <= %s AND (concurrency_key IS NULL OR concurrency_key <> ALL(%s))"
+            " AND id <> ALL(%s) ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (job_type, now, full, taken, limit),
+        )
         return [_job(row) for row in rows]
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        return limit_figures(self._limits, now, self._rows, "procpool_jobs", "%s")
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        """Locked as `due` locks: another daemon's turn skips them."""
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending'"
+            " AND expires_at IS NOT NULL AND expires_at <= %s ORDER BY expires_at LIMIT %s"
+            " FOR UPDATE SKIP LOCKED",
+            (now, limit),
+        )
+        return [_job(row) for row in rows]
+
+    def next_expiry(self) -> float | None:
+        rows = self._rows(
+            "SELECT min(expires_at) FROM procpool_jobs"
+            " WHERE status = 'pending' AND expires_at IS NOT NULL"
+        )
+        earliest: float | None = rows[0][0]
+        return earliest
 
     def served_types(self) -> set[str] | None:
         """The job types the live daemons have handlers for; None: any, while a live

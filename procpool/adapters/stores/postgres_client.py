@@ -37,7 +37,7 @@ from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.spec import JobDefaults, JobSpec, show, to_job
+from procpool.domain.spec import JobDefaults, JobSpec, check_expiry, show, to_job
 
 STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -51,6 +51,7 @@ class PostgresClientStore(SqlReads):
 
     JOBS = "procpool_jobs"
     MARK = "%s"
+    LIMITS = "procpool_limits"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
@@ -95,7 +96,9 @@ class PostgresClientStore(SqlReads):
     def submit_spec(self, job_spec: JobSpec) -> None:
         """Submit one checked job (its id set), as a daemon would ingest its file."""
         assert job_spec.id is not None
-        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=self.defaults, now=time.time())])
+        now = time.time()
+        check_expiry(job_spec, now)
+        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=self.defaults, now=now)])
 
     def submit(self, jobs: Sequence[Job]) -> None:
         """Insert the jobs, all or none, in one transaction; an id that exists with the

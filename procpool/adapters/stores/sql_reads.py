@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from procpool.adapters.stores.job_reader import held_back, limit_figures, published_limits
 from procpool.adapters.stores.sqlite import COLUMNS, _job
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Status
@@ -37,10 +38,12 @@ def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]
 
 
 class SqlReads(ABC):
-    """The shared reads of a SQL store. `JOBS`: the jobs table; `MARK`: the parameter
-    mark of the driver. A read of a store that is not there yet returns no rows."""
+    """The shared reads of a SQL store. `JOBS`: the jobs table; `LIMITS`: the limits
+    the daemon published; `MARK`: the parameter mark of the driver. A read of a store
+    that is not there yet returns no rows."""
 
     JOBS: str
+    LIMITS: str
     MARK: str
 
     @abstractmethod
@@ -111,3 +114,10 @@ class SqlReads(ABC):
         rows = self._query(f"SELECT min(created_at) FROM {self.JOBS} WHERE status = 'pending'")
         oldest: float | None = rows[0][0] if rows else None
         return None if oldest is None else (now or time.time()) - oldest
+
+    def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
+        return held_back(jobs, now, self._query, self.LIMITS, self.JOBS)
+
+    def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
+        limits = published_limits(self._query, self.LIMITS)
+        return limit_figures(limits, now, self._query, self.JOBS, self.MARK)

@@ -37,6 +37,7 @@ from pathlib import Path
 import msgspec
 
 from procpool.adapters.home.files import check_plain
+from procpool.adapters.stores.job_reader import limit_figures
 from procpool.application.ports import (
     FileProgress,
     LineError,
@@ -47,6 +48,7 @@ from procpool.application.ports import (
     WorkerReport,
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
+from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -133,13 +135,34 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (key, line)
     ) WITHOUT ROWID;
     """,
+    # 5: concurrency limits (CONTRACT section 13). Once a limit is set or a job carries
+    # a key, a claim seeks the due jobs of each type that has a slot left, past the keys
+    # that have none: see `SqliteJobStore._due_limited`. The running jobs are counted
+    # through jobs_status_updated: an index of their own cost every job 3 us more
+    # (two more index writes in its life), to spare only claims that count.
+    """
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    -- Expiry: only jobs that have one are in the index (`expired`, `next_expiry`).
+    ALTER TABLE jobs ADD COLUMN expires_at REAL;
+    CREATE INDEX jobs_expiry ON jobs (expires_at)
+        WHERE status = 'pending' AND expires_at IS NOT NULL;
+    -- The limits the daemon applies, for readers to say why a job waits (`waiting`);
+    -- the claim never reads them.
+    CREATE TABLE limits (
+        type TEXT PRIMARY KEY,
+        max_running INTEGER,
+        key_max INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_ready_type ON jobs (type, priority DESC, run_at, concurrency_key)
+        WHERE status = 'pending' AND ready = 1;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at"
 )
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
@@ -161,6 +184,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
+    str | None, float | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -172,7 +196,7 @@ def _job(row: JobRow) -> Job:
     (
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
-        started_at, cancel_requested, digest, retry_of,
+        started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -195,6 +219,8 @@ def _job(row: JobRow) -> Job:
         cancel_requested=bool(cancel_requested),
         digest=digest,
         retry_of=retry_of,
+        concurrency_key=concurrency_key,
+        expires_at=expires_at,
     )
 
 
@@ -218,7 +244,7 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of, _is_ready(job),
+        job.retry_of, job.concurrency_key, job.expires_at, _is_ready(job),
     )  # fmt: skip
 
 
@@ -307,6 +333,21 @@ class SqliteJobStore:
         # promotion until then; inf: none). None: not known, look.
         self._none_ready = False
         self._earliest_scheduled: float | None = None
+        self._limits = NO_LIMITS
+        self._served: tuple[str, ...] = ()
+        # The limited claim's SELECTs, by how many keys and ids they leave out.
+        self._by_type: dict[tuple[int, int], str] = {}
+        self._publish = False  # the limits changed: write them for readers
+
+    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+        """See JobStore.set_limits. Published for readers by the next transaction."""
+        self._limits, self._served = limits, tuple(served)
+        self._publish = True
+
+    def _publish_limits(self) -> None:
+        self._publish = False
+        self._db.execute("DELETE FROM limits")
+        self._db.executemany("INSERT INTO limits VALUES (?, ?, ?)", as_rows(self._limits))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -325,12 +366,15 @@ class SqliteJobStore:
                 raise StoreBusy(f"{error} (another process holds {self.path.name})") from error
             raise
         try:
+            if self._publish:
+                self._publish_limits()
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             # What was noted of the writes undone no longer holds: look again.
             self._none_ready = False
             self._earliest_scheduled = None
+            self._publish = True  # if they were written, that was undone too
             raise
         self._db.execute("COMMIT")
         now = time.monotonic()
@@ -379,7 +423,7 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 21)
+        marks = ",".join("?" * 23)
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
@@ -452,7 +496,78 @@ class SqliteJobStore:
             (limit,),
         ).fetchall()
         self._none_ready = not rows
+        jobs = [_job(row) for row in rows]
+        limits = self._limits
+        for job in jobs:
+            if job.concurrency_key is not None or job.type in limits.types:
+                return self._due_limited(limit)
+        return jobs
+
+    def _due_limited(self, limit: int) -> list[Job]:
+        """`due` when the head of the queue holds a limited job: the running jobs counted
+        in this transaction (the writer's lock is held; a row read per running job),
+        then, for each type served with a slot left, its most urgent due jobs whose key
+        has a slot left, from the index that starts with the type. A full type costs no
+        row read; a full key costs the index entries of its jobs ahead of the first
+        admitted one (the key is in the index: no table read). See `limits.admit`."""
+        counts = self._db.execute(
+            "SELECT type, concurrency_key, count(*) FROM jobs INDEXED BY jobs_status_updated"
+            " WHERE status = 'running' GROUP BY type, concurrency_key"
+        ).fetchall()
+        running = Running.of(counts)
+        claimed: list[Job] = []
+        for job_type in self._served:
+            claimed.extend(self._claim_type(job_type, limit, running))
+        claimed.sort(key=lambda job: (-job.priority, job.run_at))
+        return claimed[:limit]
+
+    def _claim_type(self, job_type: str, want: int, running: Running) -> list[Job]:
+        """Up to `want` due jobs of one type that may start, most urgent first. Each
+        round admits at least its first row (its key is not full); a later round is
+        needed only when a key filled within this claim."""
+        limits = self._limits
+        admitted: list[Job] = []
+        while len(admitted) < want and job_type not in running.full_types(limits):
+            full = [key for kind, key in running.full_keys(limits) if kind == job_type]
+            taken = [job.id for job in admitted]
+            shape = (len(full), len(taken))
+            sql = self._by_type.get(shape)
+            if sql is None:
+                sql = (
+                    f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready_type"
+                    " WHERE status = 'pending' AND ready = 1 AND type = ?"
+                    " AND (concurrency_key IS NULL OR concurrency_key NOT IN"
+                    f" ({','.join('?' * len(full))})) AND id NOT IN ({','.join('?' * len(taken))})"
+                    " ORDER BY priority DESC, run_at LIMIT ?"
+                )
+                self._by_type[shape] = sql
+            page = want - len(admitted)
+            rows = self._db.execute(sql, (job_type, *full, *taken, page)).fetchall()
+            more = admit([_job(row) for row in rows], running, limits, page)
+            admitted.extend(more)
+            if len(rows) < page or not more:
+                break
+        return admitted
+
+    def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
+        return limit_figures(
+            self._limits, now, lambda sql, args: self._db.execute(sql, args).fetchall(), "jobs", "?"
+        )
+
+    def expired(self, now: float, limit: int) -> list[Job]:
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_expiry WHERE status = 'pending'"
+            " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
         return [_job(row) for row in rows]
+
+    def next_expiry(self) -> float | None:
+        earliest: float | None = self._db.execute(
+            "SELECT min(expires_at) FROM jobs INDEXED BY jobs_expiry"
+            " WHERE status = 'pending' AND expires_at IS NOT NULL"
+        ).fetchone()[0]
+        return earliest
 
     def next_run_at(self, after: float) -> float | None:
         known = self._earliest_scheduled

@@ -29,6 +29,7 @@ from procpool.domain.job import Job, Run
 class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
+    LIMITS = "limits"
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -92,6 +92,16 @@ class SharedReader(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
+class LimitStats(msgspec.Struct):
+    """A type's concurrency limit (docs/handlers.md): `running` of at most `max`, and
+    `waiting`, its due pending jobs (held back while running >= max)."""
+
+    type: str
+    max: int
+    running: int
+    waiting: int
+
+
 class Stats(msgspec.Struct):
     at: str
     daemon: DaemonStats
@@ -103,6 +113,7 @@ class Stats(msgspec.Struct):
     run_time: dict[str, RunTime]
     workers: list[WorkerStats]
     database: DatabaseStats | None = None  # None: the home's own SQLite store
+    limits: list[LimitStats] = msgspec.field(default_factory=list)  # the types limited
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -198,6 +209,7 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
         run_time=_run_times(runs),
         workers=_workers(reader, now, cpu_sample) if running else [],
         database=_database(reader) if isinstance(reader, SharedReader) else None,
+        limits=[LimitStats(*figures) for figures in reader.limit_figures(now)],
     )
 
 
@@ -249,6 +261,12 @@ def render(stats: Stats) -> str:
     ], "lrrrrr"))  # fmt: skip
     age = stats.oldest_pending_age
     lines.append(f"oldest pending: {'none' if age is None else _duration(age)}")
+    if stats.limits:
+        lines.append("")
+        lines.extend(_table([
+            ("LIMIT", "MAX", "RUNNING", "WAITING"),
+            *((x.type, str(x.max), str(x.running), str(x.waiting)) for x in stats.limits),
+        ], "lrrr"))  # fmt: skip
     lines.append("")
     lines.extend(_table([
         ("PER MINUTE", *(name for name, _ in WINDOWS)),

@@ -39,8 +39,16 @@ class Dispatcher:
         self.jobs_waiting = True  # due jobs waited for a worker after the last dispatch
 
     def dispatch(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
-        """Hand out due jobs and take back queued ones, unless `closed` (stopping or
-        fenced). `deaf`: the workers that have not read what was sent to them."""
+        """Cancel the pending jobs past their expires_at, before the claim could start
+        them (CONTRACT 13), then hand out due jobs and take back queued ones, unless
+        `closed` (stopping or fenced). `deaf`: the workers that have not read what was
+        sent to them. The loop wakes up for the next expiry as for the next due job."""
+        expiry = self._ledger.expire_due(wall)
+        self._hand_out(now, wall, deaf, closed)
+        if expiry is not None:
+            self.next_due = expiry if self.next_due is None else min(expiry, self.next_due)
+
+    def _hand_out(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
         fleet = self._fleet
         self.look_again_at = None
         idle, busy, holders = fleet.candidates(now, deaf)

@@ -38,6 +38,7 @@ from procpool.domain.spec import (
     JobDefaults,
     JobSpec,
     PruneRequest,
+    check_expiry,
     check_id,
     show,
     to_job,
@@ -144,6 +145,7 @@ def _read_entries(
         else:
             try:
                 job_id = _job_id(entry.value, file, entry.line)
+                check_expiry(entry.value, now)
             except InvalidJobFile as error:
                 outcome.fail(entry.line, str(error))
                 continue

@@ -8,6 +8,7 @@ event name. The supervisor decides *when* a job changes; the ledger is *how*.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from procpool.domain.timefmt import rfc3339
 from procpool.domain.wording import plural
 
 Log = Callable[..., None]  # (level, event, message, **fields)
+EXPIRY_BATCH = 1000  # jobs expired per turn at the most
+EXPIRY_LOOK = 1.0  # seconds between looks for expired jobs in a shared store
 
 
 class Ledger:
@@ -38,6 +41,11 @@ class Ledger:
         self._finished: list[str] = []
         # While `held`: job id -> (the job as stored, as it is now, the fields changed).
         self._held: dict[str, tuple[Job, Job, set[str]]] | None = None
+        # The earliest expires_at of a pending job as last seen (inf: none; None: look),
+        # and when the store was last asked (only a shared store is asked again).
+        self._next_expiry: float | None = None
+        self._expiry_looked = -math.inf
+        self.expired = 0  # jobs expired since the start
 
     def load(self) -> None:
         self.counts.update(self.store.counts())
@@ -109,6 +117,7 @@ class Ledger:
         self._runs = []
         self._finished = []
         self.counts.clear()
+        self._next_expiry = None
 
     def take_finished(self) -> list[str]:
         """The ids of the jobs made terminal since the last call (for the socket door's
@@ -131,10 +140,36 @@ class Ledger:
             self._runs = []
 
     def added(self, job: Job) -> None:
-        self.counts[(job.type, Status.PENDING)] += 1
+        self.added_many([job])
 
     def added_many(self, new_jobs: Iterable[Job]) -> None:
-        self.counts.update((job.type, Status.PENDING) for job in new_jobs)
+        for job in new_jobs:
+            self.counts[(job.type, Status.PENDING)] += 1
+            if job.expires_at is not None and self._next_expiry is not None:
+                self._next_expiry = min(self._next_expiry, job.expires_at)
+
+    def expire_due(self, now: float) -> float | None:
+        """Cancel as expired (`last_error` "expired") the pending jobs past their
+        expires_at, a batch a turn; returns when the next one expires (None: none). The
+        store is asked only once the earliest known expiry has come, or a new job
+        expires sooner; a shared store, whose jobs other processes add, every second."""
+        known = self._next_expiry
+        if known is not None and now < known and now < self._expiry_looked + EXPIRY_LOOK:
+            return None if known == math.inf else known
+        for job in self.store.expired(now, EXPIRY_BATCH):
+            expired = jobs.expire(job, now=now)
+            if self._write(expired, job):
+                self.expired += 1
+                self._log(
+                    "INFO", "job.expired",
+                    f"job {job.id} expired before it started"
+                    f" (expires_at {rfc3339(job.expires_at or now)})",
+                    job_id=job.id, type=job.type, attempts=job.attempts,
+                )  # fmt: skip
+        following = self.store.next_expiry()
+        self._next_expiry = math.inf if following is None else following
+        self._expiry_looked = now if self.store.shared else math.inf
+        return following
 
     def start(self, job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
         """Claimed for a worker: `running` in the store before it is sent there."""

@@ -89,6 +89,7 @@ class Supervisor:
         clock: wait.Clock = time,
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
+        store.set_limits(settings.claim, registry.names())  # the claim counts: see `due`
         self.clock = clock
         self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
@@ -205,6 +206,7 @@ class Supervisor:
         self.settings = self.workers.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
+        self.store.set_limits(settings.claim, self.registry.names())
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""

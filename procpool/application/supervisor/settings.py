@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from procpool.application.supervisor.fleet import Limits
 from procpool.application.worker.main import WorkerOptions
+from procpool.domain.limits import ClaimLimits
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 
@@ -35,6 +36,7 @@ class Settings:
     retention_days: float = 7.0
     metrics_interval: float = 5.0
     max_file_bytes: int = 1024 * 1024  # a job file, a .jsonl line, a job sent over the socket
+    claim: ClaimLimits = field(default_factory=ClaimLimits)  # concurrency limits (CONTRACT 13)
 
     @property
     def limits(self) -> Limits:

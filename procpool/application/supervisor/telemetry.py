@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from procpool.application.ports import JobStore, WorkerReport
@@ -34,6 +34,10 @@ class Snapshot:
     run_seconds: dict[str, Histogram]  # per type
     workers: list[WorkerSnapshot]
     oldest_pending_age: float | None
+    limits: list[tuple[str, int, int, int]] = field(
+        default_factory=list
+    )  # type, max, running, waiting
+    expired: int = 0  # pending jobs canceled at their expires_at
 
 
 class Telemetry(Protocol):
@@ -84,4 +88,6 @@ def take_snapshot(
         run_seconds={k: Histogram(list(h.counts), h.total) for k, h in ledger.run_seconds.items()},
         workers=workers,
         oldest_pending_age=None if oldest is None else max(0.0, at - oldest),
+        limits=store.limit_figures(at),
+        expired=ledger.expired,
     )

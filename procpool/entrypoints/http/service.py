@@ -204,7 +204,7 @@ class Service:
         self._require_store()
         jobs = self.client.reader.list(statuses, job_type, limit + 1, before)
         following = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-        return [JobInfo.from_job(job) for job in jobs[:limit]], following
+        return JobInfo.of_jobs(jobs[:limit], self.client.reader), following
 
     def _require_store(self) -> None:
         try:
