@@ -82,6 +82,17 @@ def home_option(function: F) -> F:
     )(function)
 
 
+def config_option(function: F) -> F:
+    """`--config FILE` of the commands that read the configuration (run, serve)."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
+    )(function)
+
+
 def give_up_option(function: F) -> F:
     """`--timeout S` of the commands that wait (wait, cancel, prune, stop)."""
     return click.option(
@@ -184,13 +195,7 @@ def main(context: click.Context) -> None:
 @click.option(
     "--handlers", "handlers", multiple=True, help="Module with handlers to import (repeatable)."
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
-)
+@config_option
 @click.option("--log-level", default=None, help="TRACE, DEBUG, INFO, WARNING or ERROR.")
 def run(
     home: Path | None,
@@ -225,13 +230,7 @@ def run(
     default=None,
     help="File holding the bearer token to require [config http_token_file].",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML config file [env PROCPOOL_CONFIG; default HOME/procpool.toml].",
-)
+@config_option
 def serve(
     home: Path | None, bind: str | None, token_file: str | None, config_file: Path | None
 ) -> None:
