@@ -24,7 +24,7 @@ from procpool.application.supervisor.settings import Settings
 from procpool.domain.errors import ConfigError
 from procpool.entrypoints.daemon import settings_from
 
-DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
+DOCUMENTED = Path(__file__).parents[2] / "config" / "procpool.toml"
 
 
 @pytest.fixture

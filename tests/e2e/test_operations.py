@@ -29,7 +29,7 @@ from conftest import FAULTS, Daemon, clean_env, run_cli, wait_until
 from procpool import Client
 from procpool.client import JobNotTerminal
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 FAST_METRICS = {"PROCPOOL_METRICS_INTERVAL": "0.5"}
 DAY = 86400.0
 
