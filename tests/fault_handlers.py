@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from procpool import JobContext, PermanentError, handler
-from procpool.application.worker.main import main as worker
+from procpool.application.worker import main as worker
 
 
 @handler("attempt")
