@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Daemon, wait_until
 
 MiB = 1024 * 1024
@@ -50,6 +51,7 @@ def since_last_start(daemon: Daemon) -> list[dict[str, Any]]:
     return log[starts[-1] :]
 
 
+@pytest.mark.timeout(300)  # beyond the 240 s its ingestion may take
 def test_a_huge_jsonl_file_is_ingested_in_bounded_memory(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -70,6 +72,7 @@ def test_a_huge_jsonl_file_is_ingested_in_bounded_memory(
     assert list((daemon.home / "rejected").iterdir()) == []
 
 
+@pytest.mark.timeout(240)  # beyond the 120 s its ingestion may take, and the starts
 def test_a_kill_mid_file_neither_loses_nor_repeats_a_line(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -117,6 +120,7 @@ def test_a_kill_mid_file_neither_loses_nor_repeats_a_line(
     assert [e for e in after if e.get("event") == "file.duplicate"] == []
 
 
+@pytest.mark.timeout(240)  # beyond the 120 s its ingestion may take, and the starts
 def test_what_arrives_behind_a_huge_file_does_not_wait_for_it(
     make_daemon: Callable[..., Daemon],
 ) -> None:
