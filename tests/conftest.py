@@ -233,6 +233,27 @@ class Daemon:
         return self.wait_status(job_id, "running", timeout=timeout)
 
 
+# The tiers, in the order the suite runs them: tests/e2e, tests/integration, tests/unit.
+TIERS = ("e2e", "integration", "unit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first: those given a deadline above the suite's, then the
+    end-to-end tier, the integration tier and the unit tier, each in its files' order.
+    Under `--dist=worksteal` each xdist worker starts on its own stretch of this list
+    and an idle one takes the far end of another's, so short tests are left to fill
+    the gaps and no long one starts last while the other cores idle."""
+    default = float(config.getini("timeout") or 0)
+
+    def rank(item: pytest.Item) -> tuple[float, int]:
+        marker = item.get_closest_marker("timeout")
+        deadline = float(marker.args[0]) if marker and marker.args else default
+        tier = next((n for n, name in enumerate(TIERS) if name in item.path.parts), 0)
+        return (-deadline, tier)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
+
+
 def _leftover_processes(root_pids: list[int]) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():

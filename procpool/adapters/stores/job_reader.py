@@ -9,7 +9,7 @@
 adapters) decides once, from the configuration (`database_url`, then
 $PROCPOOL_DATABASE_URL, then the config file of the home), which store a client
 reads. Both readers answer every read the same way, by the contract tests in
-tests/test_job_reader.py; what only the shared store has (submitting and
+tests/integration/test_job_reader.py; what only the shared store has (submitting and
 canceling in the database, the daemons registered) is `SharedJobStore`.
 """
 

@@ -4,9 +4,7 @@ not its workers' fault, and a resource that runs out degrades service, never end
 
 from __future__ import annotations
 
-import errno
 import os
-import selectors
 import signal
 import socket
 import time
@@ -14,8 +12,6 @@ import time
 import psutil
 import pytest
 from conftest import FAULTS, Daemon, wait_until
-
-from procpool.application.supervisor.door import Door
 
 BEAT = {"PROCPOOL_HEARTBEAT_INTERVAL": "0.2", "PROCPOOL_HEARTBEAT_TIMEOUT": "2"}
 
@@ -111,62 +107,3 @@ def test_out_of_descriptors_the_daemon_degrades_and_comes_back(make_daemon) -> N
     daemon.client.submit("echo", "back", id="back")
     assert daemon.wait_status("back", "completed").result == "back"
     assert daemon.process.poll() is None  # type: ignore[union-attr]
-
-
-class _Listener:
-    """A listening socket whose accept(2) fails as the script says (errno, or None for
-    EAGAIN), each try taking the next entry."""
-
-    def __init__(self, script: list[int | None]) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.script = script
-        self.tries = 0
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def accept(self) -> tuple[socket.socket, object]:
-        self.tries += 1
-        code = self.script.pop(0)
-        if code is None:
-            raise BlockingIOError(errno.EAGAIN, "again")
-        raise OSError(code, os.strerror(code))
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def test_a_listener_out_of_descriptors_is_paused_and_tried_again() -> None:
-    """Door._accept: a failed accept stops the listener being watched for ACCEPT_PAUSE
-    (no spin on the connection that stays queued), said once; each try after the pause
-    that fails again is counted, not said; the spell ends at the first try that finds
-    descriptors again (EAGAIN: no connection waits), with the count."""
-    said: list[tuple[str, str, dict[str, object]]] = []
-    selector = selectors.DefaultSelector()
-    listener = _Listener([errno.EMFILE, errno.EMFILE, errno.ENFILE, None])
-    door = Door(listener, selector, lambda level, event, msg, **f: said.append((level, event, f)))  # type: ignore[arg-type]
-    try:
-        door.ready("door", selectors.EVENT_READ)
-        assert door.paused_until is not None
-        assert listener not in [key.fileobj for key in selector.get_map().values()]
-        start = door.paused_until
-        door.watch_again(start - 0.01)  # not yet
-        assert listener.tries == 1
-        for tries in (2, 3):
-            door.watch_again(door.paused_until)
-            assert listener.tries == tries
-        assert [event for _, event, _ in said] == ["socket.accept_failed"]
-        door.watch_again(door.paused_until)
-        assert listener.tries == 4
-        assert door.paused_until is None
-        assert listener in [key.fileobj for key in selector.get_map().values()]
-        assert [(event, f.get("failed")) for _, event, f in said] == [
-            ("socket.accept_failed", None),
-            ("socket.accept_resumed", 3),
-        ]
-    finally:
-        door.close()
-        selector.close()

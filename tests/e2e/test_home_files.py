@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, run_cli, wait_until
 
-from procpool.adapters.home.files import HomeDir, UnsafeHomeFile
-
 VICTIM = b"the daemon user's own file: not to be written through a link\n"
 
 
@@ -38,58 +36,6 @@ def run_refused(home: Path) -> subprocess.CompletedProcess[str]:
         return run_cli(home, "run", "--workers", "1", timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the daemon served the home instead of refusing it")
-
-
-def _plant_link(path: Path, target: Path) -> None:
-    path.symlink_to(target)
-
-
-def _plant_fifo(path: Path, target: Path) -> None:
-    os.mkfifo(path)
-
-
-def _plant_directory(path: Path, target: Path) -> None:
-    path.mkdir()
-
-
-def _plant_file(path: Path, target: Path) -> None:
-    path.write_bytes(b"a file of ours\n")
-
-
-def _plant_nothing(path: Path, target: Path) -> None:
-    pass
-
-
-@pytest.mark.parametrize(
-    ("plant", "says"),
-    [
-        (_plant_link, "is a symbolic link, not a regular file"),
-        (_plant_fifo, "is a FIFO, not a regular file"),
-        (_plant_directory, "is a directory, not a regular file"),
-        (_plant_file, None),
-        (_plant_nothing, None),
-    ],
-)
-@pytest.mark.parametrize("name", ["procpool.pid", "logs/procpool.jsonl"])
-def test_what_the_home_opens_and_what_it_refuses(
-    tmp_path: Path, plant: Callable[[Path, Path], None], says: str | None, name: str
-) -> None:
-    home = tmp_path / "home"
-    (home / "logs").mkdir(parents=True)
-    target = victim(tmp_path)
-    plant(home / name, target)
-    opened = HomeDir(home)
-    try:
-        if says is None:
-            fd = opened.open(name, os.O_RDWR | os.O_CREAT)
-            os.close(fd)
-            assert stat.S_ISREG((home / name).lstat().st_mode)
-        else:
-            with pytest.raises(UnsafeHomeFile, match=f"^{home / name} {says}: .* remove it$"):
-                opened.open(name, os.O_RDWR | os.O_CREAT)
-    finally:
-        opened.close()
-    assert target.read_bytes() == VICTIM
 
 
 def used_home(make_daemon: Callable[..., Daemon]) -> Daemon:

@@ -179,7 +179,7 @@ def test_wait_on_a_home_never_served_says_a_daemon_started(
 def test_every_event_the_code_logs_is_in_the_event_table() -> None:
     """An event is logged as `emit(LEVEL, "area.what", ...)` (or log, Say): each name
     written so in the code has its row in docs/operations.md."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     logged = re.compile(
         r'"(?:TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL)",\s*"([a-z_]+\.[a-z_]+)"'
     )

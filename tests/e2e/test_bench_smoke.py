@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 FIGURE_KEYS = {"figure", "label", "value", "unit", "reference", "reference_name", "ratio",
                "target", "met", "runs", "detail"}  # fmt: skip
 

@@ -29,15 +29,33 @@ from conftest import FAULTS, Daemon, clean_env, run_cli, wait_until
 from procpool import Client
 from procpool.client import JobNotTerminal
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 FAST_METRICS = {"PROCPOOL_METRICS_INTERVAL": "0.5"}
 DAY = 86400.0
 
 
-def submit(daemon: Daemon, *args: str) -> str:
-    result = daemon.cli("submit", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+# `procpool submit`'s options, as the client takes them.
+SUBMIT_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--id": ("id", str),
+    "--max-attempts": ("max_attempts", int),
+    "--timeout": ("timeout", float),
+    "--priority": ("priority", int),
+    "--delay": ("delay", float),
+}
+
+
+def submit(daemon: Daemon, job_type: str, *args: str) -> str:
+    """Queue a job, given as to `procpool submit` (TYPE [PAYLOAD_JSON] [--option
+    VALUE]...), through the daemon's client in this process: these tests look at what
+    follows a submission, which is the same from either door (the CLI's own submit
+    has its tests in test_end_to_end.py), and a CLI process per job cost each of them
+    tens of seconds on a loaded machine."""
+    payload = None
+    if args and not args[0].startswith("--"):
+        payload, args = json.loads(args[0]), args[1:]
+    options = {SUBMIT_OPTIONS[flag][0]: SUBMIT_OPTIONS[flag][1](value)
+               for flag, value in zip(args[::2], args[1::2], strict=True)}  # fmt: skip
+    return daemon.client.submit(job_type, payload, **options)
 
 
 def wait_terminal(daemon: Daemon, *job_ids: str) -> None:
@@ -97,7 +115,13 @@ def test_stats_counts_a_known_workload(make_daemon: Callable[..., Daemon]) -> No
     wait_terminal(daemon, *echoes, failing)
     daemon.wait_status(pending, "pending")
 
-    # Worker states reach the store every metrics_interval.
+    # Worker states reach the store every metrics_interval: waited for in this process,
+    # so that the CLI below runs once, not once per look.
+    wait_until(
+        lambda: sum(w.jobs_done for w in daemon.client.stats(cpu_sample=0).workers) == 5,
+        what="the workers' reports to count 5 finished attempts",
+    )
+
     def figures() -> Any:
         result = daemon.cli("stats", "--json")
         assert result.returncode == 0, result.stderr
@@ -555,7 +579,7 @@ def test_retry_all_failed_retries_each_line_of_retries_once(
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    cli("submit", "fail", "--id", "rep", "--max-attempts", "1")
+    submit(daemon, "fail", "--id", "rep", "--max-attempts", "1")
     wait_terminal(daemon, "rep")
     for expected in ("rep.retry-1", "rep.retry-2"):  # both repeat rep
         assert cli("retry", "rep") == f"{expected}\n"
@@ -564,11 +588,11 @@ def test_retry_all_failed_retries_each_line_of_retries_once(
     assert cli("retry", "--all-failed") == "rep.retry-3\n"
     wait_terminal(daemon, "rep.retry-3")
 
-    cli("submit", "fail", "--id", "other", "--max-attempts", "1")
+    submit(daemon, "fail", "--id", "other", "--max-attempts", "1")
     wait_terminal(daemon, "other")
     assert cli("retry", "other") == "other.retry-1\n"
     wait_terminal(daemon, "other.retry-1")
-    blocker = cli("submit", "sleep", '{"seconds": 3600}').strip()
+    blocker = submit(daemon, "sleep", '{"seconds": 3600}')
     daemon.wait_started(blocker)
     # other.retry-2 waits behind the blocker (pending, or handed to the busy worker).
     assert cli("retry", "other") == "other.retry-2\n"
@@ -578,7 +602,7 @@ def test_retry_all_failed_retries_each_line_of_retries_once(
 
     daemon.client.cancel(blocker)
     wait_terminal(daemon, blocker, "other.retry-2", "rep.retry-4")
-    blocker = cli("submit", "sleep", '{"seconds": 3600}').strip()
+    blocker = submit(daemon, "sleep", '{"seconds": 3600}')
     daemon.wait_started(blocker)
     third = cli("retry", "--all-failed", "--type", "fail")
     assert sorted(third.splitlines()) == ["other.retry-3", "rep.retry-5"]

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, clean_env, run_cli
 
-from procpool import Client, NoJobStore, ProcpoolError
-
 READS = [
     ("status", "x1"),
     ("show", "x1"),
@@ -96,33 +94,6 @@ def test_submit_still_makes_a_home_and_wait_waits_for_its_daemon(make_daemon, ho
     daemon = make_daemon()
     assert daemon.wait_status("early", "completed").result == "early"
     assert daemon.cli("list").returncode == 0
-
-
-def test_the_client_raises_no_job_store_on_reads_but_submits(tmp_path: Path) -> None:
-    typo = tmp_path / "typo"
-    with Client(typo) as client:
-        for read in (
-            client.list,
-            client.stats,
-            lambda: client.get("x"),
-            lambda: client.attempts("x"),
-            lambda: client.wait(["x"], timeout=1),
-            lambda: client.retry("x"),
-            client.retry_failed,
-        ):
-            with pytest.raises(NoJobStore) as caught:
-                read()
-            assert isinstance(caught.value, ProcpoolError)
-            assert str(caught.value) == (
-                f"{typo} is not a procpool home: the directory does not exist"
-                " (the home given to Client())"
-            )
-            assert caught.value.home == typo
-        job_id = client.submit("echo", 1)
-        assert client.is_waiting_in_inbox(job_id)
-        assert client.get(job_id) is None, "a job in the inbox is no typo: it waits"
-        with pytest.raises(NoJobStore, match="it has no job store"):
-            client.list()
 
 
 # Counts the sqlite3 connections a command opens and fails the command if one is left open

@@ -1,6 +1,6 @@
 """Configuration (CONTRACT section 8): precedence, errors that name the key, the
-documented file. Unit tests (`load` is given its environment explicitly), then the
-environment's effect on the real daemon and CLI."""
+documented file. Unit tests: `load` is given its environment explicitly (the
+environment's effect on the real daemon and CLI: tests/e2e/test_config_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import Daemon, run_cli
 
 from procpool.adapters.config import (
     Config,
@@ -24,7 +23,7 @@ from procpool.application.supervisor.settings import Settings
 from procpool.domain.errors import ConfigError
 from procpool.entrypoints.daemon import settings_from
 
-DOCUMENTED = Path(__file__).parent.parent / "config" / "procpool.toml"
+DOCUMENTED = Path(__file__).parents[2] / "config" / "procpool.toml"
 
 
 @pytest.fixture
@@ -253,35 +252,6 @@ def test_the_documented_file_sets_every_default() -> None:
 
 def test_the_documented_file_loads_to_the_defaults(environ: dict[str, str]) -> None:
     assert load(config_file=DOCUMENTED, environ=environ) == Config()
-
-
-# ------------------------------------------------------------------ the real daemon and CLI
-
-
-def test_the_daemon_warns_of_an_unknown_variable_and_runs(make_daemon) -> None:
-    daemon: Daemon = make_daemon(workers=1, env={"PROCPOOL_WROKERS": "2"})
-    daemon.cli("submit", "echo", "1", "--id", "still-runs")
-    assert daemon.wait_status("still-runs", "completed").result == 1
-    [warning] = daemon.wait_events("config.unknown_variable")
-    assert warning["level"] == "WARNING"
-    assert "PROCPOOL_WROKERS" in warning["msg"] and "PROCPOOL_WORKERS?" in warning["msg"]
-    assert "did you mean PROCPOOL_WORKERS?" in daemon.stderr()
-
-
-def test_a_command_warns_of_an_unknown_variable_once(tmp_path: Path) -> None:
-    # submit: it works on a home no daemon has made (list would say there is no store).
-    result = run_cli(tmp_path / "home", "submit", "echo", env={"PROCPOOL_HOEM": "x"})
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == (
-        "procpool: warning: ignoring environment variable PROCPOOL_HOEM: no config key"
-        " 'hoem' (did you mean PROCPOOL_HOME?)\n"
-    )
-
-
-def test_a_wrong_value_of_a_known_variable_still_stops_the_daemon(tmp_path: Path) -> None:
-    result = run_cli(tmp_path / "home", "run", env={"PROCPOOL_WORKERS": "many"})
-    assert result.returncode == 2
-    assert "PROCPOOL_WORKERS" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_max_result_bytes_stays_within_what_the_store_keeps(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "chaos.py"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "chaos.py"
 
 
 def test_chaos_short_form() -> None:

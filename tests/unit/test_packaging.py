@@ -8,7 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 # NAME[EXTRAS]>=VERSION; psycopg[binary] pins psycopg-binary to its own version.
 REQUIREMENT = re.compile(
     r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[([a-z,]+)\])?\s*(>=|==)\s*([0-9][0-9.]*)"

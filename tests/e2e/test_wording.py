@@ -8,16 +8,6 @@ from collections.abc import Callable
 
 from conftest import Daemon, run_cli, wait_until
 
-from procpool.domain.wording import plural
-
-
-def test_plural_takes_the_singular_only_for_one() -> None:
-    assert [plural(n, "worker") for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]
-    assert plural(1.0, "day") == "1 day"
-    assert plural(0.5, "day") == "0.5 days"
-    assert plural(3, "process", "processes") == "3 processes"
-    assert plural(1_234_567, "job") == "1234567 jobs"
-
 
 def test_a_count_of_one_is_singular_in_the_log_and_reports(
     make_daemon: Callable[..., Daemon],
