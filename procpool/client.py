@@ -412,7 +412,7 @@ class Client:
         id: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         delay: float | None = None,
         run_at: str | None = None,
         concurrency_key: str | None = None,
@@ -431,9 +431,11 @@ class Client:
             payload: any JSON value, handed to the handler as it is.
             id: the job's id (1-128 of `A-Z a-z 0-9 . _ -`); default a new random one.
             max_attempts: attempts that may fail before the job is `failed`;
-                default the daemon's `max_attempts`.
-            timeout: hard limit of one attempt, in seconds; default the daemon's.
-            priority: higher runs first.
+                default the handler's (`@handler(..., max_attempts=)`), else the
+                daemon's `max_attempts`.
+            timeout: hard limit of one attempt, in seconds; default the handler's,
+                else the daemon's.
+            priority: higher runs first; default the handler's, else 0.
             delay: do not start before now + `delay` seconds.
             run_at: do not start before this RFC 3339 time (not with `delay`).
             concurrency_key: 1-128 characters; jobs of this type with the same key run

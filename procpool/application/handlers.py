@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 from loguru import logger
 
 from procpool.domain.errors import ProcpoolError
+from procpool.domain.spec import MAX_ATTEMPTS_LIMIT, MAX_SECONDS, PRIORITY_LIMIT, TypeDefaults
 
 ENTRY_POINT_GROUP = "procpool.handlers"
 # The key under which ctx.logger carries its run: (job id, attempt). A handler's
@@ -64,10 +66,50 @@ Handler = Callable[[JobContext, Any], Any]
 class HandlerOptions:
     """What `@handler` says of its type besides the function: `limit`, the most jobs of
     the type that run at once; `key_limit`, the most with one concurrency_key (None:
-    not set here: the configuration's, else unlimited and 1)."""
+    not set here: the configuration's, else unlimited and 1); `timeout` (seconds),
+    `max_attempts` and `priority`, the defaults of its jobs that do not say (None: the
+    configuration's; priority 0)."""
 
     limit: int | None = None
     key_limit: int | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+
+    def job_defaults(self) -> TypeDefaults | None:
+        """The defaults it gives its jobs; None if it gives none."""
+        if self.timeout is None and self.max_attempts is None and self.priority is None:
+            return None
+        return TypeDefaults(self.timeout, self.max_attempts, self.priority)
+
+
+def _check_options(job_type: str, options: HandlerOptions) -> None:
+    """Raises ProcpoolError naming the first option out of its bounds."""
+
+    def bad(name: str, rule: str, value: object) -> ProcpoolError:
+        return ProcpoolError(f"@handler({job_type!r}, {name}=...) must be {rule}, got {value!r}")
+
+    for name in ("limit", "key_limit"):
+        value = getattr(options, name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise bad(name, "an integer >= 1", value)
+    attempts = options.max_attempts
+    if attempts is not None and (
+        type(attempts) is not int or not 1 <= attempts <= MAX_ATTEMPTS_LIMIT
+    ):
+        raise bad("max_attempts", f"an integer from 1 to {MAX_ATTEMPTS_LIMIT}", attempts)
+    priority = options.priority
+    if priority is not None and (
+        type(priority) is not int or not -PRIORITY_LIMIT <= priority <= PRIORITY_LIMIT
+    ):
+        raise bad("priority", f"an integer from {-PRIORITY_LIMIT} to {PRIORITY_LIMIT}", priority)
+    timeout = options.timeout
+    if timeout is not None and (
+        type(timeout) not in (int, float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_SECONDS
+    ):
+        raise bad("timeout", f"a number of seconds > 0 and <= {MAX_SECONDS:.0f}", timeout)
 
 
 class HandlerRegistry:
@@ -78,8 +120,8 @@ class HandlerRegistry:
     def register(
         self, job_type: str, function: Handler, options: HandlerOptions | None = None
     ) -> None:
-        """Raises ProcpoolError: the type has another handler, or an option is not an
-        integer >= 1 (the message names it)."""
+        """Raises ProcpoolError: the type has another handler, or an option is out of its
+        bounds (the message names it; see `handler`)."""
         existing = self._handlers.get(job_type)
         if existing is not None and existing is not function:
             raise ProcpoolError(
@@ -87,17 +129,17 @@ class HandlerRegistry:
                 f" {_qualified_name(existing)} and {_qualified_name(function)}"
             )
         options = options or HandlerOptions()
-        for name in ("limit", "key_limit"):
-            value = getattr(options, name)
-            if value is not None and (type(value) is not int or value < 1):
-                raise ProcpoolError(
-                    f"@handler({job_type!r}, {name}=...) must be an integer >= 1, got {value!r}"
-                )
+        _check_options(job_type, options)
         self._handlers[job_type] = function
         self._options[job_type] = options
 
     def options(self, job_type: str) -> HandlerOptions:
         return self._options.get(job_type, HandlerOptions())
+
+    def job_defaults(self) -> dict[str, TypeDefaults]:
+        """The defaults of the types whose handler gives any, by type."""
+        found = {t: o.job_defaults() for t, o in self._options.items()}
+        return {t: defaults for t, defaults in found.items() if defaults is not None}
 
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
@@ -118,25 +160,36 @@ registry = HandlerRegistry()
 
 
 def handler(
-    job_type: str, *, limit: int | None = None, key_limit: int | None = None
+    job_type: str,
+    *,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    priority: int | None = None,
+    limit: int | None = None,
+    key_limit: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated function as the handler of `job_type`.
 
-    `limit`: at most this many jobs of the type run at once, across every daemon of
-    the store; `key_limit`: at most this many with the same concurrency_key (default
-    1). The config tables `[limits]` and `[key_limits]` override both.
+    `timeout` (seconds, > 0), `max_attempts` (1-1000) and `priority`: the defaults of
+    the type's jobs that do not give their own; the configuration's apply where these
+    are not set (priority 0). `limit`: at most this many jobs of the type run at once,
+    across every daemon of the store; `key_limit`: at most this many with the same
+    concurrency_key (default 1). The config tables `[limits]` and `[key_limits]`
+    override both limits.
 
     Example:
-        @handler("render", limit=2)
+        @handler("render", limit=2, timeout=600, max_attempts=1)
         def render(ctx: JobContext, payload: dict) -> dict:
             ...
 
     Raises:
-        ProcpoolError: the type has another handler, or a limit is not an integer >= 1.
+        ProcpoolError: the type has another handler, or an option is out of its bounds
+            (the message names it: "@handler('render', timeout=...) must be ...").
     """
 
     def register(function: Handler) -> Handler:
-        registry.register(job_type, function, HandlerOptions(limit, key_limit))
+        options = HandlerOptions(limit, key_limit, timeout, max_attempts, priority)
+        registry.register(job_type, function, options)
         return function
 
     return register

@@ -22,11 +22,13 @@ reason is worked out here, from the bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +62,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: str | None = None
     max_attempts: int | None = None
     timeout: float | None = None
-    priority: int = 0
+    # None: not given, so the handler's default applies (0 without one); hashed as 0
+    # by `digest`, as before handlers had defaults.
+    priority: int | None = None
     delay: float | None = None
     run_at: str | None = None
     retry_of: str | None = None  # set by `procpool retry`: the terminal job this one repeats
@@ -108,9 +112,23 @@ _KINDS = {
 
 
 @dataclass(frozen=True)
+class TypeDefaults:
+    """What `@handler` gives the jobs of its type that do not say (None: not set there).
+    `timeout` in seconds."""
+
+    timeout: float | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
 class JobDefaults:
+    """The values a job gets for the fields it leaves out: its type's `TypeDefaults`
+    (`types`, by type) where set, else these (the configuration's; priority 0)."""
+
     max_attempts: int = 3
     timeout: float | None = None
+    types: Mapping[str, TypeDefaults] = dataclasses.field(default_factory=dict)
 
 
 def show(value: Any, width: int = 60) -> str:
@@ -627,7 +645,10 @@ _ALL_NULL = b"".join(reversed(_LATER_NULLS)) + b"}"
 def digest(spec: JobSpec) -> str:
     """What makes two submissions "the very same": type, payload and options. The
     fields added later (_LATER_NULLS) are hashed only where set, as before they existed,
-    so that a file read again after an upgrade is still the same submission."""
+    and a priority not given as 0, as before it could be left out, so that a file read
+    again after an upgrade is still the same submission."""
+    if spec.priority is None:  # never from to_job, which hashes it as 0 already
+        spec = msgspec.structs.replace(spec, priority=0)
     encoded = encode_json(spec)
     if encoded.endswith(_ALL_NULL):  # the common case: one look
         encoded = encoded[: -len(_ALL_NULL)] + b"}"
@@ -642,17 +663,27 @@ def digest(spec: JobSpec) -> str:
 
 
 def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> Job:
+    """The job a checked spec makes. A field the spec leaves out takes the default of
+    its type (`defaults.types`), else the configuration's (`defaults`; priority 0)."""
     run_at = parse_time(spec.run_at) if spec.run_at is not None else now + (spec.delay or 0.0)
     payload = encode_json(spec.payload)
     # The digest reuses the canonical payload bytes (as Raw) instead of encoding it again.
-    submitted = msgspec.structs.replace(spec, id=job_id, payload=msgspec.Raw(payload))
+    submitted = msgspec.structs.replace(
+        spec, id=job_id, payload=msgspec.Raw(payload), priority=spec.priority or 0
+    )
+    max_attempts, timeout, priority = spec.max_attempts, spec.timeout, spec.priority
+    own = defaults.types.get(spec.type)
+    if own is not None:
+        max_attempts = max_attempts or own.max_attempts
+        timeout = own.timeout if timeout is None else timeout
+        priority = own.priority if priority is None else priority
     return Job(
         id=job_id,
         type=spec.type,
         payload=payload,
-        max_attempts=spec.max_attempts or defaults.max_attempts,
-        timeout=spec.timeout if spec.timeout is not None else defaults.timeout,
-        priority=spec.priority,
+        max_attempts=max_attempts or defaults.max_attempts,
+        timeout=timeout if timeout is not None else defaults.timeout,
+        priority=priority or 0,
         run_at=run_at,
         created_at=now,
         updated_at=now,

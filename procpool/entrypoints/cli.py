@@ -253,7 +253,9 @@ def serve(
 @click.option("--id", "job_id", default=None, help="The job's id [default: a new random one].")
 @click.option("--max-attempts", type=int, default=None)
 @click.option("--timeout", type=float, default=None, help="Hard limit of one attempt, seconds.")
-@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option(
+    "--priority", type=int, default=None, help="Higher runs first [default: the handler's, else 0]."
+)
 @click.option("--delay", type=float, default=None, help="Do not start before now + S seconds.")
 @click.option(
     "--concurrency-key",
@@ -273,7 +275,7 @@ def submit(
     job_id: str | None,
     max_attempts: int | None,
     timeout: float | None,
-    priority: int,
+    priority: int | None,
     delay: float | None,
     concurrency_key: str | None,
     expires_in: float | None,
@@ -611,6 +613,30 @@ def stats(home: Path | None, as_json: bool) -> None:
         _print_json(figures)
         return
     click.echo(render(figures))
+
+
+@main.command()
+@home_option
+@click.option(
+    "--handlers", "modules", multiple=True, help="Module with handlers to import (repeatable)."
+)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of one object per type.")
+def handlers(
+    home: Path | None, modules: tuple[str, ...], config_file: Path | None, as_json: bool
+) -> None:
+    """Every job type the daemon registers, with the timeout, max_attempts and priority
+    its jobs get when they do not say, and its limits. Read from the configuration (and
+    --handlers, as `procpool run` takes them): the handler modules are imported here."""
+    from procpool.entrypoints import handler_table  # noqa: PLC0415 (imports user code)
+
+    flags = {"home": str(home) if home else None, "handlers": list(modules) or None}
+    with _user_errors():
+        rows = handler_table.handler_rows(configuration.load(flags=flags, config_file=config_file))
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(handler_table.render(rows))
 
 
 @main.command()

@@ -47,7 +47,7 @@ def settings_from(config: configuration.Config) -> Settings:
     return Settings(
         claim=claim_limits(config),
         workers=config.worker_count,
-        defaults=JobDefaults(max_attempts=config.max_attempts, timeout=config.timeout),
+        defaults=job_defaults(config),
         retry=RetryPolicy(base=config.backoff_base, cap=config.backoff_max),
         shutdown_timeout=config.shutdown_timeout,
         heartbeat_interval=config.heartbeat_interval,
@@ -82,9 +82,26 @@ def store_label(home: Path, database_url: str | None) -> str:
     return f"PostgreSQL database {parts.get('dbname') or '(the user name)'} at {where}"
 
 
+def job_defaults(config: configuration.Config) -> JobDefaults:
+    """What a job that leaves a field out gets: its handler's default, else the config's."""
+    return JobDefaults(
+        max_attempts=config.max_attempts, timeout=config.timeout, types=registry.job_defaults()
+    )
+
+
 def claim_limits(config: configuration.Config) -> ClaimLimits:
-    """The limits of every registered type: the config tables over @handler's own,
-    logged (`limits.set`).
+    """The limits of every registered type (`effective_limits`), logged (`limits.set`).
+
+    Raises:
+        ConfigError: `[limits]` or `[key_limits]` names a type no handler registers.
+    """
+    limits = effective_limits(config)
+    _log_limits(limits)
+    return limits
+
+
+def effective_limits(config: configuration.Config) -> ClaimLimits:
+    """The limits of every registered type: the config tables over @handler's own.
 
     Raises:
         ConfigError: `[limits]` or `[key_limits]` names a type no handler registers.
@@ -97,9 +114,7 @@ def claim_limits(config: configuration.Config) -> ClaimLimits:
             types[job_type] = options.limit
         if options.key_limit is not None:
             keys[job_type] = options.key_limit
-    limits = ClaimLimits({**types, **config.limits}, {**keys, **config.key_limits})
-    _log_limits(limits)
-    return limits
+    return ClaimLimits({**types, **config.limits}, {**keys, **config.key_limits})
 
 
 def _restart_needed(loaded: list[str], configured: list[str]) -> None:

@@ -455,7 +455,7 @@ class _SubmitArguments(TypedDict):
     id: str | None
     max_attempts: int | None
     timeout: float | None
-    priority: int
+    priority: int | None
     delay: float | None
     run_at: str | None
 
