@@ -503,7 +503,7 @@ class Client:
             return []
         if self._shared is not None:  # the database is the store: one transaction there
             now = time.time()
-            defaults = self._shared.defaults
+            defaults = self._shared.job_defaults()
             for number, job_spec in enumerate(specs, 1):
                 try:
                     spec.check_expiry(job_spec, now)

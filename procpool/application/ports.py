@@ -14,7 +14,13 @@ from typing import Protocol
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits
-from procpool.domain.spec import CancelRequest, JobSpec, PruneRequest
+from procpool.domain.spec import (
+    NO_TYPE_DEFAULTS,
+    CancelRequest,
+    JobSpec,
+    PruneRequest,
+    TypeDefaults,
+)
 
 
 class StoreBusy(ProcpoolError):
@@ -114,9 +120,16 @@ class JobStore(Protocol):
         progress, worker_pid, lease, started_at, cancel_requested); default: all."""
         ...
 
-    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+    def set_limits(
+        self,
+        limits: ClaimLimits,
+        served: Sequence[str],
+        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
+    ) -> None:
         """The concurrency limits `due` obeys from now on, and the job types this daemon
-        serves (a claim that must count what runs looks at these types only)."""
+        serves (a claim that must count what runs looks at these types only). A store
+        that clients write themselves (PostgreSQL) publishes the limits and the handlers'
+        `defaults` (by type) for them."""
         ...
 
     def due(self, now: float, limit: int) -> list[Job]:

@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -119,6 +120,9 @@ class TypeDefaults:
     timeout: float | None = None
     max_attempts: int | None = None
     priority: int | None = None
+
+
+NO_TYPE_DEFAULTS: Mapping[str, TypeDefaults] = MappingProxyType({})
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Daemon, run_cli
+from conftest import Daemon, run_cli, wait_until
+
+from procpool import Client
 
 CONFIG = {"PROCPOOL_MAX_ATTEMPTS": "6", "PROCPOOL_TIMEOUT": "50"}
 MODULE = ("--handlers", "default_handlers")
@@ -18,6 +21,19 @@ MODULE = ("--handlers", "default_handlers")
 
 def _fields(daemon: Daemon, job_id: str) -> tuple[object, ...]:
     job = daemon.wait_status(job_id, "completed", "failed")
+    return job.max_attempts, job.timeout, job.priority
+
+
+def _done(client: Client, job_id: str) -> Any:
+    return wait_until(
+        lambda: (job := client.get(job_id)).status in ("completed", "failed") and job,
+        30,
+        what=f"job {job_id} to end",
+    )
+
+
+def _fields_of(client: Client, job_id: str) -> tuple[object, ...]:
+    job = _done(client, job_id)
     return job.max_attempts, job.timeout, job.priority
 
 
@@ -106,3 +122,38 @@ def test_procpool_handlers_refuses_a_bad_configuration(home: Path) -> None:
     missing = run_cli(home, "handlers", "--handlers", "no_such_module_here")
     assert missing.returncode != 0
     assert "cannot import handler module 'no_such_module_here'" in missing.stderr
+
+
+@pytest.mark.timeout(150)
+def test_a_client_writing_a_postgresql_store_gets_the_handlers_defaults(
+    pg_url: str, make_daemon: Callable[..., Daemon], home: Path
+) -> None:
+    """With database_url, the client and `procpool submit` write the jobs themselves,
+    knowing no handler: they read the defaults the daemon publishes beside its limits."""
+    env = {**CONFIG, "PROCPOOL_DATABASE_URL": pg_url}
+    make_daemon(2, env=env, args=MODULE)
+    client = Client(home, database_url=pg_url)
+    try:
+        client.submit("echo", 1, id="first")  # a turn after the start: the table is written
+        _done(client, "first")
+        client.submit("tight", 1, id="client-default")
+        client.submit("tight", 1, id="client-own", max_attempts=5, timeout=20, priority=0)
+        client.submit_many(
+            [{"type": "urgent", "id": "many-default"}, {"type": "echo", "id": "many-echo"}]
+        )
+        for job_id, args in {
+            "cli-default": ("tight", "1"),
+            "cli-urgent-0": ("urgent", "1", "--priority", "0"),
+        }.items():
+            done = run_cli(home, "submit", *args, "--id", job_id, env=env)
+            assert (done.returncode, done.stdout.strip()) == (0, job_id), done.stderr
+        assert (
+            _fields_of(client, "client-default") == _fields_of(client, "cli-default") == (2, 1.0, 0)
+        )
+        assert _fields_of(client, "client-own") == (5, 20.0, 0)
+        # This process's client has no CONFIG: the configuration's values are its own.
+        assert _fields_of(client, "many-default") == (3, None, 7)
+        assert _fields_of(client, "many-echo") == (3, None, 0)
+        assert _fields_of(client, "cli-urgent-0") == (6, 50.0, 0)
+    finally:
+        client.close()

@@ -103,7 +103,9 @@ class SharedJobStore(JobReader, Protocol):
     """A store that clients write themselves (PostgreSQL): the database is the store,
     so a submission or a cancel is committed there, not handed to a daemon."""
 
-    defaults: JobDefaults  # max_attempts and timeout of jobs that do not say
+    def job_defaults(self) -> JobDefaults:
+        """What a job that leaves a field out gets (the handlers' and the config's)."""
+        ...
 
     def submit_spec(self, job_spec: JobSpec) -> None: ...
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
+from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 
 class MemoryJobStore:
@@ -61,7 +62,13 @@ class MemoryJobStore:
         self._jobs[job.id] = job
         return True
 
-    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
+    def set_limits(
+        self,
+        limits: ClaimLimits,
+        served: Sequence[str],
+        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
+    ) -> None:
+        """See JobStore.set_limits; `defaults` are for clients, which write no memory store."""
         self._limits, self._served = limits, frozenset(served)
 
     def due(self, now: float, limit: int) -> list[Job]:

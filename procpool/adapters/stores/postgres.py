@@ -36,7 +36,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,7 @@ from procpool.application.ports import (
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
+from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 MIGRATIONS: list[str] = [
     # 1: jobs, their history, the daemons and their workers, inbox progress per home
@@ -194,6 +195,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX procpool_jobs_pending_type ON procpool_jobs (type, priority DESC, run_at)
         WHERE status = 'pending';
+    """,
+    # 6: per-type defaults (CONTRACT section 13): what @handler gives the jobs of its
+    # type that leave a field out, published beside the limits for the clients that
+    # write jobs themselves (PostgresClientStore.job_defaults); null: not set there.
+    """
+    ALTER TABLE procpool_limits ADD COLUMN timeout double precision,
+        ADD COLUMN max_attempts integer, ADD COLUMN priority integer;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -455,6 +463,7 @@ class PostgresJobStore:
         self._progress: dict[str, _KeptProgress] = {}  # job id -> its progress writes
         self._limits = NO_LIMITS
         self._served: tuple[str, ...] = tuple(self.types or ())
+        self._defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS
         self._publish = False  # the limits changed: write them for readers
         self._listening: psycopg.Connection[Any] | None = None
         self._listening_lost = False  # heard() found it broken: closed by listener()
@@ -694,18 +703,33 @@ class PostgresJobStore:
             return self._due_limited(now, limit)
         return jobs
 
-    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
-        """See JobStore.set_limits. Published for readers by the next transaction."""
-        self._limits, self._served = limits, tuple(served)
+    def set_limits(
+        self,
+        limits: ClaimLimits,
+        served: Sequence[str],
+        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
+    ) -> None:
+        """See JobStore.set_limits. Published, with the handlers' defaults for the
+        clients that write jobs themselves, by the next transaction."""
+        self._limits, self._served, self._defaults = limits, tuple(served), defaults
         self._publish = True
 
     def _publish_limits(self) -> None:
         self._publish = False
         self._db.execute("DELETE FROM procpool_limits")
-        rows = as_rows(self._limits)
+        limits = {job_type: (most, key_most) for job_type, most, key_most in as_rows(self._limits)}
+        rows = []
+        for job_type in sorted({*limits, *self._defaults}):
+            own = self._defaults.get(job_type, TypeDefaults())
+            most, key_most = limits.get(job_type, (None, None))
+            rows.append((job_type, most, key_most, own.timeout, own.max_attempts, own.priority))
         if rows:
             with self._db.cursor() as cursor:
-                cursor.executemany("INSERT INTO procpool_limits VALUES (%s, %s, %s)", rows)
+                cursor.executemany(
+                    "INSERT INTO procpool_limits (type, max_running, key_max, timeout,"
+                    " max_attempts, priority) VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
 
     def _due_limited(self, now: float, limit: int) -> list[Job]:
         """`due` when the head of the queue holds a limited job: for each type served,

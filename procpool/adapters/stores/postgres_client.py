@@ -37,7 +37,7 @@ from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.spec import JobDefaults, JobSpec, check_expiry, show, to_job
+from procpool.domain.spec import JobDefaults, JobSpec, TypeDefaults, check_expiry, show, to_job
 
 STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -55,7 +55,7 @@ class PostgresClientStore(SqlReads):
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
-        self.defaults = defaults  # max_attempts and timeout of jobs that do not say
+        self.defaults = defaults  # the configuration's max_attempts and timeout
         self._db: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -93,12 +93,25 @@ class PostgresClientStore(SqlReads):
 
     # ------------------------------------------------------------- writing
 
+    def job_defaults(self) -> JobDefaults:
+        """What a job that leaves a field out gets, as a daemon would give it: the
+        handlers' defaults that the daemons publish beside the limits (the last one to
+        start or reload wrote them; none before a daemon has run), over the
+        configuration's."""
+        rows = self._query(
+            "SELECT type, timeout, max_attempts, priority FROM procpool_limits"
+            " WHERE timeout IS NOT NULL OR max_attempts IS NOT NULL OR priority IS NOT NULL"
+        )
+        types = {row[0]: TypeDefaults(row[1], row[2], row[3]) for row in rows}
+        return JobDefaults(self.defaults.max_attempts, self.defaults.timeout, types)
+
     def submit_spec(self, job_spec: JobSpec) -> None:
         """Submit one checked job (its id set), as a daemon would ingest its file."""
         assert job_spec.id is not None
         now = time.time()
         check_expiry(job_spec, now)
-        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=self.defaults, now=now)])
+        defaults = self.job_defaults()
+        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=defaults, now=now)])
 
     def submit(self, jobs: Sequence[Job]) -> None:
         """Insert the jobs, all or none, in one transaction; an id that exists with the

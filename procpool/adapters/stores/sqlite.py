@@ -30,7 +30,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
+from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -339,8 +340,14 @@ class SqliteJobStore:
         self._by_type: dict[tuple[int, int], str] = {}
         self._publish = False  # the limits changed: write them for readers
 
-    def set_limits(self, limits: ClaimLimits, served: Sequence[str]) -> None:
-        """See JobStore.set_limits. Published for readers by the next transaction."""
+    def set_limits(
+        self,
+        limits: ClaimLimits,
+        served: Sequence[str],
+        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
+    ) -> None:
+        """See JobStore.set_limits. Published for readers by the next transaction;
+        `defaults` are not: a client of a SQLite home hands its jobs to the daemon."""
         self._limits, self._served = limits, tuple(served)
         self._publish = True
 

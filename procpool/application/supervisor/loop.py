@@ -89,7 +89,8 @@ class Supervisor:
         clock: wait.Clock = time,
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
-        store.set_limits(settings.claim, registry.names())  # the claim counts: see `due`
+        # The claim counts: see `due`.
+        store.set_limits(settings.claim, registry.names(), settings.defaults.types)
         self.clock = clock
         self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
@@ -206,7 +207,7 @@ class Supervisor:
         self.settings = self.workers.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
-        self.store.set_limits(settings.claim, self.registry.names())
+        self.store.set_limits(settings.claim, self.registry.names(), settings.defaults.types)
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""
