@@ -43,9 +43,9 @@ EXIT_RESTART = -1
 
 
 def settings_from(config: configuration.Config) -> Settings:
-    """Raises ConfigError: see `claim_limits`."""
+    """Raises ConfigError: see `effective_limits`."""
     return Settings(
-        claim=claim_limits(config),
+        claim=effective_limits(config),
         workers=config.worker_count,
         defaults=job_defaults(config),
         retry=RetryPolicy(base=config.backoff_base, cap=config.backoff_max),
@@ -89,17 +89,6 @@ def job_defaults(config: configuration.Config) -> JobDefaults:
     )
 
 
-def claim_limits(config: configuration.Config) -> ClaimLimits:
-    """The limits of every registered type (`effective_limits`), logged (`limits.set`).
-
-    Raises:
-        ConfigError: `[limits]` or `[key_limits]` names a type no handler registers.
-    """
-    limits = effective_limits(config)
-    _log_limits(limits)
-    return limits
-
-
 def effective_limits(config: configuration.Config) -> ClaimLimits:
     """The limits of every registered type: the config tables over @handler's own.
 
@@ -117,6 +106,18 @@ def effective_limits(config: configuration.Config) -> ClaimLimits:
     return ClaimLimits({**types, **config.limits}, {**keys, **config.key_limits})
 
 
+def _reloaded_settings(config: configuration.Config, fresh: configuration.Config) -> Settings:
+    """The settings of a reloaded configuration, its limits logged (`limits.set`).
+
+    Raises:
+        ConfigError: see `effective_limits`.
+    """
+    settings = settings_from(fresh)
+    _restart_needed(config.handlers, fresh.handlers)
+    _log_limits(settings.claim)
+    return settings
+
+
 def _restart_needed(loaded: list[str], configured: list[str]) -> None:
     if configured != loaded:
         # Modules are imported once, before any worker is forked (DESIGN 9): a
@@ -127,6 +128,15 @@ def _restart_needed(loaded: list[str], configured: list[str]) -> None:
             " they load at the next start; the workers keep the ones loaded now",
             key="handlers", loaded=loaded, configured=configured,
         )  # fmt: skip
+
+
+def _say_starting(home: Path, store: str, loaded: list[str], limits: ClaimLimits) -> None:
+    """The start line, which opens every run's log, then the limits in force."""
+    emit(
+        "INFO", "daemon.starting", f"home {home}, store {store}, handlers from {', '.join(loaded)}",
+        home=str(home), store=store, pid=os.getpid(),
+    )  # fmt: skip
+    _log_limits(limits)
 
 
 def _log_limits(limits: ClaimLimits) -> None:
@@ -386,8 +396,7 @@ def _serve(
     def reload() -> Settings:
         fresh = configuration.load(flags=flags, config_file=config_file)
         command = http_command(fresh, home, config_file)  # before any change: it may raise
-        settings = settings_from(fresh)  # so may this
-        _restart_needed(config.handlers, fresh.handlers)
+        settings = _reloaded_settings(config, fresh)  # so may this
         logs.set_level(fresh.log_level)
         logs.set_rotation(fresh.log_max_bytes, fresh.log_keep)
         inbox.max_file_bytes = fresh.max_file_bytes
@@ -400,15 +409,7 @@ def _serve(
         inbox.close_descriptors()
         home_dir.close()
 
-    emit(
-        "INFO",
-        "daemon.starting",
-        f"home {home}, store {(label := store_label(home, config.database_url))},"
-        f" handlers from {', '.join(loaded)}",
-        home=str(home),
-        store=label,
-        pid=os.getpid(),
-    )
+    _say_starting(home, store_label(home, config.database_url), loaded, settings.claim)
     door = _open_door(home)
     ours = door_socket.identity(home)
     try:

@@ -15,6 +15,10 @@ FIGURE_KEYS = {"figure", "label", "value", "unit", "reference", "reference_name"
                "target", "met", "runs", "detail"}  # fmt: skip
 
 
+# Each test runs a benchmark script, given 240 s of its own on a loaded machine.
+pytestmark = pytest.mark.timeout(300)
+
+
 def quick(names: str) -> list[dict]:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--only", names, "--json-only"],
@@ -83,7 +87,6 @@ def test_the_postgresql_benchmark_measures_its_three_setups(pg_url: str) -> None
     assert "x sqlite" in done.stdout
 
 
-@pytest.mark.timeout(300)
 def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() -> None:
     figures = {line["figure"]: line for line in quick("supervisor")[1:]}
     assert set(figures) == {
