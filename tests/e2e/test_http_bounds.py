@@ -1,4 +1,4 @@
-"""What one HTTP client can hold of `procpool serve` (infrastructure/http/bounds.py):
+"""What one HTTP client can hold of `procpool serve` (entrypoints/http/bounds.py):
 held half-sent requests end at the request deadline, connections past the cap get a
 clear 503, and look-ups of ids in a large backlog neither scan the inbox nor run on
 the event loop, so `/healthz` stays fast whatever the others do."""

@@ -5,7 +5,7 @@ timeout, heartbeat loss, worker exit, take-back, stop) at each phase the run
 can be in (queued behind another job, sent to an idle worker, started,
 finishing: its Finished already on the way), and for the signal-driven ends,
 with each way a handler may answer SIGTERM (die, raise, return). The
-simulated worker behaves as worker.py does: it answers a Skip for a queued
+simulated worker behaves as application/worker/main.py does: it answers a Skip for a queued
 job, ignores one for a started job, and a SIGTERM per the handler's habit.
 """
 

@@ -1,6 +1,6 @@
 """Signals: recorded when they arrive, handled in the loop's turn, one method each.
 
-    kernel ─signal─▶ Signals.record: the number into a deque ─▶ the wake-up pipe ends
+    kernel ─signal─▶ (installed by Signals.install) the number into a deque ─▶ the wake-up pipe ends
                                                                the loop's select
     the turn ─Signals.handle─▶ SignalHandlers.handle_<name>: term, int, quit, hup, usr1, chld
 
