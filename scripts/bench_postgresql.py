@@ -38,7 +38,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
-from bench import DEADLINE, _wait  # the benchmark's own poll with a deadline
+from bench import DEADLINE, BenchError, _wait  # the benchmark's own poll with a deadline
 
 from procpool import Client
 
@@ -72,8 +72,8 @@ class Setup:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             self.processes.append(process)
-        for home in self.homes:
-            _wait(lambda home=home: (home / "procpool.sock").exists(), 0.005, f"{home} to start")
+        for home, process in zip(self.homes, self.processes, strict=True):
+            _wait(lambda h=home, p=process: _started(h, p), 0.005, f"{home} to start")
         warm = [self.client.submit("echo", n, id=f"warm-{n}") for n in range(4 * len(self.homes))]
         self.client.wait(warm, timeout=DEADLINE)
         return self
@@ -159,14 +159,29 @@ def database(url: str | None) -> Iterator[str]:
         cluster.stop()
 
 
+def _started(home: Path, process: subprocess.Popen[bytes]) -> bool:
+    """Whether the daemon of `home` listens; BenchError at once if it exited, with
+    the reason its log gives (else the benchmark waited out its whole deadline)."""
+    if process.poll() is not None:
+        log = home / "logs" / "procpool.jsonl"
+        last = log.read_text().splitlines()[-1:] if log.exists() else []
+        raise BenchError(f"the daemon of {home} exited {process.returncode}: {last}")
+    return (home / "procpool.sock").exists()
+
+
 def _reset(url: str) -> None:
+    """Drop every table and sequence of procpool's schema, whatever its migrations
+    made: a list of names written here went stale when a migration added a table,
+    and the next set-up's daemons failed to start on the half-dropped schema."""
     with psycopg.connect(url, autocommit=True) as db:
-        db.execute(
-            "DROP TABLE IF EXISTS procpool_runs, procpool_workers, procpool_jobs,"
-            " procpool_inbox_progress, procpool_inbox_line_errors, procpool_daemons,"
-            " procpool_schema CASCADE"
-        )
-        db.execute("DROP SEQUENCE IF EXISTS procpool_lease")
+        for kind, catalog in (("TABLE", "pg_tables"), ("SEQUENCE", "pg_sequences")):
+            column = "tablename" if kind == "TABLE" else "sequencename"
+            names = [row[0] for row in db.execute(
+                f"SELECT {column} FROM {catalog} WHERE schemaname = current_schema()"
+                f" AND {column} LIKE 'procpool\\_%'"
+            )]  # fmt: skip
+            if names:
+                db.execute(f"DROP {kind} IF EXISTS {', '.join(names)} CASCADE")
 
 
 def main(argv: list[str] | None = None) -> int:
