@@ -247,26 +247,34 @@ def test_a_log_truncated_from_outside_is_rotated_at_its_real_size(
     )
     kept1.write_bytes(b"kept one\n")
     kept2.write_bytes(b"kept two\n")
+
+    def files() -> str:
+        """What a failure needs to be read: each file's size and first bytes."""
+        return ", ".join(
+            f"{path.name}: {path.stat().st_size} B {path.read_bytes()[:60]!r}"
+            for path in sorted(logs.iterdir())
+        )
+
     daemon.start()
     _run_jobs_until(daemon, "before", lambda: log.stat().st_size > limit * 0.6)
-    assert kept1.read_bytes() == b"kept one\n"
+    assert kept1.read_bytes() == b"kept one\n", files()
 
     copy = logs / "procpool.jsonl-copied"
     copy.write_bytes(log.read_bytes())
     os.truncate(log, 0)  # what copytruncate does after the copy
     # Past the limit by the daemon's own count, well under it by the file's size.
     _run_jobs_until(daemon, "after", lambda: log.stat().st_size > limit * 0.5)
-    assert kept1.read_bytes() == b"kept one\n", "rotated early"
-    assert kept2.read_bytes() == b"kept two\n"
-    assert b'"job_id":"after0"' in log.read_bytes()
+    assert kept1.read_bytes() == b"kept one\n", f"rotated early: {files()}"
+    assert kept2.read_bytes() == b"kept two\n", files()
+    assert b'"job_id":"after0"' in log.read_bytes(), files()
 
     # At the real size, rotation goes on as before.
     _run_jobs_until(daemon, "later", lambda: kept1.read_bytes() != b"kept one\n")
-    assert kept2.read_bytes() == b"kept one\n"
+    assert kept2.read_bytes() == b"kept one\n", files()
     rotated = kept1.read_bytes()
-    assert b'"job_id":"after0"' in rotated
-    assert limit * 0.5 < len(rotated) <= limit
-    assert not (logs / "procpool.jsonl.3").exists()
+    assert b'"job_id":"after0"' in rotated, files()
+    assert limit * 0.5 < len(rotated) <= limit, files()
+    assert not (logs / "procpool.jsonl.3").exists(), files()
     assert daemon.stop() == 0
 
 
