@@ -15,7 +15,7 @@ from procpool.adapters.logs.writer import StandardError
 from procpool.application.supervisor import effects as module
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import Fleet, Limits
-from procpool.application.wire.channel import SupervisorEnd, WorkerEnd
+from procpool.application.wire.channel import ChannelClosed, SupervisorEnd, WorkerEnd
 from procpool.application.wire.messages import Finished, RunJob
 
 
@@ -98,3 +98,14 @@ def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.Mon
         lambda: order.append("flush"),
     )
     assert order == ["answers ['j']", "inbox", "send", "log", "flush"]
+
+
+def test_a_send_to_a_worker_gone_says_the_channel_closed() -> None:
+    """SupervisorEnd.send writes straight to the socket when nothing waits before it:
+    a peer that is gone is ChannelClosed there too, as it is from the buffer."""
+    ours, theirs = socket.socketpair()
+    supervisor = SupervisorEnd(ours, 2**20)
+    theirs.close()
+    with pytest.raises(ChannelClosed):
+        supervisor.send([RunJob("j", 1, 1, "echo", b"null")])
+    supervisor.close()
