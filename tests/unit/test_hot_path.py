@@ -9,14 +9,21 @@ import threading
 import time
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from procpool.adapters.logs.writer import StandardError
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import Fleet, Limits
+from procpool.application.supervisor.intake import Intake
+from procpool.application.supervisor.ledger import Ledger
 from procpool.application.wire.channel import ChannelClosed, SupervisorEnd, WorkerEnd
 from procpool.application.wire.messages import Finished, RunJob
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.spec import JobDefaults
 
 
 def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
@@ -109,3 +116,53 @@ def test_a_send_to_a_worker_gone_says_the_channel_closed() -> None:
     with pytest.raises(ChannelClosed):
         supervisor.send([RunJob("j", 1, 1, "echo", b"null")])
     supervisor.close()
+
+
+@pytest.mark.parametrize(
+    ("registered", "names"),
+    [((), []), (("echo",), ["echo"]), (("sleep", "cpu", "echo"), ["cpu", "echo", "sleep"])],
+)
+def test_the_registry_names_its_types_sorted_as_registered(
+    registered: tuple[str, ...], names: list[str]
+) -> None:
+    """HandlerRegistry.names sorts once per registration, not per call: the names
+    follow every registration, and a caller's copy is its own."""
+    registry = HandlerRegistry()
+    for job_type in registered:
+        registry.register(job_type, lambda ctx, payload: None)
+    given = registry.names()
+    assert given == names
+    given.append("mine")
+    assert registry.names() == names
+    registry.register("zz", lambda ctx, payload: None)
+    assert registry.names() == [*names, "zz"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "error"),
+    [
+        ("echo", None),
+        ("nope", 'unknown job type "nope"; registered: cpu, echo'),
+    ],
+)
+def test_a_socket_submission_is_judged_by_the_registered_types(
+    job_type: str, error: str | None
+) -> None:
+    """On a store of one daemon, the registry itself says which types a submission may
+    have (no set built per submission), with the same words for an unknown type."""
+    registry = HandlerRegistry()
+    for name in ("echo", "cpu"):
+        registry.register(name, lambda ctx, payload: None)
+    store = MemoryJobStore()
+    said: list[object] = []
+
+    def log(*args: object, **fields: object) -> None:
+        said.append(args)
+
+    ledger = Ledger(store, RetryPolicy(), log)
+    intake = Intake(store, ledger, registry, Fleet(Limits()), log)
+    data = msgspec.json.encode({"id": "j1", "type": job_type, "payload": None})
+    (verdict,) = intake.submissions([[data]], JobDefaults(), 1_800_000_000.0, 2**20)
+    assert verdict.error == error
+    assert verdict.ids == (["j1"] if error is None else None)
+    assert (store.get("j1") is not None) is (error is None)
