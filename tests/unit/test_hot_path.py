@@ -7,12 +7,13 @@ import select
 import socket
 import threading
 import time
+from enum import StrEnum
 from types import SimpleNamespace
 
 import msgspec
 import pytest
 
-from procpool.adapters.logs.writer import StandardError
+from procpool.adapters.logs.writer import StandardError, human_line
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
@@ -95,7 +96,7 @@ def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.Mon
     turn.sends[7] = [RunJob("j", 1, 1, "echo", b"{}")]
     turn.accepted.append("file")  # type: ignore[arg-type]
     turn.log("INFO", "job.submitted", "job j submitted", job_id="j")
-    monkeypatch.setattr(module, "emit", lambda *args, **fields: order.append("log"))
+    monkeypatch.setattr(module, "emit_fields", lambda *args: order.append("log"))
     ledger = SimpleNamespace(take_finished=lambda: ["j"])
     effects = Effects(Fleet(Limits()), ledger, turn)  # type: ignore[arg-type]
     effects.carry_out(
@@ -166,3 +167,39 @@ def test_a_socket_submission_is_judged_by_the_registered_types(
     assert verdict.error == error
     assert verdict.ids == (["j1"] if error is None else None)
     assert (store.get("j1") is not None) is (error is None)
+
+
+class _Colour(StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("plain", "plain"),
+        ("job-000001", "job-000001"),
+        ("", '""'),
+        ("two words", '"two words"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("line\nbreak", '"line\\nbreak"'),
+        ("no\u00a0break", '"no\u00a0break"'),  # str.isspace: not a plain word
+        ("sep\x1carator", '"sep\\u001carator"'),
+        ("été", "été"),
+        (_Colour.RED, "red"),
+        (12345, "12345"),
+        (-7, "-7"),
+        (True, "true"),
+        (0.25, "0.25"),
+        (None, "null"),
+        ([1, "a"], '[1,"a"]'),
+        ({"k": 1}, '{"k":1}'),
+        ("bad\udcff", "bad\udcff"),  # a plain word, even with a lone surrogate
+        ("a b\udcff", "'a b\\udcff'"),  # JSON cannot say it
+    ],
+)
+def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
+    """human_line shows a plain word as it is and anything else as JSON (repr where JSON
+    cannot say it): the fast paths (a regular expression, an int's str) show the same."""
+    line = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m", "job_id": value}
+    assert human_line(line) == f"T INFO    job.log          m  job_id={shown}"
+    assert human_line({**line, "job_id": "j", "fields": {"n": value}}).endswith(f"  n={shown}")
