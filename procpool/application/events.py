@@ -38,6 +38,12 @@ def configure(sink: EventSink | None, level: str = "INFO") -> None:
 
 
 def emit(level: str, event: str, message: str, **fields: Any) -> None:
+    emit_fields(level, event, message, fields)
+
+
+def emit_fields(level: str, event: str, message: str, fields: dict[str, Any]) -> None:
+    """`emit` with its fields as one dict, which the sink reads and does not keep: the
+    turn's held lines are written so, without unpacking and packing each dict again."""
     sink = _route.sink
     if sink is None:
         logger.bind(event=event, **fields).log(level, message)

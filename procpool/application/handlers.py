@@ -116,6 +116,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._options: dict[str, HandlerOptions] = {}
+        self._names: list[str] = []  # sorted once per registration, not per submission
 
     def register(
         self, job_type: str, function: Handler, options: HandlerOptions | None = None
@@ -132,6 +133,7 @@ class HandlerRegistry:
         _check_options(job_type, options)
         self._handlers[job_type] = function
         self._options[job_type] = options
+        self._names = sorted(self._handlers)
 
     def options(self, job_type: str) -> HandlerOptions:
         return self._options.get(job_type, HandlerOptions())
@@ -144,11 +146,12 @@ class HandlerRegistry:
     def get(self, job_type: str) -> Handler | None:
         return self._handlers.get(job_type)
 
-    def __contains__(self, job_type: str) -> bool:
+    def __contains__(self, job_type: object) -> bool:
         return job_type in self._handlers
 
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        """The registered job types, sorted (a copy: the caller may keep or change it)."""
+        return list(self._names)
 
 
 def _qualified_name(function: Handler) -> str:

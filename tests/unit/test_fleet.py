@@ -26,6 +26,7 @@ from procpool.application.supervisor.fleet import (
     Fleet,
     Limits,
     Say,
+    Worker,
     WorkerState,
 )
 from procpool.application.supervisor.intake import Intake
@@ -588,3 +589,53 @@ def test_a_worker_cannot_stretch_its_jobs_timeout() -> None:
     assert sim.fleet.workers[W].started_at == sim.now
     sim.tick(TIMEOUT + 0.1)
     assert (sim.job("B").status, sim.job("B").attempts) == (Status.PENDING, 1)
+
+
+def _deadline_case(case: str) -> tuple[Fleet, Worker]:
+    fleet = Fleet(Limits(heartbeat_timeout=HEARTBEAT, kill_grace=GRACE, startup_timeout=4.0))
+    worker = Worker(pid=W, spawned_at=1.0, state=WorkerState.SERVING, last_heard_at=2.0)
+    job = Job(id="B", type="t", run_at=WALL, created_at=WALL, updated_at=WALL, timeout=TIMEOUT)
+    if case == "starting":
+        worker.state = WorkerState.STARTING
+    elif case in ("running", "running untimed"):
+        if case == "running untimed":
+            job = Job(id="B", type="t", run_at=WALL, created_at=WALL, updated_at=WALL)
+        worker.assigned, worker.current, worker.started_at = {"B": job}, "B", 3.0
+    elif case == "owes a start":
+        worker.assigned, worker.owes_start_since = {"B": job}, 5.0
+    elif case == "retiring":
+        worker.state, worker.retiring_since = WorkerState.RETIRING, 6.0
+    elif case == "terminating":
+        worker.state, worker.kill_at = WorkerState.TERMINATING, 7.0
+    return fleet, worker
+
+
+@pytest.mark.parametrize(
+    ("case", "stop_at", "expected"),
+    [
+        ("idle", None, []),
+        ("idle", 9.0, [(9.0, Cause.SHUTDOWN, "the daemon is stopping")]),
+        ("starting", None,
+         [(5.0, Cause.BROKEN, "the worker did not become ready within 4 s")]),
+        ("running", None,
+         [(8.0, Cause.TIMEOUT, "timed out after 5 s"),
+          (12.0, Cause.HUNG, "no heartbeat for 10 s: the worker hung")]),
+        ("running untimed", 9.5,
+         [(9.5, Cause.SHUTDOWN, "the daemon is stopping"),
+          (12.0, Cause.HUNG, "no heartbeat for 10 s: the worker hung")]),
+        ("owes a start", None,
+         [(15.0, Cause.HUNG, "the worker did not start its next job within 10 s")]),
+        ("retiring", None,
+         [(16.0, Cause.HUNG, "the worker did not exit within 10 s of being told to")]),
+        ("terminating", 9.0, [(7.0, Cause.NONE, "kill")]),
+    ],
+)  # fmt: skip
+def test_each_deadline_has_its_time_cause_and_reason(
+    case: str, stop_at: float | None, expected: list[tuple[float, Cause, str]]
+) -> None:
+    """The reasons are worded only when asked for (a deadline passed): the words are
+    those the check gives the ended run, the times those the loop waits for."""
+    fleet, worker = _deadline_case(case)
+    fleet.workers[W] = worker
+    assert fleet.deadlines(worker, stop_at) == expected
+    assert fleet.next_deadline(stop_at) == min((at for at, _, _ in expected), default=None)

@@ -7,16 +7,24 @@ import select
 import socket
 import threading
 import time
+from enum import StrEnum
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
-from procpool.adapters.logs.writer import StandardError
+from procpool.adapters.logs.writer import StandardError, human_line
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import Fleet, Limits
-from procpool.application.wire.channel import SupervisorEnd, WorkerEnd
+from procpool.application.supervisor.intake import Intake
+from procpool.application.supervisor.ledger import Ledger
+from procpool.application.wire.channel import ChannelClosed, SupervisorEnd, WorkerEnd
 from procpool.application.wire.messages import Finished, RunJob
+from procpool.domain.retry import RetryPolicy
+from procpool.domain.spec import JobDefaults
 
 
 def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
@@ -88,7 +96,7 @@ def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.Mon
     turn.sends[7] = [RunJob("j", 1, 1, "echo", b"{}")]
     turn.accepted.append("file")  # type: ignore[arg-type]
     turn.log("INFO", "job.submitted", "job j submitted", job_id="j")
-    monkeypatch.setattr(module, "emit", lambda *args, **fields: order.append("log"))
+    monkeypatch.setattr(module, "emit_fields", lambda *args: order.append("log"))
     ledger = SimpleNamespace(take_finished=lambda: ["j"])
     effects = Effects(Fleet(Limits()), ledger, turn)  # type: ignore[arg-type]
     effects.carry_out(
@@ -98,3 +106,100 @@ def test_clients_are_answered_first_of_the_turns_effects(monkeypatch: pytest.Mon
         lambda: order.append("flush"),
     )
     assert order == ["answers ['j']", "inbox", "send", "log", "flush"]
+
+
+def test_a_send_to_a_worker_gone_says_the_channel_closed() -> None:
+    """SupervisorEnd.send writes straight to the socket when nothing waits before it:
+    a peer that is gone is ChannelClosed there too, as it is from the buffer."""
+    ours, theirs = socket.socketpair()
+    supervisor = SupervisorEnd(ours, 2**20)
+    theirs.close()
+    with pytest.raises(ChannelClosed):
+        supervisor.send([RunJob("j", 1, 1, "echo", b"null")])
+    supervisor.close()
+
+
+@pytest.mark.parametrize(
+    ("registered", "names"),
+    [((), []), (("echo",), ["echo"]), (("sleep", "cpu", "echo"), ["cpu", "echo", "sleep"])],
+)
+def test_the_registry_names_its_types_sorted_as_registered(
+    registered: tuple[str, ...], names: list[str]
+) -> None:
+    """HandlerRegistry.names sorts once per registration, not per call: the names
+    follow every registration, and a caller's copy is its own."""
+    registry = HandlerRegistry()
+    for job_type in registered:
+        registry.register(job_type, lambda ctx, payload: None)
+    given = registry.names()
+    assert given == names
+    given.append("mine")
+    assert registry.names() == names
+    registry.register("zz", lambda ctx, payload: None)
+    assert registry.names() == [*names, "zz"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "error"),
+    [
+        ("echo", None),
+        ("nope", 'unknown job type "nope"; registered: cpu, echo'),
+    ],
+)
+def test_a_socket_submission_is_judged_by_the_registered_types(
+    job_type: str, error: str | None
+) -> None:
+    """On a store of one daemon, the registry itself says which types a submission may
+    have (no set built per submission), with the same words for an unknown type."""
+    registry = HandlerRegistry()
+    for name in ("echo", "cpu"):
+        registry.register(name, lambda ctx, payload: None)
+    store = MemoryJobStore()
+    said: list[object] = []
+
+    def log(*args: object, **fields: object) -> None:
+        said.append(args)
+
+    ledger = Ledger(store, RetryPolicy(), log)
+    intake = Intake(store, ledger, registry, Fleet(Limits()), log)
+    data = msgspec.json.encode({"id": "j1", "type": job_type, "payload": None})
+    (verdict,) = intake.submissions([[data]], JobDefaults(), 1_800_000_000.0, 2**20)
+    assert verdict.error == error
+    assert verdict.ids == (["j1"] if error is None else None)
+    assert (store.get("j1") is not None) is (error is None)
+
+
+class _Colour(StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("plain", "plain"),
+        ("job-000001", "job-000001"),
+        ("", '""'),
+        ("two words", '"two words"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("line\nbreak", '"line\\nbreak"'),
+        ("no\u00a0break", '"no\u00a0break"'),  # str.isspace: not a plain word
+        ("sep\x1carator", '"sep\\u001carator"'),
+        ("été", "été"),
+        (_Colour.RED, "red"),
+        (12345, "12345"),
+        (-7, "-7"),
+        (True, "true"),
+        (0.25, "0.25"),
+        (None, "null"),
+        ([1, "a"], '[1,"a"]'),
+        ({"k": 1}, '{"k":1}'),
+        ("bad\udcff", "bad\udcff"),  # a plain word, even with a lone surrogate
+        ("a b\udcff", "'a b\\udcff'"),  # JSON cannot say it
+    ],
+)
+def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
+    """human_line shows a plain word as it is and anything else as JSON (repr where JSON
+    cannot say it): the fast paths (a regular expression, an int's str) show the same."""
+    line = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m", "job_id": value}
+    assert human_line(line) == f"T INFO    job.log          m  job_id={shown}"
+    assert human_line({**line, "job_id": "j", "fields": {"n": value}}).endswith(f"  n={shown}")

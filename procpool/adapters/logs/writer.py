@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import select
 import socket
 import stat
@@ -391,11 +392,17 @@ def rotated_files(path: Path) -> list[Path]:
 _HUMAN_FIELDS = ("job_id", "worker_pid", "attempt", "duration_ms")
 
 
+# A plain word: no whitespace (str.isspace's, which \s is in a str pattern), no quote.
+_PLAIN_WORD = re.compile(r'[^\s"]+')
+
+
 def _human_value(value: Any) -> str:
     """A field's value on one readable line: a plain word as it is, anything else
     (text with spaces, quotes or line breaks; numbers, lists, objects) as JSON."""
-    if isinstance(value, str) and value and not any(c.isspace() or c == '"' for c in value):
+    if isinstance(value, str) and _PLAIN_WORD.fullmatch(value):
         return value
+    if type(value) is int:  # JSON's text of an int (not a bool) is Python's
+        return str(value)
     try:
         return _encoder.encode(value).decode()
     except (TypeError, ValueError):  # a lone surrogate from a file name, say
@@ -409,12 +416,11 @@ def human_line(line: dict[str, Any]) -> str:
         f"{line.get('ts', '')} {line.get('level', ''):<7} {line.get('event', ''):<16}"
         f" {line.get('msg', '')}"
     )
-    pairs = [(key, line[key]) for key in _HUMAN_FIELDS if key in line]
+    fields = [f"{key}={_human_value(line[key])}" for key in _HUMAN_FIELDS if key in line]
     handler_fields = line.get("fields")
     if isinstance(handler_fields, dict):
-        pairs.extend(handler_fields.items())
-    fields = "  ".join(f"{key}={_human_value(value)}" for key, value in pairs)
-    return f"{human}  {fields}" if fields else human
+        fields += [f"{key}={_human_value(value)}" for key, value in handler_fields.items()]
+    return f"{human}  {'  '.join(fields)}" if fields else human
 
 
 class DaemonLogs:

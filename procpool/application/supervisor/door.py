@@ -79,6 +79,7 @@ class Connection:
     waiting: int = 0  # job ids it waits for
     waiters: set[_Waiter] = field(default_factory=set)  # its waits not answered yet
     closed: bool = False
+    watching_writes: bool = False  # selected for writing too: answers wait to be sent
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -335,10 +336,13 @@ class Door:
             )  # fmt: skip
             self._close(connection)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.outgoing else 0)
+        backlogged = bool(connection.outgoing)
+        if backlogged is connection.watching_writes:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if backlogged else 0)
         with contextlib.suppress(KeyError, ValueError):
-            if self._selector.get_key(connection.sock).events != events:
-                self._selector.modify(connection.sock, events, connection)
+            self._selector.modify(connection.sock, events, connection)
+            connection.watching_writes = backlogged
 
     def _close(self, connection: Connection) -> None:
         if connection.closed:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
-from procpool.application.events import emit
+from procpool.application.events import emit, emit_fields
 from procpool.application.ports import Inbox, InboxFile
 from procpool.application.supervisor.fleet import (
     Began,
@@ -169,6 +169,6 @@ class Effects:
         inbox.remove(turn.accepted)
         send(turn.sends)
         for level, event, message, fields in turn.logs:
-            emit(level, event, message, **fields)
+            emit_fields(level, event, message, fields)
         turn.clear()
         flush_logs()

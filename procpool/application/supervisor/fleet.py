@@ -23,7 +23,7 @@ import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from procpool.application.supervisor.dispatch import BatchSizer, Holder
 from procpool.application.wire import messages as wire
@@ -174,6 +174,23 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
+class Why(Enum):
+    """Why a deadline ends a worker, worded by `Fleet._reason` only once it passed."""
+
+    KILL = "kill"
+    STOPPING = "stopping"
+    NOT_READY = "not_ready"
+    TIMED_OUT = "timed_out"
+    NO_HEARTBEAT = "no_heartbeat"
+    NO_START = "no_start"
+    NO_EXIT = "no_exit"
+
+
+# The states of the workers that hold a slot of the pool.
+_IN_POOL = frozenset({WorkerState.STARTING, WorkerState.SERVING})
+_REASONS = {Why.KILL: "kill", Why.STOPPING: "the daemon is stopping"}
+
+
 # The failure label of a run, in the metrics, by the supervisor's reason or the report.
 _LABELS = {
     Cause.TIMEOUT: "timeout",
@@ -210,22 +227,17 @@ class Fleet:
 
     def counted(self) -> list[Worker]:
         """Workers that hold a slot of the pool: not on their way out."""
-        return [
-            w
-            for w in self.workers.values()
-            if w.state in (WorkerState.STARTING, WorkerState.SERVING)
-        ]
+        return [w for w in self.workers.values() if w.state in _IN_POOL]
 
     def spawn_at(self) -> float:
         """When the pool's missing workers may be forked (monotonic seconds): not
         during the pause after failed starts, nor while a worker ended by the
         supervisor may still be dying (EXIT_WAIT from its SIGTERM)."""
-        dying = [
-            w.terminated_at + EXIT_WAIT
-            for w in self.workers.values()
-            if w.state is WorkerState.TERMINATING
-        ]
-        return max([self.respawn_not_before, *dying])
+        at = self.respawn_not_before
+        for worker in self.workers.values():
+            if worker.state is WorkerState.TERMINATING:
+                at = max(at, worker.terminated_at + EXIT_WAIT)
+        return at
 
     def holder(self, job: Job) -> Worker | None:
         """The worker that holds this run of the job."""
@@ -252,8 +264,10 @@ class Fleet:
         same moment) of those past max_jobs_per_worker or the memory limit."""
         counted = self.counted()
         surplus = len(counted) - wanted
-        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
         quota = self.limits.max_jobs_per_worker
+        if not (stopping or surplus > 0 or quota or self.limits.max_memory_bytes):
+            return []  # the common turn: no worker can be due to go
+        retiring = any(w.state is WorkerState.RETIRING for w in self.workers.values())
         decisions: list[Decision] = []
         for worker in counted:
             if not worker.available:
@@ -578,48 +592,59 @@ class Fleet:
     # ----------------------------------------------------------------- deadlines
 
     def deadlines(self, worker: Worker, stop_at: float | None) -> list[tuple[float, Cause, str]]:
-        """When a worker is ended unless it moves on first, and why: the one source of
-        these deadlines, for the loop's timeout and for the check. A terminating
-        worker's one deadline is its SIGKILL (cause NONE)."""
-        limits = self.limits
-        beat = limits.heartbeat_timeout
+        """When a worker is ended unless it moves on first, and why (`_deadlines`, with
+        each reason worded). A terminating worker's one deadline is its SIGKILL (cause
+        NONE)."""
+        return [
+            (at, cause, self._reason(worker, why))
+            for at, cause, why in self._deadlines(worker, stop_at)
+        ]
+
+    def _deadlines(self, worker: Worker, stop_at: float | None) -> list[tuple[float, Cause, Why]]:
+        """The one source of the deadlines, for the loop's timeout and for the check;
+        the reasons are left unworded: the loop looks at every worker's deadlines twice
+        a turn, and a reason is read only when its deadline passes."""
         if worker.state is WorkerState.TERMINATING:
-            return [] if worker.kill_at is None else [(worker.kill_at, Cause.NONE, "kill")]
-        found: list[tuple[float, Cause, str]] = []
+            return [] if worker.kill_at is None else [(worker.kill_at, Cause.NONE, Why.KILL)]
+        found: list[tuple[float, Cause, Why]] = []
         if stop_at is not None:
-            found.append((stop_at, Cause.SHUTDOWN, "the daemon is stopping"))
+            found.append((stop_at, Cause.SHUTDOWN, Why.STOPPING))
         if worker.state is WorkerState.STARTING:
             found.append(
-                (worker.spawned_at + limits.startup_timeout, Cause.BROKEN,
-                 f"the worker did not become ready within {_seconds(limits.startup_timeout)}")
-            )  # fmt: skip
+                (worker.spawned_at + self.limits.startup_timeout, Cause.BROKEN, Why.NOT_READY)
+            )
             return found
+        beat = self.limits.heartbeat_timeout
         job = worker.job
         if job is not None:
             if job.timeout is not None:
-                found.append(
-                    (worker.started_at + job.timeout, Cause.TIMEOUT,
-                     f"timed out after {_seconds(job.timeout)}")
-                )  # fmt: skip
-            found.append(
-                (worker.last_heard_at + beat, Cause.HUNG,
-                 f"no heartbeat for {_seconds(beat)}: the worker hung")
-            )  # fmt: skip
+                found.append((worker.started_at + job.timeout, Cause.TIMEOUT, Why.TIMED_OUT))
+            found.append((worker.last_heard_at + beat, Cause.HUNG, Why.NO_HEARTBEAT))
         elif worker.assigned:
-            found.append(
-                (worker.owes_start_since + beat, Cause.HUNG,
-                 f"the worker did not start its next job within {_seconds(beat)}")
-            )  # fmt: skip
+            found.append((worker.owes_start_since + beat, Cause.HUNG, Why.NO_START))
         elif worker.state is WorkerState.RETIRING:
-            found.append(
-                (worker.retiring_since + beat, Cause.HUNG,
-                 f"the worker did not exit within {_seconds(beat)} of being told to")
-            )  # fmt: skip
+            found.append((worker.retiring_since + beat, Cause.HUNG, Why.NO_EXIT))
         return found
+
+    def _reason(self, worker: Worker, why: Why) -> str:
+        limits = self.limits
+        beat = _seconds(limits.heartbeat_timeout)
+        if why is Why.NOT_READY:
+            return f"the worker did not become ready within {_seconds(limits.startup_timeout)}"
+        if why is Why.TIMED_OUT:
+            timeout = worker.job.timeout if worker.job is not None else None
+            return f"timed out after {_seconds(timeout or 0.0)}"
+        if why is Why.NO_HEARTBEAT:
+            return f"no heartbeat for {beat}: the worker hung"
+        if why is Why.NO_START:
+            return f"the worker did not start its next job within {beat}"
+        if why is Why.NO_EXIT:
+            return f"the worker did not exit within {beat} of being told to"
+        return _REASONS[why]
 
     def next_deadline(self, stop_at: float | None) -> float | None:
         return min(
-            (at for w in self.workers.values() for at, _, _ in self.deadlines(w, stop_at)),
+            (at for w in self.workers.values() for at, _, _ in self._deadlines(w, stop_at)),
             default=None,
         )
 
@@ -633,14 +658,14 @@ class Fleet:
             worker.pid
             for worker in self.workers.values()
             if worker.state is not WorkerState.TERMINATING
-            and any(now >= at for at, _, _ in self.deadlines(worker, stop_at))
+            and any(now >= at for at, _, _ in self._deadlines(worker, stop_at))
         ]
 
     def check_deadlines(self, now: float, stop_at: float | None) -> list[Decision]:
         """End every worker past one of its deadlines; SIGKILL those past their grace."""
         decisions: list[Decision] = []
         for worker in self:
-            expired = [(cause, detail) for at, cause, detail in self.deadlines(worker, stop_at)
+            expired = [(cause, why) for at, cause, why in self._deadlines(worker, stop_at)
                        if now >= at]  # fmt: skip
             if not expired:
                 continue
@@ -649,8 +674,8 @@ class Fleet:
                 decisions.append(Deliver(worker.pid, signal.SIGKILL))
                 continue
             # The shutdown first: a stop is not a failure of the job, whatever else is due.
-            cause, detail = min(expired, key=lambda pair: pair[0] is not Cause.SHUTDOWN)
-            decisions += self.terminate(worker, cause, detail, now)
+            cause, why = min(expired, key=lambda pair: pair[0] is not Cause.SHUTDOWN)
+            decisions += self.terminate(worker, cause, self._reason(worker, why), now)
         return decisions
 
 

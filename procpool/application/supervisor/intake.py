@@ -201,7 +201,9 @@ class Intake:
         for one that has its handler), or any type while a live daemon did not say
         which it has (an older procpool)."""
         names = self.registry.names()
-        served = cast(SharedStore, self.store).served_types() if self.store.shared else set()
+        if not self.store.shared:
+            return self.registry, names  # the registry answers `in` itself: no set to build
+        served = cast(SharedStore, self.store).served_types()
         if served is None:
             return _AnyType(), names
         names = sorted(set(names) | served)

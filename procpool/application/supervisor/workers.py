@@ -68,6 +68,7 @@ class WorkerManager:
         self._slots: dict[int, int] = {}  # pid -> its slot in the start register
         self._spawn_failures = 0  # forks failed in a row: said once, at the first
         self._unjudged: list[tuple[int, int]] = []  # reaped exits a lost turn left unjudged
+        self._watching_writes: set[int] = set()  # pids whose channel is selected for writing
 
     # ----------------------------------------------------------------- fork
 
@@ -193,12 +194,20 @@ class WorkerManager:
     def _watch_writable(self, pid: int) -> None:
         """Wait for a worker's socket to be writable only while bytes wait for it."""
         channel = self.channels[pid]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.backlogged else 0)
+        backlogged = channel.backlogged
+        # Known here, not asked of the selector: a look-up per send for what rarely changes.
+        if backlogged is (pid in self._watching_writes):
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if backlogged else 0)
         with contextlib.suppress(KeyError, ValueError):
-            if self._selector.get_key(channel.fileno()).events != events:
-                self._selector.modify(channel.fileno(), events, pid)
+            self._selector.modify(channel.fileno(), events, pid)
+            if backlogged:
+                self._watching_writes.add(pid)
+            else:
+                self._watching_writes.discard(pid)
 
     def _unregister(self, pid: int) -> None:
+        self._watching_writes.discard(pid)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(self.channels[pid].fileno())
 

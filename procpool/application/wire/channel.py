@@ -144,9 +144,21 @@ class SupervisorEnd:
         Raises:
             ChannelClosed: the worker is gone.
         """
-        for message in messages:
-            self._outgoing += frame(self._encoder.encode(message))
-        self.flush()
+        encode = self._encoder.encode
+        data = b"".join([frame(encode(message)) for message in messages])
+        if self._outgoing:  # behind bytes that wait: in order, after them
+            self._outgoing += data
+            self.flush()
+            return
+        # The common case, a socket that takes it all: no copy into the buffer.
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            raise ChannelClosed(str(error)) from error
+        if sent < len(data):
+            self._outgoing += memoryview(data)[sent:]
 
     def flush(self) -> None:
         """Send what the socket takes of the outgoing buffer."""
