@@ -26,14 +26,6 @@ from http_helpers import JSON, Server, free_port, sse_events
 from procpool import Client
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The environment that puts a home's jobs in its SQLite file, or in a database."""
-    if request.param == "sqlite":
-        return {}
-    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 @pytest.fixture
 def on_postgresql(store_env: dict[str, str]) -> bool:
     return bool(store_env)
@@ -304,7 +296,7 @@ def test_openapi_document_describes_every_endpoint(api: Server) -> None:
     assert set(paths) == {
         "/jobs", "/jobs/batch", "/jobs/{job_id}", "/jobs/{job_id}/attempts",
         "/jobs/{job_id}/wait", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
-        "/events", "/stats", "/metrics", "/healthz",
+        "/events", "/stats", "/metrics", "/healthz", "/pauses", "/pauses/{job_type}",
     }  # fmt: skip
     body = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     request = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]

@@ -19,13 +19,6 @@ LIMIT = {"reason": "limit", "limit": "capped", "running": 1, "max": 1}
 KEY = {"reason": "key_limit", "limit": "keyed", "key": "acme", "running": 1, "max": 1}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 @pytest.fixture
 def limited(
     store_env: dict[str, str], make_daemon: Callable[..., Daemon], home: Path
