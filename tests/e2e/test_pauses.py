@@ -72,6 +72,15 @@ def test_a_paused_type_starts_nothing_until_resumed(
     stats = json.loads(daemon.cli("stats", "--json", env=store_env).stdout)
     assert [(p["type"], p["until"], p["waiting"]) for p in stats["pauses"]] == [("capped", None, 3)]
     assert "PAUSED" in daemon.cli("stats", env=store_env).stdout
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: (
+            metrics.exists() and 'procpool_paused_waiting{type="capped"} 3' in metrics.read_text()
+        ),
+        30,
+        what="the pause in metrics.prom",
+    )
+    assert 'procpool_paused{type="capped"} 1' in metrics.read_text()
 
     canceled = daemon.cli("cancel", "held-2", env=store_env)  # cancel still works
     assert canceled.returncode == 0, canceled.stderr
