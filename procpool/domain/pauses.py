@@ -51,6 +51,14 @@ def next_end(pauses: Iterable[Pause], now: float) -> float | None:
     return min((p.until for p in pauses if p.until is not None and p.until > now), default=None)
 
 
+def first_wake(scheduled: float | None, pause_end: float | None, after: float) -> float | None:
+    """When a job may next become startable: a scheduled job's run_at, or the end of a
+    pause (only one later than `after` counts), whichever comes first."""
+    if pause_end is None or pause_end <= after:
+        return scheduled
+    return pause_end if scheduled is None else min(pause_end, scheduled)
+
+
 def waiting(job: Job, pause: Pause | None, now: float) -> dict[str, object] | None:
     """Why a due pending job does not start, if its type is paused now:
     {"reason": "paused"}, with "until" (RFC 3339) when the pause ends by itself."""

@@ -16,7 +16,7 @@ from procpool.application.ports import JobStore
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.limits import ClaimLimits
-from procpool.domain.pauses import Pause, ended, in_force, next_end, waiting
+from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end, waiting
 
 NOW = 1_000_000.0  # the fake clock: every job below is due at NOW
 SERVED = ("render", "echo", "sync")
@@ -202,3 +202,20 @@ def test_in_force_ended_and_next_end_by_the_clock() -> None:
     assert next_end(pauses, NOW) == NOW + 2
     assert next_end(pauses, NOW + 2) == NOW + 5
     assert next_end(pauses, NOW + 5) is None
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "pause_end", "after", "wake"),
+    [
+        (None, None, NOW, None),
+        (NOW + 5, None, NOW, NOW + 5),
+        (None, NOW + 5, NOW, NOW + 5),
+        (NOW + 5, NOW + 3, NOW, NOW + 3),
+        (NOW + 3, NOW + 5, NOW, NOW + 3),
+        (NOW + 5, NOW, NOW, NOW + 5),  # a pause that ended is no reason to wake
+    ],
+)
+def test_first_wake(
+    scheduled: float | None, pause_end: float | None, after: float, wake: float | None
+) -> None:
+    assert first_wake(scheduled, pause_end, after) == wake

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
-from procpool.domain.pauses import Pause, in_force, next_end
+from procpool.domain.pauses import Pause, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 
@@ -158,18 +158,15 @@ class MemoryJobStore:
         )  # fmt: skip
 
     def next_run_at(self, after: float) -> float | None:
-        ends = [self._pause_end] if self._pause_end is not None and self._pause_end > after else []
-        return min(
+        scheduled = min(
             (
-                *(
-                    j.run_at
-                    for j in self._jobs.values()
-                    if j.status is Status.PENDING and j.run_at > after
-                ),
-                *ends,
+                j.run_at
+                for j in self._jobs.values()
+                if j.status is Status.PENDING and j.run_at > after
             ),
             default=None,
         )
+        return first_wake(scheduled, self._pause_end, after)
 
     def left_running(self) -> list[Job]:
         return self.with_status(Status.RUNNING)

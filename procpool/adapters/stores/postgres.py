@@ -60,7 +60,7 @@ from procpool.application.ports import (
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
-from procpool.domain.pauses import Pause, ended, in_force, next_end
+from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 from procpool.domain.timefmt import rfc3339
 
@@ -937,10 +937,7 @@ class PostgresJobStore:
             (after, self.types, self.types),
         )
         earliest: float | None = rows[0][0]
-        end = self._pause_end
-        if end is None or end <= after:
-            return earliest
-        return end if earliest is None else min(end, earliest)
+        return first_wake(earliest, self._pause_end, after)
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._rows(f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = %s", (str(status),))

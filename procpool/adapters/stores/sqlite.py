@@ -50,7 +50,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
-from procpool.domain.pauses import Pause, ended, in_force, next_end
+from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 from procpool.domain.timefmt import rfc3339
 
@@ -654,10 +654,7 @@ class SqliteJobStore:
             scheduled = None if known == math.inf else known
         else:
             scheduled = self._scheduled_from(after)
-        end = self._pause_end
-        if end is None or end <= after:
-            return scheduled
-        return end if scheduled is None else min(end, scheduled)
+        return first_wake(scheduled, self._pause_end, after)
 
     def left_running(self) -> list[Job]:
         return self.with_status(Status.RUNNING)
