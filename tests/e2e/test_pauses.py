@@ -276,3 +276,41 @@ def test_pauses_over_http(
         assert "pauses" in json.dumps(schema["components"]["schemas"]["Stats"])
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(240)
+def test_once_pause_returns_no_job_of_the_type_is_claimed(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The promise of `pause` under load: every claim that missed the pause has
+    committed when it returns (PostgreSQL: two daemons claiming all along), so the jobs
+    out of `pending` then are all that ever leave it until the resume."""
+    homes = [tmp_path / "a", tmp_path / "b"][: 2 if store_env else 1]
+    daemons = [
+        make_daemon(2, env=store_env, args=("--handlers", "limit_handlers"), home=home)
+        for home in homes
+    ]
+    client = Client(homes[0], database_url=store_env.get("PROCPOOL_DATABASE_URL"))
+    quick = {"dir": str(tmp_path), "seconds": 0.02}
+    ids = [f"q{n:03d}" for n in range(300)]
+    client.submit_many([{"type": "capped", "payload": quick, "id": i} for i in ids])
+    wait_until(lambda: len(started(tmp_path)) >= 10, 60, what="jobs to start")
+
+    assert client.pause("capped")
+    claimed = {j.id for j in client.reader.get_many(ids).values() if j.status != "pending"}
+    assert 0 < len(claimed) < len(ids)
+    # Every daemon takes turns meanwhile (it runs an echo job), and the running ones end.
+    echoes = [f"echo-{n}" for n in range(8)]
+    client.submit_many([{"type": "echo", "payload": n, "id": i} for n, i in enumerate(echoes)])
+    assert {job.status for job in client.wait(echoes, timeout=60)} == {"completed"}
+    # Each end is recorded in a turn that also claims (a worker is free then), and is
+    # seen only once that turn committed: the claims after the pause are all in `after`.
+    client.wait(sorted(claimed), timeout=60)
+    after = {j.id for j in client.reader.get_many(ids).values() if j.status != "pending"}
+    assert after == claimed
+    assert started(tmp_path) <= claimed
+
+    assert client.resume("capped")
+    assert {job.status for job in client.wait(ids, timeout=120)} == {"completed"}
+    assert all(d.process is not None and d.process.poll() is None for d in daemons)
+    client.close()
