@@ -4,11 +4,13 @@ pauses stored, their `until`, what runs and the limits; and when the loop must w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.adapters.stores.sqlite import SqliteJobStore
@@ -219,3 +221,49 @@ def test_first_wake(
     scheduled: float | None, pause_end: float | None, after: float, wake: float | None
 ) -> None:
     assert first_wake(scheduled, pause_end, after) == wake
+
+
+@pytest.mark.timeout(120)
+def test_a_pause_on_postgresql_waits_for_the_claims_that_missed_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A claim holds the pauses' lock shared from its read of the pauses to its commit;
+    a client's pause waits for it. So when `pause` returns, no claim that read the
+    pauses before it is still to commit (what `Client.pause` promises)."""
+    import psycopg  # noqa: PLC0415 (the PostgreSQL tests only)
+
+    from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
+    from procpool.adapters.stores.postgres_client import PostgresClientStore  # noqa: PLC0415
+    from procpool.domain.spec import JobDefaults  # noqa: PLC0415
+
+    daemon = PostgresJobStore(pg_url, tmp_path, types=list(SERVED))
+    client = PostgresClientStore(pg_url, JobDefaults())
+    watcher = psycopg.connect(pg_url, autocommit=True)
+    daemon.set_limits(ClaimLimits(), SERVED)
+    with daemon.transaction():
+        daemon.insert([pending("r1", "render")])
+    done = threading.Event()
+    writer = threading.Thread(
+        target=lambda: (client.pause([Pause("render", None, NOW)]), done.set()), daemon=True
+    )
+    try:
+        with daemon.transaction():
+            assert [job.id for job in daemon.due(NOW, 5)] == ["r1"]  # the pause is not there
+            writer.start()
+            wait_until(
+                lambda: watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()[0] == 1,
+                30,
+                what="the pause to wait for the claim's lock",
+            )  # fmt: skip
+            assert not done.is_set()
+        writer.join(30)
+        assert done.is_set()
+        with daemon.transaction():
+            assert daemon.due(NOW, 5) == []  # r1, left pending above, is paused now
+    finally:
+        writer.join(30)
+        watcher.close()
+        client.close()
+        daemon.close()
