@@ -510,6 +510,9 @@ def test_the_bearer_token(home: Path, serve: Callable[..., Server], tmp_path: Pa
     ok = api.get("/healthz", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 503  # allowed in; no daemon runs
     assert api.post("/jobs", {"type": "echo"}).status_code == 401
+    assert api.post("/pauses", {"types": ["echo"]}).status_code == 401
+    assert api.client.delete("/pauses/echo").status_code == 401
+    assert api.get("/pauses").status_code == 401
 
 
 def test_dns_rebinding_cors_and_form_posts_are_refused(
