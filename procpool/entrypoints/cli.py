@@ -715,7 +715,13 @@ def _pauses_text(pauses: list[PauseInfo]) -> str:
 @home_option
 @click.argument("job_types", metavar="[TYPE]...", nargs=-1)
 @click.option("--until", default=None, help="RFC 3339 time at which the pause ends by itself.")
-@click.option("--for", "duration", type=float, default=None, help="End the pause after S seconds.")
+@click.option(
+    "--for",
+    "duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="End the pause after S seconds.",
+)
 @give_up_option
 @click.option("--json", "as_json", is_flag=True, help="With no TYPE: the pauses as JSON lines.")
 def pause(
@@ -745,6 +751,8 @@ def pause(
         else:
             click.echo(_pauses_text(pauses))
         return
+    if until is not None and duration is not None:
+        raise CommandFailed("--until and --for cannot be given together", EXIT_USAGE)
     with _user_errors():
         stored = client.pause(job_types, until, duration=duration, timeout=timeout)
     names = ", ".join(job_types)

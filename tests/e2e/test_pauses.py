@@ -171,8 +171,8 @@ def test_bad_pauses_are_refused_naming_the_field(
         (("pause", ""), "type must be a non-empty string"),
         (("pause", "capped", "--until", past), f"until {past} has passed"),
         (("pause", "capped", "--until", "tomorrow"), "until must be an RFC 3339 time"),
-        (("pause", "capped", "--until", past, "--for", "5"), "until and duration"),
-        (("pause", "capped", "--for", "0"), "duration must be"),
+        (("pause", "capped", "--until", past, "--for", "5"), "--until and --for cannot"),
+        (("pause", "capped", "--for", "0"), "'--for'"),  # click's words vary by release
         (("pause", "--until", past), "need a TYPE"),
         (("resume", ""), "type must be a non-empty string"),
     ]:
