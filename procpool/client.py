@@ -62,6 +62,7 @@ from procpool.application.wire.door_messages import (
 from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
+from procpool.domain.pauses import Pause, check_types, check_until
 from procpool.domain.timefmt import rfc3339
 
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
@@ -75,6 +76,8 @@ ANSWER_TIMEOUT_PER_JOB = 0.0001
 # A batch written into the inbox is one file: within the daemon's default
 # max_file_bytes, or it would be rejected whole.
 INBOX_BATCH_BYTES = 1024 * 1024
+# Seconds `pause` and `resume` wait, by default, for the daemon to take their request.
+PAUSE_TIMEOUT = 30.0
 # Pending jobs read at a time by `list(waiting=...)`, which judges each (two queries a page).
 WAITING_PAGE = 1000
 
@@ -190,6 +193,23 @@ class JobInfo(_Record):
         """The jobs, each with its `waiting` (one read of the running jobs for all)."""
         held = reader.waiting(jobs, time.time())
         return [cls.from_job(job, held.get(job.id)) for job in jobs]
+
+
+class PauseInfo(_Record):
+    """A paused type (`procpool pause`): `until` (RFC 3339) when the pause ends by itself,
+    null: until resumed; `since` when it was set."""
+
+    type: str
+    until: str | None
+    since: str
+
+    @classmethod
+    def of(cls, pause: Pause) -> PauseInfo:
+        return cls(
+            type=pause.type,
+            until=None if pause.until is None else rfc3339(pause.until),
+            since=rfc3339(pause.since),
+        )
 
 
 class Attempt(_Record):
@@ -364,9 +384,9 @@ class Client:
                 raise InvalidJobFile(spec.unencodable(document.get("payload"), "payload")) from None
             raise InvalidJobFile(spec.unencodable(document, where)) from None
 
-    def _drop(self, stem: str, document: dict[str, Any] | bytes) -> None:
+    def _drop(self, stem: str, document: dict[str, Any] | bytes) -> Path:
         """Write a file into the inbox atomically: a dot-file first, then a link to
-        the final name, which never replaces a file already there."""
+        the final name, which never replaces a file already there. Returns its path."""
         data = document if isinstance(document, bytes) else self._encode(document)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.inbox.mkdir(mode=0o700, exist_ok=True)
@@ -380,7 +400,7 @@ class Client:
             while True:
                 try:
                     os.link(temporary, self.inbox / name)
-                    break
+                    return self.inbox / name
                 except FileExistsError:
                     name = inbox_names.file_name(stem, uuid.uuid4().hex[:8])
         finally:
@@ -703,6 +723,105 @@ class Client:
             raise InvalidJobFile(f"prune needs a number of days >= 0, got {older_than_days}")
         self._drop("prune", {"prune": older_than_days})
 
+    # ----------------------------------------------------------------- pauses
+
+    def pause(
+        self,
+        types: str | Sequence[str],
+        until: str | None = None,
+        *,
+        duration: float | None = None,
+        timeout: float | None = PAUSE_TIMEOUT,
+    ) -> bool:
+        """Start no job of these types until `until` (or `duration` seconds from now),
+        or until `resume`; running jobs go on, pending ones wait with
+        `waiting: {"reason": "paused"}`, cancels still work. Pausing a type again
+        replaces its `until`. A type no daemon registers may be paused (one may come).
+
+        With `database_url` the pause is committed in the database before this
+        returns, and no daemon starts a job of these types after that. Otherwise it is
+        an inbox request: while the daemon runs, this waits up to `timeout` seconds
+        (None: as long as the daemon runs) for the daemon to commit it, after which no
+        job of these types starts; with no daemon, the request waits in the inbox and
+        takes effect before the daemon's first claim.
+
+        Returns:
+            True once the pause is stored; False if it waits in the inbox.
+
+        Raises:
+            procpool.InvalidJobFile: no type, an empty one; `until` not RFC 3339 or
+                already passed; `duration` not > 0; both `until` and `duration`. The
+                message names the field.
+        """
+        names = check_types([types] if isinstance(types, str) else list(types))
+        now = time.time()
+        if duration is not None:
+            if until is not None:
+                raise InvalidJobFile("until and duration cannot be given together")
+            if not math.isfinite(duration) or not 0 < duration <= spec.MAX_SECONDS:
+                raise InvalidJobFile(
+                    f"duration must be a number of seconds > 0 and <= {spec.MAX_SECONDS:.0f},"
+                    f" got {duration:g}"
+                )
+            end: float | None = now + duration
+        else:
+            end = None if until is None else spec.parse_time(until, "until")
+        check_until(end, now)
+        if self._shared is not None:
+            self._shared.pause([Pause(name, end, now) for name in names])
+            return True
+        request = {"pause": names, "until": None if end is None else rfc3339(end)}
+        return self._taken(self._drop(f"pause-{uuid.uuid4().hex[:12]}", request), timeout)
+
+    def resume(self, types: str | Sequence[str], *, timeout: float | None = PAUSE_TIMEOUT) -> bool:
+        """Lift the pauses of these types: their due jobs start at the next turn. A type
+        not paused is no error. Waits as `pause` does; returns True once done, False
+        if the request waits in the inbox.
+
+        Raises:
+            procpool.InvalidJobFile: no type, or an empty one.
+        """
+        names = check_types([types] if isinstance(types, str) else list(types))
+        if self._shared is not None:
+            self._shared.resume(names)
+            return True
+        return self._taken(
+            self._drop(f"resume-{uuid.uuid4().hex[:12]}", {"resume": names}), timeout
+        )
+
+    def _taken(self, request: Path, timeout: float | None) -> bool:
+        """Wait, while the daemon runs, until it has taken an inbox request (it removes
+        the file after the commit that holds what it asked). False: still waiting.
+
+        Raises:
+            procpool.InvalidJobFile: the daemon rejected the request (the report's words).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while request.exists():
+            if self.daemon_pid() is None:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        report = self.home / "rejected" / (request.name + ".error.json")
+        data = read_regular(report)
+        if data is not None:
+            error = msgspec.json.decode(data).get("error", "rejected")
+            raise InvalidJobFile(f"the daemon rejected the request: {error}")
+        return True
+
+    def pauses(self) -> builtins.list[PauseInfo]:
+        """The pauses in force now, by type (one past its `until` is not listed).
+
+        Raises:
+            NoJobStore: the home has no store.
+        """
+        self.require_store()
+        now = time.time()
+        return [PauseInfo.of(p) for p in self._reader.pauses() if p.in_force(now)]
+
     # ----------------------------------------------------------------- reading
 
     @property
@@ -788,8 +907,8 @@ class Client:
             status: one status or several; default all.
             type: only jobs of this type; default all.
             limit: at most this many jobs.
-            waiting: only pending jobs held back for this reason (`limit`, `key_limit`:
-                the `reason` of their `waiting`); `status` is then not used.
+            waiting: only pending jobs held back for this reason (`limit`, `key_limit`,
+                `paused`: the `reason` of their `waiting`); `status` is then not used.
 
         Raises:
             NoJobStore: the home has no store.

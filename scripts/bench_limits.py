@@ -7,8 +7,9 @@ supervisor's CPU per unlimited job against an older procpool.
 
 `claim`: a SQLite store with PENDING due jobs of `render` (limit 2, 2 running) ahead
 of FREE `echo` jobs, all in one priority; times one claim (`due`, as the supervisor
-calls it with a worker free: up to 9 jobs) in its transaction, with the limit and,
-for reference, the plain claim of a store with no limited job at its head.
+calls it with a worker free: up to 9 jobs) in its transaction, with the limit, with
+`render` paused instead, and, for reference, the plain claim of a store with no
+limited or paused job at its head.
 
 `overhead`: the supervisor's CPU per no-op job (`procpool_throughput` of bench.py: one
 .jsonl file of JOBS lines, a real daemon with 2 workers), run alternately with the
@@ -37,6 +38,7 @@ from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.domain import job as jobs
 from procpool.domain.job import Job
 from procpool.domain.limits import ClaimLimits
+from procpool.domain.pauses import Pause
 
 REPO = Path(__file__).resolve().parent.parent
 SERVED = ("cpu", "echo", "fail", "render", "sleep")
@@ -84,11 +86,16 @@ def claim(pending: int, free: int, samples: int) -> dict[str, float]:
             assert {j.type for j in store.due(time.time(), 9)} == {"echo"}
         store.set_limits(ClaimLimits(), SERVED)
         plain = _claim_times(store, samples)  # the render jobs at the head: all unlimited
+        with store.transaction():
+            store.pause(Pause("render", None, now))
+        paused = _claim_times(store, samples)  # the same, render paused instead of full
         store.close()
     return {
         "pending_full": pending, "pending_free": free,
         "limited_claim_us_median": statistics.median(limited) * 1e6,
         "limited_claim_us_max": max(limited) * 1e6,
+        "paused_claim_us_median": statistics.median(paused) * 1e6,
+        "paused_claim_us_max": max(paused) * 1e6,
         "plain_claim_us_median": statistics.median(plain) * 1e6,
     }  # fmt: skip
 

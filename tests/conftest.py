@@ -314,3 +314,12 @@ def make_daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that puts a home's jobs in its SQLite file, or in a database
+    (a throwaway cluster's, `pg_url`): a test that takes it runs on both stores."""
+    if request.param == "sqlite":
+        return {}
+    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}

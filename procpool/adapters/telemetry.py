@@ -86,6 +86,26 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
     ):
         family(name, "gauge", text)
         out.extend(f'{name}{{type="{_label(row[0])}"}} {row[column]}' for row in snapshot.limits)
+    for name, column, text in (
+        ("procpool_key_limit_max", 1, "The most running jobs per concurrency_key of a type."),
+        ("procpool_key_limit_keys_running", 2, "Keys of a type with a job running."),
+        ("procpool_key_limit_keys_full", 3, "Keys of a type at their key limit."),
+        ("procpool_key_limit_waiting", 4, "Due pending jobs of a type's full keys."),
+    ):
+        family(name, "gauge", text)
+        out.extend(
+            f'{name}{{type="{_label(row[0])}"}} {row[column]}' for row in snapshot.key_limits
+        )
+    family("procpool_paused", "gauge", "1 for each job type paused now.")
+    out.extend(f'procpool_paused{{type="{_label(t)}"}} 1' for t, _, _ in snapshot.pauses)
+    family("procpool_paused_waiting", "gauge", "Due pending jobs of each paused type.")
+    out.extend(f'procpool_paused_waiting{{type="{_label(t)}"}} {n}' for t, _, n in snapshot.pauses)
+    family("procpool_pause_until_seconds", "gauge", "When each pause with an until ends by itself.")
+    out.extend(
+        f'procpool_pause_until_seconds{{type="{_label(t)}"}} {until:.3f}'
+        for t, until, _ in snapshot.pauses
+        if until is not None
+    )
     family("procpool_jobs_expired_total", "counter", "Pending jobs canceled at expires_at.")
     out.append(f"procpool_jobs_expired_total {snapshot.expired}")
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")

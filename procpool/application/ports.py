@@ -14,13 +14,8 @@ from typing import Protocol
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits
-from procpool.domain.spec import (
-    NO_TYPE_DEFAULTS,
-    CancelRequest,
-    JobSpec,
-    PruneRequest,
-    TypeDefaults,
-)
+from procpool.domain.pauses import Pause
+from procpool.domain.spec import NO_TYPE_DEFAULTS, JobSpec, Request, TypeDefaults
 
 
 class StoreBusy(ProcpoolError):
@@ -134,15 +129,39 @@ class JobStore(Protocol):
 
     def due(self, now: float, limit: int) -> list[Job]:
         """Up to `limit` pending jobs whose run_at has come: highest priority first, then
-        oldest run_at, leaving out those that the limits of `set_limits` hold back (as
+        oldest run_at, leaving out the types paused at `now` (`pause`, read in this
+        transaction) and those that the limits of `set_limits` hold back (as
         `limits.admit` decides, from the running jobs counted in this transaction: the
         caller starts what it gets in the same transaction). Its cost must not grow with
         the number of priority levels, of jobs scheduled for later, or of jobs held back
-        by a full type: it runs every loop turn that has a worker free."""
+        by a full or paused type: it runs every loop turn that has a worker free."""
         ...
 
     def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
         """Each type limit of `set_limits`: (type, max, running, due pending jobs)."""
+        ...
+
+    def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
+        """Each pause in force at `now`, with its type's due pending jobs."""
+        ...
+
+    def key_limit_figures(self, now: float) -> list[tuple[str, int, int, int, int]]:
+        """Each type with a key limit or a keyed job running: (type, max per key, keys
+        running, keys full, due pending jobs of the full keys)."""
+        ...
+
+    def pause(self, pause: Pause) -> None:
+        """Store a pause (one per type: it replaces the type's earlier one). `due` leaves
+        the type out from this transaction on, while the pause is in force."""
+        ...
+
+    def resume(self, types: Sequence[str]) -> list[str]:
+        """Remove the pauses of these types; returns the types that had one in force or
+        not (each removed row), in the order given."""
+        ...
+
+    def pauses(self) -> list[Pause]:
+        """Every stored pause, those whose `until` has passed included."""
         ...
 
     def expired(self, now: float, limit: int) -> list[Job]:
@@ -154,8 +173,9 @@ class JobStore(Protocol):
         ...
 
     def next_run_at(self, after: float) -> float | None:
-        """The earliest run_at later than `after` of any pending job: when the next
-        scheduled job becomes due (seconds since the epoch)."""
+        """The earliest run_at later than `after` of any pending job, or `until` of a
+        pause `due` saw in force, if earlier: when a job may next become startable
+        (seconds since the epoch)."""
         ...
 
     def with_status(self, status: Status) -> list[Job]: ...
@@ -297,7 +317,7 @@ class InboxEntry:
     """One object from an inbox file: a job spec, a cancel request, or why it is neither."""
 
     line: int | None  # 1-based line in a .jsonl file; None in a .json file
-    value: JobSpec | CancelRequest | PruneRequest | None
+    value: JobSpec | Request | None
     error: str | None = None
 
 

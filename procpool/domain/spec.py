@@ -1,7 +1,7 @@
 """What a producer may write into the inbox, decoded strictly and checked value by value.
 
 A job file is untrusted input (DESIGN decision 10). `decode` turns its bytes
-into a JobSpec, a CancelRequest or a PruneRequest, or raises InvalidJobFile
+into a JobSpec or a request (cancel, prune, pause, resume), or raises InvalidJobFile
 with a message that says what is wrong and where: the line and column of bad
 JSON, or the field, its rule and the value given ("max_attempts must be >= 1,
 got 0").
@@ -39,6 +39,7 @@ import msgspec
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.limits import KEY_MAX_CHARS
+from procpool.domain.pauses import check_types
 
 MAX_ID_LENGTH = 128
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -86,6 +87,20 @@ class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
     prune: float
 
 
+class PauseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Start no job of these types (`procpool pause`); `until`, RFC 3339: the pause ends
+    by itself then (None: until resumed)."""
+
+    pause: list[str]
+    until: str | None = None
+
+
+class ResumeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Lift the pauses of these types (`procpool resume`)."""
+
+    resume: list[str]
+
+
 @dataclass(frozen=True)
 class BatchRequest:
     """`{"batch": [job, ...]}`: jobs stored all or none (`Client.submit_many` while no
@@ -109,6 +124,9 @@ _KINDS = {
     "expires_in": "a number",
     "cancel": "a string",
     "prune": "a number",
+    "pause": "a list of job types",
+    "resume": "a list of job types",
+    "until": "a string",
 }
 
 
@@ -591,10 +609,12 @@ def _batch(document: dict[str, Any]) -> BatchRequest:
     return BatchRequest(found)
 
 
-def decode(
-    data: bytes, first_line: int = 1
-) -> JobSpec | CancelRequest | PruneRequest | BatchRequest:
-    """Decode one JSON object: a job, a cancel request, a prune request or a batch."""
+Request = CancelRequest | PruneRequest | PauseRequest | ResumeRequest
+
+
+def decode(data: bytes, first_line: int = 1) -> JobSpec | Request | BatchRequest:
+    """Decode one JSON object: a job, a cancel, prune, pause or resume request, or a
+    batch."""
     # The common case, a well-formed job, in one typed pass; anything else takes the
     # slower path below, which explains what is wrong.
     try:
@@ -607,7 +627,7 @@ def decode(
     document = parse_json(data, first_line)
     if not isinstance(document, dict):
         raise InvalidJobFile(f"a job must be a JSON object, got {_json_kind(document)}")
-    target: type[JobSpec | CancelRequest | PruneRequest] = JobSpec
+    target: type[JobSpec | Request] = JobSpec
     if "type" not in document:
         if "batch" in document:
             return _batch(document)
@@ -615,18 +635,31 @@ def decode(
             target = CancelRequest
         elif "prune" in document:
             target = PruneRequest
+        elif "pause" in document:
+            target = PauseRequest
+        elif "resume" in document:
+            target = ResumeRequest
     try:
         decoded = msgspec.convert(document, target)
     except msgspec.ValidationError:
         raise InvalidJobFile(_explain_mismatch(document, target)) from None
-    if isinstance(decoded, CancelRequest):
-        check_id(decoded.cancel, "cancel")
-        return decoded
-    if isinstance(decoded, PruneRequest):
-        if not math.isfinite(decoded.prune) or decoded.prune < 0:
-            raise InvalidJobFile(f"prune must be a number of days >= 0, got {decoded.prune:g}")
-        return decoded
-    return check(decoded)
+    return check(decoded) if isinstance(decoded, JobSpec) else _check_request(decoded)
+
+
+def _check_request(request: Request) -> Request:
+    """Bound the values of a decoded request; return it (its types without repeats)."""
+    if isinstance(request, CancelRequest):
+        check_id(request.cancel, "cancel")
+    elif isinstance(request, PruneRequest):
+        if not math.isfinite(request.prune) or request.prune < 0:
+            raise InvalidJobFile(f"prune must be a number of days >= 0, got {request.prune:g}")
+    elif isinstance(request, PauseRequest):
+        request.pause = check_types(request.pause)
+        if request.until is not None:
+            parse_time(request.until, "until")
+    else:
+        request.resume = check_types(request.resume)
+    return request
 
 
 _canonical = msgspec.json.Encoder(order="deterministic")

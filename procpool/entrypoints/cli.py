@@ -26,7 +26,7 @@ from procpool.adapters.logs.cursor import LogCursor
 from procpool.adapters.logs.reader import LEVELS, LogFilter, parse, read_all
 from procpool.adapters.logs.writer import human_line
 from procpool.adapters.stores.stats import render
-from procpool.client import Attempt, Client, JobInfo, JobRejected, UnknownJob
+from procpool.client import Attempt, Client, JobInfo, JobRejected, PauseInfo, UnknownJob
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
@@ -335,9 +335,12 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
 
 
 def _waiting_text(waiting: dict[str, Any] | None) -> str:
-    """Why a pending job has not started, in words: "limit of render: 2 of 2 running"."""
+    """Why a pending job has not started, in words: "limit of render: 2 of 2 running",
+    "paused until 2026-12-07T02:00:00.000000Z"."""
     if waiting is None:
         return ""
+    if waiting["reason"] == "paused":
+        return f"paused until {waiting.get('until') or 'resumed'}"
     share = f"{waiting['running']} of {waiting['max']} running"
     if waiting["reason"] == "key_limit":
         return f"key limit of {waiting['limit']}, key {waiting['key']!r}: {share}"
@@ -419,9 +422,9 @@ _show_command(
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--waiting",
-    type=click.Choice(["limit", "key_limit"]),
+    type=click.Choice(["limit", "key_limit", "paused"]),
     default=None,
-    help="Only pending jobs a full limit holds back (their waiting.reason).",
+    help="Only pending jobs a full limit or a pause holds back (their waiting.reason).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_jobs(
@@ -697,6 +700,97 @@ def prune(home: Path | None, days: float | None, timeout: float | None) -> None:
             )
         time.sleep(0.1)
     click.echo(f"deleted {plural(before, 'job')} finished before {rfc3339(cutoff)[:19]}Z")
+
+
+def _pauses_text(pauses: list[PauseInfo]) -> str:
+    if not pauses:
+        return "no type is paused"
+    rows = [("PAUSED", "UNTIL", "SINCE")]
+    rows += [(p.type, p.until or "resumed", p.since) for p in pauses]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}" for a, b, c in rows)
+
+
+@main.command()
+@home_option
+@click.argument("job_types", metavar="[TYPE]...", nargs=-1)
+@click.option("--until", default=None, help="RFC 3339 time at which the pause ends by itself.")
+@click.option(
+    "--for",
+    "duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="End the pause after S seconds.",
+)
+@give_up_option
+@click.option("--json", "as_json", is_flag=True, help="With no TYPE: the pauses as JSON lines.")
+def pause(
+    home: Path | None,
+    job_types: tuple[str, ...],
+    until: str | None,
+    duration: float | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Start no job of these types until resumed (or --until, --for); running jobs go
+    on. With no TYPE: list the pauses in force.
+
+    While the daemon runs, it returns once the daemon has stored the pause (no job of
+    the types starts after that); with no daemon running, the request waits in the
+    inbox and takes effect when the daemon starts.
+    """
+    client = _client(home)
+    if not job_types:
+        if until is not None or duration is not None:
+            raise CommandFailed("--until and --for need a TYPE to pause", EXIT_USAGE)
+        with _user_errors():
+            pauses = client.pauses()
+        if as_json:
+            for listed in pauses:
+                _print_json(listed)
+        else:
+            click.echo(_pauses_text(pauses))
+        return
+    if until is not None and duration is not None:
+        raise CommandFailed("--until and --for cannot be given together", EXIT_USAGE)
+    with _user_errors():
+        stored = client.pause(job_types, until, duration=duration, timeout=timeout)
+    names = ", ".join(job_types)
+    if stored:
+        shown = {p.type: p for p in client.pauses()}
+        for job_type in dict.fromkeys(job_types):
+            found = shown.get(job_type)
+            ends = "it ended already" if found is None else f"until {found.until or 'resumed'}"
+            click.echo(f"paused {job_type} {ends}")
+    elif client.daemon_pid() is None:
+        click.echo(f"pause of {names} requested; it takes effect when the daemon starts")
+    else:
+        raise CommandFailed(
+            f"the daemon did not take the pause of {names} within {timeout or 0:g} s; the request"
+            " waits in the inbox", EXIT_TIMEOUT,
+        )  # fmt: skip
+
+
+@main.command()
+@home_option
+@click.argument("job_types", metavar="TYPE...", nargs=-1, required=True)
+@give_up_option
+def resume(home: Path | None, job_types: tuple[str, ...], timeout: float | None) -> None:
+    """Lift the pauses of these types: their due jobs start at once. A type that is not
+    paused is no error."""
+    client = _client(home)
+    with _user_errors():
+        done = client.resume(job_types, timeout=timeout)
+    names = ", ".join(job_types)
+    if done:
+        click.echo(f"resumed {names}")
+    elif client.daemon_pid() is None:
+        click.echo(f"resume of {names} requested; it takes effect when the daemon starts")
+    else:
+        raise CommandFailed(
+            f"the daemon did not take the resume of {names} within {timeout or 0:g} s; the"
+            " request waits in the inbox", EXIT_TIMEOUT,
+        )  # fmt: skip
 
 
 def _write_lines(lines: Iterable[bytes]) -> None:

@@ -17,13 +17,6 @@ from procpool import Client, InvalidJobFile
 from procpool.domain.spec import JobSpec, digest
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 @pytest.fixture
 def limited(
     store_env: dict[str, str], make_daemon: Callable[..., Daemon], home: Path

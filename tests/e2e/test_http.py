@@ -26,14 +26,6 @@ from http_helpers import JSON, Server, free_port, sse_events
 from procpool import Client
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The environment that puts a home's jobs in its SQLite file, or in a database."""
-    if request.param == "sqlite":
-        return {}
-    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 @pytest.fixture
 def on_postgresql(store_env: dict[str, str]) -> bool:
     return bool(store_env)
@@ -304,7 +296,7 @@ def test_openapi_document_describes_every_endpoint(api: Server) -> None:
     assert set(paths) == {
         "/jobs", "/jobs/batch", "/jobs/{job_id}", "/jobs/{job_id}/attempts",
         "/jobs/{job_id}/wait", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
-        "/events", "/stats", "/metrics", "/healthz",
+        "/events", "/stats", "/metrics", "/healthz", "/pauses", "/pauses/{job_type}",
     }  # fmt: skip
     body = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     request = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
@@ -518,6 +510,9 @@ def test_the_bearer_token(home: Path, serve: Callable[..., Server], tmp_path: Pa
     ok = api.get("/healthz", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 503  # allowed in; no daemon runs
     assert api.post("/jobs", {"type": "echo"}).status_code == 401
+    assert api.post("/pauses", {"types": ["echo"]}).status_code == 401
+    assert api.client.delete("/pauses/echo").status_code == 401
+    assert api.get("/pauses").status_code == 401
 
 
 def test_dns_rebinding_cors_and_form_posts_are_refused(

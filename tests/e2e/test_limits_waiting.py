@@ -19,13 +19,6 @@ LIMIT = {"reason": "limit", "limit": "capped", "running": 1, "max": 1}
 KEY = {"reason": "key_limit", "limit": "keyed", "key": "acme", "running": 1, "max": 1}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 @pytest.fixture
 def limited(
     store_env: dict[str, str], make_daemon: Callable[..., Daemon], home: Path
@@ -106,3 +99,39 @@ def test_a_held_back_job_says_why_everywhere(
     assert {job.status for job in done} == {"completed"}
     assert all(job.waiting is None and job.attempts == 0 for job in done)
     client.cancel("k3")
+
+
+@pytest.mark.timeout(180)
+def test_stats_show_key_limits_and_expired_jobs(
+    limited: tuple[Daemon, Client, Server], store_env: dict[str, str], tmp_path: Path
+) -> None:
+    daemon, client, server = limited
+    gated = {"dir": str(tmp_path), "seconds": 60, "gate": "open"}
+    client.submit("keyed", gated, id="a1", concurrency_key="a")
+    client.submit("keyed", gated, id="b1", concurrency_key="b")
+    wait_until(lambda: len(spans(tmp_path)) == 2, 30, what="a1 and b1 running")
+    client.submit("keyed", gated, id="a2", concurrency_key="a")  # its key is full
+    client.submit("echo", 1, id="gone", delay=3600, expires_in=0.5)
+    wait_until(lambda: client.get("gone").status == "canceled", 30, what="gone to expire")
+
+    stats = json.loads(daemon.cli("stats", "--json", env=store_env).stdout)
+    keyed = {"type": "keyed", "max": 1, "keys_running": 2, "keys_full": 2, "waiting": 1}
+    assert stats["key_limits"] == [keyed]
+    assert stats["expired"] == 1
+    assert server.get("/stats").json()["key_limits"] == [keyed]
+    text = daemon.cli("stats", env=store_env).stdout
+    assert "KEY LIMIT" in text and "expired: 1 " in text
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: (
+            metrics.exists()
+            and 'procpool_key_limit_keys_full{type="keyed"} 2' in metrics.read_text()
+        ),
+        30,
+        what="the key limit in metrics.prom",
+    )
+    text = metrics.read_text()
+    assert 'procpool_key_limit_waiting{type="keyed"} 1' in text
+    assert 'procpool_key_limit_max{type="keyed"} 1' in text
+    (tmp_path / "open").write_text("")
+    assert {j.status for j in client.wait(["a1", "a2", "b1"], timeout=60)} == {"completed"}

@@ -259,6 +259,13 @@ def test_metrics_file_counts_a_known_workload(make_daemon: Callable[..., Daemon]
         "procpool_limit_max": "gauge",
         "procpool_limit_running": "gauge",
         "procpool_limit_waiting": "gauge",
+        "procpool_key_limit_max": "gauge",
+        "procpool_key_limit_keys_running": "gauge",
+        "procpool_key_limit_keys_full": "gauge",
+        "procpool_key_limit_waiting": "gauge",
+        "procpool_paused": "gauge",
+        "procpool_paused_waiting": "gauge",
+        "procpool_pause_until_seconds": "gauge",
         "procpool_jobs_expired_total": "counter",
         "procpool_metrics_timestamp_seconds": "gauge",
     }

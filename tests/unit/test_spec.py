@@ -140,6 +140,34 @@ def test_a_bad_cancel_request(data: bytes, named: str) -> None:
         decode(data)
 
 
+def test_pause_and_resume_requests() -> None:
+    """What `procpool pause` and `resume` drop into a SQLite home's inbox."""
+    until = "2026-12-07T01:00:00Z"
+    assert decode(b'{"pause": ["render", "sync", "render"], "until": "2026-12-07T01:00:00Z"}') == (
+        spec.PauseRequest(pause=["render", "sync"], until=until)
+    )
+    assert decode(b'{"pause": ["render"]}') == spec.PauseRequest(pause=["render"])
+    assert decode(b'{"resume": ["render"]}') == spec.ResumeRequest(resume=["render"])
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'{"pause": []}', "type: name at least one job type"),
+        (b'{"pause": [""]}', "type must be a non-empty string"),
+        (b'{"pause": "render"}', "pause must be a list of job types"),
+        (b'{"pause": ["render"], "until": "soon"}', "until must be an RFC 3339 time"),
+        (b'{"pause": ["render"], "until": 5}', "until must be a string"),
+        (b'{"pause": ["render"], "for": 5}', 'unknown field "for"'),
+        (b'{"resume": [""]}', "type must be a non-empty string"),
+        (b'{"resume": ["' + b"x" * 201 + b'"]}', "type must be at most 200 characters"),
+    ],
+)
+def test_a_bad_pause_request(data: bytes, says: str) -> None:
+    with pytest.raises(InvalidJobFile, match=says):
+        decode(data)
+
+
 def test_check_bounds_a_spec_built_in_code() -> None:
     assert check(JobSpec(type="echo", priority=3)).priority == 3
     with pytest.raises(InvalidJobFile, match="max_attempts"):

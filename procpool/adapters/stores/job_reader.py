@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits, Running, from_rows, waiting
+from procpool.domain.pauses import Pause
+from procpool.domain.pauses import waiting as pause_waiting
 from procpool.domain.spec import JobDefaults, JobSpec
 
 
@@ -76,9 +78,28 @@ class JobReader(Protocol):
         ...
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
-        """Why each of these jobs that is pending and due is held back by a limit, by id
-        (`limits.waiting`), from the limits the daemon published and the running jobs
-        now; jobs not held back are left out. Two queries, none when no job is due."""
+        """Why each of these jobs that is pending and due is held back by a pause
+        (`pauses.waiting`) or a limit (`limits.waiting`), by id, from the pauses, the
+        limits the daemon published and the running jobs now; jobs not held back are
+        left out. Three queries, none when no job is due."""
+        ...
+
+    def pauses(self) -> list[Pause]:
+        """Every stored pause by type, those past their `until` included (the first claim
+        after it removes them; `Pause.in_force` tells)."""
+        ...
+
+    def expired_count(self) -> int:
+        """Jobs in the store canceled because they expired (`last_error` "expired")."""
+        ...
+
+    def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
+        """Each pause in force at `now`, with its type's due pending jobs."""
+        ...
+
+    def key_limit_figures(self, now: float) -> list[tuple[str, int, int, int, int]]:
+        """Each type with a key limit or a keyed job running: (type, max per key, keys
+        running, keys full, due pending jobs of the full keys); `key_limit_figures`."""
         ...
 
     # Last of the reads: below it, `list` in an annotation would name this method.
@@ -113,26 +134,48 @@ class SharedJobStore(JobReader, Protocol):
 
     def cancel(self, job_id: str) -> Status | None: ...
 
+    def pause(self, pauses: Sequence[Pause]) -> None: ...
+
+    def resume(self, types: Sequence[str]) -> list[str]: ...
+
 
 def held_back(
     jobs: Sequence[Job],
     now: float,
     query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
-    limits_table: str,
-    jobs_table: str,
+    tables: tuple[str, str, str],
 ) -> dict[str, dict[str, object]]:
-    """`JobReader.waiting` over a store's tables, read with `query`."""
+    """`JobReader.waiting` over a store's tables (limits, jobs, pauses), read with
+    `query`. A pause wins over a limit: the paused type starts nothing whatever runs."""
+    limits_table, jobs_table, pauses_table = tables
     due = [job for job in jobs if job.status is Status.PENDING and job.run_at <= now]
     if not due:
         return {}
+    pauses = {pause.type: pause for pause in stored_pauses(query, pauses_table)}
+    paused = {}
+    for job in due:
+        why = pause_waiting(job, pauses.get(job.type), now)
+        if why is not None:
+            paused[job.id] = why
+    due = [job for job in due if job.id not in paused]
+    if not due:
+        return paused
     limits = published_limits(query, limits_table)
     if not limits.types and all(job.concurrency_key is None for job in due):
-        return {}
+        return paused
     running = Running.of([tuple(row) for row in query(
         f"SELECT type, concurrency_key, count(*) FROM {jobs_table}"
         " WHERE status = 'running' GROUP BY type, concurrency_key", ())])  # fmt: skip
     found = {job.id: waiting(job, limits, running, now) for job in due}
-    return {job_id: why for job_id, why in found.items() if why is not None}
+    return paused | {job_id: why for job_id, why in found.items() if why is not None}
+
+
+def stored_pauses(
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]], pauses_table: str
+) -> list[Pause]:
+    """Every pause in the store, by type."""
+    rows = query(f"SELECT type, until, since FROM {pauses_table} ORDER BY type", ())
+    return [Pause(*row) for row in rows]
 
 
 def limit_figures(
@@ -156,6 +199,58 @@ def limit_figures(
         f"SELECT type, count(*) FROM {jobs_table} WHERE status = 'pending'"
         f" AND run_at <= {mark} AND type IN ({marks}) GROUP BY type", [now, *names]))  # fmt: skip
     return [(t, limits.types[t], running.get(t, 0), waiting.get(t, 0)) for t in names]
+
+
+def pause_figures(
+    pauses: Sequence[Pause],
+    now: float,
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    jobs_table: str,
+    mark: str,
+) -> list[tuple[Pause, int]]:
+    """Each pause in force at `now`, with its type's due pending jobs (those it holds
+    back). One query over the paused types only; none without a pause in force."""
+    live = [pause for pause in pauses if pause.in_force(now)]
+    if not live:
+        return []
+    names = [pause.type for pause in live]
+    marks = ",".join([mark] * len(names))
+    waiting = dict(query(
+        f"SELECT type, count(*) FROM {jobs_table} WHERE status = 'pending'"
+        f" AND run_at <= {mark} AND type IN ({marks}) GROUP BY type", [now, *names]))  # fmt: skip
+    return [(pause, waiting.get(pause.type, 0)) for pause in live]
+
+
+def key_limit_figures(
+    limits: ClaimLimits,
+    now: float,
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    jobs_table: str,
+    mark: str,
+) -> list[tuple[str, int, int, int, int]]:
+    """Each type with a key limit, or with jobs of a key running, as (type, max per key,
+    keys running, keys full, due pending jobs of the full keys). Keys can be many: only
+    the running rows are grouped by key, and the pending jobs are counted for the full
+    keys only, which are no more than the running jobs."""
+    running = query(
+        f"SELECT type, concurrency_key, count(*) FROM {jobs_table} WHERE status = 'running'"
+        " AND concurrency_key IS NOT NULL GROUP BY type, concurrency_key", ())  # fmt: skip
+    keys: dict[str, list[tuple[str, int]]] = {job_type: [] for job_type in limits.keys}
+    for job_type, key, count in running:
+        keys.setdefault(job_type, []).append((key, count))
+    figures = []
+    for job_type in sorted(keys):
+        most = limits.key_limit(job_type)
+        full = [key for key, count in keys[job_type] if count >= most]
+        waiting = 0
+        if full:
+            marks = ",".join([mark] * len(full))
+            waiting = query(
+                f"SELECT count(*) FROM {jobs_table} WHERE status = 'pending' AND run_at <= {mark}"
+                f" AND type = {mark} AND concurrency_key IN ({marks})", [now, job_type, *full],
+            )[0][0]  # fmt: skip
+        figures.append((job_type, most, len(keys[job_type]), len(full), int(waiting)))
+    return figures
 
 
 def published_limits(

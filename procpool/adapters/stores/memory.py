@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
+from procpool.domain.pauses import Pause, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 
@@ -24,17 +25,20 @@ class MemoryJobStore:
         self._line_errors: dict[str, dict[int, str]] = {}
         self._limits = NO_LIMITS
         self._served: frozenset[str] = frozenset()
+        self._pauses: dict[str, Pause] = {}
+        self._pause_end: float | None = None  # the next `until` that `due` saw
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
-        saved_progress = dict(self._progress)
+        saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
+            self._pauses = saved_pauses
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -71,8 +75,23 @@ class MemoryJobStore:
         """See JobStore.set_limits; `defaults` are for clients, which write no memory store."""
         self._limits, self._served = limits, frozenset(served)
 
+    def pause(self, pause: Pause) -> None:
+        self._pauses[pause.type] = pause
+
+    def resume(self, types: Sequence[str]) -> list[str]:
+        return [t for t in types if self._pauses.pop(t, None) is not None]
+
+    def pauses(self) -> list[Pause]:
+        return sorted(self._pauses.values(), key=lambda pause: pause.type)
+
     def due(self, now: float, limit: int) -> list[Job]:
-        ready = [j for j in self._jobs.values() if j.status is Status.PENDING and j.run_at <= now]
+        paused = in_force(self._pauses.values(), now)
+        self._pause_end = next_end(self._pauses.values(), now)
+        ready = [
+            j
+            for j in self._jobs.values()
+            if j.status is Status.PENDING and j.run_at <= now and j.type not in paused
+        ]
         ready.sort(key=lambda j: (-j.priority, j.run_at))
         if not any(limited(job, self._limits) for job in ready[:limit]):
             return ready[:limit]
@@ -101,6 +120,28 @@ class MemoryJobStore:
             for t, most in sorted(self._limits.types.items())
         ]
 
+    def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
+        return [
+            (pause, sum(1 for j in self._jobs.values() if j.type == pause.type
+                        and j.status is Status.PENDING and j.run_at <= now))
+            for pause in self.pauses() if pause.in_force(now)
+        ]  # fmt: skip
+
+    def key_limit_figures(self, now: float) -> list[tuple[str, int, int, int, int]]:
+        running = Running.of([(j.type, j.concurrency_key, 1) for j in self._jobs.values()
+                              if j.status is Status.RUNNING])  # fmt: skip
+        full = running.full_keys(self._limits)
+        figures = []
+        for job_type in sorted({*self._limits.keys, *(t for t, _ in running.keys)}):
+            waiting = sum(1 for j in self._jobs.values() if j.status is Status.PENDING
+                          and j.run_at <= now and (j.type, j.concurrency_key) in full)  # fmt: skip
+            figures.append((
+                job_type, self._limits.key_limit(job_type),
+                sum(1 for t, _ in running.keys if t == job_type),
+                sum(1 for t, _ in full if t == job_type), waiting,
+            ))  # fmt: skip
+        return figures
+
     def expired(self, now: float, limit: int) -> list[Job]:
         found = [
             j
@@ -117,7 +158,7 @@ class MemoryJobStore:
         )  # fmt: skip
 
     def next_run_at(self, after: float) -> float | None:
-        return min(
+        scheduled = min(
             (
                 j.run_at
                 for j in self._jobs.values()
@@ -125,6 +166,7 @@ class MemoryJobStore:
             ),
             default=None,
         )
+        return first_wake(scheduled, self._pause_end, after)
 
     def left_running(self) -> list[Job]:
         return self.with_status(Status.RUNNING)

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from procpool.adapters.stores.job_reader import limit_figures
+from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _column_value, _job
 from procpool.application.events import emit
 from procpool.application.ports import (
@@ -60,7 +60,9 @@ from procpool.application.ports import (
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
+from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
+from procpool.domain.timefmt import rfc3339
 
 MIGRATIONS: list[str] = [
     # 1: jobs, their history, the daemons and their workers, inbox progress per home
@@ -203,6 +205,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE procpool_limits ADD COLUMN timeout double precision,
         ADD COLUMN max_attempts integer, ADD COLUMN priority integer;
     """,
+    # 7: pauses by type (CONTRACT section 13), shared by every daemon: each claim reads
+    # them under a shared advisory lock that a writer of pauses takes exclusively
+    # (`PostgresJobStore._paused`). The expired jobs are counted for `stats` from an
+    # index that holds only them (created_at never changes: progress writes stay HOT).
+    """
+    CREATE TABLE procpool_pauses (
+        type text PRIMARY KEY,
+        until double precision,
+        since double precision NOT NULL
+    );
+    CREATE INDEX procpool_jobs_expired ON procpool_jobs (created_at)
+        WHERE status = 'canceled' AND last_error = 'expired';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -220,6 +235,10 @@ ID_LOCK_STRIPES = 64
 # "procpool limits", the second is the type's hashtext. A hash collision only makes two
 # types' claims take turns.
 LIMIT_LOCK_CLASS = 0x706C6D74
+# The advisory lock of the pauses ("ppau", 0): each claim holds it shared from its read of
+# procpool_pauses to its commit; a writer of pauses takes it exclusively, so that once a
+# pause has committed, no claim that read the pauses before it is still to commit.
+PAUSE_LOCK = (0x70706175, 0)
 # A lock another session holds (a row, an id stripe) is waited for in the turn, tried
 # every BUSY_POLL seconds, logged once the wait passes BUSY_NOTICE, and given up
 # BUSY_SPARE seconds before the daemon's fence (`PostgresJobStore._waiting`).
@@ -379,6 +398,40 @@ def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
     return None if row[0] else set(row[1])
 
 
+def lock_pauses(db: psycopg.Connection[Any]) -> None:
+    """Take the pauses' lock exclusively until the transaction ends: it waits for the
+    claims that read the pauses and have not committed (`PostgresJobStore._paused`)."""
+    db.execute("SELECT pg_advisory_xact_lock(%s, %s)", PAUSE_LOCK)
+
+
+def write_pause(db: psycopg.Connection[Any], pause: Pause) -> None:
+    """Store a pause, replacing the type's earlier one (inside the caller's transaction,
+    after `lock_pauses`)."""
+    db.execute(
+        "INSERT INTO procpool_pauses (type, until, since) VALUES (%s, %s, %s)"
+        " ON CONFLICT (type) DO UPDATE SET until = excluded.until, since = excluded.since",
+        (pause.type, pause.until, pause.since),
+    )
+
+
+def lift_pauses(db: psycopg.Connection[Any], types: Sequence[str]) -> list[str]:
+    """Remove the pauses of these types; the types that had one, in the order given.
+    Daemons are told (JOBS_CHANNEL) at the commit: the jobs may start at once."""
+    rows = db.execute(
+        "DELETE FROM procpool_pauses WHERE type = ANY(%s) RETURNING type", (list(types),)
+    ).fetchall()
+    gone = {row[0] for row in rows}
+    if gone:
+        db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+    return [job_type for job_type in types if job_type in gone]
+
+
+def read_pauses(db: psycopg.Connection[Any]) -> list[Pause]:
+    """Every stored pause, by type."""
+    rows = db.execute("SELECT type, until, since FROM procpool_pauses ORDER BY type").fetchall()
+    return [Pause(*row) for row in rows]
+
+
 def machine_identity(home: Path) -> str:
     """What tells an earlier run of this daemon from another host's: the id stored in the
     home (HOME/procpool.id, made at the first start: two containers with one hostname
@@ -465,6 +518,7 @@ class PostgresJobStore:
         self._served: tuple[str, ...] = tuple(self.types or ())
         self._defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS
         self._publish = False  # the limits changed: write them for readers
+        self._pause_end: float | None = None  # the next `until` that `due` saw
         self._listening: psycopg.Connection[Any] | None = None
         self._listening_lost = False  # heard() found it broken: closed by listener()
         self._listen_again_at = 0.0  # boottime
@@ -688,7 +742,48 @@ class PostgresJobStore:
 
         return self._waiting(f"job {job.id}", attempt)
 
+    def pause(self, pause: Pause) -> None:
+        """(An inbox request on a shared store.) The pauses' lock is tried, as every
+        lock of a turn, so that the turn never blocks past its fence."""
+        self._lock_pauses()
+        write_pause(self._db, pause)
+
+    def resume(self, types: Sequence[str]) -> list[str]:
+        self._lock_pauses()
+        return lift_pauses(self._db, types)
+
+    def _lock_pauses(self) -> None:
+        alone = "SELECT 1 WHERE pg_try_advisory_xact_lock(%s, %s)"
+        self._waiting("the pauses", lambda: self._rows(alone, PAUSE_LOCK) or None)
+
+    def pauses(self) -> list[Pause]:
+        return read_pauses(self._db)
+
+    def _paused(self, now: float) -> frozenset[str]:
+        """The types paused at `now`, read under the pauses' lock held shared until the
+        turn commits (a writer of pauses waits for this claim, and this claim for a
+        writer that began first: a pause committed before this read is honoured by this
+        claim, and a pause that returned was committed before any claim still to come).
+        The pauses whose `until` has come are removed by the first daemon to see them
+        (`pause.ended`), skipping those another is removing."""
+        shared = "SELECT 1 WHERE pg_try_advisory_xact_lock_shared(%s, %s)"
+        self._waiting("the pauses", lambda: self._rows(shared, PAUSE_LOCK) or None)
+        pauses = read_pauses(self._db)
+        if ended(pauses, now):
+            for job_type, until in self._rows(
+                "DELETE FROM procpool_pauses WHERE type IN (SELECT type FROM procpool_pauses"
+                " WHERE until <= %s FOR UPDATE SKIP LOCKED) RETURNING type, until",
+                (now,),
+            ):
+                emit(
+                    "INFO", "pause.ended", f"the pause of {job_type} ended at its until",
+                    type=job_type, until=rfc3339(until),
+                )  # fmt: skip
+        self._pause_end = next_end(pauses, now)
+        return in_force(pauses, now)
+
     def due(self, now: float, limit: int) -> list[Job]:
+        paused = self._paused(now)
         # Locked until the turn commits: another daemon's claim skips these rows, and
         # those this turn does not start are free again after it.
         # Only the types this daemon has handlers for: another's wait for a daemon that has.
@@ -699,8 +794,8 @@ class PostgresJobStore:
             (now, self.types, self.types, limit),
         )
         jobs = [_job(row) for row in rows]
-        if any(limited(job, self._limits) for job in jobs):
-            return self._due_limited(now, limit)
+        if any(limited(job, self._limits) or job.type in paused for job in jobs):
+            return self._due_limited(now, limit, paused)
         return jobs
 
     def set_limits(
@@ -731,18 +826,20 @@ class PostgresJobStore:
                     rows,
                 )
 
-    def _due_limited(self, now: float, limit: int) -> list[Job]:
-        """`due` when the head of the queue holds a limited job: for each type served,
-        its most urgent due jobs that may start. Limits are global across daemons: the
-        claim of a limited type, or of jobs with a concurrency_key, takes the type's
-        transaction-scoped advisory lock before it counts the running jobs (each
+    def _due_limited(self, now: float, limit: int, paused: frozenset[str]) -> list[Job]:
+        """`due` when the head of the queue holds a limited or paused job: for each type
+        served and not paused, its most urgent due jobs that may start. Limits are
+        global across daemons: the claim of a limited type, or of jobs with a
+        concurrency_key, takes the type's transaction-scoped advisory lock before it
+        counts the running jobs (each
         statement sees what other daemons committed: READ COMMITTED), so that two
         daemons never both take the last slot; the lock is only tried, and a type whose
         lock another daemon holds waits for a later turn, its keyless jobs of an
         unlimited type excepted. Unlimited types without keys take no lock."""
         claimed: list[Job] = []
         for job_type in self._served:
-            claimed.extend(self._claim_type(job_type, now, limit))
+            if job_type not in paused:
+                claimed.extend(self._claim_type(job_type, now, limit))
         claimed.sort(key=lambda job: (-job.priority, job.run_at))
         return claimed[:limit]
 
@@ -791,6 +888,12 @@ class PostgresJobStore:
     def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
         return limit_figures(self._limits, now, self._rows, "procpool_jobs", "%s")
 
+    def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
+        return pause_figures(read_pauses(self._db), now, self._rows, "procpool_jobs", "%s")
+
+    def key_limit_figures(self, now: float) -> list[tuple[str, int, int, int, int]]:
+        return key_limit_figures(self._limits, now, self._rows, "procpool_jobs", "%s")
+
     def expired(self, now: float, limit: int) -> list[Job]:
         """Locked as `due` locks: another daemon's turn skips them."""
         rows = self._rows(
@@ -834,7 +937,7 @@ class PostgresJobStore:
             (after, self.types, self.types),
         )
         earliest: float | None = rows[0][0]
-        return earliest
+        return first_wake(earliest, self._pause_end, after)
 
     def with_status(self, status: Status) -> list[Job]:
         rows = self._rows(f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = %s", (str(status),))

@@ -10,7 +10,7 @@ is lost with a dropped connection).
 
 It is a `JobReader` (adapters/stores/job_reader.py: the reads of the client, the CLI,
 `stats` and the HTTP API, as `StoreReader` answers them on SQLite; the reads worded
-alike are in sql_reads.py), plus `submit`, `cancel` and `daemons`.
+alike are in sql_reads.py), plus `submit`, `cancel`, `pause`, `resume` and `daemons`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from procpool.adapters.stores.postgres import (
     JOBS_CHANNEL,
     _row,
     connect,
+    lift_pauses,
     lock_ids,
+    lock_pauses,
     migrate,
     served_types,
+    write_pause,
 )
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
@@ -37,6 +40,7 @@ from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
+from procpool.domain.pauses import Pause
 from procpool.domain.spec import JobDefaults, JobSpec, TypeDefaults, check_expiry, show, to_job
 
 STATEMENT_TIMEOUT = 30.0
@@ -52,6 +56,7 @@ class PostgresClientStore(SqlReads):
     JOBS = "procpool_jobs"
     MARK = "%s"
     LIMITS = "procpool_limits"
+    PAUSES = "procpool_pauses"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
@@ -192,6 +197,30 @@ class PostgresClientStore(SqlReads):
             if status == "running" and owner is not None:
                 db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
         return Status(status)
+
+    def pause(self, pauses: Sequence[Pause]) -> None:
+        """Store these pauses in one transaction. It waits for the daemons' claims that
+        read the pauses before it (`PostgresJobStore._paused`): once it returns, no
+        daemon starts a job of these types until they end."""
+
+        def write(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                lock_pauses(db)
+                for pause in pauses:
+                    write_pause(db, pause)
+
+        self._retried(write)
+
+    def resume(self, types: Sequence[str]) -> builtins.list[str]:
+        """Remove the pauses of these types; the types that had one. The daemons are
+        told, and claim their jobs at once."""
+
+        def lift(db: psycopg.Connection[Any]) -> builtins.list[str]:
+            with db.transaction():
+                lock_pauses(db)
+                return lift_pauses(db, types)
+
+        return self._retried(lift)
 
     # ------------------------------------------------------------- reading
 

@@ -20,10 +20,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from procpool.adapters.stores.job_reader import held_back, limit_figures, published_limits
+from procpool.adapters.stores.job_reader import (
+    held_back,
+    key_limit_figures,
+    limit_figures,
+    pause_figures,
+    published_limits,
+    stored_pauses,
+)
 from procpool.adapters.stores.sqlite import COLUMNS, _job
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Status
+from procpool.domain.pauses import Pause
 
 Rows = builtins.list[tuple[Any, ...]]
 
@@ -39,11 +47,12 @@ def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]
 
 class SqlReads(ABC):
     """The shared reads of a SQL store. `JOBS`: the jobs table; `LIMITS`: the limits
-    the daemon published; `MARK`: the parameter mark of the driver. A read of a store
-    that is not there yet returns no rows."""
+    the daemon published; `PAUSES`: the paused types; `MARK`: the parameter mark of the
+    driver. A read of a store that is not there yet returns no rows."""
 
     JOBS: str
     LIMITS: str
+    PAUSES: str
     MARK: str
 
     @abstractmethod
@@ -116,7 +125,24 @@ class SqlReads(ABC):
         return None if oldest is None else (now or time.time()) - oldest
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
-        return held_back(jobs, now, self._query, self.LIMITS, self.JOBS)
+        return held_back(jobs, now, self._query, (self.LIMITS, self.JOBS, self.PAUSES))
+
+    def pauses(self) -> builtins.list[Pause]:
+        return stored_pauses(self._query, self.PAUSES)
+
+    def pause_figures(self, now: float) -> builtins.list[tuple[Pause, int]]:
+        return pause_figures(self.pauses(), now, self._query, self.JOBS, self.MARK)
+
+    def key_limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int, int]]:
+        limits = published_limits(self._query, self.LIMITS)
+        return key_limit_figures(limits, now, self._query, self.JOBS, self.MARK)
+
+    def expired_count(self) -> int:
+        # Worded as the partial index over expired jobs is, so that it is the one read.
+        rows = self._query(
+            f"SELECT count(*) FROM {self.JOBS} WHERE status = 'canceled' AND last_error = 'expired'"
+        )
+        return int(rows[0][0]) if rows else 0
 
     def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
         limits = published_limits(self._query, self.LIMITS)

@@ -37,7 +37,8 @@ from pathlib import Path
 import msgspec
 
 from procpool.adapters.home.files import check_plain
-from procpool.adapters.stores.job_reader import limit_figures
+from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
+from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
     LineError,
@@ -49,7 +50,9 @@ from procpool.application.ports import (
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
+from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
+from procpool.domain.timefmt import rfc3339
 
 MIGRATIONS: list[str] = [
     # 1: jobs and the workers of the running daemon
@@ -156,6 +159,18 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX jobs_ready_type ON jobs (type, priority DESC, run_at, concurrency_key)
         WHERE status = 'pending' AND ready = 1;
+    """,
+    # 6: pauses by type (CONTRACT section 13), one row per paused type, read by the
+    # claim (`SqliteJobStore.due`) and by readers; `until` null: until resumed. The
+    # expired jobs are counted for `stats` from an index that holds only them.
+    """
+    CREATE TABLE pauses (
+        type TEXT PRIMARY KEY,
+        until REAL,
+        since REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_expired ON jobs (updated_at)
+        WHERE status = 'canceled' AND last_error = 'expired';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -339,6 +354,11 @@ class SqliteJobStore:
         # The limited claim's SELECTs, by how many keys and ids they leave out.
         self._by_type: dict[tuple[int, int], str] = {}
         self._publish = False  # the limits changed: write them for readers
+        # The pauses as stored: this process is the only writer, so they are read once
+        # (here, and after a rollback) and kept up to date by its own writes.
+        self._pauses: dict[str, Pause] | None = None
+        self._pause_end: float | None = None  # the next `until` that `due` saw
+        self._stored_pauses()
 
     def set_limits(
         self,
@@ -382,6 +402,7 @@ class SqliteJobStore:
             self._none_ready = False
             self._earliest_scheduled = None
             self._publish = True  # if they were written, that was undone too
+            self._pauses = None
             raise
         self._db.execute("COMMIT")
         now = time.monotonic()
@@ -482,7 +503,48 @@ class SqliteJobStore:
         ).fetchone()
         return earliest
 
+    def _stored_pauses(self) -> dict[str, Pause]:
+        if self._pauses is None:
+            rows = self._db.execute("SELECT type, until, since FROM pauses").fetchall()
+            self._pauses = {row[0]: Pause(*row) for row in rows}
+        return self._pauses
+
+    def pause(self, pause: Pause) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO pauses (type, until, since) VALUES (?, ?, ?)",
+            (pause.type, pause.until, pause.since),
+        )
+        self._stored_pauses()[pause.type] = pause
+
+    def resume(self, types: Sequence[str]) -> list[str]:
+        stored = self._stored_pauses()
+        lifted = [job_type for job_type in types if job_type in stored]
+        self._db.executemany("DELETE FROM pauses WHERE type = ?", [(t,) for t in lifted])
+        for job_type in lifted:
+            del stored[job_type]
+        return lifted
+
+    def pauses(self) -> list[Pause]:
+        return sorted(self._stored_pauses().values(), key=lambda pause: pause.type)
+
+    def _paused(self, now: float) -> frozenset[str]:
+        """The types paused at `now`; the pauses whose `until` has come are removed
+        (`pause.ended`), in this transaction."""
+        stored = self._stored_pauses()
+        if not stored:
+            self._pause_end = None
+            return frozenset()
+        for pause in ended(stored.values(), now):
+            self.resume([pause.type])
+            emit(
+                "INFO", "pause.ended", f"the pause of {pause.type} ended at its until",
+                type=pause.type, until=rfc3339(pause.until or now),
+            )  # fmt: skip
+        self._pause_end = next_end(stored.values(), now)
+        return in_force(stored.values(), now)
+
     def due(self, now: float, limit: int) -> list[Job]:
+        paused = self._paused(now)
         # Scheduled jobs whose time has come join the ready ones first: then the most
         # urgent due jobs are the head of one index, whatever the number of priority
         # levels or of jobs scheduled for later. What this process wrote tells when
@@ -506,17 +568,19 @@ class SqliteJobStore:
         jobs = [_job(row) for row in rows]
         limits = self._limits
         for job in jobs:
-            if job.concurrency_key is not None or job.type in limits.types:
-                return self._due_limited(limit)
+            if job.concurrency_key is not None or job.type in limits.types or job.type in paused:
+                return self._due_limited(limit, paused)
         return jobs
 
-    def _due_limited(self, limit: int) -> list[Job]:
-        """`due` when the head of the queue holds a limited job: the running jobs counted
+    def _due_limited(self, limit: int, paused: frozenset[str]) -> list[Job]:
+        """`due` when the head of the queue holds a limited or paused job: the running
+        jobs counted
         in this transaction (the writer's lock is held; a row read per running job),
         then, for each type served with a slot left, its most urgent due jobs whose key
         has a slot left, from the index that starts with the type. A full type costs no
         row read; a full key costs the index entries of its jobs ahead of the first
-        admitted one (the key is in the index: no table read). See `limits.admit`."""
+        admitted one (the key is in the index: no table read). A paused type is not
+        sought at all, as a full one. See `limits.admit`."""
         counts = self._db.execute(
             "SELECT type, concurrency_key, count(*) FROM jobs INDEXED BY jobs_status_updated"
             " WHERE status = 'running' GROUP BY type, concurrency_key"
@@ -524,7 +588,8 @@ class SqliteJobStore:
         running = Running.of(counts)
         claimed: list[Job] = []
         for job_type in self._served:
-            claimed.extend(self._claim_type(job_type, limit, running))
+            if job_type not in paused:
+                claimed.extend(self._claim_type(job_type, limit, running))
         claimed.sort(key=lambda job: (-job.priority, job.run_at))
         return claimed[:limit]
 
@@ -556,10 +621,17 @@ class SqliteJobStore:
                 break
         return admitted
 
+    def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[object, ...]]:
+        return self._db.execute(sql, parameters).fetchall()
+
     def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
-        return limit_figures(
-            self._limits, now, lambda sql, args: self._db.execute(sql, args).fetchall(), "jobs", "?"
-        )
+        return limit_figures(self._limits, now, self._read, "jobs", "?")
+
+    def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
+        return pause_figures(self.pauses(), now, self._read, "jobs", "?")
+
+    def key_limit_figures(self, now: float) -> list[tuple[str, int, int, int, int]]:
+        return key_limit_figures(self._limits, now, self._read, "jobs", "?")
 
     def expired(self, now: float, limit: int) -> list[Job]:
         rows = self._db.execute(
@@ -579,8 +651,10 @@ class SqliteJobStore:
     def next_run_at(self, after: float) -> float | None:
         known = self._earliest_scheduled
         if known is not None and known > after:
-            return None if known == math.inf else known
-        return self._scheduled_from(after)
+            scheduled = None if known == math.inf else known
+        else:
+            scheduled = self._scheduled_from(after)
+        return first_wake(scheduled, self._pause_end, after)
 
     def left_running(self) -> list[Job]:
         return self.with_status(Status.RUNNING)

@@ -30,6 +30,7 @@ class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
     LIMITS = "limits"
+    PAUSES = "pauses"
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -102,6 +102,28 @@ class LimitStats(msgspec.Struct):
     waiting: int
 
 
+class PauseStats(msgspec.Struct):
+    """A paused type (`procpool pause`): `until` (RFC 3339) when it ends by itself, null:
+    until resumed; `since` when it was set; `waiting`, its due pending jobs."""
+
+    type: str
+    until: str | None
+    since: str
+    waiting: int
+
+
+class KeyLimitStats(msgspec.Struct):
+    """A type's key limit (docs/handlers.md): at most `max` running jobs per
+    concurrency_key; `keys_running` keys have a job running, `keys_full` of them are at
+    `max`, and `waiting` due pending jobs have one of those full keys."""
+
+    type: str
+    max: int
+    keys_running: int
+    keys_full: int
+    waiting: int
+
+
 class Stats(msgspec.Struct):
     at: str
     daemon: DaemonStats
@@ -114,6 +136,10 @@ class Stats(msgspec.Struct):
     workers: list[WorkerStats]
     database: DatabaseStats | None = None  # None: the home's own SQLite store
     limits: list[LimitStats] = msgspec.field(default_factory=list)  # the types limited
+    pauses: list[PauseStats] = msgspec.field(default_factory=list)  # in force now
+    # The types with a key limit, or with a keyed job running.
+    key_limits: list[KeyLimitStats] = msgspec.field(default_factory=list)
+    expired: int = 0  # jobs in the store canceled as "expired" (retention deletes them)
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -210,6 +236,17 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
         workers=_workers(reader, now, cpu_sample) if running else [],
         database=_database(reader) if isinstance(reader, SharedReader) else None,
         limits=[LimitStats(*figures) for figures in reader.limit_figures(now)],
+        pauses=[
+            PauseStats(
+                type=pause.type,
+                until=None if pause.until is None else rfc3339(pause.until),
+                since=rfc3339(pause.since),
+                waiting=waiting,
+            )
+            for pause, waiting in reader.pause_figures(now)
+        ],
+        key_limits=[KeyLimitStats(*figures) for figures in reader.key_limit_figures(now)],
+        expired=reader.expired_count(),
     )
 
 
@@ -261,12 +298,26 @@ def render(stats: Stats) -> str:
     ], "lrrrrr"))  # fmt: skip
     age = stats.oldest_pending_age
     lines.append(f"oldest pending: {'none' if age is None else _duration(age)}")
+    lines.append(f"expired: {stats.expired} (canceled pending, still in the store)")
     if stats.limits:
         lines.append("")
         lines.extend(_table([
             ("LIMIT", "MAX", "RUNNING", "WAITING"),
             *((x.type, str(x.max), str(x.running), str(x.waiting)) for x in stats.limits),
         ], "lrrr"))  # fmt: skip
+    if stats.key_limits:
+        lines.append("")
+        lines.extend(_table([
+            ("KEY LIMIT", "MAX PER KEY", "KEYS RUNNING", "KEYS FULL", "WAITING"),
+            *((x.type, str(x.max), str(x.keys_running), str(x.keys_full), str(x.waiting))
+              for x in stats.key_limits),
+        ], "lrrrr"))  # fmt: skip
+    if stats.pauses:
+        lines.append("")
+        lines.extend(_table([
+            ("PAUSED", "UNTIL", "WAITING"),
+            *((x.type, x.until or "resumed", str(x.waiting)) for x in stats.pauses),
+        ], "llr"))  # fmt: skip
     lines.append("")
     lines.extend(_table([
         ("PER MINUTE", *(name for name, _ in WINDOWS)),

@@ -37,7 +37,9 @@ from procpool.domain.spec import (
     CancelRequest,
     JobDefaults,
     JobSpec,
+    PauseRequest,
     PruneRequest,
+    ResumeRequest,
     check_expiry,
     check_id,
     show,
@@ -67,6 +69,7 @@ class IngestResult:
     jobs: list[tuple[Job, InboxFile]] = field(default_factory=list)
     cancels: list[tuple[str, InboxFile]] = field(default_factory=list)
     prunes: list[tuple[float, InboxFile]] = field(default_factory=list)
+    pauses: list[tuple[PauseRequest | ResumeRequest, InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
@@ -125,7 +128,7 @@ def _read_entries(
     now: float,
     result: IngestResult,
 ) -> list[_Candidate]:
-    """The jobs a file offers; cancel requests go straight into `result`."""
+    """The jobs a file offers; requests (cancel, prune, pause) go straight into `result`."""
     file = outcome.file
     if outcome.error is not None:
         return []
@@ -137,6 +140,8 @@ def _read_entries(
             result.cancels.append((entry.value.cancel, file))
         elif isinstance(entry.value, PruneRequest):
             result.prunes.append((entry.value.prune, file))
+        elif isinstance(entry.value, PauseRequest | ResumeRequest):
+            result.pauses.append((entry.value, file))
         elif entry.value.type not in known_types:
             outcome.fail(
                 entry.line,

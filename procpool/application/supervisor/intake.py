@@ -1,8 +1,9 @@
 """Intake: what arrives from outside the pool, in one place.
 
 Job files become jobs (through `ingest`), cancel requests reach the job
-wherever it is (the store, a worker's queue, a running worker), and prune
-requests ask retention to run sooner. Runs inside the supervisor's
+wherever it is (the store, a worker's queue, a running worker), prune
+requests ask retention to run sooner, and pause and resume requests are
+stored for this turn's claim to obey. Runs inside the supervisor's
 transaction; its decisions about workers go back to the supervisor, which
 carries them out with everything else of the turn.
 
@@ -34,7 +35,9 @@ from procpool.application.supervisor.ledger import Ledger
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile
 from procpool.domain.job import Job, Status
+from procpool.domain.pauses import Pause
 from procpool.domain.spec import JobDefaults, JobSpec
+from procpool.domain.timefmt import rfc3339
 from procpool.domain.wording import plural
 
 Log = Callable[..., None]  # (level, event, message, **fields)
@@ -148,9 +151,35 @@ class Intake:
                 f"prune of jobs older than {plural(days, 'day')} requested",
                 days=days, file=file.name,
             )  # fmt: skip
+        for request, file in result.pauses:
+            self._pause(request, wall, file.name)
         received.accepted = result.accepted
         received.rejected = result.rejected
         return received
+
+    def _pause(
+        self, request: spec.PauseRequest | spec.ResumeRequest, wall: float, file: str
+    ) -> None:
+        """Store or lift pauses, in this turn's transaction: this turn's claim obeys them.
+        A type no live daemon registers is paused all the same (one may come), and said."""
+        known, _ = self._types()
+        if isinstance(request, spec.ResumeRequest):
+            for job_type in self.store.resume(request.resume):
+                self._log(
+                    "INFO", "pause.lifted", f"{job_type} resumed: its jobs may start",
+                    type=job_type, file=file,
+                )  # fmt: skip
+            return
+        until = None if request.until is None else spec.parse_time(request.until, "until")
+        for job_type in request.pause:
+            self.store.pause(Pause(job_type, until, wall))
+            ends = "until resumed" if until is None else f"until {rfc3339(until)}"
+            unknown = "" if job_type in known else " (no live daemon registers this type)"
+            self._log(
+                "INFO", "pause.set", f"{job_type} paused {ends}{unknown}: none of its jobs starts",
+                type=job_type, until=None if until is None else rfc3339(until),
+                registered=job_type in known, file=file,
+            )  # fmt: skip
 
     def submissions(
         self, batches: list[list[bytes]], defaults: JobDefaults, wall: float, max_bytes: int

@@ -38,6 +38,10 @@ class Snapshot:
         default_factory=list
     )  # type, max, running, waiting
     expired: int = 0  # pending jobs canceled at their expires_at
+    # (type, until or None, due pending jobs) of each pause in force
+    pauses: list[tuple[str, float | None, int]] = field(default_factory=list)
+    # (type, max per key, keys running, keys full, due pending jobs of full keys)
+    key_limits: list[tuple[str, int, int, int, int]] = field(default_factory=list)
 
 
 class Telemetry(Protocol):
@@ -90,4 +94,6 @@ def take_snapshot(
         oldest_pending_age=None if oldest is None else max(0.0, at - oldest),
         limits=store.limit_figures(at),
         expired=ledger.expired,
+        pauses=[(p.type, p.until, waiting) for p, waiting in store.pause_figures(at)],
+        key_limits=store.key_limit_figures(at),
     )

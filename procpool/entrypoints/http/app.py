@@ -26,7 +26,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -53,6 +53,8 @@ from procpool.entrypoints.http.models import (
     Health,
     JobPage,
     JobRequest,
+    PauseList,
+    PauseRequest,
 )
 from procpool.entrypoints.http.service import Outcome, Problem, Service
 
@@ -72,6 +74,7 @@ REQUEST_BODIES: dict[tuple[str, str], Any] = {
     ("/jobs", "post"): JobRequest,
     # JobRequest is a class made at run time, which mypy cannot take for a type.
     ("/jobs/batch", "post"): list[JobRequest],  # type: ignore[valid-type]
+    ("/pauses", "post"): PauseRequest,
 }
 
 
@@ -275,7 +278,27 @@ def _write_routes(service: Service) -> list[Any]:
         location = {"Location": f"/jobs/{new_id}"}
         return Response(Created(id=new_id), status_code=201, headers=location)
 
-    return [submit, submit_batch, cancel, retry]
+    queued = ResponseSpec(PauseList, description="no daemon took it yet: it waits in the inbox")
+
+    @post("/pauses", status_code=200, summary="Pause job types",
+          responses={202: queued, 400: _error(400, "the body is not JSON"),
+                     422: _error(422, "a field or value is wrong"), **POST_ERRORS})  # fmt: skip
+    async def pause(request: Request[Any, Any, Any]) -> Response[PauseList]:
+        """Start no job of these types until `until` (or for `duration` seconds, or until
+        resumed); running ones go on. 200 once stored (no job of them starts after it),
+        with the pauses in force."""
+        stored, pauses = await _in_thread(service.pause, await request.body())
+        return Response(PauseList(pauses=pauses), status_code=200 if stored else 202)
+
+    @delete("/pauses/{job_type:str}", status_code=200, summary="Resume a job type",
+            responses={**BAD_REQUEST, 202: queued, 404: _error(404, "the type is not paused"),
+                       422: _error(422, "the type is empty")})  # fmt: skip
+    async def resume(job_type: str) -> Response[PauseList]:
+        """Lift the pause: the type's due jobs start at once. The pauses in force after."""
+        done, pauses = await _in_thread(service.resume, job_type)
+        return Response(PauseList(pauses=pauses), status_code=200 if done else 202)
+
+    return [submit, submit_batch, cancel, retry, pause, resume]
 
 
 def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool]) -> list[Any]:
@@ -318,6 +341,11 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
                 return found
             await watch.changed(min(left, WAIT_FLOOR))
 
+    @get("/pauses", summary="The paused job types", responses=NO_STORE)
+    async def pauses() -> PauseList:
+        """The pauses in force, as `procpool pause` lists them."""
+        return PauseList(pauses=await _in_thread(service.pauses))
+
     @get("/stats", summary="Counts, throughput, workers", responses=NO_STORE)
     async def stats() -> Stats:
         """As `procpool stats --json`."""
@@ -345,7 +373,7 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
             return Response(Health(daemon="stopped", pid=None), status_code=503)
         return Response(Health(daemon="running", pid=pid if pid > 0 else None))
 
-    return [job, jobs, attempts, wait, stats, metrics, healthz]
+    return [job, jobs, attempts, wait, pauses, stats, metrics, healthz]
 
 
 def _event_routes(log_path: Path, watch: LogWatch, closing: Callable[[], bool]) -> list[Any]:

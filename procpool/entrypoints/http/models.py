@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from procpool.client import JobInfo
+from procpool.client import JobInfo, PauseInfo
 from procpool.domain.spec import JobSpec
 
 
@@ -48,6 +48,21 @@ class Health(msgspec.Struct):
 
     daemon: str
     pid: int | None
+
+
+class PauseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Pause these job types (`procpool pause`): until `until` (RFC 3339), or for
+    `duration` seconds, or (neither) until resumed; not both."""
+
+    types: list[str]
+    until: str | None = None
+    duration: float | None = None
+
+
+class PauseList(msgspec.Struct):
+    """The pauses in force, by type."""
+
+    pauses: list[PauseInfo]
 
 
 def _job_request() -> type[msgspec.Struct]:

@@ -40,11 +40,13 @@ from procpool.client import (
     JobNotTerminal,
     JobRejected,
     NoJobStore,
+    PauseInfo,
     UnknownJob,
 )
 from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
+from procpool.entrypoints.http.models import PauseRequest
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -386,6 +388,57 @@ class Service:
             pause = min(2 * pause, POLL_LAST)
         return job
 
+    # ------------------------------------------------------------- pauses
+
+    def pauses(self) -> list[PauseInfo]:
+        """The pauses in force. Raises Problem: 503 no store."""
+        try:
+            return self.client.pauses()
+        except NoJobStore as error:
+            raise Problem(503, str(error)) from None
+
+    def pause(self, body: bytes) -> tuple[bool, list[PauseInfo]]:
+        """Pause the types of a POSTed PauseRequest; whether the pause is stored (False:
+        its request waits in the inbox), and the pauses in force then.
+
+        Raises:
+            Problem: 422 naming the field at fault.
+        """
+        try:
+            asked = msgspec.json.decode(body, type=PauseRequest)
+            stored = self.client.pause(
+                asked.types, asked.until, duration=asked.duration, timeout=ACK_WAIT
+            )
+        except msgspec.ValidationError as error:
+            raise Problem(422, _field_error(str(error))) from None
+        except msgspec.DecodeError as error:
+            raise Problem(400, f"the body is not JSON: {error}") from None
+        except InvalidJobFile as error:
+            raise Problem(422, str(error)) from None
+        return stored, self._pauses_if_stored()
+
+    def resume(self, job_type: str) -> tuple[bool, list[PauseInfo]]:
+        """Lift the pause of a type; whether it is done (False: waits in the inbox), and
+        the pauses in force then.
+
+        Raises:
+            Problem: 404 the type is not paused; 422 an empty type.
+        """
+        if job_type not in {p.type for p in self._pauses_if_stored()}:
+            raise Problem(404, f"type {job_type!r} is not paused")
+        try:
+            done = self.client.resume(job_type, timeout=ACK_WAIT)
+        except InvalidJobFile as error:
+            raise Problem(422, str(error)) from None
+        return done, self._pauses_if_stored()
+
+    def _pauses_if_stored(self) -> list[PauseInfo]:
+        """The pauses in force; none on a home without a store yet."""
+        try:
+            return self.client.pauses()
+        except NoJobStore:
+            return []
+
     def retry(self, job_id: str) -> str:
         """Raises Problem: 404 unknown; 409 not terminal."""
         _require_possible_id(job_id)
@@ -406,6 +459,14 @@ def _with_index(status: int, message: str, job_id: str, index_of: dict[str | Non
     if index is None:
         return Problem(status, message)
     return Problem(status, f"item {index}: {message}", index)
+
+
+def _field_error(message: str) -> str:
+    """msgspec's "Expected `array`, got `str` - at `$.types`" as "types: expected ..."."""
+    text, _, where = message.partition(" - at `$.")
+    if not where:
+        return message
+    return f"{where.rstrip('`')}: {text[0].lower()}{text[1:]}"
 
 
 def _require_possible_id(job_id: str) -> None:
