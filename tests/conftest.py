@@ -71,9 +71,9 @@ def wait_until(
 
 
 # The bytecode the tests' subprocesses compile, kept for the next one: each `procpool`
-# they start imports some 50 modules (the daemon some 90), and compiling them again
-# from source, as every start does under PYTHONDONTWRITEBYTECODE, took about a third
-# of each start's CPU. In a directory of this test process, removed as it ends, so the
+# command they start imports some 45 of procpool's modules (the daemon some 70), and
+# compiling them again from source, as every start does under PYTHONDONTWRITEBYTECODE,
+# took about a third of each start's CPU. In a directory of this test process, removed as it ends, so the
 # source tree stays as the variable keeps it (PYTHONPYCACHEPREFIX, Python >= 3.8).
 PYCACHE = Path(tempfile.mkdtemp(prefix="procpool-tests-pycache-"))
 
