@@ -5,6 +5,7 @@ Every wait in these tests polls with a deadline; none sleeps and hopes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,8 +74,8 @@ def wait_until(
 # The bytecode the tests' subprocesses compile, kept for the next one: each `procpool`
 # command they start imports some 45 of procpool's modules (the daemon some 70), and
 # compiling them again from source, as every start does under PYTHONDONTWRITEBYTECODE,
-# took about a third of each start's CPU. In a directory of this test process, removed as it ends, so the
-# source tree stays as the variable keeps it (PYTHONPYCACHEPREFIX, Python >= 3.8).
+# took about a third of each start's CPU. In a directory of this test process, removed
+# as it ends, so the source tree stays as the variable keeps it (PYTHONPYCACHEPREFIX).
 PYCACHE = Path(tempfile.mkdtemp(prefix="procpool-tests-pycache-"))
 
 
@@ -100,6 +101,26 @@ def run_cli(
     return subprocess.run(
         command, capture_output=True, text=True, env=clean_env(env), timeout=timeout, check=False
     )
+
+
+# Linux lists a thread's children in /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
+_PROC_CHILDREN = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+def _child_count(pid: int) -> int | None:
+    """How many children `pid` has, zombies included, in a few small reads; None where
+    the kernel does not list them. A child forked or reaped meanwhile may be missed."""
+    if not _PROC_CHILDREN:
+        return None
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0
+    count = 0
+    for thread in threads:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            count += len(Path(f"/proc/{pid}/task/{thread}/children").read_text().split())
+    return count
 
 
 class Daemon:
@@ -136,13 +157,17 @@ class Daemon:
         return self.process.pid
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        wait_until(
-            lambda: (
-                len(self.worker_pids()) >= (self.workers or 1) or self.process.poll() is not None
-            ),  # type: ignore[union-attr]
-            timeout,
-            what="the daemon's workers",
-        )
+        wanted = self.workers or 1
+
+        def ready() -> bool:
+            if self.process.poll() is not None:  # type: ignore[union-attr]
+                return True
+            # psutil's children() reads every process of the machine: a poll every 20 ms
+            # cost the test about 0.1 s of CPU per start. Ask it once enough children are.
+            counted = _child_count(self.pid)
+            return (counted is None or counted >= wanted) and len(self.worker_pids()) >= wanted
+
+        wait_until(ready, timeout, what="the daemon's workers")
         if self.process.poll() is not None:  # type: ignore[union-attr]
             pytest.fail(f"the daemon exited with {self.process.returncode}:\n{self.stderr()}")  # type: ignore[union-attr]
         wait_until(lambda: self.events("worker.started"), timeout, what="worker.started")
