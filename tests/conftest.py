@@ -135,6 +135,10 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.stderr_path = home.parent / f"{home.name}-stderr.log"
         self.client = Client(home)
+        # What log() has read: the file (device, inode), how far, and its lines.
+        self._log_file: tuple[int, int] | None = None
+        self._log_read = 0
+        self._log_lines: list[dict[str, Any]] = []
 
     def start(self, wait_ready: bool = True) -> Daemon:
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -187,16 +191,31 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def log(self) -> list[dict[str, Any]]:
+        """The lines of the current log file, parsed (shared between calls: read them,
+        do not change them). Each call reads on from where the last one stopped: tests
+        poll this every 20 ms, and parsing the whole file again took 7 ms per 1,000
+        lines. A line not ended yet (being written) is read by a later call."""
         path = self.home / "logs" / "procpool.jsonl"
-        if not path.exists():
+        try:
+            with open(path, "rb") as file:
+                found = os.fstat(file.fileno())
+                if (found.st_dev, found.st_ino) != self._log_file or found.st_size < self._log_read:
+                    # A new file (rotated, or made again): read it from its start.
+                    self._log_file, self._log_read = (found.st_dev, found.st_ino), 0
+                    self._log_lines = []
+                file.seek(self._log_read)
+                data = file.read()
+        except FileNotFoundError:
+            self._log_file, self._log_read, self._log_lines = None, 0, []
             return []
-        lines = []
-        for line in path.read_text().splitlines():
+        ended = data.rfind(b"\n") + 1
+        for line in data[:ended].split(b"\n")[:-1]:
             try:
-                lines.append(json.loads(line))
+                self._log_lines.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line being written right now
-        return lines
+                continue  # cut short by a crash, as a kill -9 may leave it
+        self._log_read += ended
+        return list(self._log_lines)
 
     def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
         return [
