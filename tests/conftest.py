@@ -72,7 +72,7 @@ def wait_until(
 
 
 # The bytecode the tests' subprocesses compile, kept for the next one: each `procpool`
-# command they start imports some 45 of procpool's modules (the daemon some 70), and
+# command they start imports some 45 of procpool's modules (the daemon some 80), and
 # compiling them again from source, as every start does under PYTHONDONTWRITEBYTECODE,
 # took about a third of each start's CPU. In a directory of this test process, removed
 # as it ends, so the source tree stays as the variable keeps it (PYTHONPYCACHEPREFIX).
