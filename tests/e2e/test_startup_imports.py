@@ -85,6 +85,15 @@ def test_reading_a_home_imports_nothing_only_the_daemon_needs(tmp_path: Path) ->
         assert daemon_only(modules) == [], words
 
 
+def test_the_http_server_imports_nothing_else_only_the_daemon_needs(tmp_path: Path) -> None:
+    """`procpool serve` needs its extra (Litestar, uvicorn, and importlib.metadata, which
+    Litestar imports), not the worker's modules."""
+    modules = imported(tmp_path, "-c", "import procpool.entrypoints.http.server")
+    assert "litestar" in modules
+    extra = ("litestar", "uvicorn", "importlib")
+    assert [m for m in daemon_only(modules) if m.split(".")[0] not in extra] == []
+
+
 def test_every_public_name_loads_on_first_use(tmp_path: Path) -> None:
     """`from procpool import *` gives every name of __all__, each the object its own
     module defines (the lazy ones too), and a wrong name is an AttributeError."""
