@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -46,7 +46,6 @@ from procpool.adapters.inbox.rejections import RejectedFiles
 from procpool.adapters.inbox.untrusted_files import read_regular
 from procpool.adapters.reader_factory import open_reader
 from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
-from procpool.adapters.stores.stats import Stats, collect
 from procpool.application.wire.door_messages import (
     MAX_REQUEST_BYTES,
     Accepted,
@@ -64,6 +63,9 @@ from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile,
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause, check_types, check_until
 from procpool.domain.timefmt import rfc3339
+
+if TYPE_CHECKING:  # stats.py imports psutil, which only `stats` needs
+    from procpool.adapters.stores.stats import Stats
 
 # `X.retry-K`: the K-th job down the line of retries that starts at X.
 _RETRY_SUFFIX = re.compile(r"^(?P<base>.+)\.retry-(?P<number>[1-9]\d*)$")
@@ -965,6 +967,8 @@ class Client:
         Raises:
             NoJobStore: the home has no store.
         """
+        from procpool.adapters.stores.stats import collect  # noqa: PLC0415 (psutil)
+
         self.require_store()
         return collect(self._reader, self.daemon_pid(), cpu_sample)
 

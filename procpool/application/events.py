@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from loguru import logger
-
 LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40,
           "CRITICAL": 50}  # fmt: skip
 
@@ -46,6 +44,9 @@ def emit_fields(level: str, event: str, message: str, fields: dict[str, Any]) ->
     turn's held lines are written so, without unpacking and packing each dict again."""
     sink = _route.sink
     if sink is None:
+        # Imported here: the daemon has a sink, and the CLI reads the log without loguru.
+        from loguru import logger  # noqa: PLC0415
+
         logger.bind(event=event, **fields).log(level, message)
     elif LEVELS.get(level, LEVELS["INFO"]) >= _route.threshold:
         sink.write_event(level, event, message, fields)

@@ -25,14 +25,12 @@ from procpool.adapters.home.pidfile import AlreadyRunning
 from procpool.adapters.logs.cursor import LogCursor
 from procpool.adapters.logs.reader import LEVELS, LogFilter, parse, read_all
 from procpool.adapters.logs.writer import human_line
-from procpool.adapters.stores.stats import render
 from procpool.client import Attempt, Client, JobInfo, JobRejected, PauseInfo, UnknownJob
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
 from procpool.domain.timefmt import rfc3339
 from procpool.domain.wording import plural
-from procpool.entrypoints.daemon import EXIT_RESTART, run_daemon, start_again
 from procpool.entrypoints.progress_display import ProgressDisplay, first_line
 
 EXIT_OK = 0
@@ -205,6 +203,9 @@ def run(
     log_level: str | None,
 ) -> None:
     """Run the daemon in the foreground until a signal stops it."""
+    # The daemon's modules (the supervisor, the workers, loguru): `run` alone needs them.
+    from procpool.entrypoints.daemon import EXIT_RESTART, run_daemon, start_again  # noqa: PLC0415
+
     flags = {
         "home": str(home) if home else None,
         "workers": workers,
@@ -611,6 +612,8 @@ def cancel(home: Path | None, job_id: str, timeout: float | None) -> None:
 )
 def stats(home: Path | None, as_json: bool) -> None:
     """Jobs per status and type, throughput, failure rate, run times, workers."""
+    from procpool.adapters.stores.stats import render  # noqa: PLC0415 (psutil)
+
     figures = _client(home).stats()
     if as_json:
         _print_json(figures)

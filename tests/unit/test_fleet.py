@@ -21,16 +21,15 @@ from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import (
     EXIT_WAIT,
-    STARTUP_TIMEOUT,
     Decision,
     Fleet,
-    Limits,
     Say,
     Worker,
     WorkerState,
 )
 from procpool.application.supervisor.intake import Intake
 from procpool.application.supervisor.ledger import Ledger
+from procpool.application.supervisor.settings import STARTUP_TIMEOUT, Limits
 from procpool.application.wire.messages import (
     Finished,
     Heartbeat,

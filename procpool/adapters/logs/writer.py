@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from loguru import logger
 
 from procpool.adapters.home.files import HomeDir, UnsafeHomeFile, open_regular
 from procpool.application import events
@@ -443,6 +442,9 @@ class DaemonLogs:
         self.set_level(level)
 
     def set_level(self, level: str) -> None:
+        # Imported by the writer alone: reading the log (`procpool logs`) needs no loguru.
+        from loguru import logger  # noqa: PLC0415
+
         self._threshold = events.LEVELS.get(level.upper(), events.LEVELS["INFO"])
         events.configure(self, level)
         logger.remove()  # loguru's default stderr sink, and any earlier configuration
@@ -569,6 +571,8 @@ class DaemonLogs:
         self.stderr.close_in_child()
 
     def close(self) -> None:
+        from loguru import logger  # noqa: PLC0415 (as in set_level)
+
         events.configure(None)
         logger.remove()
         self.flush()

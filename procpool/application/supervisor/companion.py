@@ -37,7 +37,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from procpool.application.events import emit
-from procpool.application.worker.pool import describe_exit
 
 PARENT_VARIABLE = "_PROCPOOL_PARENT_PID"  # outside PROCPOOL_*: not a configuration key
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -129,6 +128,10 @@ class Companion:
         """Claim a reaped child. Returns whether it was this one."""
         if pid != self.pid:
             return False
+        # Imported here: `procpool serve` reads PARENT_VARIABLE from this module, and the
+        # worker's pool would bring it loguru and psutil.
+        from procpool.application.worker.pool import describe_exit  # noqa: PLC0415
+
         self.pid = None
         self._kill_at = None
         how, code, signal_name = describe_exit(status)

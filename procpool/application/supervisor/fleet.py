@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from procpool.application.supervisor.dispatch import BatchSizer, Holder
+from procpool.application.supervisor.settings import Limits
 from procpool.application.wire import messages as wire
 from procpool.domain.fate import Cause, Fate, Phase, Report, fate
 from procpool.domain.job import Job
 
-# A worker that has not said Ready by then is broken (seconds).
-STARTUP_TIMEOUT = 30.0
 # How long a worker the supervisor ended holds back its replacement (seconds). It is
 # usually reaped within milliseconds of its SIGTERM (its handler SIGKILLs its group),
 # and the turn that reaps it decides its runs' fates (a cancel is reported): forked
@@ -46,18 +45,6 @@ class WorkerState(StrEnum):
     SERVING = "serving"
     RETIRING = "retiring"  # told to stop once its queue is empty
     TERMINATING = "terminating"  # signalled; waiting to be reaped
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The settings the fleet's deadlines come from, in seconds; SIGHUP may change them."""
-
-    heartbeat_timeout: float = 30.0
-    kill_grace: float = 1.0
-    startup_timeout: float = STARTUP_TIMEOUT
-    max_jobs_per_worker: int = 0
-    max_memory_bytes: int = 0
-    max_result_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(eq=False)

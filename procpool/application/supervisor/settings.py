@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from procpool.application.supervisor.fleet import Limits
-from procpool.application.worker.main import WorkerOptions
+from procpool.application.worker.options import WorkerOptions
 from procpool.domain.limits import ClaimLimits
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
+
+# A worker that has not said Ready by then is broken (seconds).
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings the fleet's deadlines come from, in seconds; SIGHUP may change them."""
+
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 1.0
+    startup_timeout: float = STARTUP_TIMEOUT
+    max_jobs_per_worker: int = 0
+    max_memory_bytes: int = 0
+    max_result_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass

@@ -29,7 +29,7 @@ from procpool.application.supervisor.fleet import Fleet, WorkerState
 from procpool.application.supervisor.settings import Settings
 from procpool.application.wire.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
 from procpool.application.worker import pool, tree
-from procpool.application.worker.main import WorkerOptions
+from procpool.application.worker.options import WorkerOptions
 from procpool.domain.wording import plural
 
 MEMORY_SAMPLE_INTERVAL = 1.0  # seconds between samples of the running workers' memory

@@ -50,7 +50,6 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import msgspec
@@ -75,6 +74,7 @@ from procpool.application.wire.messages import (
 )
 from procpool.application.worker import tree
 from procpool.application.worker.baseline import Baseline
+from procpool.application.worker.options import WorkerOptions
 from procpool.application.worker.output import OutputCapture
 from procpool.domain.errors import PermanentError
 from procpool.domain.result import ResultError, encode_result
@@ -86,20 +86,6 @@ LOG_FIELDS_LIMIT = 100  # fields of one log line
 EXIT_INTERNAL = 70  # EX_SOFTWARE: one of the worker's own threads failed
 EXIT_UNFIT = 75  # EX_TEMPFAIL: a job left the worker in a state it cannot undo
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What a worker is told at its fork; a reload reaches the workers forked after it."""
-
-    heartbeat_interval: float = 1.0  # seconds
-    max_result_bytes: int = 16_777_216  # of a result encoded as JSON
-    tree_mark: str | None = None  # inherited by every process a handler starts (tree.py)
-    # With a shared store: the fence's shared map (application/fence.py), whose first
-    # 8 bytes hold the CLOCK_BOOTTIME second its lease may run out (a double; 0: none).
-    # The watchdog kills the worker's group then; the worker's own heartbeat thread too,
-    # should the watchdog be stopped while the handler lets the thread run (DESIGN 16).
-    fence: Any = None
 
 
 def safe_text(text: str, limit: int | None = None) -> str:

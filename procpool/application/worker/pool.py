@@ -22,7 +22,8 @@ import psutil
 
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.wire.channel import SupervisorEnd, WorkerEnd
-from procpool.application.worker.main import EXIT_UNFIT, WorkerOptions, worker_main
+from procpool.application.worker.main import EXIT_UNFIT, worker_main
+from procpool.application.worker.options import WorkerOptions
 from procpool.application.worker.tree import INSPECTION_ERRORS
 
 
