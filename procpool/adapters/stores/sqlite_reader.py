@@ -3,7 +3,8 @@
 A read-only connection never takes a write lock, so reading can never slow
 down or block the supervisor, and a bug here cannot change a job. The reads worded
 alike on PostgreSQL are in sql_reads.py; here are SQLite's own (lookups in chunks,
-the index hint of `recent_runs`) and its answer while the store is not made yet.
+the index hints of `recent_runs` and `count_finished_before`) and its answer while
+the store is not made yet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
+    FINISHED_BEFORE,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     _job,
@@ -70,6 +72,10 @@ class StoreReader(SqlReads):
                 job = _job(row)
                 found[job.id] = job
         return found
+
+    def count_finished_before(self, cutoff: float) -> int:
+        rows = self._query(FINISHED_BEFORE.format(what="count(*)"), (cutoff, cutoff))
+        return int(rows[0][0]) if rows else 0
 
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         return f"{column} IN ({','.join('?' * len(values))})", [*values]
