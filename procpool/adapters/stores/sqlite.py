@@ -157,15 +157,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_ready_type ON jobs (type, priority DESC, run_at, concurrency_key)
         WHERE status = 'pending' AND ready = 1;
     """,
-    # 6: one index of status and creation time in place of two: the oldest pending job
-    # is its first 'pending' entry, and each status change moves one entry as before,
-    # but a job's insert and claim each write one b-tree less (a page less per commit),
+    # 6: one index of status and creation time in place of three: the oldest pending job
+    # is its first 'pending' entry, `list` merges one ordered seek per status (see
+    # StoreReader.list), and each status change moves one entry as before, but a job's
+    # insert writes two b-trees less and its claim one (a page less each per commit),
     # and a change of updated_at alone (a run begun, a cancel asked) writes none.
     # Retention seeks terminal jobs by created_at too (see `delete_finished_before`).
     """
     CREATE INDEX jobs_status_created ON jobs (status, created_at);
     DROP INDEX jobs_status_updated;
     DROP INDEX jobs_pending_created;
+    DROP INDEX jobs_created;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
