@@ -213,8 +213,12 @@ def test_a_home_at_the_previous_schema_opens_and_is_migrated(tmp_path: Path, ver
                 ("c1", "completed", NOW, NOW - 9, NOW - 8),
             ],
         )
-    store = SqliteJobStore(path)
     reader = StoreReader(path)
+    # A reader newer than the daemon that still runs on the home reads its old schema.
+    assert reader.count_finished_before(NOW) == 1
+    assert [job.id for job in reader.list()] == ["p2", "p1", "r1", "c1"]
+    reader.close()
+    store = SqliteJobStore(path)
     try:
         indexes = {
             name

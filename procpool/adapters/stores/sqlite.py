@@ -184,7 +184,7 @@ RUN_COLUMNS = (
 # a job is created before it last changes, so the bound on created_at only narrows the
 # seek (after a step back of the wall clock, a job may wait that long more to be found).
 FINISHED_BEFORE = (
-    "SELECT {what} FROM jobs INDEXED BY jobs_status_created"
+    "SELECT {what} FROM jobs{hint}"
     " WHERE status IN ('completed', 'failed', 'canceled') AND created_at < ? AND updated_at < ?"
 )
 _progress_decoder = msgspec.json.Decoder(Progress)
@@ -656,7 +656,9 @@ class SqliteJobStore:
 
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         rows = self._db.execute(
-            FINISHED_BEFORE.format(what="id, type, status") + " LIMIT ?", (cutoff, cutoff, limit)
+            FINISHED_BEFORE.format(what="id, type, status", hint=" INDEXED BY jobs_status_created")
+            + " LIMIT ?",
+            (cutoff, cutoff, limit),
         ).fetchall()
         ids = [(job_id,) for job_id, _, _ in rows]
         self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
