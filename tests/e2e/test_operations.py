@@ -693,7 +693,8 @@ def test_retention_deletes_exactly_the_old_jobs(make_daemon: Callable[..., Daemo
     assert runs_of(first.home, "old-0") == 1
     assert first.stop() == 0
 
-    age_jobs(first.home, old, days=10)
+    # A job finished 10 days ago was created then or before (retention seeks by both).
+    age_jobs(first.home, old, days=10, created_too=True)
     age_jobs(first.home, [waiting], days=10, created_too=True)
     second = make_daemon(env={"PROCPOOL_RETENTION_DAYS": "7"})
     wait_until(lambda: all(second.job(job_id) is None for job_id in old), what="retention")
@@ -713,7 +714,7 @@ def test_prune_by_hand(make_daemon: Callable[..., Daemon]) -> None:
     first.wait_status(waiting, "pending")
     assert first.stop() == 0
     old, recent = finished[:2], finished[2:]
-    age_jobs(first.home, old, days=3)
+    age_jobs(first.home, old, days=3, created_too=True)
     age_jobs(first.home, [waiting], days=3, created_too=True)
 
     daemon = make_daemon()

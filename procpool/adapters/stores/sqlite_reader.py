@@ -3,7 +3,9 @@
 A read-only connection never takes a write lock, so reading can never slow
 down or block the supervisor, and a bug here cannot change a job. The reads worded
 alike on PostgreSQL are in sql_reads.py; here are SQLite's own (lookups in chunks,
-the index hint of `recent_runs`) and its answer while the store is not made yet.
+`list` as a merge of one seek per status, the index hint of `recent_runs`,
+`count_finished_before` bounded by creation time) and its answer while the store is
+not made yet.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
+    FINISHED_BEFORE,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     _job,
     _run,
 )
 from procpool.application.ports import WorkerRecord, WorkerReport
-from procpool.domain.job import Job, Run
+from procpool.domain.job import Job, Run, Status
 
 
 class StoreReader(SqlReads):
@@ -71,6 +74,27 @@ class StoreReader(SqlReads):
                 job = _job(row)
                 found[job.id] = job
         return found
+
+    def list(
+        self,
+        statuses: Sequence[Status] = (),
+        job_type: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> builtins.list[Job]:
+        # One ordered seek per status in jobs_status_created, merged newest first: an
+        # index of every job by creation time alone would cost each job a page write.
+        found: builtins.list[Job] = []
+        for status in dict.fromkeys(statuses or Status):
+            found.extend(super().list([status], job_type, limit, before))
+        found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+        return found[:limit]
+
+    def count_finished_before(self, cutoff: float) -> int:
+        # No index named: a reader may open a home its daemon has not migrated yet, and
+        # the planner seeks the status index of either schema.
+        rows = self._query(FINISHED_BEFORE.format(what="count(*)", hint=""), (cutoff, cutoff))
+        return int(rows[0][0]) if rows else 0
 
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         return f"{column} IN ({','.join('?' * len(values))})", [*values]
