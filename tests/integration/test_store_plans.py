@@ -23,6 +23,7 @@ from procpool.application.ports import FileProgress, LineError, WorkerRecord, Wo
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.limits import ClaimLimits
+from procpool.domain.pauses import Pause
 
 NOW = 1_800_000_000.0
 # The reads that take every row by design, each once per start or per explicit command:
@@ -95,6 +96,10 @@ def exercise_store(store: SqliteJobStore) -> None:
                 store.record_runs([jobs.run_of(running, done, now=NOW + 2)])
         store.set_limits(ClaimLimits(types={"limited": 3}, keys={"echo": 1}), ["echo", "limited"])
     with store.transaction():
+        store.pause(Pause("limited", NOW + 60, NOW))
+        store.pause(Pause("echo", None, NOW))
+        store.resume(["echo"])
+        store.pauses()
         store.due(NOW + 1, 20)
         store.next_run_at(NOW)
         store.expired(NOW + 600, 10)
@@ -134,6 +139,10 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.runs("j000003")
     reader.recent_runs(NOW)
     reader.limit_figures(NOW + 1)
+    reader.key_limit_figures(NOW + 1)
+    reader.pauses()
+    reader.pause_figures(NOW + 1)
+    reader.expired_count()
     reader.waiting(reader.list([Status.PENDING], limit=20), NOW + 1)
 
 
