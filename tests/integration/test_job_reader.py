@@ -182,3 +182,26 @@ def test_a_shared_store_names_the_taken_id_in_its_error(pair: Pair) -> None:
     assert raised.value.job_id == "taken"
     assert str(raised.value) == 'duplicate id "taken" with different content'
     assert pair.reader.get("fresh") is None  # all or none
+
+
+def test_list_reads_one_snapshot_while_the_writer_moves_a_job(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that the daemon moves from one status to another while `list` reads (on
+    SQLite between its seeks, one per status) is listed once, as it was when the list
+    began: not twice, not missing."""
+    add(pair.store, a_job("moving", created=NOW), a_job("still", created=NOW + 1))
+    query = pair.reader._query  # type: ignore[attr-defined]
+    moved: list[Job] = []
+
+    def query_then_move(sql: str, parameters: object = ()) -> object:
+        rows = query(sql, parameters)
+        if not moved:
+            moved.append(finish(pair.store, "moving", 1, ok=True, at=NOW + 5))
+        return rows
+
+    monkeypatch.setattr(pair.reader, "_query", query_then_move)
+    listed = pair.reader.list()
+    assert moved, "the job was moved while the list read"
+    assert sorted(job.id for job in listed) == ["moving", "still"]
+    assert {job.id: job.status for job in listed}["moving"] is Status.PENDING

@@ -84,9 +84,19 @@ class StoreReader(SqlReads):
     ) -> builtins.list[Job]:
         # One ordered seek per status in jobs_status_created, merged newest first: an
         # index of every job by creation time alone would cost each job a page write.
+        # The seeks share one read transaction, so one snapshot: a job the daemon moves
+        # from one status to another between two seeks would be listed twice, or not at
+        # all.
+        db = self._connection()
+        if db is None:
+            return []
         found: builtins.list[Job] = []
-        for status in dict.fromkeys(statuses or Status):
-            found.extend(super().list([status], job_type, limit, before))
+        db.execute("BEGIN")
+        try:
+            for status in dict.fromkeys(statuses or Status):
+                found.extend(super().list([status], job_type, limit, before))
+        finally:
+            db.execute("COMMIT")
         found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return found[:limit]
 
