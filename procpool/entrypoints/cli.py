@@ -765,13 +765,8 @@ def pause(
             found = shown.get(job_type)
             ends = "it ended already" if found is None else f"until {found.until or 'resumed'}"
             click.echo(f"paused {job_type} {ends}")
-    elif client.daemon_pid() is None:
-        click.echo(f"pause of {names} requested; it takes effect when the daemon starts")
     else:
-        raise CommandFailed(
-            f"the daemon did not take the pause of {names} within {timeout or 0:g} s; the request"
-            " waits in the inbox", EXIT_TIMEOUT,
-        )  # fmt: skip
+        _not_taken(client, f"pause of {names}", timeout)
 
 
 @main.command()
@@ -787,13 +782,21 @@ def resume(home: Path | None, job_types: tuple[str, ...], timeout: float | None)
     names = ", ".join(job_types)
     if done:
         click.echo(f"resumed {names}")
-    elif client.daemon_pid() is None:
-        click.echo(f"resume of {names} requested; it takes effect when the daemon starts")
     else:
-        raise CommandFailed(
-            f"the daemon did not take the resume of {names} within {timeout or 0:g} s; the"
-            " request waits in the inbox", EXIT_TIMEOUT,
-        )  # fmt: skip
+        _not_taken(client, f"resume of {names}", timeout)
+
+
+def _not_taken(client: Client, request: str, timeout: float | None) -> None:
+    """A pause or resume request the daemon has not taken: with no daemon running it waits
+    for the next start (said, not an error); else the daemon did not take it in time.
+    Raises CommandFailed (EXIT_TIMEOUT) then."""
+    if client.daemon_pid() is None:
+        click.echo(f"{request} requested; it takes effect when the daemon starts")
+        return
+    raise CommandFailed(
+        f"the daemon did not take the {request} within {timeout or 0:g} s; the request"
+        " waits in the inbox", EXIT_TIMEOUT,
+    )  # fmt: skip
 
 
 def _write_lines(lines: Iterable[bytes]) -> None:
