@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from procpool.domain.errors import InvalidJobFile
+from procpool.domain.job import Job
 from procpool.domain.spec import ID_PATTERN, JobSpec, decode, encode_json, parse_time, show
 
 NAME_MAX_CHARS = 100
@@ -523,3 +524,41 @@ def _wake(schedule: Schedule, source: OccurrenceSource, after: float) -> float |
     instant = _first(schedule, source, after)
     ends = schedule.ends
     return None if ends is not None and instant > ends else instant
+
+
+# ----------------------------------------------------------------- as stored
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A schedule as the store keeps it: its definition, its cursor (the last instant
+    handled), whether it is paused, the id of its latest job (`last_job`, for overlap),
+    the instant of its latest occurrence created (`last_run`) and its latest skip
+    (`last_skip`: instant and reason)."""
+
+    schedule: Schedule
+    cursor: float
+    paused: bool = False
+    last_job: str | None = None
+    last_run: float | None = None
+    last_skip: Skip | None = None
+
+
+@dataclass(frozen=True)
+class Advance:
+    """What one plan writes, in the transaction that moves the cursor from its expected
+    value to `cursor`: the occurrences' jobs (those whose ids exist are left as they are)
+    and the skips (counted by reason; the latest kept)."""
+
+    cursor: float
+    jobs: tuple[Job, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    run: float | None = None  # the instant of the latest job of `jobs`
+
+    @property
+    def last_job(self) -> str | None:
+        return self.jobs[-1].id if self.jobs else None
+
+    @property
+    def last_skip(self) -> Skip | None:
+        return self.skipped[-1] if self.skipped else None

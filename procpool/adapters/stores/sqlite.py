@@ -38,6 +38,7 @@ import msgspec
 
 from procpool.adapters.home.files import check_plain
 from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
+from procpool.adapters.stores.schedule_rows import ScheduleMethods, ScheduleRows
 from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
@@ -184,6 +185,26 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_pending_created;
     DROP INDEX jobs_created;
     """,
+    # 8: schedules (CONTRACT section 14), one row per schedule with its cursor (the last
+    # occurrence handled, moved by compare-and-set with the occurrences' jobs:
+    # schedule_rows.py), and the skips counted by reason. Retention never deletes them.
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        cursor REAL NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        last_job TEXT,
+        last_run REAL,
+        last_skip REAL,
+        last_skip_reason TEXT,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE schedule_skips (
+        reason TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -320,7 +341,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("COMMIT")
 
 
-class SqliteJobStore:
+class SqliteJobStore(ScheduleMethods):
     """The writer. Used by the supervisor only."""
 
     shared = False  # one daemon per file: the supervisor is the only writer
@@ -378,6 +399,7 @@ class SqliteJobStore:
         self._pauses: dict[str, Pause] | None = None
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._stored_pauses()
+        self._schedule_rows = ScheduleRows(self._read, "schedules", "schedule_skips", "?")
 
     def set_limits(
         self,
