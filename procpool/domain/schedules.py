@@ -31,9 +31,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from procpool.domain.errors import InvalidJobFile
+from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job
-from procpool.domain.spec import ID_PATTERN, JobSpec, decode, encode_json, parse_time, show
+from procpool.domain.spec import (
+    ID_PATTERN,
+    JobDefaults,
+    JobSpec,
+    ScheduleRequest,
+    decode,
+    encode_json,
+    parse_time,
+    show,
+    to_job,
+)
 
 NAME_MAX_CHARS = 100
 OVERLAPS = ("skip", "queue", "allow")
@@ -68,6 +78,14 @@ class ScheduleError(InvalidJobFile):
         super().__init__(f"{where}{field}: {reason}")
         self.schedule = schedule
         self.field = field
+
+
+class UnknownSchedule(ProcpoolError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule {show(name)}")
+        self.name = name
 
 
 class OccurrenceSource(Protocol):
@@ -167,6 +185,11 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
         spec = decode(encode_json(self.job))
         assert isinstance(spec, JobSpec)  # checked by `check`
         return spec
+
+    def to_builtins(self) -> dict[str, Any]:
+        """The definition as a schedule file's entry (JSON values)."""
+        value: dict[str, Any] = msgspec.to_builtins(self)
+        return value
 
     def encoded(self) -> bytes:
         """The definition as canonical JSON: equal definitions, equal bytes."""
@@ -350,13 +373,7 @@ def parse_file(data: bytes, *, json_file: bool = False) -> list[Schedule]:
     entries = document.get("schedule", [])
     if not isinstance(entries, list):
         raise ScheduleError(None, "schedule", "must be an array of tables ([[schedule]])")
-    schedules = [check(entry) for entry in entries]
-    seen: set[str] = set()
-    for schedule in schedules:
-        if schedule.name in seen:
-            raise ScheduleError(schedule.name, "name", "given twice in the file")
-        seen.add(schedule.name)
-    return schedules
+    return check_request(ScheduleRequest("apply", definitions=entries))
 
 
 @dataclass(frozen=True)
@@ -401,11 +418,45 @@ def manual_id(name: str, now: float) -> str:
     return f"{name}.manual-{_stamp(now)}"
 
 
-def scheduled_for(schedule: Schedule, instant: float) -> str:
+def scheduled_for(schedule: Schedule, instant: float, *, local: bool = False) -> str:
     """An occurrence's nominal time in the schedule's zone, RFC 3339 with its offset
-    (`every` ignores the zone: UTC)."""
-    zone = UTC if schedule.every is not None else schedule.zone
+    (`every` ignores the zone: UTC, unless `local`, which shows the zone's time)."""
+    zone = UTC if schedule.every is not None and not local else schedule.zone
     return datetime.fromtimestamp(instant, zone).isoformat()
+
+
+def job_of(
+    schedule: Schedule, instant: float, defaults: JobDefaults, now: float, *, manual: bool = False
+) -> Job:
+    """The job of the occurrence at `instant`: the template's, with the occurrence's id,
+    run at its instant (plus the template's delay, if any), its `schedule` and
+    `scheduled_for`. `manual`: a job of `schedule trigger` (id NAME.manual-...)."""
+    template = schedule.template()
+    job_id = (manual_id if manual else occurrence_id)(schedule.name, instant)
+    spec = msgspec.structs.replace(template, id=job_id, delay=None, run_at=None)
+    job = to_job(spec, job_id=job_id, defaults=defaults, now=now)
+    return msgspec.structs.replace(
+        job,
+        run_at=instant + (template.delay or 0.0),
+        schedule=schedule.name,
+        scheduled_for=scheduled_for(schedule, instant),
+    )
+
+
+def check_request(request: ScheduleRequest) -> list[Schedule]:
+    """The schedules of an apply request, checked (`check`); [] for the other actions.
+
+    Raises:
+        ScheduleError: a definition is bad, or names given twice (the field named).
+    """
+    if request.schedules != "apply":
+        return []
+    checked = [check(value) for value in request.definitions or []]
+    names = [schedule.name for schedule in checked]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ScheduleError(twice, "name", "given twice")
+    return checked
 
 
 def upcoming(schedule: Schedule, after: float, count: int) -> list[float]:

@@ -239,6 +239,7 @@ MIGRATIONS: list[str] = [
         reason text PRIMARY KEY,
         count bigint NOT NULL
     );
+    ALTER TABLE procpool_jobs ADD COLUMN schedule text, ADD COLUMN scheduled_for text;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

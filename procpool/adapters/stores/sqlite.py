@@ -204,6 +204,8 @@ MIGRATIONS: list[str] = [
         reason TEXT PRIMARY KEY,
         count INTEGER NOT NULL
     ) WITHOUT ROWID;
+    ALTER TABLE jobs ADD COLUMN schedule TEXT;
+    ALTER TABLE jobs ADD COLUMN scheduled_for TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -211,7 +213,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of, concurrency_key, expires_at"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at, schedule, scheduled_for"
 )
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
@@ -240,7 +242,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
-    str | None, float | None,
+    str | None, float | None, str | None, str | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -253,6 +255,7 @@ def _job(row: JobRow) -> Job:
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
         started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
+        schedule, scheduled_for,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -277,6 +280,8 @@ def _job(row: JobRow) -> Job:
         retry_of=retry_of,
         concurrency_key=concurrency_key,
         expires_at=expires_at,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
     )
 
 
@@ -300,7 +305,8 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of, job.concurrency_key, job.expires_at, _is_ready(job),
+        job.retry_of, job.concurrency_key, job.expires_at, job.schedule, job.scheduled_for,
+        _is_ready(job),
     )  # fmt: skip
 
 
@@ -492,7 +498,7 @@ class SqliteJobStore(ScheduleMethods):
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 23)
+        marks = ",".join("?" * 25)
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])

@@ -19,14 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import cast
 
-import msgspec
-
 from procpool.application.ports import JobStore, SharedStore
 from procpool.application.supervisor.ledger import Ledger
 from procpool.domain import schedules
-from procpool.domain.job import Job, Status
+from procpool.domain.job import Status
 from procpool.domain.schedules import Advance, Facts, Schedule, Stored
-from procpool.domain.spec import JobDefaults, to_job
+from procpool.domain.spec import JobDefaults
 from procpool.domain.timefmt import rfc3339
 
 Log = Callable[..., None]  # (level, event, message, **fields)
@@ -97,16 +95,16 @@ class Scheduler:
         self._wakes[name] = decided.wake
         if decided.cursor == stored.cursor:
             return
-        jobs = tuple(_job(schedule, instant, defaults, wall) for instant in decided.create)
+        jobs = tuple(schedules.job_of(schedule, t, defaults, wall) for t in decided.create)
         run = decided.create[-1] if decided.create else None
         advance = Advance(decided.cursor, jobs, decided.skipped, run)
         if not store.advance_schedule(name, stored.cursor, advance):
             return  # planned meanwhile by another turn: its jobs are the ones
         self._ledger.added_many(jobs)
-        for job in jobs:
+        for instant, job in zip(decided.create, jobs, strict=True):
             self._log(
                 "INFO", "schedule.fired", f"schedule {name} made job {job.id}",
-                schedule=name, occurrence=rfc3339(job.run_at), job_id=job.id, type=job.type,
+                schedule=name, occurrence=rfc3339(instant), job_id=job.id, type=job.type,
             )  # fmt: skip
         for skip in decided.skipped:
             self._log(
@@ -126,13 +124,3 @@ class Scheduler:
 def _next(schedule: Schedule, after: float) -> float | None:
     upcoming = schedules.upcoming(schedule, after, 1)
     return upcoming[0] if upcoming else None
-
-
-def _job(schedule: Schedule, instant: float, defaults: JobDefaults, wall: float) -> Job:
-    """The job of one occurrence: the template's, with the occurrence's id, run at its
-    instant (plus the template's delay, if any)."""
-    template = schedule.template()
-    job_id = schedules.occurrence_id(schedule.name, instant)
-    spec = msgspec.structs.replace(template, id=job_id, delay=None, run_at=None)
-    job = to_job(spec, job_id=job_id, defaults=defaults, now=wall)
-    return msgspec.structs.replace(job, run_at=instant + (template.delay or 0.0))

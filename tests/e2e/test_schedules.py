@@ -1,0 +1,228 @@
+"""Schedules (CONTRACT section 14) through real daemons: `every` of 1-2 s, the real
+clock. Each occurrence becomes exactly one job (its instant either fired or was
+skipped, once, across a kill -9 and a restart, and across two daemons on one
+PostgreSQL database); apply is declarative (a second apply changes nothing); bad input
+names the field and leaves the stored schedules as they were; overlap "skip" skips
+while a long job runs; catchup "latest" after a daemon was down several periods makes
+one job and logs the others missed."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Daemon, run_cli, wait_until
+
+from procpool import Client
+
+HANDLERS = ("--handlers", "schedule_handlers")
+OCCURRENCE_ID = re.compile(r"(?P<name>.+)\.(?P<stamp>\d{8}T\d{6}Z)")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def every(name: str, seconds: int, job: str = 'type = "when"', **fields: Any) -> str:
+    extra = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in fields.items())
+    return f'[[schedule]]\nname = "{name}"\nevery = {seconds}\n{extra}job = {{{job}}}\n'
+
+
+def instants(daemon: Daemon, name: str) -> Counter[str]:
+    """How many times each occurrence of `name` was logged fired or skipped."""
+    seen: Counter[str] = Counter()
+    for event in ("schedule.fired", "schedule.skipped"):
+        seen.update(line["occurrence"] for line in daemon.events(event, schedule=name))
+    return seen
+
+
+def epoch(moment: str) -> float:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.timeout(120)
+def test_apply_makes_one_job_per_occurrence_and_a_second_apply_changes_nothing(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    daemon = make_daemon(2, env=store_env, args=HANDLERS)
+    file = write(tmp_path / "s.toml", every("tick", 1, tz="Europe/Berlin"))
+    first = run_cli(home, "schedule", "apply", str(file), env=store_env)
+    assert (first.returncode, first.stdout) == (0, "added tick\n"), first.stderr
+    again = run_cli(home, "schedule", "apply", str(file), env=store_env)
+    assert (again.returncode, again.stdout) == (0, "no change\n"), again.stderr
+    fired = daemon.wait_events("schedule.fired", count=3, timeout=30, schedule="tick")
+    client = Client(home, database_url=store_env.get("PROCPOOL_DATABASE_URL"))
+    try:
+        job_id = fired[0]["job_id"]
+        match = OCCURRENCE_ID.fullmatch(job_id)
+        assert match is not None and match["name"] == "tick", job_id
+        done = wait_until(lambda: (j := client.get(job_id)) and j.status == "completed" and j)
+        assert done.schedule == "tick" and done.run_at == fired[0]["occurrence"]
+        # every counts real time, ignoring tz: the handler is told the UTC instant.
+        told = datetime.fromisoformat(done.result["scheduled_for"])
+        assert told.timestamp() == epoch(fired[0]["occurrence"]) and told.utcoffset() is not None
+        (listed,) = client.schedules()
+        assert listed.last_run is not None and listed.next_run is not None
+        assert epoch(listed.next_run) > epoch(listed.last_run)
+    finally:
+        client.close()
+    shown = run_cli(home, "schedule", "list", env=store_env)
+    assert shown.returncode == 0 and "tick" in shown.stdout and "every 1s" in shown.stdout
+    # Removed by applying a file without it.
+    removed = run_cli(home, "schedule", "apply", str(write(tmp_path / "e.toml", "")), env=store_env)
+    assert (removed.returncode, removed.stdout) == (0, "removed tick\n"), removed.stderr
+
+
+BAD = [
+    ('name = "b"\nevery = 0.5\njob = {type = "when"}', "every", "at least 1 s"),
+    (
+        'name = "b"\nevery = 5\ntz = "Mars/Olympus"\njob = {type = "when"}',
+        "tz",
+        "unknown time zone",
+    ),
+    ('name = "b"\ncron = "61 * * * *"\njob = {type = "when"}', "cron", ""),
+    ('name = "b"\nevery = 5\njob = {type = "when", id = "x"}', "job.id", "not allowed"),
+    ('name = "b"\nevery = 5\njob = {type = "no-such-type"}', "job.type", "unknown job type"),
+    ('name = "b"\nevery = 5\noverlap = "queue"\njob = {type = "when"}', "overlap", "not supported"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_names_the_field_and_leaves_the_schedules_as_they_were(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    make_daemon(1, args=HANDLERS)
+    good = every("kept", 60)
+    assert run_cli(home, "schedule", "apply", str(write(tmp_path / "g.toml", good))).returncode == 0
+    before = run_cli(home, "schedule", "show", "kept", "--json").stdout
+    for n, (entry, field, words) in enumerate(BAD):
+        bad = write(tmp_path / f"bad{n}.toml", good + "[[schedule]]\n" + entry + "\n")
+        result = run_cli(home, "schedule", "apply", str(bad))
+        assert result.returncode == 2, (entry, result.stdout, result.stderr)
+        assert f'schedule "b": {field}' in result.stderr and words in result.stderr, result.stderr
+        assert run_cli(home, "schedule", "list").stdout.count("\n") == 2  # header and kept
+    assert run_cli(home, "schedule", "show", "kept", "--json").stdout == before
+
+
+@pytest.mark.timeout(120)
+def test_exactly_one_job_per_occurrence_across_a_kill_9_and_a_restart(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    daemon = make_daemon(2, args=HANDLERS)
+    file = write(tmp_path / "s.toml", every("tick", 1, overlap="allow"))
+    assert run_cli(home, "schedule", "apply", str(file)).returncode == 0
+    fired = daemon.wait_events("schedule.fired", count=2, timeout=30, schedule="tick")
+    # kill -9 right after an occurrence was committed and logged.
+    wait_until(lambda: len(daemon.events("schedule.fired", schedule="tick")) > len(fired), 10)
+    daemon.kill()
+    again = make_daemon(2, args=HANDLERS)
+    count = len(again.events("schedule.fired", schedule="tick"))
+    again.wait_events("schedule.fired", count=count + 3, timeout=30, schedule="tick")
+    seen = instants(again, "tick")
+    assert max(seen.values()) == 1, [moment for moment, n in seen.items() if n > 1]
+    moments = sorted(epoch(moment) for moment in seen)
+    assert moments == [moments[0] + n for n in range(len(moments))], "no occurrence left out"
+    jobs = {job.id for job in again.client.list(limit=1000) if job.schedule == "tick"}
+    made = {line["job_id"] for line in again.events("schedule.fired", schedule="tick")}
+    assert jobs == made
+
+
+@pytest.mark.timeout(120)
+def test_overlap_skip_skips_while_a_long_job_runs_and_nothing_piles_up(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    daemon = make_daemon(2, args=HANDLERS)
+    file = write(tmp_path / "s.toml", every("slow", 1, 'type = "hold", payload = {seconds = 3}'))
+    assert run_cli(home, "schedule", "apply", str(file)).returncode == 0
+    skipped = daemon.wait_events("schedule.skipped", count=2, timeout=30, schedule="slow")
+    assert {line["reason"] for line in skipped} == {"overlap"}
+    active = [job for job in daemon.client.list(["pending", "running"]) if job.schedule == "slow"]
+    assert len(active) <= 1
+    stats = json.loads(run_cli(home, "stats", "--json").stdout)
+    assert stats["schedule_skips"]["overlap"] >= 2, stats["schedule_skips"]
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: (
+            metrics.exists()
+            and 'procpool_schedule_skipped_total{reason="overlap"}' in metrics.read_text()
+        ),
+        timeout=30,
+        what="the skips in metrics.prom",
+    )
+
+
+@pytest.mark.timeout(120)
+def test_catchup_latest_after_the_daemon_was_down_for_several_periods(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    daemon = make_daemon(1, args=HANDLERS)
+    file = write(tmp_path / "s.toml", every("two", 2, grace=1))
+    assert run_cli(home, "schedule", "apply", str(file)).returncode == 0
+    daemon.wait_events("schedule.fired", timeout=30, schedule="two")
+    assert daemon.stop() == 0
+    stopped = time.time()
+    wait_until(lambda: time.time() >= stopped + 7, timeout=20)  # three periods and more
+    again = make_daemon(1, args=HANDLERS)
+    missed = again.wait_events("schedule.skipped", count=2, timeout=30, schedule="two")
+    assert {line["reason"] for line in missed} == {"missed"}
+    fired = again.wait_events("schedule.fired", count=2, timeout=30, schedule="two")
+    caught = fired[1]
+    assert epoch(caught["occurrence"]) > max(epoch(line["occurrence"]) for line in missed)
+    assert max(instants(again, "two").values()) == 1
+
+
+@pytest.mark.timeout(120)
+def test_trigger_pause_resume_and_remove(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    daemon = make_daemon(1, args=HANDLERS)
+    assert (
+        run_cli(
+            home, "schedule", "apply", str(write(tmp_path / "s.toml", every("h", 3600)))
+        ).returncode
+        == 0
+    )
+    triggered = run_cli(home, "schedule", "trigger", "h")
+    assert triggered.returncode == 0, triggered.stderr
+    job_id = triggered.stdout.strip().rsplit(" ", 1)[-1]
+    assert re.fullmatch(r"h\.manual-\d{8}T\d{6}Z", job_id), triggered.stdout
+    assert daemon.wait_status(job_id, "completed").schedule == "h"
+    assert run_cli(home, "schedule", "pause", "h").stdout == "paused h\n"
+    assert '"paused":true' in run_cli(home, "schedule", "show", "h", "--json").stdout
+    assert run_cli(home, "schedule", "resume", "h").stdout == "resumed h\n"
+    unknown = run_cli(home, "schedule", "pause", "nope")
+    assert unknown.returncode == 1 and 'no schedule "nope"' in unknown.stderr
+    nxt = run_cli(home, "schedule", "next", "h", "-n", "2").stdout.splitlines()
+    assert len(nxt) == 2 and all(line.endswith("+00:00") for line in nxt)
+    assert run_cli(home, "schedule", "remove", "h").stdout == "removed h\n"
+    assert run_cli(home, "schedule", "list").stdout == "no schedule\n"
+
+
+@pytest.mark.timeout(120)
+def test_two_daemons_on_postgresql_make_one_job_per_occurrence(
+    pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    env = {"PROCPOOL_DATABASE_URL": pg_url}
+    daemons = [make_daemon(1, home=tmp_path / name, env=env, args=HANDLERS) for name in "ab"]
+    file = write(tmp_path / "s.toml", every("pg", 1, overlap="allow"))
+    assert run_cli(daemons[0].home, "schedule", "apply", str(file), env=env).returncode == 0
+
+    def logged() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for daemon in daemons:
+            total.update(instants(daemon, "pg"))
+        return total
+
+    wait_until(lambda: len(logged()) >= 5, timeout=30)
+    seen = logged()
+    assert max(seen.values()) == 1, [moment for moment, n in seen.items() if n > 1]
+    by = [len(d.events("schedule.fired", schedule="pg")) for d in daemons]
+    assert sum(by) >= 5
