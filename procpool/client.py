@@ -45,7 +45,7 @@ from procpool.adapters.inbox.lookup import InboxLookup
 from procpool.adapters.inbox.rejections import RejectedFiles
 from procpool.adapters.inbox.untrusted_files import read_regular
 from procpool.adapters.reader_factory import open_reader
-from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
+from procpool.adapters.stores.job_reader import JobQuery, JobReader, SharedJobStore
 from procpool.application.wire.door_messages import (
     MAX_REQUEST_BYTES,
     Accepted,
@@ -672,7 +672,7 @@ class Client:
         self.require_store()
         in_inbox = self._retries_in_inbox()  # before the store, as in `_retry_id`
         links = self._reader.retry_links()
-        failed = self._reader.list([Status.FAILED], type, limit=2**62)
+        failed = self._reader.list(JobQuery([Status.FAILED], type, limit=2**62))
         repeats = {job_id: retry_of for job_id, retry_of, _, _ in links}
         retried = set(repeats.values())
 
@@ -917,11 +917,13 @@ class Client:
         """
         self.require_store()
         if waiting is None:
-            return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
+            return JobInfo.of_jobs(
+                self._reader.list(JobQuery(_statuses(status), type, limit)), self._reader
+            )
         found: builtins.list[JobInfo] = []
         before: tuple[float, str] | None = None
         while len(found) < limit:
-            page = self._reader.list([Status.PENDING], type, WAITING_PAGE, before)
+            page = self._reader.list(JobQuery([Status.PENDING], type, WAITING_PAGE, before))
             held = JobInfo.of_jobs(page, self._reader)
             found.extend(job for job in held if job.waiting and job.waiting["reason"] == waiting)
             if len(page) < WAITING_PAGE:

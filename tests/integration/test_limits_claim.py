@@ -12,7 +12,7 @@ import pytest
 
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.adapters.stores.sqlite import SqliteJobStore
-from procpool.application.ports import JobStore
+from procpool.application.ports import JobStore, Serving
 from procpool.domain import job as jobs
 from procpool.domain.job import Job
 from procpool.domain.limits import ClaimLimits, Running, admit, waiting
@@ -109,7 +109,7 @@ def _fill(store: JobStore, case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_due_obeys_the_limits(store: JobStore, case: Case) -> None:
     _fill(store, case)
-    store.set_limits(case.limits, case.served)
+    store.serve(Serving(case.limits, case.served))
     with store.transaction():
         got = [job.id for job in store.due(NOW, case.want)]
     assert got == case.expected
@@ -120,10 +120,10 @@ def test_unserved_types_wait_only_on_the_limited_claim(store: JobStore) -> None:
     case = Case("", [], [pending("r", "render"), pending("x", "other", age=1)],
                 ClaimLimits({"render": 1}), 5, [])  # fmt: skip
     _fill(store, case)
-    store.set_limits(case.limits, ("render",))
+    store.serve(Serving(case.limits, ("render",)))
     with store.transaction():
         assert [job.id for job in store.due(NOW, 5)] == ["r"]
-    store.set_limits(ClaimLimits(), ("render",))
+    store.serve(Serving(ClaimLimits(), ("render",)))
     with store.transaction():
         assert [job.id for job in store.due(NOW, 5)] == ["r", "x"]
 
@@ -133,7 +133,7 @@ def test_a_slot_freed_by_an_ended_run_is_seen_at_the_next_claim(store: JobStore)
     case = Case("", [pending("r0", "render")], [pending("r1", "render")],
                 ClaimLimits({"render": 1}), 5, [])  # fmt: skip
     _fill(store, case)
-    store.set_limits(case.limits, SERVED)
+    store.serve(Serving(case.limits, SERVED))
     with store.transaction():
         assert store.due(NOW, 5) == []
         running = store.get("r0")

@@ -14,7 +14,7 @@ from conftest import wait_until
 
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.adapters.stores.sqlite import SqliteJobStore
-from procpool.application.ports import JobStore
+from procpool.application.ports import JobStore, Serving
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.limits import ClaimLimits
@@ -100,7 +100,7 @@ def _fill(store: JobStore, case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_due_leaves_paused_types_out(store: JobStore, case: Case) -> None:
     _fill(store, case)
-    store.set_limits(case.limits, SERVED)
+    store.serve(Serving(case.limits, SERVED))
     with store.transaction():
         got = [job.id for job in store.due(case.now, case.want)]
     assert got == case.expected
@@ -109,7 +109,7 @@ def test_due_leaves_paused_types_out(store: JobStore, case: Case) -> None:
 def test_a_pause_and_a_resume_count_from_the_claim_after_them(store: JobStore) -> None:
     """Written in a transaction, obeyed by the claim of that very transaction (the
     intake comes before the dispatch in a turn); lifted, the jobs are claimed at once."""
-    store.set_limits(ClaimLimits(), SERVED)
+    store.serve(Serving(ClaimLimits(), SERVED))
     with store.transaction():
         store.insert([pending("r1", "render"), pending("e", age=1)])
         store.pause(Pause("render", None, NOW))
@@ -120,7 +120,7 @@ def test_a_pause_and_a_resume_count_from_the_claim_after_them(store: JobStore) -
 
 
 def test_a_rolled_back_pause_is_not_obeyed(store: JobStore) -> None:
-    store.set_limits(ClaimLimits(), SERVED)
+    store.serve(Serving(ClaimLimits(), SERVED))
     with store.transaction():
         store.insert([pending("r1", "render")])
     with pytest.raises(RuntimeError), store.transaction():
@@ -132,7 +132,7 @@ def test_a_rolled_back_pause_is_not_obeyed(store: JobStore) -> None:
 
 
 def test_pausing_again_replaces_the_until(store: JobStore) -> None:
-    store.set_limits(ClaimLimits(), SERVED)
+    store.serve(Serving(ClaimLimits(), SERVED))
     with store.transaction():
         store.insert([pending("r1", "render")])
         store.pause(Pause("render", NOW + 5, NOW - 1))
@@ -144,7 +144,7 @@ def test_pausing_again_replaces_the_until(store: JobStore) -> None:
 def test_the_loop_wakes_when_a_pause_ends(store: JobStore) -> None:
     """`next_run_at` says when a paused type's due jobs may start: the earliest `until`
     the claim saw in force, or a scheduled job's run_at if that is earlier."""
-    store.set_limits(ClaimLimits(), SERVED)
+    store.serve(Serving(ClaimLimits(), SERVED))
     later = Job(id="later", type="echo", run_at=NOW + 60, created_at=NOW, updated_at=NOW)
     with store.transaction():
         store.insert([pending("r1", "render"), later])
@@ -159,7 +159,7 @@ def test_the_loop_wakes_when_a_pause_ends(store: JobStore) -> None:
 
 def test_the_claim_removes_a_pause_past_its_until(store: JobStore) -> None:
     """No writer runs at the `until`; the first claim after it removes the row."""
-    store.set_limits(ClaimLimits(), SERVED)
+    store.serve(Serving(ClaimLimits(), SERVED))
     with store.transaction():
         store.pause(Pause("render", NOW + 1, NOW))
         store.pause(Pause("sync", None, NOW))
@@ -239,7 +239,7 @@ def test_a_pause_on_postgresql_waits_for_the_claims_that_missed_it(
     daemon = PostgresJobStore(pg_url, tmp_path, types=list(SERVED))
     client = PostgresClientStore(pg_url, JobDefaults())
     watcher = psycopg.connect(pg_url, autocommit=True)
-    daemon.set_limits(ClaimLimits(), SERVED)
+    daemon.serve(Serving(ClaimLimits(), SERVED))
     with daemon.transaction():
         daemon.insert([pending("r1", "render")])
     done = threading.Event()

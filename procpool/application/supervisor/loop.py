@@ -39,7 +39,14 @@ from collections.abc import Callable, Sequence
 
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ports import Inbox, JobStore, StartRegister, StoreBusy, StoreLost
+from procpool.application.ports import (
+    Inbox,
+    JobStore,
+    Serving,
+    StartRegister,
+    StoreBusy,
+    StoreLost,
+)
 from procpool.application.supervisor import wait
 from procpool.application.supervisor.busy import BusySpell
 from procpool.application.supervisor.companion import Companion, Companions
@@ -90,7 +97,7 @@ class Supervisor:
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
         # The claim counts: see `due`.
-        store.set_limits(settings.claim, registry.names(), settings.defaults.types)
+        store.serve(Serving(settings.claim, tuple(registry.names()), settings.defaults.types))
         self.clock = clock
         self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
@@ -207,7 +214,9 @@ class Supervisor:
         self.settings = self.workers.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
-        self.store.set_limits(settings.claim, self.registry.names(), settings.defaults.types)
+        self.store.serve(
+            Serving(settings.claim, tuple(self.registry.names()), settings.defaults.types)
+        )
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""
