@@ -39,14 +39,7 @@ from collections.abc import Callable, Sequence
 
 from procpool.application.events import emit
 from procpool.application.handlers import HandlerRegistry
-from procpool.application.ports import (
-    Inbox,
-    JobStore,
-    Serving,
-    StartRegister,
-    StoreBusy,
-    StoreLost,
-)
+from procpool.application.ports import Inbox, JobStore, StartRegister, StoreBusy, StoreLost
 from procpool.application.supervisor import wait
 from procpool.application.supervisor.busy import BusySpell
 from procpool.application.supervisor.companion import Companion, Companions
@@ -97,7 +90,7 @@ class Supervisor:
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
         # The claim counts: see `due`.
-        store.serve(Serving(settings.claim, tuple(registry.names()), settings.defaults.types))
+        store.serve(settings.serving(registry.names()))
         self.clock = clock
         self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
@@ -214,9 +207,7 @@ class Supervisor:
         self.settings = self.workers.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
-        self.store.serve(
-            Serving(settings.claim, tuple(self.registry.names()), settings.defaults.types)
-        )
+        self.store.serve(settings.serving(self.registry.names()))
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""
