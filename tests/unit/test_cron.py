@@ -8,8 +8,9 @@ with a brute-force oracle that looks at every minute of a window.
 
 from __future__ import annotations
 
+import itertools
 import pickle
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -296,3 +297,277 @@ LEAP_DAYS = [
 )
 def test_leap_days(expression: str, zone: str, after: str, expected: list[str]) -> None:
     assert walk(expression, zone, after, len(expected)) == [utc(x) for x in expected]
+
+
+# --- daylight saving ---------------------------------------------------------------
+# Each row: zone, expression, after (UTC), the next occurrences (UTC), written out by
+# hand. A comment above each zone gives its 2027 transitions as zoneinfo reports them.
+
+DST = [
+    # Europe/Berlin. 2027-03-28 01:00Z: 02:00 CET (+01) -> 03:00 CEST (+02), a gap
+    # 02:00-02:59. 2027-10-31 01:00Z: 03:00 CEST -> 02:00 CET, a fold 02:00-02:59.
+    ("berlin-gap-fixed", "Europe/Berlin", "30 2 * * *", "2027-03-27 00:00",
+     ["2027-03-27 01:30", "2027-03-28 01:00", "2027-03-29 00:30"]),
+    # Three nominal times (02:00, 02:30 in the gap, 03:00 right after it) are one instant.
+    ("berlin-gap-fixed-merged", "Europe/Berlin", "0,30 2,3 * * *", "2027-03-27 23:00",
+     ["2027-03-28 01:00", "2027-03-28 01:30", "2027-03-29 00:00", "2027-03-29 00:30"]),
+    # A range is fixed-hour too.
+    ("berlin-gap-range", "Europe/Berlin", "30 1-3 * * *", "2027-03-28 00:00",
+     ["2027-03-28 00:30", "2027-03-28 01:00", "2027-03-28 01:30", "2027-03-28 23:30"]),
+    ("berlin-gap-every-15", "Europe/Berlin", "*/15 * * * *", "2027-03-28 00:30",
+     ["2027-03-28 00:45", "2027-03-28 01:00", "2027-03-28 01:15"]),
+    ("berlin-gap-hourly", "Europe/Berlin", "0 * * * *", "2027-03-28 00:00",
+     ["2027-03-28 01:00", "2027-03-28 02:00"]),
+    ("berlin-gap-half-past", "Europe/Berlin", "30 * * * *", "2027-03-28 00:00",
+     ["2027-03-28 00:30", "2027-03-28 01:30"]),
+    # A step in the hour field repeats, even over a range.
+    ("berlin-gap-step-range", "Europe/Berlin", "30 1-3/1 * * *", "2027-03-28 00:00",
+     ["2027-03-28 00:30", "2027-03-28 01:30", "2027-03-28 23:30"]),
+    ("berlin-fold-fixed", "Europe/Berlin", "30 2 * * *", "2027-10-30 00:00",
+     ["2027-10-30 00:30", "2027-10-31 00:30", "2027-11-01 01:30"]),
+    ("berlin-fold-fixed-after-first", "Europe/Berlin", "30 2 * * *", "2027-10-31 00:30",
+     ["2027-11-01 01:30"]),
+    # `after` in the fold's first pass (02:10 CEST), then in its second (02:15 CET).
+    ("berlin-fold-fixed-from-first-pass", "Europe/Berlin", "30 2 * * *", "2027-10-31 00:10",
+     ["2027-10-31 00:30", "2027-11-01 01:30"]),
+    ("berlin-fold-fixed-from-second-pass", "Europe/Berlin", "30 2 * * *", "2027-10-31 01:15",
+     ["2027-11-01 01:30"]),
+    ("berlin-fold-half-past", "Europe/Berlin", "30 * * * *", "2027-10-30 23:00",
+     ["2027-10-30 23:30", "2027-10-31 00:30", "2027-10-31 01:30", "2027-10-31 02:30"]),
+    ("berlin-fold-every-15", "Europe/Berlin", "*/15 * * * *", "2027-10-30 23:50",
+     ["2027-10-31 00:00", "2027-10-31 00:15", "2027-10-31 00:30", "2027-10-31 00:45",
+      "2027-10-31 01:00", "2027-10-31 01:15", "2027-10-31 01:30", "2027-10-31 01:45",
+      "2027-10-31 02:00"]),
+    ("berlin-fold-hourly", "Europe/Berlin", "0 * * * *", "2027-10-30 23:30",
+     ["2027-10-31 00:00", "2027-10-31 01:00", "2027-10-31 02:00"]),
+    # From inside the fold's first pass (02:10 CEST), 02:00 CET is still ahead.
+    ("berlin-fold-hourly-from-first-pass", "Europe/Berlin", "0 * * * *", "2027-10-31 00:10",
+     ["2027-10-31 01:00", "2027-10-31 02:00"]),
+    ("berlin-fold-ten-past-from-first-pass", "Europe/Berlin", "10 * * * *", "2027-10-31 00:20",
+     ["2027-10-31 01:10", "2027-10-31 02:10"]),
+    ("berlin-fold-every-15-from-second-pass", "Europe/Berlin", "*/15 * * * *",
+     "2027-10-31 01:05", ["2027-10-31 01:15", "2027-10-31 01:30"]),
+    # America/New_York. 2027-03-14 07:00Z: 02:00 EST (-05) -> 03:00 EDT (-04).
+    # 2027-11-07 06:00Z: 02:00 EDT -> 01:00 EST, a fold 01:00-01:59.
+    ("new-york-gap-fixed", "America/New_York", "30 2 * * *", "2027-03-13 12:00",
+     ["2027-03-14 07:00", "2027-03-15 06:30"]),
+    ("new-york-gap-fixed-on-the-hour", "America/New_York", "0 2 * * *", "2027-03-13 12:00",
+     ["2027-03-14 07:00", "2027-03-15 06:00"]),
+    ("new-york-gap-every-30", "America/New_York", "*/30 * * * *", "2027-03-14 06:00",
+     ["2027-03-14 06:30", "2027-03-14 07:00", "2027-03-14 07:30"]),
+    ("new-york-fold-fixed", "America/New_York", "30 1 * * *", "2027-11-06 12:00",
+     ["2027-11-07 05:30", "2027-11-08 06:30"]),
+    ("new-york-fold-half-past", "America/New_York", "30 * * * *", "2027-11-07 04:00",
+     ["2027-11-07 04:30", "2027-11-07 05:30", "2027-11-07 06:30", "2027-11-07 07:30"]),
+    # America/Santiago, transitions at midnight. 2027-04-04 03:00Z: 04-04 00:00 -03 ->
+    # 04-03 23:00 -04, a fold 23:00-23:59 of April 3. 2027-09-05 04:00Z: 09-05 00:00
+    # -04 -> 01:00 -03: September 5 starts at 01:00.
+    ("santiago-gap-midnight", "America/Santiago", "0 0 * * *", "2027-09-03 12:00",
+     ["2027-09-04 04:00", "2027-09-05 04:00", "2027-09-06 03:00"]),
+    ("santiago-gap-half-past-midnight", "America/Santiago", "30 0 * * *", "2027-09-04 12:00",
+     ["2027-09-05 04:00", "2027-09-06 03:30"]),
+    ("santiago-gap-hourly", "America/Santiago", "0 * * * *", "2027-09-05 02:30",
+     ["2027-09-05 03:00", "2027-09-05 04:00", "2027-09-05 05:00"]),
+    ("santiago-fold-fixed", "America/Santiago", "30 23 * * *", "2027-04-02 12:00",
+     ["2027-04-03 02:30", "2027-04-04 02:30", "2027-04-05 03:30"]),
+    # Midnight of April 4 happens once (at -04): the clocks went back at it.
+    ("santiago-fold-midnight", "America/Santiago", "0 0 * * *", "2027-04-02 12:00",
+     ["2027-04-03 03:00", "2027-04-04 04:00", "2027-04-05 04:00"]),
+    ("santiago-fold-hourly", "America/Santiago", "0 * * * *", "2027-04-04 01:30",
+     ["2027-04-04 02:00", "2027-04-04 03:00", "2027-04-04 04:00"]),
+    # Australia/Lord_Howe, 30-minute shifts. 2027-04-03 15:00Z: 04-04 02:00 +11 ->
+    # 01:30 +10:30, a fold 01:30-01:59. 2027-10-02 15:30Z: 10-03 02:00 +10:30 -> 02:30
+    # +11, a gap 02:00-02:29.
+    ("lord-howe-gap-fixed", "Australia/Lord_Howe", "15 2 * * *", "2027-10-01 12:00",
+     ["2027-10-01 15:45", "2027-10-02 15:30", "2027-10-03 15:15"]),
+    ("lord-howe-gap-every-15", "Australia/Lord_Howe", "*/15 * * * *", "2027-10-02 15:10",
+     ["2027-10-02 15:15", "2027-10-02 15:30", "2027-10-02 15:45"]),
+    ("lord-howe-gap-hourly", "Australia/Lord_Howe", "0 * * * *", "2027-10-02 14:00",
+     ["2027-10-02 14:30", "2027-10-02 16:00"]),
+    ("lord-howe-fold-fixed", "Australia/Lord_Howe", "45 1 * * *", "2027-04-02 12:00",
+     ["2027-04-02 14:45", "2027-04-03 14:45", "2027-04-04 15:15"]),
+    ("lord-howe-fold-every-15", "Australia/Lord_Howe", "*/15 * * * *", "2027-04-03 14:20",
+     ["2027-04-03 14:30", "2027-04-03 14:45", "2027-04-03 15:00", "2027-04-03 15:15",
+      "2027-04-03 15:30"]),
+    # Antarctica/Troll, 2-hour shifts. 2027-03-28 01:00Z: 01:00 +00 -> 03:00 +02, a gap
+    # 01:00-02:59. 2027-10-31 01:00Z: 03:00 +02 -> 01:00 +00, a fold 01:00-02:59.
+    ("troll-gap-fixed", "Antarctica/Troll", "30 1 * * *", "2027-03-27 00:00",
+     ["2027-03-27 01:30", "2027-03-28 01:00", "2027-03-28 23:30"]),
+    # Four nominal times in the gap, one occurrence.
+    ("troll-gap-fixed-merged", "Antarctica/Troll", "0,30 1,2 * * *", "2027-03-27 23:00",
+     ["2027-03-28 01:00", "2027-03-28 23:00", "2027-03-28 23:30", "2027-03-29 00:00"]),
+    ("troll-gap-hourly", "Antarctica/Troll", "0 * * * *", "2027-03-27 23:30",
+     ["2027-03-28 00:00", "2027-03-28 01:00", "2027-03-28 02:00"]),
+    ("troll-fold-fixed", "Antarctica/Troll", "30 2 * * *", "2027-10-30 12:00",
+     ["2027-10-31 00:30", "2027-11-01 02:30"]),
+    ("troll-fold-half-past", "Antarctica/Troll", "30 * * * *", "2027-10-30 22:00",
+     ["2027-10-30 22:30", "2027-10-30 23:30", "2027-10-31 00:30", "2027-10-31 01:30",
+      "2027-10-31 02:30", "2027-10-31 03:30"]),
+    # Pacific/Chatham, +12:45 / +13:45. 2027-04-03 14:00Z: 04-04 03:45 +13:45 -> 02:45
+    # +12:45, a fold 02:45-03:44. 2027-09-25 14:00Z: 09-26 02:45 +12:45 -> 03:45 +13:45,
+    # a gap 02:45-03:44.
+    ("chatham-gap-fixed", "Pacific/Chatham", "0 3 * * *", "2027-09-24 00:00",
+     ["2027-09-24 14:15", "2027-09-25 14:00", "2027-09-26 13:15"]),
+    ("chatham-gap-every-30", "Pacific/Chatham", "*/30 * * * *", "2027-09-25 13:00",
+     ["2027-09-25 13:15", "2027-09-25 13:45", "2027-09-25 14:15"]),
+    ("chatham-fold-fixed", "Pacific/Chatham", "0 3 * * *", "2027-04-02 00:00",
+     ["2027-04-02 13:15", "2027-04-03 13:15", "2027-04-04 14:15"]),
+    ("chatham-fold-hourly", "Pacific/Chatham", "0 * * * *", "2027-04-03 12:00",
+     ["2027-04-03 12:15", "2027-04-03 13:15", "2027-04-03 14:15", "2027-04-03 15:15"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("zone", "expression", "after", "expected"), [row[1:] for row in DST], ids=[r[0] for r in DST]
+)
+def test_daylight_saving(zone: str, expression: str, after: str, expected: list[str]) -> None:
+    assert walk(expression, zone, after, len(expected)) == [utc(x) for x in expected]
+
+
+# --- properties, against a brute-force oracle ----------------------------------------
+# The oracle looks at every minute (or quarter hour) of a window with zoneinfo alone:
+# a repeating-hour expression fires at each instant whose local wall time matches; a
+# fixed-hour one at the first instant of each matching wall time (fold 0), and, for a
+# matching wall time that does not exist, at the first instant after it.
+
+ZONES = [
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Santiago",
+    "Australia/Lord_Howe",
+    "Antarctica/Troll",
+    "Pacific/Chatham",
+    "UTC",
+]
+MINUTE = timedelta(minutes=1)
+
+
+def transitions(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The instants (UTC, to the minute) in `year` where `zone`'s offset changes."""
+    found = []
+    instant, end = utc(f"{year}-01-01 00:00"), utc(f"{year + 1}-01-01 00:00")
+    while instant < end:
+        step = instant + timedelta(hours=1)
+        if instant.astimezone(zone).utcoffset() != step.astimezone(zone).utcoffset():
+            while instant.astimezone(zone).utcoffset() == step.astimezone(zone).utcoffset():
+                instant += MINUTE
+            while (
+                instant.astimezone(zone).utcoffset()
+                == (instant - MINUTE).astimezone(zone).utcoffset()
+            ):
+                instant += MINUTE
+            found.append(instant)
+        instant = step
+    return found
+
+
+def oracle(
+    zone: ZoneInfo, start: datetime, end: datetime, minutes: set[int], hours: set[int], fixed: bool
+) -> list[datetime]:
+    """The occurrences in (start, end) of "M H * * *", minute by minute."""
+    wall_times = []
+    instant = start + MINUTE
+    while instant < end:
+        wall_times.append((instant, instant.astimezone(zone)))
+        instant += MINUTE
+    expected = {
+        instant
+        for instant, local in wall_times
+        if local.minute in minutes and local.hour in hours and not (fixed and local.fold)
+    }
+    if fixed:
+        days = sorted({local.date() for _, local in wall_times})
+        for day in days:
+            for hour in hours:
+                for minute in minutes:
+                    wall = datetime(day.year, day.month, day.day, hour, minute)
+                    there_and_back = wall.replace(tzinfo=zone).astimezone(UTC).astimezone(zone)
+                    if there_and_back.replace(tzinfo=None) != wall:  # in a gap
+                        expected.add(
+                            next(i for i, local in wall_times if local.replace(tzinfo=None) > wall)
+                        )
+    return sorted(expected)
+
+
+def walk_until(expression: str, zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    cron, found = CronExpression.parse(expression), []
+    instant = cron.next_after(start, zone)
+    while instant < end:
+        found.append(instant)
+        instant = cron.next_after(instant, zone)
+    return found
+
+
+EVERY_HOUR = set(range(24))
+AROUND = [
+    ("*/15 * * * *", set(range(0, 60, 15)), EVERY_HOUR, False),
+    ("30 * * * *", {30}, EVERY_HOUR, False),
+    ("0 * * * *", {0}, EVERY_HOUR, False),
+    ("10,50 */2 * * *", {10, 50}, set(range(0, 24, 2)), False),
+    ("30 2 * * *", {30}, {2}, True),
+    ("0,30 1-3 * * *", {0, 30}, {1, 2, 3}, True),
+    ("0 0 * * *", {0}, {0}, True),
+    ("45 23 * * *", {45}, {23}, True),
+    ("15,45 0,1,2,3 * * *", {15, 45}, {0, 1, 2, 3}, True),
+]
+
+
+@pytest.mark.parametrize("zone_name", ZONES[:-1])
+@pytest.mark.parametrize(
+    ("expression", "minutes", "hours", "fixed"), AROUND, ids=[row[0] for row in AROUND]
+)
+def test_around_each_2027_transition_next_after_agrees_with_the_oracle(
+    zone_name: str, expression: str, minutes: set[int], hours: set[int], fixed: bool
+) -> None:
+    zone = ZoneInfo(zone_name)
+    changes = transitions(zone, 2027)
+    assert len(changes) == 2
+    for change in changes:
+        start, end = change - timedelta(hours=36), change + timedelta(hours=36)
+        assert walk_until(expression, zone, start, end) == oracle(
+            zone, start, end, minutes, hours, fixed
+        )
+
+
+YEAR_FIXED = ["0 0 * * *", "30 2 * * *", "45 23 * * *", "0,30 1-3 * * *", "0 9 * * MON-FRI"]
+ONE_A_DAY = {"0 0 * * *", "30 2 * * *", "45 23 * * *"}
+
+
+@pytest.mark.parametrize("zone_name", ZONES)
+@pytest.mark.parametrize("expression", YEAR_FIXED)
+def test_a_fixed_hour_expression_over_a_year(zone_name: str, expression: str) -> None:
+    """Strictly increasing; no local wall time twice; one a day for one nominal time a day."""
+    zone = ZoneInfo(zone_name)
+    start = datetime(2027, 1, 1, tzinfo=zone)
+    end = datetime(2028, 1, 1, tzinfo=zone)
+    found = walk_until(expression, zone, start - MINUTE, end)
+    assert all(a < b for a, b in itertools.pairwise(found))
+    walls = [instant.astimezone(zone).replace(tzinfo=None) for instant in found]
+    assert len(set(walls)) == len(walls)
+    if expression in ONE_A_DAY:
+        dates = [wall.date() for wall in walls]
+        assert dates == [date(2027, 1, 1) + timedelta(days=n) for n in range(365)]
+
+
+YEAR_REPEATING = [
+    ("0 */6 * * *", {0}, {0, 6, 12, 18}),
+    ("30 1-23/2 * * *", {30}, set(range(1, 24, 2))),
+]
+
+
+@pytest.mark.parametrize("zone_name", ZONES)
+@pytest.mark.parametrize(
+    ("expression", "minutes", "hours"), YEAR_REPEATING, ids=[row[0] for row in YEAR_REPEATING]
+)
+def test_a_repeating_hour_expression_over_a_year_fires_at_every_matching_instant(
+    zone_name: str, expression: str, minutes: set[int], hours: set[int]
+) -> None:
+    zone = ZoneInfo(zone_name)
+    start, end = utc("2027-01-01 00:00"), utc("2028-01-01 00:00")
+    expected, instant = [], start + timedelta(minutes=15)
+    while instant < end:  # every offset of these zones is a whole quarter hour
+        local = instant.astimezone(zone)
+        if local.minute in minutes and local.hour in hours:
+            expected.append(instant)
+        instant += timedelta(minutes=15)
+    assert walk_until(expression, zone, start, end) == expected
