@@ -329,7 +329,7 @@ def _number(name: str, token: str, text: str) -> int:
     if not token:
         detail = "a number is missing"
     elif any(character in _EXTENSIONS for character in token.upper()):
-        detail = f"'{token}' uses L, W, # or ?, which procpool does not support"
+        detail = f"'{token}' is not supported (no L, W, # or ?)"
     elif name in _NAMES:
         kind = "month" if name == "month" else "day"
         detail = f"'{token}' is neither a number nor a {kind} name"
