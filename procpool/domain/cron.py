@@ -25,7 +25,7 @@ import calendar
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 FIELDS = ("minute", "hour", "day_of_month", "month", "day_of_week")
@@ -192,13 +192,12 @@ class CronExpression:
     def _nominal_times(self, start: datetime) -> Iterator[datetime]:
         """The matching wall times (naive, whole minutes) from `start` on, in order;
         ends after 401 years, or at the year 9999."""
-        year, month = start.year, start.month
+        year, month, first_day = start.year, start.month, start.day
         for _ in range(_SEARCH_MONTHS):
             if month in self.months:
-                for day in self._days(year, month):
-                    current = date(year, month, day)
-                    if current >= start.date():
-                        yield from self._times_on(current, start)
+                for day in self._days(year, month, first_day):
+                    yield from self._times_on(year, month, day, start)
+            first_day = 1
             if month == 12:
                 if year == 9999:
                     return
@@ -206,33 +205,35 @@ class CronExpression:
             else:
                 month += 1
 
-    def _days(self, year: int, month: int) -> Iterator[int]:
-        """The matching days of one month of the allowed months."""
+    def _days(self, year: int, month: int, first_day: int) -> Iterator[int]:
+        """The matching days of a month of the allowed months, from `first_day` on."""
         monday_first, length = calendar.monthrange(year, month)
         sunday_first = (monday_first + 1) % 7  # cron counts weekdays from Sunday = 0
         if self.either_day:
-            for day in range(1, length + 1):
+            for day in range(first_day, length + 1):
                 if day in self.days_of_month or (sunday_first + day - 1) % 7 in self.days_of_week:
                     yield day
             return
         every_weekday = len(self.days_of_week) == 7
-        for day in self.days_of_month:
+        days = self.days_of_month
+        for day in days[bisect_left(days, first_day) :]:
             if day > length:
                 return
             if every_weekday or (sunday_first + day - 1) % 7 in self.days_of_week:
                 yield day
 
-    def _times_on(self, current: date, start: datetime) -> Iterator[datetime]:
-        """The matching wall times of the date `current`, those before `start` left out."""
-        hours: tuple[int, ...] = self.hours
-        if current == start.date():
+    def _times_on(self, year: int, month: int, day: int, start: datetime) -> Iterator[datetime]:
+        """The matching wall times of one matching date, those before `start` left out."""
+        hours = self.hours
+        on_start_date = (year, month, day) == (start.year, start.month, start.day)
+        if on_start_date:
             hours = hours[bisect_left(hours, start.hour) :]
         for hour in hours:
             minutes = self.minutes
-            if current == start.date() and hour == start.hour:
+            if on_start_date and hour == start.hour:
                 minutes = minutes[bisect_left(minutes, start.minute) :]
             for minute in minutes:
-                yield datetime(current.year, current.month, current.day, hour, minute)
+                yield datetime(year, month, day, hour, minute)
 
 
 def _offset(local: datetime) -> timedelta:
