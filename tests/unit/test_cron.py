@@ -370,6 +370,9 @@ DST = [
      ["2027-09-05 03:00", "2027-09-05 04:00", "2027-09-05 05:00"]),
     ("santiago-fold-fixed", "America/Santiago", "30 23 * * *", "2027-04-02 12:00",
      ["2027-04-03 02:30", "2027-04-04 02:30", "2027-04-05 03:30"]),
+    # Two minutes of the fold, each at its first instant only.
+    ("santiago-fold-fixed-two-minutes", "America/Santiago", "0,39 23 * * *", "2027-04-03 12:00",
+     ["2027-04-04 02:00", "2027-04-04 02:39", "2027-04-05 03:00"]),
     # Midnight of April 4 happens once (at -04): the clocks went back at it.
     ("santiago-fold-midnight", "America/Santiago", "0 0 * * *", "2027-04-02 12:00",
      ["2027-04-03 03:00", "2027-04-04 04:00", "2027-04-05 04:00"]),
@@ -386,6 +389,9 @@ DST = [
      ["2027-10-02 14:30", "2027-10-02 16:00"]),
     ("lord-howe-fold-fixed", "Australia/Lord_Howe", "45 1 * * *", "2027-04-02 12:00",
      ["2027-04-02 14:45", "2027-04-03 14:45", "2027-04-04 15:15"]),
+    # The evening of the fold's day, at the new offset (cronsim 2.9 skips 17:02 here).
+    ("lord-howe-fold-day-evening", "Australia/Lord_Howe", "2 */17 * 4 *", "2027-04-03 13:30",
+     ["2027-04-04 06:32", "2027-04-04 13:32"]),
     ("lord-howe-fold-every-15", "Australia/Lord_Howe", "*/15 * * * *", "2027-04-03 14:20",
      ["2027-04-03 14:30", "2027-04-03 14:45", "2027-04-03 15:00", "2027-04-03 15:15",
       "2027-04-03 15:30"]),
