@@ -45,19 +45,8 @@ from procpool.adapters.inbox.lookup import InboxLookup
 from procpool.adapters.inbox.rejections import RejectedFiles
 from procpool.adapters.inbox.untrusted_files import read_regular
 from procpool.adapters.reader_factory import open_reader
-from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
-from procpool.application.wire.door_messages import (
-    MAX_REQUEST_BYTES,
-    Accepted,
-    Cancel,
-    CancelAnswer,
-    Done,
-    Refused,
-    Submit,
-    ToClient,
-    ToDaemon,
-    Wait,
-)
+from procpool.adapters.stores.job_reader import JobQuery, JobReader, SharedJobStore
+from procpool.application.wire import door_messages as wire
 from procpool.domain import inbox_names, schedules, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
@@ -394,7 +383,9 @@ class Client:
             if door.pid == os.getpid():
                 door.close()
 
-    def _ask(self, request: Callable[[int], ToDaemon], timeout: float | None) -> ToClient | None:
+    def _ask(
+        self, request: Callable[[int], wire.ToDaemon], timeout: float | None
+    ) -> wire.ToClient | None:
         """Send a request over the socket and return the daemon's answer; None if no
         daemon answers within `timeout` (then use the inbox). Every request is
         idempotent, so one that met a connection the daemon had closed (it restarted)
@@ -422,11 +413,11 @@ class Client:
         return None
 
     @staticmethod
-    def _accepted(answer: ToClient) -> list[str] | None:
+    def _accepted(answer: wire.ToClient) -> list[str] | None:
         """The ids a Submit's answer gives; None for an answer that is not one."""
-        if isinstance(answer, Accepted):
+        if isinstance(answer, wire.Accepted):
             return answer.ids
-        if isinstance(answer, Refused):
+        if isinstance(answer, wire.Refused):
             if answer.duplicate is not None:
                 raise DuplicateId(answer.error, answer.duplicate)
             if answer.bad_job is not None:
@@ -480,7 +471,7 @@ class Client:
             if value is not None or key == "payload"
         }
         data = self._encode(document)
-        answer = self._ask(lambda ref: Submit(ref, [data]), ANSWER_TIMEOUT)
+        answer = self._ask(lambda ref: wire.Submit(ref, [data]), ANSWER_TIMEOUT)
         if answer is None or self._accepted(answer) is None:
             self._drop(job_spec.id, data)
         return job_spec.id
@@ -596,12 +587,12 @@ class Client:
             )  # fmt: skip
             return ids
         size = sum(len(data) + 16 for data in encoded)
-        if size > MAX_REQUEST_BYTES:
+        if size > (most := wire.MAX_REQUEST_BYTES):
             raise InvalidJobFile(
-                f"the batch is {size} bytes, over {MAX_REQUEST_BYTES} bytes: submit it in parts"
+                f"the batch is {size} bytes, over {most} bytes: submit it in parts"
             )
         timeout = ANSWER_TIMEOUT + ANSWER_TIMEOUT_PER_JOB * len(encoded)
-        answer = self._ask(lambda ref: Submit(ref, encoded), timeout)
+        answer = self._ask(lambda ref: wire.Submit(ref, encoded), timeout)
         accepted = None if answer is None else self._accepted(answer)
         if accepted is not None:
             return accepted
@@ -654,8 +645,8 @@ class Client:
                 # Unknown to the database: its file may still wait in an inbox.
                 self._drop(f"cancel-{job_id}", {"cancel": job_id})
             return
-        answer = self._ask(lambda ref: Cancel(ref, job_id), ANSWER_TIMEOUT)
-        if not isinstance(answer, CancelAnswer):
+        answer = self._ask(lambda ref: wire.Cancel(ref, job_id), ANSWER_TIMEOUT)
+        if not isinstance(answer, wire.CancelAnswer):
             self._drop(f"cancel-{job_id}", {"cancel": job_id})
 
     def retry(self, job_id: str) -> str:
@@ -731,7 +722,7 @@ class Client:
         self.require_store()
         in_inbox = self._retries_in_inbox()  # before the store, as in `_retry_id`
         links = self._reader.retry_links()
-        failed = self._reader.list([Status.FAILED], type, limit=2**62)
+        failed = self._reader.list(JobQuery([Status.FAILED], type, limit=2**62))
         repeats = {job_id: retry_of for job_id, retry_of, _, _ in links}
         retried = set(repeats.values())
 
@@ -1063,11 +1054,13 @@ class Client:
         """
         self.require_store()
         if waiting is None:
-            return JobInfo.of_jobs(self._reader.list(_statuses(status), type, limit), self._reader)
+            return JobInfo.of_jobs(
+                self._reader.list(JobQuery(_statuses(status), type, limit)), self._reader
+            )
         found: builtins.list[JobInfo] = []
         before: tuple[float, str] | None = None
         while len(found) < limit:
-            page = self._reader.list([Status.PENDING], type, WAITING_PAGE, before)
+            page = self._reader.list(JobQuery([Status.PENDING], type, WAITING_PAGE, before))
             held = JobInfo.of_jobs(page, self._reader)
             found.extend(job for job in held if job.waiting and job.waiting["reason"] == waiting)
             if len(page) < WAITING_PAGE:
@@ -1236,7 +1229,7 @@ class _DoorWait:
                     self.usable = False
                     return False
                 self._ref = self._door.next_ref()
-                self._door.send(Wait(self._ref, job_ids))
+                self._door.send(wire.Wait(self._ref, job_ids))
             assert self._door is not None
             answer = self._door.receive(self._ref, pause)
         except DoorUnavailable:
@@ -1247,7 +1240,7 @@ class _DoorWait:
         if answer is None:
             return True  # the pause is over: look, and go on waiting for the same answer
         self._ref = None
-        if not isinstance(answer, Done):  # Unknown: pruned, or not stored yet
+        if not isinstance(answer, wire.Done):  # Unknown: pruned, or not stored yet
             self.usable = False
         return True
 

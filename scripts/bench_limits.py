@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from procpool.adapters.stores.sqlite import SqliteJobStore
+from procpool.application.ports import Serving
 from procpool.domain import job as jobs
 from procpool.domain.job import Job
 from procpool.domain.limits import ClaimLimits
@@ -80,11 +81,11 @@ def claim(pending: int, free: int, samples: int) -> dict[str, float]:
             for lease, job in enumerate(made[:2], start=1):
                 store.save(jobs.start(job, lease=lease, worker_pid=lease, now=now),
                            expected=job.status, expected_lease=0)  # fmt: skip
-        store.set_limits(ClaimLimits({"render": 2}), SERVED)
+        store.serve(Serving(ClaimLimits({"render": 2}), SERVED))
         limited = _claim_times(store, samples)
         with store.transaction():
             assert {j.type for j in store.due(time.time(), 9)} == {"echo"}
-        store.set_limits(ClaimLimits(), SERVED)
+        store.serve(Serving(ClaimLimits(), SERVED))
         plain = _claim_times(store, samples)  # the render jobs at the head: all unlimited
         with store.transaction():
             store.pause(Pause("render", None, now))

@@ -22,6 +22,9 @@ import psutil
 import pytest
 
 from procpool import Client, JobRejected
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.adapters.stores.sqlite import SqliteJobStore
+from procpool.application.ports import JobStore
 
 # The throwaway PostgreSQL cluster (tests/postgresql.py): pg_cluster, pg_url.
 pytest_plugins = ["postgresql"]
@@ -383,3 +386,14 @@ def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "sqlite":
         return {}
     return {"PROCPOOL_DATABASE_URL": request.getfixturevalue("pg_url")}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def claim_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    """Each store a claim is tested on in-process (PostgreSQL's claim has tests of its
+    own, against a real server)."""
+    made: JobStore = (
+        MemoryJobStore() if request.param == "memory" else SqliteJobStore(tmp_path / "p.db")
+    )
+    yield made
+    made.close()

@@ -54,6 +54,17 @@ class IdsBusy(ProcpoolError):
 
 
 @dataclass(frozen=True)
+class Serving:
+    """What a daemon serves, as its store's claim needs it: the concurrency `limits`
+    (a claim that must count what runs looks at the `types` served only), the job
+    `types` it has handlers for, and the handlers' `defaults` by type."""
+
+    limits: ClaimLimits
+    types: tuple[str, ...]
+    defaults: Mapping[str, TypeDefaults] = field(default_factory=lambda: NO_TYPE_DEFAULTS)
+
+
+@dataclass(frozen=True)
 class WorkerRecord:
     """A worker as the store remembers it, so the next run can find it if it survives us."""
 
@@ -116,22 +127,16 @@ class JobStore(Protocol):
         progress, worker_pid, lease, started_at, cancel_requested); default: all."""
         ...
 
-    def set_limits(
-        self,
-        limits: ClaimLimits,
-        served: Sequence[str],
-        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
-    ) -> None:
-        """The concurrency limits `due` obeys from now on, and the job types this daemon
-        serves (a claim that must count what runs looks at these types only). A store
-        that clients write themselves (PostgreSQL) publishes the limits and the handlers'
-        `defaults` (by type) for them."""
+    def serve(self, serving: Serving) -> None:
+        """What `due` obeys from now on: see `Serving`. A store that clients write
+        themselves (PostgreSQL) publishes the limits and the handlers' defaults for
+        them."""
         ...
 
     def due(self, now: float, limit: int) -> list[Job]:
         """Up to `limit` pending jobs whose run_at has come: highest priority first, then
         oldest run_at, leaving out the types paused at `now` (`pause`, read in this
-        transaction) and those that the limits of `set_limits` hold back (as
+        transaction) and those that the limits of `serve` hold back (as
         `limits.admit` decides, from the running jobs counted in this transaction: the
         caller starts what it gets in the same transaction). Its cost must not grow with
         the number of priority levels, of jobs scheduled for later, or of jobs held back
@@ -139,7 +144,7 @@ class JobStore(Protocol):
         ...
 
     def limit_figures(self, now: float) -> list[tuple[str, int, int, int]]:
-        """Each type limit of `set_limits`: (type, max, running, due pending jobs)."""
+        """Each type limit of `serve`: (type, max, running, due pending jobs)."""
         ...
 
     def pause_figures(self, now: float) -> list[tuple[Pause, int]]:

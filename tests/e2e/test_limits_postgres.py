@@ -36,19 +36,41 @@ def start(
     return start_one
 
 
-def _end_open_runs(directory: Path, gone: dict[int, float]) -> None:
-    """Wait until every run without an end mark has no process left; note when."""
+def _end_open_runs(directory: Path, gone: dict[tuple[str, int], float]) -> None:
+    """Wait until every run without an end mark has ended: by its end mark, or with its
+    process gone (noted, with when). A run on a daemon left alive ends by its mark and
+    its worker lives on to run the next job."""
+
+    def ended(run: Span) -> bool:
+        if not alive(run.pid):
+            gone.setdefault((run.job_id, run.pid), time.time())
+            return True
+        now = {(r.job_id, r.pid): r for r in spans(directory)}
+        return not math.isinf(now[run.job_id, run.pid].end)
+
     for run in spans(directory):
-        if math.isinf(run.end) and run.pid not in gone:
-            wait_until(lambda run=run: not alive(run.pid), 30, what=f"run {run.job_id} to end")
-            gone[run.pid] = time.time()
+        if math.isinf(run.end) and (run.job_id, run.pid) not in gone:
+            wait_until(lambda run=run: ended(run), 30, what=f"run {run.job_id} to end")
 
 
-def _judged(directory: Path, gone: dict[int, float]) -> list[Span]:
+def _running_one(daemons: list[Daemon], directory: Path) -> Daemon:
+    """The daemon whose worker runs a job now (its start marked, its end not)."""
+
+    def found() -> Daemon | None:
+        open_pids = {run.pid for run in spans(directory) if math.isinf(run.end)}
+        return next(
+            (d for d in daemons for e in d.events("job.started") if e["worker_pid"] in open_pids),
+            None,
+        )
+
+    return wait_until(found, 60, what="a daemon running a job")
+
+
+def _judged(directory: Path, gone: dict[tuple[str, int], float]) -> list[Span]:
     runs = spans(directory)
     for run in runs:
         if math.isinf(run.end):
-            run.end = gone.get(run.pid, math.inf)
+            run.end = gone.get((run.job_id, run.pid), math.inf)
     return runs
 
 
@@ -83,18 +105,18 @@ def test_three_daemons_one_killed_one_frozen_never_two_at_once(
     marks = tmp_path / "marks-dir"
     marks.mkdir()
     daemons = [start(name) for name in ("a", "b", "c")]
-    gone: dict[int, float] = {}
+    gone: dict[tuple[str, int], float] = {}
     with Client(daemons[0].home, database_url=pg_url) as client:
         ids = client.submit_many(
             [{"type": "capped", "id": f"c{n:02}", "payload": {"dir": str(marks), "seconds": 0.3}}
              for n in range(50)]
         )  # fmt: skip
         wait_until(lambda: len(spans(marks)) >= 5, 60, what="five runs")
-        victim = next(d for d in daemons if d.events("job.started"))
+        victim = _running_one(daemons, marks)
         victim.kill()
         _end_open_runs(marks, gone)
         wait_until(lambda: len(spans(marks)) >= 15, 90, what="fifteen runs")
-        frozen = next(d for d in daemons if d is not victim and d.events("job.started"))
+        frozen = _running_one([d for d in daemons if d is not victim], marks)
         frozen.signal(signal.SIGSTOP)
         try:
             _end_open_runs(marks, gone)  # its run's worker fences itself

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from procpool.adapters.reader_factory import open_reader
-from procpool.adapters.stores.job_reader import JobReader, SharedJobStore
+from procpool.adapters.stores.job_reader import JobQuery, JobReader, SharedJobStore
 from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.application.ports import JobStore, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
@@ -117,14 +117,17 @@ def test_list_is_newest_first_filtered_limited_and_paged(pair: Pair) -> None:
     )
     finish(pair.store, "old", lease=1, ok=False, at=NOW + 10)
     assert [j.id for j in pair.reader.list()] == ["new", "tie-b", "tie-a", "old"]
-    assert [j.id for j in pair.reader.list(limit=2)] == ["new", "tie-b"]
-    assert [j.id for j in pair.reader.list(before=(NOW + 1, "tie-b"))] == ["tie-a", "old"]
-    assert [j.id for j in pair.reader.list(before=(NOW + 2, "new"), limit=1)] == ["tie-b"]
-    assert [j.id for j in pair.reader.list([Status.FAILED])] == ["old"]
-    pending_or_failed = pair.reader.list([Status.PENDING, Status.FAILED])
+    assert [j.id for j in pair.reader.list(JobQuery(limit=2))] == ["new", "tie-b"]
+    assert [j.id for j in pair.reader.list(JobQuery(before=(NOW + 1, "tie-b")))] == [
+        "tie-a",
+        "old",
+    ]
+    assert [j.id for j in pair.reader.list(JobQuery(before=(NOW + 2, "new"), limit=1))] == ["tie-b"]
+    assert [j.id for j in pair.reader.list(JobQuery([Status.FAILED]))] == ["old"]
+    pending_or_failed = pair.reader.list(JobQuery([Status.PENDING, Status.FAILED]))
     assert [j.id for j in pending_or_failed] == ["new", "tie-b", "tie-a", "old"]
-    assert [j.id for j in pair.reader.list(job_type="cpu")] == ["new"]
-    assert pair.reader.list([Status.COMPLETED]) == []
+    assert [j.id for j in pair.reader.list(JobQuery(job_type="cpu"))] == ["new"]
+    assert pair.reader.list(JobQuery([Status.COMPLETED])) == []
 
 
 def test_counts_retention_retries_and_the_oldest_pending(pair: Pair) -> None:

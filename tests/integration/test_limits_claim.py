@@ -3,16 +3,13 @@ memory store and on the SQLite store: which due jobs `due` returns given what ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import msgspec
 import pytest
+from claim_fill import fill
 
-from procpool.adapters.stores.memory import MemoryJobStore
-from procpool.adapters.stores.sqlite import SqliteJobStore
-from procpool.application.ports import JobStore
+from procpool.application.ports import JobStore, Serving
 from procpool.domain import job as jobs
 from procpool.domain.job import Job
 from procpool.domain.limits import ClaimLimits, Running, admit, waiting
@@ -89,58 +86,41 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    made: JobStore = (
-        MemoryJobStore() if request.param == "memory" else SqliteJobStore(tmp_path / "p.db")
-    )
-    yield made
-    made.close()
-
-
-def _fill(store: JobStore, case: Case) -> None:
-    with store.transaction():
-        store.insert([*case.running, *case.waiting])
-        for lease, job in enumerate(case.running, start=1):
-            started = jobs.start(job, lease=lease, worker_pid=100 + lease, now=NOW - 50)
-            assert store.save(started, expected=job.status, expected_lease=job.lease)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_due_obeys_the_limits(store: JobStore, case: Case) -> None:
-    _fill(store, case)
-    store.set_limits(case.limits, case.served)
-    with store.transaction():
-        got = [job.id for job in store.due(NOW, case.want)]
+def test_due_obeys_the_limits(claim_store: JobStore, case: Case) -> None:
+    fill(claim_store, case.running, case.waiting, started_at=NOW - 50)
+    claim_store.serve(Serving(case.limits, case.served))
+    with claim_store.transaction():
+        got = [job.id for job in claim_store.due(NOW, case.want)]
     assert got == case.expected
 
 
-def test_unserved_types_wait_only_on_the_limited_claim(store: JobStore) -> None:
+def test_unserved_types_wait_only_on_the_limited_claim(claim_store: JobStore) -> None:
     """The limited claim looks at the daemon's types; the plain one at the queue's head."""
     case = Case("", [], [pending("r", "render"), pending("x", "other", age=1)],
                 ClaimLimits({"render": 1}), 5, [])  # fmt: skip
-    _fill(store, case)
-    store.set_limits(case.limits, ("render",))
-    with store.transaction():
-        assert [job.id for job in store.due(NOW, 5)] == ["r"]
-    store.set_limits(ClaimLimits(), ("render",))
-    with store.transaction():
-        assert [job.id for job in store.due(NOW, 5)] == ["r", "x"]
+    fill(claim_store, case.running, case.waiting, started_at=NOW - 50)
+    claim_store.serve(Serving(case.limits, ("render",)))
+    with claim_store.transaction():
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["r"]
+    claim_store.serve(Serving(ClaimLimits(), ("render",)))
+    with claim_store.transaction():
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["r", "x"]
 
 
-def test_a_slot_freed_by_an_ended_run_is_seen_at_the_next_claim(store: JobStore) -> None:
+def test_a_slot_freed_by_an_ended_run_is_seen_at_the_next_claim(claim_store: JobStore) -> None:
     """No counter beside the rows: the write that takes a job out of `running` frees it."""
     case = Case("", [pending("r0", "render")], [pending("r1", "render")],
                 ClaimLimits({"render": 1}), 5, [])  # fmt: skip
-    _fill(store, case)
-    store.set_limits(case.limits, SERVED)
-    with store.transaction():
-        assert store.due(NOW, 5) == []
-        running = store.get("r0")
+    fill(claim_store, case.running, case.waiting, started_at=NOW - 50)
+    claim_store.serve(Serving(case.limits, SERVED))
+    with claim_store.transaction():
+        assert claim_store.due(NOW, 5) == []
+        running = claim_store.get("r0")
         assert running is not None
         done = jobs.complete(running, result=b"null", now=NOW)
-        assert store.save(done, expected=running.status, expected_lease=running.lease)
-        assert [job.id for job in store.due(NOW, 5)] == ["r1"]
+        assert claim_store.save(done, expected=running.status, expected_lease=running.lease)
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["r1"]
 
 
 @pytest.mark.parametrize(

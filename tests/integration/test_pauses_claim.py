@@ -5,16 +5,15 @@ pauses stored, their `until`, what runs and the limits; and when the loop must w
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from claim_fill import fill
 from conftest import wait_until
 
-from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.adapters.stores.sqlite import SqliteJobStore
-from procpool.application.ports import JobStore
+from procpool.application.ports import JobStore, Serving
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.limits import ClaimLimits
@@ -78,97 +77,78 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    made: JobStore = (
-        MemoryJobStore() if request.param == "memory" else SqliteJobStore(tmp_path / "p.db")
-    )
-    yield made
-    made.close()
-
-
-def _fill(store: JobStore, case: Case) -> None:
-    with store.transaction():
-        store.insert([*case.running, *case.waiting])
-        for lease, job in enumerate(case.running, start=1):
-            started = jobs.start(job, lease=lease, worker_pid=100 + lease, now=NOW - 50)
-            assert store.save(started, expected=job.status, expected_lease=job.lease)
-        for pause in case.pauses:
-            store.pause(pause)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_due_leaves_paused_types_out(store: JobStore, case: Case) -> None:
-    _fill(store, case)
-    store.set_limits(case.limits, SERVED)
-    with store.transaction():
-        got = [job.id for job in store.due(case.now, case.want)]
+def test_due_leaves_paused_types_out(claim_store: JobStore, case: Case) -> None:
+    fill(claim_store, case.running, case.waiting, case.pauses, started_at=NOW - 50)
+    claim_store.serve(Serving(case.limits, SERVED))
+    with claim_store.transaction():
+        got = [job.id for job in claim_store.due(case.now, case.want)]
     assert got == case.expected
 
 
-def test_a_pause_and_a_resume_count_from_the_claim_after_them(store: JobStore) -> None:
+def test_a_pause_and_a_resume_count_from_the_claim_after_them(claim_store: JobStore) -> None:
     """Written in a transaction, obeyed by the claim of that very transaction (the
     intake comes before the dispatch in a turn); lifted, the jobs are claimed at once."""
-    store.set_limits(ClaimLimits(), SERVED)
-    with store.transaction():
-        store.insert([pending("r1", "render"), pending("e", age=1)])
-        store.pause(Pause("render", None, NOW))
-        assert [job.id for job in store.due(NOW, 5)] == ["e"]
-    with store.transaction():
-        assert store.resume(["render", "sync"]) == ["render"]  # sync was not paused
-        assert [job.id for job in store.due(NOW, 5)] == ["r1", "e"]
+    claim_store.serve(Serving(ClaimLimits(), SERVED))
+    with claim_store.transaction():
+        claim_store.insert([pending("r1", "render"), pending("e", age=1)])
+        claim_store.pause(Pause("render", None, NOW))
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["e"]
+    with claim_store.transaction():
+        assert claim_store.resume(["render", "sync"]) == ["render"]  # sync was not paused
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["r1", "e"]
 
 
-def test_a_rolled_back_pause_is_not_obeyed(store: JobStore) -> None:
-    store.set_limits(ClaimLimits(), SERVED)
-    with store.transaction():
-        store.insert([pending("r1", "render")])
-    with pytest.raises(RuntimeError), store.transaction():
-        store.pause(Pause("render", None, NOW))
+def test_a_rolled_back_pause_is_not_obeyed(claim_store: JobStore) -> None:
+    claim_store.serve(Serving(ClaimLimits(), SERVED))
+    with claim_store.transaction():
+        claim_store.insert([pending("r1", "render")])
+    with pytest.raises(RuntimeError), claim_store.transaction():
+        claim_store.pause(Pause("render", None, NOW))
         raise RuntimeError("the turn failed")
-    with store.transaction():
-        assert store.pauses() == []
-        assert [job.id for job in store.due(NOW, 5)] == ["r1"]
+    with claim_store.transaction():
+        assert claim_store.pauses() == []
+        assert [job.id for job in claim_store.due(NOW, 5)] == ["r1"]
 
 
-def test_pausing_again_replaces_the_until(store: JobStore) -> None:
-    store.set_limits(ClaimLimits(), SERVED)
-    with store.transaction():
-        store.insert([pending("r1", "render")])
-        store.pause(Pause("render", NOW + 5, NOW - 1))
-        store.pause(Pause("render", None, NOW))
-        assert store.pauses() == [Pause("render", None, NOW)]
-        assert store.due(NOW + 10, 5) == []
+def test_pausing_again_replaces_the_until(claim_store: JobStore) -> None:
+    claim_store.serve(Serving(ClaimLimits(), SERVED))
+    with claim_store.transaction():
+        claim_store.insert([pending("r1", "render")])
+        claim_store.pause(Pause("render", NOW + 5, NOW - 1))
+        claim_store.pause(Pause("render", None, NOW))
+        assert claim_store.pauses() == [Pause("render", None, NOW)]
+        assert claim_store.due(NOW + 10, 5) == []
 
 
-def test_the_loop_wakes_when_a_pause_ends(store: JobStore) -> None:
+def test_the_loop_wakes_when_a_pause_ends(claim_store: JobStore) -> None:
     """`next_run_at` says when a paused type's due jobs may start: the earliest `until`
     the claim saw in force, or a scheduled job's run_at if that is earlier."""
-    store.set_limits(ClaimLimits(), SERVED)
+    claim_store.serve(Serving(ClaimLimits(), SERVED))
     later = Job(id="later", type="echo", run_at=NOW + 60, created_at=NOW, updated_at=NOW)
-    with store.transaction():
-        store.insert([pending("r1", "render"), later])
-        store.pause(Pause("render", NOW + 30, NOW))
-        store.pause(Pause("sync", None, NOW))
-        assert store.due(NOW, 5) == []
-        assert store.next_run_at(NOW) == NOW + 30
-    with store.transaction():
-        assert [job.id for job in store.due(NOW + 30, 5)] == ["r1"]
-        assert store.next_run_at(NOW + 30) == NOW + 60
+    with claim_store.transaction():
+        claim_store.insert([pending("r1", "render"), later])
+        claim_store.pause(Pause("render", NOW + 30, NOW))
+        claim_store.pause(Pause("sync", None, NOW))
+        assert claim_store.due(NOW, 5) == []
+        assert claim_store.next_run_at(NOW) == NOW + 30
+    with claim_store.transaction():
+        assert [job.id for job in claim_store.due(NOW + 30, 5)] == ["r1"]
+        assert claim_store.next_run_at(NOW + 30) == NOW + 60
 
 
-def test_the_claim_removes_a_pause_past_its_until(store: JobStore) -> None:
+def test_the_claim_removes_a_pause_past_its_until(claim_store: JobStore) -> None:
     """No writer runs at the `until`; the first claim after it removes the row."""
-    store.set_limits(ClaimLimits(), SERVED)
-    with store.transaction():
-        store.pause(Pause("render", NOW + 1, NOW))
-        store.pause(Pause("sync", None, NOW))
-        store.due(NOW, 5)
-        assert [p.type for p in store.pauses()] == ["render", "sync"]
-    with store.transaction():
-        store.due(NOW + 2, 5)
-    if isinstance(store, SqliteJobStore):  # the memory store keeps it, not in force
-        assert [p.type for p in store.pauses()] == ["sync"]
+    claim_store.serve(Serving(ClaimLimits(), SERVED))
+    with claim_store.transaction():
+        claim_store.pause(Pause("render", NOW + 1, NOW))
+        claim_store.pause(Pause("sync", None, NOW))
+        claim_store.due(NOW, 5)
+        assert [p.type for p in claim_store.pauses()] == ["render", "sync"]
+    with claim_store.transaction():
+        claim_store.due(NOW + 2, 5)
+    if isinstance(claim_store, SqliteJobStore):  # the memory store keeps it, not in force
+        assert [p.type for p in claim_store.pauses()] == ["sync"]
 
 
 @pytest.mark.parametrize(
@@ -239,7 +219,7 @@ def test_a_pause_on_postgresql_waits_for_the_claims_that_missed_it(
     daemon = PostgresJobStore(pg_url, tmp_path, types=list(SERVED))
     client = PostgresClientStore(pg_url, JobDefaults())
     watcher = psycopg.connect(pg_url, autocommit=True)
-    daemon.set_limits(ClaimLimits(), SERVED)
+    daemon.serve(Serving(ClaimLimits(), SERVED))
     with daemon.transaction():
         daemon.insert([pending("r1", "render")])
     done = threading.Event()

@@ -17,9 +17,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from procpool.adapters.stores.job_reader import JobQuery
 from procpool.adapters.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJobStore
 from procpool.adapters.stores.sqlite_reader import StoreReader
-from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
+from procpool.application.ports import FileProgress, LineError, Serving, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
 from procpool.domain import schedules
 from procpool.domain.job import Job, Status
@@ -95,7 +96,9 @@ def exercise_store(store: SqliteJobStore) -> None:
                 store.save(done, expected=running.status, expected_lease=running.lease,
                            fields=jobs.changed_fields(running, done))  # fmt: skip
                 store.record_runs([jobs.run_of(running, done, now=NOW + 2)])
-        store.set_limits(ClaimLimits(types={"limited": 3}, keys={"echo": 1}), ["echo", "limited"])
+        store.serve(
+            Serving(ClaimLimits(types={"limited": 3}, keys={"echo": 1}), ("echo", "limited"))
+        )
     with store.transaction():
         store.pause(Pause("limited", NOW + 60, NOW))
         store.pause(Pause("echo", None, NOW))
@@ -150,10 +153,11 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.get("j000002")
     reader.get_many(["j000002", "j000003"])
     newest = reader.list()
-    reader.list([Status.PENDING])
-    reader.list([Status.PENDING, Status.RUNNING], "echo", 10)
-    reader.list([Status.PENDING], "limited", 10, (newest[-1].created_at, newest[-1].id))
-    reader.list(limit=10, before=(newest[-1].created_at, newest[-1].id))
+    reader.list(JobQuery([Status.PENDING]))
+    reader.list(JobQuery([Status.PENDING, Status.RUNNING], "echo", 10))
+    last = (newest[-1].created_at, newest[-1].id)
+    reader.list(JobQuery([Status.PENDING], "limited", 10, last))
+    reader.list(JobQuery(limit=10, before=last))
     reader.counts()
     reader.count_finished_before(NOW + 3)
     reader.retry_links()
@@ -166,7 +170,7 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.pauses()
     reader.pause_figures(NOW + 1)
     reader.expired_count()
-    reader.waiting(reader.list([Status.PENDING], limit=20), NOW + 1)
+    reader.waiting(reader.list(JobQuery([Status.PENDING], limit=20)), NOW + 1)
 
 
 def check(db: sqlite3.Connection, exercise: Callable[[], None]) -> dict[str, str]:

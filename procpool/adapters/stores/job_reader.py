@@ -16,6 +16,7 @@ canceling in the database, the daemons registered) is `SharedJobStore`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from procpool.application.ports import WorkerRecord, WorkerReport
@@ -25,6 +26,21 @@ from procpool.domain.pauses import Pause
 from procpool.domain.pauses import waiting as pause_waiting
 from procpool.domain.schedules import Changes, Schedule, Stored
 from procpool.domain.spec import JobDefaults, JobSpec
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs `JobReader.list` reads: of any of `statuses` (none: every status),
+    of `job_type` (None: every type), at most `limit`, and with `before` = (created_at,
+    id) of a job, only those after it newest first (the HTTP API's page cursor)."""
+
+    statuses: Sequence[Status] = ()
+    job_type: str | None = None
+    limit: int = 100
+    before: tuple[float, str] | None = None
+
+
+EVERY_JOB = JobQuery()
 
 
 class JobReader(Protocol):
@@ -112,15 +128,9 @@ class JobReader(Protocol):
         ...
 
     # Last of the reads: below it, `list` in an annotation would name this method.
-    def list(
-        self,
-        statuses: Sequence[Status] = (),
-        job_type: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[Job]:
-        """Jobs, newest first (created_at, then id, both descending); `before` =
-        (created_at, id) of a job: only those after it in this order."""
+    def list(self, query: JobQuery = EVERY_JOB) -> list[Job]:
+        """The jobs `query` selects, newest first (created_at, then id, both
+        descending), at most `query.limit` of them."""
         ...
 
     def close(self) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from procpool.adapters.stores.schedule_rows import MemoryScheduleRows, ScheduleMethods
-from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
+from procpool.application.ports import FileProgress, LineError, Serving, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
-from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
+from procpool.domain.limits import NO_LIMITS, Running, admit, limited
 from procpool.domain.pauses import Pause, first_wake, in_force, next_end
-from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 
 
 class MemoryJobStore(ScheduleMethods):
@@ -71,14 +70,9 @@ class MemoryJobStore(ScheduleMethods):
         self._jobs[job.id] = job
         return True
 
-    def set_limits(
-        self,
-        limits: ClaimLimits,
-        served: Sequence[str],
-        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
-    ) -> None:
-        """See JobStore.set_limits; `defaults` are for clients, which write no memory store."""
-        self._limits, self._served = limits, frozenset(served)
+    def serve(self, serving: Serving) -> None:
+        """See JobStore.serve; the defaults are for clients, which write no memory store."""
+        self._limits, self._served = serving.limits, frozenset(serving.types)
 
     def pause(self, pause: Pause) -> None:
         self._pauses[pause.type] = pause

@@ -52,6 +52,7 @@ from procpool.application.ports import (
     FileProgress,
     LineError,
     SchemaTooNew,
+    Serving,
     StoreBusy,
     StoreLost,
     Tick,
@@ -60,7 +61,7 @@ from procpool.application.ports import (
 )
 from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import MUTABLE_FIELDS, Job, Run, Status
-from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows, limited
+from procpool.domain.limits import NO_LIMITS, Running, admit, as_rows, limited
 from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
 from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 from procpool.domain.timefmt import rfc3339
@@ -844,15 +845,14 @@ class PostgresJobStore(ScheduleMethods):
             return self._due_limited(now, limit, paused)
         return jobs
 
-    def set_limits(
-        self,
-        limits: ClaimLimits,
-        served: Sequence[str],
-        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
-    ) -> None:
-        """See JobStore.set_limits. Published, with the handlers' defaults for the
-        clients that write jobs themselves, by the next transaction."""
-        self._limits, self._served, self._defaults = limits, tuple(served), defaults
+    def serve(self, serving: Serving) -> None:
+        """See JobStore.serve. Published, with the handlers' defaults for the clients
+        that write jobs themselves, by the next transaction."""
+        self._limits, self._served, self._defaults = (
+            serving.limits,
+            serving.types,
+            serving.defaults,
+        )
         self._publish = True
 
     def _publish_limits(self) -> None:

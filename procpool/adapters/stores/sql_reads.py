@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from procpool.adapters.stores.job_reader import (
+    EVERY_JOB,
+    JobQuery,
     held_back,
     key_limit_figures,
     limit_figures,
@@ -92,17 +94,10 @@ class SqlReads(ABC):
         )
         return _job(rows[0]) if rows else None
 
-    def list(
-        self,
-        statuses: Sequence[Status] = (),
-        job_type: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> builtins.list[Job]:
-        """Jobs, newest first (by created_at, then id); `before` = (created_at, id) of
-        a job: only those that come after it in this order (the HTTP API's cursor)."""
+    def list(self, query: JobQuery = EVERY_JOB) -> builtins.list[Job]:
+        statuses, job_type = query.statuses, query.job_type
         conditions = [
-            self._before(before) if before is not None else None,
+            self._before(query.before) if query.before is not None else None,
             self._any_of("status", [str(s) for s in statuses]) if statuses else None,
             (f"type = {self.MARK}", [job_type]) if job_type is not None else None,
         ]
@@ -111,7 +106,7 @@ class SqlReads(ABC):
         rows = self._query(
             f"SELECT {self._columns()} FROM {self.JOBS} {clause}"
             f" ORDER BY created_at DESC, id DESC LIMIT {self.MARK}",
-            [*(value for _, values in where for value in values), limit],
+            [*(value for _, values in where for value in values), query.limit],
         )
         return [_job(row) for row in rows]
 

@@ -30,7 +30,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,15 +44,15 @@ from procpool.application.ports import (
     FileProgress,
     LineError,
     SchemaTooNew,
+    Serving,
     StoreBusy,
     StoreReplaced,
     WorkerRecord,
     WorkerReport,
 )
 from procpool.domain.job import MUTABLE_FIELDS, Job, Progress, Run, Status
-from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, as_rows
+from procpool.domain.limits import NO_LIMITS, Running, admit, as_rows
 from procpool.domain.pauses import Pause, ended, first_wake, in_force, next_end
-from procpool.domain.spec import NO_TYPE_DEFAULTS, TypeDefaults
 from procpool.domain.timefmt import rfc3339
 
 MIGRATIONS: list[str] = [
@@ -407,15 +407,11 @@ class SqliteJobStore(ScheduleMethods):
         self._stored_pauses()
         self._schedule_rows = ScheduleRows(self._read, "schedules", "schedule_skips", "?")
 
-    def set_limits(
-        self,
-        limits: ClaimLimits,
-        served: Sequence[str],
-        defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS,
-    ) -> None:
-        """See JobStore.set_limits. Published for readers by the next transaction;
-        `defaults` are not: a client of a SQLite home hands its jobs to the daemon."""
-        self._limits, self._served = limits, tuple(served)
+    def serve(self, serving: Serving) -> None:
+        """See JobStore.serve. The limits are published for readers by the next
+        transaction; the defaults are not: a client of a SQLite home hands its jobs to
+        the daemon."""
+        self._limits, self._served = serving.limits, serving.types
         self._publish = True
 
     def _publish_limits(self) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from procpool.adapters.stores.job_reader import EVERY_JOB, JobQuery
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
@@ -91,13 +93,7 @@ class StoreReader(SqlReads):
                 found[job.id] = job
         return found
 
-    def list(
-        self,
-        statuses: Sequence[Status] = (),
-        job_type: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> builtins.list[Job]:
+    def list(self, query: JobQuery = EVERY_JOB) -> builtins.list[Job]:
         # One ordered seek per status in jobs_status_created, merged newest first: an
         # index of every job by creation time alone would cost each job a page write.
         # The seeks share one read transaction, so one snapshot: a job the daemon moves
@@ -109,12 +105,12 @@ class StoreReader(SqlReads):
         found: builtins.list[Job] = []
         db.execute("BEGIN")
         try:
-            for status in dict.fromkeys(statuses or Status):
-                found.extend(super().list([status], job_type, limit, before))
+            for status in dict.fromkeys(query.statuses or Status):
+                found.extend(super().list(replace(query, statuses=(status,))))
         finally:
             db.execute("COMMIT")
         found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
-        return found[:limit]
+        return found[: query.limit]
 
     def count_finished_before(self, cutoff: float) -> int:
         # No index named: a reader may open a home its daemon has not migrated yet, and

@@ -91,7 +91,7 @@ class Supervisor:
     ) -> None:
         self.store, self.inbox, self.registry, self.settings = store, inbox, registry, settings
         # The claim counts: see `due`.
-        store.set_limits(settings.claim, registry.names(), settings.defaults.types)
+        store.serve(settings.serving(registry.names()))
         self.clock = clock
         self._flush_logs = flush_logs
         self._close_in_child_extra = close_in_child
@@ -209,7 +209,7 @@ class Supervisor:
         self.settings = self.workers.settings = settings
         self.ledger.retry = settings.retry
         self.fleet.limits = settings.limits
-        self.store.set_limits(settings.claim, self.registry.names(), settings.defaults.types)
+        self.store.serve(settings.serving(self.registry.names()))
 
     def _close_in_child(self) -> None:
         """In a freshly forked worker: drop the supervisor's descriptors."""

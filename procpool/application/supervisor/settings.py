@@ -8,8 +8,10 @@ keys (adapters/config.py) take their defaults from these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from procpool.application.ports import Serving
 from procpool.application.worker.options import WorkerOptions
 from procpool.domain.limits import ClaimLimits
 from procpool.domain.retry import RetryPolicy
@@ -61,3 +63,7 @@ class Settings:
             max_memory_bytes=self.max_memory_mb * 1024 * 1024,
             max_result_bytes=self.max_result_bytes,
         )
+
+    def serving(self, types: Sequence[str]) -> Serving:
+        """What the store's claim obeys for a daemon with handlers for `types`."""
+        return Serving(self.claim, tuple(types), self.defaults.types)

@@ -33,6 +33,7 @@ import msgspec
 from procpool.adapters.inbox.lookup import InboxLookup
 from procpool.adapters.inbox.rejections import RejectedFiles
 from procpool.adapters.inbox.untrusted_files import read_regular
+from procpool.adapters.stores.job_reader import JobQuery
 from procpool.client import (
     Attempt,
     Client,
@@ -204,7 +205,7 @@ class Service:
         """One page of jobs, newest first, and the cursor of the next (None: the last)."""
         before = decode_cursor(cursor) if cursor else None
         self._require_store()
-        jobs = self.client.reader.list(statuses, job_type, limit + 1, before)
+        jobs = self.client.reader.list(JobQuery(statuses, job_type, limit + 1, before))
         following = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return JobInfo.of_jobs(jobs[:limit], self.client.reader), following
 
