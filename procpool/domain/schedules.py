@@ -18,7 +18,6 @@ since the epoch (floats) on the store's clock.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -31,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from procpool.domain.cron import CronError, CronExpression
 from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -110,20 +110,12 @@ class Every:
         return float(self.anchor + periods * self.seconds)
 
 
-class CronLike(Protocol):
-    """procpool.domain.cron.CronExpression, as far as schedules use it."""
-
-    text: str
-
-    def next_after(self, after: datetime, zone: ZoneInfo) -> datetime: ...
-
-
 @dataclass(frozen=True, slots=True)
 class CronSource:
     """A cron expression's instants in a zone (the daylight-saving rules are the
     expression's own: procpool.domain.cron)."""
 
-    expression: CronLike
+    expression: CronExpression
     zone: ZoneInfo
 
     def next_after(self, after: float) -> float:
@@ -131,14 +123,16 @@ class CronSource:
         return self.expression.next_after(moment, self.zone).timestamp()
 
 
-def parse_cron(text: str) -> CronLike:
-    """A cron expression, parsed by procpool.domain.cron. Raises ScheduleError-ready
-    ValueError (CronError) naming the field at fault."""
-    try:
-        cron = importlib.import_module("procpool.domain.cron")
-    except ImportError:
-        raise ValueError("cron expressions are not available in this build") from None
-    expression: CronLike = cron.CronExpression.parse(text)
+def parse_cron(text: str) -> CronExpression:
+    """A cron expression that can match some date.
+
+    Raises:
+        CronError: naming the field at fault ("cron" for one that never matches).
+    """
+    expression = CronExpression.parse(text)
+    if not expression.can_match:
+        raise CronError("cron", f"cron expression '{text}' can never match: none of its days"
+                        " of month exists in its months")  # fmt: skip
     return expression
 
 
@@ -253,6 +247,20 @@ def _time(name: str, field: str, value: object) -> str:
     return text
 
 
+def _cron(name: str, value: object) -> str:
+    """A cron expression's text, parsed; errors name the cron field at fault."""
+    text = _text(name, "cron", value)
+    try:
+        parse_cron(text)
+    except CronError as error:
+        field = "cron" if error.field == "cron" else f"cron {error.field}"
+        reason = str(error)
+        for said in (f"cron field {error.field}: ", "cron: "):
+            reason = reason.removeprefix(said)
+        raise ScheduleError(name, field, reason) from None
+    return text
+
+
 def _template(name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ScheduleError(name, "job", f"must be a table of job-file fields, got {show(value)}")
@@ -309,14 +317,7 @@ def check(value: object) -> Schedule:
             name, "tz", f"unknown time zone {show(tz)} (an IANA name such as Europe/Berlin)"
         ) from None
     if cron is not None:
-        cron = _text(name, "cron", cron)
-        try:
-            parse_cron(cron)
-        except ValueError as error:
-            field = getattr(error, "field", "cron")
-            raise ScheduleError(
-                name, "cron" if field == "cron" else f"cron {field}", str(error)
-            ) from None
+        cron = _cron(name, cron)
     overlap = _choice(name, "overlap", value.get("overlap", "skip"), OVERLAPS)
     if overlap == "queue":
         raise ScheduleError(

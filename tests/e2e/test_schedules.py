@@ -88,7 +88,7 @@ BAD = [
         "tz",
         "unknown time zone",
     ),
-    ('name = "b"\ncron = "61 * * * *"\njob = {type = "when"}', "cron", ""),
+    ('name = "b"\ncron = "61 * * * *"\njob = {type = "when"}', "cron minute", "0-59"),
     ('name = "b"\nevery = 5\njob = {type = "when", id = "x"}', "job.id", "not allowed"),
     ('name = "b"\nevery = 5\njob = {type = "no-such-type"}', "job.type", "unknown job type"),
     ('name = "b"\nevery = 5\noverlap = "queue"\njob = {type = "when"}', "overlap", "not supported"),
@@ -202,7 +202,17 @@ def test_trigger_pause_resume_and_remove(
     assert unknown.returncode == 1 and 'no schedule "nope"' in unknown.stderr
     nxt = run_cli(home, "schedule", "next", "h", "-n", "2").stdout.splitlines()
     assert len(nxt) == 2 and all(line.endswith("+00:00") for line in nxt)
+    cron = (
+        '[[schedule]]\nname = "c"\ncron = "30 2 * * *"\ntz = "Europe/Berlin"\n'
+        'job = {type = "when"}\n'
+    )
+    both = write(tmp_path / "c.toml", every("h", 3600) + cron)
+    assert run_cli(home, "schedule", "apply", str(both)).stdout == "added c\n"
+    for line in run_cli(home, "schedule", "next", "c", "-n", "3").stdout.splitlines():
+        utc, local = line.split()
+        assert epoch(utc) == epoch(local) and local[11:16] in ("02:30", "03:00"), line
     assert run_cli(home, "schedule", "remove", "h").stdout == "removed h\n"
+    assert run_cli(home, "schedule", "remove", "c").stdout == "removed c\n"
     assert run_cli(home, "schedule", "list").stdout == "no schedule\n"
 
 

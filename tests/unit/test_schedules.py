@@ -107,6 +107,11 @@ def test_the_same_schedule_in_json_is_the_same_definition() -> None:
             "later than start",
         ),
         ({"name": "s", "every": 5, "job": JOB, "colour": 1}, "colour", "unknown field"),
+        ({"name": "s", "cron": "61 * * * *", "job": JOB}, "cron minute", "out of range 0-59"),
+        ({"name": "s", "cron": "0 25 * * *", "job": JOB}, "cron hour", "out of range 0-23"),
+        ({"name": "s", "cron": "* * * *", "job": JOB}, "cron", "expected 5 fields"),
+        ({"name": "s", "cron": "0 0 30 2 *", "job": JOB}, "cron", "can never match"),
+        ({"name": "s", "cron": 5, "job": JOB}, "cron", "must be a string"),
         ({"name": "s", "every": 5}, "job", "must be a table"),
         ({"name": "s", "every": 5, "job": {"type": "echo", "id": "x"}}, "job.id", "not allowed"),
         (
@@ -164,6 +169,43 @@ def test_occurrence_and_manual_ids_name_the_instant_in_utc() -> None:
 def test_scheduled_for_is_the_local_time_with_its_offset() -> None:
     berlin = check({"name": "s", "cron": None, "every": 60, "tz": "Europe/Berlin", "job": JOB})
     assert scheduled_for(berlin, T0) == "2026-12-07T12:00:00+00:00"  # every ignores tz
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+CRON = [
+    # (expression, zone, after, the next instants in local time): the daylight-saving
+    # rules themselves are tests/unit/test_cron.py's; here, that schedules use them.
+    ("30 2 * * *", "Europe/Berlin", "2027-03-27T12:00:00+00:00",
+     ["2027-03-28T03:00:00+02:00", "2027-03-29T02:30:00+02:00"]),  # the gap: once, after it
+    ("30 2 * * *", "Europe/Berlin", "2027-10-30T12:00:00+00:00",
+     ["2027-10-31T02:30:00+02:00", "2027-11-01T02:30:00+01:00"]),  # the fold: its first pass
+    ("*/30 2 * * *", "UTC", "2027-01-01T00:00:00+00:00",
+     ["2027-01-01T02:00:00+00:00", "2027-01-01T02:30:00+00:00"]),
+    ("@daily", "America/New_York", "2027-01-01T12:00:00+00:00",
+     ["2027-01-02T00:00:00-05:00", "2027-01-03T00:00:00-05:00"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("expression", "zone", "after", "expected"), CRON)
+def test_a_cron_schedule_fires_at_its_expressions_instants_in_its_zone(
+    expression: str, zone: str, after: str, expected: list[str]
+) -> None:
+    schedule = check({"name": "c", "cron": expression, "tz": zone, "job": JOB})
+    instants = upcoming(schedule, at(after), len(expected))
+    assert [scheduled_for(schedule, t) for t in instants] == expected
+    assert [at(text) for text in expected] == instants
+
+
+def test_a_cron_schedule_is_planned_like_any_other() -> None:
+    hourly = check({"name": "h", "cron": "0 * * * *", "tz": "Asia/Kolkata", "job": JOB})
+    cursor = at("2027-01-01T10:00:00+00:00")  # on the hour in Kolkata: hh:30 UTC (+05:30)
+    result = plan(hourly, cursor, cursor + 3 * 3600 + 30, Facts())
+    assert result.create == (cursor + 2.5 * 3600,), "the latest missed one"
+    assert [skip.instant for skip in result.skipped] == [cursor + 1800, cursor + 1.5 * 3600]
+    assert result.wake == cursor + 3.5 * 3600
 
 
 def test_every_counts_from_the_epoch_or_from_start() -> None:
