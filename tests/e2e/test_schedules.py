@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, run_cli, wait_until
+from http_helpers import Server
 
 from procpool import Client
 
@@ -236,3 +237,33 @@ def test_two_daemons_on_postgresql_make_one_job_per_occurrence(
     assert max(seen.values()) == 1, [moment for moment, n in seen.items() if n > 1]
     by = [len(d.events("schedule.fired", schedule="pg")) for d in daemons]
     assert sum(by) >= 5
+
+
+@pytest.mark.timeout(120)
+def test_the_http_api_applies_lists_and_steers_schedules(
+    make_daemon: Callable[..., Daemon], home: Path
+) -> None:
+    daemon = make_daemon(1, args=HANDLERS)
+    api = Server(home, "--bind", "127.0.0.1:0")
+    try:
+        entry = {"name": "web", "every": "1h", "job": {"type": "when"}}
+        applied = api.post("/schedules", {"schedule": [entry]})
+        assert (applied.status_code, applied.json()) == (
+            200, {"added": ["web"], "changed": [], "removed": [], "stored": True},
+        )  # fmt: skip
+        again = api.post("/schedules", {"schedule": [entry]})
+        assert again.json()["added"] == [] and again.json()["changed"] == []
+        bad = api.post("/schedules", {"schedule": [{**entry, "tz": "Nowhere/City"}]})
+        assert bad.status_code == 422 and 'schedule "web": tz' in bad.json()["error"], bad.text
+        assert [s["name"] for s in api.get("/schedules").json()] == ["web"]
+        assert api.get("/schedules/web").json()["every"] == 3600
+        assert api.get("/schedules/nope").status_code == 404
+        assert len(api.get("/schedules/web/next", params={"n": 3}).json()) == 3
+        made = api.post("/schedules/web/trigger", {}).json()["job_id"]
+        assert daemon.wait_status(made, "completed").schedule == "web"
+        assert api.post("/schedules/web/pause", {}).status_code == 200
+        assert api.get("/schedules/web").json()["paused"] is True
+        assert api.client.delete("/schedules/web").status_code == 200
+        assert api.get("/schedules").json() == []
+    finally:
+        api.kill()
