@@ -45,13 +45,18 @@ class Scheduler:
         self._wakes: dict[str, float | None] = {}  # by name: when to plan it next
         self._known: dict[str, Schedule] = {}  # by name, as last read
         self._refresh_at = 0.0
+        self._stale = True  # read the schedules at the next turn, whatever the store says
         self.next_at: float | None = None
 
     def run(self, wall: float, defaults: JobDefaults) -> None:
-        """In the turn's transaction: plan every schedule whose wake has come."""
+        """In the turn's transaction: plan every schedule whose wake has come. A turn
+        with no schedule due and no change costs a comparison or two."""
         store = self._store
-        if store.schedules_changed() or (store.shared and wall >= self._refresh_at):
+        changed = store.schedules_changed()  # asked each turn: it clears the store's flag
+        if self._stale or changed or (store.shared and wall >= self._refresh_at):
             self._read(wall)
+        elif self.next_at is None or wall < self.next_at:
+            return
         for name, at in list(self._wakes.items()):
             if at is not None and at <= wall:
                 self._plan(name, wall, defaults)
@@ -59,10 +64,10 @@ class Scheduler:
 
     def rolled_back(self) -> None:
         """The turn's transaction was undone: read the schedules again."""
-        self._refresh_at = 0.0
-        self._wakes.clear()
+        self._stale = True
 
     def _read(self, wall: float) -> None:
+        self._stale = False
         self._refresh_at = wall + REFRESH_SHARED
         stored = self._store.schedules()
         self._known = {one.schedule.name: one.schedule for one in stored}
