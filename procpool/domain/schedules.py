@@ -35,6 +35,7 @@ from procpool.domain.errors import InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job
 from procpool.domain.spec import (
     ID_PATTERN,
+    MAX_SECONDS,
     JobDefaults,
     JobSpec,
     ScheduleRequest,
@@ -219,6 +220,8 @@ def _every(name: str, value: object) -> int:
         seconds = value
     if not math.isfinite(seconds) or seconds < 1:
         raise ScheduleError(name, "every", f"must be at least 1 s, got {show(value)}")
+    if seconds > MAX_SECONDS:
+        raise ScheduleError(name, "every", f"must be at most ten years, got {show(value)}")
     if seconds != int(seconds):
         raise ScheduleError(name, "every", f"must be a whole number of seconds, got {show(value)}")
     return int(seconds)
@@ -326,8 +329,14 @@ def check(value: object) -> Schedule:
             '"queue" is not supported yet (it needs job dependencies); use "skip" or "allow"',
         )
     grace = value.get("grace", DEFAULT_GRACE)
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < math.inf:
-        raise ScheduleError(name, "grace", f"must be a number of seconds >= 0, got {show(grace)}")
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or not 0 <= grace <= MAX_SECONDS
+    ):
+        raise ScheduleError(
+            name, "grace", f"must be a number of seconds from 0 to ten years, got {show(grace)}"
+        )
     start = None if value.get("start") is None else _time(name, "start", value["start"])
     end = None if value.get("end") is None else _time(name, "end", value["end"])
     if (

@@ -93,7 +93,8 @@ def test_the_same_schedule_in_json_is_the_same_definition() -> None:
         ({"name": "s", "every": 5, "overlap": "wait", "job": JOB}, "overlap", "one of"),
         ({"name": "s", "every": 5, "overlap": "queue", "job": JOB}, "overlap", "not supported yet"),
         ({"name": "s", "every": 5, "catchup": "some", "job": JOB}, "catchup", "one of"),
-        ({"name": "s", "every": 5, "grace": -1, "job": JOB}, "grace", ">= 0"),
+        ({"name": "s", "every": 5, "grace": -1, "job": JOB}, "grace", "from 0 to ten years"),
+        ({"name": "s", "every": "99999999d", "job": JOB}, "every", "at most ten years"),
         ({"name": "s", "every": 5, "start": "noon", "job": JOB}, "start", "RFC 3339"),
         (
             {
