@@ -176,6 +176,12 @@ def test_overlap_skip_skips_while_a_long_job_runs_and_nothing_piles_up(
         timeout=30,
         what="the skips in metrics.prom",
     )
+    # Paused, its occurrences are skipped as such; none makes a job.
+    assert run_cli(home, "schedule", "pause", "slow").returncode == 0
+    jobs_before = {job.id for job in daemon.client.list(limit=1000)}
+    daemon.wait_events("schedule.skipped", count=2, timeout=30, schedule="slow", reason="paused")
+    made = {job.id for job in daemon.client.list(limit=1000)} - jobs_before
+    assert not made, made
 
 
 @pytest.mark.timeout(120)
