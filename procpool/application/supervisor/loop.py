@@ -12,7 +12,7 @@ A turn, in the manner of CPython's `concurrent.futures.process._ExecutorManagerT
     read      in the turn's one store transaction: the shared store's tick, the
               signals, what the selector found (each worker message applied at once)
     apply     the door's requests, reaped exits, deadlines, memory samples
-    decide    inbox files, retirements, dispatch, retention
+    decide    inbox files, schedules' occurrences, retirements, dispatch, retention
     commit    the attempt history, the metrics snapshot; the transaction commits
     effects   answers, inbox files, sends, log lines; then forks and companions
 
@@ -21,8 +21,8 @@ transaction. The loop's parts live beside it: what each message and exit means
 (fleet.py, pure), the worker processes (workers.py), the one interpreter of the
 fleet's decisions and the turn's effects (effects.py), signals (signals.py), a
 shared store's lease and fence (member.py), dispatch (handout.py, over dispatch.py's
-plan), retention (retention.py), a busy store (busy.py), the wait (wait.py, pure)
-and the selectors it waits on (inputs.py).
+plan), schedules (scheduling.py), retention (retention.py), a busy store (busy.py),
+the wait (wait.py, pure) and the selectors it waits on (inputs.py).
 
 No threads: the supervisor forks replacement workers at any time, and a fork
 taken while another thread holds a lock copies the held lock into the child
