@@ -47,10 +47,11 @@ from procpool.adapters.inbox.untrusted_files import read_regular
 from procpool.adapters.reader_factory import open_reader
 from procpool.adapters.stores.job_reader import JobQuery, JobReader, SharedJobStore
 from procpool.application.wire import door_messages as wire
-from procpool.domain import inbox_names, spec
+from procpool.domain import inbox_names, schedules, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause, check_types, check_until
+from procpool.domain.schedules import Stored, UnknownSchedule
 from procpool.domain.timefmt import rfc3339
 
 if TYPE_CHECKING:  # stats.py imports psutil, which only `stats` needs
@@ -147,6 +148,8 @@ class JobInfo(_Record):
     # null otherwise. Computed when the job is read, from the running jobs then.
     waiting: dict[str, Any] | None = None
     expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
+    schedule: str | None = None  # the schedule that made the job (CONTRACT section 14)
+    scheduled_for: str | None = None  # its occurrence's nominal time in the schedule's zone
 
     @property
     def is_terminal(self) -> bool:
@@ -177,6 +180,8 @@ class JobInfo(_Record):
             concurrency_key=job.concurrency_key,
             waiting=waiting,
             expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
+            schedule=job.schedule,
+            scheduled_for=job.scheduled_for,
         )
 
     @classmethod
@@ -201,6 +206,60 @@ class PauseInfo(_Record):
             until=None if pause.until is None else rfc3339(pause.until),
             since=rfc3339(pause.since),
         )
+
+
+class ScheduleInfo(_Record):
+    """A schedule as `procpool schedule show NAME --json` prints it (CONTRACT section 14):
+    its definition as applied (`every` in seconds), whether it is paused, its `cursor`
+    (the last occurrence handled), the next occurrence to come (`next_run`, null once
+    ended), the latest one made a job (`last_run`, with `last_job`, the schedule's
+    latest job) and the latest one skipped (`last_skip`: occurrence and reason).
+    Times RFC 3339, UTC."""
+
+    name: str
+    type: str
+    cron: str | None
+    every: int | None
+    tz: str
+    overlap: str
+    catchup: str
+    grace: float
+    start: str | None
+    end: str | None
+    job: dict[str, Any]
+    paused: bool
+    cursor: str
+    next_run: str | None
+    last_run: str | None
+    last_job: str | None
+    last_skip: dict[str, str] | None
+
+    @classmethod
+    def of(cls, stored: Stored, now: float) -> ScheduleInfo:
+        schedule = stored.schedule
+        upcoming = schedules.upcoming(schedule, max(now, stored.cursor), 1)
+        skip = stored.last_skip
+        return cls(
+            name=schedule.name, type=schedule.type, cron=schedule.cron, every=schedule.every,
+            tz=schedule.tz, overlap=schedule.overlap, catchup=schedule.catchup,
+            grace=schedule.grace, start=schedule.start, end=schedule.end, job=schedule.job,
+            paused=stored.paused, cursor=rfc3339(stored.cursor),
+            next_run=rfc3339(upcoming[0]) if upcoming else None,
+            last_run=None if stored.last_run is None else rfc3339(stored.last_run),
+            last_job=stored.last_job,
+            last_skip=None if skip is None
+            else {"occurrence": rfc3339(skip.instant), "reason": skip.reason},
+        )  # fmt: skip
+
+
+class ScheduleChanges(_Record):
+    """What `schedule_apply` changed, by name; `stored`: False while the request waits
+    in the inbox of a home whose daemon is not running."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    stored: bool = True
 
 
 class Attempt(_Record):
@@ -814,6 +873,93 @@ class Client:
         self.require_store()
         now = time.time()
         return [PauseInfo.of(p) for p in self._reader.pauses() if p.in_force(now)]
+
+    # ----------------------------------------------------------------- schedules
+
+    def schedule_apply(
+        self, data: bytes, *, json_file: bool = False, timeout: float | None = PAUSE_TIMEOUT
+    ) -> ScheduleChanges:
+        """Make the stored schedules be exactly those of a schedule file (TOML, or JSON
+        with `json_file`): CONTRACT section 14. A new schedule starts now (it never fires
+        for the past); an edited one keeps its cursor and fires nothing because of the
+        edit; one not in the file is removed. Applying the same file again changes
+        nothing. With `database_url` it is committed before this returns; otherwise it
+        is an inbox request, waited for as `pause` waits.
+
+        Raises:
+            procpool.domain.schedules.ScheduleError (an InvalidJobFile): the file or a
+                schedule is bad, or a template names a job type no daemon serves; the
+                message names the schedule and the field. Nothing is changed then.
+        """
+        wanted = schedules.parse_file(data, json_file=json_file)
+        if self._shared is not None:
+            changes = self._shared.apply_schedules(wanted)
+        else:
+            stored = {s.schedule.name: s.schedule.encoded() for s in self._stored_schedules()}
+            changes = schedules.diff(stored, wanted)
+            if not changes.none:
+                request = {"schedules": "apply", "definitions": [s.to_builtins() for s in wanted]}
+                dropped = self._drop(f"schedules-{uuid.uuid4().hex[:12]}", request)
+                if not self._taken(dropped, timeout):
+                    return ScheduleChanges(
+                        added=[s.name for s in changes.added],
+                        changed=[s.name for s in changes.changed],
+                        removed=changes.removed, stored=False,
+                    )  # fmt: skip
+        return ScheduleChanges(
+            added=[s.name for s in changes.added],
+            changed=[s.name for s in changes.changed],
+            removed=changes.removed,
+        )
+
+    def _stored_schedules(self) -> builtins.list[Stored]:
+        return self._reader.schedules() if self._reader.exists() else []
+
+    def schedules(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule, by name, with its last run, next run and last skip."""
+        now = time.time()
+        return [ScheduleInfo.of(stored, now) for stored in self._stored_schedules()]
+
+    def schedule(self, name: str) -> ScheduleInfo:
+        """One schedule. Raises UnknownSchedule (a ProcpoolError) if there is none."""
+        return ScheduleInfo.of(self._stored_schedule(name), time.time())
+
+    def _stored_schedule(self, name: str) -> Stored:
+        for stored in self._stored_schedules():
+            if stored.schedule.name == name:
+                return stored
+        raise UnknownSchedule(name)
+
+    def schedule_next(self, name: str, count: int = 5) -> builtins.list[tuple[str, str]]:
+        """The next `count` occurrences of a schedule from now (or from its cursor, if
+        later): each as (UTC, the schedule's local time), RFC 3339."""
+        stored = self._stored_schedule(name)
+        instants = schedules.upcoming(stored.schedule, max(time.time(), stored.cursor), count)
+        return [
+            (rfc3339(t)[:19] + "Z", schedules.scheduled_for(stored.schedule, t, local=True))
+            for t in instants
+        ]
+
+    def schedule_change(
+        self, name: str, action: str, *, timeout: float | None = PAUSE_TIMEOUT
+    ) -> tuple[bool, str | None]:
+        """`pause`, `resume`, `trigger` or `remove` a schedule. A paused schedule's
+        occurrences are skipped (reason `paused`) and `resume` does not catch up; a
+        trigger makes one job now, id NAME.manual-YYYYMMDDTHHMMSSZ, the cursor unmoved.
+        Returns whether it is done (False: the request waits in the inbox) and the
+        triggered job's id.
+
+        Raises:
+            UnknownSchedule: no such schedule.
+        """
+        self._stored_schedule(name)
+        at = time.time()
+        if self._shared is not None:
+            return True, self._shared.change_schedule(name, action, at)
+        made = schedules.manual_id(name, at) if action == "trigger" else None
+        request = {"schedules": action, "name": name, "at": rfc3339(at)}
+        dropped = self._drop(f"schedule-{action}-{uuid.uuid4().hex[:12]}", request)
+        return self._taken(dropped, timeout), made
 
     # ----------------------------------------------------------------- reading
 

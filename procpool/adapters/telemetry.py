@@ -108,6 +108,14 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
     )
     family("procpool_jobs_expired_total", "counter", "Pending jobs canceled at expires_at.")
     out.append(f"procpool_jobs_expired_total {snapshot.expired}")
+    family(
+        "procpool_schedule_skipped_total", "counter",
+        "Occurrences of schedules not made jobs, by reason (since the store began).",
+    )  # fmt: skip
+    out.extend(
+        f'procpool_schedule_skipped_total{{reason="{_label(reason)}"}} {count}'
+        for reason, count in snapshot.schedule_skips.items()
+    )
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
     out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
     return "\n".join(out) + "\n"

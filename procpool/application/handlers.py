@@ -31,22 +31,28 @@ class JobContext:
             as `job.log` events of this job, whichever thread logs and whenever.
             Keyword fields (`ctx.logger.info("resized", width=640)`) go under the
             line's `fields` key.
+        scheduled_for: for a job made by a schedule (CONTRACT section 14), the
+            occurrence's nominal time in the schedule's zone, RFC 3339 with its offset
+            ("2026-03-29T03:00:00+02:00"); None for any other job.
 
     `report_progress` is bound to this run by the worker: a report made after the
     run ended (by a thread the handler left behind) is dropped, never taken for
     another job's.
     """
 
-    __slots__ = ("_report_progress", "attempt", "job_id", "logger")
+    __slots__ = ("_report_progress", "attempt", "job_id", "logger", "scheduled_for")
 
     def __init__(
         self,
         job_id: str,
         attempt: int,
         report_progress: Callable[[float, str | None], None],
+        *,
+        scheduled_for: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        self.scheduled_for = scheduled_for
         self.logger = logger.bind(job_id=job_id, attempt=attempt, **{RUN_KEY: (job_id, attempt)})
         self._report_progress = report_progress
 

@@ -15,6 +15,7 @@ from procpool.domain.errors import ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits
 from procpool.domain.pauses import Pause
+from procpool.domain.schedules import Advance, Changes, Stored
 from procpool.domain.spec import NO_TYPE_DEFAULTS, JobSpec, Request, TypeDefaults
 
 
@@ -171,6 +172,50 @@ class JobStore(Protocol):
 
     def expired(self, now: float, limit: int) -> list[Job]:
         """Up to `limit` pending jobs whose expires_at has come, earliest first."""
+        ...
+
+    # Schedules (CONTRACT section 14; adapters/stores/schedule_rows.py).
+
+    def schedules(self) -> list[Stored]:
+        """Every stored schedule, by name."""
+        ...
+
+    def schedule_definitions(self) -> dict[str, bytes]:
+        """Each stored schedule's definition (`Schedule.encoded`), by name."""
+        ...
+
+    def take_schedule(self, name: str) -> Stored | None:
+        """In a turn: the schedule as committed now, held until the transaction ends;
+        None if it is gone or another daemon holds it (it is planning it)."""
+        ...
+
+    def write_schedules(self, changes: Changes, now: float) -> None:
+        """Apply's changes; an added schedule's cursor is `now`, a changed one's is moved
+        up to `now` (an edit never fires)."""
+        ...
+
+    def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
+        """Pause or resume (the cursor moved up to `now`: no catch-up); False: no such
+        schedule."""
+        ...
+
+    def trigger_schedule(self, name: str, job: Job) -> bool:
+        """Insert a manual job of the schedule; False if its id exists."""
+        ...
+
+    def advance_schedule(self, name: str, expected: float, advance: Advance) -> bool:
+        """Compare-and-set: if the schedule's cursor is still `expected`, move it to
+        `advance.cursor` and insert its jobs (ids that exist are left alone) and skips,
+        in this transaction. False: another daemon or turn did it first; nothing written."""
+        ...
+
+    def schedule_skips(self) -> dict[str, int]:
+        """Occurrences skipped since the store began, by reason."""
+        ...
+
+    def schedules_changed(self) -> bool:
+        """Whether the schedules were written (by this process, or on a shared store by
+        another one that said so) since the last call."""
         ...
 
     def next_expiry(self) -> float | None:

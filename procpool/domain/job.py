@@ -82,6 +82,10 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     concurrency_key: str | None = None
     # A job still pending then is canceled as expired (CONTRACT section 13).
     expires_at: float | None = None
+    # An occurrence of a schedule (CONTRACT section 14): the schedule's name, and the
+    # occurrence's nominal time in the schedule's zone (RFC 3339 with its offset).
+    schedule: str | None = None
+    scheduled_for: str | None = None
 
     @property
     def attempt(self) -> int:

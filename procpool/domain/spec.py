@@ -101,6 +101,21 @@ class ResumeRequest(msgspec.Struct, forbid_unknown_fields=True):
     resume: list[str]
 
 
+SCHEDULE_ACTIONS = ("apply", "pause", "resume", "trigger", "remove")
+
+
+class ScheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A change of the schedules (`procpool schedule ...`, CONTRACT section 14):
+    `schedules` is the action, one of SCHEDULE_ACTIONS. "apply": `definitions` are every
+    schedule, as a schedule file holds them (checked by domain/schedules.py); the others
+    concern the schedule `name`; "trigger" makes its job at `at` (RFC 3339)."""
+
+    schedules: str
+    name: str | None = None
+    definitions: list[Any] | None = None
+    at: str | None = None
+
+
 @dataclass(frozen=True)
 class BatchRequest:
     """`{"batch": [job, ...]}`: jobs stored all or none (`Client.submit_many` while no
@@ -127,6 +142,10 @@ _KINDS = {
     "pause": "a list of job types",
     "resume": "a list of job types",
     "until": "a string",
+    "schedules": "a string",
+    "name": "a string",
+    "definitions": "an array of schedules",
+    "at": "a string",
 }
 
 
@@ -609,12 +628,12 @@ def _batch(document: dict[str, Any]) -> BatchRequest:
     return BatchRequest(found)
 
 
-Request = CancelRequest | PruneRequest | PauseRequest | ResumeRequest
+Request = CancelRequest | PruneRequest | PauseRequest | ResumeRequest | ScheduleRequest
 
 
 def decode(data: bytes, first_line: int = 1) -> JobSpec | Request | BatchRequest:
-    """Decode one JSON object: a job, a cancel, prune, pause or resume request, or a
-    batch."""
+    """Decode one JSON object: a job, a cancel, prune, pause, resume or schedule
+    request, or a batch."""
     # The common case, a well-formed job, in one typed pass; anything else takes the
     # slower path below, which explains what is wrong.
     try:
@@ -639,6 +658,8 @@ def decode(data: bytes, first_line: int = 1) -> JobSpec | Request | BatchRequest
             target = PauseRequest
         elif "resume" in document:
             target = ResumeRequest
+        elif "schedules" in document:
+            target = ScheduleRequest
     try:
         decoded = msgspec.convert(document, target)
     except msgspec.ValidationError:
@@ -657,9 +678,27 @@ def _check_request(request: Request) -> Request:
         request.pause = check_types(request.pause)
         if request.until is not None:
             parse_time(request.until, "until")
-    else:
+    elif isinstance(request, ResumeRequest):
         request.resume = check_types(request.resume)
+    else:
+        _check_schedule_request(request)
     return request
+
+
+def _check_schedule_request(request: ScheduleRequest) -> None:
+    if request.schedules not in SCHEDULE_ACTIONS:
+        raise InvalidJobFile(
+            f"schedules must be one of {', '.join(SCHEDULE_ACTIONS)}, got {show(request.schedules)}"
+        )
+    if request.schedules == "apply":
+        if request.definitions is None:
+            raise InvalidJobFile('definitions: an apply names every schedule (or "[]")')
+        return
+    if request.name is None:
+        raise InvalidJobFile(f"name: a schedule {request.schedules} names its schedule")
+    check_id(request.name, "name")
+    if request.schedules == "trigger":
+        parse_time(request.at or "", "at")
 
 
 _canonical = msgspec.json.Encoder(order="deterministic")

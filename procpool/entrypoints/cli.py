@@ -25,7 +25,15 @@ from procpool.adapters.home.pidfile import AlreadyRunning
 from procpool.adapters.logs.cursor import LogCursor
 from procpool.adapters.logs.reader import LEVELS, LogFilter, parse, read_all
 from procpool.adapters.logs.writer import human_line
-from procpool.client import Attempt, Client, JobInfo, JobRejected, PauseInfo, UnknownJob
+from procpool.client import (
+    Attempt,
+    Client,
+    JobInfo,
+    JobRejected,
+    PauseInfo,
+    ScheduleInfo,
+    UnknownJob,
+)
 from procpool.domain import spec
 from procpool.domain.errors import ConfigError, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Status
@@ -905,3 +913,138 @@ def stop(home: Path | None, timeout: float | None) -> None:
             )
         time.sleep(0.05)
     click.echo(f"procpool (pid {pid}) stopped")
+
+
+# ----------------------------------------------------------------- schedules
+# procpool schedule apply FILE | list | show NAME | next NAME [-n N] | pause | resume |
+# trigger | remove NAME (CONTRACT section 14).
+
+
+@main.group()
+@home_option
+@click.pass_context
+def schedule(context: click.Context, home: Path | None) -> None:
+    """Schedules: jobs made on a clock, exactly one per occurrence. --home may come
+    before or after the subcommand."""
+    context.obj = home
+
+
+def _schedule_client(home: Path | None) -> Client:
+    """The client of the subcommand's --home, else of the group's."""
+    group_home: Path | None = click.get_current_context().obj
+    return _client(home or group_home)
+
+
+@schedule.command()
+@home_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@give_up_option
+def apply(home: Path | None, file: Path, timeout: float | None) -> None:
+    """Make the stored schedules be exactly those of FILE (TOML, or JSON if its name
+    ends in .json): adds, changes and removes, and says which. A new schedule starts
+    now; an edited one fires nothing because of the edit. Applying the same file
+    again changes nothing."""
+    client = _schedule_client(home)
+    with _user_errors():
+        changes = client.schedule_apply(
+            file.read_bytes(), json_file=file.suffix == ".json", timeout=timeout
+        )
+    lines = [f"added {name}" for name in changes.added]
+    lines += [f"changed {name}" for name in changes.changed]
+    lines += [f"removed {name}" for name in changes.removed]
+    click.echo("\n".join(lines) if lines else "no change")
+    if not changes.stored:
+        _waiting(client, "apply", timeout)
+
+
+def _waiting(client: Client, what: str, timeout: float | None) -> None:
+    if client.daemon_pid() is None:
+        click.echo(f"the {what} waits in the inbox; it takes effect when the daemon starts")
+        return
+    raise CommandFailed(
+        f"the daemon did not take the {what} within {timeout or 0:g} s; the request waits"
+        " in the inbox", EXIT_TIMEOUT,
+    )  # fmt: skip
+
+
+def _when(schedule: ScheduleInfo) -> str:
+    return f"cron {schedule.cron}" if schedule.cron else f"every {schedule.every}s"
+
+
+@schedule.command(name="list")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_schedules(home: Path | None, as_json: bool) -> None:
+    """Every schedule with its last run, next run and last skip."""
+    client = _schedule_client(home)
+    with _user_errors():
+        found = client.schedules()
+    if as_json:
+        for info in found:
+            _print_json(info)
+        return
+    if not found:
+        click.echo("no schedule")
+        return
+    rows = [("NAME", "WHEN", "TYPE", "STATE", "LAST RUN", "NEXT RUN", "LAST SKIP")]
+    for info in found:
+        skip = info.last_skip
+        rows.append((
+            info.name, _when(info), info.type, "paused" if info.paused else "active",
+            info.last_run or "-", info.next_run or "ended",
+            "-" if skip is None else f"{skip['occurrence']} {skip['reason']}",
+        ))  # fmt: skip
+    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+@schedule.command()
+@home_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def show(home: Path | None, name: str, as_json: bool) -> None:
+    """One schedule: its definition and where it stands."""
+    client = _schedule_client(home)
+    with _user_errors():
+        info = client.schedule(name)
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.to_dict().items():
+        click.echo(f"{key + ':':<10} {'-' if value is None else value}")
+
+
+@schedule.command(name="next")
+@home_option
+@click.argument("name")
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=5, show_default=True)
+def next_runs(home: Path | None, name: str, count: int) -> None:
+    """The next N occurrences of a schedule, in UTC and in its zone: check a
+    daylight-saving transition in advance."""
+    client = _schedule_client(home)
+    with _user_errors():
+        for utc, local in client.schedule_next(name, count):
+            click.echo(f"{utc}  {local}")
+
+
+def _change(action: str, done: str) -> None:
+    @schedule.command(name=action, help=f"{done.capitalize()} the schedule NAME.")
+    @home_option
+    @click.argument("name")
+    @give_up_option
+    def change(home: Path | None, name: str, timeout: float | None) -> None:
+        client = _schedule_client(home)
+        with _user_errors():
+            stored, made = client.schedule_change(name, action, timeout=timeout)
+        if not stored:
+            _waiting(client, f"{action} of {name}", timeout)
+            return
+        click.echo(f"{done} {name}" + (f": job {made}" if made else ""))
+
+
+_change("pause", "paused")
+_change("resume", "resumed")
+_change("trigger", "triggered")
+_change("remove", "removed")

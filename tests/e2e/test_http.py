@@ -298,7 +298,14 @@ def test_openapi_document_describes_every_endpoint(api: Server) -> None:
         "/jobs", "/jobs/batch", "/jobs/{job_id}", "/jobs/{job_id}/attempts",
         "/jobs/{job_id}/wait", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
         "/events", "/stats", "/metrics", "/healthz", "/pauses", "/pauses/{job_type}",
+        "/schedules", "/schedules/{name}", "/schedules/{name}/next", "/schedules/{name}/pause",
+        "/schedules/{name}/resume", "/schedules/{name}/trigger",
     }  # fmt: skip
+    applied = paths["/schedules"]["post"]["requestBody"]["content"]["application/json"]
+    assert (
+        "schedule"
+        in spec["components"]["schemas"][applied["schema"]["$ref"].split("/")[-1]]["properties"]
+    )
     body = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     request = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
     assert request["required"] == ["type"]
@@ -515,6 +522,10 @@ def test_the_bearer_token(home: Path, serve: Callable[..., Server], tmp_path: Pa
     assert api.post("/pauses", {"types": ["echo"]}).status_code == 401
     assert api.client.delete("/pauses/echo").status_code == 401
     assert api.get("/pauses").status_code == 401
+    assert api.post("/schedules", {"schedule": []}).status_code == 401
+    assert api.get("/schedules").status_code == 401
+    assert api.post("/schedules/s/trigger", {}).status_code == 401
+    assert api.client.delete("/schedules/s").status_code == 401
 
 
 def test_dns_rebinding_cors_and_form_posts_are_refused(

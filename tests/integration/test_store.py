@@ -28,7 +28,9 @@ from procpool.application.ports import (
     WorkerRecord,
 )
 from procpool.domain import job as jobs
+from procpool.domain import schedules
 from procpool.domain.job import Job, Progress, Status
+from procpool.domain.schedules import Schedule
 
 try:
     from psycopg.errors import UniqueViolation
@@ -269,6 +271,96 @@ def test_the_progress_of_files_read_in_parts(store: JobStore) -> None:
         store.forget_progress("big.jsonl")
     assert list(store.files_in_progress()) == ["other.jsonl"]
     assert store.line_errors("big.jsonl") == []
+
+
+# ------------------------------------------------------------------ schedules
+
+
+def a_schedule(name: str = "tick", every: int = 10, **fields: object) -> Schedule:
+    return schedules.check({"name": name, "every": every, "job": {"type": "echo"}, **fields})
+
+
+def test_applied_schedules_start_at_the_apply_and_an_edit_keeps_the_cursor(
+    store: JobStore,
+) -> None:
+    a, b = a_schedule("a"), a_schedule("b")
+    with store.transaction():
+        store.write_schedules(schedules.diff(store.schedule_definitions(), [a, b]), NOW)
+    assert [(s.schedule, s.cursor, s.paused) for s in store.schedules()] == [
+        (a, NOW, False), (b, NOW, False),
+    ]  # fmt: skip
+    assert schedules.diff(store.schedule_definitions(), [a, b]).none
+    with store.transaction():
+        assert store.advance_schedule("a", NOW, schedules.Advance(NOW + 50))
+    a2 = a_schedule("a", every=20)
+    changes = schedules.diff(store.schedule_definitions(), [a2])
+    assert (changes.changed, changes.removed) == ([a2], ["b"])
+    with store.transaction():
+        store.write_schedules(changes, NOW + 10)
+    (stored,) = store.schedules()
+    assert (stored.schedule, stored.cursor) == (a2, NOW + 50), "the cursor kept, not moved back"
+    with store.transaction():
+        store.write_schedules(schedules.diff(store.schedule_definitions(), [a2]), NOW + 99)
+        store.write_schedules(schedules.Changes([], [a_schedule("a", every=5)], []), NOW + 99)
+    assert store.schedules()[0].cursor == NOW + 99, "an edit never fires for what it missed"
+
+
+def test_an_occurrence_is_inserted_once_by_compare_and_set(store: JobStore) -> None:
+    with store.transaction():
+        store.write_schedules(schedules.Changes([a_schedule()], [], []), NOW)
+    job = a_job("tick.20270115T080010Z")
+    skip = schedules.Skip(NOW + 5, "missed")
+    advance = schedules.Advance(NOW + 10, (job,), (skip,), run=NOW + 10)
+    with store.transaction():
+        taken = store.take_schedule("tick")
+        assert taken is not None and taken.cursor == NOW
+        assert store.advance_schedule("tick", NOW, advance)
+    # A second daemon, or the same after a restart, that planned from the old cursor:
+    other = schedules.Advance(NOW + 10, (a_job(job.id, priority=5),), (skip,), run=NOW + 10)
+    with store.transaction():
+        assert not store.advance_schedule("tick", NOW, other)
+    assert store.get(job.id) == job
+    (stored,) = store.schedules()
+    assert (stored.cursor, stored.last_job, stored.last_run) == (NOW + 10, job.id, NOW + 10)
+    assert stored.last_skip == skip
+    assert store.schedule_skips() == {"missed": 1}
+    # An id that exists (a job submitted by hand under it) is left alone.
+    with store.transaction():
+        assert store.advance_schedule("tick", NOW + 10, schedules.Advance(NOW + 20, (job,)))
+    assert store.get(job.id) == job
+
+
+def test_a_rolled_back_advance_leaves_the_cursor(store: JobStore) -> None:
+    with store.transaction():
+        store.write_schedules(schedules.Changes([a_schedule()], [], []), NOW)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.advance_schedule("tick", NOW, schedules.Advance(NOW + 10, (a_job("tick.x"),)))
+        raise RuntimeError("the turn failed")
+    assert store.schedules()[0].cursor == NOW
+    assert store.get("tick.x") is None
+
+
+def test_pause_resume_trigger_and_retention_keeps_schedules(store: JobStore) -> None:
+    with store.transaction():
+        store.write_schedules(schedules.Changes([a_schedule()], [], []), NOW)
+        assert store.pause_schedule("tick", True, NOW + 1)
+        assert not store.pause_schedule("nope", True, NOW + 1)
+    assert store.schedules()[0].paused
+    with store.transaction():
+        assert store.pause_schedule("tick", False, NOW + 30)
+    stored = store.schedules()[0]
+    assert (stored.paused, stored.cursor) == (False, NOW + 30), "resume does not catch up"
+    manual = a_job("tick.manual-20270115T080000Z")
+    with store.transaction():
+        assert store.trigger_schedule("tick", manual)
+        assert not store.trigger_schedule("tick", manual)
+    assert store.schedules()[0].last_job == manual.id
+    done = jobs.complete(started(store, manual.id, lease=1), result=b"1", now=NOW + 2)
+    with store.transaction():
+        store.save(done, expected=Status.RUNNING, expected_lease=1)
+        store.delete_finished_before(NOW + 1000, 100)
+    assert store.get(manual.id) is None
+    assert store.schedules()[0].cursor == NOW + 30, "retention keeps the cursor"
 
 
 # ------------------------------------------------------------------ SQLite only

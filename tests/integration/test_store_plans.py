@@ -22,6 +22,7 @@ from procpool.adapters.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJo
 from procpool.adapters.stores.sqlite_reader import StoreReader
 from procpool.application.ports import FileProgress, LineError, Serving, WorkerRecord, WorkerReport
 from procpool.domain import job as jobs
+from procpool.domain import schedules
 from procpool.domain.job import Job, Status
 from procpool.domain.limits import ClaimLimits
 from procpool.domain.pauses import Pause
@@ -122,6 +123,28 @@ def exercise_store(store: SqliteJobStore) -> None:
         store.line_errors("f")
         store.forget_progress("f")
         store.delete_finished_before(NOW + 3, 5)
+    exercise_schedules(store)
+
+
+def exercise_schedules(store: SqliteJobStore) -> None:
+    """The schedules' statements: each of one schedule by its name (the primary key);
+    `schedules`, `schedule_definitions` and `schedule_skips` read their small tables
+    whole, by design (at a change of the schedules, and for `stats`)."""
+    tick = schedules.check({"name": "tick", "every": 10, "job": {"type": "echo"}})
+    other = schedules.check({"name": "other", "every": 10, "job": {"type": "echo"}})
+    with store.transaction():
+        store.write_schedules(schedules.Changes([tick, other], [], []), NOW)
+        store.write_schedules(schedules.Changes([], [tick], ["other"]), NOW + 1)
+        store.take_schedule("tick")
+        skip = schedules.Skip(NOW + 5, "missed")
+        job = a_job(900_001, id="tick.20270115T080010Z")
+        store.advance_schedule("tick", NOW + 1, schedules.Advance(NOW + 10, (job,), (skip,)))
+        store.pause_schedule("tick", True, NOW + 2)
+        store.pause_schedule("tick", False, NOW + 3)
+        store.trigger_schedule("tick", a_job(900_002, id="tick.manual-20270115T080010Z"))
+        store.schedules()
+        store.schedule_definitions()
+        store.schedule_skips()
 
 
 def exercise_reader(reader: StoreReader) -> None:
@@ -172,6 +195,11 @@ def test_every_statement_of_the_store_and_its_reader_is_indexed(tmp_path: Path) 
         reader.close()
         store.close()
     whole = [sql for sql, plan in {**written, **read}.items() if scans_jobs(plan)]
+    by_name = [sql for sql in written if "schedules" in sql and "WHERE name" in sql]
+    assert len(by_name) >= 4, by_name
+    assert all("USING PRIMARY KEY (name=?)" in written[sql] for sql in by_name), [
+        (sql, written[sql]) for sql in by_name
+    ]
     assert sorted(set(whole)) == sorted(set(whole) & set(WHOLE_TABLE)), [
         (sql, (written | read)[sql]) for sql in whole if sql not in WHOLE_TABLE
     ]

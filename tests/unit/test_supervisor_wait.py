@@ -32,6 +32,9 @@ CASES = [
     ({"spawn_at": NOW + 0.05, "stopping": True}, 3600.0),  # nothing forked while stopping
     ({"due_at": WALL + 2.5}, 2.5),  # a scheduled job: wall time, turned monotonic
     ({"due_at": WALL - 10.0}, 0.0),  # due already
+    ({"schedule_at": WALL + 1.5}, 1.5),  # a schedule's next occurrence: wall time too
+    ({"schedule_at": WALL - 3.0}, 0.0),  # come already
+    ({"schedule_at": WALL + 1.5, "due_at": WALL + 0.7}, 0.7),
     ({"look_again_at": NOW + 0.25}, 0.25),  # a queued job may be taken back then
     ({"door_paused_until": NOW + 0.1}, 0.1),
     ({"memory_sample_at": NOW + 1.0}, 1.0),

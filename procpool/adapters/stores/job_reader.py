@@ -24,6 +24,7 @@ from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits, Running, from_rows, waiting
 from procpool.domain.pauses import Pause
 from procpool.domain.pauses import waiting as pause_waiting
+from procpool.domain.schedules import Changes, Schedule, Stored
 from procpool.domain.spec import JobDefaults, JobSpec
 
 
@@ -118,6 +119,14 @@ class JobReader(Protocol):
         running, keys full, due pending jobs of the full keys); `key_limit_figures`."""
         ...
 
+    def schedules(self) -> list[Stored]:
+        """Every stored schedule, by name (CONTRACT section 14)."""
+        ...
+
+    def schedule_skips(self) -> dict[str, int]:
+        """Occurrences of schedules skipped since the store began, by reason."""
+        ...
+
     # Last of the reads: below it, `list` in an annotation would name this method.
     def list(self, query: JobQuery = EVERY_JOB) -> list[Job]:
         """The jobs `query` selects, newest first (created_at, then id, both
@@ -147,6 +156,24 @@ class SharedJobStore(JobReader, Protocol):
     def pause(self, pauses: Sequence[Pause]) -> None: ...
 
     def resume(self, types: Sequence[str]) -> list[str]: ...
+
+    def apply_schedules(self, wanted: Sequence[Schedule]) -> Changes:
+        """Make the stored schedules be `wanted`; returns what changed.
+
+        Raises:
+            ScheduleError: a schedule's job type is served by no live daemon that said
+                which types it serves (`job.type` named); nothing is written.
+        """
+        ...
+
+    def change_schedule(self, name: str, action: str, at: float) -> str | None:
+        """`pause`, `resume`, `remove` or `trigger` (its job made at `at`) the schedule
+        `name`. Returns the triggered job's id (else None).
+
+        Raises:
+            procpool.domain.schedules.UnknownSchedule: no such schedule.
+        """
+        ...
 
 
 def held_back(

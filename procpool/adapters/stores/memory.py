@@ -6,14 +6,16 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from procpool.adapters.stores.schedule_rows import MemoryScheduleRows, ScheduleMethods
 from procpool.application.ports import FileProgress, LineError, Serving, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, Running, admit, limited
 from procpool.domain.pauses import Pause, first_wake, in_force, next_end
 
 
-class MemoryJobStore:
+class MemoryJobStore(ScheduleMethods):
     shared = False
+    _schedule_rows: MemoryScheduleRows
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
@@ -26,18 +28,21 @@ class MemoryJobStore:
         self._served: frozenset[str] = frozenset()
         self._pauses: dict[str, Pause] = {}
         self._pause_end: float | None = None  # the next `until` that `due` saw
+        self._schedule_rows = MemoryScheduleRows()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
         saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
+        saved_schedules = self._schedule_rows.state()
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
             self._pauses = saved_pauses
+            self._schedule_rows.restore(saved_schedules)
             raise
 
     def get(self, job_id: str) -> Job | None:

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
+from procpool.adapters.stores.schedule_rows import ScheduleMethods, ScheduleRows
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _column_value, _job
 from procpool.application.events import emit
 from procpool.application.ports import (
@@ -218,6 +219,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX procpool_jobs_expired ON procpool_jobs (created_at)
         WHERE status = 'canceled' AND last_error = 'expired';
+    """,
+    # 8: schedules (CONTRACT section 14), shared by every daemon: one row per schedule
+    # with its cursor, moved by compare-and-set in the transaction that inserts the
+    # occurrences' jobs (schedule_rows.py; a daemon planning one holds its row), and
+    # the skips counted by reason. Retention never deletes them.
+    """
+    CREATE TABLE procpool_schedules (
+        name text PRIMARY KEY,
+        definition text NOT NULL,
+        cursor double precision NOT NULL,
+        paused boolean NOT NULL DEFAULT false,
+        last_job text,
+        last_run double precision,
+        last_skip double precision,
+        last_skip_reason text,
+        updated_at double precision NOT NULL
+    );
+    CREATE TABLE procpool_schedule_skips (
+        reason text PRIMARY KEY,
+        count bigint NOT NULL
+    );
+    ALTER TABLE procpool_jobs ADD COLUMN schedule text, ADD COLUMN scheduled_for text;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -433,6 +456,24 @@ def read_pauses(db: psycopg.Connection[Any]) -> list[Pause]:
     return [Pause(*row) for row in rows]
 
 
+# A notification's payload on JOBS_CHANNEL that says the schedules changed (an apply, a
+# pause): the daemons read them again.
+SCHEDULES_CHANGED = "schedules"
+
+
+def schedule_rows(rows: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]) -> ScheduleRows:
+    """The schedules' statements (`rows` runs one); a turn's read of one row locks it,
+    skipping a row another daemon holds (that one is planning the schedule)."""
+    return ScheduleRows(
+        rows, "procpool_schedules", "procpool_schedule_skips", "%s", " FOR UPDATE SKIP LOCKED"
+    )
+
+
+def notify_schedules(db: psycopg.Connection[Any]) -> None:
+    """Tell the daemons, at the commit, that the schedules changed."""
+    db.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, SCHEDULES_CHANGED))
+
+
 def machine_identity(home: Path) -> str:
     """What tells an earlier run of this daemon from another host's: the id stored in the
     home (HOME/procpool.id, made at the first start: two containers with one hostname
@@ -488,7 +529,7 @@ def open_store(
         raise ProcpoolError(f"the PostgreSQL database of database_url failed: {error}") from None
 
 
-class PostgresJobStore:
+class PostgresJobStore(ScheduleMethods):
     """The store of one daemon on a shared database. `shared`: other writers exist."""
 
     shared = True
@@ -518,6 +559,7 @@ class PostgresJobStore:
         self._limits = NO_LIMITS
         self._served: tuple[str, ...] = tuple(self.types or ())
         self._defaults: Mapping[str, TypeDefaults] = NO_TYPE_DEFAULTS
+        self._schedule_rows = schedule_rows(self._rows)
         self._publish = False  # the limits changed: write them for readers
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._listening: psycopg.Connection[Any] | None = None
@@ -742,6 +784,10 @@ class PostgresJobStore:
             return None if held else False  # held: another session locks the row
 
         return self._waiting(f"job {job.id}", attempt)
+
+    def _schedules_written(self) -> None:
+        self._schedules_changed = True
+        notify_schedules(self._db)
 
     def pause(self, pause: Pause) -> None:
         """(An inbox request on a shared store.) The pauses' lock is tried, as every
@@ -1205,6 +1251,8 @@ class PostgresJobStore:
                 owner = notice.payload.partition(":")[0]
                 if notice.channel == CANCEL_CHANNEL and owner == str(self.daemon_id):
                     self._next_renewal = 0.0
+                elif notice.payload == SCHEDULES_CHANGED:
+                    self._schedules_changed = True
         except psycopg.OperationalError:
             self._listening_lost = True
             return False

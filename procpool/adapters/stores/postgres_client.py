@@ -31,9 +31,12 @@ from procpool.adapters.stores.postgres import (
     lock_ids,
     lock_pauses,
     migrate,
+    notify_schedules,
+    schedule_rows,
     served_types,
     write_pause,
 )
+from procpool.adapters.stores.schedule_rows import ScheduleRows
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.adapters.stores.stats import DaemonOnDatabase
@@ -41,6 +44,14 @@ from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause
+from procpool.domain.schedules import (
+    Changes,
+    Schedule,
+    ScheduleError,
+    UnknownSchedule,
+    diff,
+    job_of,
+)
 from procpool.domain.spec import JobDefaults, JobSpec, TypeDefaults, check_expiry, show, to_job
 
 STATEMENT_TIMEOUT = 30.0
@@ -57,6 +68,8 @@ class PostgresClientStore(SqlReads):
     MARK = "%s"
     LIMITS = "procpool_limits"
     PAUSES = "procpool_pauses"
+    SCHEDULES = "procpool_schedules"
+    SCHEDULE_SKIPS = "procpool_schedule_skips"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
@@ -221,6 +234,61 @@ class PostgresClientStore(SqlReads):
                 return lift_pauses(db, types)
 
         return self._retried(lift)
+
+    def apply_schedules(self, wanted: Sequence[Schedule]) -> Changes:
+        """See SharedJobStore.apply_schedules: one transaction, the daemons told at its
+        commit. A new schedule's cursor is now (it never fires for the past)."""
+
+        def write(db: psycopg.Connection[Any]) -> Changes:
+            with db.transaction():
+                served = served_types(db)
+                for schedule in wanted:
+                    if served and schedule.type not in served:
+                        raise ScheduleError(
+                            schedule.name, "job.type",
+                            f"unknown job type {show(schedule.type)}; the live daemons serve"
+                            f" {', '.join(sorted(served))}",
+                        )  # fmt: skip
+                rows = self._schedules_on(db)
+                changes = diff(rows.definitions(), wanted)
+                if not changes.none:
+                    rows.write(changes, time.time())
+                    notify_schedules(db)
+                return changes
+
+        return self._retried(write)
+
+    def change_schedule(self, name: str, action: str, at: float) -> str | None:
+        """See SharedJobStore.change_schedule."""
+
+        def change(db: psycopg.Connection[Any]) -> str | None:
+            with db.transaction():
+                rows = self._schedules_on(db)
+                stored = next((s for s in rows.all() if s.schedule.name == name), None)
+                if stored is None:
+                    raise UnknownSchedule(name)
+                made = None
+                if action == "trigger":
+                    job = job_of(stored.schedule, at, self.job_defaults(), time.time(), manual=True)
+                    lock_ids(db, [job.id])
+                    marks = ", ".join(["%s"] * len(COLUMNS.split(",")))
+                    db.execute(f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({marks})"
+                               " ON CONFLICT (id) DO NOTHING", _row(job))  # fmt: skip
+                    db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+                    rows.triggered(name, job.id)
+                    made = job.id
+                elif action == "remove":
+                    rows.write(Changes([], [], [name]), time.time())
+                else:
+                    rows.set_paused(name, action == "pause", time.time())
+                notify_schedules(db)
+                return made
+
+        return self._retried(change)
+
+    @staticmethod
+    def _schedules_on(db: psycopg.Connection[Any]) -> ScheduleRows:
+        return schedule_rows(lambda sql, parameters: db.execute(sql, parameters).fetchall())
 
     # ------------------------------------------------------------- reading
 

@@ -30,10 +30,12 @@ from procpool.adapters.stores.job_reader import (
     published_limits,
     stored_pauses,
 )
+from procpool.adapters.stores.schedule_rows import ScheduleRows
 from procpool.adapters.stores.sqlite import COLUMNS, _job
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Status
 from procpool.domain.pauses import Pause
+from procpool.domain.schedules import Stored
 
 Rows = builtins.list[tuple[Any, ...]]
 
@@ -55,11 +57,28 @@ class SqlReads(ABC):
     JOBS: str
     LIMITS: str
     PAUSES: str
+    SCHEDULES: str
+    SCHEDULE_SKIPS: str
     MARK: str
 
     @abstractmethod
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
         """The rows of one statement."""
+
+    def schedules(self) -> builtins.list[Stored]:
+        """Every stored schedule, by name (none in a store older than schedules)."""
+        return self._schedule_rows().all()
+
+    def schedule_skips(self) -> dict[str, int]:
+        """Occurrences skipped since the store began, by reason."""
+        return self._schedule_rows().skip_counts()
+
+    def _schedule_rows(self) -> ScheduleRows:
+        return ScheduleRows(self._query, self.SCHEDULES, self.SCHEDULE_SKIPS, self.MARK)
+
+    def _columns(self) -> str:
+        """The jobs' columns as the store's schema has them (see COLUMNS)."""
+        return COLUMNS
 
     @abstractmethod
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
@@ -70,7 +89,9 @@ class SqlReads(ABC):
         """The condition "(created_at, id) comes before `before`", with its parameters."""
 
     def get(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {COLUMNS} FROM {self.JOBS} WHERE id = {self.MARK}", (job_id,))
+        rows = self._query(
+            f"SELECT {self._columns()} FROM {self.JOBS} WHERE id = {self.MARK}", (job_id,)
+        )
         return _job(rows[0]) if rows else None
 
     def list(self, query: JobQuery = EVERY_JOB) -> builtins.list[Job]:
@@ -83,7 +104,7 @@ class SqlReads(ABC):
         where = [condition for condition in conditions if condition is not None]
         clause = f"WHERE {' AND '.join(sql for sql, _ in where)}" if where else ""
         rows = self._query(
-            f"SELECT {COLUMNS} FROM {self.JOBS} {clause}"
+            f"SELECT {self._columns()} FROM {self.JOBS} {clause}"
             f" ORDER BY created_at DESC, id DESC LIMIT {self.MARK}",
             [*(value for _, values in where for value in values), query.limit],
         )

@@ -38,6 +38,7 @@ import msgspec
 
 from procpool.adapters.home.files import check_plain
 from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
+from procpool.adapters.stores.schedule_rows import ScheduleMethods, ScheduleRows
 from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
@@ -184,13 +185,35 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_pending_created;
     DROP INDEX jobs_created;
     """,
+    # 8: schedules (CONTRACT section 14), one row per schedule with its cursor (the last
+    # occurrence handled, moved by compare-and-set with the occurrences' jobs:
+    # schedule_rows.py), and the skips counted by reason. Retention never deletes them.
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        cursor REAL NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        last_job TEXT,
+        last_run REAL,
+        last_skip REAL,
+        last_skip_reason TEXT,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE schedule_skips (
+        reason TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE jobs ADD COLUMN schedule TEXT;
+    ALTER TABLE jobs ADD COLUMN scheduled_for TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of, concurrency_key, expires_at"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at, schedule, scheduled_for"
 )
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
@@ -219,7 +242,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
-    str | None, float | None,
+    str | None, float | None, str | None, str | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -232,6 +255,7 @@ def _job(row: JobRow) -> Job:
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
         started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
+        schedule, scheduled_for,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -256,6 +280,8 @@ def _job(row: JobRow) -> Job:
         retry_of=retry_of,
         concurrency_key=concurrency_key,
         expires_at=expires_at,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
     )
 
 
@@ -279,7 +305,8 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of, job.concurrency_key, job.expires_at, _is_ready(job),
+        job.retry_of, job.concurrency_key, job.expires_at, job.schedule, job.scheduled_for,
+        _is_ready(job),
     )  # fmt: skip
 
 
@@ -320,7 +347,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("COMMIT")
 
 
-class SqliteJobStore:
+class SqliteJobStore(ScheduleMethods):
     """The writer. Used by the supervisor only."""
 
     shared = False  # one daemon per file: the supervisor is the only writer
@@ -378,6 +405,7 @@ class SqliteJobStore:
         self._pauses: dict[str, Pause] | None = None
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._stored_pauses()
+        self._schedule_rows = ScheduleRows(self._read, "schedules", "schedule_skips", "?")
 
     def serve(self, serving: Serving) -> None:
         """See JobStore.serve. The limits are published for readers by the next
@@ -466,7 +494,7 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 23)
+        marks = ",".join("?" * 25)
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])

@@ -30,16 +30,21 @@ from procpool.adapters.stores.sqlite import (
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 
+SCHEDULES_SCHEMA = 8  # the schema version that added the jobs' schedule columns
+
 
 class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
     LIMITS = "limits"
     PAUSES = "pauses"
+    SCHEDULES = "schedules"
+    SCHEDULE_SKIPS = "schedule_skips"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._schema: int | None = None  # the store's schema version, once read
 
     def exists(self) -> bool:
         """Whether the store's file is there (the daemon creates it when it starts)."""
@@ -67,12 +72,23 @@ class StoreReader(SqlReads):
                 return []
             raise
 
+    def _columns(self) -> str:
+        """A daemon of the release before schedules (schema 7) may still run on the home:
+        its jobs have no schedule columns, read as null."""
+        db = self._connection()
+        if db is not None and (self._schema is None or self._schema < SCHEDULES_SCHEMA):
+            self._schema = db.execute("PRAGMA user_version").fetchone()[0]
+        if self._schema is not None and 0 < self._schema < SCHEDULES_SCHEMA:
+            return COLUMNS.replace("schedule, scheduled_for", "NULL, NULL")
+        return COLUMNS
+
     def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
         found: dict[str, Job] = {}
         for start in range(0, len(job_ids), 500):
             chunk = list(job_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+            sql = f"SELECT {self._columns()} FROM jobs WHERE id IN ({marks})"
+            for row in self._query(sql, chunk):
                 job = _job(row)
                 found[job.id] = job
         return found

@@ -140,6 +140,9 @@ class Stats(msgspec.Struct):
     # The types with a key limit, or with a keyed job running.
     key_limits: list[KeyLimitStats] = msgspec.field(default_factory=list)
     expired: int = 0  # jobs in the store canceled as "expired" (retention deletes them)
+    # Occurrences of schedules not made jobs since the store began, by reason
+    # (CONTRACT section 14): missed, overlap, paused, ended, no_handler.
+    schedule_skips: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -247,6 +250,7 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
         ],
         key_limits=[KeyLimitStats(*figures) for figures in reader.key_limit_figures(now)],
         expired=reader.expired_count(),
+        schedule_skips=reader.schedule_skips(),
     )
 
 
@@ -299,6 +303,9 @@ def render(stats: Stats) -> str:
     age = stats.oldest_pending_age
     lines.append(f"oldest pending: {'none' if age is None else _duration(age)}")
     lines.append(f"expired: {stats.expired} (canceled pending, still in the store)")
+    if stats.schedule_skips:
+        skips = ", ".join(f"{reason} {n}" for reason, n in stats.schedule_skips.items())
+        lines.append(f"schedule occurrences skipped: {skips}")
     if stats.limits:
         lines.append("")
         lines.extend(_table([

@@ -489,7 +489,10 @@ class Fleet:
             worker.owes_start_since = now
             worker.last_heard_at = now
         worker.assigned[job.id] = job
-        return Send(worker.pid, wire.RunJob(job.id, job.lease, job.attempt, job.type, job.payload))
+        return Send(
+            worker.pid,
+            wire.RunJob(job.id, job.lease, job.attempt, job.type, job.payload, job.scheduled_for),
+        )
 
     def take_back(self, worker: Worker, job: Job) -> Send:
         worker.taking_back.add(job.id)

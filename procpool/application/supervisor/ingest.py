@@ -28,9 +28,10 @@ from procpool.application.ports import (
     LineError,
     SharedStore,
 )
-from procpool.domain import inbox_names
+from procpool.domain import inbox_names, schedules
 from procpool.domain.errors import DuplicateId, InvalidJobFile
 from procpool.domain.job import Job
+from procpool.domain.schedules import Schedule
 from procpool.domain.spec import (
     ID_PATTERN,
     MAX_ID_LENGTH,
@@ -40,6 +41,7 @@ from procpool.domain.spec import (
     PauseRequest,
     PruneRequest,
     ResumeRequest,
+    ScheduleRequest,
     check_expiry,
     check_id,
     show,
@@ -70,6 +72,8 @@ class IngestResult:
     cancels: list[tuple[str, InboxFile]] = field(default_factory=list)
     prunes: list[tuple[float, InboxFile]] = field(default_factory=list)
     pauses: list[tuple[PauseRequest | ResumeRequest, InboxFile]] = field(default_factory=list)
+    # Schedule requests, with an apply's schedules checked (the handlers known).
+    schedules: list[tuple[ScheduleRequest, list[Schedule], InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
@@ -120,6 +124,33 @@ def _job_id(spec: JobSpec, file: InboxFile, line: int | None) -> str:
         raise InvalidJobFile(f"{error}; give the job an id field") from None
 
 
+def _request(
+    request: PauseRequest | ResumeRequest | ScheduleRequest,
+    line: int | None,
+    outcome: _FileOutcome,
+    result: IngestResult,
+    known_types: Container[str],
+    type_names: Sequence[str],
+) -> None:
+    """A pause, resume or schedule request into `result`; an apply whose schedules are
+    bad or name a job type with no handler fails the file instead."""
+    if not isinstance(request, ScheduleRequest):
+        result.pauses.append((request, outcome.file))
+        return
+    try:
+        checked = schedules.check_request(request)
+        for schedule in checked:
+            if schedule.type not in known_types:
+                raise schedules.ScheduleError(
+                    schedule.name, "job.type",
+                    f"unknown job type {show(schedule.type)}; registered: {', '.join(type_names)}",
+                )  # fmt: skip
+    except InvalidJobFile as error:
+        outcome.fail(line, str(error))
+        return
+    result.schedules.append((request, checked, outcome.file))
+
+
 def _read_entries(
     outcome: _FileOutcome,
     known_types: Container[str],
@@ -140,8 +171,8 @@ def _read_entries(
             result.cancels.append((entry.value.cancel, file))
         elif isinstance(entry.value, PruneRequest):
             result.prunes.append((entry.value.prune, file))
-        elif isinstance(entry.value, PauseRequest | ResumeRequest):
-            result.pauses.append((entry.value, file))
+        elif isinstance(entry.value, PauseRequest | ResumeRequest | ScheduleRequest):
+            _request(entry.value, entry.line, outcome, result, known_types, type_names)
         elif entry.value.type not in known_types:
             outcome.fail(
                 entry.line,

@@ -29,6 +29,7 @@ from procpool.application.ports import (
     JobStore,
     SharedStore,
 )
+from procpool.application.supervisor import schedule_requests
 from procpool.application.supervisor.fleet import Decision, Fleet
 from procpool.application.supervisor.ingest import RejectedFile, ingest
 from procpool.application.supervisor.ledger import Ledger
@@ -153,6 +154,10 @@ class Intake:
             )  # fmt: skip
         for request, file in result.pauses:
             self._pause(request, wall, file.name)
+        for wanted, checked, file in result.schedules:
+            schedule_requests.carry_out(
+                wanted, checked, self.store, self.ledger, self._log, defaults, wall, file.name
+            )
         received.accepted = result.accepted
         received.rejected = result.rejected
         return received

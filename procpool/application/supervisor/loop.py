@@ -12,7 +12,7 @@ A turn, in the manner of CPython's `concurrent.futures.process._ExecutorManagerT
     read      in the turn's one store transaction: the shared store's tick, the
               signals, what the selector found (each worker message applied at once)
     apply     the door's requests, reaped exits, deadlines, memory samples
-    decide    inbox files, retirements, dispatch, retention
+    decide    inbox files, schedules' occurrences, retirements, dispatch, retention
     commit    the attempt history, the metrics snapshot; the transaction commits
     effects   answers, inbox files, sends, log lines; then forks and companions
 
@@ -21,8 +21,8 @@ transaction. The loop's parts live beside it: what each message and exit means
 (fleet.py, pure), the worker processes (workers.py), the one interpreter of the
 fleet's decisions and the turn's effects (effects.py), signals (signals.py), a
 shared store's lease and fence (member.py), dispatch (handout.py, over dispatch.py's
-plan), retention (retention.py), a busy store (busy.py), the wait (wait.py, pure)
-and the selectors it waits on (inputs.py).
+plan), schedules (scheduling.py), retention (retention.py), a busy store (busy.py),
+the wait (wait.py, pure) and the selectors it waits on (inputs.py).
 
 No threads: the supervisor forks replacement workers at any time, and a fork
 taken while another thread holds a lock copies the held lock into the child
@@ -53,6 +53,7 @@ from procpool.application.supervisor.ledger import Ledger
 from procpool.application.supervisor.member import membership
 from procpool.application.supervisor.recovery import recover
 from procpool.application.supervisor.retention import Retention
+from procpool.application.supervisor.scheduling import Scheduler
 from procpool.application.supervisor.settings import Settings
 from procpool.application.supervisor.signals import SignalHandlers, Signals, Stop
 from procpool.application.supervisor.telemetry import (
@@ -119,6 +120,7 @@ class Supervisor:
             self._reconfigure, reload=reload, reopen_logs=reopen_logs,
         )  # fmt: skip
         self.retention = Retention(self.ledger, store)
+        self.scheduler = Scheduler(store, self.ledger, self.turn_effects.log, registry.names)
         self.dispatcher = Dispatcher(
             store, self.fleet, self.ledger, self.effects, self.member.new_lease
         )
@@ -262,6 +264,7 @@ class Supervisor:
             publish_at=self._next_publish, retention_at=self.retention.next_at,
             scan_at=self._next_scan, spawn_at=self.fleet.spawn_at() if lacking else None,
             due_at=self.dispatcher.next_due, look_again_at=self.dispatcher.look_again_at,
+            schedule_at=None if stopping or self.member.fenced else self.scheduler.next_at,
             door_paused_until=None if self.door is None else self.door.paused_until,
             memory_sample_at=self.workers.next_memory_sample if sampling else None,
             tick_in=tick_in, fence_in=fence_in,
@@ -309,12 +312,15 @@ class Supervisor:
         self.workers.sample_memory(now, wall)
 
     def _decide(self, now: float, wall: float, scan: bool) -> None:
-        """Inbox files in, workers retired, due jobs out, old jobs pruned."""
+        """Inbox files in, schedules' occurrences made, workers retired, due jobs out, old
+        jobs pruned."""
         if scan and not self.stop.begun:
             self._ingest(now, wall)
+        closed = self.stop.begun or self.member.fenced
+        if not closed:
+            self.scheduler.run(wall, self.settings.defaults)
         retiring = self.fleet.retirements(self.settings.workers, self.stop.begun, now)
         self.effects.apply(retiring, 0.0)
-        closed = self.stop.begun or self.member.fenced
         self.dispatcher.dispatch(now, wall, self.workers.deaf(), closed)
         self.retention.prune(now, wall, self.settings.retention_days)
 
@@ -365,6 +371,7 @@ class Supervisor:
         scan reads those again), but the workers are kept, and so are their results
         (member.py reconciles them in the first turn that begins)."""
         self.ledger.rolled_back()
+        self.scheduler.rolled_back()
         if self.door is not None:
             self.door.rolled_back()
         # The records of workers forked since (the lost turn stored them): stored again.

@@ -42,6 +42,8 @@ class Snapshot:
     pauses: list[tuple[str, float | None, int]] = field(default_factory=list)
     # (type, max per key, keys running, keys full, due pending jobs of full keys)
     key_limits: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    # Occurrences of schedules skipped since the store began, by reason.
+    schedule_skips: dict[str, int] = field(default_factory=dict)
 
 
 class Telemetry(Protocol):
@@ -96,4 +98,5 @@ def take_snapshot(
         expired=ledger.expired,
         pauses=[(p.type, p.until, waiting) for p, waiting in store.pause_figures(at)],
         key_limits=store.key_limit_figures(at),
+        schedule_skips=store.schedule_skips(),
     )

@@ -1,7 +1,8 @@
 """How long the loop's select may sleep, and how long it lingers: pure functions.
 
-    Alarms (now, the next scan, publish, prune, fork, due job, take-back, door pause,
-    memory sample, tick, fence, every worker and companion deadline) ─▶ wait_timeout
+    Alarms (now, the next scan, publish, prune, fork, due job, schedule occurrence,
+    take-back, door pause, memory sample, tick, fence, every worker and companion
+    deadline) ─▶ wait_timeout
     the pool's queues, due jobs waiting, clients waiting ─▶ linger
 
 The timeout is the nearest future event: a deadline already past was acted on in
@@ -34,8 +35,9 @@ class Clock(Protocol):
 
 @dataclass(slots=True)
 class Alarms:
-    """What the loop's wait depends on. Times are monotonic seconds, except `wall` and
-    `due_at` (seconds since the epoch); `tick_in` and `fence_in` are seconds from now.
+    """What the loop's wait depends on. Times are monotonic seconds, except `wall`,
+    `due_at` and `schedule_at` (seconds since the epoch); `tick_in` and `fence_in` are
+    seconds from now.
     None: no such event. Made anew for each turn's wait (not frozen: a frozen
     dataclass of 15 fields takes twice as long to make)."""
 
@@ -48,6 +50,7 @@ class Alarms:
     scan_at: float = 0.0  # the next scan of the inbox
     spawn_at: float | None = None  # the pool lacks a worker: when one may be forked
     due_at: float | None = None  # the earliest future pending job
+    schedule_at: float | None = None  # a schedule's next occurrence (not while stopping)
     look_again_at: float | None = None  # a queued job may be taken back then
     door_paused_until: float | None = None  # the socket door stopped accepting
     memory_sample_at: float | None = None  # while a memory limit is set and jobs run
@@ -68,6 +71,8 @@ def wait_timeout(alarms: Alarms) -> float:
             deadlines.append(alarms.spawn_at)
     if alarms.due_at is not None:
         deadlines.append(now + max(0.0, alarms.due_at - alarms.wall))
+    if alarms.schedule_at is not None:
+        deadlines.append(now + max(0.0, alarms.schedule_at - alarms.wall))
     for at in (alarms.look_again_at, alarms.door_paused_until, alarms.memory_sample_at):
         if at is not None:
             deadlines.append(at)

@@ -41,6 +41,7 @@ class RunJob(_OfRun):
     attempt: int
     type: str
     payload: bytes
+    scheduled_for: str | None = None  # an occurrence of a schedule: its nominal time
 
 
 class Skip(_OfRun):

@@ -404,7 +404,10 @@ def _execute(
             permanent=True,
         )
     context = JobContext(
-        run.job_id, run.attempt, lambda fraction, text: reporter.progress(run, fraction, text)
+        run.job_id,
+        run.attempt,
+        lambda fraction, text: reporter.progress(run, fraction, text),
+        scheduled_for=run.scheduled_for,
     )
     try:
         value = function(context, msgspec.json.decode(run.payload))

@@ -56,6 +56,7 @@ from procpool.entrypoints.http.models import (
     PauseList,
     PauseRequest,
 )
+from procpool.entrypoints.http.schedule_routes import ScheduleFile, schedule_routes
 from procpool.entrypoints.http.service import Outcome, Problem, Service
 
 Scope = MutableMapping[str, Any]
@@ -75,6 +76,7 @@ REQUEST_BODIES: dict[tuple[str, str], Any] = {
     # JobRequest is a class made at run time, which mypy cannot take for a type.
     ("/jobs/batch", "post"): list[JobRequest],  # type: ignore[valid-type]
     ("/pauses", "post"): PauseRequest,
+    ("/schedules", "post"): ScheduleFile,
 }
 
 
@@ -437,6 +439,7 @@ def build(
             *_write_routes(service),
             *_read_routes(service, watch, closing),
             *_event_routes(log_path, watch, closing),
+            *schedule_routes(service),
             openapi,
         ],
         openapi_config=OpenAPIConfig(
