@@ -66,6 +66,11 @@ class MemoryJobStore:
         self._jobs[job.id] = job
         return True
 
+    def save_many(self, saves: Sequence[tuple[Job, Status, int]], fields: Sequence[str]) -> int:
+        return sum(
+            self.save(job, expected=status, expected_lease=lease) for job, status, lease in saves
+        )
+
     def set_limits(
         self,
         limits: ClaimLimits,

@@ -89,9 +89,11 @@ class Ledger:
     @contextmanager
     def held(self) -> Iterator[None]:
         """Within it, changes are kept and each job is written once, as it is at the end:
-        a worker's Started and Finished read in the same turn make one UPDATE, not two.
+        a worker's Started and Finished read in the same turn make one UPDATE, not two,
+        and the jobs whose changes set the same columns are written by one statement.
         Only for code that reads no job from the store meanwhile (the reading of worker
-        messages): what is held is not in the store until the block ends. Only for a
+        messages, dispatch's starts): what is held is not in the store until the block
+        ends. Only for a
         store of one writer, where a compare-and-set cannot fail: with a shared store,
         each change is written at once, so that a stale attempt is known at once."""
         if self.store.shared:
@@ -104,12 +106,18 @@ class Ledger:
             self._held = None
             raise
         held, self._held = self._held, None
+        # One statement per set of columns written, run over all its jobs.
+        batches: dict[tuple[str, ...], list[tuple[Job, Status, int]]] = {}
         for stored, latest, fields in held.values():
-            if not self.store.save(
-                latest, expected=stored.status, expected_lease=stored.lease,
-                fields=[name for name in jobs.MUTABLE_FIELDS if name in fields],
-            ):  # fmt: skip
-                raise RuntimeError(f"job {stored.id} changed under the supervisor")
+            names = tuple(name for name in jobs.MUTABLE_FIELDS if name in fields)
+            batches.setdefault(names, []).append((latest, stored.status, stored.lease))
+        for names, saves in batches.items():
+            written = self.store.save_many(saves, names)
+            if written != len(saves):
+                raise RuntimeError(
+                    f"{len(saves) - written} of {plural(len(saves), 'job')} changed under"
+                    " the supervisor"
+                )
 
     def rolled_back(self) -> None:
         """The turn's transaction is gone (StoreLost): forget the history and the ends it
