@@ -127,6 +127,11 @@ class JobStore(Protocol):
         progress, worker_pid, lease, started_at, cancel_requested); default: all."""
         ...
 
+    def save_many(self, saves: Sequence[tuple[Job, Status, int]], fields: Sequence[str]) -> int:
+        """`save` of each (job, expected status, expected lease), each writing `fields`.
+        Returns how many were written: fewer than `saves` if a compare-and-set failed."""
+        ...
+
     def serve(self, serving: Serving) -> None:
         """What `due` obeys from now on: see `Serving`. A store that clients write
         themselves (PostgreSQL) publishes the limits and the handlers' defaults for

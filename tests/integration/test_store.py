@@ -126,6 +126,26 @@ def test_save_is_a_compare_and_set(store: JobStore) -> None:
     assert store.get("cas") == done
 
 
+def test_save_many_is_a_compare_and_set_of_each_job(store: JobStore) -> None:
+    """One statement for a turn's changes of the same columns (issue 25): each job is
+    still written only if it holds the status and lease expected, and the count of
+    those written tells that one was not."""
+    add(store, *(a_job(f"m{n}") for n in range(4)))
+    running = [jobs.start(a_job(f"m{n}"), lease=n + 1, worker_pid=7, now=NOW + 1) for n in range(4)]
+    taken = started(store, "m3", lease=99)  # another claim got there first
+    fields = jobs.changed_fields(a_job("m0"), running[0])
+    with store.transaction():
+        assert store.save_many([(job, Status.PENDING, 0) for job in running], fields) == 3
+        assert store.save_many([], fields) == 0
+    assert [store.get(f"m{n}") for n in range(3)] == running[:3]
+    assert store.get("m3") == taken
+    done = [jobs.complete(job, result=b"null", now=NOW + 2) for job in running[:3]]
+    fields = jobs.changed_fields(running[0], done[0])
+    with store.transaction():
+        assert store.save_many([(job, Status.RUNNING, job.lease) for job in done], fields) == 3
+    assert [store.get(f"m{n}") for n in range(3)] == done
+
+
 def test_retention_deletes_the_jobs_that_finished_before_the_cutoff(store: JobStore) -> None:
     add(store, a_job("old"), a_job("running"), a_job("new"))
     for job_id, ended_at in (("old", NOW + 2), ("new", NOW + 100)):

@@ -184,3 +184,38 @@ def test_the_fake_clock_ends_a_job_past_its_timeout_and_the_pool_is_refilled(
         sup, lambda: [w.pid for w in sup.fleet if w.state == "serving"] not in ([], [first])
     )
     assert [record.pid for record in store.workers()] != [first]
+
+
+def test_a_turns_job_changes_are_written_together(
+    supervisor: tuple[Supervisor, FakeClock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dispatch's starts and the ends read from the workers are written by the turn's
+    `save_many` (one per set of columns, issue 25): no start or end is a statement of
+    its own, and every job is done."""
+    sup, _clock = supervisor
+    store = sup.store
+    turns_until(sup, lambda: any(w.state == "serving" for w in sup.fleet))
+    alone: list[str] = []
+    together: list[int] = []
+    save, save_many = store.save, getattr(store, "save_many", None)
+
+    def counted_save(job: Any, **given: Any) -> bool:
+        alone.append(job.id)
+        return save(job, **given)
+
+    def counted_save_many(saves: Any, fields: Any) -> int:
+        together.append(len(saves))
+        assert save_many is not None
+        return save_many(saves, fields)
+
+    monkeypatch.setattr(store, "save", counted_save)
+    # raising=False: on a store without save_many the assertions below say what is wrong
+    monkeypatch.setattr(store, "save_many", counted_save_many, raising=False)
+    lines = "".join(json.dumps({"type": "echo", "payload": {"n": n}}) + "\n" for n in range(6))
+    aside = tmp_path / "inbox" / ".six.tmp"
+    aside.write_text(lines)
+    os.rename(aside, tmp_path / "inbox" / "six.jsonl")
+
+    turns_until(sup, lambda: store.counts().get(("echo", Status.COMPLETED), 0) == 6)
+    assert alone == []
+    assert sum(together) >= 12  # a start and an end each, at the least

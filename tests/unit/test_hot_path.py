@@ -7,8 +7,10 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,6 +25,7 @@ from procpool.application.supervisor.intake import Intake
 from procpool.application.supervisor.ledger import Ledger
 from procpool.application.wire.channel import ChannelClosed, SupervisorEnd, WorkerEnd
 from procpool.application.wire.messages import Finished, RunJob
+from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
 
@@ -167,6 +170,65 @@ def test_a_socket_submission_is_judged_by_the_registered_types(
     assert verdict.error == error
     assert verdict.ids == (["j1"] if error is None else None)
     assert (store.get("j1") is not None) is (error is None)
+
+
+class _CountedStore(MemoryJobStore):
+    """A store of one writer that counts the write statements a ledger asks of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statements: list[tuple[str, int]] = []  # (kind, jobs written by it)
+
+    def save(self, job: Job, **given: Any) -> bool:
+        self.statements.append(("save", 1))
+        return super().save(job, **given)
+
+    def save_many(self, saves: Sequence[tuple[Job, Status, int]], fields: Sequence[str]) -> int:
+        self.statements.append(("save_many", len(saves)))
+        return super().save_many(saves, fields)
+
+
+def test_the_held_changes_of_the_same_columns_are_one_statement() -> None:
+    """Ledger.held writes each job once, as it is at the end, and the jobs whose changes
+    set the same columns by one statement: six started jobs, four of which then began
+    and two of those completed, are three statements (start+begin+complete, start+begin,
+    start), not ten."""
+    store = _CountedStore()
+    ledger = Ledger(store, RetryPolicy(), lambda *args, **fields: None)
+    now = 1_800_000_000.0
+    queued = [Job(id=f"j{n}", type="echo", payload=b"null", run_at=now, created_at=now,
+                  updated_at=now, digest="d") for n in range(6)]  # fmt: skip
+    with store.transaction():
+        store.insert(queued)
+    with store.transaction(), ledger.held():
+        running = [
+            ledger.start(job, lease=n + 1, worker_pid=7, now=now) for n, job in enumerate(queued)
+        ]
+        begun = [ledger.began(job, now) for job in running[:4]]
+        for job in begun[:2]:
+            ledger.complete(job, b"null", 0.001, now)
+    assert sorted(store.statements) == [("save_many", 2), ("save_many", 2), ("save_many", 2)]
+    assert [store.get(f"j{n}").status for n in range(6)] == (  # type: ignore[union-attr]
+        [Status.COMPLETED] * 2 + [Status.RUNNING] * 4
+    )
+    assert store.get("j2").started_at == now and store.get("j4").started_at is None  # type: ignore[union-attr]
+
+
+def test_a_held_change_whose_compare_and_set_fails_stops_the_turn() -> None:
+    """On a store of one writer a lost compare-and-set is a bug: found in the batch
+    (fewer rows written than jobs), it raises, and the turn is rolled back."""
+    store = _CountedStore()
+    ledger = Ledger(store, RetryPolicy(), lambda *args, **fields: None)
+    now = 1_800_000_000.0
+    queued = [Job(id=f"j{n}", type="echo", payload=b"null", run_at=now, created_at=now,
+                  updated_at=now, digest="d") for n in range(3)]  # fmt: skip
+    with store.transaction():
+        store.insert(queued)
+    stale = msgspec.structs.replace(queued[1], lease=5)  # not what the store holds
+    refused = pytest.raises(RuntimeError, match="1 of 3 jobs changed under the supervisor")
+    with refused, store.transaction(), ledger.held():
+        for n, job in enumerate([queued[0], stale, queued[2]]):
+            ledger.start(job, lease=n + 10, worker_pid=7, now=now)
 
 
 class _Colour(StrEnum):

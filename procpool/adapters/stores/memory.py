@@ -64,11 +64,16 @@ class MemoryJobStore(ScheduleMethods):
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ()
     ) -> bool:
-        stored = self._jobs.get(job.id)
-        if stored is None or stored.status is not expected or stored.lease != expected_lease:
-            return False
-        self._jobs[job.id] = job
-        return True
+        return self.save_many([(job, expected, expected_lease)], fields) == 1
+
+    def save_many(self, saves: Sequence[tuple[Job, Status, int]], fields: Sequence[str]) -> int:
+        written = 0
+        for job, expected, expected_lease in saves:
+            stored = self._jobs.get(job.id)
+            if stored is not None and stored.status is expected and stored.lease == expected_lease:
+                self._jobs[job.id] = job
+                written += 1
+        return written
 
     def serve(self, serving: Serving) -> None:
         """See JobStore.serve; the defaults are for clients, which write no memory store."""

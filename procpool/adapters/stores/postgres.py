@@ -758,6 +758,14 @@ class PostgresJobStore(ScheduleMethods):
                 names.append("progress")  # `job` carries the latest progress
         return self._write(job, expected, expected_lease, names)
 
+    def save_many(self, saves: Sequence[tuple[Job, Status, int]], fields: Sequence[str]) -> int:
+        """See JobStore.save_many: each saved in turn (the supervisor of a shared store
+        writes each change at once, to know a stale attempt at once)."""
+        return sum(
+            self.save(job, expected=status, expected_lease=lease, fields=fields)
+            for job, status, lease in saves
+        )
+
     def _write(self, job: Job, expected: Status, expected_lease: int, names: list[str]) -> bool:
         values: list[Any] = [_value(job, name) for name in names]
         if "status" in names:

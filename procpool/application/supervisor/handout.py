@@ -68,13 +68,14 @@ class Dispatcher:
             now=now, patience=PATIENCE, horizon=HORIZON,
         )  # fmt: skip
         handed = 0
-        for worker, jobs in decided.handouts:
-            for job in jobs[: fleet.room(worker, len(jobs))]:
-                running = self._ledger.start(
-                    job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
-                )
-                self._effects.apply([fleet.hand_out(worker, running, now)], wall)
-                handed += 1
+        with self._ledger.held():  # the starts written together, by one statement
+            for worker, jobs in decided.handouts:
+                for job in jobs[: fleet.room(worker, len(jobs))]:
+                    running = self._ledger.start(
+                        job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
+                    )
+                    self._effects.apply([fleet.hand_out(worker, running, now)], wall)
+                    handed += 1
         # A job taken back goes to the worker it was taken back for at the next turn.
         self.jobs_waiting = handed < len(due) or bool(decided.take_back)
         self._effects.apply([fleet.take_back(w, job) for w, job in decided.take_back], wall)

@@ -39,8 +39,8 @@ class Ledger:
         self.run_seconds: dict[str, Histogram] = {}
         self._runs: list[Run] = []
         self._finished: list[str] = []
-        # While `held`: job id -> (the job as stored, as it is now, the fields changed).
-        self._held: dict[str, tuple[Job, Job, set[str]]] | None = None
+        # While `held`: job id -> (the job as stored, as it is now).
+        self._held: dict[str, tuple[Job, Job]] | None = None
         # The earliest expires_at of a pending job as last seen (inf: none; None: look),
         # and when the store was last asked (only a shared store is asked again).
         self._next_expiry: float | None = None
@@ -56,17 +56,15 @@ class Ledger:
 
     def _write(self, new: Job, old: Job) -> bool:
         """Apply a change as a compare-and-set; whether it took (always, unless shared)."""
-        changed = jobs.changed_fields(old, new) or ["updated_at"]
         if self._held is not None:
+            # Compared with the job as stored once, when the block ends: what changed and
+            # changed back is as stored already.
             held = self._held.get(old.id)
-            if held is None:
-                self._held[old.id] = (old, new, set(changed))
-            else:
-                held[2].update(changed)
-                self._held[old.id] = (held[0], new, held[2])
+            self._held[old.id] = (old if held is None else held[0], new)
         elif not self.store.save(
-            new, expected=old.status, expected_lease=old.lease, fields=changed
-        ):
+            new, expected=old.status, expected_lease=old.lease,
+            fields=jobs.changed_fields(old, new) or ["updated_at"],
+        ):  # fmt: skip
             if not self.store.shared:
                 # Only the supervisor's loop writes the store: a lost compare-and-set is a bug.
                 raise RuntimeError(f"job {old.id} changed under the supervisor")
@@ -89,9 +87,11 @@ class Ledger:
     @contextmanager
     def held(self) -> Iterator[None]:
         """Within it, changes are kept and each job is written once, as it is at the end:
-        a worker's Started and Finished read in the same turn make one UPDATE, not two.
+        a worker's Started and Finished read in the same turn make one UPDATE, not two,
+        and the jobs whose changes set the same columns are written by one statement.
         Only for code that reads no job from the store meanwhile (the reading of worker
-        messages): what is held is not in the store until the block ends. Only for a
+        messages, dispatch's starts): what is held is not in the store until the block
+        ends. Only for a
         store of one writer, where a compare-and-set cannot fail: with a shared store,
         each change is written at once, so that a stale attempt is known at once."""
         if self.store.shared:
@@ -104,12 +104,18 @@ class Ledger:
             self._held = None
             raise
         held, self._held = self._held, None
-        for stored, latest, fields in held.values():
-            if not self.store.save(
-                latest, expected=stored.status, expected_lease=stored.lease,
-                fields=[name for name in jobs.MUTABLE_FIELDS if name in fields],
-            ):  # fmt: skip
-                raise RuntimeError(f"job {stored.id} changed under the supervisor")
+        # One statement per set of columns written, run over all its jobs.
+        batches: dict[tuple[str, ...], list[tuple[Job, Status, int]]] = {}
+        for stored, latest in held.values():
+            names = tuple(jobs.changed_fields(stored, latest) or ["updated_at"])
+            batches.setdefault(names, []).append((latest, stored.status, stored.lease))
+        for names, saves in batches.items():
+            written = self.store.save_many(saves, names)
+            if written != len(saves):
+                raise RuntimeError(
+                    f"{len(saves) - written} of {plural(len(saves), 'job')} changed under"
+                    " the supervisor"
+                )
 
     def rolled_back(self) -> None:
         """The turn's transaction is gone (StoreLost): forget the history and the ends it
