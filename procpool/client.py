@@ -158,6 +158,9 @@ class JobInfo(_Record):
     # null otherwise. Computed when the job is read, from the running jobs then.
     waiting: dict[str, Any] | None = None
     expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
+    unique_key: str | None = None  # one live job of its type holds it (CONTRACT section 16)
+    unique_while: str | None = None  # "active" or "pending"
+    checkpoint_at: str | None = None  # RFC 3339: when the last checkpoint was committed
 
     @property
     def is_terminal(self) -> bool:
@@ -188,6 +191,9 @@ class JobInfo(_Record):
             concurrency_key=job.concurrency_key,
             waiting=waiting,
             expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
+            unique_key=job.unique_key,
+            unique_while=job.unique_while,
+            checkpoint_at=None if job.checkpoint_at is None else rfc3339(job.checkpoint_at),
         )
 
     @classmethod
@@ -413,8 +419,7 @@ class Client:
         spec.check_expiry(job_spec, time.time())  # judged again when the job is accepted
         assert job_spec.id is not None
         if self._shared is not None:
-            self._shared.submit_spec(job_spec)
-            return job_spec.id
+            return self._shared.submit_spec(job_spec)
         document = {
             key: value
             for key, value in msgspec.structs.asdict(job_spec).items()
@@ -422,9 +427,11 @@ class Client:
         }
         data = self._encode(document)
         answer = self._ask(lambda ref: Submit(ref, [data]), ANSWER_TIMEOUT)
-        if answer is None or self._accepted(answer) is None:
+        accepted = None if answer is None else self._accepted(answer)
+        if accepted is None:
             self._drop(job_spec.id, data)
-        return job_spec.id
+            return job_spec.id
+        return accepted[0]  # a live job's that holds its unique_key, or its own
 
     def submit(
         self,
@@ -440,6 +447,8 @@ class Client:
         concurrency_key: str | None = None,
         expires_at: str | None = None,
         expires_in: float | None = None,
+        unique_key: str | None = None,
+        unique_while: str | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -465,9 +474,16 @@ class Client:
             expires_at: an RFC 3339 time; a job still pending then is canceled with
                 `last_error` "expired" (one that runs goes on). Not with `expires_in`.
             expires_in: the same, in seconds from when the job is accepted.
+            unique_key: 1-128 characters; while a live job of this type holds the same
+                key, this submission is a duplicate of it: nothing is added, and its id
+                is returned (see docs/job-files.md).
+            unique_while: what "live" means for the key: "active" (the default: pending
+                or running) or "pending" (until the job is first handed to a worker).
 
         Returns:
-            The job's id.
+            The job's id; for a duplicate of a unique_key, the id of the job that holds
+            it (while the daemon runs, or with database_url; otherwise the daemon finds
+            the duplicate when it reads the file, and says so in its log).
 
         Raises:
             procpool.InvalidJobFile: a value is out of its bounds, or the payload is not
@@ -490,6 +506,8 @@ class Client:
                 concurrency_key=concurrency_key,
                 expires_at=expires_at,
                 expires_in=expires_in,
+                unique_key=unique_key,
+                unique_while=unique_while,
             )
         )
 
@@ -531,11 +549,11 @@ class Client:
                     spec.check_expiry(job_spec, now)
                 except InvalidJobFile as error:
                     raise InvalidJobFile(f"job {number}: {error}") from None
-            self._shared.submit(
+            taken = self._shared.submit(
                 [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
                     specs, ids, strict=True)]
             )  # fmt: skip
-            return ids
+            return [taken.get(i, i) for i in ids]
         size = sum(len(data) + 16 for data in encoded)
         if size > MAX_REQUEST_BYTES:
             raise InvalidJobFile(

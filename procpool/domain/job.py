@@ -82,6 +82,13 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     concurrency_key: str | None = None
     # A job still pending then is canceled as expired (CONTRACT section 13).
     expires_at: float | None = None
+    # The job holds this key of its type while it is live (CONTRACT section 16; which
+    # statuses hold it: spec.UNIQUE_WHILE); None: no key.
+    unique_key: str | None = None
+    unique_while: str | None = None
+    # When the last checkpoint was committed; the value itself is read apart (it may be
+    # large, and only a dispatch and GET /jobs/ID/checkpoint need it).
+    checkpoint_at: float | None = None
 
     @property
     def attempt(self) -> int:

@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+import msgspec
+
 from procpool.application.ports import FileProgress, LineError, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import NO_LIMITS, ClaimLimits, Running, admit, limited
@@ -27,18 +29,20 @@ class MemoryJobStore:
         self._served: frozenset[str] = frozenset()
         self._pauses: dict[str, Pause] = {}
         self._pause_end: float | None = None  # the next `until` that `due` saw
+        self._checkpoints: dict[str, bytes] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
         saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
+        saved_checkpoints = dict(self._checkpoints)
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
-            self._pauses = saved_pauses
+            self._pauses, self._checkpoints = saved_pauses, saved_checkpoints
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -63,6 +67,8 @@ class MemoryJobStore:
         stored = self._jobs.get(job.id)
         if stored is None or stored.status is not expected or stored.lease != expected_lease:
             return False
+        if job.checkpoint_at != stored.checkpoint_at:  # not a field a transition writes
+            job = msgspec.structs.replace(job, checkpoint_at=stored.checkpoint_at)
         self._jobs[job.id] = job
         return True
 
@@ -209,6 +215,7 @@ class MemoryJobStore:
         old = [j for j in self._jobs.values() if j.status.is_terminal and j.updated_at < cutoff]
         for job in old[:limit]:
             del self._jobs[job.id]
+            self._checkpoints.pop(job.id, None)
             for key in [k for k in self._runs if k[0] == job.id]:
                 del self._runs[key]
         return [(j.type, j.status) for j in old[:limit]]
@@ -232,3 +239,35 @@ class MemoryJobStore:
 
     def close(self) -> None:
         pass
+
+    # ------------------------------------------------------------- section 16
+
+    def insert_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        for job in jobs:
+            holder = next((j.id for j in self._jobs.values() if _holds(j, job)), None)
+            if holder is None:
+                self.insert([job])
+            else:
+                taken[job.id] = holder
+        return taken
+
+    def write_checkpoint(self, job_id: str, lease: int, value: bytes, now: float) -> bool:
+        stored = self._jobs.get(job_id)
+        if stored is None or stored.status is not Status.RUNNING or stored.lease != lease:
+            return False
+        self._jobs[job_id] = msgspec.structs.replace(stored, checkpoint_at=now)
+        self._checkpoints[job_id] = value
+        return True
+
+    def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        return {i: self._checkpoints[i] for i in job_ids if i in self._checkpoints}
+
+
+def _holds(held: Job, new: Job) -> bool:
+    """Whether `held` holds the unique key `new` asks for (the stores' UNIQUE_HELD)."""
+    if held.unique_key is None or (held.type, held.unique_key) != (new.type, new.unique_key):
+        return False
+    if held.status is Status.RUNNING:
+        return held.unique_while == "active"
+    return held.status is Status.PENDING and (held.unique_while == "active" or held.lease == 0)

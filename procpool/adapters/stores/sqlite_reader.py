@@ -19,6 +19,7 @@ from typing import Any
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
+    COLUMNS_OF_8,
     FINISHED_BEFORE,
     RUN_COLUMNS,
     SCHEMA_VERSION,
@@ -61,9 +62,17 @@ class StoreReader(SqlReads):
             # The daemon creates the file first, then its tables, one migration per
             # transaction: until the last has committed, a table may be missing.
             # (Asked of the schema version rather than read from SQLite's message.)
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                raise
+            if COLUMNS_OF_8 not in sql:
                 return []
-            raise
+        # A daemon older than this reader still runs on the home: the jobs' columns its
+        # schema lacks read as nulls.
+        nulls = ", ".join(["NULL"] * len(COLUMNS_OF_8.split(",")))
+        try:
+            return db.execute(sql.replace(COLUMNS_OF_8, nulls), parameters).fetchall()
+        except sqlite3.OperationalError:
+            return []
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
         found: dict[str, Job] = {}
