@@ -866,6 +866,12 @@ class Client:
             f"{self.home} is not a procpool home: {fault} ({self.home_source})", self.home
         )
 
+    def checkpoint(self, job_id: str) -> Any:
+        """The last checkpoint a handler of this job committed (`ctx.checkpoint`), as the
+        JSON value it stored; None if it has none (or no such job is stored)."""
+        found = self._reader.checkpoint(job_id)
+        return None if found is None else msgspec.json.decode(found[0])
+
     def get(self, job_id: str) -> JobInfo | None:
         """The job with this id.
 

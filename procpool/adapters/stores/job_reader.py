@@ -64,6 +64,11 @@ class JobReader(Protocol):
         """The workers of the live daemon(s), as last written by them."""
         ...
 
+    def checkpoint(self, job_id: str) -> tuple[bytes, float] | None:
+        """The job's last checkpoint (JSON bytes) and when it was committed (seconds
+        since the epoch); None if it has none."""
+        ...
+
     def runs(self, job_id: str) -> list[Run]:
         """The ended runs of a job, oldest first."""
         ...

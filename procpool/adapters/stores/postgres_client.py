@@ -58,6 +58,7 @@ class PostgresClientStore(SqlReads):
     MARK = "%s"
     LIMITS = "procpool_limits"
     PAUSES = "procpool_pauses"
+    CHECKPOINTS = "procpool_checkpoints"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url

@@ -53,6 +53,7 @@ class SqlReads(ABC):
     JOBS: str
     LIMITS: str
     PAUSES: str
+    CHECKPOINTS: str
     MARK: str
 
     @abstractmethod
@@ -93,6 +94,16 @@ class SqlReads(ABC):
             [*(value for _, values in where for value in values), limit],
         )
         return [_job(row) for row in rows]
+
+    def checkpoint(self, job_id: str) -> tuple[bytes, float] | None:
+        """The job's last checkpoint (JSON bytes) and when it was committed; None if it
+        has none (or no such job exists)."""
+        rows = self._query(
+            f"SELECT c.value, j.checkpoint_at FROM {self.CHECKPOINTS} c JOIN {self.JOBS} j"
+            f" ON j.id = c.job_id WHERE c.job_id = {self.MARK}",
+            (job_id,),
+        )
+        return (bytes(rows[0][0]), rows[0][1]) if rows else None
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per type and status: {type: {status: n}}."""

@@ -35,6 +35,7 @@ class StoreReader(SqlReads):
     MARK = "?"
     LIMITS = "limits"
     PAUSES = "pauses"
+    CHECKPOINTS = "checkpoints"
 
     def __init__(self, path: Path) -> None:
         self.path = path

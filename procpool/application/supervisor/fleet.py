@@ -133,6 +133,18 @@ class ProgressMade:
 
 
 @dataclass(frozen=True)
+class CheckpointAsked:
+    """A run's handler asks to store a checkpoint (`value`, JSON bytes); `owned`:
+    whether the fleet still lets the run write (its worker is not being ended, no
+    cancel was asked). The answer goes back after the commit (checkpoints.py)."""
+
+    job: Job
+    worker_pid: int
+    value: bytes
+    owned: bool
+
+
+@dataclass(frozen=True)
 class Send:
     pid: int
     message: wire.ToWorker
@@ -154,7 +166,7 @@ class Say:
     fields: dict[str, object]
 
 
-Decision = RunEnded | Began | ProgressMade | Send | Deliver | Say
+Decision = RunEnded | Began | ProgressMade | CheckpointAsked | Send | Deliver | Say
 
 
 def _seconds(value: float) -> str:
@@ -380,13 +392,16 @@ class Fleet:
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
         if job is None or job.lease != message.lease:
-            return [
+            stale: list[Decision] = [
                 Say(
                     "DEBUG", "message.stale",
                     f"dropped a {type(message).__name__} from a run that is no longer current",
                     {"job_id": message.job_id, "worker_pid": pid},
                 )
             ]  # fmt: skip
+            if isinstance(message, wire.Checkpoint):  # its handler waits for the answer
+                stale.append(Send(pid, wire.CheckpointStored(message.job_id, message.lease, False)))
+            return stale
         violation = _violation(worker, job, message)
         if violation is not None:
             return self._broken(worker, violation, now)
@@ -396,11 +411,22 @@ class Fleet:
             return self._began(worker, job, min(message.at or now, now), now)
         if isinstance(message, wire.Skipped):
             return [self._end(worker, job, Report.NONE)]
-        if isinstance(message, wire.ProgressReport):
-            return [ProgressMade(job, message.fraction, message.message, pid)]
+        if isinstance(message, wire.ProgressReport | wire.Checkpoint):
+            return self._reported(worker, job, message, now)
         if isinstance(message, wire.Heartbeat):
             return []  # heard: that is all it says
         return self._finished(worker, job, message, now)
+
+    def _reported(
+        self, worker: Worker, job: Job, message: wire.ProgressReport | wire.Checkpoint, now: float
+    ) -> list[Decision]:
+        if isinstance(message, wire.ProgressReport):
+            return [ProgressMade(job, message.fraction, message.message, worker.pid)]
+        size, most = len(message.value), self.limits.max_checkpoint_bytes
+        if size > most:  # the worker checks it first: only a broken one sends more
+            return self._broken(worker, f"it sent a checkpoint of {size} bytes, over {most}", now)
+        owned = worker.state is not WorkerState.TERMINATING and not job.cancel_requested
+        return [CheckpointAsked(job, worker.pid, message.value, owned)]
 
     def _about_worker(
         self, worker: Worker, message: wire.Ready | wire.LogLine | wire.OutputLine, now: float
@@ -669,7 +695,12 @@ class Fleet:
 def _violation(
     worker: Worker,
     job: Job,
-    message: wire.Started | wire.Skipped | wire.Heartbeat | wire.ProgressReport | wire.Finished,
+    message: wire.Started
+    | wire.Skipped
+    | wire.Heartbeat
+    | wire.ProgressReport
+    | wire.Checkpoint
+    | wire.Finished,
 ) -> str | None:
     """How a message about a run this worker holds breaks the protocol, if it does:
     one job at a time, each started once, and only a started one reported on."""
