@@ -617,8 +617,10 @@ class Client:
         if not isinstance(answer, CancelAnswer):
             self._drop(f"cancel-{job_id}", {"cancel": job_id})
 
-    def retry(self, job_id: str) -> str:
+    def retry(self, job_id: str, *, resume: bool = False) -> str:
         """Queue a new job that repeats a terminal one: same type, payload and options.
+        With `resume`, the new job starts from the old one's last checkpoint (its
+        handler finds it in `ctx.last_checkpoint`).
 
         The new job's id continues the line of retries: a retry of `X` is
         `X.retry-1`, of `X.retry-1` is `X.retry-2`, and so on. If that id is taken
@@ -652,6 +654,9 @@ class Client:
                 priority=job.priority,
                 retry_of=job_id,
                 concurrency_key=job.concurrency_key,
+                unique_key=job.unique_key,
+                unique_while=job.unique_while,
+                from_checkpoint=True if resume else None,
             )
         )
 

@@ -23,11 +23,11 @@ def _seen(ctx: JobContext, folder: Path) -> None:
 def steps(ctx: JobContext, payload: dict[str, Any]) -> Any:
     """On its first attempt: checkpoint {"i": 1} to {"i": N}, write DIR/checkpointed,
     then end as `end` says: "raise", "sleep" (past its timeout), "kill_worker" (SIGKILL
-    of its own worker), "wait" (until something kills it). Later attempts return what
-    they were handed."""
+    of its own worker), "wait" (until something kills it). An attempt handed a
+    checkpoint returns it."""
     folder = Path(payload["dir"])
     _seen(ctx, folder)
-    if ctx.attempt > 1:
+    if ctx.last_checkpoint is not None:
         return {"resumed_from": ctx.last_checkpoint}
     for i in range(1, payload["n"] + 1):
         ctx.checkpoint({"i": i})

@@ -123,6 +123,11 @@ class JobStore(Protocol):
         """The last checkpoint (JSON bytes) of each of these jobs that has one."""
         ...
 
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """Give the job `target` (new, pending) the last checkpoint of `source`, and its
+        time, if it has one (`procpool retry --resume`)."""
+        ...
+
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ...
     ) -> bool:

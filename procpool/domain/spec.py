@@ -77,6 +77,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     expires_in: float | None = None  # seconds from acceptance; not with expires_at
     unique_key: str | None = None  # CONTRACT section 16: one live job per type and key
     unique_while: str | None = None  # UNIQUE_WHILE; with unique_key only ("active" if not given)
+    # Set by `procpool retry --resume`: the job starts from retry_of's last checkpoint.
+    from_checkpoint: bool | None = None
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -126,6 +128,7 @@ _KINDS = {
     "expires_in": "a number",
     "unique_key": "a string",
     "unique_while": 'the string "active" or "pending"',
+    "from_checkpoint": "true or false",
     "cancel": "a string",
     "prune": "a number",
     "pause": "a list of job types",
@@ -325,6 +328,10 @@ def check(spec: JobSpec) -> JobSpec:
         parse_time(spec.expires_at, "expires_at")
     if spec.unique_key is not None or spec.unique_while is not None:
         _check_unique(spec)
+    if spec.from_checkpoint and spec.retry_of is None:
+        raise InvalidJobFile(
+            "from_checkpoint needs retry_of: it starts from that job's last checkpoint"
+        )
     return spec
 
 
@@ -704,7 +711,14 @@ def encode_json(value: Any) -> bytes:
 _LATER_NULLS = tuple(
     f',"{name}":null'.encode()
     for name in reversed(
-        ("concurrency_key", "expires_at", "expires_in", "unique_key", "unique_while")
+        (
+            "concurrency_key",
+            "expires_at",
+            "expires_in",
+            "unique_key",
+            "unique_while",
+            "from_checkpoint",
+        )
     )
 )
 

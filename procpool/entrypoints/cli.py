@@ -673,15 +673,22 @@ def handlers(
     " none with a job pending or running.",
 )
 @click.option("--type", "job_type", default=None, help="With --all-failed: only this type.")
-def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None) -> None:
+@click.option(
+    "--resume", is_flag=True, help="The new job starts from the old one's last checkpoint."
+)
+def retry(
+    home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None, resume: bool
+) -> None:
     """Queue a finished job again as ID.retry-N; prints the new id."""
     if (job_id is None) == (not all_failed):
         raise CommandFailed("give either a job ID or --all-failed", EXIT_USAGE)
     if job_type is not None and not all_failed:
         raise CommandFailed("--type goes with --all-failed", EXIT_USAGE)
+    if resume and job_id is None:
+        raise CommandFailed("--resume goes with a job ID", EXIT_USAGE)
     client = _client(home)
     with _user_errors():
-        new_ids = [client.retry(job_id)] if job_id else client.retry_failed(job_type)
+        new_ids = [client.retry(job_id, resume=resume)] if job_id else client.retry_failed(job_type)
     for new_id in new_ids:
         click.echo(new_id)
     if not new_ids:

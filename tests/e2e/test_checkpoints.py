@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, wait_until
+from conftest import Daemon, run_cli, wait_until
+from http_helpers import Server
 
 from procpool import Client
 
@@ -87,3 +88,39 @@ def test_a_canceled_attempt_cannot_checkpoint(
     assert daemon.client.checkpoint(job_id) == {"i": 1}, "the refused one was not stored"
     [refused] = daemon.wait_events("checkpoint.refused", job_id=job_id)
     assert refused["attempt"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_retry_resume_and_the_checkpoint_over_http(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon], tmp_path: Path, home: Path
+) -> None:
+    daemon = make_daemon(2, env=store_env, args=HANDLERS)
+    client = Client(home, database_url=store_env.get("PROCPOOL_DATABASE_URL"))
+    payload = {"dir": str(tmp_path), "n": STEPS, "end": "raise"}
+    old = client.submit("steps", payload, max_attempts=1)
+    [failed] = client.wait([old], timeout=60)
+    assert failed.status == "failed"
+    other = client.submit("echo", 1)
+    client.wait([other], timeout=30)
+    server = Server(home, "--bind", "127.0.0.1:0", env=store_env)
+    try:
+        shown = server.get(f"/jobs/{old}/checkpoint")
+        assert shown.status_code == 200
+        body = shown.json()
+        assert (body["job_id"], body["checkpoint"]) == (old, {"i": STEPS})
+        assert body["checkpoint_at"] == failed.checkpoint_at
+        assert server.get(f"/jobs/{other}/checkpoint").status_code == 404
+        assert server.get("/jobs/nobody/checkpoint").status_code == 404
+        over_http = server.post(f"/jobs/{old}/retry?resume=true")
+        assert over_http.status_code == 201
+        by_http = over_http.json()["id"]
+    finally:
+        server.kill()
+    result = run_cli(home, "retry", old, "--resume", env=daemon.env)
+    assert result.returncode == 0, result.stderr
+    by_cli = result.stdout.strip()
+    for job in client.wait([by_cli, by_http], timeout=60):
+        assert (job.status, job.retry_of) == ("completed", old), job
+        assert job.result == {"resumed_from": {"i": STEPS}}
+    assert client.checkpoint(old) == {"i": STEPS}, "the old job keeps its own"
+    client.close()

@@ -15,7 +15,7 @@ canceling in the database, the daemons registered) is `SharedJobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from procpool.application.ports import WorkerRecord, WorkerReport
@@ -137,9 +137,12 @@ class SharedJobStore(JobReader, Protocol):
         """The job's id, or that of the live job that holds its unique_key."""
         ...
 
-    def submit(self, jobs: Sequence[Job]) -> dict[str, str]:
+    def submit(
+        self, jobs: Sequence[Job], resumes: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """All or none; returns the jobs not added because a live job holds their
-        unique_key: new id -> the holder's id."""
+        unique_key: new id -> the holder's id. `resumes`: new id -> the job whose last
+        checkpoint it starts from."""
         ...
 
     def cancel(self, job_id: str) -> Status | None: ...

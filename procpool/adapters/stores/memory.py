@@ -263,6 +263,16 @@ class MemoryJobStore:
     def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
         return {i: self._checkpoints[i] for i in job_ids if i in self._checkpoints}
 
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        value, old, new = (
+            self._checkpoints.get(source),
+            self._jobs.get(source),
+            self._jobs.get(target),
+        )
+        if value is not None and old is not None and new is not None:
+            self._checkpoints[target] = value
+            self._jobs[target] = msgspec.structs.replace(new, checkpoint_at=old.checkpoint_at)
+
 
 def _holds(held: Job, new: Job) -> bool:
     """Whether `held` holds the unique key `new` asks for (the stores' UNIQUE_HELD)."""

@@ -477,6 +477,21 @@ def insert_unique_job(db: psycopg.Connection[Any], job: Job) -> dict[str, str]:
         # The holder ended between the two statements: the key is free; try again.
 
 
+def copy_checkpoint(db: psycopg.Connection[Any], source: str, target: str) -> None:
+    """JobStore.copy_checkpoint in the caller's transaction (a daemon's, or a client's)."""
+    copied = db.execute(
+        "INSERT INTO procpool_checkpoints (job_id, value) SELECT %s, value"
+        " FROM procpool_checkpoints WHERE job_id = %s ON CONFLICT (job_id) DO NOTHING",
+        (target, source),
+    ).rowcount
+    if copied:
+        db.execute(
+            "UPDATE procpool_jobs SET checkpoint_at ="
+            " (SELECT checkpoint_at FROM procpool_jobs WHERE id = %s) WHERE id = %s",
+            (source, target),
+        )
+
+
 def machine_identity(home: Path) -> str:
     """What tells an earlier run of this daemon from another host's: the id stored in the
     home (HOME/procpool.id, made at the first start: two containers with one hostname
@@ -1313,6 +1328,10 @@ class PostgresJobStore:
             (list(job_ids),),
         )
         return {job_id: bytes(value) for job_id, value in rows}
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """See JobStore.copy_checkpoint."""
+        copy_checkpoint(self._db, source, target)
 
     def close(self) -> None:
         """Leave: the daemon's row is marked stopped (it holds no running job now)."""

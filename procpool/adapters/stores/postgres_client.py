@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +27,7 @@ from procpool.adapters.stores.postgres import (
     JOBS_CHANNEL,
     _row,
     connect,
+    copy_checkpoint,
     insert_unique_job,
     lift_pauses,
     lock_ids,
@@ -119,23 +120,30 @@ class PostgresClientStore(SqlReads):
         now = time.time()
         check_expiry(job_spec, now)
         defaults = self.job_defaults()
-        taken = self.submit([to_job(job_spec, job_id=job_spec.id, defaults=defaults, now=now)])
+        job = to_job(job_spec, job_id=job_spec.id, defaults=defaults, now=now)
+        source = job_spec.retry_of if job_spec.from_checkpoint else None
+        taken = self.submit([job], None if source is None else {job.id: source})
         return taken.get(job_spec.id, job_spec.id)
 
-    def submit(self, jobs: Sequence[Job]) -> dict[str, str]:
+    def submit(
+        self, jobs: Sequence[Job], resumes: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """Insert the jobs, all or none, in one transaction; an id that exists with the
         same digest is the same submission (nothing changes). A job whose unique_key a
         live job holds is not inserted: returns those, new id -> the holder's id.
+        `resumes`: new id -> the job whose last checkpoint it starts from.
 
         Raises:
             DuplicateId: an id exists with different content; nothing was inserted.
             BatchJobRefused: (of several jobs) one has a type no daemon alive serves.
             InvalidJobFile: the one job has such a type.
         """
-        return self._retried(lambda db: self._insert(db, jobs))
+        return self._retried(lambda db: self._insert(db, jobs, resumes or {}))
 
     @staticmethod
-    def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> dict[str, str]:
+    def _insert(
+        db: psycopg.Connection[Any], jobs: Sequence[Job], resumes: Mapping[str, str]
+    ) -> dict[str, str]:
         served = served_types(db)
         # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
         # waits in an inbox whose daemon is down.
@@ -180,6 +188,9 @@ class PostgresClientStore(SqlReads):
             ).fetchone()
             if differ is not None:
                 raise DuplicateId.of(differ[0])
+            for target, source in resumes.items():
+                if target not in taken:
+                    copy_checkpoint(db, source, target)
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
         return taken
 

@@ -850,5 +850,19 @@ class SqliteJobStore:
                 found[job_id] = row[0]
         return found
 
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """See JobStore.copy_checkpoint."""
+        copied = self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints (job_id, value)"
+            " SELECT ?, value FROM checkpoints WHERE job_id = ?",
+            (target, source),
+        ).rowcount
+        if copied:
+            self._db.execute(
+                "UPDATE jobs SET checkpoint_at = (SELECT checkpoint_at FROM jobs WHERE id = ?)"
+                " WHERE id = ?",
+                (source, target),
+            )
+
     def close(self) -> None:
         self._db.close()

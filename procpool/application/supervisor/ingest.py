@@ -74,6 +74,8 @@ class IngestResult:
     # Jobs not stored because a live job holds their type's unique_key: (the id
     # submitted, the holder's id, the file).
     key_duplicates: list[tuple[str, str, InboxFile]] = field(default_factory=list)
+    # `procpool retry --resume`: a new job's id -> the job whose checkpoint it starts from.
+    resumes: dict[str, str] = field(default_factory=dict)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
     # Each file read in parts (not whole), and where it stands after this part: its
@@ -159,6 +161,8 @@ def _read_entries(
                 continue
             job = to_job(entry.value, job_id=job_id, defaults=defaults, now=now)
             candidates.append(_Candidate(job, file, entry.line))
+            if entry.value.from_checkpoint and entry.value.retry_of is not None:
+                result.resumes[job_id] = entry.value.retry_of
     return candidates
 
 
@@ -225,6 +229,10 @@ def ingest(
     if any(job.unique_key is not None for job in new_jobs):
         new_jobs = _insert_unique(new_jobs, store, outcomes, result)
     store.insert(new_jobs)
+    if result.resumes:
+        for job, _ in result.jobs:
+            if job.id in result.resumes:
+                store.copy_checkpoint(result.resumes[job.id], job.id)
     for outcome in outcomes:
         _conclude(outcome, store, progress, result)
     return result

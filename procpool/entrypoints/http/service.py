@@ -46,7 +46,8 @@ from procpool.client import (
 from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
-from procpool.entrypoints.http.models import PauseRequest
+from procpool.domain.timefmt import rfc3339
+from procpool.entrypoints.http.models import Checkpoint, PauseRequest
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -220,6 +221,16 @@ class Service:
             return list(self.client.attempts(job_id))
         except KeyError:  # deleted (pruned) in between
             raise not_found(job_id) from None
+
+    def checkpoint(self, job_id: str) -> Checkpoint:
+        """Raises Problem: 404 no such job, or it has no checkpoint; 503 no store."""
+        self.get(job_id)  # 404 and 503 as for the job itself
+        found = self.client.reader.checkpoint(job_id)
+        if found is None:
+            raise Problem(404, f"job {job_id!r} has no checkpoint")
+        value, at = found
+        return Checkpoint(job_id=job_id, checkpoint=msgspec.json.decode(value),
+                          checkpoint_at=rfc3339(at))  # fmt: skip
 
     # ------------------------------------------------------------- writing
 
@@ -445,11 +456,11 @@ class Service:
         except NoJobStore:
             return []
 
-    def retry(self, job_id: str) -> str:
+    def retry(self, job_id: str, resume: bool = False) -> str:
         """Raises Problem: 404 unknown; 409 not terminal."""
         _require_possible_id(job_id)
         try:
-            return self.client.retry(job_id)
+            return self.client.retry(job_id, resume=resume)
         except JobRejected as rejected:
             raise Problem(404, str(rejected)) from None
         except UnknownJob:
