@@ -209,6 +209,9 @@ class Fleet:
         self.limits = limits
         self.workers: dict[int, Worker] = {}
         self.batch = BatchSizer()
+        # The job types whose handlers have called ctx.checkpoint: while one runs, the
+        # loop does not linger (its worker waits for the turn's commit).
+        self.checkpointing: set[str] = set()
         # Workers that exit by themselves before they are ready (a broken handler
         # module, a fork that cannot run) are replaced after a pause that doubles with
         # each, up to 5 s; one killed by a signal from outside is replaced at once.
@@ -426,6 +429,7 @@ class Fleet:
         if size > most:  # the worker checks it first: only a broken one sends more
             return self._broken(worker, f"it sent a checkpoint of {size} bytes, over {most}", now)
         owned = worker.state is not WorkerState.TERMINATING and not job.cancel_requested
+        self.checkpointing.add(job.type)
         return [CheckpointAsked(job, worker.pid, message.value, owned)]
 
     def _about_worker(
@@ -544,6 +548,8 @@ class Fleet:
         for worker in self.workers.values():
             if worker.state is WorkerState.SERVING:
                 least = min(least, len(worker.queued) * mean)
+                if self.checkpointing and _may_checkpoint(worker, self.checkpointing):
+                    return 0.0
         if least == math.inf:
             return 0.0
         wait = min(longest, least / 2)
@@ -714,6 +720,13 @@ def _violation(
     if not started:
         return f"it sent {type(message).__name__} for {job.id}, which it had not started"
     return None
+
+
+def _may_checkpoint(worker: Worker, types: set[str]) -> bool:
+    """Whether the worker runs a job of a type that checkpoints: its checkpoint, which
+    waits for the next commit, must not wait for a linger too."""
+    job = worker.assigned.get(worker.current) if worker.current is not None else None
+    return job is not None and job.type in types
 
 
 def _log_line(worker: Worker, message: wire.LogLine | wire.OutputLine) -> Say:
