@@ -81,6 +81,12 @@ def test_a_hundred_concurrent_submitters_of_one_key_get_one_job(
     assert client.get("late") is None
     if not store_env:  # the socket door's submissions are logged as the daemon judged them
         assert len(daemon.events("file.duplicate_key", existing_id=holder)) == 100
+        metrics = daemon.home / "metrics.prom"
+        wait_until(
+            lambda: metrics.exists()
+            and "procpool_jobs_duplicate_key_total 100" in metrics.read_text(),
+            30, what="the duplicates counted in metrics.prom",
+        )  # fmt: skip
     status = client.get(holder)
     assert status is not None and (status.unique_key, status.unique_while) == ("nightly", "active")
 

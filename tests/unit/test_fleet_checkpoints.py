@@ -84,7 +84,9 @@ def test_the_loop_does_not_linger_while_a_job_that_checkpoints_runs() -> None:
     sim.start_next(W)
     sim.fleet.batch.observe(0.002)
     assert sim.fleet.linger(LONGEST, SHORTEST) == pytest.approx(LONGEST)
+    assert not sim.fleet.awaits_commit()
     sim.receive(W, Checkpoint("j0", sim.job("j0").lease, b"1"))
     sim.finish(W)
     sim.start_next(W)  # the next job of the type: its checkpoint will wait for a commit
     assert sim.fleet.linger(LONGEST, SHORTEST) == 0.0
+    assert sim.fleet.awaits_commit(), "as a client on the socket: the loop does not linger"

@@ -544,16 +544,24 @@ class Fleet:
         mean = self.batch.mean
         if not mean or mean <= 0:
             return 0.0
+        if self.awaits_commit():
+            return 0.0
         least = math.inf
         for worker in self.workers.values():
             if worker.state is WorkerState.SERVING:
                 least = min(least, len(worker.queued) * mean)
-                if self.checkpointing and _may_checkpoint(worker, self.checkpointing):
-                    return 0.0
         if least == math.inf:
             return 0.0
         wait = min(longest, least / 2)
         return wait if wait >= shortest else 0.0
+
+    def awaits_commit(self) -> bool:
+        """Whether a worker runs a job of a type whose handlers call ctx.checkpoint: its
+        next checkpoint waits for the turn's commit, as a client on the socket does, so
+        the loop should not linger (group commit) before that turn."""
+        if not self.checkpointing:
+            return False
+        return any(_may_checkpoint(w, self.checkpointing) for w in self.workers.values())
 
     def takes_more(self, worker: Worker) -> bool:
         """Whether a busy worker may be handed its next jobs: not once its quota is

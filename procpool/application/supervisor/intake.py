@@ -302,6 +302,7 @@ class Intake:
         """Log each job not stored because a live job holds its unique_key; returns
         them, the id submitted -> the holder's id."""
         held: dict[str, str] = {}
+        self.ledger.duplicate_keys += len(result.key_duplicates)
         for job_id, holder, file in result.key_duplicates:
             held[job_id] = holder
             self._log(
