@@ -428,10 +428,16 @@ class Client:
         data = self._encode(document)
         answer = self._ask(lambda ref: Submit(ref, [data]), ANSWER_TIMEOUT)
         accepted = None if answer is None else self._accepted(answer)
-        if accepted is None:
-            self._drop(job_spec.id, data)
-            return job_spec.id
-        return accepted[0]  # a live job's that holds its unique_key, or its own
+        if accepted is not None:
+            return accepted[0]  # a live job's that holds its unique_key, or its own
+        if job_spec.unique_key is not None:
+            # No daemon to judge it: a live holder now makes it a duplicate now; one
+            # that comes before the daemon reads the file is found then (and logged).
+            holder = self._reader.key_holder(job_spec.type, job_spec.unique_key)
+            if holder is not None and holder != job_spec.id:
+                return holder
+        self._drop(job_spec.id, data)
+        return job_spec.id
 
     def submit(
         self,
@@ -482,8 +488,8 @@ class Client:
 
         Returns:
             The job's id; for a duplicate of a unique_key, the id of the job that holds
-            it (while the daemon runs, or with database_url; otherwise the daemon finds
-            the duplicate when it reads the file, and says so in its log).
+            it (while no daemon runs: the one the store shows now; a holder that comes
+            before the daemon reads the file is found then, and logged).
 
         Raises:
             procpool.InvalidJobFile: a value is out of its bounds, or the payload is not

@@ -147,3 +147,17 @@ def test_http_answers_200_with_the_job_that_holds_the_key(
         server.kill()
     client.cancel("h1")
     assert client.get("h2") is None and client.get("h3") is None
+
+
+def test_with_no_daemon_submit_prints_the_holder_the_store_shows(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(1)
+    holder = daemon.client.submit("sleep", {"seconds": 60}, unique_key="q", delay=3600)
+    daemon.stop()
+    printed = run_cli(daemon.home, "submit", "sleep", '{"seconds": 60}', "--unique-key", "q")
+    assert (printed.returncode, printed.stdout.strip()) == (0, holder)
+    assert not [p for p in (daemon.home / "inbox").iterdir() if not p.name.startswith(".")]
+    other = run_cli(daemon.home, "submit", "sleep", '{"seconds": 60}', "--unique-key", "r")
+    assert other.returncode == 0 and other.stdout.strip() != holder
+    assert (daemon.home / "inbox" / f"{other.stdout.strip()}.json").exists()

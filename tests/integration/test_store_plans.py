@@ -153,6 +153,8 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.pause_figures(NOW + 1)
     reader.expired_count()
     reader.waiting(reader.list([Status.PENDING], limit=20), NOW + 1)
+    reader.key_holder("echo", "u")
+    reader.checkpoint("j000900")
 
 
 def check(db: sqlite3.Connection, exercise: Callable[[], None]) -> dict[str, str]:

@@ -64,6 +64,10 @@ class JobReader(Protocol):
         """The workers of the live daemon(s), as last written by them."""
         ...
 
+    def key_holder(self, job_type: str, key: str) -> str | None:
+        """The id of the live job of this type that holds this unique_key, if one does."""
+        ...
+
     def checkpoint(self, job_id: str) -> tuple[bytes, float] | None:
         """The job's last checkpoint (JSON bytes) and when it was committed (seconds
         since the epoch); None if it has none."""

@@ -28,7 +28,7 @@ from procpool.adapters.stores.job_reader import (
     published_limits,
     stored_pauses,
 )
-from procpool.adapters.stores.sqlite import COLUMNS, _job
+from procpool.adapters.stores.sqlite import COLUMNS, UNIQUE_HELD, _job
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Status
 from procpool.domain.pauses import Pause
@@ -104,6 +104,15 @@ class SqlReads(ABC):
             (job_id,),
         )
         return (bytes(rows[0][0]), rows[0][1]) if rows else None
+
+    def key_holder(self, job_type: str, key: str) -> str | None:
+        """The id of the live job of this type that holds this unique_key, if one does."""
+        rows = self._query(
+            f"SELECT id FROM {self.JOBS} WHERE type = {self.MARK} AND unique_key = {self.MARK}"
+            f" AND {UNIQUE_HELD}",
+            (job_type, key),
+        )
+        return rows[0][0] if rows else None
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per type and status: {type: {status: n}}."""
