@@ -44,17 +44,24 @@ def test_the_next_attempt_sees_the_last_checkpoint(
 
 
 @pytest.mark.timeout(120)
-def test_a_checkpoint_survives_kill_9_of_the_daemon(
-    make_daemon: Callable[..., Daemon], tmp_path: Path
+@pytest.mark.parametrize("stop", ["kill -9", "graceful"])
+def test_a_checkpoint_survives_the_daemons_end(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, stop: str
 ) -> None:
-    daemon = make_daemon(2, args=HANDLERS)
+    env = {"PROCPOOL_SHUTDOWN_TIMEOUT": "0.5"}
+    daemon = make_daemon(2, env=env, args=HANDLERS)
     job_id = daemon.client.submit("steps", {"dir": str(tmp_path), "n": STEPS, "end": "wait"})
     wait_until((tmp_path / "checkpointed").exists, 30, what="the checkpoints")
-    daemon.kill()
-    restarted = make_daemon(2, args=HANDLERS)
+    if stop == "kill -9":
+        daemon.kill()
+    else:
+        assert daemon.stop() == 0  # the running job goes back to pending, attempts kept
+    restarted = make_daemon(2, env=env, args=HANDLERS)
     [done] = restarted.client.wait([job_id], timeout=60)
-    assert (done.status, done.attempts) == ("completed", 1), done
-    assert seen(tmp_path, 2) == {"i": STEPS}
+    charged = 1 if stop == "kill -9" else 0  # a crash costs an attempt, a stop does not
+    assert (done.status, done.attempts) == ("completed", charged), done
+    assert seen(tmp_path, charged + 1) == {"i": STEPS}
+    assert done.result == {"resumed_from": {"i": STEPS}}
 
 
 def test_a_bad_checkpoint_is_refused_in_the_handler_and_nothing_is_stored(

@@ -4,6 +4,7 @@ is free the moment its job is terminal, whatever ended it; every door says so.""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,3 +162,34 @@ def test_with_no_daemon_submit_prints_the_holder_the_store_shows(
     other = run_cli(daemon.home, "submit", "sleep", '{"seconds": 60}', "--unique-key", "r")
     assert other.returncode == 0 and other.stdout.strip() != holder
     assert (daemon.home / "inbox" / f"{other.stdout.strip()}.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_two_daemons_ingesting_one_key_at_once_make_one_job(
+    pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The index decides between daemons: each inbox gets 20 files of one key at once,
+    and one job is made on the database, the other 39 logged as its duplicates."""
+    env = {"PROCPOOL_DATABASE_URL": pg_url}
+    daemons = [make_daemon(1, home=tmp_path / name, env=env) for name in ("a", "b")]
+    files = 20
+    for n in range(files):  # written first, renamed in at once below
+        for daemon in daemons:
+            staged = daemon.home / f"{daemon.home.name}-{n}.tmp"
+            staged.write_text(json.dumps({"type": "sleep", "payload": {"seconds": 60},
+                                          "unique_key": "shared"}))  # fmt: skip
+    for n in range(files):
+        for daemon in daemons:
+            name = f"{daemon.home.name}-{n}"
+            (daemon.home / f"{name}.tmp").rename(daemon.home / "inbox" / f"{name}.json")
+    client = Client(daemons[0].home, database_url=pg_url)
+    wait_until(
+        lambda: sum(len(d.events("file.duplicate_key")) for d in daemons) == 2 * files - 1,
+        60, what="every file judged",
+    )  # fmt: skip
+    [holder] = live_ids(client, "sleep")
+    assert len(client.list(type="sleep", limit=1000)) == 1
+    for daemon in daemons:
+        assert {e["existing_id"] for e in daemon.events("file.duplicate_key")} <= {holder}
+    client.cancel(holder)
+    client.close()
