@@ -32,7 +32,7 @@ def test_the_next_attempt_sees_the_last_checkpoint(
     daemon = make_daemon(2, env=store_env, args=HANDLERS)
     client = Client(daemon.home, database_url=store_env.get("PROCPOOL_DATABASE_URL"))
     payload = {"dir": str(tmp_path), "n": STEPS, "end": "sleep" if end == "timeout" else end}
-    job_id = client.submit("steps", payload, timeout=3.0 if end == "timeout" else None)
+    job_id = client.submit("steps", payload, timeout=1.5 if end == "timeout" else None)
     [done] = client.wait([job_id], timeout=60)
     assert (done.status, done.attempts) == ("completed", 1), done
     assert seen(tmp_path, 1) is None
@@ -83,7 +83,7 @@ def test_a_bad_checkpoint_is_refused_in_the_handler_and_nothing_is_stored(
 def test_a_canceled_attempt_cannot_checkpoint(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    daemon = make_daemon(1, env={"PROCPOOL_KILL_GRACE": "5"}, args=HANDLERS)
+    daemon = make_daemon(1, env={"PROCPOOL_KILL_GRACE": "3"}, args=HANDLERS)
     job_id = daemon.client.submit("stale", {"dir": str(tmp_path)})
     wait_until((tmp_path / "checkpointed").exists, 30, what="the first checkpoint")
     daemon.client.cancel(job_id)
