@@ -363,6 +363,37 @@ def test_a_checkpoint_rolls_back_with_its_transaction(store: JobStore) -> None:
     assert stored is not None and stored.checkpoint_at is None
 
 
+def test_a_fenced_or_replaced_postgresql_daemon_cannot_checkpoint(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On a shared store the attempt must also be this daemon's, and the daemon able to
+    vouch for its lease: a daemon past its fence, or whose job another daemon took over
+    (the owner changed, as a rescue does), stores nothing."""
+    from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    store = PostgresJobStore(pg_url, tmp_path / "a")
+    other = PostgresJobStore(pg_url, tmp_path / "b")
+    try:
+        add(store, a_job("cp"), a_job("moved"))
+        started(store, "cp", lease=1)
+        renewed = store._renewed_at
+        store._renewed_at = renewed - 3600  # frozen past its lease: fenced
+        with store.transaction():
+            assert not store.write_checkpoint("cp", 1, b"1", NOW + 2)
+        store._renewed_at = renewed
+        with store.transaction():
+            assert store.write_checkpoint("cp", 1, b"2", NOW + 3)
+        started(other, "moved", lease=2)  # owned by the other daemon, same lease number
+        with store.transaction():
+            assert not store.write_checkpoint("moved", 2, b"3", NOW + 4)
+        assert store.checkpoints(["cp", "moved"]) == {"cp": b"2"}
+    finally:
+        other.close()
+        store.close()
+
+
 def test_retention_deletes_the_checkpoints_of_the_jobs_it_deletes(store: JobStore) -> None:
     add(store, a_job("old"))
     running = started(store, "old", lease=1)
