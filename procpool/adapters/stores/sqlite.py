@@ -217,9 +217,9 @@ COLUMNS = (
     " cancel_requested, digest, retry_of, concurrency_key, expires_at, unique_key,"
     " unique_while, checkpoint_at"
 )
-# The columns of migration 8, which a reader newer than the daemon reads as nulls until
-# the daemon has migrated the store (see StoreReader._query).
-COLUMNS_OF_8 = "unique_key, unique_while, checkpoint_at"
+# The columns of unique keys and checkpoints (migration 8), which a reader newer than the
+# daemon reads as nulls until the daemon has migrated the store (StoreReader._query).
+SECTION_16_COLUMNS = "unique_key, unique_while, checkpoint_at"
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
 )

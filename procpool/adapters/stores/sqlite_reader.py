@@ -19,10 +19,10 @@ from typing import Any
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
-    COLUMNS_OF_8,
     FINISHED_BEFORE,
     RUN_COLUMNS,
     SCHEMA_VERSION,
+    SECTION_16_COLUMNS,
     _job,
     _run,
 )
@@ -65,13 +65,13 @@ class StoreReader(SqlReads):
             # (Asked of the schema version rather than read from SQLite's message.)
             if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
                 raise
-            if COLUMNS_OF_8 not in sql:
+            if SECTION_16_COLUMNS not in sql:
                 return []
         # A daemon older than this reader still runs on the home: the jobs' columns its
         # schema lacks read as nulls.
-        nulls = ", ".join(["NULL"] * len(COLUMNS_OF_8.split(",")))
+        nulls = ", ".join(["NULL"] * len(SECTION_16_COLUMNS.split(",")))
         try:
-            return db.execute(sql.replace(COLUMNS_OF_8, nulls), parameters).fetchall()
+            return db.execute(sql.replace(SECTION_16_COLUMNS, nulls), parameters).fetchall()
         except sqlite3.OperationalError:
             return []
 
