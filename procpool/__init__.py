@@ -16,6 +16,7 @@ from procpool.domain.errors import (
     InvalidJobFile,
     PermanentError,
     ProcpoolError,
+    StaleAttempt,
 )
 
 if TYPE_CHECKING:
@@ -28,9 +29,11 @@ if TYPE_CHECKING:
         NoJobStore,
         UnknownJob,
     )
+    from procpool.domain.result import CheckpointError
 
 # Each name loaded on first use, and the module it comes from.
 _LAZY = {
+    "CheckpointError": "procpool.domain.result",
     "JobContext": "procpool.application.handlers",
     "handler": "procpool.application.handlers",
     "Client": "procpool.client",
@@ -43,6 +46,7 @@ _LAZY = {
 
 __all__ = [
     "BatchJobRefused",
+    "CheckpointError",
     "Client",
     "DuplicateId",
     "InvalidJobFile",
@@ -53,6 +57,7 @@ __all__ = [
     "NoJobStore",
     "PermanentError",
     "ProcpoolError",
+    "StaleAttempt",
     "UnknownJob",
     "handler",
 ]

@@ -150,6 +150,9 @@ class JobInfo(_Record):
     expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
     schedule: str | None = None  # the schedule that made the job (CONTRACT section 14)
     scheduled_for: str | None = None  # its occurrence's nominal time in the schedule's zone
+    unique_key: str | None = None  # one live job of its type holds it (CONTRACT section 16)
+    unique_while: str | None = None  # "active" or "pending"
+    checkpoint_at: str | None = None  # RFC 3339: when the last checkpoint was committed
 
     @property
     def is_terminal(self) -> bool:
@@ -182,6 +185,9 @@ class JobInfo(_Record):
             expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
             schedule=job.schedule,
             scheduled_for=job.scheduled_for,
+            unique_key=job.unique_key,
+            unique_while=job.unique_while,
+            checkpoint_at=None if job.checkpoint_at is None else rfc3339(job.checkpoint_at),
         )
 
     @classmethod
@@ -463,8 +469,7 @@ class Client:
         spec.check_expiry(job_spec, time.time())  # judged again when the job is accepted
         assert job_spec.id is not None
         if self._shared is not None:
-            self._shared.submit_spec(job_spec)
-            return job_spec.id
+            return self._shared.submit_spec(job_spec)
         document = {
             key: value
             for key, value in msgspec.structs.asdict(job_spec).items()
@@ -472,8 +477,16 @@ class Client:
         }
         data = self._encode(document)
         answer = self._ask(lambda ref: wire.Submit(ref, [data]), ANSWER_TIMEOUT)
-        if answer is None or self._accepted(answer) is None:
-            self._drop(job_spec.id, data)
+        accepted = None if answer is None else self._accepted(answer)
+        if accepted is not None:
+            return accepted[0]  # a live job's that holds its unique_key, or its own
+        if job_spec.unique_key is not None:
+            # No daemon to judge it: a live holder now makes it a duplicate now; one
+            # that comes before the daemon reads the file is found then (and logged).
+            holder = self._reader.key_holder(job_spec.type, job_spec.unique_key)
+            if holder is not None and holder != job_spec.id:
+                return holder
+        self._drop(job_spec.id, data)
         return job_spec.id
 
     def submit(
@@ -490,6 +503,8 @@ class Client:
         concurrency_key: str | None = None,
         expires_at: str | None = None,
         expires_in: float | None = None,
+        unique_key: str | None = None,
+        unique_while: str | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -515,9 +530,16 @@ class Client:
             expires_at: an RFC 3339 time; a job still pending then is canceled with
                 `last_error` "expired" (one that runs goes on). Not with `expires_in`.
             expires_in: the same, in seconds from when the job is accepted.
+            unique_key: 1-128 characters; while a live job of this type holds the same
+                key, this submission is a duplicate of it: nothing is added, and its id
+                is returned (see docs/job-files.md).
+            unique_while: what "live" means for the key: "active" (the default: pending
+                or running) or "pending" (until the job is first handed to a worker).
 
         Returns:
-            The job's id.
+            The job's id; for a duplicate of a unique_key, the id of the job that holds
+            it (while no daemon runs: the one the store shows now; a holder that comes
+            before the daemon reads the file is found then, and logged).
 
         Raises:
             procpool.InvalidJobFile: a value is out of its bounds, or the payload is not
@@ -540,6 +562,8 @@ class Client:
                 concurrency_key=concurrency_key,
                 expires_at=expires_at,
                 expires_in=expires_in,
+                unique_key=unique_key,
+                unique_while=unique_while,
             )
         )
 
@@ -581,11 +605,11 @@ class Client:
                     spec.check_expiry(job_spec, now)
                 except InvalidJobFile as error:
                     raise InvalidJobFile(f"job {number}: {error}") from None
-            self._shared.submit(
+            taken = self._shared.submit(
                 [spec.to_job(s, job_id=i, defaults=defaults, now=now) for s, i in zip(
                     specs, ids, strict=True)]
             )  # fmt: skip
-            return ids
+            return [taken.get(i, i) for i in ids]
         size = sum(len(data) + 16 for data in encoded)
         if size > (most := wire.MAX_REQUEST_BYTES):
             raise InvalidJobFile(
@@ -649,8 +673,10 @@ class Client:
         if not isinstance(answer, wire.CancelAnswer):
             self._drop(f"cancel-{job_id}", {"cancel": job_id})
 
-    def retry(self, job_id: str) -> str:
+    def retry(self, job_id: str, *, resume: bool = False) -> str:
         """Queue a new job that repeats a terminal one: same type, payload and options.
+        With `resume`, the new job starts from the old one's last checkpoint (its
+        handler finds it in `ctx.last_checkpoint`).
 
         The new job's id continues the line of retries: a retry of `X` is
         `X.retry-1`, of `X.retry-1` is `X.retry-2`, and so on. If that id is taken
@@ -684,6 +710,9 @@ class Client:
                 priority=job.priority,
                 retry_of=job_id,
                 concurrency_key=job.concurrency_key,
+                unique_key=job.unique_key,
+                unique_while=job.unique_while,
+                from_checkpoint=True if resume else None,
             )
         )
 
@@ -984,6 +1013,12 @@ class Client:
         raise NoJobStore(
             f"{self.home} is not a procpool home: {fault} ({self.home_source})", self.home
         )
+
+    def checkpoint(self, job_id: str) -> Any:
+        """The last checkpoint a handler of this job committed (`ctx.checkpoint`), as the
+        JSON value it stored; None if it has none (or no such job is stored)."""
+        found = self._reader.checkpoint(job_id)
+        return None if found is None else msgspec.json.decode(found[0])
 
     def get(self, job_id: str) -> JobInfo | None:
         """The job with this id.

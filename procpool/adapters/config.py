@@ -59,6 +59,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_memory_mb: int = _SETTINGS.max_memory_mb
     max_file_bytes: int = _SETTINGS.max_file_bytes
     max_result_bytes: int = _SETTINGS.max_result_bytes
+    max_checkpoint_bytes: int = _SETTINGS.max_checkpoint_bytes
     log_level: str = "INFO"
     kill_grace: float = _SETTINGS.kill_grace
     poll_interval: float = _SETTINGS.poll_interval
@@ -172,7 +173,7 @@ def _check(config: Config) -> Config:
 
     for key in ("workers", "max_attempts", "backoff_base", "backoff_max", "shutdown_timeout",
                 "heartbeat_interval", "heartbeat_timeout", "max_file_bytes", "max_result_bytes",
-                "kill_grace",
+                "max_checkpoint_bytes", "kill_grace",
                 "poll_interval", "timeout", "retention_days", "metrics_interval",
                 "log_max_bytes", "daemon_lease", "wal_max_bytes", "http_request_timeout",
                 "http_max_connections"):  # fmt: skip
@@ -180,13 +181,14 @@ def _check(config: Config) -> Config:
     for key in ("max_jobs_per_worker", "max_memory_mb", "log_keep"):
         positive(key, allow_zero=True)
     _check_tables(config)
-    if config.max_result_bytes > MAX_RESULT_BYTES:
+    for key in ("max_result_bytes", "max_checkpoint_bytes"):
         # SQLite stores no value over 1 GB (SQLITE_MAX_LENGTH); a result must fit, with
         # room for the rest of its row.
-        raise ConfigError(
-            f"config key 'max_result_bytes' must be at most {MAX_RESULT_BYTES}"
-            f" (512 MiB), got {config.max_result_bytes}"
-        )
+        if getattr(config, key) > MAX_RESULT_BYTES:
+            raise ConfigError(
+                f"config key {key!r} must be at most {MAX_RESULT_BYTES}"
+                f" (512 MiB), got {getattr(config, key)}"
+            )
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"config key 'heartbeat_timeout' ({config.heartbeat_timeout}) must be greater than"

@@ -116,6 +116,11 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
         f'procpool_schedule_skipped_total{{reason="{_label(reason)}"}} {count}'
         for reason, count in snapshot.schedule_skips.items()
     )
+    family(
+        "procpool_jobs_duplicate_key_total", "counter",
+        "Submissions not added because a live job of their type held their unique_key.",
+    )  # fmt: skip
+    out.append(f"procpool_jobs_duplicate_key_total {snapshot.duplicate_keys}")
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
     out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
     return "\n".join(out) + "\n"

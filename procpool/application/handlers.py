@@ -34,13 +34,19 @@ class JobContext:
         scheduled_for: for a job made by a schedule (CONTRACT section 14), the
             occurrence's nominal time in the schedule's zone, RFC 3339 with its offset
             ("2026-03-29T03:00:00+02:00"); None for any other job.
+        last_checkpoint: the last value an earlier attempt of this job committed with
+            `checkpoint` (or `procpool retry --resume` handed over), decoded; None if
+            there is none.
 
     `report_progress` is bound to this run by the worker: a report made after the
     run ended (by a thread the handler left behind) is dropped, never taken for
     another job's.
     """
 
-    __slots__ = ("_report_progress", "attempt", "job_id", "logger", "scheduled_for")
+    __slots__ = (
+        "_checkpoint", "_report_progress", "attempt", "job_id", "last_checkpoint", "logger",
+        "scheduled_for",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -48,6 +54,8 @@ class JobContext:
         attempt: int,
         report_progress: Callable[[float, str | None], None],
         *,
+        checkpoint: Callable[[Any], None] | None = None,
+        last_checkpoint: Any = None,
         scheduled_for: str | None = None,
     ) -> None:
         self.job_id = job_id
@@ -55,6 +63,25 @@ class JobContext:
         self.scheduled_for = scheduled_for
         self.logger = logger.bind(job_id=job_id, attempt=attempt, **{RUN_KEY: (job_id, attempt)})
         self._report_progress = report_progress
+        self._checkpoint = checkpoint
+        self.last_checkpoint = last_checkpoint
+
+    def checkpoint(self, value: Any) -> None:
+        """Store `value` as the job's checkpoint; returns once the daemon has committed
+        it. A later attempt of the job (after an exception, a timeout, a crash, ...)
+        finds it in `ctx.last_checkpoint`. One round trip to the daemon, about a
+        millisecond: made for steps of a second or more, not for every item.
+
+        Raises:
+            procpool.CheckpointError: `value` is not a JSON value (by the result's
+                rules), or is over the config key max_checkpoint_bytes encoded; the
+                message names the type and its place, or the size. Nothing is stored.
+            procpool.StaleAttempt: this attempt no longer owns the job (canceled, timed
+                out, its daemon's lease lost); nothing is stored. Stop the work.
+        """
+        if self._checkpoint is None:
+            raise ProcpoolError("checkpoint needs a job run by a procpool worker")
+        self._checkpoint(value)
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the job is, from 0.0 to 1.0; shows in `status` and `wait --progress`.

@@ -118,6 +118,28 @@ class JobStore(Protocol):
         """Add new jobs; their ids must not exist yet."""
         ...
 
+    def insert_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """Add new jobs that carry a unique_key (their ids must not exist yet), one at a
+        time, in order: a job whose type and key a live job holds (that one inserted
+        just before included) is not added. Returns those: new id -> the holder's id.
+        Race-free against every other writer (the store's unique index decides)."""
+        ...
+
+    def write_checkpoint(self, job_id: str, lease: int, value: bytes, now: float) -> bool:
+        """Store `value` (JSON bytes) as the job's checkpoint, at `now`, only if the job
+        is running with this lease (and, on a shared store, this daemon owns it);
+        whether it was stored."""
+        ...
+
+    def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """The last checkpoint (JSON bytes) of each of these jobs that has one."""
+        ...
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """Give the job `target` (new, pending) the last checkpoint of `source`, and its
+        time, if it has one (`procpool retry --resume`)."""
+        ...
+
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ...
     ) -> bool:

@@ -11,6 +11,12 @@ class PermanentError(ProcpoolError):
     """Raised by a handler to fail its job at once, whatever attempts are left."""
 
 
+class StaleAttempt(ProcpoolError):
+    """Raised by `ctx.checkpoint` when this attempt no longer owns its job (canceled,
+    timed out, its daemon's lease lost, the job taken over): nothing was stored, and
+    the attempt's work no longer counts."""
+
+
 class InvalidTransition(ProcpoolError):
     """A status change that the transition table forbids."""
 

@@ -86,6 +86,13 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     # occurrence's nominal time in the schedule's zone (RFC 3339 with its offset).
     schedule: str | None = None
     scheduled_for: str | None = None
+    # The job holds this key of its type while it is live (CONTRACT section 16; which
+    # statuses hold it: spec.UNIQUE_WHILE); None: no key.
+    unique_key: str | None = None
+    unique_while: str | None = None
+    # When the last checkpoint was committed; the value itself is read apart (it may be
+    # large, and only a dispatch and GET /jobs/ID/checkpoint need it).
+    checkpoint_at: float | None = None
 
     @property
     def attempt(self) -> int:

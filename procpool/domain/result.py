@@ -34,6 +34,11 @@ class ResultError(ProcpoolError):
     """A result that is not a JSON value, or is too large. The message says where and why."""
 
 
+class CheckpointError(ResultError):
+    """A checkpoint (`ctx.checkpoint`) that is not a JSON value, or is over
+    max_checkpoint_bytes: nothing was stored. The message says where and why."""
+
+
 def _plain(value: Any) -> Any:
     """Called by msgspec for types it does not know: only the subclasses the walk let through."""
     for base in (bool, int, float, str):
@@ -222,3 +227,22 @@ def encode_result(value: Any, max_bytes: int) -> bytes:
             f" over max_result_bytes ({max_bytes} bytes)"
         )
     return encoded
+
+
+def encode_checkpoint(value: Any, max_bytes: int) -> bytes:
+    """A checkpoint as JSON bytes, by the result's rules (`encode_result`), at most
+    `max_bytes` (the config key max_checkpoint_bytes) long.
+
+    Raises:
+        CheckpointError: as ResultError, its message speaking of the checkpoint.
+    """
+    try:
+        return encode_result(value, max_bytes)
+    except ResultError as error:
+        text = str(error)
+        if text.startswith("result"):  # where in the value: result["a"][2]: ...
+            text = "checkpoint" + text.removeprefix("result")
+        text = text.replace("the result", "the checkpoint").replace(
+            "max_result_bytes", "max_checkpoint_bytes"
+        )
+        raise CheckpointError(text) from None

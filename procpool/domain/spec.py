@@ -75,6 +75,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     concurrency_key: str | None = None
     expires_at: str | None = None  # RFC 3339: canceled if still pending then
     expires_in: float | None = None  # seconds from acceptance; not with expires_at
+    unique_key: str | None = None  # CONTRACT section 16: one live job per type and key
+    unique_while: str | None = None  # UNIQUE_WHILE; with unique_key only ("active" if not given)
+    # Set by `procpool retry --resume`: the job starts from retry_of's last checkpoint.
+    from_checkpoint: bool | None = None
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,6 +141,9 @@ _KINDS = {
     "concurrency_key": "a string",
     "expires_at": "a string",
     "expires_in": "a number",
+    "unique_key": "a string",
+    "unique_while": 'the string "active" or "pending"',
+    "from_checkpoint": "true or false",
     "cancel": "a string",
     "prune": "a number",
     "pause": "a list of job types",
@@ -249,6 +256,29 @@ def check_concurrency_key(value: str) -> str:
     return value
 
 
+UNIQUE_KEY_MAX_CHARS = 128
+UNIQUE_WHILE = ("active", "pending")
+"""What a job's unique_key is held for: "active", while it is pending or running;
+"pending", until it is first handed to a worker (a retry that waits again does not
+take it back: a job submitted meanwhile may hold it, and two pending jobs cannot)."""
+
+
+def _check_unique(spec: JobSpec) -> None:
+    key, held = spec.unique_key, spec.unique_while
+    if key is not None:
+        if not 1 <= len(key) <= UNIQUE_KEY_MAX_CHARS:
+            raise InvalidJobFile(
+                f"unique_key must be 1-{UNIQUE_KEY_MAX_CHARS} characters, got {len(key)}:"
+                f" {show(key)}"
+            )
+        _check_text("unique_key", key)
+    if held is not None:
+        if held not in UNIQUE_WHILE:
+            raise InvalidJobFile(f'unique_while must be "active" or "pending", got {show(held)}')
+        if key is None:
+            raise InvalidJobFile("unique_while needs a unique_key")
+
+
 def _not_unicode(text: str, start: int) -> str:
     """Why `text[start]`, a lone surrogate, is not text, in a file's terms where it can."""
     code = ord(text[start])
@@ -315,6 +345,12 @@ def check(spec: JobSpec) -> JobSpec:
         if spec.expires_in is not None:
             raise InvalidJobFile("expires_at and expires_in cannot be given together")
         parse_time(spec.expires_at, "expires_at")
+    if spec.unique_key is not None or spec.unique_while is not None:
+        _check_unique(spec)
+    if spec.from_checkpoint and spec.retry_of is None:
+        raise InvalidJobFile(
+            "from_checkpoint needs retry_of: it starts from that job's last checkpoint"
+        )
     return spec
 
 
@@ -712,7 +748,17 @@ def encode_json(value: Any) -> bytes:
 # The fields added after digests were first kept, in their order (the last ones), as
 # they are encoded while null: last first.
 _LATER_NULLS = tuple(
-    f',"{name}":null'.encode() for name in reversed(("concurrency_key", "expires_at", "expires_in"))
+    f',"{name}":null'.encode()
+    for name in reversed(
+        (
+            "concurrency_key",
+            "expires_at",
+            "expires_in",
+            "unique_key",
+            "unique_while",
+            "from_checkpoint",
+        )
+    )
 )
 
 _ALL_NULL = b"".join(reversed(_LATER_NULLS)) + b"}"
@@ -767,6 +813,8 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         retry_of=spec.retry_of,
         concurrency_key=spec.concurrency_key,
         expires_at=_expiry(spec, now),
+        unique_key=spec.unique_key,
+        unique_while=None if spec.unique_key is None else spec.unique_while or "active",
     )
 
 

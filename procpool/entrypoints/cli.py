@@ -277,6 +277,18 @@ def serve(
 @click.option(
     "--expires-at", default=None, help="Cancel it if still pending at this RFC 3339 time."
 )
+@click.option(
+    "--unique-key",
+    default=None,
+    help="While a live job of this type holds this key, print its id and add nothing.",
+)
+@click.option(
+    "--unique-while",
+    type=click.Choice(["active", "pending"]),
+    default=None,
+    help="The key is held while the job is pending or running (active, the default),"
+    " or until it first starts (pending).",
+)
 def submit(
     home: Path | None,
     job_type: str,
@@ -289,6 +301,8 @@ def submit(
     concurrency_key: str | None,
     expires_in: float | None,
     expires_at: str | None,
+    unique_key: str | None,
+    unique_while: str | None,
 ) -> None:
     """Queue a job and print its id: over the daemon's socket while it runs (returns once
     the job is committed), else as a file in the inbox."""
@@ -313,6 +327,8 @@ def submit(
                 concurrency_key=concurrency_key,
                 expires_in=expires_in,
                 expires_at=expires_at,
+                unique_key=unique_key,
+                unique_while=unique_while,
             )
         except DuplicateId as error:  # what was asked did not happen; no usage error
             raise CommandFailed(str(error), EXIT_NOT_DONE) from None
@@ -338,6 +354,8 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("retry of", job.retry_of or ""),
         ("waiting", _waiting_text(job.waiting)),
         ("expires at", job.expires_at or ""),
+        ("unique key", "" if job.unique_key is None else f"{job.unique_key} ({job.unique_while})"),
+        ("checkpoint at", job.checkpoint_at or ""),
         ("payload", _brief(job.payload, 200)),
         ("result", "" if job.result is None else _brief(job.result, 200)),
     ]  # fmt: skip
@@ -663,15 +681,22 @@ def handlers(
     " none with a job pending or running.",
 )
 @click.option("--type", "job_type", default=None, help="With --all-failed: only this type.")
-def retry(home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None) -> None:
+@click.option(
+    "--resume", is_flag=True, help="The new job starts from the old one's last checkpoint."
+)
+def retry(
+    home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None, resume: bool
+) -> None:
     """Queue a finished job again as ID.retry-N; prints the new id."""
     if (job_id is None) == (not all_failed):
         raise CommandFailed("give either a job ID or --all-failed", EXIT_USAGE)
     if job_type is not None and not all_failed:
         raise CommandFailed("--type goes with --all-failed", EXIT_USAGE)
+    if resume and job_id is None:
+        raise CommandFailed("--resume goes with a job ID", EXIT_USAGE)
     client = _client(home)
     with _user_errors():
-        new_ids = [client.retry(job_id)] if job_id else client.retry_failed(job_type)
+        new_ids = [client.retry(job_id, resume=resume)] if job_id else client.retry_failed(job_type)
     for new_id in new_ids:
         click.echo(new_id)
     if not new_ids:

@@ -53,6 +53,7 @@ def settings_from(config: configuration.Config) -> Settings:
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
         max_result_bytes=config.max_result_bytes,
+        max_checkpoint_bytes=config.max_checkpoint_bytes,
         max_jobs_per_worker=config.max_jobs_per_worker,
         max_memory_mb=config.max_memory_mb,
         kill_grace=config.kill_grace,

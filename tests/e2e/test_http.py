@@ -296,7 +296,8 @@ def test_openapi_document_describes_every_endpoint(api: Server) -> None:
     paths = spec["paths"]
     assert set(paths) == {
         "/jobs", "/jobs/batch", "/jobs/{job_id}", "/jobs/{job_id}/attempts",
-        "/jobs/{job_id}/wait", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
+        "/jobs/{job_id}/checkpoint", "/jobs/{job_id}/wait", "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/retry",
         "/events", "/stats", "/metrics", "/healthz", "/pauses", "/pauses/{job_type}",
         "/schedules", "/schedules/{name}", "/schedules/{name}/next", "/schedules/{name}/pause",
         "/schedules/{name}/resume", "/schedules/{name}/trigger",
@@ -309,7 +310,7 @@ def test_openapi_document_describes_every_endpoint(api: Server) -> None:
     body = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     request = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
     assert request["required"] == ["type"]
-    assert "max_attempts" in request["properties"]
+    assert {"max_attempts", "unique_key", "unique_while"} <= set(request["properties"])
     assert set(paths["/jobs"]["post"]["responses"]) >= {"200", "201", "409", "413", "415", "422"}
     assert api.get("/schema/openapi.json").status_code == 404
 

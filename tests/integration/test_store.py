@@ -383,6 +383,144 @@ def test_pause_resume_trigger_and_retention_keeps_schedules(store: JobStore) -> 
     assert store.schedules()[0].cursor == NOW + 30, "retention keeps the cursor"
 
 
+# ------------------------------------------------------------------ section 16
+
+
+def keyed(job_id: str, key: str = "k", **changes: object) -> Job:
+    return a_job(job_id, **{"unique_key": key, "unique_while": "active", **changes})
+
+
+def test_a_unique_key_is_held_by_one_live_job_of_its_type(store: JobStore) -> None:
+    with store.transaction():
+        # Within one call too: the first of two with one key holds it.
+        assert store.insert_unique([keyed("a"), keyed("b"), keyed("other-key", "k2")]) == {"b": "a"}
+        assert store.insert_unique([keyed("c", type="sleep")]) == {}, "scoped to the type"
+    assert store.get("b") is None
+    assert store.get("a") == keyed("a")
+    started(store, "a", lease=1)
+    with store.transaction():
+        assert store.insert_unique([keyed("d")]) == {"d": "a"}, "running still holds it"
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "canceled", "canceled-pending"])
+def test_the_key_is_free_the_moment_its_job_is_terminal(store: JobStore, end: str) -> None:
+    add(store, keyed("a", max_attempts=1))
+    job = store.get("a")
+    assert job is not None
+    if end == "canceled-pending":
+        ended = jobs.cancel(job, now=NOW + 2)
+    else:
+        job = started(store, "a", lease=1)
+        ended = {
+            "completed": jobs.complete(job, result=b"1", now=NOW + 2),
+            "failed": jobs.fail_attempt(job, error="boom", now=NOW + 2, retry_at=NOW + 3),
+            "canceled": jobs.cancel(job, now=NOW + 2),
+        }[end]
+    assert str(ended.status) == end.split("-", maxsplit=1)[0]
+    with store.transaction():
+        assert store.save(ended, expected=job.status, expected_lease=job.lease)
+        assert store.insert_unique([keyed("b")]) == {}
+    with store.transaction():
+        assert store.insert_unique([keyed("c")]) == {"c": "b"}
+
+
+def test_a_pending_key_is_held_until_the_job_is_first_handed_out(store: JobStore) -> None:
+    add(store, keyed("a", unique_while="pending"))
+    with store.transaction():
+        assert store.insert_unique([keyed("b")]) == {"b": "a"}
+    running = started(store, "a", lease=1)
+    with store.transaction():
+        assert store.insert_unique([keyed("b")]) == {}, "a started: the key is free"
+    # Back to pending for a retry, it does not take the key back from b.
+    retried = jobs.fail_attempt(running, error="boom", now=NOW + 2, retry_at=NOW + 3)
+    with store.transaction():
+        assert store.save(retried, expected=Status.RUNNING, expected_lease=1)
+        assert store.insert_unique([keyed("c")]) == {"c": "b"}
+
+
+def test_a_checkpoint_is_stored_only_for_the_attempt_that_runs(store: JobStore) -> None:
+    add(store, a_job("cp"), a_job("other"))
+    with store.transaction():
+        assert not store.write_checkpoint("cp", 0, b"0", NOW), "pending: no attempt runs"
+    running = started(store, "cp", lease=3)
+    with store.transaction():
+        assert not store.write_checkpoint("cp", 2, b"2", NOW + 2), "another attempt's lease"
+        assert not store.write_checkpoint("absent", 3, b"2", NOW + 2)
+        assert store.write_checkpoint("cp", 3, b'{"i":1}', NOW + 2)
+        assert store.write_checkpoint("cp", 3, b'{"i":2}', NOW + 3)
+    assert store.checkpoints(["cp", "other", "absent"]) == {"cp": b'{"i":2}'}
+    stored = store.get("cp")
+    assert stored is not None and stored.checkpoint_at == NOW + 3
+    # A transition written from the supervisor's copy (checkpoint_at unknown to it)
+    # keeps the checkpoint and its time.
+    retried = jobs.fail_attempt(running, error="boom", now=NOW + 4, retry_at=NOW + 5)
+    with store.transaction():
+        assert store.save(retried, expected=Status.RUNNING, expected_lease=3)
+    after = store.get("cp")
+    assert after is not None and after.checkpoint_at == NOW + 3
+    assert store.checkpoints(["cp"]) == {"cp": b'{"i":2}'}
+    with store.transaction():
+        assert not store.write_checkpoint("cp", 3, b"9", NOW + 6), "no longer running"
+    assert store.checkpoints(["cp"]) == {"cp": b'{"i":2}'}
+
+
+def test_a_checkpoint_rolls_back_with_its_transaction(store: JobStore) -> None:
+    add(store, a_job("cp"))
+    started(store, "cp", lease=1)
+    with pytest.raises(RuntimeError), store.transaction():
+        assert store.write_checkpoint("cp", 1, b"1", NOW + 2)
+        raise RuntimeError("the turn fails")
+    assert store.checkpoints(["cp"]) == {}
+    stored = store.get("cp")
+    assert stored is not None and stored.checkpoint_at is None
+
+
+def test_a_fenced_or_replaced_postgresql_daemon_cannot_checkpoint(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On a shared store the attempt must also be this daemon's, and the daemon able to
+    vouch for its lease: a daemon past its fence, or whose job another daemon took over
+    (the owner changed, as a rescue does), stores nothing."""
+    from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    store = PostgresJobStore(pg_url, tmp_path / "a")
+    other = PostgresJobStore(pg_url, tmp_path / "b")
+    try:
+        add(store, a_job("cp"), a_job("moved"))
+        started(store, "cp", lease=1)
+        renewed = store._renewed_at
+        store._renewed_at = renewed - 3600  # frozen past its lease: fenced
+        with store.transaction():
+            assert not store.write_checkpoint("cp", 1, b"1", NOW + 2)
+        store._renewed_at = renewed
+        with store.transaction():
+            assert store.write_checkpoint("cp", 1, b"2", NOW + 3)
+        started(other, "moved", lease=2)  # owned by the other daemon, same lease number
+        with store.transaction():
+            assert not store.write_checkpoint("moved", 2, b"3", NOW + 4)
+        assert store.checkpoints(["cp", "moved"]) == {"cp": b"2"}
+    finally:
+        other.close()
+        store.close()
+
+
+def test_retention_deletes_the_checkpoints_of_the_jobs_it_deletes(store: JobStore) -> None:
+    add(store, a_job("old"))
+    running = started(store, "old", lease=1)
+    with store.transaction():
+        assert store.write_checkpoint("old", 1, b"1", NOW + 2)
+        assert store.save(
+            jobs.complete(running, result=b"1", now=NOW + 3),
+            expected=Status.RUNNING,
+            expected_lease=1,
+        )
+    with store.transaction():
+        assert store.delete_finished_before(NOW + 50, 10) == [("echo", Status.COMPLETED)]
+    assert store.checkpoints(["old"]) == {}
+
+
 # ------------------------------------------------------------------ SQLite only
 
 

@@ -123,6 +123,15 @@ def exercise_store(store: SqliteJobStore) -> None:
         store.line_errors("f")
         store.forget_progress("f")
         store.delete_finished_before(NOW + 3, 5)
+    with store.transaction():  # section 16: unique keys, checkpoints
+        store.insert_unique([a_job(900, unique_key="u", unique_while="active")])
+        store.insert_unique([a_job(901, unique_key="u", unique_while="active")])
+        held = store.get("j000900")
+        assert held is not None
+        running = jobs.start(held, lease=99, worker_pid=7, now=NOW + 1)
+        store.save(running, expected=held.status, expected_lease=held.lease)
+        store.write_checkpoint(held.id, 99, b"1", NOW + 2)
+        store.checkpoints([held.id, "j000002"])
     exercise_schedules(store)
 
 
@@ -171,6 +180,8 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.pause_figures(NOW + 1)
     reader.expired_count()
     reader.waiting(reader.list(JobQuery([Status.PENDING], limit=20)), NOW + 1)
+    reader.key_holder("echo", "u")
+    reader.checkpoint("j000900")
 
 
 def check(db: sqlite3.Connection, exercise: Callable[[], None]) -> dict[str, str]:
@@ -206,7 +217,7 @@ def test_every_statement_of_the_store_and_its_reader_is_indexed(tmp_path: Path) 
     # What each index is kept for is read through it.
     every_plan = " ".join([*written.values(), *read.values()])
     for index in ("jobs_status_created", "jobs_ready_order", "jobs_ready_type", "jobs_scheduled",
-                  "jobs_expiry", "runs_ended"):  # fmt: skip
+                  "jobs_expiry", "runs_ended", "jobs_unique_key"):  # fmt: skip
         assert index in every_plan, index
 
 

@@ -14,7 +14,13 @@ from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.supervisor.fleet import Deliver, Fleet, Limits, RunEnded, Send
 from procpool.application.supervisor.ledger import Ledger
 from procpool.application.supervisor.membership import reconcile
-from procpool.application.wire.messages import Finished, Ready, RunJob, Started
+from procpool.application.wire.messages import (
+    CheckpointStored,
+    Finished,
+    Ready,
+    RunJob,
+    Started,
+)
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
@@ -96,3 +102,21 @@ def test_reconcile_keeps_what_is_still_this_daemons(
 def back_out(store: MemoryJobStore, running: Job) -> None:
     changed = jobs.interrupt(running, now=WALL)
     assert store.save(changed, expected=Status.RUNNING, expected_lease=LEASE)
+
+
+def test_a_checkpoint_answered_in_the_lost_turn_is_asked_for_again() -> None:
+    """The lost turn's rollback took its checkpoint from the store: the worker is told to
+    send it again, never that it was stored."""
+    store, ledger, fleet, _ = setup()
+    worker = fleet.get(W)
+    assert worker is not None
+    running = claimed(store, ledger)
+    fleet.hand_out(worker, running, 0.0)
+    for decision in fleet.received(W, Started("J", LEASE), 0.0):
+        fleet.update(W, ledger.began(decision.job, WALL))  # type: ignore[attr-defined]
+    unsent: dict[int, list[Any]] = {W: [CheckpointStored("J", LEASE, True)]}
+    owned = store.with_status(Status.RUNNING)
+    decisions = reconcile(owned, [], unsent, fleet, ledger, lambda *a, **f: None, WALL)
+    answers = [d.message for d in decisions if isinstance(d, Send)]
+    assert answers == [CheckpointStored("J", LEASE, False, again=True)]
+    assert "J" in worker.assigned

@@ -85,6 +85,12 @@ def test_any_json_payload_is_kept_as_it_is(payload: Any) -> None:
         ({"run_at": "tomorrow"}, "run_at"),
         ({"run_at": 1700000000}, "run_at"),
         ({"run_at": "2030-01-01T00:00:00Z", "delay": 5}, "run_at"),
+        ({"unique_key": ""}, "unique_key"),
+        ({"unique_key": "k" * 129}, "unique_key"),
+        ({"unique_key": 7}, "unique_key"),
+        ({"unique_key": "k", "unique_while": "running"}, "unique_while"),
+        ({"unique_key": "k", "unique_while": 1}, "unique_while"),
+        ({"unique_while": "pending"}, "unique_while needs a unique_key"),
     ],
     ids=lambda value: json.dumps(value)[:40] if isinstance(value, dict) else value,
 )
@@ -298,3 +304,11 @@ def test_decode_errors_are_worded_by_procpool(data: bytes, message: str) -> None
 )
 def test_what_cannot_be_written_as_json_is_named_with_its_place(value: Any, message: str) -> None:
     assert spec.unencodable(value, "payload").startswith(message)
+
+
+def test_a_unique_key_is_held_while_active_unless_it_says_pending() -> None:
+    plain = job_of(encoded(unique_key="nightly"))
+    assert (plain.unique_key, plain.unique_while) == ("nightly", "active")
+    pending = job_of(encoded(unique_key="k" * 128, unique_while="pending"))
+    assert (pending.unique_key, pending.unique_while) == ("k" * 128, "pending")
+    assert job_of(encoded()).unique_while is None

@@ -15,7 +15,7 @@ canceling in the database, the daemons registered) is `SharedJobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,6 +79,15 @@ class JobReader(Protocol):
 
     def worker_reports(self) -> list[tuple[WorkerRecord, WorkerReport]]:
         """The workers of the live daemon(s), as last written by them."""
+        ...
+
+    def key_holder(self, job_type: str, key: str) -> str | None:
+        """The id of the live job of this type that holds this unique_key, if one does."""
+        ...
+
+    def checkpoint(self, job_id: str) -> tuple[bytes, float] | None:
+        """The job's last checkpoint (JSON bytes) and when it was committed (seconds
+        since the epoch); None if it has none."""
         ...
 
     def runs(self, job_id: str) -> list[Run]:
@@ -147,9 +156,17 @@ class SharedJobStore(JobReader, Protocol):
         """What a job that leaves a field out gets (the handlers' and the config's)."""
         ...
 
-    def submit_spec(self, job_spec: JobSpec) -> None: ...
+    def submit_spec(self, job_spec: JobSpec) -> str:
+        """The job's id, or that of the live job that holds its unique_key."""
+        ...
 
-    def submit(self, jobs: Sequence[Job]) -> None: ...
+    def submit(
+        self, jobs: Sequence[Job], resumes: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """All or none; returns the jobs not added because a live job holds their
+        unique_key: new id -> the holder's id. `resumes`: new id -> the job whose last
+        checkpoint it starts from."""
+        ...
 
     def cancel(self, job_id: str) -> Status | None: ...
 

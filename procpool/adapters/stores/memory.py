@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import msgspec
+
 from procpool.adapters.stores.schedule_rows import MemoryScheduleRows, ScheduleMethods
 from procpool.application.ports import FileProgress, LineError, Serving, WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
@@ -29,6 +31,7 @@ class MemoryJobStore(ScheduleMethods):
         self._pauses: dict[str, Pause] = {}
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._schedule_rows = MemoryScheduleRows()
+        self._checkpoints: dict[str, bytes] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -36,12 +39,13 @@ class MemoryJobStore(ScheduleMethods):
         saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
         saved_schedules = self._schedule_rows.state()
+        saved_checkpoints = dict(self._checkpoints)
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
-            self._pauses = saved_pauses
+            self._pauses, self._checkpoints = saved_pauses, saved_checkpoints
             self._schedule_rows.restore(saved_schedules)
             raise
 
@@ -71,7 +75,9 @@ class MemoryJobStore(ScheduleMethods):
         for job, expected, expected_lease in saves:
             stored = self._jobs.get(job.id)
             if stored is not None and stored.status is expected and stored.lease == expected_lease:
-                self._jobs[job.id] = job
+                # checkpoint_at is not a field a transition writes: the stored one stays.
+                kept = msgspec.structs.replace(job, checkpoint_at=stored.checkpoint_at)
+                self._jobs[job.id] = kept
                 written += 1
         return written
 
@@ -213,6 +219,7 @@ class MemoryJobStore(ScheduleMethods):
         old = [j for j in self._jobs.values() if j.status.is_terminal and j.updated_at < cutoff]
         for job in old[:limit]:
             del self._jobs[job.id]
+            self._checkpoints.pop(job.id, None)
             for key in [k for k in self._runs if k[0] == job.id]:
                 del self._runs[key]
         return [(j.type, j.status) for j in old[:limit]]
@@ -236,3 +243,45 @@ class MemoryJobStore(ScheduleMethods):
 
     def close(self) -> None:
         pass
+
+    # ------------------------------------------------------------- section 16
+
+    def insert_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        for job in jobs:
+            holder = next((j.id for j in self._jobs.values() if _holds(j, job)), None)
+            if holder is None:
+                self.insert([job])
+            else:
+                taken[job.id] = holder
+        return taken
+
+    def write_checkpoint(self, job_id: str, lease: int, value: bytes, now: float) -> bool:
+        stored = self._jobs.get(job_id)
+        if stored is None or stored.status is not Status.RUNNING or stored.lease != lease:
+            return False
+        self._jobs[job_id] = msgspec.structs.replace(stored, checkpoint_at=now)
+        self._checkpoints[job_id] = value
+        return True
+
+    def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        return {i: self._checkpoints[i] for i in job_ids if i in self._checkpoints}
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        value, old, new = (
+            self._checkpoints.get(source),
+            self._jobs.get(source),
+            self._jobs.get(target),
+        )
+        if value is not None and old is not None and new is not None:
+            self._checkpoints[target] = value
+            self._jobs[target] = msgspec.structs.replace(new, checkpoint_at=old.checkpoint_at)
+
+
+def _holds(held: Job, new: Job) -> bool:
+    """Whether `held` holds the unique key `new` asks for (the stores' UNIQUE_HELD)."""
+    if held.unique_key is None or (held.type, held.unique_key) != (new.type, new.unique_key):
+        return False
+    if held.status is Status.RUNNING:
+        return held.unique_while == "active"
+    return held.status is Status.PENDING and (held.unique_while == "active" or held.lease == 0)

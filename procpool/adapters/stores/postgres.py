@@ -46,7 +46,13 @@ import psycopg
 
 from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
 from procpool.adapters.stores.schedule_rows import ScheduleMethods, ScheduleRows
-from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _column_value, _job
+from procpool.adapters.stores.sqlite import (
+    COLUMNS,
+    RUN_COLUMNS,
+    UNIQUE_HELD,
+    _column_value,
+    _job,
+)
 from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
@@ -241,6 +247,22 @@ MIGRATIONS: list[str] = [
         count bigint NOT NULL
     );
     ALTER TABLE procpool_jobs ADD COLUMN schedule text, ADD COLUMN scheduled_for text;
+    """,
+    # 9: unique keys and checkpoints (CONTRACT section 16), as in SQLite's migration 9:
+    # the unique index holds only the jobs that hold their key (UNIQUE_HELD), so the
+    # write that ends a job frees it, and concurrent inserts of one key are decided by
+    # the index, whichever daemon or client makes them. checkpoint_at is in no index:
+    # a checkpoint's update of the job's row stays HOT.
+    """
+    ALTER TABLE procpool_jobs ADD COLUMN unique_key text, ADD COLUMN unique_while text,
+        ADD COLUMN checkpoint_at double precision;
+    CREATE UNIQUE INDEX procpool_jobs_unique_key ON procpool_jobs (type, unique_key)
+        WHERE unique_key IS NOT NULL AND (status = 'running' AND unique_while = 'active'
+            OR status = 'pending' AND (unique_while = 'active' OR lease = 0));
+    CREATE TABLE procpool_checkpoints (
+        job_id text PRIMARY KEY REFERENCES procpool_jobs (id) ON DELETE CASCADE,
+        value bytea NOT NULL
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -472,6 +494,44 @@ def schedule_rows(rows: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]) -
 def notify_schedules(db: psycopg.Connection[Any]) -> None:
     """Tell the daemons, at the commit, that the schedules changed."""
     db.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, SCHEDULES_CHANGED))
+
+
+def insert_unique_job(db: psycopg.Connection[Any], job: Job) -> dict[str, str]:
+    """Insert one job that carries a unique_key, in the caller's transaction, unless a
+    live job holds its key: then {job.id: the holder's id}, else {}."""
+    while True:
+        inserted = db.execute(
+            f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            _row(job),
+        ).fetchone()
+        if inserted is not None:
+            return {}
+        holder = db.execute(
+            f"SELECT id FROM procpool_jobs WHERE type = %s AND unique_key = %s AND {UNIQUE_HELD}",
+            (job.type, job.unique_key),
+        ).fetchone()
+        if holder is not None and holder[0] != job.id:
+            return {job.id: holder[0]}
+        there = db.execute("SELECT 1 FROM procpool_jobs WHERE id = %s", (job.id,)).fetchone()
+        if holder is not None or there is not None:
+            return {}  # the id is there already: the caller's check of digests judges it
+        # The holder ended between the two statements: the key is free; try again.
+
+
+def copy_checkpoint(db: psycopg.Connection[Any], source: str, target: str) -> None:
+    """JobStore.copy_checkpoint in the caller's transaction (a daemon's, or a client's)."""
+    copied = db.execute(
+        "INSERT INTO procpool_checkpoints (job_id, value) SELECT %s, value"
+        " FROM procpool_checkpoints WHERE job_id = %s ON CONFLICT (job_id) DO NOTHING",
+        (target, source),
+    ).rowcount
+    if copied:
+        db.execute(
+            "UPDATE procpool_jobs SET checkpoint_at ="
+            " (SELECT checkpoint_at FROM procpool_jobs WHERE id = %s) WHERE id = %s",
+            (source, target),
+        )
 
 
 def machine_identity(home: Path) -> str:
@@ -1280,6 +1340,54 @@ class PostgresJobStore(ScheduleMethods):
             " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED"
         )
         return [_job(row) for row in rows]
+
+    # ------------------------------------------------------------- section 16
+
+    def insert_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """See JobStore.insert_unique: each job is inserted unless the unique index holds
+        its key (ON CONFLICT waits for another session's insert of it to commit or roll
+        back), then the holder is looked up; a holder that ended in between frees the
+        key, and the insert is tried again. Keys are taken in one order (by type and
+        key, stably), so two sessions cannot deadlock on them."""
+        taken: dict[str, str] = {}
+        for job in sorted(jobs, key=lambda j: (j.type, j.unique_key or "")):
+            taken.update(insert_unique_job(self._db, job))
+        if len(taken) < len(jobs):
+            self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return taken
+
+    def write_checkpoint(self, job_id: str, lease: int, value: bytes, now: float) -> bool:
+        """See JobStore.write_checkpoint: only while this daemon can vouch for its lease,
+        and the job's row still names this daemon and this attempt."""
+        if self.fence_in() <= 0:
+            return False
+        updated = self._db.execute(
+            "UPDATE procpool_jobs SET checkpoint_at = %s WHERE id = %s AND status = 'running'"
+            " AND lease = %s AND owner = %s",
+            (now, job_id, lease, self.daemon_id),
+        ).rowcount
+        if updated != 1:
+            return False
+        self._db.execute(
+            "INSERT INTO procpool_checkpoints (job_id, value) VALUES (%s, %s)"
+            " ON CONFLICT (job_id) DO UPDATE SET value = excluded.value",
+            (job_id, value),
+        )
+        return True
+
+    def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """See JobStore.checkpoints."""
+        if not job_ids:
+            return {}
+        rows = self._rows(
+            "SELECT job_id, value FROM procpool_checkpoints WHERE job_id = ANY(%s)",
+            (list(job_ids),),
+        )
+        return {job_id: bytes(value) for job_id, value in rows}
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """See JobStore.copy_checkpoint."""
+        copy_checkpoint(self._db, source, target)
 
     def close(self) -> None:
         """Leave: the daemon's row is marked stopped (it holds no running job now)."""

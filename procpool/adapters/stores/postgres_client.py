@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +27,8 @@ from procpool.adapters.stores.postgres import (
     JOBS_CHANNEL,
     _row,
     connect,
+    copy_checkpoint,
+    insert_unique_job,
     lift_pauses,
     lock_ids,
     lock_pauses,
@@ -70,6 +72,7 @@ class PostgresClientStore(SqlReads):
     PAUSES = "procpool_pauses"
     SCHEDULES = "procpool_schedules"
     SCHEDULE_SKIPS = "procpool_schedule_skips"
+    CHECKPOINTS = "procpool_checkpoints"
 
     def __init__(self, url: str, defaults: JobDefaults) -> None:
         self.url = url
@@ -123,27 +126,37 @@ class PostgresClientStore(SqlReads):
         types = {row[0]: TypeDefaults(row[1], row[2], row[3]) for row in rows}
         return JobDefaults(self.defaults.max_attempts, self.defaults.timeout, types)
 
-    def submit_spec(self, job_spec: JobSpec) -> None:
-        """Submit one checked job (its id set), as a daemon would ingest its file."""
+    def submit_spec(self, job_spec: JobSpec) -> str:
+        """Submit one checked job (its id set), as a daemon would ingest its file; returns
+        its id, or that of the live job that holds its unique_key."""
         assert job_spec.id is not None
         now = time.time()
         check_expiry(job_spec, now)
         defaults = self.job_defaults()
-        self.submit([to_job(job_spec, job_id=job_spec.id, defaults=defaults, now=now)])
+        job = to_job(job_spec, job_id=job_spec.id, defaults=defaults, now=now)
+        source = job_spec.retry_of if job_spec.from_checkpoint else None
+        taken = self.submit([job], None if source is None else {job.id: source})
+        return taken.get(job_spec.id, job_spec.id)
 
-    def submit(self, jobs: Sequence[Job]) -> None:
+    def submit(
+        self, jobs: Sequence[Job], resumes: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """Insert the jobs, all or none, in one transaction; an id that exists with the
-        same digest is the same submission (nothing changes).
+        same digest is the same submission (nothing changes). A job whose unique_key a
+        live job holds is not inserted: returns those, new id -> the holder's id.
+        `resumes`: new id -> the job whose last checkpoint it starts from.
 
         Raises:
             DuplicateId: an id exists with different content; nothing was inserted.
             BatchJobRefused: (of several jobs) one has a type no daemon alive serves.
             InvalidJobFile: the one job has such a type.
         """
-        self._retried(lambda db: self._insert(db, jobs))
+        return self._retried(lambda db: self._insert(db, jobs, resumes or {}))
 
     @staticmethod
-    def _insert(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    def _insert(
+        db: psycopg.Connection[Any], jobs: Sequence[Job], resumes: Mapping[str, str]
+    ) -> dict[str, str]:
         served = served_types(db)
         # Empty: no daemon is alive to judge the types; the jobs wait for one, as a file
         # waits in an inbox whose daemon is down.
@@ -172,6 +185,12 @@ class PostgresClientStore(SqlReads):
                 for job in jobs:
                     copy.write_row(_row(job))
             lock_ids(db, [job.id for job in jobs])
+            taken: dict[str, str] = {}
+            for job in sorted(jobs, key=lambda j: (j.type, j.unique_key or "")):
+                if job.unique_key is not None:
+                    taken.update(insert_unique_job(db, job))
+            if taken:
+                db.execute("DELETE FROM procpool_staged WHERE id = ANY(%s)", (list(taken),))
             db.execute(
                 f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
                 " ON CONFLICT (id) DO NOTHING"
@@ -182,7 +201,11 @@ class PostgresClientStore(SqlReads):
             ).fetchone()
             if differ is not None:
                 raise DuplicateId.of(differ[0])
+            for target, source in resumes.items():
+                if target not in taken:
+                    copy_checkpoint(db, source, target)
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return taken
 
     def cancel(self, job_id: str) -> Status | None:
         """Cancel a job in one transaction: a pending one becomes `canceled`, a running

@@ -31,7 +31,7 @@ from procpool.adapters.stores.job_reader import (
     stored_pauses,
 )
 from procpool.adapters.stores.schedule_rows import ScheduleRows
-from procpool.adapters.stores.sqlite import COLUMNS, _job
+from procpool.adapters.stores.sqlite import COLUMNS, UNIQUE_HELD, _job
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Status
 from procpool.domain.pauses import Pause
@@ -59,6 +59,7 @@ class SqlReads(ABC):
     PAUSES: str
     SCHEDULES: str
     SCHEDULE_SKIPS: str
+    CHECKPOINTS: str
     MARK: str
 
     @abstractmethod
@@ -109,6 +110,25 @@ class SqlReads(ABC):
             [*(value for _, values in where for value in values), query.limit],
         )
         return [_job(row) for row in rows]
+
+    def checkpoint(self, job_id: str) -> tuple[bytes, float] | None:
+        """The job's last checkpoint (JSON bytes) and when it was committed; None if it
+        has none (or no such job exists)."""
+        rows = self._query(
+            f"SELECT c.value, j.checkpoint_at FROM {self.CHECKPOINTS} c JOIN {self.JOBS} j"
+            f" ON j.id = c.job_id WHERE c.job_id = {self.MARK}",
+            (job_id,),
+        )
+        return (bytes(rows[0][0]), rows[0][1]) if rows else None
+
+    def key_holder(self, job_type: str, key: str) -> str | None:
+        """The id of the live job of this type that holds this unique_key, if one does."""
+        rows = self._query(
+            f"SELECT id FROM {self.JOBS} WHERE type = {self.MARK} AND unique_key = {self.MARK}"
+            f" AND {UNIQUE_HELD}",
+            (job_type, key),
+        )
+        return rows[0][0] if rows else None
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per type and status: {type: {status: n}}."""

@@ -207,14 +207,42 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN schedule TEXT;
     ALTER TABLE jobs ADD COLUMN scheduled_for TEXT;
     """,
+    # 9: unique keys and checkpoints (CONTRACT section 16). The unique index holds only
+    # the jobs that hold their key (UNIQUE_HELD), so a job frees it by the very write
+    # that ends it, whatever ends it. A checkpoint's value has a table of its own: it may
+    # be large, and the job's row is rewritten at every change of status.
+    """
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    ALTER TABLE jobs ADD COLUMN unique_while TEXT;
+    ALTER TABLE jobs ADD COLUMN checkpoint_at REAL;
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (type, unique_key)
+        WHERE unique_key IS NOT NULL AND (status = 'running' AND unique_while = 'active'
+            OR status = 'pending' AND (unique_while = 'active' OR lease = 0));
+    CREATE TABLE checkpoints (
+        job_id TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
+# Which jobs hold their unique_key, word for word the unique index's predicate (so that
+# the planner uses it): "active" ones while pending or running; "pending" ones until
+# first handed to a worker (lease 0; the lease only grows, so such a job never takes its
+# key back, and no two pending jobs can end up with one key).
+UNIQUE_HELD = (
+    "unique_key IS NOT NULL AND (status = 'running' AND unique_while = 'active'"
+    " OR status = 'pending' AND (unique_while = 'active' OR lease = 0))"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of, concurrency_key, expires_at, schedule, scheduled_for"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at, schedule, scheduled_for,"
+    " unique_key, unique_while, checkpoint_at"
 )
+# The columns of unique keys and checkpoints (migration 9), which a reader newer than the
+# daemon reads as nulls until the daemon has migrated the store (StoreReader._query).
+SECTION_16_COLUMNS = "unique_key, unique_while, checkpoint_at"
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
 )
@@ -242,7 +270,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
-    str | None, float | None, str | None, str | None,
+    str | None, float | None, str | None, str | None, str | None, str | None, float | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -255,7 +283,7 @@ def _job(row: JobRow) -> Job:
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
         started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
-        schedule, scheduled_for,
+        schedule, scheduled_for, unique_key, unique_while, checkpoint_at,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -282,6 +310,9 @@ def _job(row: JobRow) -> Job:
         expires_at=expires_at,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        unique_key=unique_key,
+        unique_while=unique_while,
+        checkpoint_at=checkpoint_at,
     )
 
 
@@ -306,7 +337,7 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
         job.retry_of, job.concurrency_key, job.expires_at, job.schedule, job.scheduled_for,
-        _is_ready(job),
+        job.unique_key, job.unique_while, job.checkpoint_at, _is_ready(job),
     )  # fmt: skip
 
 
@@ -494,7 +525,7 @@ class SqliteJobStore(ScheduleMethods):
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 25)
+        marks = ",".join("?" * (len(COLUMNS.split(",")) + 1))
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
@@ -767,6 +798,7 @@ class SqliteJobStore(ScheduleMethods):
         ).fetchall()
         ids = [(job_id,) for job_id, _, _ in rows]
         self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
+        self._db.executemany("DELETE FROM checkpoints WHERE job_id = ?", ids)
         self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
         return [(job_type, Status(status)) for _, job_type, status in rows]
 
@@ -804,6 +836,62 @@ class SqliteJobStore(ScheduleMethods):
     def forget_progress(self, key: str) -> None:
         self._db.execute("DELETE FROM inbox_progress WHERE key = ?", (key,))
         self._db.execute("DELETE FROM inbox_line_errors WHERE key = ?", (key,))
+
+    # ------------------------------------------------------------- section 16
+
+    def insert_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """See JobStore.insert_unique. The supervisor is the only writer: a look into the
+        unique index, then the insert, in its transaction, cannot be raced."""
+        taken: dict[str, str] = {}
+        for job in jobs:
+            row = self._db.execute(
+                f"SELECT id FROM jobs INDEXED BY jobs_unique_key"
+                f" WHERE type = ? AND unique_key = ? AND {UNIQUE_HELD}",
+                (job.type, job.unique_key),
+            ).fetchone()
+            if row is None:
+                self.insert([job])
+            else:
+                taken[job.id] = row[0]
+        return taken
+
+    def write_checkpoint(self, job_id: str, lease: int, value: bytes, now: float) -> bool:
+        """See JobStore.write_checkpoint."""
+        updated = self._db.execute(
+            "UPDATE jobs SET checkpoint_at = ? WHERE id = ? AND status = 'running' AND lease = ?",
+            (now, job_id, lease),
+        ).rowcount
+        if updated != 1:
+            return False
+        self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints (job_id, value) VALUES (?, ?)", (job_id, value)
+        )
+        return True
+
+    def checkpoints(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """See JobStore.checkpoints."""
+        found: dict[str, bytes] = {}
+        for job_id in job_ids:
+            row = self._db.execute(
+                "SELECT value FROM checkpoints WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if row is not None:
+                found[job_id] = row[0]
+        return found
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """See JobStore.copy_checkpoint."""
+        copied = self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints (job_id, value)"
+            " SELECT ?, value FROM checkpoints WHERE job_id = ?",
+            (target, source),
+        ).rowcount
+        if copied:
+            self._db.execute(
+                "UPDATE jobs SET checkpoint_at = (SELECT checkpoint_at FROM jobs WHERE id = ?)"
+                " WHERE id = ?",
+                (source, target),
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -24,6 +24,7 @@ from procpool.adapters.stores.sqlite import (
     FINISHED_BEFORE,
     RUN_COLUMNS,
     SCHEMA_VERSION,
+    SECTION_16_COLUMNS,
     _job,
     _run,
 )
@@ -40,6 +41,7 @@ class StoreReader(SqlReads):
     PAUSES = "pauses"
     SCHEDULES = "schedules"
     SCHEDULE_SKIPS = "schedule_skips"
+    CHECKPOINTS = "checkpoints"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -68,9 +70,17 @@ class StoreReader(SqlReads):
             # The daemon creates the file first, then its tables, one migration per
             # transaction: until the last has committed, a table may be missing.
             # (Asked of the schema version rather than read from SQLite's message.)
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                raise
+            if SECTION_16_COLUMNS not in sql:
                 return []
-            raise
+        # A daemon older than this reader still runs on the home: the jobs' columns its
+        # schema lacks read as nulls.
+        nulls = ", ".join(["NULL"] * len(SECTION_16_COLUMNS.split(",")))
+        try:
+            return db.execute(sql.replace(SECTION_16_COLUMNS, nulls), parameters).fetchall()
+        except sqlite3.OperationalError:
+            return []
 
     def _columns(self) -> str:
         """A daemon of the release before schedules (schema 7) may still run on the home:

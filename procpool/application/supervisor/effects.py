@@ -23,8 +23,10 @@ from typing import Any, Protocol
 
 from procpool.application.events import emit, emit_fields
 from procpool.application.ports import Inbox, InboxFile
+from procpool.application.supervisor import checkpoints
 from procpool.application.supervisor.fleet import (
     Began,
+    CheckpointAsked,
     Decision,
     Deliver,
     Fleet,
@@ -128,6 +130,9 @@ class Effects:
         elif isinstance(decision, ProgressMade):
             job = self.ledger.progress(decision.job, decision.fraction, decision.message, wall)
             self.fleet.update(decision.worker_pid, job)
+        elif isinstance(decision, CheckpointAsked):
+            answer = checkpoints.take(self.ledger.store, decision, wall, self.turn.log)
+            self.turn.sends.setdefault(decision.worker_pid, []).append(answer)
         elif isinstance(decision, Send):
             self.turn.sends.setdefault(decision.pid, []).append(decision.message)
         elif isinstance(decision, Deliver):

@@ -133,6 +133,18 @@ class ProgressMade:
 
 
 @dataclass(frozen=True)
+class CheckpointAsked:
+    """A run's handler asks to store a checkpoint (`value`, JSON bytes); `owned`:
+    whether the fleet still lets the run write (its worker is not being ended, no
+    cancel was asked). The answer goes back after the commit (checkpoints.py)."""
+
+    job: Job
+    worker_pid: int
+    value: bytes
+    owned: bool
+
+
+@dataclass(frozen=True)
 class Send:
     pid: int
     message: wire.ToWorker
@@ -154,7 +166,7 @@ class Say:
     fields: dict[str, object]
 
 
-Decision = RunEnded | Began | ProgressMade | Send | Deliver | Say
+Decision = RunEnded | Began | ProgressMade | CheckpointAsked | Send | Deliver | Say
 
 
 def _seconds(value: float) -> str:
@@ -197,6 +209,9 @@ class Fleet:
         self.limits = limits
         self.workers: dict[int, Worker] = {}
         self.batch = BatchSizer()
+        # The job types whose handlers have called ctx.checkpoint: while one runs, the
+        # loop does not linger (its worker waits for the turn's commit).
+        self.checkpointing: set[str] = set()
         # Workers that exit by themselves before they are ready (a broken handler
         # module, a fork that cannot run) are replaced after a pause that doubles with
         # each, up to 5 s; one killed by a signal from outside is replaced at once.
@@ -380,13 +395,16 @@ class Fleet:
             return self._about_worker(worker, message, now)
         job = worker.assigned.get(message.job_id)
         if job is None or job.lease != message.lease:
-            return [
+            stale: list[Decision] = [
                 Say(
                     "DEBUG", "message.stale",
                     f"dropped a {type(message).__name__} from a run that is no longer current",
                     {"job_id": message.job_id, "worker_pid": pid},
                 )
             ]  # fmt: skip
+            if isinstance(message, wire.Checkpoint):  # its handler waits for the answer
+                stale.append(Send(pid, wire.CheckpointStored(message.job_id, message.lease, False)))
+            return stale
         violation = _violation(worker, job, message)
         if violation is not None:
             return self._broken(worker, violation, now)
@@ -396,11 +414,23 @@ class Fleet:
             return self._began(worker, job, min(message.at or now, now), now)
         if isinstance(message, wire.Skipped):
             return [self._end(worker, job, Report.NONE)]
-        if isinstance(message, wire.ProgressReport):
-            return [ProgressMade(job, message.fraction, message.message, pid)]
+        if isinstance(message, wire.ProgressReport | wire.Checkpoint):
+            return self._reported(worker, job, message, now)
         if isinstance(message, wire.Heartbeat):
             return []  # heard: that is all it says
         return self._finished(worker, job, message, now)
+
+    def _reported(
+        self, worker: Worker, job: Job, message: wire.ProgressReport | wire.Checkpoint, now: float
+    ) -> list[Decision]:
+        if isinstance(message, wire.ProgressReport):
+            return [ProgressMade(job, message.fraction, message.message, worker.pid)]
+        size, most = len(message.value), self.limits.max_checkpoint_bytes
+        if size > most:  # the worker checks it first: only a broken one sends more
+            return self._broken(worker, f"it sent a checkpoint of {size} bytes, over {most}", now)
+        owned = worker.state is not WorkerState.TERMINATING and not job.cancel_requested
+        self.checkpointing.add(job.type)
+        return [CheckpointAsked(job, worker.pid, message.value, owned)]
 
     def _about_worker(
         self, worker: Worker, message: wire.Ready | wire.LogLine | wire.OutputLine, now: float
@@ -517,6 +547,8 @@ class Fleet:
         mean = self.batch.mean
         if not mean or mean <= 0:
             return 0.0
+        if self.awaits_commit():
+            return 0.0
         least = math.inf
         for worker in self.workers.values():
             if worker.state is WorkerState.SERVING:
@@ -525,6 +557,14 @@ class Fleet:
             return 0.0
         wait = min(longest, least / 2)
         return wait if wait >= shortest else 0.0
+
+    def awaits_commit(self) -> bool:
+        """Whether a worker runs a job of a type whose handlers call ctx.checkpoint: its
+        next checkpoint waits for the turn's commit, as a client on the socket does, so
+        the loop should not linger (group commit) before that turn."""
+        if not self.checkpointing:
+            return False
+        return any(_may_checkpoint(w, self.checkpointing) for w in self.workers.values())
 
     def takes_more(self, worker: Worker) -> bool:
         """Whether a busy worker may be handed its next jobs: not once its quota is
@@ -672,7 +712,12 @@ class Fleet:
 def _violation(
     worker: Worker,
     job: Job,
-    message: wire.Started | wire.Skipped | wire.Heartbeat | wire.ProgressReport | wire.Finished,
+    message: wire.Started
+    | wire.Skipped
+    | wire.Heartbeat
+    | wire.ProgressReport
+    | wire.Checkpoint
+    | wire.Finished,
 ) -> str | None:
     """How a message about a run this worker holds breaks the protocol, if it does:
     one job at a time, each started once, and only a started one reported on."""
@@ -686,6 +731,13 @@ def _violation(
     if not started:
         return f"it sent {type(message).__name__} for {job.id}, which it had not started"
     return None
+
+
+def _may_checkpoint(worker: Worker, types: set[str]) -> bool:
+    """Whether the worker runs a job of a type that checkpoints: its checkpoint, which
+    waits for the next commit, must not wait for a linger too."""
+    job = worker.assigned.get(worker.current) if worker.current is not None else None
+    return job is not None and job.type in types
 
 
 def _log_line(worker: Worker, message: wire.LogLine | wire.OutputLine) -> Say:

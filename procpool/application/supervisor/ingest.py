@@ -75,6 +75,11 @@ class IngestResult:
     # Schedule requests, with an apply's schedules checked (the handlers known).
     schedules: list[tuple[ScheduleRequest, list[Schedule], InboxFile]] = field(default_factory=list)
     duplicates: list[tuple[str, InboxFile]] = field(default_factory=list)
+    # Jobs not stored because a live job holds their type's unique_key: (the id
+    # submitted, the holder's id, the file).
+    key_duplicates: list[tuple[str, str, InboxFile]] = field(default_factory=list)
+    # `procpool retry --resume`: a new job's id -> the job whose checkpoint it starts from.
+    resumes: dict[str, str] = field(default_factory=dict)
     accepted: list[InboxFile] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
     # Each file read in parts (not whole), and where it stands after this part: its
@@ -187,6 +192,8 @@ def _read_entries(
                 continue
             job = to_job(entry.value, job_id=job_id, defaults=defaults, now=now)
             candidates.append(_Candidate(job, file, entry.line))
+            if entry.value.from_checkpoint and entry.value.retry_of is not None:
+                result.resumes[job_id] = entry.value.retry_of
     return candidates
 
 
@@ -250,7 +257,13 @@ def ingest(
     new_jobs: list[Job] = []
     for outcome, candidates in zip(outcomes, offered, strict=True):
         _judge(outcome, candidates, stored, seen, new_jobs, result)
+    if any(job.unique_key is not None for job in new_jobs):
+        new_jobs = _insert_unique(new_jobs, store, outcomes, result)
     store.insert(new_jobs)
+    if result.resumes:
+        for job, _ in result.jobs:
+            if job.id in result.resumes:
+                store.copy_checkpoint(result.resumes[job.id], job.id)
     for outcome in outcomes:
         _conclude(outcome, store, progress, result)
     return result
@@ -288,6 +301,26 @@ def _judge(
         result.jobs.append((candidate.job, candidate.file))
     outcome.new_jobs += len(fresh)
     result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
+
+
+def _insert_unique(
+    new_jobs: list[Job], store: JobStore, outcomes: list[_FileOutcome], result: IngestResult
+) -> list[Job]:
+    """Store the jobs with a unique_key (CONTRACT section 16); one whose key a live job
+    holds is a duplicate of that job, not an error. Returns the other jobs."""
+    taken = store.insert_unique([job for job in new_jobs if job.unique_key is not None])
+    if taken:
+        by_file = {id(outcome.file): outcome for outcome in outcomes}
+        kept = []
+        for job, file in result.jobs:
+            holder = taken.get(job.id)
+            if holder is None:
+                kept.append((job, file))
+            else:
+                result.key_duplicates.append((job.id, holder, file))
+                by_file[id(file)].new_jobs -= 1
+        result.jobs = kept
+    return [job for job in new_jobs if job.unique_key is None]
 
 
 def _conclude(

@@ -31,7 +31,7 @@ from procpool.application.ports import (
 )
 from procpool.application.supervisor import schedule_requests
 from procpool.application.supervisor.fleet import Decision, Fleet
-from procpool.application.supervisor.ingest import RejectedFile, ingest
+from procpool.application.supervisor.ingest import IngestResult, RejectedFile, ingest
 from procpool.application.supervisor.ledger import Ledger
 from procpool.domain import spec
 from procpool.domain.errors import InvalidJobFile
@@ -134,6 +134,7 @@ class Intake:
         duplicates: dict[int, list[str]] = {}
         for job_id, file in result.duplicates:
             duplicates.setdefault(id(file), []).append(job_id)
+        self._key_duplicates(result)
         for file in files:
             done = parts.get(id(file))
             if done is None:
@@ -202,6 +203,7 @@ class Intake:
         known, names = self._types()
         result = ingest(files, self.store, known, names, defaults, wall)
         self.ledger.added_many(job for job, _ in result.jobs)
+        held = self._key_duplicates(result)
         refused = {id(rejection.file): rejection for rejection in result.rejected}
         verdicts = []
         for file in files:
@@ -226,7 +228,7 @@ class Intake:
                 f"job {ids[0]} submitted" if len(ids) == 1 else f"{len(ids)} jobs submitted",
                 job_id=ids[0], type=getattr(first, "type", None), jobs=len(ids), via="socket",
             )  # fmt: skip
-            verdicts.append(Verdict(ids=[i for i in ids if i is not None]))
+            verdicts.append(Verdict(ids=[held.get(i, i) for i in ids if i is not None]))
         return verdicts
 
     def _types(self) -> tuple[Container[str], list[str]]:
@@ -300,6 +302,20 @@ class Intake:
             "INFO", "file.reading", message,
             file=file.name, bytes=part.size, line=part.first_line, jobs=len(new_jobs),
         )  # fmt: skip
+
+    def _key_duplicates(self, result: IngestResult) -> dict[str, str]:
+        """Log each job not stored because a live job holds its unique_key; returns
+        them, the id submitted -> the holder's id."""
+        held: dict[str, str] = {}
+        self.ledger.duplicate_keys += len(result.key_duplicates)
+        for job_id, holder, file in result.key_duplicates:
+            held[job_id] = holder
+            self._log(
+                "INFO", "file.duplicate_key",
+                f"job {job_id} from {file.name} not added: job {holder} holds its unique_key",
+                job_id=job_id, existing_id=holder, file=file.name,
+            )  # fmt: skip
+        return held
 
     def _duplicates(self, file: InboxFile, job_ids: list[str]) -> None:
         first = job_ids[0]

@@ -46,6 +46,7 @@ class Ledger:
         self._next_expiry: float | None = None
         self._expiry_looked = -math.inf
         self.expired = 0  # jobs expired since the start
+        self.duplicate_keys = 0  # submissions not added: a live job held their unique_key
 
     def load(self) -> None:
         self.counts.update(self.store.counts())

@@ -21,10 +21,11 @@ import signal
 from collections.abc import Callable
 
 from procpool.application.ports import SharedStore, Tick
+from procpool.application.supervisor import checkpoints
 from procpool.application.supervisor.fleet import Decision, Deliver, Fleet, RunEnded, Send
 from procpool.application.supervisor.ledger import Ledger
 from procpool.application.supervisor.recovery import rescue
-from procpool.application.wire.messages import RunJob, ToWorker
+from procpool.application.wire.messages import CheckpointStored, RunJob, ToWorker
 from procpool.domain.job import Job, Status
 from procpool.domain.wording import plural
 
@@ -111,7 +112,9 @@ def reconcile(
         sending: list[ToWorker] = []
         for message in unsent.get(worker.pid, []):
             if not isinstance(message, RunJob):
-                sending.append(message)
+                # A checkpoint's answer: what the lost turn wrote is gone; sent again.
+                again = checkpoints.lost(message) if isinstance(message, CheckpointStored) else None
+                sending.append(again or message)
                 continue
             stored = mine.get(message.job_id)
             if stored is None or stored.lease != message.lease:

@@ -31,6 +31,7 @@ class Limits:
     max_jobs_per_worker: int = 0
     max_memory_bytes: int = 0
     max_result_bytes: int = 16 * 1024 * 1024
+    max_checkpoint_bytes: int = 1024 * 1024
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Settings:
     max_jobs_per_worker: int = Limits.max_jobs_per_worker
     max_memory_mb: int = Limits.max_memory_bytes // 2**20
     max_result_bytes: int = Limits.max_result_bytes
+    max_checkpoint_bytes: int = Limits.max_checkpoint_bytes
     kill_grace: float = Limits.kill_grace
     poll_interval: float = 1.0
     scan_batch: int = 1000
@@ -62,6 +64,7 @@ class Settings:
             max_jobs_per_worker=self.max_jobs_per_worker,
             max_memory_bytes=self.max_memory_mb * 1024 * 1024,
             max_result_bytes=self.max_result_bytes,
+            max_checkpoint_bytes=self.max_checkpoint_bytes,
         )
 
     def serving(self, types: Sequence[str]) -> Serving:

@@ -28,6 +28,7 @@ from procpool.application.supervisor.effects import Effects, Sends
 from procpool.application.supervisor.fleet import Fleet, WorkerState
 from procpool.application.supervisor.settings import Settings
 from procpool.application.wire.channel import FRAME_OVERHEAD, ChannelClosed, SupervisorEnd
+from procpool.application.wire.messages import CheckpointStored
 from procpool.application.worker import pool, tree
 from procpool.application.worker.options import WorkerOptions
 from procpool.domain.wording import plural
@@ -89,7 +90,7 @@ class WorkerManager:
         if now < self.fleet.spawn_at():
             return
         settings = self.settings
-        max_frame = settings.max_result_bytes + FRAME_OVERHEAD
+        max_frame = max(settings.max_result_bytes, settings.max_checkpoint_bytes) + FRAME_OVERHEAD
         starts = self._starts
         for _ in range(settings.workers - len(self.fleet.counted())):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
@@ -103,6 +104,7 @@ class WorkerManager:
                     settings.max_result_bytes,
                     self._tree_mark,
                     None if self._fence is None else self._fence.view,
+                    settings.max_checkpoint_bytes,
                 )
                 forked = pool.spawn(
                     self._registry, options, self._close_in_child, max_frame, start_slot
@@ -172,11 +174,17 @@ class WorkerManager:
     def send(self, sends: Sends) -> None:
         """After the commit: queue each worker's messages on its channel, without
         blocking (what the socket does not take waits in the channel's buffer)."""
-        for pid, messages in sends.items():
+        for pid, queued in sends.items():
             channel = self.channels.get(pid)
             worker = self.fleet.get(pid)
-            if channel is None or worker is None or worker.state is WorkerState.TERMINATING:
+            if channel is None or worker is None:
                 continue
+            messages = queued
+            if worker.state is WorkerState.TERMINATING:
+                # Only a checkpoint's answer (a refusal) still goes: its handler waits.
+                messages = [m for m in queued if isinstance(m, CheckpointStored)]
+                if not messages:
+                    continue
             try:
                 channel.send(messages)
             except ChannelClosed as error:

@@ -42,10 +42,20 @@ class RunJob(_OfRun):
     type: str
     payload: bytes
     scheduled_for: str | None = None  # an occurrence of a schedule: its nominal time
+    last_checkpoint: bytes | None = None  # JSON: the last one an earlier attempt committed
 
 
 class Skip(_OfRun):
     """Do not start this queued job (canceled, or the daemon stops): answer Skipped."""
+
+
+class CheckpointStored(_OfRun):
+    """The answer to a Checkpoint, sent once the turn that wrote it has committed:
+    `stored` false if this attempt no longer owns the job (nothing was written);
+    `again`: the turn that wrote it was lost before its commit, send it again."""
+
+    stored: bool
+    again: bool = False
 
 
 class Stop(_Message):
@@ -78,6 +88,14 @@ class Heartbeat(_OfRun):
 class ProgressReport(_OfRun):
     fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
     message: Text | None
+
+
+class Checkpoint(_OfRun):
+    """`ctx.checkpoint(value)`: `value` as JSON bytes, checked by the worker against
+    max_checkpoint_bytes (and again by the supervisor). The handler waits for the
+    answer, CheckpointStored."""
+
+    value: bytes
 
 
 class Finished(_OfRun):
@@ -115,7 +133,15 @@ class OutputLine(_Message):
     text: Text
 
 
-ToWorker = RunJob | Skip | Stop
+ToWorker = RunJob | Skip | CheckpointStored | Stop
 ToSupervisor = (
-    Ready | Started | Skipped | Heartbeat | ProgressReport | Finished | LogLine | OutputLine
+    Ready
+    | Started
+    | Skipped
+    | Heartbeat
+    | ProgressReport
+    | Checkpoint
+    | Finished
+    | LogLine
+    | OutputLine
 )

@@ -59,6 +59,8 @@ from procpool.application import events
 from procpool.application.handlers import RUN_KEY, HandlerRegistry, JobContext
 from procpool.application.wire.channel import ChannelClosed, WorkerEnd
 from procpool.application.wire.messages import (
+    Checkpoint,
+    CheckpointStored,
     Finished,
     Heartbeat,
     LogLine,
@@ -76,8 +78,8 @@ from procpool.application.worker import tree
 from procpool.application.worker.baseline import Baseline
 from procpool.application.worker.options import WorkerOptions
 from procpool.application.worker.output import OutputCapture
-from procpool.domain.errors import PermanentError
-from procpool.domain.result import ResultError, encode_result
+from procpool.domain.errors import PermanentError, StaleAttempt
+from procpool.domain.result import ResultError, encode_checkpoint, encode_result
 
 PROGRESS_INTERVAL = 0.05
 PROGRESS_MESSAGE_LIMIT = 1_000  # characters of a progress message
@@ -355,6 +357,59 @@ class _Reporter:
             self.outbox.send(message)
 
 
+class _Checkpoints:
+    """`ctx.checkpoint`'s round trip: the value sent up, the handler's thread waiting
+    until the reader thread hands it the supervisor's answer (sent after the commit).
+    One checkpoint at a time per worker; a context whose run has ended is stale."""
+
+    def __init__(self, outbox: _Outbox, reporter: _Reporter, max_bytes: int) -> None:
+        self._outbox = outbox
+        self._reporter = reporter
+        self._max_bytes = max_bytes
+        self._one_at_a_time = threading.Lock()
+        self._answered = threading.Condition()
+        self._answer: CheckpointStored | None = None
+        self._closed = False
+
+    def store(self, run: RunJob, value: Any) -> None:
+        """Raises CheckpointError (bad value) or StaleAttempt (not stored)."""
+        data = encode_checkpoint(value, self._max_bytes)
+        if os.getpid() != self._outbox.owner:
+            raise StaleAttempt("a checkpoint is taken from the worker's process only")
+        with self._one_at_a_time:
+            while True:
+                if self._reporter.current != (run.job_id, run.attempt):
+                    raise StaleAttempt(f"the run of job {run.job_id} that took this is over")
+                with self._answered:
+                    self._answer = None
+                self._outbox.send(Checkpoint(run.job_id, run.lease, data))
+                with self._answered:
+                    while self._answer is None and not self._closed:
+                        self._answered.wait()
+                    answer = self._answer
+                if answer is None:
+                    raise StaleAttempt("the daemon is gone: the checkpoint was not stored")
+                if answer.again:  # the daemon's turn was lost before its commit
+                    continue
+                if not answer.stored:
+                    raise StaleAttempt(
+                        f"attempt {run.attempt} of job {run.job_id} no longer owns the job"
+                        " (canceled, timed out, or its daemon's lease lost):"
+                        " the checkpoint was not stored"
+                    )
+                return
+
+    def answered(self, answer: CheckpointStored) -> None:
+        with self._answered:
+            self._answer = answer
+            self._answered.notify_all()
+
+    def closed(self) -> None:
+        with self._answered:
+            self._closed = True
+            self._answered.notify_all()
+
+
 # loguru's own levels by number, highest first: the only names a LogLine carries.
 _LEVELS = {50: "CRITICAL", 40: "ERROR", 30: "WARNING", 25: "SUCCESS", 20: "INFO", 10: "DEBUG",
            5: "TRACE"}  # fmt: skip
@@ -391,7 +446,11 @@ def _describe(error: BaseException) -> str:
 
 
 def _execute(
-    registry: HandlerRegistry, run: RunJob, reporter: _Reporter, options: WorkerOptions
+    registry: HandlerRegistry,
+    run: RunJob,
+    reporter: _Reporter,
+    options: WorkerOptions,
+    checkpoints: _Checkpoints,
 ) -> Finished:
     started = time.perf_counter()
     function = registry.get(run.type)
@@ -407,6 +466,10 @@ def _execute(
         run.job_id,
         run.attempt,
         lambda fraction, text: reporter.progress(run, fraction, text),
+        checkpoint=lambda value: checkpoints.store(run, value),
+        last_checkpoint=(
+            None if run.last_checkpoint is None else msgspec.json.decode(run.last_checkpoint)
+        ),
         scheduled_for=run.scheduled_for,
     )
     try:
@@ -453,9 +516,10 @@ class _Queue:
     even while a handler computes, so a queued job never waits behind a long one.
     """
 
-    def __init__(self, channel: WorkerEnd, outbox: _Outbox) -> None:
+    def __init__(self, channel: WorkerEnd, outbox: _Outbox, checkpoints: _Checkpoints) -> None:
         self._channel = channel
         self._outbox = outbox
+        self._checkpoints = checkpoints
         self._ready = threading.Condition()
         self._items: deque[RunJob | Stop] = deque()
         self._closed = False
@@ -466,11 +530,14 @@ class _Queue:
                 for message in self._channel.receive(block=True):
                     if isinstance(message, Skip):
                         self._skip(message)
+                    elif isinstance(message, CheckpointStored):
+                        self._checkpoints.answered(message)
                     else:
                         with self._ready:
                             self._items.append(message)
                             self._ready.notify()
         except (ChannelClosed, OSError):
+            self._checkpoints.closed()
             with self._ready:
                 self._closed = True
                 self._ready.notify()
@@ -557,7 +624,8 @@ def _serve(
     """Run the jobs the supervisor queued here, in order, sending each Finished
     together with the next Started in one write when the next is already here.
     Returns 0 when told to Stop, EXIT_UNFIT when a job left the worker unfit."""
-    queue = _Queue(channel, outbox)
+    checkpoints = _Checkpoints(outbox, reporter, options.max_checkpoint_bytes)
+    queue = _Queue(channel, outbox, checkpoints)
     fatal.guard("reader", queue.read).start()
     outgoing: list[ToSupervisor] = []
     while True:
@@ -578,7 +646,7 @@ def _serve(
         outgoing.clear()
         capture.bind((message.job_id, message.attempt))
         reporter.begin(message)
-        outcome = _execute(registry, message, reporter, options)
+        outcome = _execute(registry, message, reporter, options, checkpoints)
         # What the handler started ends with its run (tree.py), before its result
         # leaves: a retry elsewhere never overlaps it.
         tree.end_tree()

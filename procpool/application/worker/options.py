@@ -21,3 +21,4 @@ class WorkerOptions:
     # The watchdog kills the worker's group then; the worker's own heartbeat thread too,
     # should the watchdog be stopped while the handler lets the thread run (DESIGN 16).
     fence: Any = None
+    max_checkpoint_bytes: int = 1_048_576  # of a checkpoint encoded as JSON

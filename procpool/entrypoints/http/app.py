@@ -48,6 +48,7 @@ from procpool.entrypoints.http.events import (
 )
 from procpool.entrypoints.http.models import (
     BatchCreated,
+    Checkpoint,
     Created,
     Error,
     Health,
@@ -274,9 +275,13 @@ def _write_routes(service: Service) -> list[Any]:
     @post("/jobs/{job_id:str}/retry", status_code=201, summary="Retry a finished job",
           responses={**NOT_FOUND, **NO_STORE, **POST_ERRORS,
                      409: _error(409, "the job is not terminal")})  # fmt: skip
-    async def retry(job_id: str) -> Response[Created]:
-        """A new job with the same type, payload and options, as `procpool retry`."""
-        new_id = await _in_thread(service.retry, job_id)
+    async def retry(
+        job_id: str,
+        resume: Annotated[bool, Parameter(query="resume", required=False)] = False,
+    ) -> Response[Created]:
+        """A new job with the same type, payload and options, as `procpool retry`;
+        `resume=true`: it starts from the old job's last checkpoint (`--resume`)."""
+        new_id = await _in_thread(service.retry, job_id, resume)
         location = {"Location": f"/jobs/{new_id}"}
         return Response(Created(id=new_id), status_code=201, headers=location)
 
@@ -325,6 +330,12 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
     async def attempts(job_id: str) -> list[Attempt]:
         """Every run of the job, oldest first; a running one comes last."""
         return await _in_thread(service.attempts, job_id)
+
+    @get("/jobs/{job_id:str}/checkpoint", summary="A job's last checkpoint",
+         responses={**NOT_FOUND, **NO_STORE})  # fmt: skip
+    async def checkpoint(job_id: str) -> Checkpoint:
+        """The value its handler last committed with ctx.checkpoint; 404 if none."""
+        return await _in_thread(service.checkpoint, job_id)
 
     @get("/jobs/{job_id:str}/wait", summary="Wait for a job to end",
          responses={**BAD_REQUEST, **NOT_FOUND, **NO_STORE})  # fmt: skip
@@ -375,7 +386,7 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
             return Response(Health(daemon="stopped", pid=None), status_code=503)
         return Response(Health(daemon="running", pid=pid if pid > 0 else None))
 
-    return [job, jobs, attempts, wait, pauses, stats, metrics, healthz]
+    return [job, jobs, attempts, checkpoint, wait, pauses, stats, metrics, healthz]
 
 
 def _event_routes(log_path: Path, watch: LogWatch, closing: Callable[[], bool]) -> list[Any]:

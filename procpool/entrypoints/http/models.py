@@ -36,6 +36,15 @@ class JobPage(msgspec.Struct):
     next: str | None
 
 
+class Checkpoint(msgspec.Struct):
+    """A job's last checkpoint: the JSON value its handler committed with
+    `ctx.checkpoint`, and when (RFC 3339)."""
+
+    job_id: str
+    checkpoint: Any
+    checkpoint_at: str
+
+
 class Error(msgspec.Struct, omit_defaults=True):
     """What went wrong; `index` names the item of a batch at fault."""
 

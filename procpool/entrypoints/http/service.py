@@ -47,7 +47,8 @@ from procpool.client import (
 from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Status
-from procpool.entrypoints.http.models import PauseRequest
+from procpool.domain.timefmt import rfc3339
+from procpool.entrypoints.http.models import Checkpoint, PauseRequest
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -222,6 +223,16 @@ class Service:
         except KeyError:  # deleted (pruned) in between
             raise not_found(job_id) from None
 
+    def checkpoint(self, job_id: str) -> Checkpoint:
+        """Raises Problem: 404 no such job, or it has no checkpoint; 503 no store."""
+        self.get(job_id)  # 404 and 503 as for the job itself
+        found = self.client.reader.checkpoint(job_id)
+        if found is None:
+            raise Problem(404, f"job {job_id!r} has no checkpoint")
+        value, at = found
+        return Checkpoint(job_id=job_id, checkpoint=msgspec.json.decode(value),
+                          checkpoint_at=rfc3339(at))  # fmt: skip
+
     # ------------------------------------------------------------- writing
 
     def submit(self, body: bytes) -> tuple[Outcome, str]:
@@ -241,11 +252,13 @@ class Service:
             return Outcome.SAME, job_spec.id
         since = time.time_ns()
         try:
-            self.client.submit(**_arguments(job_spec))
+            job_id = self.client.submit(**_arguments(job_spec))
         except DuplicateId as error:  # taken between the look-up above and the submit
             raise Problem(409, str(error)) from None
         except InvalidJobFile as error:
             raise Problem(422, str(error)) from None
+        if job_id != job_spec.id:  # a live job holds its unique_key: that one is the answer
+            return Outcome.SAME, job_id
         self._await_intake([(job_spec.id, mine)], since)
         return Outcome.CREATED, job_spec.id
 
@@ -287,17 +300,20 @@ class Service:
                 raise Problem(409, f"item {index}: job {job_id} exists with other content", index)
             if known is None:
                 fresh.append((index, job_spec, mine))
+        given: dict[str, str] = {}
         if fresh:
             since = time.time_ns()
-            self._queue_all(fresh)
-            self._await_intake([(s.id or "", mine) for _, s, mine in fresh], since, fresh)
-        return list(specs)
+            given = self._queue_all(fresh)
+            stored = [(s.id or "", mine) for _, s, mine in fresh if given.get(s.id or "") == s.id]
+            self._await_intake(stored, since, fresh)
+        return [given.get(job_id, job_id) for job_id in specs]
 
-    def _queue_all(self, fresh: list[tuple[int, spec.JobSpec, str]]) -> None:
+    def _queue_all(self, fresh: list[tuple[int, spec.JobSpec, str]]) -> dict[str, str]:
         """Write every job at once, all or none: `Client.submit_many` sends the batch
         in one request that the daemon judges whole (while none runs, one batch file
         it will accept or reject whole), so a job it refuses, an unknown type say,
-        refuses them all.
+        refuses them all. Returns each id submitted -> the id the client gave back: its
+        own, or that of the live job that holds its unique_key.
 
         Raises:
             Problem: 409 an id taken by a job with other content; 422 a job the
@@ -305,7 +321,7 @@ class Service:
         """
         index_of = {s.id: index for index, s, _ in fresh}
         try:
-            self.client.submit_many([_document(s) for _, s, _ in fresh])
+            ids = self.client.submit_many([_document(s) for _, s, _ in fresh])
         except DuplicateId as error:
             raise _with_index(409, str(error), error.job_id, index_of) from None
         except BatchJobRefused as error:
@@ -313,6 +329,7 @@ class Service:
             raise Problem(422, f"item {index}: {error.reason}", index) from None
         except InvalidJobFile as error:
             raise _item_problem(str(error), fresh) from None
+        return {s.id or "": given for (_, s, _), given in zip(fresh, ids, strict=True)}
 
     def _known(self, job_id: str) -> str | None:
         """The digest of the job with this id: in the store, else in a file waiting in
@@ -440,11 +457,11 @@ class Service:
         except NoJobStore:
             return []
 
-    def retry(self, job_id: str) -> str:
+    def retry(self, job_id: str, resume: bool = False) -> str:
         """Raises Problem: 404 unknown; 409 not terminal."""
         _require_possible_id(job_id)
         try:
-            return self.client.retry(job_id)
+            return self.client.retry(job_id, resume=resume)
         except JobRejected as rejected:
             raise Problem(404, str(rejected)) from None
         except UnknownJob:
@@ -520,6 +537,8 @@ class _SubmitArguments(TypedDict):
     priority: int | None
     delay: float | None
     run_at: str | None
+    unique_key: str | None
+    unique_while: str | None
 
 
 def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
@@ -533,4 +552,6 @@ def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
         "priority": job_spec.priority,
         "delay": job_spec.delay,
         "run_at": job_spec.run_at,
+        "unique_key": job_spec.unique_key,
+        "unique_while": job_spec.unique_while,
     }
