@@ -147,6 +147,11 @@ class JobInfo(_Record):
     # null otherwise. Computed when the job is read, from the running jobs then.
     waiting: dict[str, Any] | None = None
     expires_at: str | None = None  # RFC 3339: canceled as "expired" if still pending then
+    # Dependencies (CONTRACT section 15): the jobs this one waits for, what their failure
+    # does to it ("cancel" or "run"), and the parent whose failure canceled it.
+    after: list[str] | None = None
+    after_failure: str | None = None
+    canceled_by: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -177,6 +182,9 @@ class JobInfo(_Record):
             concurrency_key=job.concurrency_key,
             waiting=waiting,
             expires_at=None if job.expires_at is None else rfc3339(job.expires_at),
+            after=list(job.after) if job.after else None,
+            after_failure=job.after_failure if job.after else None,
+            canceled_by=job.canceled_by,
         )
 
     @classmethod
@@ -431,6 +439,8 @@ class Client:
         concurrency_key: str | None = None,
         expires_at: str | None = None,
         expires_in: float | None = None,
+        after: Sequence[str] | None = None,
+        after_failure: str | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -456,6 +466,10 @@ class Client:
             expires_at: an RFC 3339 time; a job still pending then is canceled with
                 `last_error` "expired" (one that runs goes on). Not with `expires_in`.
             expires_in: the same, in seconds from when the job is accepted.
+            after: 1-256 ids of jobs (existing ones) that must complete before this one
+                starts (docs/dependencies.md).
+            after_failure: "cancel" (default): a parent that fails or is canceled
+                cancels this job; "run": it runs once every parent is terminal.
 
         Returns:
             The job's id.
@@ -481,6 +495,8 @@ class Client:
                 concurrency_key=concurrency_key,
                 expires_at=expires_at,
                 expires_in=expires_in,
+                after=None if after is None else list(after),
+                after_failure=after_failure,
             )
         )
 

@@ -117,6 +117,22 @@ class JobStore(Protocol):
         """Add new jobs; their ids must not exist yet."""
         ...
 
+    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """The jobs still held back by their parents (`after`; pending, not released)
+        that wait for any of these, each with the status of every parent of its own
+        that exists. One indexed look per parent: it runs when a job ends."""
+        ...
+
+    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """Those of these jobs still held back by their parents, as `dependents` gives
+        them. A job with `after` is inserted held."""
+        ...
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """Let these held jobs be claimed (their run_at, limits and pauses still apply),
+        from this transaction on."""
+        ...
+
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ...
     ) -> bool:

@@ -56,6 +56,8 @@ _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?", re.ASCII
 )
 RFC3339_RULE = "an RFC 3339 time such as 2026-11-28T02:04:15Z"
+MAX_AFTER = 256  # parents one job may wait for
+AFTER_FAILURE = ("cancel", "run")
 
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -75,6 +77,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     concurrency_key: str | None = None
     expires_at: str | None = None  # RFC 3339: canceled if still pending then
     expires_in: float | None = None  # seconds from acceptance; not with expires_at
+    after: list[str] | None = None  # ids of the jobs this one waits for (CONTRACT section 15)
+    after_failure: str | None = None  # "cancel" (None: the default) or "run"
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -122,6 +126,8 @@ _KINDS = {
     "concurrency_key": "a string",
     "expires_at": "a string",
     "expires_in": "a number",
+    "after": "a list of job ids",
+    "after_failure": 'one of "cancel", "run"',
     "cancel": "a string",
     "prune": "a number",
     "pause": "a list of job types",
@@ -292,11 +298,31 @@ def check(spec: JobSpec) -> JobSpec:
             raise InvalidJobFile("run_at and delay cannot be given together")
         parse_time(spec.run_at)
     _check_seconds("expires_in", spec.expires_in, allow_zero=False)
+    if spec.after is not None:
+        check_after(spec.after)
+    if spec.after_failure is not None and spec.after_failure not in AFTER_FAILURE:
+        raise InvalidJobFile(
+            f'after_failure must be one of "cancel", "run", got {show(spec.after_failure)}'
+        )
     if spec.expires_at is not None:
         if spec.expires_in is not None:
             raise InvalidJobFile("expires_at and expires_in cannot be given together")
         parse_time(spec.expires_at, "expires_at")
     return spec
+
+
+def check_after(after: list[str]) -> list[str]:
+    """`after`: 1-MAX_AFTER ids of the id shape, none twice. Raises InvalidJobFile naming
+    the id at fault."""
+    if not 1 <= len(after) <= MAX_AFTER:
+        raise InvalidJobFile(f"after must list 1-{MAX_AFTER} job ids, got {len(after)}")
+    seen: set[str] = set()
+    for parent in after:
+        check_id(parent, "each id in after")
+        if parent in seen:
+            raise InvalidJobFile(f"after names {show(parent)} twice")
+        seen.add(parent)
+    return after
 
 
 def check_expiry(spec: JobSpec, now: float) -> None:
@@ -673,7 +699,8 @@ def encode_json(value: Any) -> bytes:
 # The fields added after digests were first kept, in their order (the last ones), as
 # they are encoded while null: last first.
 _LATER_NULLS = tuple(
-    f',"{name}":null'.encode() for name in reversed(("concurrency_key", "expires_at", "expires_in"))
+    f',"{name}":null'.encode()
+    for name in reversed(("concurrency_key", "expires_at", "expires_in", "after", "after_failure"))
 )
 
 _ALL_NULL = b"".join(reversed(_LATER_NULLS)) + b"}"
@@ -728,6 +755,8 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         retry_of=spec.retry_of,
         concurrency_key=spec.concurrency_key,
         expires_at=_expiry(spec, now),
+        after=tuple(spec.after or ()),
+        after_failure=spec.after_failure or "cancel",
     )
 
 

@@ -82,7 +82,14 @@ def exercise_store(store: SqliteJobStore) -> None:
     finished and expiring jobs of a limited type and an unlimited one."""
     with store.transaction():
         store.insert([a_job(n) for n in range(300)])
+        # Dependents: some wait for one parent, some for two, one for a finished job.
+        store.insert(
+            [a_job(n, after=(f"j{n - 300:06d}", f"j{n - 299:06d}")) for n in range(300, 340)]
+        )
     with store.transaction():
+        store.dependents(["j000001", "j000002"])
+        store.held(["j000301", "j000302"])
+        store.release(["j000303"])
         store.get("j000001")
         store.digests(["j000001"])
         store.statuses(["j000001", "j000002"])

@@ -26,18 +26,20 @@ class MemoryJobStore:
         self._served: frozenset[str] = frozenset()
         self._pauses: dict[str, Pause] = {}
         self._pause_end: float | None = None  # the next `until` that `due` saw
+        self._held: set[str] = set()  # jobs that wait for their parents (`after`)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
         saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
+        saved_held = set(self._held)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
         try:
             yield
         except BaseException:
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
-            self._pauses = saved_pauses
+            self._pauses, self._held = saved_pauses, saved_held
             raise
 
     def get(self, job_id: str) -> Job | None:
@@ -55,6 +57,24 @@ class MemoryJobStore:
                 raise KeyError(f"job {job.id} exists")
         for job in jobs:
             self._jobs[job.id] = job
+            if job.after:
+                self._held.add(job.id)
+
+    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        parents = set(parent_ids)
+        held = [self._jobs[i] for i in self._held if i in self._jobs]
+        return self.held(sorted(j.id for j in held if parents.intersection(j.after)))
+
+    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        found = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and job_id in self._held and job.status is Status.PENDING:
+                found.append((job, self.statuses(job.after)))
+        return found
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        self._held.difference_update(job_ids)
 
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ()
@@ -84,7 +104,10 @@ class MemoryJobStore:
         ready = [
             j
             for j in self._jobs.values()
-            if j.status is Status.PENDING and j.run_at <= now and j.type not in paused
+            if j.status is Status.PENDING
+            and j.run_at <= now
+            and j.type not in paused
+            and j.id not in self._held
         ]
         ready.sort(key=lambda j: (-j.priority, j.run_at))
         if not any(limited(job, self._limits) for job in ready[:limit]):
@@ -200,7 +223,14 @@ class MemoryJobStore:
         )
 
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
-        old = [j for j in self._jobs.values() if j.status.is_terminal and j.updated_at < cutoff]
+        live_parents = {
+            parent for j in self._jobs.values() if not j.status.is_terminal for parent in j.after
+        }
+        old = [
+            j
+            for j in self._jobs.values()
+            if j.status.is_terminal and j.updated_at < cutoff and j.id not in live_parents
+        ]
         for job in old[:limit]:
             del self._jobs[job.id]
             for key in [k for k in self._runs if k[0] == job.id]:

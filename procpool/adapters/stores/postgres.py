@@ -219,6 +219,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX procpool_jobs_expired ON procpool_jobs (created_at)
         WHERE status = 'canceled' AND last_error = 'expired';
     """,
+    # 8: dependencies (CONTRACT section 15). A job with `after` is inserted `held` and
+    # released in the transaction that ends its last parent (`PostgresJobStore.release`);
+    # the claim's indexes leave the held jobs out, so that any number of them costs the
+    # claim nothing. One row per edge, found from either end.
+    """
+    ALTER TABLE procpool_jobs ADD COLUMN after_ids text, ADD COLUMN after_failure text,
+        ADD COLUMN canceled_by text, ADD COLUMN held boolean NOT NULL DEFAULT false;
+    CREATE TABLE procpool_job_parents (
+        job_id text NOT NULL,
+        parent_id text NOT NULL,
+        PRIMARY KEY (job_id, parent_id)
+    );
+    CREATE INDEX procpool_job_parents_parent ON procpool_job_parents (parent_id, job_id);
+    DROP INDEX procpool_jobs_pending;
+    CREATE INDEX procpool_jobs_pending ON procpool_jobs (priority DESC, run_at)
+        WHERE status = 'pending' AND NOT held;
+    DROP INDEX procpool_jobs_pending_type;
+    CREATE INDEX procpool_jobs_pending_type ON procpool_jobs (type, priority DESC, run_at)
+        WHERE status = 'pending' AND NOT held;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -397,6 +417,49 @@ def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
     ).fetchone()
     assert row is not None
     return None if row[0] else set(row[1])
+
+
+def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    """Just inserted: the jobs with `after` are held, their edges stored."""
+    edges = [(job.id, parent) for job in jobs for parent in job.after]
+    if not edges:
+        return
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO procpool_job_parents (job_id, parent_id) VALUES (%s, %s)", edges
+        )
+    db.execute(
+        "UPDATE procpool_jobs SET held = true WHERE id = ANY(%s)",
+        ([job.id for job in jobs if job.after],),
+    )
+
+
+def held_jobs(
+    db: psycopg.Connection[Any], job_ids: Sequence[str]
+) -> list[tuple[Job, dict[str, Status]]]:
+    """Those of these jobs that are held, locked, each with its parents' statuses (the
+    parents locked FOR SHARE: a parent's end waits for this transaction, and this read
+    for a parent's end that began first). See PostgresJobStore.held."""
+    if not job_ids:
+        return []
+    rows = db.execute(
+        f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s) AND status = 'pending'"
+        " AND held ORDER BY id FOR UPDATE",
+        (sorted(job_ids),),
+    ).fetchall()
+    found = [_job(row) for row in rows]
+    if not found:
+        return []
+    parents = db.execute(
+        "SELECT d.job_id, p.id, p.status FROM procpool_job_parents AS d"
+        " JOIN procpool_jobs AS p ON p.id = d.parent_id WHERE d.job_id = ANY(%s)"
+        " ORDER BY p.id FOR SHARE OF p",
+        ([job.id for job in found],),
+    ).fetchall()
+    statuses: dict[str, dict[str, Status]] = {job.id: {} for job in found}
+    for job_id, parent, status in parents:
+        statuses[job_id][parent] = Status(status)
+    return [(job, statuses[job.id]) for job in found]
 
 
 def lock_pauses(db: psycopg.Connection[Any]) -> None:
@@ -684,9 +747,33 @@ class PostgresJobStore:
                 f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})",
                 [_row(job) for job in jobs],
             )
+        hold(self._db, jobs)
         # One notification per transaction, not per job: each NOTIFY commit takes a
         # cluster-wide lock. Idle daemons wake up; busy ones will look anyway.
         self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.dependents."""
+        rows = self._rows(
+            "SELECT DISTINCT job_id FROM procpool_job_parents WHERE parent_id = ANY(%s)",
+            (list(parent_ids),),
+        )
+        return self.held(sorted(row[0] for row in rows))
+
+    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.held. The held jobs are locked (in the order of their ids, as
+        every daemon locks them) before their parents are read: two daemons that end
+        two parents of one job at once take turns, and the second sees what the first
+        committed (READ COMMITTED), so that the last parent to end releases it."""
+        return held_jobs(self._db, job_ids)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """See JobStore.release; idle daemons are woken to claim them."""
+        if job_ids:
+            self._db.execute(
+                "UPDATE procpool_jobs SET held = false WHERE id = ANY(%s)", (list(job_ids),)
+            )
+            self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def save(
         self,
@@ -789,8 +876,8 @@ class PostgresJobStore:
         # those this turn does not start are free again after it.
         # Only the types this daemon has handlers for: another's wait for a daemon that has.
         rows = self._rows(
-            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND run_at <= %s"
-            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND NOT held"
+            " AND run_at <= %s AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
             " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (now, self.types, self.types, limit),
         )
@@ -878,8 +965,9 @@ class PostgresJobStore:
         """The most urgent due jobs of a type whose keys are not in `full`, but those of
         `taken`, locked as `due` locks them."""
         rows = self._rows(
-            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND type = %s"
-            " AND run_at <= %s AND (concurrency_key IS NULL OR concurrency_key <> ALL(%s))"
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND NOT held"
+            " AND type = %s AND run_at <= %s"
+            " AND (concurrency_key IS NULL OR concurrency_key <> ALL(%s))"
             " AND id <> ALL(%s) ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (job_type, now, full, taken, limit),
         )
@@ -1038,11 +1126,19 @@ class PostgresJobStore:
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         # SKIP LOCKED: daemons pruning at once take disjoint batches.
         rows = self._rows(
-            "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs"
+            "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs AS j"
             " WHERE status IN ('completed', 'failed', 'canceled') AND finished_at < %s"
-            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING type, status",
+            # A parent is kept while a job that waits for it lives (CONTRACT section 15).
+            " AND NOT EXISTS (SELECT 1 FROM procpool_job_parents AS d JOIN procpool_jobs"
+            " AS c ON c.id = d.job_id WHERE d.parent_id = j.id AND c.status IN"
+            " ('pending', 'running'))"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, type, status",
             (cutoff, limit),
         )
+        self._db.execute(
+            "DELETE FROM procpool_job_parents WHERE job_id = ANY(%s)", ([r[0] for r in rows],)
+        )
+        rows = [row[1:] for row in rows]
         return [(job_type, Status(status)) for job_type, status in rows]
 
     def vacuum_step(self, pages: int) -> None:

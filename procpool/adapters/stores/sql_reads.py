@@ -69,8 +69,14 @@ class SqlReads(ABC):
     def _before(self, before: tuple[float, str]) -> tuple[str, builtins.list[object]]:
         """The condition "(created_at, id) comes before `before`", with its parameters."""
 
+    def _columns(self) -> str:
+        """The jobs' columns in the order `_job` reads them, as this store has them."""
+        return COLUMNS
+
     def get(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {COLUMNS} FROM {self.JOBS} WHERE id = {self.MARK}", (job_id,))
+        rows = self._query(
+            f"SELECT {self._columns()} FROM {self.JOBS} WHERE id = {self.MARK}", (job_id,)
+        )
         return _job(rows[0]) if rows else None
 
     def list(self, query: JobQuery = EVERY_JOB) -> builtins.list[Job]:
@@ -83,7 +89,7 @@ class SqlReads(ABC):
         where = [condition for condition in conditions if condition is not None]
         clause = f"WHERE {' AND '.join(sql for sql, _ in where)}" if where else ""
         rows = self._query(
-            f"SELECT {COLUMNS} FROM {self.JOBS} {clause}"
+            f"SELECT {self._columns()} FROM {self.JOBS} {clause}"
             f" ORDER BY created_at DESC, id DESC LIMIT {self.MARK}",
             [*(value for _, values in where for value in values), query.limit],
         )

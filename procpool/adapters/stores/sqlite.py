@@ -184,13 +184,34 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_pending_created;
     DROP INDEX jobs_created;
     """,
+    # 8: dependencies (CONTRACT section 15). A job with `after` is inserted held
+    # (ready = 2: in neither the ready nor the scheduled index, so the claim never
+    # reads it) and released (ready = 0, then promoted as any scheduled job) in the
+    # transaction that ends its last parent; one row per edge, found from either end.
+    """
+    ALTER TABLE jobs ADD COLUMN after_ids TEXT;
+    ALTER TABLE jobs ADD COLUMN after_failure TEXT;
+    ALTER TABLE jobs ADD COLUMN canceled_by TEXT;
+    CREATE TABLE job_parents (
+        job_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        PRIMARY KEY (job_id, parent_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_parents_parent ON job_parents (parent_id, job_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
-    " cancel_requested, digest, retry_of, concurrency_key, expires_at"
+    " cancel_requested, digest, retry_of, concurrency_key, expires_at,"
+    " after_ids, after_failure, canceled_by"
+)
+# COLUMNS of a store not migrated to DEPENDENCIES_SCHEMA yet (a reader of a home whose
+# daemon is older than the reader).
+COLUMNS_BEFORE_DEPENDENCIES = COLUMNS.replace(
+    "after_ids, after_failure, canceled_by", "NULL, NULL, NULL"
 )
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
@@ -202,6 +223,12 @@ FINISHED_BEFORE = (
     "SELECT {what} FROM jobs{hint}"
     " WHERE status IN ('completed', 'failed', 'canceled') AND created_at < ? AND updated_at < ?"
 )
+# Retention keeps a parent while a job that waits for it lives (CONTRACT section 15).
+KEEP_PARENTS = (
+    " AND NOT EXISTS (SELECT 1 FROM job_parents AS d JOIN jobs AS c ON c.id = d.job_id"
+    " WHERE d.parent_id = jobs.id AND c.status IN ('pending', 'running'))"
+)
+DEPENDENCIES_SCHEMA = 8  # the schema that has the columns and table of dependencies
 _progress_decoder = msgspec.json.Decoder(Progress)
 # Seconds a transaction waits for a lock another process holds before StoreBusy: short,
 # so that the supervisor's loop regains control and says the store is busy.
@@ -219,7 +246,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024  # about twice the 4 MiB that auto-checkpoints k
 JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
-    str | None, float | None,
+    str | None, float | None, str | None, str | None, str | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -232,6 +259,7 @@ def _job(row: JobRow) -> Job:
         job_id, job_type, payload, status, attempts, max_attempts, timeout, priority,
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
         started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
+        after_ids, after_failure, canceled_by,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -256,6 +284,9 @@ def _job(row: JobRow) -> Job:
         retry_of=retry_of,
         concurrency_key=concurrency_key,
         expires_at=expires_at,
+        after=() if after_ids is None else tuple(after_ids.split(" ")),
+        after_failure=after_failure or "cancel",
+        canceled_by=canceled_by,
     )
 
 
@@ -265,6 +296,9 @@ def _run(row: RunRow) -> Run:
         job_id=job_id, type=job_type, lease=lease, attempt=attempt, worker_pid=pid,
         started_at=started, ended_at=ended, outcome=outcome, error=error, exit_signal=exit_signal,
     )  # fmt: skip
+
+
+HELD = 2  # `ready` of a job that waits for its parents (migration 8)
 
 
 def _is_ready(job: Job) -> int:
@@ -279,11 +313,20 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.timeout, job.priority, job.run_at, job.created_at, job.updated_at, job.last_error,
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
-        job.retry_of, job.concurrency_key, job.expires_at, _is_ready(job),
+        job.retry_of, job.concurrency_key, job.expires_at, _after_ids(job),
+        job.after_failure, job.canceled_by,
+        HELD if job.after else _is_ready(job),
     )  # fmt: skip
 
 
+def _after_ids(job: Job) -> str | None:
+    """`after` as its column holds it: the ids joined by spaces (an id holds none)."""
+    return " ".join(job.after) if job.after else None
+
+
 def _column_value(job: Job, name: str) -> object:
+    if name == "after_ids":
+        return _after_ids(job)
     value = getattr(job, name)
     if name == "progress":
         return None if value is None else msgspec.json.encode(value)
@@ -466,10 +509,56 @@ class SqliteJobStore:
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * 23)
+        marks = ",".join("?" * 26)
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
+        edges = [(job.id, parent) for job in jobs for parent in job.after]
+        if edges:
+            self._db.executemany("INSERT INTO job_parents (job_id, parent_id) VALUES (?, ?)", edges)
+
+    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.dependents."""
+        children: set[str] = set()
+        for start in range(0, len(parent_ids), 500):
+            chunk = parent_ids[start : start + 500]
+            children.update(
+                row[0]
+                for row in self._db.execute(
+                    "SELECT job_id FROM job_parents INDEXED BY job_parents_parent"
+                    f" WHERE parent_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return self.held(sorted(children))
+
+    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.held."""
+        found: list[tuple[Job, dict[str, Status]]] = []
+        for job_id in job_ids:
+            row = self._db.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE id = ? AND status = 'pending' AND ready = ?",
+                (job_id, HELD),
+            ).fetchone()
+            if row is None:
+                continue
+            parents = self._db.execute(
+                "SELECT p.id, p.status FROM job_parents AS d JOIN jobs AS p ON p.id = d.parent_id"
+                " WHERE d.job_id = ?",
+                (job_id,),
+            )
+            found.append((_job(row), {parent: Status(status) for parent, status in parents}))
+        return found
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """See JobStore.release: the jobs join the scheduled ones, which the next `due`
+        promotes once their run_at has come."""
+        self._db.executemany(
+            "UPDATE jobs SET ready = 0 WHERE id = ? AND status = 'pending' AND ready = ?",
+            [(job_id, HELD) for job_id in job_ids],
+        )
+        if job_ids:
+            self._earliest_scheduled = None
 
     def save(
         self,
@@ -727,11 +816,13 @@ class SqliteJobStore:
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         rows = self._db.execute(
             FINISHED_BEFORE.format(what="id, type, status", hint=" INDEXED BY jobs_status_created")
+            + KEEP_PARENTS
             + " LIMIT ?",
             (cutoff, cutoff, limit),
         ).fetchall()
         ids = [(job_id,) for job_id, _, _ in rows]
         self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
+        self._db.executemany("DELETE FROM job_parents WHERE job_id = ?", ids)
         self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
         return [(job_type, Status(status)) for _, job_type, status in rows]
 

@@ -21,7 +21,10 @@ from procpool.adapters.stores.job_reader import EVERY_JOB, JobQuery
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     COLUMNS,
+    COLUMNS_BEFORE_DEPENDENCIES,
+    DEPENDENCIES_SCHEMA,
     FINISHED_BEFORE,
+    KEEP_PARENTS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     _job,
@@ -72,7 +75,9 @@ class StoreReader(SqlReads):
         for start in range(0, len(job_ids), 500):
             chunk = list(job_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+            for row in self._query(
+                f"SELECT {self._columns()} FROM jobs WHERE id IN ({marks})", chunk
+            ):
                 job = _job(row)
                 found[job.id] = job
         return found
@@ -99,8 +104,21 @@ class StoreReader(SqlReads):
     def count_finished_before(self, cutoff: float) -> int:
         # No index named: a reader may open a home its daemon has not migrated yet, and
         # the planner seeks the status index of either schema.
-        rows = self._query(FINISHED_BEFORE.format(what="count(*)", hint=""), (cutoff, cutoff))
+        keep = KEEP_PARENTS if self._version() >= DEPENDENCIES_SCHEMA else ""
+        rows = self._query(
+            FINISHED_BEFORE.format(what="count(*)", hint="") + keep, (cutoff, cutoff)
+        )
         return int(rows[0][0]) if rows else 0
+
+    def _version(self) -> int:
+        db = self._connection()
+        return 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _columns(self) -> str:
+        """A home whose daemon has not migrated it yet lacks the newest columns."""
+        if self._version() >= DEPENDENCIES_SCHEMA:
+            return COLUMNS
+        return COLUMNS_BEFORE_DEPENDENCIES
 
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         return f"{column} IN ({','.join('?' * len(values))})", [*values]

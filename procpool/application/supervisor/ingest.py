@@ -29,6 +29,7 @@ from procpool.application.ports import (
     SharedStore,
 )
 from procpool.domain import inbox_names
+from procpool.domain.dependencies import problems
 from procpool.domain.errors import DuplicateId, InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.spec import (
@@ -93,6 +94,9 @@ class _FileOutcome:
         self.lines: list[LineError] = []
         self.new_jobs = 0
         self.duplicate: str | None = None  # an id that exists with other content
+        # `after` names what cannot be a parent: none of the file's jobs is stored.
+        self.bad_after = False
+        self.first_bad_after: LineError | None = None  # of a .jsonl file: its first
 
     def fail(self, line: int | None, error: str) -> None:
         if line is None:
@@ -215,10 +219,12 @@ def ingest(
         stored: dict[str, str] = found
     else:
         stored = store.digests(ids)
+    parents = sorted({p for candidates in offered for c in candidates for p in c.job.after})
+    existing = set(store.statuses(parents)) if parents else set()
     seen: dict[str, str] = {}
     new_jobs: list[Job] = []
     for outcome, candidates in zip(outcomes, offered, strict=True):
-        _judge(outcome, candidates, stored, seen, new_jobs, result)
+        _judge(outcome, candidates, stored, seen, new_jobs, result, existing)
     store.insert(new_jobs)
     for outcome in outcomes:
         _conclude(outcome, store, progress, result)
@@ -232,9 +238,12 @@ def _judge(
     seen: dict[str, str],
     new_jobs: list[Job],
     result: IngestResult,
+    existing: set[str],
 ) -> None:
     """Ids are idempotency keys: a job whose id exists (in the store, or earlier in this
-    step) with the same digest is a duplicate, with another digest an error."""
+    step) with the same digest is a duplicate, with another digest an error. Every
+    parent a new job names (`after`) exists (`existing`: of the parents named, those
+    stored) or is a job of the same file; else the file stores none of its jobs."""
     mine: dict[str, str] = {}
     fresh: list[_Candidate] = []
     duplicates: list[str] = []
@@ -249,7 +258,9 @@ def _judge(
         else:
             outcome.fail(candidate.line, str(DuplicateId.of(job.id)))
             outcome.duplicate = outcome.duplicate or job.id
-    if outcome.file.whole and (outcome.lines or outcome.error is not None):
+    if any(candidate.job.after for candidate in fresh):
+        _check_after(outcome, fresh, existing.union(seen, stored, duplicates))
+    if (outcome.file.whole or outcome.bad_after) and (outcome.lines or outcome.error is not None):
         return
     seen.update(mine)
     for candidate in fresh:
@@ -257,6 +268,18 @@ def _judge(
         result.jobs.append((candidate.job, candidate.file))
     outcome.new_jobs += len(fresh)
     result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
+
+
+def _check_after(outcome: _FileOutcome, fresh: list[_Candidate], known: set[str]) -> None:
+    """Mark the file's jobs whose `after` names no job, the job itself, or a cycle."""
+    lines = {candidate.job.id: candidate.line for candidate in fresh}
+    graph = {candidate.job.id: candidate.job.after for candidate in fresh}
+    for problem in problems(graph, known):
+        line, message = lines[problem.job_id], f"job {problem.job_id}: {problem.message}"
+        outcome.fail(line, message)
+        outcome.bad_after = True
+        if line is not None and outcome.first_bad_after is None:
+            outcome.first_bad_after = LineError(line, message)
 
 
 def _conclude(
@@ -303,6 +326,9 @@ def _decide(
         error = "the file holds no job"
     elif error is None and bad and outcome.file.whole:
         error, bad_job = _batch_summary(lines, entries)
+    elif error is None and outcome.first_bad_after is not None:
+        first = outcome.first_bad_after
+        error = f"line {first.line}: {first.error}; none of the file's jobs was stored"
     elif error is None and bad:
         listed = min(len(lines), MAX_REPORTED_LINES)
         error = _lines_summary(bad, entries, listed)

@@ -1,0 +1,149 @@
+"""Dependencies (CONTRACT section 15) through real daemons: `after` holds a job until its
+parents complete; a parent that fails or is canceled cancels its "cancel" dependents in
+the same transaction, down the graph; "run" dependents start once every parent is
+terminal; bad `after` values and graphs are refused naming the id, with nothing stored."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Daemon, wait_until
+
+from procpool import Client, InvalidJobFile
+
+FAST = {"PROCPOOL_BACKOFF_BASE": "0.05", "PROCPOOL_BACKOFF_MAX": "0.1"}
+HANDLERS = ("--handlers", "dependency_handlers")
+
+
+def runs(directory: Path) -> Counter[str]:
+    """How many times each job's handler ran (the `mark` handler's lines)."""
+    path = directory / "runs"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(line.split()[0] for line in lines)
+
+
+def lines(jobs: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(job) + "\n" for job in jobs)
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_parent_cancels_its_dependents_down_the_graph(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A diamond a -> (b, c) -> d, then e after d: b fails after its retries, so d is
+    canceled by b and e by d, in the turn that fails b; c completes untouched."""
+    daemon = make_daemon(2, env=FAST)
+    daemon.drop(
+        "diamond.jsonl",
+        lines([
+            {"id": "e", "type": "echo", "payload": "e", "after": ["d"]},  # before its parent
+            {"id": "d", "type": "echo", "payload": "d", "after": ["b", "c"]},
+            {"id": "b", "type": "fail", "payload": {"message": "b broke"}, "max_attempts": 2,
+             "after": ["a"]},
+            {"id": "c", "type": "echo", "payload": "c", "after": ["a"]},
+            {"id": "a", "type": "echo", "payload": "a"},
+        ]),
+    )  # fmt: skip
+    d = daemon.wait_status("d", "canceled", timeout=60)
+    assert (d.canceled_by, d.last_error) == ("b", "canceled: its parent b was failed")
+    assert d.attempts == 0 and d.after == ["b", "c"] and d.after_failure == "cancel"
+    e = daemon.wait_status("e", "canceled")
+    assert (e.canceled_by, e.last_error) == ("d", "canceled: its parent d was canceled")
+    b = daemon.wait_status("b", "failed")
+    assert b.attempts == 2
+    assert daemon.wait_status("c", "completed").result == "c"
+    assert daemon.job("a").status == "completed"
+    # No job started before its parents had completed.
+    started = [e["job_id"] for e in daemon.events("job.started")]
+    assert "d" not in started and "e" not in started
+    assert started.index("c") > started.index("a") and started.index("b") > started.index("a")
+    canceled = {e["job_id"]: e for e in daemon.events("job.canceled")}
+    assert canceled["d"]["canceled_by"] == "b" and canceled["e"]["canceled_by"] == "d"
+    # A failed job's dependents end in the same transaction as the failure: the store
+    # never shows b failed while d still waits (both change in b's last turn).
+    assert d.updated_at == b.updated_at
+
+
+@pytest.mark.timeout(90)
+def test_bad_after_is_refused_naming_the_id_and_nothing_is_stored(
+    make_daemon: Callable[..., Daemon], home: Path
+) -> None:
+    daemon = make_daemon(1)
+    client = Client(home)
+    daemon.drop(
+        "cycle.jsonl",
+        lines([
+            {"id": "ok", "type": "echo"},
+            {"id": "x", "type": "echo", "after": ["z"]},
+            {"id": "y", "type": "echo", "after": ["x"]},
+            {"id": "z", "type": "echo", "after": ["y"]},
+        ]),
+    )  # fmt: skip
+    daemon.drop("unknown.json", {"type": "echo", "after": ["nobody"]})
+    daemon.drop("many.json", {"type": "echo", "after": [f"p{n}" for n in range(257)]})
+    daemon.drop("shape.json", {"type": "echo", "after": ["-no"]})
+    daemon.drop("self.json", {"type": "echo", "id": "me", "after": ["me"]})
+    rejected = daemon.home / "rejected"
+    reports = {
+        name: wait_until(
+            lambda name=name: (
+                (rejected / f"{name}.error.json").exists()
+                and json.loads((rejected / f"{name}.error.json").read_text())
+            ),
+            30,
+            what=f"{name} rejected",
+        )
+        for name in ("cycle.jsonl", "unknown.json", "many.json", "shape.json", "self.json")
+    }
+    assert "after makes a cycle: x -> z -> y -> x" in reports["cycle.jsonl"]["error"]
+    assert "none of the file's jobs was stored" in reports["cycle.jsonl"]["error"]
+    assert "after names nobody, which is no job" in reports["unknown.json"]["error"]
+    assert "after must list 1-256 job ids, got 257" in reports["many.json"]["error"]
+    assert "each id in after must be" in reports["shape.json"]["error"]
+    assert '"-no"' in reports["shape.json"]["error"]
+    assert "after names the job itself (me)" in reports["self.json"]["error"]
+    for job_id in ("ok", "x", "y", "z", "me"):
+        assert daemon.job(job_id) is None
+    # The client and the socket door: the batch is refused whole, naming the job and id.
+    with pytest.raises(InvalidJobFile, match="after names ghost, which is no job"):
+        client.submit_many([{"id": "m1", "type": "echo"},
+                            {"id": "m2", "type": "echo", "after": ["m1", "ghost"]}])  # fmt: skip
+    assert daemon.job("m1") is None
+    with pytest.raises(InvalidJobFile, match="after_failure must be one of"):
+        client.submit("echo", after=["m1"], after_failure="sometimes")
+    # In any order within one submission.
+    assert client.submit_many([{"id": "n2", "type": "echo", "after": ["n1"]},
+                               {"id": "n1", "type": "echo"}]) == ["n2", "n1"]  # fmt: skip
+    assert [j.status for j in client.wait(["n2", "n1"], timeout=30)] == ["completed"] * 2
+    client.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_child_runs_once_after_a_kill_between_its_parent_and_its_start(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    """The parent's completion and its child's release are one commit: a kill -9 after
+    it leaves the child due (not waiting forever), and it runs exactly once."""
+    daemon = make_daemon(2, args=HANDLERS)
+    client = Client(home)
+    # The child is due a few seconds after its parent completes: the daemon dies between.
+    client.submit_many([
+        {"id": "parent", "type": "mark", "payload": {"dir": str(tmp_path), "value": 1}},
+        {"id": "child", "type": "mark", "payload": {"dir": str(tmp_path)}, "after": ["parent"],
+         "delay": 6},
+    ])  # fmt: skip
+    daemon.wait_status("parent", "completed")
+    assert client.get("child").status == "pending"
+    daemon.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    daemon.wait_exit()
+    assert not daemon.events("job.started", job_id="child")
+    again = make_daemon(2, args=HANDLERS)
+    again.wait_status("child", "completed", timeout=60)
+    assert runs(tmp_path) == Counter({"parent": 1, "child": 1})
+    client.close()
