@@ -32,4 +32,4 @@ def mark(ctx: JobContext, payload: dict[str, Any]) -> Any:
 
 @handler("parents")
 def parents(ctx: JobContext, payload: Any) -> Any:
-    return getattr(ctx, "parents", None) or {}
+    return ctx.parents

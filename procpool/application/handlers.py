@@ -27,6 +27,8 @@ class JobContext:
     Attributes:
         job_id: the job's id.
         attempt: the 1-based number of this attempt.
+        parents: for a job with `after`, each parent's {"status", "result",
+            "last_error"} by id, read when this attempt was handed out; {} otherwise.
         logger: a loguru logger bound to this run; its lines reach the daemon's log
             as `job.log` events of this job, whichever thread logs and whenever.
             Keyword fields (`ctx.logger.info("resized", width=640)`) go under the
@@ -37,16 +39,18 @@ class JobContext:
     another job's.
     """
 
-    __slots__ = ("_report_progress", "attempt", "job_id", "logger")
+    __slots__ = ("_report_progress", "attempt", "job_id", "logger", "parents")
 
     def __init__(
         self,
         job_id: str,
         attempt: int,
         report_progress: Callable[[float, str | None], None],
+        parents: dict[str, Any] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        self.parents: dict[str, Any] = parents or {}
         self.logger = logger.bind(job_id=job_id, attempt=attempt, **{RUN_KEY: (job_id, attempt)})
         self._report_progress = report_progress
 

@@ -147,3 +147,86 @@ def test_a_child_runs_once_after_a_kill_between_its_parent_and_its_start(
     again.wait_status("child", "completed", timeout=60)
     assert runs(tmp_path) == Counter({"parent": 1, "child": 1})
     client.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_run_fan_in_starts_after_mixed_outcomes_and_sees_them(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    """after_failure "run": the callback waits for every parent to be terminal (a retry
+    is not the end), then runs, and ctx.parents holds each parent's status, result and
+    last_error; its dependents with "cancel" wait for it as for any parent."""
+    daemon = make_daemon(2, env=FAST, args=HANDLERS)
+    client = Client(home)
+    client.submit_many([
+        {"id": "ok", "type": "echo", "payload": {"n": 1}},
+        {"id": "flaky", "type": "fail", "payload": {"times": 1, "message": "once"}},
+        {"id": "broken", "type": "fail", "payload": {"message": "never"}, "max_attempts": 2},
+        {"id": "gated", "type": "mark", "payload": {"dir": str(tmp_path), "gate": "open"}},
+        {"id": "callback", "type": "parents", "after": ["ok", "flaky", "broken", "gated"],
+         "after_failure": "run"},
+        {"id": "after-callback", "type": "echo", "after": ["callback"]},
+    ])  # fmt: skip
+    daemon.wait_status("broken", "failed", timeout=60)
+    daemon.wait_status("flaky", "completed", timeout=60)
+    waiting = client.get("callback")
+    assert waiting.status == "pending" and waiting.waiting == {
+        "reason": "after",
+        "parents": {"ok": "completed", "flaky": "completed", "broken": "failed",
+                    "gated": "running"},
+    }  # fmt: skip
+    (tmp_path / "open").write_text("")
+    callback = daemon.wait_status("callback", "completed", timeout=60)
+    assert callback.result == {
+        "ok": {"status": "completed", "result": {"n": 1}, "last_error": None},
+        "flaky": {"status": "completed", "result": {"succeeded_on_attempt": 2},
+                  "last_error": "RuntimeError: once (attempt 1)"},
+        "broken": {"status": "failed", "result": None,
+                   "last_error": "RuntimeError: never (attempt 2)"},
+        "gated": {"status": "completed", "result": None, "last_error": None},
+    }  # fmt: skip
+    assert daemon.wait_status("after-callback", "completed").after == ["callback"]
+    client.close()
+
+
+@pytest.mark.timeout(120)
+def test_on_postgresql_a_parent_on_one_daemon_releases_a_child_on_another(
+    pg_url: str, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Two daemons on one database, each with a handler the other lacks: the parent runs
+    on the first, its child on the second; a client's cancel of a pending parent and a
+    parent's failure cancel their dependents in the same transaction; a bad `after`
+    is refused by the client naming the id, nothing stored."""
+    env = {**FAST, "PROCPOOL_DATABASE_URL": pg_url}
+    first = make_daemon(2, env=env, home=tmp_path / "first", args=HANDLERS)
+    second = make_daemon(
+        2, env=env, home=tmp_path / "second", args=("--handlers", "dependency_child_handlers")
+    )
+    client = Client(first.home, database_url=pg_url)
+    try:
+        client.submit_many([
+            {"id": "child", "type": "collect", "after": ["parent"]},
+            {"id": "parent", "type": "mark", "payload": {"dir": str(tmp_path), "value": 7}},
+            {"id": "doomed", "type": "fail", "payload": {"message": "no"}, "max_attempts": 1},
+            {"id": "orphan", "type": "collect", "after": ["doomed"]},
+            {"id": "later", "type": "mark", "payload": {"dir": str(tmp_path)}, "delay": 3600},
+            {"id": "never", "type": "collect", "after": ["later"]},
+        ])  # fmt: skip
+        [child] = client.wait(["child"], timeout=60)
+        assert child.status == "completed"
+        assert child.result == {"parent": {"status": "completed", "result": 7, "last_error": None}}
+        assert first.events("job.started", job_id="parent")
+        assert second.events("job.started", job_id="child")
+        orphan = wait_until(
+            lambda: (j := client.get("orphan")).status == "canceled" and j, 60, what="orphan"
+        )
+        assert orphan.canceled_by == "doomed"
+        assert client.get("never").waiting == {"reason": "after", "parents": {"later": "pending"}}
+        client.cancel("later")
+        never = client.get("never")
+        assert (never.status, never.canceled_by) == ("canceled", "later")
+        with pytest.raises(InvalidJobFile, match="after names ghost, which is no job"):
+            client.submit("collect", id="haunted", after=["ghost"])
+        assert client.get("haunted") is None
+    finally:
+        client.close()

@@ -426,7 +426,9 @@ def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
         return
     with db.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO procpool_job_parents (job_id, parent_id) VALUES (%s, %s)", edges
+            "INSERT INTO procpool_job_parents (job_id, parent_id) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            edges,
         )
     db.execute(
         "UPDATE procpool_jobs SET held = true WHERE id = ANY(%s)",
@@ -434,12 +436,34 @@ def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
     )
 
 
+def dependents_of(
+    db: psycopg.Connection[Any], parent_ids: Sequence[str]
+) -> list[tuple[Job, dict[str, Status]]]:
+    """See JobStore.dependents."""
+    rows = db.execute(
+        "SELECT DISTINCT job_id FROM procpool_job_parents WHERE parent_id = ANY(%s)",
+        (list(parent_ids),),
+    ).fetchall()
+    return held_jobs(db, [row[0] for row in rows])
+
+
+def release_jobs(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
+    """See JobStore.release; idle daemons are woken to claim them."""
+    if job_ids:
+        db.execute("UPDATE procpool_jobs SET held = false WHERE id = ANY(%s)", (list(job_ids),))
+        db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+
 def held_jobs(
     db: psycopg.Connection[Any], job_ids: Sequence[str]
 ) -> list[tuple[Job, dict[str, Status]]]:
-    """Those of these jobs that are held, locked, each with its parents' statuses (the
-    parents locked FOR SHARE: a parent's end waits for this transaction, and this read
-    for a parent's end that began first). See PostgresJobStore.held."""
+    """Those of these jobs that are held, each with its parents' statuses (JobStore.held).
+
+    The held jobs are locked (in the order of their ids, as every writer locks them)
+    before their parents are read, and the parents FOR SHARE: two daemons that end two
+    parents of one job at once take turns, and the second sees what the first committed
+    (READ COMMITTED), so the last parent to end releases it; a parent's end waits for a
+    submission that reads it, and the submission for an end that began first."""
     if not job_ids:
         return []
     rows = db.execute(
@@ -754,26 +778,15 @@ class PostgresJobStore:
 
     def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
         """See JobStore.dependents."""
-        rows = self._rows(
-            "SELECT DISTINCT job_id FROM procpool_job_parents WHERE parent_id = ANY(%s)",
-            (list(parent_ids),),
-        )
-        return self.held(sorted(row[0] for row in rows))
+        return dependents_of(self._db, parent_ids)
 
     def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
-        """See JobStore.held. The held jobs are locked (in the order of their ids, as
-        every daemon locks them) before their parents are read: two daemons that end
-        two parents of one job at once take turns, and the second sees what the first
-        committed (READ COMMITTED), so that the last parent to end releases it."""
+        """See JobStore.held and `held_jobs`."""
         return held_jobs(self._db, job_ids)
 
     def release(self, job_ids: Sequence[str]) -> None:
-        """See JobStore.release; idle daemons are woken to claim them."""
-        if job_ids:
-            self._db.execute(
-                "UPDATE procpool_jobs SET held = false WHERE id = ANY(%s)", (list(job_ids),)
-            )
-            self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        """See JobStore.release and `release_jobs`."""
+        release_jobs(self._db, job_ids)
 
     def save(
         self,

@@ -27,10 +27,14 @@ from procpool.adapters.stores.postgres import (
     JOBS_CHANNEL,
     _row,
     connect,
+    dependents_of,
+    held_jobs,
+    hold,
     lift_pauses,
     lock_ids,
     lock_pauses,
     migrate,
+    release_jobs,
     served_types,
     write_pause,
 )
@@ -38,6 +42,8 @@ from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.application.supervisor.dependents import Dependents
+from procpool.domain.dependencies import problems
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause
@@ -45,6 +51,56 @@ from procpool.domain.spec import JobDefaults, JobSpec, TypeDefaults, check_expir
 
 STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
+
+
+def _check_after(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    """Every parent the jobs name exists or is one of them; none names itself; they
+    form no cycle. Raises InvalidJobFile (BatchJobRefused, of several) naming the id."""
+    parents = sorted({parent for job in jobs for parent in job.after})
+    if not parents:
+        return
+    rows = db.execute("SELECT id FROM procpool_jobs WHERE id = ANY(%s)", (parents,)).fetchall()
+    found = problems({job.id: job.after for job in jobs}, {row[0] for row in rows})
+    if not found:
+        return
+    message = f"job {found[0].job_id}: {found[0].message}"
+    if len(jobs) == 1:
+        raise InvalidJobFile(message)
+    number = next(n for n, job in enumerate(jobs, 1) if job.id == found[0].job_id)
+    raise BatchJobRefused(
+        f"job {number} of {len(jobs)}: {message}; none of the batch was stored", number, message
+    )
+
+
+class _Graph:
+    """The dependencies of a client's transaction: the jobs it submits or cancels
+    release or cancel the jobs that wait for them, as a daemon's turn would
+    (application/supervisor/dependents.py), in the same transaction."""
+
+    def __init__(self, db: psycopg.Connection[Any]) -> None:
+        self.db = db
+        self.settle = Dependents(self, self._cancel, lambda *args, **fields: None)
+
+    def dependents(self, parent_ids: Sequence[str]) -> builtins.list[tuple[Job, dict[str, Status]]]:
+        return dependents_of(self.db, parent_ids)
+
+    def held(self, job_ids: Sequence[str]) -> builtins.list[tuple[Job, dict[str, Status]]]:
+        return held_jobs(self.db, job_ids)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        release_jobs(self.db, job_ids)
+
+    def _cancel(self, new: Job, old: Job) -> bool:
+        """A held job canceled by its parent (`job.cancel_by_parent`), as a compare-and-set."""
+        assert new.status is Status.CANCELED and old.status is Status.PENDING
+        done = self.db.execute(
+            "UPDATE procpool_jobs SET status = 'canceled', updated_at = %s, finished_at = %s,"
+            " last_error = %s, canceled_by = %s WHERE id = %s AND status = 'pending'",
+            (new.updated_at, new.updated_at, new.last_error, new.canceled_by, new.id),
+        ).rowcount
+        if done:
+            self.settle.ended(new.id, new.updated_at)
+        return bool(done)
 
 
 class PostgresClientStore(SqlReads):
@@ -150,25 +206,38 @@ class PostgresClientStore(SqlReads):
                     message,
                 )
         with db.transaction():
+            _check_after(db, jobs)
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one
             # statement that moves them, so a daemon that ingests meanwhile waits for
             # that statement, not for the whole transfer (about a quarter of it).
-            db.execute("CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs) ON COMMIT DROP")
+            db.execute(
+                "CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs INCLUDING DEFAULTS)"
+                " ON COMMIT DROP"
+            )
             with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:
                 for job in jobs:
                     copy.write_row(_row(job))
             lock_ids(db, [job.id for job in jobs])
-            db.execute(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
-                " ON CONFLICT (id) DO NOTHING"
-            )
+            inserted = {
+                row[0]
+                for row in db.execute(
+                    f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
+                    " ON CONFLICT (id) DO NOTHING RETURNING id"
+                )
+            }
             differ = db.execute(
                 "SELECT s.id FROM procpool_staged s LEFT JOIN procpool_jobs j ON j.id = s.id"
                 " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
             ).fetchone()
             if differ is not None:
                 raise DuplicateId.of(differ[0])
+            waiting = [job for job in jobs if job.after and job.id in inserted]
+            if waiting:
+                hold(db, waiting)
+                graph = _Graph(db)
+                graph.settle.arrived(waiting)
+                graph.settle.settle()
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def cancel(self, job_id: str) -> Status | None:
@@ -194,6 +263,10 @@ class PostgresClientStore(SqlReads):
             if row is None:
                 return None
             status, owner = row
+            if status == "canceled":
+                graph = _Graph(db)
+                graph.settle.ended(job_id, now)
+                graph.settle.settle()
             if status == "running" and owner is not None:
                 db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
         return Status(status)

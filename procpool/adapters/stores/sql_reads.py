@@ -126,7 +126,7 @@ class SqlReads(ABC):
         return None if oldest is None else (now or time.time()) - oldest
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
-        return held_back(jobs, now, self._query, (self.LIMITS, self.JOBS, self.PAUSES))
+        return held_back(jobs, now, self._query, (self.LIMITS, self.JOBS, self.PAUSES), self.MARK)
 
     def pauses(self) -> builtins.list[Pause]:
         return stored_pauses(self._query, self.PAUSES)

@@ -14,19 +14,54 @@ beside them that could drift).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
-from procpool.application.ports import JobStore
+import msgspec
+
 from procpool.domain import job as jobs
 from procpool.domain.dependencies import Decision, verdict
 from procpool.domain.job import Job, Status
 
 Log = Callable[..., None]  # (level, event, message, **fields)
-Write = Callable[[Job, Job], bool]  # (new, old): the ledger's compare-and-set
+Write = Callable[[Job, Job], bool]  # (new, old): a compare-and-set, as the ledger's
+
+
+class _Jobs(Protocol):
+    def get(self, job_id: str) -> Job | None: ...
+
+
+def parents_of(store: _Jobs, job: Job) -> bytes:
+    """What the attempt of `job` is handed as ctx.parents, read now (in the claim's
+    transaction): {parent id: {"status", "result", "last_error"}} as JSON; a parent no
+    longer stored is left out."""
+    found: dict[str, Any] = {}
+    for parent_id in job.after:
+        parent = store.get(parent_id)
+        if parent is not None:
+            found[parent_id] = {
+                "status": str(parent.status),
+                "result": msgspec.Raw(parent.result or b"null"),
+                "last_error": parent.last_error,
+            }
+    return msgspec.json.encode(found)
+
+
+class Graph(Protocol):
+    """What `Dependents` reads and writes of a store (JobStore has it: see there)."""
+
+    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]: ...
+
+    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]: ...
+
+    def release(self, job_ids: Sequence[str]) -> None: ...
 
 
 class Dependents:
-    def __init__(self, store: JobStore, write: Write, log: Log) -> None:
+    """`write` must call `ended` for each job it makes terminal (the cancels made here
+    included: that is how `settle` goes down the graph)."""
+
+    def __init__(self, store: Graph, write: Write, log: Log) -> None:
         self.store = store
         self._write = write
         self._log = log
@@ -36,10 +71,10 @@ class Dependents:
         self._now = 0.0  # when the latest of them happened (seconds since the epoch)
         self.canceled = 0  # jobs canceled by a parent since the start
 
-    def ended(self, job: Job) -> None:
-        """`job` became terminal (not yet settled: see `settle`)."""
-        self._ended.append(job.id)
-        self._now = max(self._now, job.updated_at)
+    def ended(self, job_id: str, now: float) -> None:
+        """The job became terminal at `now` (not yet settled: see `settle`)."""
+        self._ended.append(job_id)
+        self._now = max(self._now, now)
 
     def arrived(self, new_jobs: Iterable[Job]) -> None:
         """These jobs were inserted (held, if they have `after`)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from procpool.application.ports import JobStore
+from procpool.application.supervisor.dependents import parents_of
 from procpool.application.supervisor.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.supervisor.effects import Effects
 from procpool.application.supervisor.fleet import Fleet
@@ -73,7 +74,8 @@ class Dispatcher:
                 running = self._ledger.start(
                     job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
                 )
-                self._effects.apply([fleet.hand_out(worker, running, now)], wall)
+                parents = parents_of(self._store, job) if job.after else None
+                self._effects.apply([fleet.hand_out(worker, running, now, parents)], wall)
                 handed += 1
         # A job taken back goes to the worker it was taken back for at the next turn.
         self.jobs_waiting = handed < len(due) or bool(decided.take_back)

@@ -86,7 +86,7 @@ class Ledger:
             self.counts[(new.type, new.status)] += 1
             if new.status.is_terminal:
                 self._finished.append(new.id)
-                self.dependents.ended(new)
+                self.dependents.ended(new.id, new.updated_at)
                 if self._held is None:
                     self.dependents.settle()
         return True

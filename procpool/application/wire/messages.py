@@ -41,6 +41,9 @@ class RunJob(_OfRun):
     attempt: int
     type: str
     payload: bytes
+    # A job with `after`: {parent id: {"status", "result", "last_error"}} as JSON, read
+    # when the attempt was handed out (ctx.parents); None: it waits for no job.
+    parents: bytes | None = None
 
 
 class Skip(_OfRun):

@@ -404,7 +404,10 @@ def _execute(
             permanent=True,
         )
     context = JobContext(
-        run.job_id, run.attempt, lambda fraction, text: reporter.progress(run, fraction, text)
+        run.job_id,
+        run.attempt,
+        lambda fraction, text: reporter.progress(run, fraction, text),
+        None if run.parents is None else msgspec.json.decode(run.parents),
     )
     try:
         value = function(context, msgspec.json.decode(run.payload))
