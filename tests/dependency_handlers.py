@@ -3,7 +3,8 @@
 `mark` appends "JOB PID" to DIR/runs (O_APPEND: whole lines from several processes),
 so that a test counts how many times each job ran, then returns its payload's
 `value`; with "gate": NAME it first waits until DIR/NAME exists. `parents` returns
-what the attempt was handed as ctx.parents (an empty object if nothing).
+what the attempt was handed as ctx.parents (an empty object if nothing). `flip` fails
+until DIR/ok exists.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def mark(ctx: JobContext, payload: dict[str, Any]) -> Any:
     finally:
         os.close(fd)
     return payload.get("value")
+
+
+@handler("flip")
+def flip(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    """Fails until DIR/ok exists."""
+    if not (Path(payload["dir"]) / "ok").exists():
+        raise RuntimeError("not yet")
+    return "flipped"
 
 
 @handler("parents")

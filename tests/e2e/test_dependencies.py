@@ -230,3 +230,82 @@ def test_on_postgresql_a_parent_on_one_daemon_releases_a_child_on_another(
         assert client.get("haunted") is None
     finally:
         client.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_commands_submit_list_retry_a_chain_and_retention_keeps_parents(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    """`submit --after`, `list --after`, `status --json`, `retry --cascade` (the canceled
+    chain re-created on the new ids, the old jobs unchanged), and `prune`, which keeps a
+    finished parent while a job waits for it."""
+    daemon = make_daemon(2, env=FAST, args=HANDLERS)
+    work = json.dumps({"dir": str(tmp_path)})
+
+    def cli(*args: str) -> str:
+        done = daemon.cli(*args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cli("submit", "flip", work, "--id", "root", "--max-attempts", "1")
+    cli("submit", "echo", "--id", "kid", "--after", "root")
+    cli("submit", "echo", "--id", "grandkid", "--after", "kid")
+    cli("submit", "echo", "--id", "runner", "--after", "root", "--after-failure", "run")
+    daemon.wait_status("grandkid", "canceled")
+    daemon.wait_status("runner", "completed")
+    listed = [json.loads(line) for line in cli("list", "--after", "root", "--json").splitlines()]
+    assert sorted(job["id"] for job in listed) == ["kid", "runner"]
+    kid = json.loads(cli("status", "kid", "--json"))
+    assert (kid["status"], kid["canceled_by"], kid["after"], kid["after_failure"]) == (
+        "canceled", "root", ["root"], "cancel",
+    )  # fmt: skip
+    (tmp_path / "ok").write_text("")
+    printed = cli("retry", "root", "--cascade").splitlines()
+    assert printed == ["root root.retry-1", "kid kid.retry-1", "grandkid grandkid.retry-1"]
+    for new in ("root.retry-1", "kid.retry-1", "grandkid.retry-1"):
+        assert daemon.wait_status(new, "completed").retry_of == new.removesuffix(".retry-1")
+    assert daemon.job("grandkid.retry-1").after == ["kid.retry-1"]
+    assert [daemon.job(old).status for old in ("root", "kid", "grandkid")] == [
+        "failed", "canceled", "canceled",
+    ]  # fmt: skip
+    # A job waits for a finished parent and a running one: prune keeps the finished one.
+    gated = json.dumps({"dir": str(tmp_path), "gate": "release"})
+    cli("submit", "mark", gated, "--id", "blocker")
+    cli("submit", "echo", "--id", "keeper", "--after", "kid.retry-1", "--after", "blocker")
+    assert "after kid.retry-1 (completed), blocker (" in cli("status", "keeper")
+    cli("prune", "--older-than", "0", "--timeout", "60")
+    assert daemon.job("runner") is None and daemon.job("root") is None
+    assert daemon.job("kid.retry-1").status == "completed"
+    (tmp_path / "release").write_text("")
+    daemon.wait_status("keeper", "completed")
+    cli("prune", "--older-than", "0", "--timeout", "60")
+    assert daemon.job("kid.retry-1") is None
+
+
+@pytest.mark.timeout(120)
+def test_a_fan_out_and_fan_in_of_a_thousand_jobs_merges_once(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """split -> 1,000 chunks -> four merges of 250 (a job names at most 256 parents) ->
+    one final merge, all in one .jsonl written children first: every job runs once,
+    each merge after all of its parents, the final merge once."""
+    daemon = make_daemon(2, args=HANDLERS)
+    chunks = [f"chunk-{n}" for n in range(1000)]
+    merges = [f"merge-{part}" for part in range(4)]
+    mark = {"dir": str(tmp_path)}
+    jobs = [
+        {"id": "final", "type": "mark", "payload": mark, "after": merges},
+        *({"id": merge, "type": "mark", "payload": mark,
+           "after": chunks[part * 250 : (part + 1) * 250]} for part, merge in enumerate(merges)),
+        *({"id": chunk, "type": "mark", "payload": mark, "after": ["split"]}
+          for chunk in chunks),
+        {"id": "split", "type": "mark", "payload": mark},
+    ]  # fmt: skip
+    daemon.drop("pipeline.jsonl", lines(jobs))
+    daemon.wait_status("final", "completed", timeout=90)
+    assert runs(tmp_path) == Counter({job["id"]: 1 for job in jobs})
+    order = [line.split()[0] for line in (tmp_path / "runs").read_text().splitlines()]
+    assert order[0] == "split" and order[-1] == "final"
+    position = {job_id: n for n, job_id in enumerate(order)}
+    for part, merge in enumerate(merges):
+        assert max(position[c] for c in chunks[part * 250 : (part + 1) * 250]) < position[merge]

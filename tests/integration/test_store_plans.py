@@ -142,6 +142,8 @@ def exercise_reader(reader: StoreReader) -> None:
     last = (newest[-1].created_at, newest[-1].id)
     reader.list(JobQuery([Status.PENDING], "limited", 10, last))
     reader.list(JobQuery(limit=10, before=last))
+    reader.list(JobQuery(after="j000001"))
+    reader.list(JobQuery([Status.PENDING], after="j000001"))
     reader.counts()
     reader.count_finished_before(NOW + 3)
     reader.retry_links()

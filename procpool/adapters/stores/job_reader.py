@@ -33,12 +33,14 @@ from procpool.domain.spec import JobDefaults, JobSpec
 class JobQuery:
     """Which jobs `JobReader.list` reads: of any of `statuses` (none: every status),
     of `job_type` (None: every type), at most `limit`, and with `before` = (created_at,
-    id) of a job, only those after it newest first (the HTTP API's page cursor)."""
+    id) of a job, only those after it newest first (the HTTP API's page cursor); with
+    `after` a job's id, only the jobs that wait for it (their `after` names it)."""
 
     statuses: Sequence[Status] = ()
     job_type: str | None = None
     limit: int = 100
     before: tuple[float, str] | None = None
+    after: str | None = None
 
 
 EVERY_JOB = JobQuery()

@@ -111,6 +111,7 @@ class PostgresClientStore(SqlReads):
 
     JOBS = "procpool_jobs"
     MARK = "%s"
+    PARENTS = "procpool_job_parents"
     LIMITS = "procpool_limits"
     PAUSES = "procpool_pauses"
 

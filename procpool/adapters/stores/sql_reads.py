@@ -48,11 +48,13 @@ def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]
 
 
 class SqlReads(ABC):
-    """The shared reads of a SQL store. `JOBS`: the jobs table; `LIMITS`: the limits
+    """The shared reads of a SQL store. `JOBS`: the jobs table; `PARENTS`: the table of
+    dependencies; `LIMITS`: the limits
     the daemon published; `PAUSES`: the paused types; `MARK`: the parameter mark of the
     driver. A read of a store that is not there yet returns no rows."""
 
     JOBS: str
+    PARENTS: str  # the edges of dependencies: (job_id, parent_id)
     LIMITS: str
     PAUSES: str
     MARK: str
@@ -85,6 +87,12 @@ class SqlReads(ABC):
             self._before(query.before) if query.before is not None else None,
             self._any_of("status", [str(s) for s in statuses]) if statuses else None,
             (f"type = {self.MARK}", [job_type]) if job_type is not None else None,
+            (
+                f"id IN (SELECT job_id FROM {self.PARENTS} WHERE parent_id = {self.MARK})",
+                [query.after],
+            )
+            if query.after is not None
+            else None,
         ]
         where = [condition for condition in conditions if condition is not None]
         clause = f"WHERE {' AND '.join(sql for sql, _ in where)}" if where else ""
@@ -107,8 +115,11 @@ class SqlReads(ABC):
     def count_finished_before(self, cutoff: float) -> int:
         """Terminal jobs last changed before `cutoff`: what retention would delete."""
         rows = self._query(
-            f"SELECT count(*) FROM {self.JOBS} WHERE status IN ('completed', 'failed',"
-            f" 'canceled') AND updated_at < {self.MARK}",
+            f"SELECT count(*) FROM {self.JOBS} AS j WHERE status IN ('completed', 'failed',"
+            f" 'canceled') AND updated_at < {self.MARK}"
+            # Retention keeps a parent while a job that waits for it lives.
+            f" AND NOT EXISTS (SELECT 1 FROM {self.PARENTS} AS d JOIN {self.JOBS} AS c"
+            " ON c.id = d.job_id WHERE d.parent_id = j.id AND c.status IN ('pending', 'running'))",
             (cutoff,),
         )
         return int(rows[0][0]) if rows else 0

@@ -37,6 +37,7 @@ from procpool.domain.job import Job, Run, Status
 class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
+    PARENTS = "job_parents"
     LIMITS = "limits"
     PAUSES = "pauses"
 
@@ -91,6 +92,12 @@ class StoreReader(SqlReads):
         db = self._connection()
         if db is None:
             return []
+        if query.after is not None:
+            # A job's dependents are found through the edges' index and then filtered: by
+            # status, SQLite would walk the status index instead.
+            every = super().list(replace(query, statuses=(), limit=2**62))
+            wanted = set(query.statuses) or set(Status)
+            return [job for job in every if job.status in wanted][: query.limit]
         found: builtins.list[Job] = []
         db.execute("BEGIN")
         try:
