@@ -117,15 +117,21 @@ class JobStore(Protocol):
         """Add new jobs; their ids must not exist yet."""
         ...
 
-    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
-        """The jobs still held back by their parents (`after`; pending, not released)
-        that wait for any of these, each with the status of every parent of its own
-        that exists. One indexed look per parent: it runs when a job ends."""
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs whose `after` names `parent_id`, those after the
+        id `after` in id order ("": from the first), through the edges' index: what
+        `held` is asked next when the parent ends."""
+        ...
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs still held back by their parents, after the id
+        `after` in id order ("": from the first): a start's sweep."""
         ...
 
     def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
-        """Those of these jobs still held back by their parents, as `dependents` gives
-        them. A job with `after` is inserted held."""
+        """Those of these jobs still held back by their parents (pending, not released),
+        each with the status of every parent of its own that exists. A job with `after`
+        is inserted held."""
         ...
 
     def release(self, job_ids: Sequence[str]) -> None:

@@ -87,7 +87,10 @@ def exercise_store(store: SqliteJobStore) -> None:
             [a_job(n, after=(f"j{n - 300:06d}", f"j{n - 299:06d}")) for n in range(300, 340)]
         )
     with store.transaction():
-        store.dependents(["j000001", "j000002"])
+        store.dependents("j000001", "", 10)
+        store.dependents("j000001", "j000300", 10)
+        store.held_ids("", 10)
+        store.held_ids("j000310", 10)
         store.held(["j000301", "j000302"])
         store.release(["j000303"])
         store.get("j000001")

@@ -60,10 +60,12 @@ class MemoryJobStore:
             if job.after:
                 self._held.add(job.id)
 
-    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
-        parents = set(parent_ids)
-        held = [self._jobs[i] for i in self._held if i in self._jobs]
-        return self.held(sorted(j.id for j in held if parents.intersection(j.after)))
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        found = sorted(j.id for j in self._jobs.values() if parent_id in j.after and j.id > after)
+        return found[:limit]
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        return sorted(i for i in self._held if i > after and i in self._jobs)[:limit]
 
     def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
         found = []

@@ -232,6 +232,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, parent_id)
     );
     CREATE INDEX procpool_job_parents_parent ON procpool_job_parents (parent_id, job_id);
+    CREATE INDEX procpool_jobs_held ON procpool_jobs (id) WHERE status = 'pending' AND held;
     DROP INDEX procpool_jobs_pending;
     CREATE INDEX procpool_jobs_pending ON procpool_jobs (priority DESC, run_at)
         WHERE status = 'pending' AND NOT held;
@@ -267,7 +268,10 @@ BUSY_POLL = 0.05
 BUSY_NOTICE = 1.0
 BUSY_SPARE = 1.0
 T = TypeVar("T")
-_MARKS = ",".join(["%s"] * len(COLUMNS.split(",")))
+# An insert writes `held` too (JOB_COLUMNS, `inserted_row`): a job inserted free and
+# held by an UPDATE after would leave a dead entry in the claim's index until vacuum.
+JOB_COLUMNS = f"{COLUMNS}, held"
+_MARKS = ",".join(["%s"] * len(JOB_COLUMNS.split(",")))
 # A change of progress alone (a handler's ctx.progress) is written at most this often
 # per job, in seconds: 4 jobs reporting 20 times a second made 2,000 dead rows a minute.
 PROGRESS_WRITE_EVERY = 1.0
@@ -420,7 +424,7 @@ def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
 
 
 def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
-    """Just inserted: the jobs with `after` are held, their edges stored."""
+    """Just inserted (held: `inserted_row`): the edges of the jobs with `after`."""
     edges = [(job.id, parent) for job in jobs for parent in job.after]
     if not edges:
         return
@@ -430,21 +434,26 @@ def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
             " ON CONFLICT DO NOTHING",
             edges,
         )
-    db.execute(
-        "UPDATE procpool_jobs SET held = true WHERE id = ANY(%s)",
-        ([job.id for job in jobs if job.after],),
-    )
 
 
-def dependents_of(
-    db: psycopg.Connection[Any], parent_ids: Sequence[str]
-) -> list[tuple[Job, dict[str, Status]]]:
+def dependents_of(db: psycopg.Connection[Any], parent_id: str, after: str, limit: int) -> list[str]:
     """See JobStore.dependents."""
     rows = db.execute(
-        "SELECT DISTINCT job_id FROM procpool_job_parents WHERE parent_id = ANY(%s)",
-        (list(parent_ids),),
+        "SELECT job_id FROM procpool_job_parents WHERE parent_id = %s AND job_id > %s"
+        " ORDER BY job_id LIMIT %s",
+        (parent_id, after, limit),
     ).fetchall()
-    return held_jobs(db, [row[0] for row in rows])
+    return [row[0] for row in rows]
+
+
+def held_ids(db: psycopg.Connection[Any], after: str, limit: int) -> list[str]:
+    """See JobStore.held_ids."""
+    rows = db.execute(
+        "SELECT id FROM procpool_jobs WHERE status = 'pending' AND held AND id > %s"
+        " ORDER BY id LIMIT %s",
+        (after, limit),
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def release_jobs(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
@@ -553,6 +562,11 @@ def _value(job: Job, name: str) -> object:
 
 def _row(job: Job) -> tuple[object, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
+
+
+def inserted_row(job: Job) -> tuple[object, ...]:
+    """The row an insert writes, in JOB_COLUMNS' order: a job with `after` held."""
+    return (*_row(job), bool(job.after))
 
 
 def open_store(
@@ -768,17 +782,21 @@ class PostgresJobStore:
             return
         with self._db.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})",
-                [_row(job) for job in jobs],
+                f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) VALUES ({_MARKS})",
+                [inserted_row(job) for job in jobs],
             )
         hold(self._db, jobs)
         # One notification per transaction, not per job: each NOTIFY commit takes a
         # cluster-wide lock. Idle daemons wake up; busy ones will look anyway.
         self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
-    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
         """See JobStore.dependents."""
-        return dependents_of(self._db, parent_ids)
+        return dependents_of(self._db, parent_id, after, limit)
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """See JobStore.held_ids."""
+        return held_ids(self._db, after, limit)
 
     def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
         """See JobStore.held and `held_jobs`."""

@@ -24,12 +24,14 @@ import psycopg
 
 from procpool.adapters.stores.postgres import (
     CANCEL_CHANNEL,
+    JOB_COLUMNS,
     JOBS_CHANNEL,
-    _row,
     connect,
     dependents_of,
+    held_ids,
     held_jobs,
     hold,
+    inserted_row,
     lift_pauses,
     lock_ids,
     lock_pauses,
@@ -81,8 +83,16 @@ class _Graph:
         self.db = db
         self.settle = Dependents(self, self._cancel, lambda *args, **fields: None)
 
-    def dependents(self, parent_ids: Sequence[str]) -> builtins.list[tuple[Job, dict[str, Status]]]:
-        return dependents_of(self.db, parent_ids)
+    def dependents(self, parent_id: str, after: str, limit: int) -> builtins.list[str]:
+        return dependents_of(self.db, parent_id, after, limit)
+
+    def held_ids(self, after: str, limit: int) -> builtins.list[str]:
+        return held_ids(self.db, after, limit)
+
+    def settle_all(self) -> None:
+        """Settle what the transaction changed, to its end (no turn to go on later)."""
+        while self.settle.backlog:
+            self.settle.settle()
 
     def held(self, job_ids: Sequence[str]) -> builtins.list[tuple[Job, dict[str, Status]]]:
         return held_jobs(self.db, job_ids)
@@ -216,14 +226,15 @@ class PostgresClientStore(SqlReads):
                 "CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs INCLUDING DEFAULTS)"
                 " ON COMMIT DROP"
             )
-            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:
+            with db.cursor().copy(f"COPY procpool_staged ({JOB_COLUMNS}) FROM STDIN") as copy:
                 for job in jobs:
-                    copy.write_row(_row(job))
+                    copy.write_row(inserted_row(job))
             lock_ids(db, [job.id for job in jobs])
             inserted = {
                 row[0]
                 for row in db.execute(
-                    f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
+                    f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) SELECT {JOB_COLUMNS}"
+                    " FROM procpool_staged"
                     " ON CONFLICT (id) DO NOTHING RETURNING id"
                 )
             }
@@ -238,7 +249,7 @@ class PostgresClientStore(SqlReads):
                 hold(db, waiting)
                 graph = _Graph(db)
                 graph.settle.arrived(waiting)
-                graph.settle.settle()
+                graph.settle_all()
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
 
     def cancel(self, job_id: str) -> Status | None:
@@ -267,7 +278,7 @@ class PostgresClientStore(SqlReads):
             if status == "canceled":
                 graph = _Graph(db)
                 graph.settle.ended(job_id, now)
-                graph.settle.settle()
+                graph.settle_all()
             if status == "running" and owner is not None:
                 db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
         return Status(status)

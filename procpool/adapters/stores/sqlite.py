@@ -198,6 +198,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, parent_id)
     ) WITHOUT ROWID;
     CREATE INDEX job_parents_parent ON job_parents (parent_id, job_id);
+    CREATE INDEX jobs_held ON jobs (id) WHERE status = 'pending' AND ready = 2;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -517,37 +518,48 @@ class SqliteJobStore:
         if edges:
             self._db.executemany("INSERT INTO job_parents (job_id, parent_id) VALUES (?, ?)", edges)
 
-    def dependents(self, parent_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
         """See JobStore.dependents."""
-        children: set[str] = set()
-        for start in range(0, len(parent_ids), 500):
-            chunk = parent_ids[start : start + 500]
-            children.update(
-                row[0]
-                for row in self._db.execute(
-                    "SELECT job_id FROM job_parents INDEXED BY job_parents_parent"
-                    f" WHERE parent_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-            )
-        return self.held(sorted(children))
+        rows = self._db.execute(
+            "SELECT job_id FROM job_parents INDEXED BY job_parents_parent"
+            " WHERE parent_id = ? AND job_id > ? ORDER BY job_id LIMIT ?",
+            (parent_id, after, limit),
+        )
+        return [row[0] for row in rows]
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """See JobStore.held_ids."""
+        rows = self._db.execute(
+            # ready = 2 (HELD) written out: the partial index is known to serve it.
+            "SELECT id FROM jobs INDEXED BY jobs_held WHERE status = 'pending' AND ready = 2"
+            " AND id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        return [row[0] for row in rows]
 
     def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
-        """See JobStore.held."""
+        """See JobStore.held: 500 jobs, and their parents, per pair of statements."""
         found: list[tuple[Job, dict[str, Status]]] = []
-        for job_id in job_ids:
-            row = self._db.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE id = ? AND status = 'pending' AND ready = ?",
-                (job_id, HELD),
-            ).fetchone()
-            if row is None:
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks}) AND status = 'pending'"
+                " AND ready = ?",
+                (*chunk, HELD),
+            ).fetchall()
+            if not rows:
                 continue
-            parents = self._db.execute(
-                "SELECT p.id, p.status FROM job_parents AS d JOIN jobs AS p ON p.id = d.parent_id"
-                " WHERE d.job_id = ?",
-                (job_id,),
-            )
-            found.append((_job(row), {parent: Status(status) for parent, status in parents}))
+            held = [_job(row) for row in rows]
+            parents: dict[str, dict[str, Status]] = {job.id: {} for job in held}
+            for job_id, parent, status in self._db.execute(
+                "SELECT d.job_id, p.id, p.status FROM job_parents AS d"
+                f" JOIN jobs AS p ON p.id = d.parent_id WHERE d.job_id IN ({marks})",
+                chunk,
+            ):
+                if job_id in parents:
+                    parents[job_id][parent] = Status(status)
+            found.extend((job, parents[job.id]) for job in held)
         return found
 
     def release(self, job_ids: Sequence[str]) -> None:

@@ -41,13 +41,18 @@ class Dispatcher:
 
     def dispatch(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
         """Cancel the pending jobs past their expires_at, before the claim could start
-        them (CONTRACT 13), then hand out due jobs and take back queued ones, unless
+        them (CONTRACT 13), settle the dependents earlier turns left (CONTRACT 15),
+        then hand out due jobs and take back queued ones, unless
         `closed` (stopping or fenced). `deaf`: the workers that have not read what was
         sent to them. The loop wakes up for the next expiry as for the next due job."""
         expiry = self._ledger.expire_due(wall)
+        dependents = self._ledger.dependents
+        dependents.settle(wall)  # what earlier turns left of a large fan-out
         self._hand_out(now, wall, deaf, closed)
         if expiry is not None:
             self.next_due = expiry if self.next_due is None else min(expiry, self.next_due)
+        if dependents.backlog:
+            self.next_due = wall
 
     def _hand_out(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
         fleet = self._fleet

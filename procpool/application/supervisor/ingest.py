@@ -259,7 +259,10 @@ def _judge(
             outcome.fail(candidate.line, str(DuplicateId.of(job.id)))
             outcome.duplicate = outcome.duplicate or job.id
     if any(candidate.job.after for candidate in fresh):
-        _check_after(outcome, fresh, existing.union(seen, stored, duplicates))
+        bad = _check_after(outcome, fresh, existing.union(seen, stored, duplicates))
+        fresh = [candidate for candidate in fresh if candidate.job.id not in bad]
+        for job_id in bad:
+            del mine[job_id]
     if (outcome.file.whole or outcome.bad_after) and (outcome.lines or outcome.error is not None):
         return
     seen.update(mine)
@@ -270,16 +273,26 @@ def _judge(
     result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
 
 
-def _check_after(outcome: _FileOutcome, fresh: list[_Candidate], known: set[str]) -> None:
-    """Mark the file's jobs whose `after` names no job, the job itself, or a cycle."""
+def _check_after(outcome: _FileOutcome, fresh: list[_Candidate], known: set[str]) -> set[str]:
+    """Mark the file's jobs whose `after` names no job, the job itself, or a cycle: the
+    file stores none of its jobs. A file read in parts (larger than a scan) has stored
+    its earlier parts already: there only those lines are bad, as any bad line, and a
+    job stored with a parent that never came is canceled as by a canceled one."""
     lines = {candidate.job.id: candidate.line for candidate in fresh}
     graph = {candidate.job.id: candidate.job.after for candidate in fresh}
+    part = outcome.file.part
+    in_parts = part is not None and not (part.start == 0 and part.complete)
+    bad = set()
     for problem in problems(graph, known):
         line, message = lines[problem.job_id], f"job {problem.job_id}: {problem.message}"
         outcome.fail(line, message)
+        bad.add(problem.job_id)
+        if in_parts:
+            continue
         outcome.bad_after = True
         if line is not None and outcome.first_bad_after is None:
             outcome.first_bad_after = LineError(line, message)
+    return bad
 
 
 def _conclude(

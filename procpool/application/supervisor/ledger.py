@@ -51,6 +51,7 @@ class Ledger:
 
     def load(self) -> None:
         self.counts.update(self.store.counts())
+        self.dependents.sweep()
 
     def _save(self, new: Job, old: Job) -> Job:
         self._write(new, old)
