@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, wait_until
+from http_helpers import Server
 
 from procpool import Client, InvalidJobFile
 
@@ -309,3 +310,35 @@ def test_a_fan_out_and_fan_in_of_a_thousand_jobs_merges_once(
     position = {job_id: n for n, job_id in enumerate(order)}
     for part, merge in enumerate(merges):
         assert max(position[c] for c in chunks[part * 250 : (part + 1) * 250]) < position[merge]
+
+
+@pytest.mark.timeout(90)
+def test_the_http_api_takes_after_and_refuses_a_bad_one_naming_it(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    make_daemon(2, env=FAST, args=HANDLERS)
+    server = Server(home, "--bind", "127.0.0.1:0")
+    try:
+        gated = {"dir": str(tmp_path), "gate": "go"}
+        created = server.post("/jobs/batch", [
+            {"id": "h-child", "type": "echo", "after": ["h-parent"]},
+            {"id": "h-parent", "type": "mark", "payload": gated},
+        ])  # fmt: skip
+        assert created.status_code == 201, created.text
+        one = server.post("/jobs", {"id": "h-one", "type": "echo", "after": ["h-child"]})
+        assert one.status_code == 201, one.text
+        waiting = server.get("/jobs/h-one").json()
+        assert (waiting["after"], waiting["after_failure"]) == (["h-child"], "cancel")
+        assert waiting["waiting"] == {"reason": "after", "parents": {"h-child": "pending"}}
+        bad = server.post("/jobs", {"id": "h-bad", "type": "echo", "after": ["ghost"]})
+        assert bad.status_code == 422 and "after names ghost, which is no job" in bad.text
+        cycle = server.post("/jobs/batch", [
+            {"id": "h-x", "type": "echo", "after": ["h-y"]},
+            {"id": "h-y", "type": "echo", "after": ["h-x"]},
+        ])  # fmt: skip
+        assert cycle.status_code == 422 and "after makes a cycle" in cycle.text
+        assert server.get("/jobs/h-x").status_code == 404
+        (tmp_path / "go").write_text("")
+        assert server.get("/jobs/h-one/wait").json()["status"] == "completed"
+    finally:
+        server.kill()

@@ -543,9 +543,10 @@ class SqliteJobStore:
         for start in range(0, len(job_ids), 500):
             chunk = list(job_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
+            # `+`: by id, not through the status index (every pending job).
             rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks}) AND status = 'pending'"
-                " AND ready = ?",
+                f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks}) AND +status = 'pending'"
+                " AND +ready = ?",
                 (*chunk, HELD),
             ).fetchall()
             if not rows:

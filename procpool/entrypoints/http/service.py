@@ -520,6 +520,8 @@ class _SubmitArguments(TypedDict):
     priority: int | None
     delay: float | None
     run_at: str | None
+    after: list[str] | None
+    after_failure: str | None
 
 
 def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
@@ -533,4 +535,6 @@ def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
         "priority": job_spec.priority,
         "delay": job_spec.delay,
         "run_at": job_spec.run_at,
+        "after": job_spec.after,
+        "after_failure": job_spec.after_failure,
     }
