@@ -108,6 +108,12 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
     )
     family("procpool_jobs_expired_total", "counter", "Pending jobs canceled at expires_at.")
     out.append(f"procpool_jobs_expired_total {snapshot.expired}")
+    family(
+        "procpool_jobs_canceled_by_parent_total",
+        "counter",
+        "Pending jobs canceled because a job of their after failed or was canceled.",
+    )
+    out.append(f"procpool_jobs_canceled_by_parent_total {snapshot.canceled_by_parent}")
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
     out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
     return "\n".join(out) + "\n"

@@ -39,7 +39,7 @@ def test_a_failed_parent_cancels_its_dependents_down_the_graph(
 ) -> None:
     """A diamond a -> (b, c) -> d, then e after d: b fails after its retries, so d is
     canceled by b and e by d, in the turn that fails b; c completes untouched."""
-    daemon = make_daemon(2, env=FAST)
+    daemon = make_daemon(2, env={**FAST, "PROCPOOL_METRICS_INTERVAL": "0.5"})
     daemon.drop(
         "diamond.jsonl",
         lines([
@@ -66,6 +66,16 @@ def test_a_failed_parent_cancels_its_dependents_down_the_graph(
     assert started.index("c") > started.index("a") and started.index("b") > started.index("a")
     canceled = {e["job_id"]: e for e in daemon.events("job.canceled")}
     assert canceled["d"]["canceled_by"] == "b" and canceled["e"]["canceled_by"] == "d"
+    stats = json.loads(daemon.cli("stats", "--json").stdout)
+    assert (stats["waiting_for_parents"], stats["canceled_by_parent"]) == (0, 2)
+    metrics = daemon.home / "metrics.prom"
+    wait_until(
+        lambda: (
+            metrics.exists() and "procpool_jobs_canceled_by_parent_total 2" in metrics.read_text()
+        ),
+        30,
+        what="the canceled dependents in metrics.prom",
+    )
     # A failed job's dependents end in the same transaction as the failure: the store
     # never shows b failed while d still waits (both change in b's last turn).
     assert d.updated_at == b.updated_at
@@ -274,6 +284,7 @@ def test_the_commands_submit_list_retry_a_chain_and_retention_keeps_parents(
     cli("submit", "mark", gated, "--id", "blocker")
     cli("submit", "echo", "--id", "keeper", "--after", "kid.retry-1", "--after", "blocker")
     assert "after kid.retry-1 (completed), blocker (" in cli("status", "keeper")
+    assert json.loads(cli("stats", "--json"))["waiting_for_parents"] == 1
     cli("prune", "--older-than", "0", "--timeout", "60")
     assert daemon.job("runner") is None and daemon.job("root") is None
     assert daemon.job("kid.retry-1").status == "completed"

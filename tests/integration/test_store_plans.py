@@ -159,6 +159,7 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.pauses()
     reader.pause_figures(NOW + 1)
     reader.expired_count()
+    reader.dependency_counts()
     reader.waiting(reader.list(JobQuery([Status.PENDING], limit=20)), NOW + 1)
 
 

@@ -113,6 +113,11 @@ class JobReader(Protocol):
         """Jobs in the store canceled because they expired (`last_error` "expired")."""
         ...
 
+    def dependency_counts(self) -> tuple[int, int]:
+        """(pending jobs their parents hold back, jobs in the store canceled because a
+        parent failed or was canceled)."""
+        ...
+
     def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
         """Each pause in force at `now`, with its type's due pending jobs."""
         ...

@@ -122,6 +122,7 @@ class PostgresClientStore(SqlReads):
     JOBS = "procpool_jobs"
     MARK = "%s"
     PARENTS = "procpool_job_parents"
+    HELD = "status = 'pending' AND held"
     LIMITS = "procpool_limits"
     PAUSES = "procpool_pauses"
 

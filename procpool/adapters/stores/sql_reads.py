@@ -55,6 +55,7 @@ class SqlReads(ABC):
 
     JOBS: str
     PARENTS: str  # the edges of dependencies: (job_id, parent_id)
+    HELD: str  # the condition of a job its parents hold back, as its partial index has it
     LIMITS: str
     PAUSES: str
     MARK: str
@@ -155,6 +156,14 @@ class SqlReads(ABC):
             f"SELECT count(*) FROM {self.JOBS} WHERE status = 'canceled' AND last_error = 'expired'"
         )
         return int(rows[0][0]) if rows else 0
+
+    def dependency_counts(self) -> tuple[int, int]:
+        held = self._query(f"SELECT count(*) FROM {self.JOBS} WHERE {self.HELD}")
+        canceled = self._query(
+            f"SELECT count(*) FROM {self.JOBS} WHERE status = 'canceled'"
+            " AND canceled_by IS NOT NULL"
+        )
+        return (int(held[0][0]) if held else 0, int(canceled[0][0]) if canceled else 0)
 
     def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
         limits = published_limits(self._query, self.LIMITS)

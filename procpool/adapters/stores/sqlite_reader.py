@@ -38,6 +38,7 @@ class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
     PARENTS = "job_parents"
+    HELD = "status = 'pending' AND ready = 2"
     LIMITS = "limits"
     PAUSES = "pauses"
 

@@ -140,6 +140,8 @@ class Stats(msgspec.Struct):
     # The types with a key limit, or with a keyed job running.
     key_limits: list[KeyLimitStats] = msgspec.field(default_factory=list)
     expired: int = 0  # jobs in the store canceled as "expired" (retention deletes them)
+    waiting_for_parents: int = 0  # pending jobs their parents hold back (`after`)
+    canceled_by_parent: int = 0  # jobs in the store canceled because a parent failed
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -222,6 +224,7 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
     jobs = {status.value: sum(t[status.value] for t in types.values()) for status in Status}
     runs = reader.recent_runs(now - WINDOWS[-1][1])
     running = daemon_pid is not None
+    dependencies = reader.dependency_counts()
     return Stats(
         at=rfc3339(now),
         daemon=DaemonStats(running=running, pid=daemon_pid if running else None),
@@ -247,6 +250,8 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
         ],
         key_limits=[KeyLimitStats(*figures) for figures in reader.key_limit_figures(now)],
         expired=reader.expired_count(),
+        waiting_for_parents=dependencies[0],
+        canceled_by_parent=dependencies[1],
     )
 
 
@@ -299,6 +304,10 @@ def render(stats: Stats) -> str:
     age = stats.oldest_pending_age
     lines.append(f"oldest pending: {'none' if age is None else _duration(age)}")
     lines.append(f"expired: {stats.expired} (canceled pending, still in the store)")
+    lines.append(
+        f"dependencies: {stats.waiting_for_parents} waiting for their parents,"
+        f" {stats.canceled_by_parent} canceled by a parent (still in the store)"
+    )
     if stats.limits:
         lines.append("")
         lines.extend(_table([

@@ -38,6 +38,7 @@ class Snapshot:
         default_factory=list
     )  # type, max, running, waiting
     expired: int = 0  # pending jobs canceled at their expires_at
+    canceled_by_parent: int = 0  # pending jobs canceled: a parent failed or was canceled
     # (type, until or None, due pending jobs) of each pause in force
     pauses: list[tuple[str, float | None, int]] = field(default_factory=list)
     # (type, max per key, keys running, keys full, due pending jobs of full keys)
@@ -94,6 +95,7 @@ def take_snapshot(
         oldest_pending_age=None if oldest is None else max(0.0, at - oldest),
         limits=store.limit_figures(at),
         expired=ledger.expired,
+        canceled_by_parent=ledger.dependents.canceled,
         pauses=[(p.type, p.until, waiting) for p, waiting in store.pause_figures(at)],
         key_limits=store.key_limit_figures(at),
     )
