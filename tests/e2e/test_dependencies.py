@@ -349,7 +349,25 @@ def test_the_http_api_takes_after_and_refuses_a_bad_one_naming_it(
         ])  # fmt: skip
         assert cycle.status_code == 422 and "after makes a cycle" in cycle.text
         assert server.get("/jobs/h-x").status_code == 404
+        page = server.get("/jobs", params={"after": "h-parent"}).json()
+        assert [job["id"] for job in page["jobs"]] == ["h-child"]
         (tmp_path / "go").write_text("")
         assert server.get("/jobs/h-one/wait").json()["status"] == "completed"
+        # A chain canceled by its root's failure, retried whole.
+        flip = {"dir": str(tmp_path / "flip")}
+        (tmp_path / "flip").mkdir()
+        server.post("/jobs/batch", [
+            {"id": "r-root", "type": "flip", "payload": flip, "max_attempts": 1},
+            {"id": "r-kid", "type": "echo", "after": ["r-root"]},
+        ])  # fmt: skip
+        assert server.get("/jobs/r-kid/wait").json()["canceled_by"] == "r-root"
+        (tmp_path / "flip" / "ok").write_text("")
+        retried = server.post("/jobs/r-root/retry?cascade=true", None)
+        assert retried.status_code == 201, retried.text
+        assert retried.json() == {
+            "id": "r-root.retry-1",
+            "renamed": {"r-root": "r-root.retry-1", "r-kid": "r-kid.retry-1"},
+        }
+        assert server.get("/jobs/r-kid.retry-1/wait").json()["status"] == "completed"
     finally:
         server.kill()
