@@ -128,10 +128,13 @@ class JobStore(Protocol):
         `after` in id order ("": from the first): a start's sweep."""
         ...
 
-    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
         """Those of these jobs still held back by their parents (pending, not released),
         each with the status of every parent of its own that exists. A job with `after`
-        is inserted held."""
+        is inserted held; `arrived`: these were inserted in this transaction (a shared
+        store makes a parent's end wait for it: see PostgresJobStore.held)."""
         ...
 
     def release(self, job_ids: Sequence[str]) -> None:

@@ -5,7 +5,11 @@ the claim never handing out a held job."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import msgspec
+import pytest
 
 from procpool.application.ports import JobStore
 from procpool.application.supervisor.dependents import BATCH, Dependents
@@ -117,3 +121,63 @@ def test_the_sweep_of_a_start_settles_what_a_dead_daemon_left(claim_store: JobSt
     assert [(job.id, job.canceled_by) for job in started.canceled] == [("x", "broke")]
     with store.transaction():
         assert [job.id for job, _ in store.held(["y", "x"])] == ["y"]
+
+
+@pytest.mark.timeout(60)
+def test_on_postgresql_two_daemons_ending_both_parents_at_once_release_the_child(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Daemon A ends parent p and has looked at the child (q still running) but not
+    committed when daemon B ends q: B's look at the child waits for A's commit, then
+    sees p completed and releases it. A look that did not wait would see p running and
+    leave the child held forever."""
+    from procpool.adapters.stores.postgres import PostgresJobStore  # noqa: PLC0415
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = PostgresJobStore(pg_url, tmp_path / "a")
+    second = PostgresJobStore(pg_url, tmp_path / "b")
+    try:
+        with first.transaction():
+            first.insert([a_job("p"), a_job("q"), a_job("child", after=("p", "q"))])
+        running = {}
+        with first.transaction():
+            for job in first.due(NOW + 10, 10):
+                running[job.id] = jobs.start(job, lease=first.new_lease(), worker_pid=1, now=NOW)
+                assert first.save(running[job.id], expected=job.status, expected_lease=0)
+        assert set(running) == {"p", "q"}
+        looked = threading.Event()
+        go_on = threading.Event()
+        errors: list[BaseException] = []
+
+        def end(store: PostgresJobStore, job_id: str, pause: bool) -> None:
+            try:
+                turns = Turns(store)
+                with store.transaction():
+                    job = running[job_id]
+                    done = jobs.complete(job, result=b"1", now=NOW + 1)
+                    assert store.save(done, expected=job.status, expected_lease=job.lease)
+                    turns.dependents.ended(job_id, NOW + 1)
+                    turns.dependents.settle()
+                    if pause:
+                        looked.set()
+                        assert go_on.wait(20)
+            except BaseException as error:
+                errors.append(error)
+
+        a = threading.Thread(target=end, args=(first, "p", True))
+        a.start()
+        assert looked.wait(20)
+        b = threading.Thread(target=end, args=(second, "q", False))
+        b.start()
+        b.join(1.0)
+        assert b.is_alive(), "B's look at the child must wait for A's commit"
+        go_on.set()
+        a.join(20)
+        b.join(20)
+        assert not errors, errors
+        with first.transaction():
+            assert [job.id for job in first.due(NOW + 10, 10)] == ["child"]
+    finally:
+        first.close()
+        second.close()

@@ -67,7 +67,9 @@ class MemoryJobStore:
     def held_ids(self, after: str, limit: int) -> list[str]:
         return sorted(i for i in self._held if i > after and i in self._jobs)[:limit]
 
-    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
         found = []
         for job_id in job_ids:
             job = self._jobs.get(job_id)

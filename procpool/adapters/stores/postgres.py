@@ -464,15 +464,19 @@ def release_jobs(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
 
 
 def held_jobs(
-    db: psycopg.Connection[Any], job_ids: Sequence[str]
+    db: psycopg.Connection[Any], job_ids: Sequence[str], arrived: bool = False
 ) -> list[tuple[Job, dict[str, Status]]]:
     """Those of these jobs that are held, each with its parents' statuses (JobStore.held).
 
     The held jobs are locked (in the order of their ids, as every writer locks them)
-    before their parents are read, and the parents FOR SHARE: two daemons that end two
-    parents of one job at once take turns, and the second sees what the first committed
-    (READ COMMITTED), so the last parent to end releases it; a parent's end waits for a
-    submission that reads it, and the submission for an end that began first."""
+    before their parents are read: two daemons that end two parents of one job at once
+    take turns, and the second sees what the first committed (READ COMMITTED), so the
+    last parent to end releases it. Jobs that `arrived` in this transaction are not
+    seen by a parent's end that commits meanwhile (their edges are not committed yet):
+    their parents are read FOR SHARE, so that such an end waits for this transaction
+    and then finds them, or this read waits for the end and sees it. Only then: a
+    parent's end that read its parents FOR SHARE could wait for another end that waits
+    for the child it holds."""
     if not job_ids:
         return []
     rows = db.execute(
@@ -486,7 +490,7 @@ def held_jobs(
     parents = db.execute(
         "SELECT d.job_id, p.id, p.status FROM procpool_job_parents AS d"
         " JOIN procpool_jobs AS p ON p.id = d.parent_id WHERE d.job_id = ANY(%s)"
-        " ORDER BY p.id FOR SHARE OF p",
+        + (" ORDER BY p.id FOR SHARE OF p" if arrived else ""),
         ([job.id for job in found],),
     ).fetchall()
     statuses: dict[str, dict[str, Status]] = {job.id: {} for job in found}
@@ -798,9 +802,11 @@ class PostgresJobStore:
         """See JobStore.held_ids."""
         return held_ids(self._db, after, limit)
 
-    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
         """See JobStore.held and `held_jobs`."""
-        return held_jobs(self._db, job_ids)
+        return held_jobs(self._db, job_ids, arrived)
 
     def release(self, job_ids: Sequence[str]) -> None:
         """See JobStore.release and `release_jobs`."""

@@ -94,8 +94,10 @@ class _Graph:
         while self.settle.backlog:
             self.settle.settle()
 
-    def held(self, job_ids: Sequence[str]) -> builtins.list[tuple[Job, dict[str, Status]]]:
-        return held_jobs(self.db, job_ids)
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> builtins.list[tuple[Job, dict[str, Status]]]:
+        return held_jobs(self.db, job_ids, arrived)
 
     def release(self, job_ids: Sequence[str]) -> None:
         release_jobs(self.db, job_ids)

@@ -537,7 +537,9 @@ class SqliteJobStore:
         )
         return [row[0] for row in rows]
 
-    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]:
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
         """See JobStore.held: 500 jobs, and their parents, per pair of statements."""
         found: list[tuple[Job, dict[str, Status]]] = []
         for start in range(0, len(job_ids), 500):

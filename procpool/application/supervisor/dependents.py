@@ -63,7 +63,9 @@ class Graph(Protocol):
 
     def held_ids(self, after: str, limit: int) -> list[str]: ...
 
-    def held(self, job_ids: Sequence[str]) -> list[tuple[Job, dict[str, Status]]]: ...
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]: ...
 
     def release(self, job_ids: Sequence[str]) -> None: ...
 
@@ -132,7 +134,9 @@ class Dependents:
         least, so that a loop over it ends)."""
         if self._arrived:
             ids, self._arrived = self._arrived[:budget], self._arrived[budget:]
-        elif self._ended:
+            self._decide(self.store.held(ids, arrived=True), self._now)
+            return max(len(ids), 1)
+        if self._ended:
             parent, after = self._ended.popleft()
             ids = self.store.dependents(parent, after, budget)
             if len(ids) == budget:  # maybe more: the next step goes on after the last
