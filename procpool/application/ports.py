@@ -274,6 +274,9 @@ class Tick:
     daemon_id: int = 0  # the id it has now (a new one after `lost`)
     cancels: list[str] = field(default_factory=list)  # its running jobs asked to cancel
     orphans: list[Job] = field(default_factory=list)  # running jobs of dead daemons, locked
+    # Other daemons were declared dead in this turn: what they left of their dependents
+    # to settle (CONTRACT section 15) is this daemon's to find (a sweep).
+    buried: bool = False
 
 
 class SharedStore(JobStore, Protocol):

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import pytest
 
-from procpool.application.ports import JobStore
+from procpool.adapters.stores.memory import MemoryJobStore
+from procpool.application.ports import JobStore, SharedStore, Tick
 from procpool.application.supervisor.dependents import BATCH, Dependents
+from procpool.application.supervisor.fleet import Fleet, Limits
+from procpool.application.supervisor.ledger import Ledger
+from procpool.application.supervisor.membership import apply_tick
 from procpool.domain import job as jobs
 from procpool.domain.job import Job, Status
+from procpool.domain.retry import RetryPolicy
 
 NOW = 1_800_000_000.0
 
@@ -181,3 +187,28 @@ def test_on_postgresql_two_daemons_ending_both_parents_at_once_release_the_child
     finally:
         first.close()
         second.close()
+
+
+def test_a_daemon_that_buries_another_sweeps_for_what_it_left() -> None:
+    """On a shared store, a daemon that dies with dependents still to settle leaves
+    them to the others: the one that declares it dead sweeps the held jobs."""
+    store = MemoryJobStore()
+    ledger = Ledger(store, RetryPolicy(), lambda *args, **fields: None)
+    with store.transaction():
+        store.insert([a_job("gone"), a_job("w", after=("gone",))])
+        job = store.get("gone")
+        assert job is not None
+        running = jobs.start(job, lease=1, worker_pid=1, now=NOW)
+        store.save(running, expected=job.status, expected_lease=0)
+        done = jobs.complete(running, result=b"1", now=NOW + 1)
+        store.save(done, expected=running.status, expected_lease=1)  # its daemon died
+    shared = cast(SharedStore, store)
+    with store.transaction():
+        apply_tick(Tick(), shared, Fleet(Limits()), ledger, lambda *a, **f: None, 0.0, NOW)
+        ledger.dependents.settle(NOW + 2)
+    assert due_ids(store) == set()
+    with store.transaction():
+        apply_tick(Tick(buried=True), shared, Fleet(Limits()), ledger, lambda *a, **f: None,
+                   0.0, NOW)  # fmt: skip
+        ledger.dependents.settle(NOW + 2)
+    assert due_ids(store) == {"w"}

@@ -1283,7 +1283,7 @@ class PostgresJobStore:
         if now >= self._next_rescue:
             # Jittered, so that the daemons' rescues do not fall into step.
             self._next_rescue = now + self.timing.rescue_every * random.uniform(0.75, 1.25)
-            tick.orphans = self._rescue()
+            tick.orphans = self._rescue(tick)
         return tick
 
     # ------------------------------------------------------------- notifications
@@ -1343,14 +1343,15 @@ class PostgresJobStore:
             return False
         return True
 
-    def _rescue(self) -> list[Job]:
-        self._db.execute(
+    def _rescue(self, tick: Tick) -> list[Job]:
+        buried = self._rows(
             "UPDATE procpool_daemons SET state = 'dead' WHERE id IN (SELECT id FROM"
             " procpool_daemons WHERE state = 'alive'"
             " AND expires_at < clock_timestamp() - make_interval(secs => %s)"
-            " FOR UPDATE SKIP LOCKED)",
+            " FOR UPDATE SKIP LOCKED) RETURNING id",
             (self.timing.margin,),
         )
+        tick.buried = bool(buried)
         rows = self._rows(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner IN"
             " (SELECT id FROM procpool_daemons WHERE state = 'dead')"
