@@ -153,6 +153,11 @@ class JobInfo(_Record):
     unique_key: str | None = None  # one live job of its type holds it (CONTRACT section 16)
     unique_while: str | None = None  # "active" or "pending"
     checkpoint_at: str | None = None  # RFC 3339: when the last checkpoint was committed
+    # Dependencies (CONTRACT section 15): the jobs this one waits for, what their failure
+    # does to it ("cancel" or "run"), and the parent whose failure canceled it.
+    after: list[str] | None = None
+    after_failure: str | None = None
+    canceled_by: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -188,6 +193,9 @@ class JobInfo(_Record):
             unique_key=job.unique_key,
             unique_while=job.unique_while,
             checkpoint_at=None if job.checkpoint_at is None else rfc3339(job.checkpoint_at),
+            after=list(job.after) if job.after else None,
+            after_failure=job.after_failure if job.after else None,
+            canceled_by=job.canceled_by,
         )
 
     @classmethod
@@ -505,6 +513,8 @@ class Client:
         expires_in: float | None = None,
         unique_key: str | None = None,
         unique_while: str | None = None,
+        after: Sequence[str] | None = None,
+        after_failure: str | None = None,
     ) -> str:
         """Queue a job by writing a file into the inbox atomically.
 
@@ -535,6 +545,10 @@ class Client:
                 is returned (see docs/job-files.md).
             unique_while: what "live" means for the key: "active" (the default: pending
                 or running) or "pending" (until the job is first handed to a worker).
+            after: 1-256 ids of jobs (existing ones) that must complete before this one
+                starts (docs/dependencies.md).
+            after_failure: "cancel" (default): a parent that fails or is canceled
+                cancels this job; "run": it runs once every parent is terminal.
 
         Returns:
             The job's id; for a duplicate of a unique_key, the id of the job that holds
@@ -564,6 +578,8 @@ class Client:
                 expires_in=expires_in,
                 unique_key=unique_key,
                 unique_while=unique_while,
+                after=None if after is None else list(after),
+                after_failure=after_failure,
             )
         )
 
@@ -715,6 +731,46 @@ class Client:
                 from_checkpoint=True if resume else None,
             )
         )
+
+    def retry_cascade(self, job_id: str) -> dict[str, str]:
+        """`retry`, and re-create every job the old one canceled through its dependents
+        (canceled_by, transitively), with `after` naming the new ids in place of the
+        old ones; all or none (one `submit_many`). The old jobs stay as they are.
+
+        Returns:
+            Each old id -> its new id, the retried job first.
+
+        Raises:
+            UnknownJob, JobNotTerminal, NoJobStore: as `retry`.
+        """
+        self.require_store()
+        root = self._reader.get(job_id)
+        if root is None:
+            raise self._unknown(job_id)
+        if not root.status.is_terminal:
+            raise JobNotTerminal(f"job {job_id} is {root.status}; only a finished job is retried")
+        chain, queue = [root], [root.id]
+        while queue:
+            parent = queue.pop(0)
+            for job in self._reader.list(JobQuery([Status.CANCELED], after=parent, limit=2**62)):
+                if job.canceled_by == parent and all(job.id != j.id for j in chain):
+                    chain.append(job)
+                    queue.append(job.id)
+        renamed = {job.id: self._retry_id(job.id) for job in chain}
+        batch = [
+            {
+                "type": job.type, "payload": msgspec.json.decode(job.payload),
+                "id": renamed[job.id], "max_attempts": job.max_attempts,
+                "timeout": job.timeout, "priority": job.priority, "retry_of": job.id,
+                "concurrency_key": job.concurrency_key,
+                # The retried job waits for no one, as `retry` makes it.
+                "after": [renamed.get(p, p) for p in job.after] if job is not root else None,
+                "after_failure": job.after_failure if job.after and job is not root else None,
+            }
+            for job in chain
+        ]  # fmt: skip
+        self.submit_many([{k: v for k, v in job.items() if v is not None} for job in batch])
+        return renamed
 
     def _retry_id(self, job_id: str) -> str:
         line = _RETRY_SUFFIX.match(job_id)
@@ -1074,6 +1130,7 @@ class Client:
         type: str | None = None,
         limit: int = 100,
         waiting: str | None = None,
+        after: str | None = None,
     ) -> list[JobInfo]:
         """Jobs, newest first.
 
@@ -1081,6 +1138,7 @@ class Client:
             status: one status or several; default all.
             type: only jobs of this type; default all.
             limit: at most this many jobs.
+            after: only the jobs that wait for this job (their `after` names it).
             waiting: only pending jobs held back for this reason (`limit`, `key_limit`,
                 `paused`: the `reason` of their `waiting`); `status` is then not used.
 
@@ -1089,13 +1147,14 @@ class Client:
         """
         self.require_store()
         if waiting is None:
-            return JobInfo.of_jobs(
-                self._reader.list(JobQuery(_statuses(status), type, limit)), self._reader
-            )
+            query = JobQuery(_statuses(status), type, limit, after=after)
+            return JobInfo.of_jobs(self._reader.list(query), self._reader)
         found: builtins.list[JobInfo] = []
         before: tuple[float, str] | None = None
         while len(found) < limit:
-            page = self._reader.list(JobQuery([Status.PENDING], type, WAITING_PAGE, before))
+            page = self._reader.list(
+                JobQuery([Status.PENDING], type, WAITING_PAGE, before, after=after)
+            )
             held = JobInfo.of_jobs(page, self._reader)
             found.extend(job for job in held if job.waiting and job.waiting["reason"] == waiting)
             if len(page) < WAITING_PAGE:

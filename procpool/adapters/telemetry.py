@@ -121,6 +121,12 @@ def render(snapshot: Snapshot, inbox_backlog: int) -> str:
         "Submissions not added because a live job of their type held their unique_key.",
     )  # fmt: skip
     out.append(f"procpool_jobs_duplicate_key_total {snapshot.duplicate_keys}")
+    family(
+        "procpool_jobs_canceled_by_parent_total",
+        "counter",
+        "Pending jobs canceled because a job of their after failed or was canceled.",
+    )
+    out.append(f"procpool_jobs_canceled_by_parent_total {snapshot.canceled_by_parent}")
     family("procpool_metrics_timestamp_seconds", "gauge", "When this file was written.")
     out.append(f"procpool_metrics_timestamp_seconds {snapshot.at:.3f}")
     return "\n".join(out) + "\n"

@@ -27,6 +27,8 @@ class JobContext:
     Attributes:
         job_id: the job's id.
         attempt: the 1-based number of this attempt.
+        parents: for a job with `after`, each parent's {"status", "result",
+            "last_error"} by id, read when this attempt was handed out; {} otherwise.
         logger: a loguru logger bound to this run; its lines reach the daemon's log
             as `job.log` events of this job, whichever thread logs and whenever.
             Keyword fields (`ctx.logger.info("resized", width=640)`) go under the
@@ -45,7 +47,7 @@ class JobContext:
 
     __slots__ = (
         "_checkpoint", "_report_progress", "attempt", "job_id", "last_checkpoint", "logger",
-        "scheduled_for",
+        "parents", "scheduled_for",
     )  # fmt: skip
 
     def __init__(
@@ -57,10 +59,12 @@ class JobContext:
         checkpoint: Callable[[Any], None] | None = None,
         last_checkpoint: Any = None,
         scheduled_for: str | None = None,
+        parents: dict[str, Any] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.scheduled_for = scheduled_for
+        self.parents: dict[str, Any] = parents or {}
         self.logger = logger.bind(job_id=job_id, attempt=attempt, **{RUN_KEY: (job_id, attempt)})
         self._report_progress = report_progress
         self._checkpoint = checkpoint

@@ -140,6 +140,31 @@ class JobStore(Protocol):
         time, if it has one (`procpool retry --resume`)."""
         ...
 
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs whose `after` names `parent_id`, those after the
+        id `after` in id order ("": from the first), through the edges' index: what
+        `held` is asked next when the parent ends."""
+        ...
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs still held back by their parents, after the id
+        `after` in id order ("": from the first): a start's sweep."""
+        ...
+
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
+        """Those of these jobs still held back by their parents (pending, not released),
+        each with the status of every parent of its own that exists. A job with `after`
+        is inserted held; `arrived`: these were inserted in this transaction (a shared
+        store makes a parent's end wait for it: see PostgresJobStore.held)."""
+        ...
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """Let these held jobs be claimed (their run_at, limits and pauses still apply),
+        from this transaction on."""
+        ...
+
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ...
     ) -> bool:
@@ -321,6 +346,9 @@ class Tick:
     daemon_id: int = 0  # the id it has now (a new one after `lost`)
     cancels: list[str] = field(default_factory=list)  # its running jobs asked to cancel
     orphans: list[Job] = field(default_factory=list)  # running jobs of dead daemons, locked
+    # Other daemons were declared dead in this turn: what they left of their dependents
+    # to settle (CONTRACT section 15) is this daemon's to find (a sweep).
+    buried: bool = False
 
 
 class SharedStore(JobStore, Protocol):

@@ -93,6 +93,12 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     # When the last checkpoint was committed; the value itself is read apart (it may be
     # large, and only a dispatch and GET /jobs/ID/checkpoint need it).
     checkpoint_at: float | None = None
+    # The jobs this one waits for, and what a parent's failure does to it: "cancel"
+    # it, or "run" it once every parent is terminal (CONTRACT section 15).
+    after: tuple[str, ...] = ()
+    after_failure: str = "cancel"
+    # The parent whose failure or cancel canceled this job.
+    canceled_by: str | None = None
 
     @property
     def attempt(self) -> int:
@@ -102,7 +108,7 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
 
 MUTABLE_FIELDS = (
     "status", "attempts", "run_at", "updated_at", "last_error", "result", "progress",
-    "worker_pid", "lease", "started_at", "cancel_requested",
+    "worker_pid", "lease", "started_at", "cancel_requested", "canceled_by",
 )  # fmt: skip
 """The fields that transitions change; the others are fixed when the job is created."""
 
@@ -171,6 +177,20 @@ def expire(job: Job, *, now: float) -> Job:
     if job.status is not Status.PENDING:
         raise InvalidTransition(f"only a pending job expires, not a {job.status}")
     return _move(job, Status.CANCELED, now, last_error="expired")
+
+
+def cancel_by_parent(job: Job, *, parent: str, parent_status: Status, now: float) -> Job:
+    """A pending job given up because its parent `parent` ended `parent_status` (failed
+    or canceled) and it was not to run after a failure."""
+    if job.status is not Status.PENDING:
+        raise InvalidTransition(f"only a pending job is canceled by its parent, not a {job.status}")
+    return _move(
+        job,
+        Status.CANCELED,
+        now,
+        canceled_by=parent,
+        last_error=f"canceled: its parent {parent} was {parent_status}",
+    )
 
 
 def request_cancel(job: Job, *, now: float) -> Job:

@@ -64,6 +64,9 @@ _NOT_IN_TEMPLATE = {
     "id": "each occurrence gets the id NAME.YYYYMMDDTHHMMSSZ",
     "run_at": "each occurrence runs at its instant",
     "retry_of": "it is set by procpool retry only",
+    "from_checkpoint": "it is set by procpool retry --resume only",
+    "after": "every occurrence would wait for the same jobs, which end once",
+    "after_failure": "it goes with after",
 }
 _FIELDS = (
     "name", "cron", "every", "tz", "overlap", "catchup", "grace", "start", "end", "job",

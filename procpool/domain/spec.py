@@ -56,6 +56,8 @@ _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?", re.ASCII
 )
 RFC3339_RULE = "an RFC 3339 time such as 2026-11-28T02:04:15Z"
+MAX_AFTER = 256  # parents one job may wait for
+AFTER_FAILURE = ("cancel", "run")
 
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -79,6 +81,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     unique_while: str | None = None  # UNIQUE_WHILE; with unique_key only ("active" if not given)
     # Set by `procpool retry --resume`: the job starts from retry_of's last checkpoint.
     from_checkpoint: bool | None = None
+    after: list[str] | None = None  # ids of the jobs this one waits for (CONTRACT section 15)
+    after_failure: str | None = None  # "cancel" (None: the default) or "run"
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,6 +148,8 @@ _KINDS = {
     "unique_key": "a string",
     "unique_while": 'the string "active" or "pending"',
     "from_checkpoint": "true or false",
+    "after": "a list of job ids",
+    "after_failure": 'one of "cancel", "run"',
     "cancel": "a string",
     "prune": "a number",
     "pause": "a list of job types",
@@ -341,6 +347,8 @@ def check(spec: JobSpec) -> JobSpec:
             raise InvalidJobFile("run_at and delay cannot be given together")
         parse_time(spec.run_at)
     _check_seconds("expires_in", spec.expires_in, allow_zero=False)
+    if spec.after is not None or spec.after_failure is not None:
+        _check_dependencies(spec)
     if spec.expires_at is not None:
         if spec.expires_in is not None:
             raise InvalidJobFile("expires_at and expires_in cannot be given together")
@@ -352,6 +360,29 @@ def check(spec: JobSpec) -> JobSpec:
             "from_checkpoint needs retry_of: it starts from that job's last checkpoint"
         )
     return spec
+
+
+def _check_dependencies(spec: JobSpec) -> None:
+    if spec.after is not None:
+        check_after(spec.after)
+    if spec.after_failure is not None and spec.after_failure not in AFTER_FAILURE:
+        raise InvalidJobFile(
+            f'after_failure must be one of "cancel", "run", got {show(spec.after_failure)}'
+        )
+
+
+def check_after(after: list[str]) -> list[str]:
+    """`after`: 1-MAX_AFTER ids of the id shape, none twice. Raises InvalidJobFile naming
+    the id at fault."""
+    if not 1 <= len(after) <= MAX_AFTER:
+        raise InvalidJobFile(f"after must list 1-{MAX_AFTER} job ids, got {len(after)}")
+    seen: set[str] = set()
+    for parent in after:
+        check_id(parent, "each id in after")
+        if parent in seen:
+            raise InvalidJobFile(f"after names {show(parent)} twice")
+        seen.add(parent)
+    return after
 
 
 def check_expiry(spec: JobSpec, now: float) -> None:
@@ -757,6 +788,8 @@ _LATER_NULLS = tuple(
             "unique_key",
             "unique_while",
             "from_checkpoint",
+            "after",
+            "after_failure",
         )
     )
 )
@@ -815,6 +848,8 @@ def to_job(spec: JobSpec, *, job_id: str, defaults: JobDefaults, now: float) -> 
         expires_at=_expiry(spec, now),
         unique_key=spec.unique_key,
         unique_while=None if spec.unique_key is None else spec.unique_while or "active",
+        after=tuple(spec.after or ()),
+        after_failure=spec.after_failure or "cancel",
     )
 
 

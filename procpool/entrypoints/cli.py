@@ -289,6 +289,20 @@ def serve(
     help="The key is held while the job is pending or running (active, the default),"
     " or until it first starts (pending).",
 )
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="ID",
+    help="Start only once this job completed (repeatable: every one of them).",
+)
+@click.option(
+    "--after-failure",
+    type=click.Choice(["cancel", "run"]),
+    default=None,
+    help="If a job of --after fails or is canceled: cancel this one [default], or run it"
+    " once every one of them is terminal.",
+)
 def submit(
     home: Path | None,
     job_type: str,
@@ -303,6 +317,8 @@ def submit(
     expires_at: str | None,
     unique_key: str | None,
     unique_while: str | None,
+    after: tuple[str, ...],
+    after_failure: str | None,
 ) -> None:
     """Queue a job and print its id: over the daemon's socket while it runs (returns once
     the job is committed), else as a file in the inbox."""
@@ -329,6 +345,8 @@ def submit(
                 expires_at=expires_at,
                 unique_key=unique_key,
                 unique_while=unique_while,
+                after=list(after) or None,
+                after_failure=after_failure,
             )
         except DuplicateId as error:  # what was asked did not happen; no usage error
             raise CommandFailed(str(error), EXIT_NOT_DONE) from None
@@ -352,6 +370,9 @@ def _status_lines(job: JobInfo) -> list[tuple[str, str]]:
         ("progress", _progress_text(job)),
         ("last error", job.last_error or ""),
         ("retry of", job.retry_of or ""),
+        ("after", " ".join(job.after or []) + (" (runs after a failure)"
+                                               if job.after_failure == "run" else "")),
+        ("canceled by", job.canceled_by or ""),
         ("waiting", _waiting_text(job.waiting)),
         ("expires at", job.expires_at or ""),
         ("unique key", "" if job.unique_key is None else f"{job.unique_key} ({job.unique_while})"),
@@ -366,6 +387,9 @@ def _waiting_text(waiting: dict[str, Any] | None) -> str:
     "paused until 2026-12-07T02:00:00.000000Z"."""
     if waiting is None:
         return ""
+    if waiting["reason"] == "after":
+        parents = waiting["parents"]
+        return "after " + ", ".join(f"{job_id} ({status})" for job_id, status in parents.items())
     if waiting["reason"] == "paused":
         return f"paused until {waiting.get('until') or 'resumed'}"
     share = f"{waiting['running']} of {waiting['max']} running"
@@ -449,9 +473,13 @@ _show_command(
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--waiting",
-    type=click.Choice(["limit", "key_limit", "paused"]),
+    type=click.Choice(["limit", "key_limit", "paused", "after"]),
     default=None,
-    help="Only pending jobs a full limit or a pause holds back (their waiting.reason).",
+    help="Only pending jobs a full limit, a pause or their parents hold back (their"
+    " waiting.reason).",
+)
+@click.option(
+    "--after", "after", default=None, metavar="ID", help="Only the jobs that wait for ID."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_jobs(
@@ -460,12 +488,15 @@ def list_jobs(
     job_type: str | None,
     limit: int,
     waiting: str | None,
+    after: str | None,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     if waiting is not None and statuses:
         raise click.UsageError("--waiting lists pending jobs: it does not go with --status")
-    jobs = _client(home).list(status=statuses or None, type=job_type, limit=limit, waiting=waiting)
+    jobs = _client(home).list(
+        status=statuses or None, type=job_type, limit=limit, waiting=waiting, after=after
+    )
     if as_json:
         for job in jobs:
             _print_json(job.to_dict())
@@ -684,17 +715,36 @@ def handlers(
 @click.option(
     "--resume", is_flag=True, help="The new job starts from the old one's last checkpoint."
 )
+@click.option(
+    "--cascade",
+    is_flag=True,
+    help="Also re-create the jobs its failure or cancel canceled (transitively), waiting"
+    " for the new ids; prints OLD NEW per job.",
+)
 def retry(
-    home: Path | None, job_id: str | None, all_failed: bool, job_type: str | None, resume: bool
+    home: Path | None,
+    job_id: str | None,
+    all_failed: bool,
+    job_type: str | None,
+    resume: bool,
+    cascade: bool,
 ) -> None:
     """Queue a finished job again as ID.retry-N; prints the new id."""
     if (job_id is None) == (not all_failed):
         raise CommandFailed("give either a job ID or --all-failed", EXIT_USAGE)
     if job_type is not None and not all_failed:
         raise CommandFailed("--type goes with --all-failed", EXIT_USAGE)
-    if resume and job_id is None:
-        raise CommandFailed("--resume goes with a job ID", EXIT_USAGE)
+    if (resume or cascade) and job_id is None:
+        raise CommandFailed(f"--{'resume' if resume else 'cascade'} goes with a job ID", EXIT_USAGE)
+    if resume and cascade:
+        raise CommandFailed("--resume and --cascade do not go together", EXIT_USAGE)
     client = _client(home)
+    if cascade and job_id is not None:
+        with _user_errors():
+            renamed = client.retry_cascade(job_id)
+        for old, new in renamed.items():
+            click.echo(f"{old} {new}")
+        return
     with _user_errors():
         new_ids = [client.retry(job_id, resume=resume)] if job_id else client.retry_failed(job_type)
     for new_id in new_ids:

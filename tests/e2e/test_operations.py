@@ -269,6 +269,7 @@ def test_metrics_file_counts_a_known_workload(make_daemon: Callable[..., Daemon]
         "procpool_jobs_expired_total": "counter",
         "procpool_schedule_skipped_total": "counter",
         "procpool_jobs_duplicate_key_total": "counter",
+        "procpool_jobs_canceled_by_parent_total": "counter",
         "procpool_metrics_timestamp_seconds": "gauge",
     }
     assert not list(daemon.home.glob(".metrics.prom*")), "the temporary file is renamed away"

@@ -83,7 +83,17 @@ def exercise_store(store: SqliteJobStore) -> None:
     finished and expiring jobs of a limited type and an unlimited one."""
     with store.transaction():
         store.insert([a_job(n) for n in range(300)])
+        # Dependents: some wait for one parent, some for two, one for a finished job.
+        store.insert(
+            [a_job(n, after=(f"j{n - 300:06d}", f"j{n - 299:06d}")) for n in range(300, 340)]
+        )
     with store.transaction():
+        store.dependents("j000001", "", 10)
+        store.dependents("j000001", "j000300", 10)
+        store.held_ids("", 10)
+        store.held_ids("j000310", 10)
+        store.held(["j000301", "j000302"])
+        store.release(["j000303"])
         store.get("j000001")
         store.digests(["j000001"])
         store.statuses(["j000001", "j000002"])
@@ -167,6 +177,8 @@ def exercise_reader(reader: StoreReader) -> None:
     last = (newest[-1].created_at, newest[-1].id)
     reader.list(JobQuery([Status.PENDING], "limited", 10, last))
     reader.list(JobQuery(limit=10, before=last))
+    reader.list(JobQuery(after="j000001"))
+    reader.list(JobQuery([Status.PENDING], after="j000001"))
     reader.counts()
     reader.count_finished_before(NOW + 3)
     reader.retry_links()
@@ -179,6 +191,7 @@ def exercise_reader(reader: StoreReader) -> None:
     reader.pauses()
     reader.pause_figures(NOW + 1)
     reader.expired_count()
+    reader.dependency_counts()
     reader.waiting(reader.list(JobQuery([Status.PENDING], limit=20)), NOW + 1)
     reader.key_holder("echo", "u")
     reader.checkpoint("j000900")

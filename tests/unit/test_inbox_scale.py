@@ -323,3 +323,53 @@ def monkeypatch_piece() -> Iterator[Callable[[int], None]]:
 
     yield set_piece
     inbox_module._PIECE = saved
+
+
+def test_a_file_that_fits_a_scan_is_not_cut_by_the_files_read_before_it(
+    tmp_path: Path,
+) -> None:
+    """A .jsonl file that does not fit what the files before it left of a scan's budget
+    waits for the next scan and is read whole there, so that its lines are judged
+    together: here its first line names its last (`after`, CONTRACT section 15). One
+    larger than a whole scan is still read in parts."""
+    with opened(tmp_path / "home", scan_lines=10) as inbox:
+        turns = Turns(inbox)
+        write(inbox.directory / "a.jsonl", lines_of(*(echo(n) for n in range(6))), age=30)
+        chain = [echo(n, id=f"c{n}", after=[f"c{n + 1}"]) for n in range(5)]
+        write(inbox.directory / "b.jsonl", lines_of(*chain, echo(5, id="c5")), age=20)
+        write(inbox.directory / "c.jsonl", lines_of(*(echo(n) for n in range(25))), age=10)
+        first = turns.turn()
+        assert [file.name for file in first.accepted] == ["a.jsonl"]
+        accepted, rejected = turns.until_done()
+        assert not rejected
+        assert [file.name for file in accepted] == ["b.jsonl", "c.jsonl"]
+        assert {f"c{n}" for n in range(6)} <= turns.job_ids()
+        assert len(turns.events("file.reading")) == 1  # c.jsonl, over a whole scan
+
+
+def test_a_file_read_in_parts_rejects_only_the_lines_whose_after_is_bad(
+    tmp_path: Path,
+) -> None:
+    """Over a whole scan, a file is read in parts and its earlier parts are stored: a
+    line that names a later part is a bad line as any (the file's report names it),
+    the rest of the file is stored, and a job that waits for a bad line is canceled at
+    once rather than waiting for a job that will never come."""
+    with opened(tmp_path / "home", scan_lines=4) as inbox:
+        turns = Turns(inbox)
+        lines = [
+            echo(0, id="j0"), echo(1, id="j1", after=["j0"]),
+            echo(2, id="j2", after=["j9"]),  # names a line of a later part
+            echo(3, id="j3", after=["j2"]), *(echo(n, id=f"j{n}") for n in range(4, 10)),
+        ]  # fmt: skip
+        write(inbox.directory / "big.jsonl", lines_of(*lines), age=30)
+        accepted, rejected = turns.until_done()
+        assert not accepted
+        [rejection] = rejected
+        assert [(line.line, line.error) for line in rejection.lines] == [
+            (3, "job j2: after names j9, which is no job")
+        ]
+        assert "the other 9 accepted" in rejection.error
+        assert turns.store.get("j2") is None
+        j3 = turns.store.get("j3")
+        assert j3 is not None and (j3.status, j3.canceled_by) == (Status.CANCELED, "j2")
+        assert turns.store.get("j1") is not None and turns.store.get("j9") is not None

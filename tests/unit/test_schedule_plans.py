@@ -116,6 +116,11 @@ def test_the_same_schedule_in_json_is_the_same_definition() -> None:
         ({"name": "s", "every": 5}, "job", "must be a table"),
         ({"name": "s", "every": 5, "job": {"type": "echo", "id": "x"}}, "job.id", "not allowed"),
         (
+            {"name": "s", "every": 5, "job": {"type": "echo", "after": ["x"]}},
+            "job.after",
+            "not allowed",
+        ),
+        (
             {"name": "s", "every": 5, "job": {"type": "e", "run_at": "x"}},
             "job.run_at",
             "not allowed",

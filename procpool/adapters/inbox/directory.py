@@ -16,7 +16,8 @@ first, until it is used up, and only then list again: files that arrive
 meanwhile are newer than all of it and wait for that listing. A scan reads at
 most `limit` files, `scan_lines` lines and about `scan_bytes` bytes, so the
 supervisor's memory and the length of its turn are bounded whatever waits in
-the inbox. A `.jsonl` file larger than what is left of that budget is read in
+the inbox. A `.jsonl` file larger than what is left of that budget waits for the
+next scan, which begins with it; one larger than a whole budget is read in
 parts: each part is a run of whole lines, judged and committed in its own turn
 together with how far the file has got (ports.FileProgress), and the file goes
 to the back of the queue, behind the files listed with it, so that one large
@@ -118,6 +119,10 @@ class _Budget:
 
     def spent(self) -> bool:
         return self.files <= 0 or self.lines <= 0 or self.bytes <= 0
+
+    def whole(self, lines: int, size: int) -> bool:
+        """Whether nothing of `lines` and `size` (a scan's budget) was spent yet."""
+        return self.lines >= lines and self.bytes >= size
 
     def charge(self, lines: int, size: int) -> None:
         self.files -= 1
@@ -517,6 +522,12 @@ class FileInbox:
             return None
         self._warned.discard(name)
         complete = end >= part.size
+        if start == 0 and not complete and not budget.whole(self.scan_lines, self.scan_bytes):
+            # Begun in a scan that has read other files: it waits for a scan of its own,
+            # which reads it whole if it fits one, so that the jobs of a file that fits
+            # are judged together (`after` may name a later line: CONTRACT section 15).
+            self._again(name)
+            return None
         file.entries = entries
         file.part = replace(
             part, start=start, end=end, first_line=line + 1, last_line=last, complete=complete

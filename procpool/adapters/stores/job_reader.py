@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.domain.dependencies import Decision, verdict
+from procpool.domain.dependencies import waiting as after_waiting
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.limits import ClaimLimits, Running, from_rows, waiting
 from procpool.domain.pauses import Pause
@@ -32,12 +34,14 @@ from procpool.domain.spec import JobDefaults, JobSpec
 class JobQuery:
     """Which jobs `JobReader.list` reads: of any of `statuses` (none: every status),
     of `job_type` (None: every type), at most `limit`, and with `before` = (created_at,
-    id) of a job, only those after it newest first (the HTTP API's page cursor)."""
+    id) of a job, only those after it newest first (the HTTP API's page cursor); with
+    `after` a job's id, only the jobs that wait for it (their `after` names it)."""
 
     statuses: Sequence[Status] = ()
     job_type: str | None = None
     limit: int = 100
     before: tuple[float, str] | None = None
+    after: str | None = None
 
 
 EVERY_JOB = JobQuery()
@@ -119,6 +123,11 @@ class JobReader(Protocol):
         """Jobs in the store canceled because they expired (`last_error` "expired")."""
         ...
 
+    def dependency_counts(self) -> tuple[int, int]:
+        """(pending jobs their parents hold back, jobs in the store canceled because a
+        parent failed or was canceled)."""
+        ...
+
     def pause_figures(self, now: float) -> list[tuple[Pause, int]]:
         """Each pause in force at `now`, with its type's due pending jobs."""
         ...
@@ -198,13 +207,59 @@ def held_back(
     now: float,
     query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
     tables: tuple[str, str, str],
+    mark: str = "?",
 ) -> dict[str, dict[str, object]]:
     """`JobReader.waiting` over a store's tables (limits, jobs, pauses), read with
-    `query`. A pause wins over a limit: the paused type starts nothing whatever runs."""
-    limits_table, jobs_table, pauses_table = tables
-    due = [job for job in jobs if job.status is Status.PENDING and job.run_at <= now]
+    `query` (`mark`: its parameter mark). Parents that do not allow the job to start
+    win, whether it is due or not; then a pause wins over a limit: the paused type
+    starts nothing whatever runs."""
+    after = held_by_parents(jobs, query, tables[1], mark)
+    due = [
+        job
+        for job in jobs
+        if job.status is Status.PENDING and job.run_at <= now and job.id not in after
+    ]
     if not due:
+        return after
+    return after | _paused_or_limited(due, now, query, tables)
+
+
+def held_by_parents(
+    jobs: Sequence[Job],
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    jobs_table: str,
+    mark: str,
+) -> dict[str, dict[str, object]]:
+    """The `waiting` of each pending job whose parents do not allow it to start yet
+    (`dependencies.waiting`), by id. One query for all of their parents; none when no
+    pending job has `after`."""
+    pending = [job for job in jobs if job.status is Status.PENDING and job.after]
+    parents = sorted({parent for job in pending for parent in job.after})
+    if not parents:
         return {}
+    statuses: dict[str, Status] = {}
+    for start in range(0, len(parents), 500):
+        chunk = parents[start : start + 500]
+        rows = query(
+            f"SELECT id, status FROM {jobs_table} WHERE id IN ({','.join([mark] * len(chunk))})",
+            chunk,
+        )
+        statuses.update((job_id, Status(status)) for job_id, status in rows)
+    found = {}
+    for job in pending:
+        if verdict(job.after_failure, job.after, statuses).decision is not Decision.READY:
+            mine = {parent: statuses.get(parent, Status.CANCELED) for parent in job.after}
+            found[job.id] = after_waiting(mine)
+    return found
+
+
+def _paused_or_limited(
+    due: Sequence[Job],
+    now: float,
+    query: Callable[[str, Sequence[object]], Sequence[tuple[Any, ...]]],
+    tables: tuple[str, str, str],
+) -> dict[str, dict[str, object]]:
+    limits_table, jobs_table, pauses_table = tables
     pauses = {pause.type: pause for pause in stored_pauses(query, pauses_table)}
     paused = {}
     for job in due:

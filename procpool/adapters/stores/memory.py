@@ -32,11 +32,13 @@ class MemoryJobStore(ScheduleMethods):
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._schedule_rows = MemoryScheduleRows()
         self._checkpoints: dict[str, bytes] = {}
+        self._held: set[str] = set()  # jobs that wait for their parents (`after`)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         saved = dict(self._jobs), dict(self._workers), dict(self._runs)
         saved_progress, saved_pauses = dict(self._progress), dict(self._pauses)
+        saved_held = set(self._held)
         saved_errors = {key: dict(lines) for key, lines in self._line_errors.items()}
         saved_schedules = self._schedule_rows.state()
         saved_checkpoints = dict(self._checkpoints)
@@ -46,6 +48,7 @@ class MemoryJobStore(ScheduleMethods):
             self._jobs, self._workers, self._runs = saved
             self._progress, self._line_errors = saved_progress, saved_errors
             self._pauses, self._checkpoints = saved_pauses, saved_checkpoints
+            self._held = saved_held
             self._schedule_rows.restore(saved_schedules)
             raise
 
@@ -64,6 +67,28 @@ class MemoryJobStore(ScheduleMethods):
                 raise KeyError(f"job {job.id} exists")
         for job in jobs:
             self._jobs[job.id] = job
+            if job.after:
+                self._held.add(job.id)
+
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        found = sorted(j.id for j in self._jobs.values() if parent_id in j.after and j.id > after)
+        return found[:limit]
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        return sorted(i for i in self._held if i > after and i in self._jobs)[:limit]
+
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
+        found = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and job_id in self._held and job.status is Status.PENDING:
+                found.append((job, self.statuses(job.after)))
+        return found
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        self._held.difference_update(job_ids)
 
     def save(
         self, job: Job, *, expected: Status, expected_lease: int, fields: Sequence[str] = ()
@@ -100,7 +125,10 @@ class MemoryJobStore(ScheduleMethods):
         ready = [
             j
             for j in self._jobs.values()
-            if j.status is Status.PENDING and j.run_at <= now and j.type not in paused
+            if j.status is Status.PENDING
+            and j.run_at <= now
+            and j.type not in paused
+            and j.id not in self._held
         ]
         ready.sort(key=lambda j: (-j.priority, j.run_at))
         if not any(limited(job, self._limits) for job in ready[:limit]):
@@ -216,7 +244,14 @@ class MemoryJobStore(ScheduleMethods):
         )
 
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
-        old = [j for j in self._jobs.values() if j.status.is_terminal and j.updated_at < cutoff]
+        live_parents = {
+            parent for j in self._jobs.values() if not j.status.is_terminal for parent in j.after
+        }
+        old = [
+            j
+            for j in self._jobs.values()
+            if j.status.is_terminal and j.updated_at < cutoff and j.id not in live_parents
+        ]
         for job in old[:limit]:
             del self._jobs[job.id]
             self._checkpoints.pop(job.id, None)

@@ -264,6 +264,27 @@ MIGRATIONS: list[str] = [
         value bytea NOT NULL
     );
     """,
+    # 10: dependencies (CONTRACT section 15). A job with `after` is inserted `held` and
+    # released in the transaction that ends its last parent (`PostgresJobStore.release`);
+    # the claim's indexes leave the held jobs out, so that any number of them costs the
+    # claim nothing. One row per edge, found from either end.
+    """
+    ALTER TABLE procpool_jobs ADD COLUMN after_ids text, ADD COLUMN after_failure text,
+        ADD COLUMN canceled_by text, ADD COLUMN held boolean NOT NULL DEFAULT false;
+    CREATE TABLE procpool_job_parents (
+        job_id text NOT NULL,
+        parent_id text NOT NULL,
+        PRIMARY KEY (job_id, parent_id)
+    );
+    CREATE INDEX procpool_job_parents_parent ON procpool_job_parents (parent_id, job_id);
+    CREATE INDEX procpool_jobs_held ON procpool_jobs (id) WHERE status = 'pending' AND held;
+    DROP INDEX procpool_jobs_pending;
+    CREATE INDEX procpool_jobs_pending ON procpool_jobs (priority DESC, run_at)
+        WHERE status = 'pending' AND NOT held;
+    DROP INDEX procpool_jobs_pending_type;
+    CREATE INDEX procpool_jobs_pending_type ON procpool_jobs (type, priority DESC, run_at)
+        WHERE status = 'pending' AND NOT held;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # One number for every procpool on a cluster: migrations take it, so two daemons that
@@ -292,7 +313,10 @@ BUSY_POLL = 0.05
 BUSY_NOTICE = 1.0
 BUSY_SPARE = 1.0
 T = TypeVar("T")
-_MARKS = ",".join(["%s"] * len(COLUMNS.split(",")))
+# An insert writes `held` too (JOB_COLUMNS, `inserted_row`): a job inserted free and
+# held by an UPDATE after would leave a dead entry in the claim's index until vacuum.
+JOB_COLUMNS = f"{COLUMNS}, held"
+_MARKS = ",".join(["%s"] * len(JOB_COLUMNS.split(",")))
 # A change of progress alone (a handler's ctx.progress) is written at most this often
 # per job, in seconds: 4 jobs reporting 20 times a second made 2,000 dead rows a minute.
 PROGRESS_WRITE_EVERY = 1.0
@@ -444,6 +468,82 @@ def served_types(db: psycopg.Connection[Any]) -> set[str] | None:
     return None if row[0] else set(row[1])
 
 
+def hold(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    """Just inserted (held: `inserted_row`): the edges of the jobs with `after`."""
+    edges = [(job.id, parent) for job in jobs for parent in job.after]
+    if not edges:
+        return
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO procpool_job_parents (job_id, parent_id) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            edges,
+        )
+
+
+def dependents_of(db: psycopg.Connection[Any], parent_id: str, after: str, limit: int) -> list[str]:
+    """See JobStore.dependents."""
+    rows = db.execute(
+        "SELECT job_id FROM procpool_job_parents WHERE parent_id = %s AND job_id > %s"
+        " ORDER BY job_id LIMIT %s",
+        (parent_id, after, limit),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def held_ids(db: psycopg.Connection[Any], after: str, limit: int) -> list[str]:
+    """See JobStore.held_ids."""
+    rows = db.execute(
+        "SELECT id FROM procpool_jobs WHERE status = 'pending' AND held AND id > %s"
+        " ORDER BY id LIMIT %s",
+        (after, limit),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def release_jobs(db: psycopg.Connection[Any], job_ids: Sequence[str]) -> None:
+    """See JobStore.release; idle daemons are woken to claim them."""
+    if job_ids:
+        db.execute("UPDATE procpool_jobs SET held = false WHERE id = ANY(%s)", (list(job_ids),))
+        db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+
+def held_jobs(
+    db: psycopg.Connection[Any], job_ids: Sequence[str], arrived: bool = False
+) -> list[tuple[Job, dict[str, Status]]]:
+    """Those of these jobs that are held, each with its parents' statuses (JobStore.held).
+
+    The held jobs are locked (in the order of their ids, as every writer locks them)
+    before their parents are read: two daemons that end two parents of one job at once
+    take turns, and the second sees what the first committed (READ COMMITTED), so the
+    last parent to end releases it. Jobs that `arrived` in this transaction are not
+    seen by a parent's end that commits meanwhile (their edges are not committed yet):
+    their parents are read FOR SHARE, so that such an end waits for this transaction
+    and then finds them, or this read waits for the end and sees it. Only then: a
+    parent's end that read its parents FOR SHARE could wait for another end that waits
+    for the child it holds."""
+    if not job_ids:
+        return []
+    rows = db.execute(
+        f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s) AND status = 'pending'"
+        " AND held ORDER BY id FOR UPDATE",
+        (sorted(job_ids),),
+    ).fetchall()
+    found = [_job(row) for row in rows]
+    if not found:
+        return []
+    parents = db.execute(
+        "SELECT d.job_id, p.id, p.status FROM procpool_job_parents AS d"
+        " JOIN procpool_jobs AS p ON p.id = d.parent_id WHERE d.job_id = ANY(%s)"
+        + (" ORDER BY p.id FOR SHARE OF p" if arrived else ""),
+        ([job.id for job in found],),
+    ).fetchall()
+    statuses: dict[str, dict[str, Status]] = {job.id: {} for job in found}
+    for job_id, parent, status in parents:
+        statuses[job_id][parent] = Status(status)
+    return [(job, statuses[job.id]) for job in found]
+
+
 def lock_pauses(db: psycopg.Connection[Any]) -> None:
     """Take the pauses' lock exclusively until the transaction ends: it waits for the
     claims that read the pauses and have not committed (`PostgresJobStore._paused`)."""
@@ -501,11 +601,12 @@ def insert_unique_job(db: psycopg.Connection[Any], job: Job) -> dict[str, str]:
     live job holds its key: then {job.id: the holder's id}, else {}."""
     while True:
         inserted = db.execute(
-            f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})"
+            f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) VALUES ({_MARKS})"
             " ON CONFLICT DO NOTHING RETURNING id",
-            _row(job),
+            inserted_row(job),
         ).fetchone()
         if inserted is not None:
+            hold(db, [job])
             return {}
         holder = db.execute(
             f"SELECT id FROM procpool_jobs WHERE type = %s AND unique_key = %s AND {UNIQUE_HELD}",
@@ -567,6 +668,11 @@ def _value(job: Job, name: str) -> object:
 
 def _row(job: Job) -> tuple[object, ...]:
     return tuple(_value(job, name) for name in COLUMNS.replace(" ", "").split(","))
+
+
+def inserted_row(job: Job) -> tuple[object, ...]:
+    """The row an insert writes, in JOB_COLUMNS' order: a job with `after` held."""
+    return (*_row(job), bool(job.after))
 
 
 def open_store(
@@ -783,12 +889,31 @@ class PostgresJobStore(ScheduleMethods):
             return
         with self._db.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({_MARKS})",
-                [_row(job) for job in jobs],
+                f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) VALUES ({_MARKS})",
+                [inserted_row(job) for job in jobs],
             )
+        hold(self._db, jobs)
         # One notification per transaction, not per job: each NOTIFY commit takes a
         # cluster-wide lock. Idle daemons wake up; busy ones will look anyway.
         self._db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        """See JobStore.dependents."""
+        return dependents_of(self._db, parent_id, after, limit)
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """See JobStore.held_ids."""
+        return held_ids(self._db, after, limit)
+
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.held and `held_jobs`."""
+        return held_jobs(self._db, job_ids, arrived)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """See JobStore.release and `release_jobs`."""
+        release_jobs(self._db, job_ids)
 
     def save(
         self,
@@ -903,8 +1028,8 @@ class PostgresJobStore(ScheduleMethods):
         # those this turn does not start are free again after it.
         # Only the types this daemon has handlers for: another's wait for a daemon that has.
         rows = self._rows(
-            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND run_at <= %s"
-            " AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND NOT held"
+            " AND run_at <= %s AND (%s::text[] IS NULL OR type = ANY(%s::text[]))"
             " ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (now, self.types, self.types, limit),
         )
@@ -992,8 +1117,9 @@ class PostgresJobStore(ScheduleMethods):
         """The most urgent due jobs of a type whose keys are not in `full`, but those of
         `taken`, locked as `due` locks them."""
         rows = self._rows(
-            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND type = %s"
-            " AND run_at <= %s AND (concurrency_key IS NULL OR concurrency_key <> ALL(%s))"
+            f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'pending' AND NOT held"
+            " AND type = %s AND run_at <= %s"
+            " AND (concurrency_key IS NULL OR concurrency_key <> ALL(%s))"
             " AND id <> ALL(%s) ORDER BY priority DESC, run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (job_type, now, full, taken, limit),
         )
@@ -1152,11 +1278,19 @@ class PostgresJobStore(ScheduleMethods):
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         # SKIP LOCKED: daemons pruning at once take disjoint batches.
         rows = self._rows(
-            "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs"
+            "DELETE FROM procpool_jobs WHERE id IN (SELECT id FROM procpool_jobs AS j"
             " WHERE status IN ('completed', 'failed', 'canceled') AND finished_at < %s"
-            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING type, status",
+            # A parent is kept while a job that waits for it lives (CONTRACT section 15).
+            " AND NOT EXISTS (SELECT 1 FROM procpool_job_parents AS d JOIN procpool_jobs"
+            " AS c ON c.id = d.job_id WHERE d.parent_id = j.id AND c.status IN"
+            " ('pending', 'running'))"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, type, status",
             (cutoff, limit),
         )
+        self._db.execute(
+            "DELETE FROM procpool_job_parents WHERE job_id = ANY(%s)", ([r[0] for r in rows],)
+        )
+        rows = [row[1:] for row in rows]
         return [(job_type, Status(status)) for job_type, status in rows]
 
     def vacuum_step(self, pages: int) -> None:
@@ -1264,7 +1398,7 @@ class PostgresJobStore(ScheduleMethods):
         if now >= self._next_rescue:
             # Jittered, so that the daemons' rescues do not fall into step.
             self._next_rescue = now + self.timing.rescue_every * random.uniform(0.75, 1.25)
-            tick.orphans = self._rescue()
+            tick.orphans = self._rescue(tick)
         return tick
 
     # ------------------------------------------------------------- notifications
@@ -1326,14 +1460,15 @@ class PostgresJobStore(ScheduleMethods):
             return False
         return True
 
-    def _rescue(self) -> list[Job]:
-        self._db.execute(
+    def _rescue(self, tick: Tick) -> list[Job]:
+        buried = self._rows(
             "UPDATE procpool_daemons SET state = 'dead' WHERE id IN (SELECT id FROM"
             " procpool_daemons WHERE state = 'alive'"
             " AND expires_at < clock_timestamp() - make_interval(secs => %s)"
-            " FOR UPDATE SKIP LOCKED)",
+            " FOR UPDATE SKIP LOCKED) RETURNING id",
             (self.timing.margin,),
         )
+        tick.buried = bool(buried)
         rows = self._rows(
             f"SELECT {COLUMNS} FROM procpool_jobs WHERE status = 'running' AND owner IN"
             " (SELECT id FROM procpool_daemons WHERE state = 'dead')"

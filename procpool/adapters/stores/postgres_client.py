@@ -24,16 +24,22 @@ import psycopg
 
 from procpool.adapters.stores.postgres import (
     CANCEL_CHANNEL,
+    JOB_COLUMNS,
     JOBS_CHANNEL,
-    _row,
     connect,
     copy_checkpoint,
+    dependents_of,
+    held_ids,
+    held_jobs,
+    hold,
     insert_unique_job,
+    inserted_row,
     lift_pauses,
     lock_ids,
     lock_pauses,
     migrate,
     notify_schedules,
+    release_jobs,
     schedule_rows,
     served_types,
     write_pause,
@@ -43,6 +49,8 @@ from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
 from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
+from procpool.application.supervisor.dependents import Dependents
+from procpool.domain.dependencies import problems
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause
@@ -60,6 +68,66 @@ STATEMENT_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
+def _check_after(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    """Every parent the jobs name exists or is one of them; none names itself; they
+    form no cycle. Raises InvalidJobFile (BatchJobRefused, of several) naming the id."""
+    parents = sorted({parent for job in jobs for parent in job.after})
+    if not parents:
+        return
+    rows = db.execute("SELECT id FROM procpool_jobs WHERE id = ANY(%s)", (parents,)).fetchall()
+    found = problems({job.id: job.after for job in jobs}, {row[0] for row in rows})
+    if not found:
+        return
+    message = f"job {found[0].job_id}: {found[0].message}"
+    if len(jobs) == 1:
+        raise InvalidJobFile(message)
+    number = next(n for n, job in enumerate(jobs, 1) if job.id == found[0].job_id)
+    raise BatchJobRefused(
+        f"job {number} of {len(jobs)}: {message}; none of the batch was stored", number, message
+    )
+
+
+class _Graph:
+    """The dependencies of a client's transaction: the jobs it submits or cancels
+    release or cancel the jobs that wait for them, as a daemon's turn would
+    (application/supervisor/dependents.py), in the same transaction."""
+
+    def __init__(self, db: psycopg.Connection[Any]) -> None:
+        self.db = db
+        self.settle = Dependents(self, self._cancel, lambda *args, **fields: None)
+
+    def dependents(self, parent_id: str, after: str, limit: int) -> builtins.list[str]:
+        return dependents_of(self.db, parent_id, after, limit)
+
+    def held_ids(self, after: str, limit: int) -> builtins.list[str]:
+        return held_ids(self.db, after, limit)
+
+    def settle_all(self) -> None:
+        """Settle what the transaction changed, to its end (no turn to go on later)."""
+        while self.settle.backlog:
+            self.settle.settle()
+
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> builtins.list[tuple[Job, dict[str, Status]]]:
+        return held_jobs(self.db, job_ids, arrived)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        release_jobs(self.db, job_ids)
+
+    def _cancel(self, new: Job, old: Job) -> bool:
+        """A held job canceled by its parent (`job.cancel_by_parent`), as a compare-and-set."""
+        assert new.status is Status.CANCELED and old.status is Status.PENDING
+        done = self.db.execute(
+            "UPDATE procpool_jobs SET status = 'canceled', updated_at = %s, finished_at = %s,"
+            " last_error = %s, canceled_by = %s WHERE id = %s AND status = 'pending'",
+            (new.updated_at, new.updated_at, new.last_error, new.canceled_by, new.id),
+        ).rowcount
+        if done:
+            self.settle.ended(new.id, new.updated_at)
+        return bool(done)
+
+
 class PostgresClientStore(SqlReads):
     """A client's connection to the shared store, opened at first use.
 
@@ -68,6 +136,8 @@ class PostgresClientStore(SqlReads):
 
     JOBS = "procpool_jobs"
     MARK = "%s"
+    PARENTS = "procpool_job_parents"
+    HELD = "status = 'pending' AND held"
     LIMITS = "procpool_limits"
     PAUSES = "procpool_pauses"
     SCHEDULES = "procpool_schedules"
@@ -176,14 +246,18 @@ class PostgresClientStore(SqlReads):
                     message,
                 )
         with db.transaction():
+            _check_after(db, jobs)
             # The rows go to a table of this session first, with no lock that a daemon
             # waits for; the ids' stripes (`lock_ids`) are held only for the one
             # statement that moves them, so a daemon that ingests meanwhile waits for
             # that statement, not for the whole transfer (about a quarter of it).
-            db.execute("CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs) ON COMMIT DROP")
-            with db.cursor().copy(f"COPY procpool_staged ({COLUMNS}) FROM STDIN") as copy:
+            db.execute(
+                "CREATE TEMPORARY TABLE procpool_staged (LIKE procpool_jobs INCLUDING DEFAULTS)"
+                " ON COMMIT DROP"
+            )
+            with db.cursor().copy(f"COPY procpool_staged ({JOB_COLUMNS}) FROM STDIN") as copy:
                 for job in jobs:
-                    copy.write_row(_row(job))
+                    copy.write_row(inserted_row(job))
             lock_ids(db, [job.id for job in jobs])
             taken: dict[str, str] = {}
             for job in sorted(jobs, key=lambda j: (j.type, j.unique_key or "")):
@@ -191,10 +265,14 @@ class PostgresClientStore(SqlReads):
                     taken.update(insert_unique_job(db, job))
             if taken:
                 db.execute("DELETE FROM procpool_staged WHERE id = ANY(%s)", (list(taken),))
-            db.execute(
-                f"INSERT INTO procpool_jobs ({COLUMNS}) SELECT {COLUMNS} FROM procpool_staged"
-                " ON CONFLICT (id) DO NOTHING"
-            )
+            inserted = {
+                row[0]
+                for row in db.execute(
+                    f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) SELECT {JOB_COLUMNS}"
+                    " FROM procpool_staged"
+                    " ON CONFLICT (id) DO NOTHING RETURNING id"
+                )
+            }
             differ = db.execute(
                 "SELECT s.id FROM procpool_staged s LEFT JOIN procpool_jobs j ON j.id = s.id"
                 " WHERE j.digest IS DISTINCT FROM s.digest LIMIT 1"
@@ -204,6 +282,15 @@ class PostgresClientStore(SqlReads):
             for target, source in resumes.items():
                 if target not in taken:
                     copy_checkpoint(db, source, target)
+            # Keyed jobs were inserted one by one above (with their edges), the others
+            # here: every job of the submission not taken as a duplicate may wait.
+            inserted |= {job.id for job in jobs if job.unique_key is not None} - set(taken)
+            waiting = [job for job in jobs if job.after and job.id in inserted]
+            if waiting:
+                hold(db, [job for job in waiting if job.unique_key is None])
+                graph = _Graph(db)
+                graph.settle.arrived(waiting)
+                graph.settle_all()
             db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
         return taken
 
@@ -230,6 +317,10 @@ class PostgresClientStore(SqlReads):
             if row is None:
                 return None
             status, owner = row
+            if status == "canceled":
+                graph = _Graph(db)
+                graph.settle.ended(job_id, now)
+                graph.settle_all()
             if status == "running" and owner is not None:
                 db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, f"{owner}:{job_id}"))
         return Status(status)
@@ -294,9 +385,9 @@ class PostgresClientStore(SqlReads):
                 if action == "trigger":
                     job = job_of(stored.schedule, at, self.job_defaults(), time.time(), manual=True)
                     lock_ids(db, [job.id])
-                    marks = ", ".join(["%s"] * len(COLUMNS.split(",")))
-                    db.execute(f"INSERT INTO procpool_jobs ({COLUMNS}) VALUES ({marks})"
-                               " ON CONFLICT (id) DO NOTHING", _row(job))  # fmt: skip
+                    marks = ", ".join(["%s"] * len(JOB_COLUMNS.split(",")))
+                    db.execute(f"INSERT INTO procpool_jobs ({JOB_COLUMNS}) VALUES ({marks})"
+                               " ON CONFLICT (id) DO NOTHING", inserted_row(job))  # fmt: skip
                     db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
                     rows.triggered(name, job.id)
                     made = job.id

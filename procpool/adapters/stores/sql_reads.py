@@ -50,11 +50,14 @@ def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]
 
 
 class SqlReads(ABC):
-    """The shared reads of a SQL store. `JOBS`: the jobs table; `LIMITS`: the limits
+    """The shared reads of a SQL store. `JOBS`: the jobs table; `PARENTS`: the table of
+    dependencies; `LIMITS`: the limits
     the daemon published; `PAUSES`: the paused types; `MARK`: the parameter mark of the
     driver. A read of a store that is not there yet returns no rows."""
 
     JOBS: str
+    PARENTS: str  # the edges of dependencies: (job_id, parent_id)
+    HELD: str  # the condition of a job its parents hold back, as its partial index has it
     LIMITS: str
     PAUSES: str
     SCHEDULES: str
@@ -77,10 +80,6 @@ class SqlReads(ABC):
     def _schedule_rows(self) -> ScheduleRows:
         return ScheduleRows(self._query, self.SCHEDULES, self.SCHEDULE_SKIPS, self.MARK)
 
-    def _columns(self) -> str:
-        """The jobs' columns as the store's schema has them (see COLUMNS)."""
-        return COLUMNS
-
     @abstractmethod
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         """The condition "`column` is one of `values`", with its parameters."""
@@ -88,6 +87,10 @@ class SqlReads(ABC):
     @abstractmethod
     def _before(self, before: tuple[float, str]) -> tuple[str, builtins.list[object]]:
         """The condition "(created_at, id) comes before `before`", with its parameters."""
+
+    def _columns(self) -> str:
+        """The jobs' columns in the order `_job` reads them, as this store has them."""
+        return COLUMNS
 
     def get(self, job_id: str) -> Job | None:
         rows = self._query(
@@ -101,6 +104,12 @@ class SqlReads(ABC):
             self._before(query.before) if query.before is not None else None,
             self._any_of("status", [str(s) for s in statuses]) if statuses else None,
             (f"type = {self.MARK}", [job_type]) if job_type is not None else None,
+            (
+                f"id IN (SELECT job_id FROM {self.PARENTS} WHERE parent_id = {self.MARK})",
+                [query.after],
+            )
+            if query.after is not None
+            else None,
         ]
         where = [condition for condition in conditions if condition is not None]
         clause = f"WHERE {' AND '.join(sql for sql, _ in where)}" if where else ""
@@ -142,8 +151,11 @@ class SqlReads(ABC):
     def count_finished_before(self, cutoff: float) -> int:
         """Terminal jobs last changed before `cutoff`: what retention would delete."""
         rows = self._query(
-            f"SELECT count(*) FROM {self.JOBS} WHERE status IN ('completed', 'failed',"
-            f" 'canceled') AND updated_at < {self.MARK}",
+            f"SELECT count(*) FROM {self.JOBS} AS j WHERE status IN ('completed', 'failed',"
+            f" 'canceled') AND updated_at < {self.MARK}"
+            # Retention keeps a parent while a job that waits for it lives.
+            f" AND NOT EXISTS (SELECT 1 FROM {self.PARENTS} AS d JOIN {self.JOBS} AS c"
+            " ON c.id = d.job_id WHERE d.parent_id = j.id AND c.status IN ('pending', 'running'))",
             (cutoff,),
         )
         return int(rows[0][0]) if rows else 0
@@ -161,7 +173,7 @@ class SqlReads(ABC):
         return None if oldest is None else (now or time.time()) - oldest
 
     def waiting(self, jobs: Sequence[Job], now: float) -> dict[str, dict[str, object]]:
-        return held_back(jobs, now, self._query, (self.LIMITS, self.JOBS, self.PAUSES))
+        return held_back(jobs, now, self._query, (self.LIMITS, self.JOBS, self.PAUSES), self.MARK)
 
     def pauses(self) -> builtins.list[Pause]:
         return stored_pauses(self._query, self.PAUSES)
@@ -179,6 +191,14 @@ class SqlReads(ABC):
             f"SELECT count(*) FROM {self.JOBS} WHERE status = 'canceled' AND last_error = 'expired'"
         )
         return int(rows[0][0]) if rows else 0
+
+    def dependency_counts(self) -> tuple[int, int]:
+        held = self._query(f"SELECT count(*) FROM {self.JOBS} WHERE {self.HELD}")
+        canceled = self._query(
+            f"SELECT count(*) FROM {self.JOBS} WHERE status = 'canceled'"
+            " AND canceled_by IS NOT NULL"
+        )
+        return (int(held[0][0]) if held else 0, int(canceled[0][0]) if canceled else 0)
 
     def limit_figures(self, now: float) -> builtins.list[tuple[str, int, int, int]]:
         limits = published_limits(self._query, self.LIMITS)

@@ -223,6 +223,22 @@ MIGRATIONS: list[str] = [
         value BLOB NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 10: dependencies (CONTRACT section 15). A job with `after` is inserted held
+    # (ready = 2: in neither the ready nor the scheduled index, so the claim never
+    # reads it) and released (ready = 0, then promoted as any scheduled job) in the
+    # transaction that ends its last parent; one row per edge, found from either end.
+    """
+    ALTER TABLE jobs ADD COLUMN after_ids TEXT;
+    ALTER TABLE jobs ADD COLUMN after_failure TEXT;
+    ALTER TABLE jobs ADD COLUMN canceled_by TEXT;
+    CREATE TABLE job_parents (
+        job_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        PRIMARY KEY (job_id, parent_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_parents_parent ON job_parents (parent_id, job_id);
+    CREATE INDEX jobs_held ON jobs (id) WHERE status = 'pending' AND ready = 2;
+    """,
 ]
 # Which jobs hold their unique_key, word for word the unique index's predicate (so that
 # the planner uses it): "active" ones while pending or running; "pending" ones until
@@ -238,11 +254,27 @@ COLUMNS = (
     "id, type, payload, status, attempts, max_attempts, timeout, priority, run_at,"
     " created_at, updated_at, last_error, result, progress, worker_pid, lease, started_at,"
     " cancel_requested, digest, retry_of, concurrency_key, expires_at, schedule, scheduled_for,"
-    " unique_key, unique_while, checkpoint_at"
+    " unique_key, unique_while, checkpoint_at, after_ids, after_failure, canceled_by"
 )
-# The columns of unique keys and checkpoints (migration 9), which a reader newer than the
-# daemon reads as nulls until the daemon has migrated the store (StoreReader._query).
-SECTION_16_COLUMNS = "unique_key, unique_while, checkpoint_at"
+# The jobs' columns each migration added (by the schema version it made), which a
+# reader newer than the daemon on its home reads as nulls until the daemon has migrated
+# the store (`columns_at`).
+ADDED_COLUMNS = {
+    8: "schedule, scheduled_for",
+    9: "unique_key, unique_while, checkpoint_at",
+    10: "after_ids, after_failure, canceled_by",
+}
+
+
+def columns_at(version: int) -> str:
+    """COLUMNS as a store of schema `version` has them: those added since read as null."""
+    columns = COLUMNS
+    for added_by, names in ADDED_COLUMNS.items():
+        if version < added_by:
+            columns = columns.replace(names, ", ".join(["NULL"] * len(names.split(","))))
+    return columns
+
+
 RUN_COLUMNS = (
     "job_id, type, lease, attempt, worker_pid, started_at, ended_at, outcome, error, exit_signal"
 )
@@ -253,6 +285,12 @@ FINISHED_BEFORE = (
     "SELECT {what} FROM jobs{hint}"
     " WHERE status IN ('completed', 'failed', 'canceled') AND created_at < ? AND updated_at < ?"
 )
+# Retention keeps a parent while a job that waits for it lives (CONTRACT section 15).
+KEEP_PARENTS = (
+    " AND NOT EXISTS (SELECT 1 FROM job_parents AS d JOIN jobs AS c ON c.id = d.job_id"
+    " WHERE d.parent_id = jobs.id AND c.status IN ('pending', 'running'))"
+)
+DEPENDENCIES_SCHEMA = 10  # the schema that has the columns and table of dependencies
 _progress_decoder = msgspec.json.Decoder(Progress)
 # Seconds a transaction waits for a lock another process holds before StoreBusy: short,
 # so that the supervisor's loop regains control and says the store is busy.
@@ -271,6 +309,7 @@ JobRow = tuple[
     str, str, bytes, str, int, int, float | None, int, float, float, float, str | None,
     bytes | None, bytes | None, int | None, int, float | None, int, str, str | None,
     str | None, float | None, str | None, str | None, str | None, str | None, float | None,
+    str | None, str | None, str | None,
 ]  # fmt: skip
 # A row of the runs table in RUN_COLUMNS' order.
 RunRow = tuple[
@@ -284,6 +323,7 @@ def _job(row: JobRow) -> Job:
         run_at, created_at, updated_at, last_error, result, progress, worker_pid, lease,
         started_at, cancel_requested, digest, retry_of, concurrency_key, expires_at,
         schedule, scheduled_for, unique_key, unique_while, checkpoint_at,
+        after_ids, after_failure, canceled_by,
     ) = row  # fmt: skip
     return Job(
         id=job_id,
@@ -313,6 +353,9 @@ def _job(row: JobRow) -> Job:
         unique_key=unique_key,
         unique_while=unique_while,
         checkpoint_at=checkpoint_at,
+        after=() if after_ids is None else tuple(after_ids.split(" ")),
+        after_failure=after_failure or "cancel",
+        canceled_by=canceled_by,
     )
 
 
@@ -322,6 +365,9 @@ def _run(row: RunRow) -> Run:
         job_id=job_id, type=job_type, lease=lease, attempt=attempt, worker_pid=pid,
         started_at=started, ended_at=ended, outcome=outcome, error=error, exit_signal=exit_signal,
     )  # fmt: skip
+
+
+HELD = 2  # `ready` of a job that waits for its parents (migration 8)
 
 
 def _is_ready(job: Job) -> int:
@@ -337,11 +383,20 @@ def _row(job: Job) -> tuple[*JobRow, int]:
         job.result, None if job.progress is None else msgspec.json.encode(job.progress),
         job.worker_pid, job.lease, job.started_at, int(job.cancel_requested), job.digest,
         job.retry_of, job.concurrency_key, job.expires_at, job.schedule, job.scheduled_for,
-        job.unique_key, job.unique_while, job.checkpoint_at, _is_ready(job),
+        job.unique_key, job.unique_while, job.checkpoint_at, _after_ids(job),
+        job.after_failure, job.canceled_by,
+        HELD if job.after else _is_ready(job),
     )  # fmt: skip
 
 
+def _after_ids(job: Job) -> str | None:
+    """`after` as its column holds it: the ids joined by spaces (an id holds none)."""
+    return " ".join(job.after) if job.after else None
+
+
 def _column_value(job: Job, name: str) -> object:
+    if name == "after_ids":
+        return _after_ids(job)
     value = getattr(job, name)
     if name == "progress":
         return None if value is None else msgspec.json.encode(value)
@@ -529,6 +584,66 @@ class SqliteJobStore(ScheduleMethods):
         self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
+        edges = [(job.id, parent) for job in jobs for parent in job.after]
+        if edges:
+            self._db.executemany("INSERT INTO job_parents (job_id, parent_id) VALUES (?, ?)", edges)
+
+    def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
+        """See JobStore.dependents."""
+        rows = self._db.execute(
+            "SELECT job_id FROM job_parents INDEXED BY job_parents_parent"
+            " WHERE parent_id = ? AND job_id > ? ORDER BY job_id LIMIT ?",
+            (parent_id, after, limit),
+        )
+        return [row[0] for row in rows]
+
+    def held_ids(self, after: str, limit: int) -> list[str]:
+        """See JobStore.held_ids."""
+        rows = self._db.execute(
+            # ready = 2 (HELD) written out: the partial index is known to serve it.
+            "SELECT id FROM jobs INDEXED BY jobs_held WHERE status = 'pending' AND ready = 2"
+            " AND id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        return [row[0] for row in rows]
+
+    def held(
+        self, job_ids: Sequence[str], arrived: bool = False
+    ) -> list[tuple[Job, dict[str, Status]]]:
+        """See JobStore.held: 500 jobs, and their parents, per pair of statements."""
+        found: list[tuple[Job, dict[str, Status]]] = []
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            # `+`: by id, not through the status index (every pending job).
+            rows = self._db.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks}) AND +status = 'pending'"
+                " AND +ready = ?",
+                (*chunk, HELD),
+            ).fetchall()
+            if not rows:
+                continue
+            held = [_job(row) for row in rows]
+            parents: dict[str, dict[str, Status]] = {job.id: {} for job in held}
+            for job_id, parent, status in self._db.execute(
+                "SELECT d.job_id, p.id, p.status FROM job_parents AS d"
+                f" JOIN jobs AS p ON p.id = d.parent_id WHERE d.job_id IN ({marks})",
+                chunk,
+            ):
+                if job_id in parents:
+                    parents[job_id][parent] = Status(status)
+            found.extend((job, parents[job.id]) for job in held)
+        return found
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """See JobStore.release: the jobs join the scheduled ones, which the next `due`
+        promotes once their run_at has come."""
+        self._db.executemany(
+            "UPDATE jobs SET ready = 0 WHERE id = ? AND status = 'pending' AND ready = ?",
+            [(job_id, HELD) for job_id in job_ids],
+        )
+        if job_ids:
+            self._earliest_scheduled = None
 
     def save(
         self,
@@ -793,12 +908,14 @@ class SqliteJobStore(ScheduleMethods):
     def delete_finished_before(self, cutoff: float, limit: int) -> list[tuple[str, Status]]:
         rows = self._db.execute(
             FINISHED_BEFORE.format(what="id, type, status", hint=" INDEXED BY jobs_status_created")
+            + KEEP_PARENTS
             + " LIMIT ?",
             (cutoff, cutoff, limit),
         ).fetchall()
         ids = [(job_id,) for job_id, _, _ in rows]
         self._db.executemany("DELETE FROM runs WHERE job_id = ?", ids)
         self._db.executemany("DELETE FROM checkpoints WHERE job_id = ?", ids)
+        self._db.executemany("DELETE FROM job_parents WHERE job_id = ?", ids)
         self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
         return [(job_type, Status(status)) for _, job_type, status in rows]
 

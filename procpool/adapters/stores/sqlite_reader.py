@@ -20,23 +20,24 @@ from typing import Any
 from procpool.adapters.stores.job_reader import EVERY_JOB, JobQuery
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
-    COLUMNS,
+    DEPENDENCIES_SCHEMA,
     FINISHED_BEFORE,
+    KEEP_PARENTS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
-    SECTION_16_COLUMNS,
     _job,
     _run,
+    columns_at,
 )
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.domain.job import Job, Run, Status
-
-SCHEDULES_SCHEMA = 8  # the schema version that added the jobs' schedule columns
 
 
 class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
+    PARENTS = "job_parents"
+    HELD = "status = 'pending' AND ready = 2"
     LIMITS = "limits"
     PAUSES = "pauses"
     SCHEDULES = "schedules"
@@ -46,7 +47,6 @@ class StoreReader(SqlReads):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
-        self._schema: int | None = None  # the store's schema version, once read
 
     def exists(self) -> bool:
         """Whether the store's file is there (the daemon creates it when it starts)."""
@@ -70,27 +70,9 @@ class StoreReader(SqlReads):
             # The daemon creates the file first, then its tables, one migration per
             # transaction: until the last has committed, a table may be missing.
             # (Asked of the schema version rather than read from SQLite's message.)
-            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-                raise
-            if SECTION_16_COLUMNS not in sql:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 return []
-        # A daemon older than this reader still runs on the home: the jobs' columns its
-        # schema lacks read as nulls.
-        nulls = ", ".join(["NULL"] * len(SECTION_16_COLUMNS.split(",")))
-        try:
-            return db.execute(sql.replace(SECTION_16_COLUMNS, nulls), parameters).fetchall()
-        except sqlite3.OperationalError:
-            return []
-
-    def _columns(self) -> str:
-        """A daemon of the release before schedules (schema 7) may still run on the home:
-        its jobs have no schedule columns, read as null."""
-        db = self._connection()
-        if db is not None and (self._schema is None or self._schema < SCHEDULES_SCHEMA):
-            self._schema = db.execute("PRAGMA user_version").fetchone()[0]
-        if self._schema is not None and 0 < self._schema < SCHEDULES_SCHEMA:
-            return COLUMNS.replace("schedule, scheduled_for", "NULL, NULL")
-        return COLUMNS
+            raise
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
         found: dict[str, Job] = {}
@@ -112,6 +94,12 @@ class StoreReader(SqlReads):
         db = self._connection()
         if db is None:
             return []
+        if query.after is not None:
+            # A job's dependents are found through the edges' index and then filtered: by
+            # status, SQLite would walk the status index instead.
+            every = super().list(replace(query, statuses=(), limit=2**62))
+            wanted = set(query.statuses) or set(Status)
+            return [job for job in every if job.status in wanted][: query.limit]
         found: builtins.list[Job] = []
         db.execute("BEGIN")
         try:
@@ -125,8 +113,20 @@ class StoreReader(SqlReads):
     def count_finished_before(self, cutoff: float) -> int:
         # No index named: a reader may open a home its daemon has not migrated yet, and
         # the planner seeks the status index of either schema.
-        rows = self._query(FINISHED_BEFORE.format(what="count(*)", hint=""), (cutoff, cutoff))
+        keep = KEEP_PARENTS if self._version() >= DEPENDENCIES_SCHEMA else ""
+        rows = self._query(
+            FINISHED_BEFORE.format(what="count(*)", hint="") + keep, (cutoff, cutoff)
+        )
         return int(rows[0][0]) if rows else 0
+
+    def _version(self) -> int:
+        db = self._connection()
+        return 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _columns(self) -> str:
+        """A daemon older than this reader may still run on the home: the jobs' columns
+        its schema lacks read as null."""
+        return columns_at(self._version())
 
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         return f"{column} IN ({','.join('?' * len(values))})", [*values]

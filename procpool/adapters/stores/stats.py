@@ -143,6 +143,8 @@ class Stats(msgspec.Struct):
     # Occurrences of schedules not made jobs since the store began, by reason
     # (CONTRACT section 14): missed, overlap, paused, ended, no_handler.
     schedule_skips: dict[str, int] = msgspec.field(default_factory=dict)
+    waiting_for_parents: int = 0  # pending jobs their parents hold back (`after`)
+    canceled_by_parent: int = 0  # jobs in the store canceled because a parent failed
 
 
 def _throughput(runs: list[Run], now: float) -> dict[str, Throughput]:
@@ -225,6 +227,7 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
     jobs = {status.value: sum(t[status.value] for t in types.values()) for status in Status}
     runs = reader.recent_runs(now - WINDOWS[-1][1])
     running = daemon_pid is not None
+    dependencies = reader.dependency_counts()
     return Stats(
         at=rfc3339(now),
         daemon=DaemonStats(running=running, pid=daemon_pid if running else None),
@@ -251,6 +254,8 @@ def collect(reader: JobReader, daemon_pid: int | None, cpu_sample: float = 0.25)
         key_limits=[KeyLimitStats(*figures) for figures in reader.key_limit_figures(now)],
         expired=reader.expired_count(),
         schedule_skips=reader.schedule_skips(),
+        waiting_for_parents=dependencies[0],
+        canceled_by_parent=dependencies[1],
     )
 
 
@@ -306,6 +311,10 @@ def render(stats: Stats) -> str:
     if stats.schedule_skips:
         skips = ", ".join(f"{reason} {n}" for reason, n in stats.schedule_skips.items())
         lines.append(f"schedule occurrences skipped: {skips}")
+    lines.append(
+        f"dependencies: {stats.waiting_for_parents} waiting for their parents,"
+        f" {stats.canceled_by_parent} canceled by a parent (still in the store)"
+    )
     if stats.limits:
         lines.append("")
         lines.extend(_table([

@@ -513,15 +513,23 @@ class Fleet:
 
     # ----------------------------------------------------------------- dispatch
 
-    def hand_out(self, worker: Worker, job: Job, now: float) -> Send:
-        """Give a claimed (running) job to a worker."""
+    def hand_out(self, worker: Worker, job: Job, now: float, parents: bytes | None = None) -> Send:
+        """Give a claimed (running) job to a worker; `parents`: see wire.RunJob."""
         if not worker.assigned:
             worker.owes_start_since = now
             worker.last_heard_at = now
         worker.assigned[job.id] = job
         return Send(
             worker.pid,
-            wire.RunJob(job.id, job.lease, job.attempt, job.type, job.payload, job.scheduled_for),
+            wire.RunJob(
+                job.id,
+                job.lease,
+                job.attempt,
+                job.type,
+                job.payload,
+                job.scheduled_for,
+                parents=parents,
+            ),
         )
 
     def take_back(self, worker: Worker, job: Job) -> Send:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from procpool.application.ports import JobStore
 from procpool.application.supervisor import checkpoints
+from procpool.application.supervisor.dependents import parents_of
 from procpool.application.supervisor.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.supervisor.effects import Effects
 from procpool.application.supervisor.fleet import Fleet
@@ -41,13 +42,18 @@ class Dispatcher:
 
     def dispatch(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
         """Cancel the pending jobs past their expires_at, before the claim could start
-        them (CONTRACT 13), then hand out due jobs and take back queued ones, unless
+        them (CONTRACT 13), settle the dependents earlier turns left (CONTRACT 15),
+        then hand out due jobs and take back queued ones, unless
         `closed` (stopping or fenced). `deaf`: the workers that have not read what was
         sent to them. The loop wakes up for the next expiry as for the next due job."""
         expiry = self._ledger.expire_due(wall)
+        dependents = self._ledger.dependents
+        dependents.settle(wall)  # what earlier turns left of a large fan-out
         self._hand_out(now, wall, deaf, closed)
         if expiry is not None:
             self.next_due = expiry if self.next_due is None else min(expiry, self.next_due)
+        if dependents.backlog:
+            self.next_due = wall
 
     def _hand_out(self, now: float, wall: float, deaf: set[int], closed: bool) -> None:
         fleet = self._fleet
@@ -75,8 +81,9 @@ class Dispatcher:
                     running = self._ledger.start(
                         job, lease=self._new_lease(), worker_pid=worker.pid, now=wall
                     )
-                    send = checkpoints.with_last(fleet.hand_out(worker, running, now), running,
-                                                 self._store)  # fmt: skip
+                    parents = parents_of(self._store, job) if job.after else None
+                    send = fleet.hand_out(worker, running, now, parents)
+                    send = checkpoints.with_last(send, running, self._store)
                     self._effects.apply([send], wall)
                     handed += 1
         # A job taken back goes to the worker it was taken back for at the next turn.

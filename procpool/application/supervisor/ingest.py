@@ -29,6 +29,7 @@ from procpool.application.ports import (
     SharedStore,
 )
 from procpool.domain import inbox_names, schedules
+from procpool.domain.dependencies import problems
 from procpool.domain.errors import DuplicateId, InvalidJobFile
 from procpool.domain.job import Job
 from procpool.domain.schedules import Schedule
@@ -102,6 +103,9 @@ class _FileOutcome:
         self.lines: list[LineError] = []
         self.new_jobs = 0
         self.duplicate: str | None = None  # an id that exists with other content
+        # `after` names what cannot be a parent: none of the file's jobs is stored.
+        self.bad_after = False
+        self.first_bad_after: LineError | None = None  # of a .jsonl file: its first
 
     def fail(self, line: int | None, error: str) -> None:
         if line is None:
@@ -253,10 +257,12 @@ def ingest(
         stored: dict[str, str] = found
     else:
         stored = store.digests(ids)
+    parents = sorted({p for candidates in offered for c in candidates for p in c.job.after})
+    existing = set(store.statuses(parents)) if parents else set()
     seen: dict[str, str] = {}
     new_jobs: list[Job] = []
     for outcome, candidates in zip(outcomes, offered, strict=True):
-        _judge(outcome, candidates, stored, seen, new_jobs, result)
+        _judge(outcome, candidates, stored, seen, new_jobs, result, existing)
     if any(job.unique_key is not None for job in new_jobs):
         new_jobs = _insert_unique(new_jobs, store, outcomes, result)
     store.insert(new_jobs)
@@ -276,9 +282,12 @@ def _judge(
     seen: dict[str, str],
     new_jobs: list[Job],
     result: IngestResult,
+    existing: set[str],
 ) -> None:
     """Ids are idempotency keys: a job whose id exists (in the store, or earlier in this
-    step) with the same digest is a duplicate, with another digest an error."""
+    step) with the same digest is a duplicate, with another digest an error. Every
+    parent a new job names (`after`) exists (`existing`: of the parents named, those
+    stored) or is a job of the same file; else the file stores none of its jobs."""
     mine: dict[str, str] = {}
     fresh: list[_Candidate] = []
     duplicates: list[str] = []
@@ -293,7 +302,12 @@ def _judge(
         else:
             outcome.fail(candidate.line, str(DuplicateId.of(job.id)))
             outcome.duplicate = outcome.duplicate or job.id
-    if outcome.file.whole and (outcome.lines or outcome.error is not None):
+    if any(candidate.job.after for candidate in fresh):
+        bad = _check_after(outcome, fresh, existing.union(seen, stored, duplicates))
+        fresh = [candidate for candidate in fresh if candidate.job.id not in bad]
+        for job_id in bad:
+            del mine[job_id]
+    if (outcome.file.whole or outcome.bad_after) and (outcome.lines or outcome.error is not None):
         return
     seen.update(mine)
     for candidate in fresh:
@@ -321,6 +335,28 @@ def _insert_unique(
                 by_file[id(file)].new_jobs -= 1
         result.jobs = kept
     return [job for job in new_jobs if job.unique_key is None]
+
+
+def _check_after(outcome: _FileOutcome, fresh: list[_Candidate], known: set[str]) -> set[str]:
+    """Mark the file's jobs whose `after` names no job, the job itself, or a cycle: the
+    file stores none of its jobs. A file read in parts (larger than a scan) has stored
+    its earlier parts already: there only those lines are bad, as any bad line, and a
+    job stored with a parent that never came is canceled as by a canceled one."""
+    lines = {candidate.job.id: candidate.line for candidate in fresh}
+    graph = {candidate.job.id: candidate.job.after for candidate in fresh}
+    part = outcome.file.part
+    in_parts = part is not None and not (part.start == 0 and part.complete)
+    bad = set()
+    for problem in problems(graph, known):
+        line, message = lines[problem.job_id], f"job {problem.job_id}: {problem.message}"
+        outcome.fail(line, message)
+        bad.add(problem.job_id)
+        if in_parts:
+            continue
+        outcome.bad_after = True
+        if line is not None and outcome.first_bad_after is None:
+            outcome.first_bad_after = LineError(line, message)
+    return bad
 
 
 def _conclude(
@@ -367,6 +403,9 @@ def _decide(
         error = "the file holds no job"
     elif error is None and bad and outcome.file.whole:
         error, bad_job = _batch_summary(lines, entries)
+    elif error is None and outcome.first_bad_after is not None:
+        first = outcome.first_bad_after
+        error = f"line {first.line}: {first.error}; none of the file's jobs was stored"
     elif error is None and bad:
         listed = min(len(lines), MAX_REPORTED_LINES)
         error = _lines_summary(bad, entries, listed)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from procpool.application.ports import JobStore
+from procpool.application.supervisor.dependents import Dependents
 from procpool.application.supervisor.fleet import RunEnded
 from procpool.application.supervisor.histogram import Histogram
 from procpool.domain import job as jobs
@@ -47,9 +48,11 @@ class Ledger:
         self._expiry_looked = -math.inf
         self.expired = 0  # jobs expired since the start
         self.duplicate_keys = 0  # submissions not added: a live job held their unique_key
+        self.dependents = Dependents(store, self._write, log)
 
     def load(self) -> None:
         self.counts.update(self.store.counts())
+        self.dependents.sweep()
 
     def _save(self, new: Job, old: Job) -> Job:
         self._write(new, old)
@@ -83,6 +86,9 @@ class Ledger:
             self.counts[(new.type, new.status)] += 1
             if new.status.is_terminal:
                 self._finished.append(new.id)
+                self.dependents.ended(new.id, new.updated_at)
+                if self._held is None:
+                    self.dependents.settle()
         return True
 
     @contextmanager
@@ -117,12 +123,14 @@ class Ledger:
                     f"{len(saves) - written} of {plural(len(saves), 'job')} changed under"
                     " the supervisor"
                 )
+        self.dependents.settle()
 
     def rolled_back(self) -> None:
         """The turn's transaction is gone (StoreLost): forget the history and the ends it
         held, and count afresh from the store at the next `load`."""
         self._runs = []
         self._finished = []
+        self.dependents.forget()
         self.counts.clear()
         self._next_expiry = None
 
@@ -150,10 +158,13 @@ class Ledger:
         self.added_many([job])
 
     def added_many(self, new_jobs: Iterable[Job]) -> None:
+        new_jobs = list(new_jobs)
         for job in new_jobs:
             self.counts[(job.type, Status.PENDING)] += 1
             if job.expires_at is not None and self._next_expiry is not None:
                 self._next_expiry = min(self._next_expiry, job.expires_at)
+        self.dependents.arrived(new_jobs)
+        self.dependents.settle()
 
     def expire_due(self, now: float) -> float | None:
         """Cancel as expired (`last_error` "expired") the pending jobs past their

@@ -51,6 +51,8 @@ def apply_tick(
             daemon_id=tick.daemon_id, workers=len(fleet),
         )  # fmt: skip
         decisions += kill_all(fleet)
+    if tick.buried:
+        ledger.dependents.sweep()
     if tick.orphans:
         owners = sorted({job.worker_pid or 0 for job in tick.orphans})
         log(

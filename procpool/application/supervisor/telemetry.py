@@ -39,6 +39,7 @@ class Snapshot:
     )  # type, max, running, waiting
     expired: int = 0  # pending jobs canceled at their expires_at
     duplicate_keys: int = 0  # submissions not added: a live job held their unique_key
+    canceled_by_parent: int = 0  # pending jobs canceled: a parent failed or was canceled
     # (type, until or None, due pending jobs) of each pause in force
     pauses: list[tuple[str, float | None, int]] = field(default_factory=list)
     # (type, max per key, keys running, keys full, due pending jobs of full keys)
@@ -98,6 +99,7 @@ def take_snapshot(
         limits=store.limit_figures(at),
         expired=ledger.expired,
         duplicate_keys=ledger.duplicate_keys,
+        canceled_by_parent=ledger.dependents.canceled,
         pauses=[(p.type, p.until, waiting) for p, waiting in store.pause_figures(at)],
         key_limits=store.key_limit_figures(at),
         schedule_skips=store.schedule_skips(),

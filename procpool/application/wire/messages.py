@@ -43,6 +43,9 @@ class RunJob(_OfRun):
     payload: bytes
     scheduled_for: str | None = None  # an occurrence of a schedule: its nominal time
     last_checkpoint: bytes | None = None  # JSON: the last one an earlier attempt committed
+    # A job with `after`: {parent id: {"status", "result", "last_error"}} as JSON, read
+    # when the attempt was handed out (ctx.parents); None: it waits for no job.
+    parents: bytes | None = None
 
 
 class Skip(_OfRun):

@@ -471,6 +471,7 @@ def _execute(
             None if run.last_checkpoint is None else msgspec.json.decode(run.last_checkpoint)
         ),
         scheduled_for=run.scheduled_for,
+        parents=None if run.parents is None else msgspec.json.decode(run.parents),
     )
     try:
         value = function(context, msgspec.json.decode(run.payload))

@@ -278,12 +278,20 @@ def _write_routes(service: Service) -> list[Any]:
     async def retry(
         job_id: str,
         resume: Annotated[bool, Parameter(query="resume", required=False)] = False,
+        cascade: Annotated[bool, Parameter(query="cascade", required=False)] = False,
     ) -> Response[Created]:
         """A new job with the same type, payload and options, as `procpool retry`;
-        `resume=true`: it starts from the old job's last checkpoint (`--resume`)."""
-        new_id = await _in_thread(service.retry, job_id, resume)
-        location = {"Location": f"/jobs/{new_id}"}
-        return Response(Created(id=new_id), status_code=201, headers=location)
+        `resume=true`: it starts from the old job's last checkpoint (`--resume`);
+        `cascade=true`: the jobs its end canceled are re-created too (`renamed`)."""
+        if cascade and resume:
+            raise Problem(400, "resume and cascade do not go together")
+        if cascade:
+            renamed = await _in_thread(service.retry_cascade, job_id)
+            created = Created(id=renamed[job_id], renamed=renamed)
+        else:
+            created = Created(id=await _in_thread(service.retry, job_id, resume))
+        location = {"Location": f"/jobs/{created.id}"}
+        return Response(created, status_code=201, headers=location)
 
     queued = ResponseSpec(PauseList, description="no daemon took it yet: it waits in the inbox")
 
@@ -320,9 +328,13 @@ def _read_routes(service: Service, watch: LogWatch, closing: Callable[[], bool])
         job_type: Annotated[str | None, Parameter(query="type", required=False)] = None,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=MAX_PAGE)] = 100,
         cursor: Annotated[str | None, Parameter(query="cursor", required=False)] = None,
+        after: Annotated[str | None, Parameter(query="after", required=False)] = None,
     ) -> JobPage:
-        """Filter by status (repeatable) and type; `next` is the cursor of the next page."""
-        found, following = await _in_thread(service.page, status or [], job_type, limit, cursor)
+        """Filter by status (repeatable), type, and `after` (the jobs that wait for that
+        job); `next` is the cursor of the next page."""
+        found, following = await _in_thread(
+            service.page, status or [], job_type, limit, cursor, after
+        )
         return JobPage(jobs=found, next=following)
 
     @get("/jobs/{job_id:str}/attempts", summary="A job's attempts",

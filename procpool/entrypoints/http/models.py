@@ -16,10 +16,12 @@ from procpool.client import JobInfo, PauseInfo
 from procpool.domain.spec import JobSpec
 
 
-class Created(msgspec.Struct):
-    """The id of the job submitted (or retried)."""
+class Created(msgspec.Struct, omit_defaults=True):
+    """The id of the job submitted (or retried); a retry with `cascade`: also each old
+    id -> its new id, the retried job's first (docs/dependencies.md)."""
 
     id: str
+    renamed: dict[str, str] | None = None
 
 
 class BatchCreated(msgspec.Struct):

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import msgspec
 
@@ -49,6 +49,8 @@ from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile,
 from procpool.domain.job import Job, Status
 from procpool.domain.timefmt import rfc3339
 from procpool.entrypoints.http.models import Checkpoint, PauseRequest
+
+T = TypeVar("T")
 
 # How long a submit waits for a running daemon to take its file: it takes files
 # within milliseconds (inotify); past this the file stays queued and 201 is said.
@@ -201,12 +203,18 @@ class Service:
         raise not_found(job_id)
 
     def page(
-        self, statuses: Sequence[Status], job_type: str | None, limit: int, cursor: str | None
+        self,
+        statuses: Sequence[Status],
+        job_type: str | None,
+        limit: int,
+        cursor: str | None,
+        after: str | None = None,
     ) -> tuple[list[JobInfo], str | None]:
-        """One page of jobs, newest first, and the cursor of the next (None: the last)."""
+        """One page of jobs, newest first, and the cursor of the next (None: the last);
+        `after`: only the jobs that wait for that job."""
         before = decode_cursor(cursor) if cursor else None
         self._require_store()
-        jobs = self.client.reader.list(JobQuery(statuses, job_type, limit + 1, before))
+        jobs = self.client.reader.list(JobQuery(statuses, job_type, limit + 1, before, after))
         following = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return JobInfo.of_jobs(jobs[:limit], self.client.reader), following
 
@@ -459,9 +467,16 @@ class Service:
 
     def retry(self, job_id: str, resume: bool = False) -> str:
         """Raises Problem: 404 unknown; 409 not terminal."""
+        return self._retrying(job_id, lambda old: self.client.retry(old, resume=resume))
+
+    def retry_cascade(self, job_id: str) -> dict[str, str]:
+        """`Client.retry_cascade`. Raises Problem: 404 unknown; 409 not terminal."""
+        return self._retrying(job_id, self.client.retry_cascade)
+
+    def _retrying(self, job_id: str, retry: Callable[[str], T]) -> T:
         _require_possible_id(job_id)
         try:
-            return self.client.retry(job_id, resume=resume)
+            return retry(job_id)
         except JobRejected as rejected:
             raise Problem(404, str(rejected)) from None
         except UnknownJob:
@@ -539,6 +554,8 @@ class _SubmitArguments(TypedDict):
     run_at: str | None
     unique_key: str | None
     unique_while: str | None
+    after: list[str] | None
+    after_failure: str | None
 
 
 def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
@@ -554,4 +571,6 @@ def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
         "run_at": job_spec.run_at,
         "unique_key": job_spec.unique_key,
         "unique_while": job_spec.unique_while,
+        "after": job_spec.after,
+        "after_failure": job_spec.after_failure,
     }
