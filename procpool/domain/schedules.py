@@ -292,7 +292,7 @@ def check(value: object) -> Schedule:
             unknown field, a name outside the job-id alphabet or over 100 characters,
             neither or both of cron and every, an invalid cron field (`cron`, with the
             part at fault), every under 1 s, an unknown zone (`tz`), an overlap or
-            catchup not listed, overlap "queue" (not supported yet), a negative grace,
+            catchup not listed, a negative grace,
             a start or end that is not RFC 3339 or an end before the start, a job
             template that is not a valid job file, or holds id or run_at.
     """
@@ -325,12 +325,6 @@ def check(value: object) -> Schedule:
     if cron is not None:
         cron = _cron(name, cron)
     overlap = _choice(name, "overlap", value.get("overlap", "skip"), OVERLAPS)
-    if overlap == "queue":
-        raise ScheduleError(
-            name,
-            "overlap",
-            '"queue" is not supported yet (it needs job dependencies); use "skip" or "allow"',
-        )
     grace = value.get("grace", DEFAULT_GRACE)
     if (
         isinstance(grace, bool)
@@ -438,6 +432,24 @@ def scheduled_for(schedule: Schedule, instant: float, *, local: bool = False) ->
     return datetime.fromtimestamp(instant, zone).isoformat()
 
 
+def queued(schedule: Schedule, made: Sequence[Job], latest: str | None) -> tuple[Job, ...]:
+    """The jobs of a plan as overlap "queue" makes them: each waits for the job before
+    it (the first for `latest`, the schedule's job still pending or running, if any)
+    and runs once that one has ended, whatever its outcome (`after`, `after_failure`
+    "run"; CONTRACT 15). `plan` made at most one of them wait."""
+    if schedule.overlap != "queue":
+        return tuple(made)
+    jobs: list[Job] = []
+    before = latest
+    for job in made:
+        jobs.append(
+            job if before is None
+            else msgspec.structs.replace(job, after=(before,), after_failure="run")
+        )  # fmt: skip
+        before = job.id
+    return tuple(jobs)
+
+
 def job_of(
     schedule: Schedule, instant: float, defaults: JobDefaults, now: float, *, manual: bool = False
 ) -> Job:
@@ -513,10 +525,12 @@ class Plan:
 @dataclass(frozen=True)
 class Facts:
     """What a plan depends on besides the clock: an earlier job of the schedule is
-    pending or running (`active`), the schedule is paused, some daemon serves its type
+    pending or running (`active`), and is itself queued behind the one before it
+    (`waiting`: overlap "queue"), the schedule is paused, some daemon serves its type
     (`served`)."""
 
     active: bool = False
+    waiting: bool = False
     paused: bool = False
     served: bool = True
 
@@ -538,7 +552,9 @@ def plan(
     skipped `ended`. A paused schedule skips each as `paused`, one no daemon serves as
     `no_handler`. With `overlap` "skip", an occurrence is skipped `overlap` while an
     earlier job of the schedule is pending or running, the ones this plan creates
-    included. `source`: the schedule's own, unless given (tests).
+    included; with "queue", it is created to wait for the earlier job (`queued`),
+    unless one already waits so: then it is skipped `overlap`. `source`: the schedule's
+    own, unless given (tests).
     """
     if cursor is None:
         return Plan((), (), now, _wake(schedule, source or schedule.source(), now))
@@ -573,11 +589,12 @@ def plan(
         skipped += [Skip(t, "ended") for t in caught]
         caught = []
     create: list[float] = []
-    active = facts.active
+    active, waiting = facts.active, facts.waiting
     for t in sorted(caught + on_time):
-        if active and schedule.overlap == "skip":
+        if active and (schedule.overlap == "skip" or (schedule.overlap == "queue" and waiting)):
             skipped.append(Skip(t, "overlap"))
             continue
+        waiting = active  # a job made while an earlier one is active waits for it
         create.append(t)
         active = True
     skipped.sort(key=lambda skip: skip.instant)

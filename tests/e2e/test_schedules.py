@@ -8,6 +8,7 @@ one job and logs the others missed."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -22,6 +23,7 @@ from conftest import Daemon, run_cli, wait_until
 from http_helpers import Server
 
 from procpool import Client
+from procpool.client import JobInfo
 
 HANDLERS = ("--handlers", "schedule_handlers")
 OCCURRENCE_ID = re.compile(r"(?P<name>.+)\.(?P<stamp>\d{8}T\d{6}Z)")
@@ -92,7 +94,6 @@ BAD = [
     ('name = "b"\ncron = "61 * * * *"\njob = {type = "when"}', "cron minute", "0-59"),
     ('name = "b"\nevery = 5\njob = {type = "when", id = "x"}', "job.id", "not allowed"),
     ('name = "b"\nevery = 5\njob = {type = "no-such-type"}', "job.type", "unknown job type"),
-    ('name = "b"\nevery = 5\noverlap = "queue"\njob = {type = "when"}', "overlap", "not supported"),
 ]
 
 
@@ -182,6 +183,49 @@ def test_overlap_skip_skips_while_a_long_job_runs_and_nothing_piles_up(
     daemon.wait_events("schedule.skipped", count=2, timeout=30, schedule="slow", reason="paused")
     made = {job.id for job in daemon.client.list(limit=1000)} - jobs_before
     assert not made, made
+
+
+@pytest.mark.timeout(120)
+def test_overlap_queue_keeps_one_job_waiting_behind_the_running_one(
+    make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    """Two workers, a job of 2 s every second: each job made while another is active
+    waits for it (after, run whatever its outcome), one at a time; the others overlap."""
+    daemon = make_daemon(2, args=HANDLERS)
+    job = 'type = "hold", payload = {seconds = 2}'
+    file = write(tmp_path / "s.toml", every("queued", 1, job, overlap="queue"))
+    assert run_cli(home, "schedule", "apply", str(file)).returncode == 0
+    daemon.wait_events("schedule.fired", count=3, timeout=60, schedule="queued")
+    skipped = daemon.wait_events("schedule.skipped", count=2, timeout=30, schedule="queued")
+    assert {line["reason"] for line in skipped} == {"overlap"}
+    assert run_cli(home, "schedule", "pause", "queued").returncode == 0
+    client = daemon.client
+
+    def made() -> list[JobInfo]:
+        return sorted(
+            (job for job in client.list(limit=1000) if job.schedule == "queued"),
+            key=lambda job: job.id,
+        )
+
+    def settled() -> bool:
+        jobs = made()
+        waiting = [job for job in jobs if job.status == "pending"]
+        assert len(waiting) <= 1, [(job.id, job.status, job.after) for job in jobs]
+        return bool(jobs) and all(job.status == "completed" for job in jobs)
+
+    wait_until(settled, timeout=60, what="the queued jobs to run")
+    jobs = made()
+    for earlier, later in itertools.pairwise(jobs):
+        if later.after:
+            assert later.after == [earlier.id] and later.after_failure == "run"
+    assert any(job.after for job in jobs), [job.id for job in jobs]
+    runs = sorted(
+        (attempt.started_at or "", attempt.ended_at or "")
+        for job in jobs
+        for attempt in client.attempts(job.id)
+    )
+    for (_, ended), (started, _) in itertools.pairwise(runs):
+        assert epoch(ended) <= epoch(started), runs  # never two at once
 
 
 @pytest.mark.timeout(120)

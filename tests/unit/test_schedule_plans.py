@@ -19,13 +19,16 @@ from procpool.domain.schedules import (
     Skip,
     check,
     diff,
+    job_of,
     manual_id,
     occurrence_id,
     parse_file,
     plan,
+    queued,
     scheduled_for,
     upcoming,
 )
+from procpool.domain.spec import JobDefaults
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp()  # a whole minute
 JOB = {"type": "echo", "payload": {"k": 1}}
@@ -91,7 +94,6 @@ def test_the_same_schedule_in_json_is_the_same_definition() -> None:
         ({"name": "s", "every": True, "job": JOB}, "every", "must be seconds"),
         ({"name": "s", "every": 5, "tz": "Mars/Olympus", "job": JOB}, "tz", "unknown time zone"),
         ({"name": "s", "every": 5, "overlap": "wait", "job": JOB}, "overlap", "one of"),
-        ({"name": "s", "every": 5, "overlap": "queue", "job": JOB}, "overlap", "not supported yet"),
         ({"name": "s", "every": 5, "catchup": "some", "job": JOB}, "catchup", "one of"),
         ({"name": "s", "every": 5, "grace": -1, "job": JOB}, "grace", "from 0 to ten years"),
         ({"name": "s", "every": "99999999d", "job": JOB}, "every", "at most ten years"),
@@ -320,6 +322,38 @@ PLANS = [
         P((), ((10, "overlap"),), 10, 20),
     ),
     ("overlap allow", {"overlap": "allow"}, 0, 10, Facts(active=True), P((10,), (), 10, 20)),
+    (
+        "overlap queue: one waits for the job that runs",
+        {"overlap": "queue"},
+        0,
+        10,
+        Facts(active=True),
+        P((10,), (), 10, 20),
+    ),
+    (
+        "overlap queue: one waits already, the next is skipped",
+        {"overlap": "queue"},
+        0,
+        10,
+        Facts(active=True, waiting=True),
+        P((), ((10, "overlap"),), 10, 20),
+    ),
+    (
+        "overlap queue in one plan: the second waits for the first, the third overlaps",
+        {"grace": 5, "catchup": "all", "overlap": "queue"},
+        0,
+        32,
+        Facts(),
+        P((10, 20), ((30, "overlap"),), 30, 40),
+    ),
+    (
+        "overlap queue while one runs: only one made, the rest overlap",
+        {"grace": 5, "catchup": "all", "overlap": "queue"},
+        0,
+        32,
+        Facts(active=True),
+        P((10,), ((20, "overlap"), (30, "overlap")), 30, 40),
+    ),
     ("paused", {}, 0, 21, Facts(paused=True), P((), ((10, "paused"), (20, "paused")), 20, 30)),
     (
         "no daemon serves the type",
@@ -395,3 +429,23 @@ def test_planning_twice_at_the_same_instant_creates_nothing_more() -> None:
     schedule = every(10)
     first = plan(schedule, T0, T0 + 10)
     assert plan(schedule, first.cursor, T0 + 10) == Plan((), (), first.cursor, T0 + 20)
+
+
+@pytest.mark.parametrize(
+    ("overlap", "latest", "want"),
+    [
+        ("queue", None, [(), ("s.20261207T120010Z",)]),
+        ("queue", "s.earlier", [("s.earlier",), ("s.20261207T120010Z",)]),
+        ("skip", "s.earlier", [(), ()]),
+        ("allow", "s.earlier", [(), ()]),
+    ],
+)
+def test_queued_jobs_wait_for_the_one_before_them_whatever_its_outcome(
+    overlap: str, latest: str | None, want: list[tuple[str, ...]]
+) -> None:
+    schedule = check({"name": "s", "every": 10, "overlap": overlap, "job": JOB})
+    made = [job_of(schedule, t, JobDefaults(), t) for t in (T0 + 10, T0 + 20)]
+    jobs = queued(schedule, made, latest)
+    assert [job.after for job in jobs] == want
+    assert all(job.after_failure == "run" for job in jobs if job.after)
+    assert [job.id for job in jobs] == [job.id for job in made]

@@ -22,7 +22,7 @@ from typing import cast
 from procpool.application.ports import JobStore, SharedStore
 from procpool.application.supervisor.ledger import Ledger
 from procpool.domain import schedules
-from procpool.domain.job import Status
+from procpool.domain.job import Job, Status
 from procpool.domain.schedules import Advance, Facts, Schedule, Stored
 from procpool.domain.spec import JobDefaults
 from procpool.domain.timefmt import rfc3339
@@ -95,12 +95,21 @@ class Scheduler:
         if not served and self._served_elsewhere(schedule.type):
             self._wakes[name] = _next(schedule, wall)
             return
-        facts = Facts(active=self._active(stored), paused=stored.paused, served=served)
+        latest = self._latest(stored)
+        active = latest is not None and latest.status in _ACTIVE
+        facts = Facts(
+            active=active,
+            # Queued behind the job before it, and not started yet (overlap "queue").
+            waiting=latest is not None and latest.status is Status.PENDING and bool(latest.after),
+            paused=stored.paused,
+            served=served,
+        )
         decided = schedules.plan(schedule, stored.cursor, wall, facts)
         self._wakes[name] = decided.wake
         if decided.cursor == stored.cursor:
             return
-        jobs = tuple(schedules.job_of(schedule, t, defaults, wall) for t in decided.create)
+        made = [schedules.job_of(schedule, t, defaults, wall) for t in decided.create]
+        jobs = schedules.queued(schedule, made, stored.last_job if active else None)
         run = decided.create[-1] if decided.create else None
         advance = Advance(decided.cursor, jobs, decided.skipped, run)
         if not store.advance_schedule(name, stored.cursor, advance):
@@ -118,12 +127,9 @@ class Scheduler:
                 schedule=name, occurrence=rfc3339(skip.instant), reason=skip.reason,
             )  # fmt: skip
 
-    def _active(self, stored: Stored) -> bool:
-        """Whether the schedule's latest job is still pending or running (overlap)."""
-        if stored.last_job is None:
-            return False
-        status = self._store.statuses([stored.last_job]).get(stored.last_job)
-        return status in _ACTIVE
+    def _latest(self, stored: Stored) -> Job | None:
+        """The schedule's latest job (overlap), if the store still has it."""
+        return None if stored.last_job is None else self._store.get(stored.last_job)
 
 
 def _next(schedule: Schedule, after: float) -> float | None:
