@@ -23,8 +23,9 @@ def _seen(ctx: JobContext, folder: Path) -> None:
 def steps(ctx: JobContext, payload: dict[str, Any]) -> Any:
     """On its first attempt: checkpoint {"i": 1} to {"i": N}, write DIR/checkpointed,
     then end as `end` says: "raise", "sleep" (past its timeout), "kill_worker" (SIGKILL
-    of its own worker), "wait" (until something kills it). An attempt handed a
-    checkpoint returns it."""
+    of its own worker), "hang" (SIGSTOP of its own worker, heartbeat thread included),
+    "memory" (hold `mb` megabytes until the memory limit ends it), "wait" (until
+    something kills it). An attempt handed a checkpoint returns it."""
     folder = Path(payload["dir"])
     _seen(ctx, folder)
     if ctx.last_checkpoint is not None:
@@ -37,6 +38,11 @@ def steps(ctx: JobContext, payload: dict[str, Any]) -> Any:
         raise RuntimeError("cut short after its checkpoints")
     if end == "kill_worker":
         os.kill(os.getpid(), signal.SIGKILL)
+    if end == "hang":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if end == "memory":
+        block = bytearray(payload["mb"] * 1024 * 1024)
+        block[::4096] = b"\x01" * len(block[::4096])  # touched: resident, not only mapped
     time.sleep(300)  # "sleep" and "wait": its timeout, or a kill, ends it
     return None
 
