@@ -23,8 +23,9 @@ def _seen(ctx: JobContext, folder: Path) -> None:
 def steps(ctx: JobContext, payload: dict[str, Any]) -> Any:
     """On its first attempt: checkpoint {"i": 1} to {"i": N}, write DIR/checkpointed,
     then end as `end` says: "raise", "sleep" (past its timeout), "kill_worker" (SIGKILL
-    of its own worker), "wait" (until something kills it). An attempt handed a
-    checkpoint returns it."""
+    of its own worker), "hang" (SIGSTOP of its own worker, heartbeat thread included),
+    "memory" (hold `mb` megabytes until the memory limit ends it), "wait" (until
+    something kills it). An attempt handed a checkpoint returns it."""
     folder = Path(payload["dir"])
     _seen(ctx, folder)
     if ctx.last_checkpoint is not None:
@@ -37,6 +38,11 @@ def steps(ctx: JobContext, payload: dict[str, Any]) -> Any:
         raise RuntimeError("cut short after its checkpoints")
     if end == "kill_worker":
         os.kill(os.getpid(), signal.SIGKILL)
+    if end == "hang":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if end == "memory":
+        block = bytearray(payload["mb"] * 1024 * 1024)
+        block[::4096] = b"\x01" * len(block[::4096])  # touched: resident, not only mapped
     time.sleep(300)  # "sleep" and "wait": its timeout, or a kill, ends it
     return None
 
@@ -85,3 +91,35 @@ def many_checkpoints(ctx: JobContext, payload: dict[str, Any]) -> dict[str, floa
         times.append(time.perf_counter() - began)
     times.sort()
     return {"median": times[len(times) // 2], "p99": times[int(len(times) * 0.99) - 1]}
+
+
+def _note(path: Path, i: int) -> None:
+    # One O_APPEND write a line: a kill cannot leave half of one.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@handler("checkpoint_forever")
+def checkpoint_forever(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    """On its first attempt: checkpoint {"i": 1}, {"i": 2}, ... until something ends it,
+    appending each i to DIR/asked before the call and to DIR/returned once stored; a
+    refusal goes to DIR/stale. A later attempt writes what it was handed to
+    DIR/seen-ATTEMPT and returns it, checkpointing nothing."""
+    folder = Path(payload["dir"])
+    if ctx.attempt > 1:
+        _seen(ctx, folder)
+        return {"resumed_from": ctx.last_checkpoint}
+    i = 0
+    while True:
+        i += 1
+        _note(folder / "asked", i)
+        try:
+            ctx.checkpoint({"i": i})
+        except StaleAttempt as error:
+            (folder / "stale").write_text(f"StaleAttempt: {error}")
+            raise
+        _note(folder / "returned", i)
+        time.sleep(0.01)

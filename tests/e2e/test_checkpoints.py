@@ -1,6 +1,7 @@
 """Checkpoints (CONTRACT section 16) through a real daemon: what a handler committed
 with ctx.checkpoint reaches the next attempt however the first one ended (an
-exception, its timeout, SIGKILL of its worker, kill -9 of the daemon); a value that is
+exception, its timeout, SIGKILL of its worker, the memory limit, a hung worker, kill -9
+of the daemon); a value that is
 too large or not JSON is refused in the handler; a checkpoint from an attempt that no
 longer owns its job (canceled) raises StaleAttempt and stores nothing."""
 
@@ -41,6 +42,34 @@ def test_the_next_attempt_sees_the_last_checkpoint(
     assert done.checkpoint_at is not None
     assert client.checkpoint(job_id) == {"i": STEPS}
     client.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("end", "env", "error"),
+    [
+        ("memory", {"PROCPOOL_MAX_MEMORY_MB": "100"}, "out of memory"),
+        (
+            "hang",
+            {"PROCPOOL_HEARTBEAT_INTERVAL": "0.1", "PROCPOOL_HEARTBEAT_TIMEOUT": "1"},
+            "no heartbeat for 1 s",
+        ),
+    ],
+    ids=["memory", "hung"],
+)
+def test_the_daemon_ends_the_attempt_and_the_next_one_sees_the_last_checkpoint(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, end: str, env: dict[str, str], error: str
+) -> None:
+    daemon = make_daemon(1, env={"PROCPOOL_KILL_GRACE": "1", **env}, args=HANDLERS)
+    payload = {"dir": str(tmp_path), "n": STEPS, "end": end, "mb": 400}
+    job_id = daemon.client.submit("steps", payload, max_attempts=2)
+    [done] = daemon.client.wait([job_id], timeout=60)
+    assert (done.status, done.attempts) == ("completed", 1), done
+    assert done.last_error.startswith(error), done.last_error  # the daemon's end, not another
+    assert seen(tmp_path, 1) is None
+    assert seen(tmp_path, 2) == {"i": STEPS}
+    assert done.result == {"resumed_from": {"i": STEPS}}
+    assert daemon.client.checkpoint(job_id) == {"i": STEPS}
 
 
 @pytest.mark.timeout(120)

@@ -371,3 +371,45 @@ def test_the_http_api_takes_after_and_refuses_a_bad_one_naming_it(
         assert server.get("/jobs/r-kid.retry-1/wait").json()["status"] == "completed"
     finally:
         server.kill()
+
+
+@pytest.mark.timeout(120)
+def test_a_keyed_dependent_waits_for_its_parent_and_frees_its_key_when_it_ends(
+    store_env: dict[str, str], make_daemon: Callable[..., Daemon], home: Path, tmp_path: Path
+) -> None:
+    """`after` and `unique_key` on one job (CONTRACT sections 15 and 16), by the daemon's
+    inbox on SQLite and by the client's own writes on PostgreSQL: the keyed dependent
+    holds its key while it waits, runs once after its parent completes, and frees the
+    key when it ends, by completion or by its parent's failure."""
+    daemon = make_daemon(2, env={**FAST, **store_env}, args=HANDLERS)
+    client = Client(home, database_url=store_env.get("PROCPOOL_DATABASE_URL"))
+    mark = {"dir": str(tmp_path)}
+    try:
+        parent = client.submit("mark", {**mark, "gate": "open"})
+        child = client.submit("mark", mark, after=[parent], unique_key="merge")
+        daemon.wait_events("job.started", job_id=parent, timeout=30)
+        held = client.get(child)
+        assert held is not None and held.status == "pending"
+        assert held.waiting == {"reason": "after", "parents": {parent: "running"}}
+        # A waiting dependent holds its key, against a duplicate with or without `after`.
+        assert client.submit("mark", mark, after=[parent], unique_key="merge") == child
+        assert client.submit("mark", mark, unique_key="merge") == child
+        (tmp_path / "open").touch()
+        done = client.wait([parent, child], timeout=60)
+        assert [job.status for job in done] == ["completed", "completed"], done
+        assert (tmp_path / "runs").read_text().split()[::2] == [parent, child]
+        # The key is free once the dependent ended: a new keyed dependent is a new job.
+        again = client.submit("mark", mark, after=[parent], unique_key="merge")
+        assert again != child
+        assert client.wait([again], timeout=60)[0].status == "completed"
+        # A dependent canceled by its parent's failure frees its key too.
+        doomed = client.submit("flip", mark, max_attempts=1)
+        orphan = client.submit("mark", mark, after=[doomed], unique_key="orphan")
+        [canceled] = client.wait([orphan], timeout=60)
+        assert (canceled.status, canceled.canceled_by) == ("canceled", doomed), canceled
+        free = client.submit("mark", mark, unique_key="orphan")
+        assert free != orphan
+        assert client.wait([free], timeout=60)[0].status == "completed"
+        assert runs(tmp_path) == {parent: 1, child: 1, again: 1, free: 1}
+    finally:
+        client.close()
