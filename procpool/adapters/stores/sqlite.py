@@ -492,6 +492,13 @@ class SqliteJobStore(ScheduleMethods):
         self._pause_end: float | None = None  # the next `until` that `due` saw
         self._stored_pauses()
         self._schedule_rows = ScheduleRows(self._read, "schedules", "schedule_skips", "?")
+        # Whether any job names a parent: with none, an ended job has no dependent to
+        # look up (one SELECT per job saved). This process is the only writer, so its
+        # own inserts keep it true; a rolled-back one leaves it true, which costs only
+        # the lookups.
+        self._has_edges = (
+            self._db.execute("SELECT 1 FROM job_parents LIMIT 1").fetchone() is not None
+        )
 
     def serve(self, serving: Serving) -> None:
         """See JobStore.serve. The limits are published for readers by the next
@@ -587,9 +594,12 @@ class SqliteJobStore(ScheduleMethods):
         edges = [(job.id, parent) for job in jobs for parent in job.after]
         if edges:
             self._db.executemany("INSERT INTO job_parents (job_id, parent_id) VALUES (?, ?)", edges)
+            self._has_edges = True
 
     def dependents(self, parent_id: str, after: str, limit: int) -> list[str]:
         """See JobStore.dependents."""
+        if not self._has_edges:
+            return []
         rows = self._db.execute(
             "SELECT job_id FROM job_parents INDEXED BY job_parents_parent"
             " WHERE parent_id = ? AND job_id > ? ORDER BY job_id LIMIT ?",
