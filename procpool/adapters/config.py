@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # psycopg is optional: imported where a database_url asks for
     from procpool.adapters.stores.postgres_client import PostgresClientStore
 
 ENV_PREFIX = "PROCPOOL_"
+# PROCPOOL_* variables that are no config key: the config file's path, and the
+# daemon's test-only clock (adapters/testing_clock.py).
+_NOT_KEYS = (ENV_PREFIX + "CONFIG", ENV_PREFIX + "TEST_CLOCK_OFFSET_FILE")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
@@ -270,7 +273,7 @@ def check_limit_types(config: Config, types: Collection[str]) -> None:
 
 def _variable_key(name: str) -> str | None:
     """The config key a PROCPOOL_* variable names (known or not); None for other names."""
-    if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+    if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS:
         return None
     return name[len(ENV_PREFIX) :].lower()
 

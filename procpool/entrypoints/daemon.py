@@ -22,6 +22,7 @@ from procpool.adapters.inbox.directory import FileInbox
 from procpool.adapters.logs.writer import LOG_NAME, DaemonLogs, append_event, reserve_standard_fds
 from procpool.adapters.stores.sqlite import SqliteJobStore
 from procpool.adapters.telemetry import DaemonTelemetry
+from procpool.adapters.testing_clock import clock_from
 from procpool.application.events import emit
 from procpool.application.handlers import load_handler_modules, registry
 from procpool.application.ports import JobStore, StoreLost
@@ -428,6 +429,7 @@ def _serve(
             tree_mark=str(home.resolve()),
             companions=[http],
             door=door,
+            clock=clock_from(os.environ),  # the real clock, but in some end-to-end tests
         )
         try:
             code = supervisor.run()

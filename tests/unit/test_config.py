@@ -184,6 +184,8 @@ def test_an_unknown_variable_is_ignored_with_a_guess(environ: dict[str, str]) ->
         "ignoring environment variable PROCPOOL_ZZZ: no config key 'zzz'",
     ]
     assert unknown_variables({**environ, "PROCPOOL_CONFIG": "x", "PROCPOOL_HOME": "y"}) == []
+    # The daemon's test-only clock (adapters/testing_clock.py) is no config key either.
+    assert unknown_variables({**environ, "PROCPOOL_TEST_CLOCK_OFFSET_FILE": "f"}) == []
 
 
 def test_a_bad_flag_names_the_key(environ: dict[str, str]) -> None:
