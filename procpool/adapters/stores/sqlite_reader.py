@@ -47,6 +47,7 @@ class StoreReader(SqlReads):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._schema = 0  # the store's schema version, as last read (`_version`)
 
     def exists(self) -> bool:
         """Whether the store's file is there (the daemon creates it when it starts)."""
@@ -120,8 +121,12 @@ class StoreReader(SqlReads):
         return int(rows[0][0]) if rows else 0
 
     def _version(self) -> int:
-        db = self._connection()
-        return 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
+        """Read again until it is this procpool's own, which a store never leaves
+        (migrations only go forward): a read of jobs then asks no PRAGMA first."""
+        if self._schema < SCHEMA_VERSION:
+            db = self._connection()
+            self._schema = 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
+        return self._schema
 
     def _columns(self) -> str:
         """A daemon older than this reader may still run on the home: the jobs' columns
