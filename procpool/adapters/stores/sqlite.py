@@ -291,6 +291,9 @@ KEEP_PARENTS = (
     " WHERE d.parent_id = jobs.id AND c.status IN ('pending', 'running'))"
 )
 DEPENDENCIES_SCHEMA = 10  # the schema that has the columns and table of dependencies
+_INSERT = (
+    f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({','.join('?' * (len(COLUMNS.split(',')) + 1))})"
+)
 _progress_decoder = msgspec.json.Decoder(Progress)
 # Seconds a transaction waits for a lock another process holds before StoreBusy: short,
 # so that the supervisor's loop regains control and says the store is busy.
@@ -587,8 +590,7 @@ class SqliteJobStore(ScheduleMethods):
 
     def insert(self, jobs: Sequence[Job]) -> None:
         rows = [_row(job) for job in jobs]
-        marks = ",".join("?" * (len(COLUMNS.split(",")) + 1))
-        self._db.executemany(f"INSERT INTO jobs ({COLUMNS}, ready) VALUES ({marks})", rows)
+        self._db.executemany(_INSERT, rows)
         for row in rows:
             self._noted(row[3], row[8], row[-1])
         edges = [(job.id, parent) for job in jobs for parent in job.after]
