@@ -119,8 +119,7 @@ class Dependents:
         graph, BATCH of them at the most; `now`: the time, if later than what was noted."""
         if now is not None:
             self._now = max(self._now, now)
-        # `backlog` written out: this runs at the end of every held block, twice a turn.
-        if self._settling or not (self._ended or self._arrived or self._sweep is not None):
+        if self._settling or not self.backlog:
             return
         self._settling = True
         try:
