@@ -92,6 +92,24 @@ def test_submit_answers_201_then_200_for_the_same_job_and_409_for_another(api: S
     assert api.get("/jobs/j1/wait").json()["result"] == {"n": 1}  # untouched
 
 
+def test_submit_keeps_every_option_of_the_job(api: Server) -> None:
+    """Each field a job file may give reaches the store through POST /jobs as well."""
+    body = {
+        "type": "echo", "payload": {"n": 1}, "id": "opts", "max_attempts": 2, "timeout": 30,
+        "priority": 5, "delay": 3600, "concurrency_key": "k1", "expires_in": 7200,
+        "unique_key": "u1", "unique_while": "pending",
+    }  # fmt: skip
+    assert api.post("/jobs", body).status_code == 201
+    job = api.get("/jobs/opts").json()
+    assert job["status"] == "pending" and job["concurrency_key"] == "k1", job
+    assert (job["max_attempts"], job["timeout"], job["priority"]) == (2, 30, 5)
+    assert (job["unique_key"], job["unique_while"]) == ("u1", "pending")
+    assert job["expires_at"] is not None and job["expires_at"] > job["run_at"], job
+    # The same object again is the same job: every option counts in its content.
+    assert api.post("/jobs", body).status_code == 200
+    assert api.post("/jobs", {**body, "concurrency_key": "k2"}).status_code == 409
+
+
 def test_a_fifo_named_like_the_job_in_the_inbox_does_not_hang_a_submit(
     api: Server, daemon: Daemon
 ) -> None:

@@ -552,6 +552,9 @@ class _SubmitArguments(TypedDict):
     priority: int | None
     delay: float | None
     run_at: str | None
+    concurrency_key: str | None
+    expires_at: str | None
+    expires_in: float | None
     unique_key: str | None
     unique_while: str | None
     after: list[str] | None
@@ -569,6 +572,9 @@ def _arguments(job_spec: spec.JobSpec) -> _SubmitArguments:
         "priority": job_spec.priority,
         "delay": job_spec.delay,
         "run_at": job_spec.run_at,
+        "concurrency_key": job_spec.concurrency_key,
+        "expires_at": job_spec.expires_at,
+        "expires_in": job_spec.expires_in,
         "unique_key": job_spec.unique_key,
         "unique_while": job_spec.unique_while,
         "after": job_spec.after,
