@@ -21,7 +21,6 @@ import base64
 import binascii
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -43,6 +42,7 @@ from procpool.client import (
     NoJobStore,
     PauseInfo,
     UnknownJob,
+    new_job_id,
 )
 from procpool.domain import inbox_names, spec
 from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile, ProcpoolError
@@ -104,7 +104,7 @@ def decode_job(data: bytes, index: int | None = None) -> spec.JobSpec:
         retry = 'unknown field "retry_of"; POST /jobs/ID/retry makes retries'
         raise Problem(422, f"{where}{retry}", index)
     if decoded.id is None:
-        decoded = msgspec.structs.replace(decoded, id=f"job-{uuid.uuid4().hex[:16]}")
+        decoded = msgspec.structs.replace(decoded, id=new_job_id())
     return decoded
 
 
