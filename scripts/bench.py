@@ -217,6 +217,9 @@ class Daemon:
 
     # The daemon's own default; --log-level WARNING measures it without the per-job lines.
     log_level = "INFO"
+    # What runs the daemon, after the interpreter: `python -m procpool run ...`, or a
+    # script that wraps it (profile_turn.py times a turn's phases so).
+    entry: tuple[str, ...] = ("-m", "procpool")
 
     def __init__(
         self,
@@ -246,7 +249,7 @@ class Daemon:
         self.inbox.mkdir(mode=0o700, exist_ok=True)
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "procpool", "run", "--home", str(self.home),
+                [sys.executable, *self.entry, "run", "--home", str(self.home),
                  "--workers", str(self.workers), "--log-level", self.log_level,
                  *(arg for module in self.handlers for arg in ("--handlers", module))],
                 # `python -m` puts the working directory first on sys.path: this checkout.
