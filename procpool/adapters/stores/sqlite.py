@@ -33,7 +33,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from operator import itemgetter
+from itertools import compress
+from operator import is_not, itemgetter
 from pathlib import Path
 
 import msgspec
@@ -294,6 +295,8 @@ KEEP_PARENTS = (
 )
 DEPENDENCIES_SCHEMA = 10  # the schema that has the columns and table of dependencies
 _INSERTED = (*(name.strip() for name in COLUMNS.split(",")), "ready")  # a `_row`'s columns
+_PLACES = range(len(_INSERTED))
+_NULLS = (None,) * len(_INSERTED)
 _progress_decoder = msgspec.json.Decoder(Progress)
 # Seconds a transaction waits for a lock another process holds before StoreBusy: short,
 # so that the supervisor's loop regains control and says the store is busy.
@@ -602,9 +605,12 @@ class SqliteJobStore(ScheduleMethods):
         # sqlite3 binds a None through its adapter look-ups, about 0.3 us each, and a new
         # job has some 15 of them: the columns null in every row are left out of the
         # statement (their value, null, is the column's default).
-        columns = enumerate(zip(*rows, strict=True))
+        if len(rows) == 1:  # one submit: no columns to build
+            given = tuple(compress(_PLACES, map(is_not, rows[0], _NULLS)))
+        else:
+            columns = enumerate(zip(*rows, strict=True))
+            given = tuple(n for n, column in columns if column.count(None) < len(column))
         # The NOT NULL columns at least: several, so that itemgetter gives tuples.
-        given = tuple(n for n, column in columns if column.count(None) < len(column))
         self._db.executemany(_insert(given), map(itemgetter(*given), rows))
         for row in rows:
             self._noted(row[3], row[8], row[-1])
