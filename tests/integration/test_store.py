@@ -550,6 +550,25 @@ def test_the_schema_version(sqlite_store: SqliteJobStore, db_path: Path) -> None
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_the_columns_an_insert_leaves_out_are_null(sqlite_store: SqliteJobStore) -> None:
+    """insert names only the columns that some row gives a value (binding a None costs
+    more than the rest of a column): every other column of jobs must default to null."""
+    columns = sqlite_store._db.execute("PRAGMA table_info(jobs)").fetchall()
+    assert [name for _, name, _, not_null, default, _ in columns if default and not not_null] == []
+    full = a_job(
+        "full", timeout=2.5, last_error="e", result=b"1", progress=Progress(0.5, "half"),
+        worker_pid=7, started_at=NOW, retry_of="older", concurrency_key="k",
+        expires_at=NOW + 9, schedule="s", scheduled_for="2027-01-01T00:00:00+00:00",
+        unique_key="u", unique_while="active", checkpoint_at=NOW, canceled_by="p",
+    )  # fmt: skip
+    add(sqlite_store, full)  # a row alone
+    other = msgspec.structs.replace(full, id="full2", unique_key="v")
+    add(sqlite_store, a_job("plain"), other)  # a batch, its columns null in one row of two
+    assert sqlite_store.get("full") == full
+    assert sqlite_store.get("full2") == other
+    assert sqlite_store.get("plain") == a_job("plain")
+
+
 def test_reopening_an_existing_store(db_path: Path) -> None:
     first = SqliteJobStore(db_path)
     add(first, a_job("survives", priority=3))
