@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from procpool.adapters.logs.writer import StandardError, human_line
+from procpool.adapters.logs.writer import _PLAIN_WORD, StandardError, _plain, human_line
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
@@ -265,3 +265,13 @@ def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
     line = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m", "job_id": value}
     assert human_line(line) == f"T INFO    job.log          m  job_id={shown}"
     assert human_line({**line, "job_id": "j", "fields": {"n": value}}).endswith(f"  n={shown}")
+
+
+def test_a_plain_word_is_told_as_the_regular_expression_tells_it() -> None:
+    """_plain's fast path for printable ASCII answers as _PLAIN_WORD does, for every
+    character alone and between two letters (the BMP, surrogates included), and for
+    the empty text."""
+    assert not _plain("")
+    for code in range(0x10000):
+        for text in (chr(code), f"a{chr(code)}b"):
+            assert _plain(text) == bool(_PLAIN_WORD.fullmatch(text)), repr(text)
