@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+import msgspec
+
 from procpool.application.supervisor.dispatch import BatchSizer, Holder
 from procpool.application.supervisor.settings import Limits
 from procpool.application.wire import messages as wire
@@ -98,10 +100,12 @@ class Worker:
 
 
 # ----------------------------------------------------------------- decisions
+# Frozen msgspec structs, not frozen dataclasses: one is made per job for each of
+# several decisions, and a frozen dataclass's __init__ (an object.__setattr__ per field)
+# cost 2 us for a RunEnded, a struct's 0.15 us.
 
 
-@dataclass(frozen=True)
-class RunEnded:
+class RunEnded(msgspec.Struct, frozen=True):
     """A run is over; `fate` says what becomes of its job."""
 
     job: Job
@@ -116,24 +120,21 @@ class RunEnded:
     worker_pid: int = 0
 
 
-@dataclass(frozen=True)
-class Began:
+class Began(msgspec.Struct, frozen=True):
     """The worker started the job: store and log it."""
 
     job: Job
     worker_pid: int
 
 
-@dataclass(frozen=True)
-class ProgressMade:
+class ProgressMade(msgspec.Struct, frozen=True):
     job: Job
     fraction: float
     message: str | None
     worker_pid: int
 
 
-@dataclass(frozen=True)
-class CheckpointAsked:
+class CheckpointAsked(msgspec.Struct, frozen=True):
     """A run's handler asks to store a checkpoint (`value`, JSON bytes); `owned`:
     whether the fleet still lets the run write (its worker is not being ended, no
     cancel was asked). The answer goes back after the commit (checkpoints.py)."""
@@ -144,22 +145,19 @@ class CheckpointAsked:
     owned: bool
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     pid: int
     message: wire.ToWorker
 
 
-@dataclass(frozen=True)
-class Deliver:
+class Deliver(msgspec.Struct, frozen=True):
     """Send a signal to the worker's process group (and what it started)."""
 
     pid: int
     signum: int
 
 
-@dataclass(frozen=True)
-class Say:
+class Say(msgspec.Struct, frozen=True):
     level: str
     event: str
     message: str
