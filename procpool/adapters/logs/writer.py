@@ -35,6 +35,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import msgspec
@@ -507,7 +508,8 @@ class DaemonLogs:
         readable = self.stderr.wanted
         for moment, level, event, message, fields, stderr in held:
             line: dict[str, Any]
-            if None in fields.values() or not _RESERVED.isdisjoint(fields):
+            # By type, not `None in`: a value's own __eq__ may raise (an array's, say).
+            if NoneType in map(type, fields.values()) or not _RESERVED.isdisjoint(fields):
                 line = {"ts": rfc3339(moment), "level": level, "event": event, "msg": message}
                 for key, value in fields.items():
                     if value is not None and key not in _RESERVED:
