@@ -497,9 +497,9 @@ class DaemonLogs:
 
     def _write_held(self) -> None:
         """Make the held events' lines: the JSON lines in one encoding, the readable ones
-        in one bytes, each line dated by its event's time. Made together in one loop
-        (a turn's lines, or HELD_AT), a line costs about half of what it did made at
-        its event, between the turn's other work."""
+        in one bytes, each line dated by its event's time. Made together in one loop (a
+        turn's lines, or HELD_AT), with one encoding and one add per output, a line cost
+        about 30 % less in process than made at its event (160 lines a flush)."""
         held, self._held = self._held, []
         if not held:
             return
