@@ -40,8 +40,9 @@ def emit(level: str, event: str, message: str, **fields: Any) -> None:
 
 
 def emit_fields(level: str, event: str, message: str, fields: dict[str, Any]) -> None:
-    """`emit` with its fields as one dict, which the sink reads and does not keep: the
-    turn's held lines are written so, without unpacking and packing each dict again."""
+    """`emit` with its fields as one dict, which the sink may keep until its flush (the
+    caller changes it no more): the turn's held lines are written so, without unpacking
+    and packing each dict again."""
     sink = _route.sink
     if sink is None:
         # Imported here: the daemon has a sink, and the CLI reads the log without loguru.

@@ -9,13 +9,22 @@ import threading
 import time
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
-from procpool.adapters.logs.writer import StandardError, human_line
+from procpool.adapters.home.files import HomeDir
+from procpool.adapters.logs import writer
+from procpool.adapters.logs.writer import (
+    _PLAIN_WORD,
+    DaemonLogs,
+    StandardError,
+    _plain,
+    human_line,
+)
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
@@ -28,6 +37,7 @@ from procpool.application.wire.messages import Finished, RunJob
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
+from procpool.domain.timefmt import rfc3339
 
 
 def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
@@ -265,3 +275,81 @@ def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
     line = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m", "job_id": value}
     assert human_line(line) == f"T INFO    job.log          m  job_id={shown}"
     assert human_line({**line, "job_id": "j", "fields": {"n": value}}).endswith(f"  n={shown}")
+
+
+def test_a_plain_word_is_told_as_the_regular_expression_tells_it() -> None:
+    """_plain's fast path for printable ASCII answers as _PLAIN_WORD does, for every
+    character alone and between two letters (the BMP, surrogates included), and for
+    the empty text."""
+    assert not _plain("")
+    for code in range(0x10000):
+        for text in (chr(code), f"a{chr(code)}b"):
+            assert _plain(text) == bool(_PLAIN_WORD.fullmatch(text)), repr(text)
+
+
+class _Unencodable:
+    def __repr__(self) -> str:
+        return "<unencodable>"
+
+
+def test_held_events_make_the_lines_each_would_have_made_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DaemonLogs makes a turn's lines together at its flush: each is the line its event
+    made when it was written (its own time; None values and reserved names left out; a
+    value JSON cannot hold shown by repr), to the file and, unless told not to, stderr."""
+    (tmp_path / "logs").mkdir()
+    read_end, write_end = os.pipe()
+    logs = DaemonLogs(HomeDir(tmp_path), "INFO", 2**30, 1)
+    logs.stderr.close()
+    logs.stderr = StandardError(write_end)
+    events = [
+        (
+            "INFO",
+            "job.completed",
+            "job j completed",
+            {"job_id": "j", "type": "echo", "attempt": 1, "worker_pid": 7, "duration_ms": 0.5},
+        ),
+        ("WARNING", "job.failed", "two\nlines", {"job_id": "j", "signal": None, "ts": "x"}),
+        (
+            "INFO",
+            "file.rejected",
+            "m",
+            {"file": "a name", "lines": [{"line": 1}], "thing": _Unencodable()},
+        ),
+        ("INFO", "daemon.stderr_lost", "file only", {"error": "gone"}),
+    ]
+    moments = [1_800_000_000.25, 1_800_000_000.5, 1_800_000_001.0000004, 1_800_000_002.0]
+    times = iter(moments)
+    clock = SimpleNamespace(time=lambda: next(times), monotonic=time.monotonic)
+    monkeypatch.setattr(writer, "time", clock)
+    expected_file, expected_stderr = b"", b""
+    for (level, event, message, fields), moment in zip(events, moments, strict=True):
+        line = {"ts": rfc3339(moment), "level": level, "event": event, "msg": message}
+        line |= {k: v for k, v in fields.items() if v is not None and k not in line}
+        expected_file += writer._encode(line) + b"\n"
+        if event != "daemon.stderr_lost":
+            expected_stderr += f"{human_line(line)}\n".encode("utf-8", "replace")
+        logs.write_event(level, event, message, fields, stderr=event != "daemon.stderr_lost")
+    assert (tmp_path / "logs" / "procpool.jsonl").read_bytes() == b""  # held until the flush
+    logs.flush()
+    assert (tmp_path / "logs" / "procpool.jsonl").read_bytes() == expected_file
+    assert os.read(read_end, 65536) == expected_stderr
+    logs.stderr.close()
+    os.close(read_end)
+    os.close(logs.file.fd)
+
+
+def test_lines_past_the_limit_are_dropped_one_by_one() -> None:
+    """_Output.add_lines takes lines made together in one piece only when all fit; else
+    each is taken as add takes it, and those past the limit are counted."""
+    read_end, write_end = os.pipe()
+    stderr = StandardError(write_end)
+    stderr.LIMIT = 10
+    stderr.add_lines(b"aaaa\nbbbb\ncccc\n", lambda: iter([b"aaaa\n", b"bbbb\n", b"cccc\n"]))
+    stderr.add_lines(b"dd\n", lambda: iter([b"dd\n"]))
+    assert stderr.dropped == 2
+    stderr.flush()
+    assert os.read(read_end, 100) == b"aaaa\nbbbb\n"
+    stderr.close()
+    os.close(read_end)

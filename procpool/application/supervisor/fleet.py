@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+import msgspec
+
 from procpool.application.supervisor.dispatch import BatchSizer, Holder
 from procpool.application.supervisor.settings import Limits
 from procpool.application.wire import messages as wire
@@ -98,10 +100,12 @@ class Worker:
 
 
 # ----------------------------------------------------------------- decisions
+# Frozen msgspec structs, not frozen dataclasses: one is made per job for each of
+# several decisions, and a frozen dataclass's __init__ (an object.__setattr__ per field)
+# cost 2 us for a RunEnded, a struct's 0.15 us.
 
 
-@dataclass(frozen=True)
-class RunEnded:
+class RunEnded(msgspec.Struct, frozen=True):
     """A run is over; `fate` says what becomes of its job."""
 
     job: Job
@@ -116,24 +120,21 @@ class RunEnded:
     worker_pid: int = 0
 
 
-@dataclass(frozen=True)
-class Began:
+class Began(msgspec.Struct, frozen=True):
     """The worker started the job: store and log it."""
 
     job: Job
     worker_pid: int
 
 
-@dataclass(frozen=True)
-class ProgressMade:
+class ProgressMade(msgspec.Struct, frozen=True):
     job: Job
     fraction: float
     message: str | None
     worker_pid: int
 
 
-@dataclass(frozen=True)
-class CheckpointAsked:
+class CheckpointAsked(msgspec.Struct, frozen=True):
     """A run's handler asks to store a checkpoint (`value`, JSON bytes); `owned`:
     whether the fleet still lets the run write (its worker is not being ended, no
     cancel was asked). The answer goes back after the commit (checkpoints.py)."""
@@ -144,22 +145,19 @@ class CheckpointAsked:
     owned: bool
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     pid: int
     message: wire.ToWorker
 
 
-@dataclass(frozen=True)
-class Deliver:
+class Deliver(msgspec.Struct, frozen=True):
     """Send a signal to the worker's process group (and what it started)."""
 
     pid: int
     signum: int
 
 
-@dataclass(frozen=True)
-class Say:
+class Say(msgspec.Struct, frozen=True):
     level: str
     event: str
     message: str
@@ -405,20 +403,37 @@ class Fleet:
             if isinstance(message, wire.Checkpoint):  # its handler waits for the answer
                 stale.append(Send(pid, wire.CheckpointStored(message.job_id, message.lease, False)))
             return stale
-        violation = _violation(worker, job, message)
-        if violation is not None:
-            return self._broken(worker, violation, now)
-        if isinstance(message, wire.Started):
-            # The worker's own start time, never later than now: a worker can shorten
-            # its job's timeout, not stretch it.
-            return self._began(worker, job, min(message.at or now, now), now)
-        if isinstance(message, wire.Skipped):
-            return [self._end(worker, job, Report.NONE)]
-        if isinstance(message, wire.ProgressReport | wire.Checkpoint):
-            return self._reported(worker, job, message, now)
-        if isinstance(message, wire.Heartbeat):
-            return []  # heard: that is all it says
-        return self._finished(worker, job, message, now)
+        # The protocol, checked in the same pass that tells the message's kind (the two
+        # commonest first): one job at a time, each started once, and only a started
+        # one reported on.
+        started = worker.current == job.id
+        violation = None
+        if isinstance(message, wire.Finished):
+            if started:
+                return self._finished(worker, job, message, now)
+        elif isinstance(message, wire.Started):
+            if not started and worker.current is None:
+                # The worker's own start time, never later than now: a worker can shorten
+                # its job's timeout, not stretch it.
+                return self._began(worker, job, min(message.at or now, now), now)
+            violation = (
+                f"it started {job.id} twice"
+                if started
+                else f"it started {job.id} while running another"
+            )
+        elif isinstance(message, wire.Skipped):
+            if not started:
+                return [self._end(worker, job, Report.NONE)]
+            violation = f"it skipped {job.id}, which it had started"
+        elif started:  # heard, if a heartbeat: that is all it says
+            return (
+                []
+                if isinstance(message, wire.Heartbeat)
+                else self._reported(worker, job, message, now)
+            )
+        if violation is None:
+            violation = f"it sent {type(message).__name__} for {job.id}, which it had not started"
+        return self._broken(worker, violation, now)
 
     def _reported(
         self, worker: Worker, job: Job, message: wire.ProgressReport | wire.Checkpoint, now: float
@@ -715,30 +730,6 @@ class Fleet:
             cause, why = min(expired, key=lambda pair: pair[0] is not Cause.SHUTDOWN)
             decisions += self.terminate(worker, cause, self._reason(worker, why), now)
         return decisions
-
-
-def _violation(
-    worker: Worker,
-    job: Job,
-    message: wire.Started
-    | wire.Skipped
-    | wire.Heartbeat
-    | wire.ProgressReport
-    | wire.Checkpoint
-    | wire.Finished,
-) -> str | None:
-    """How a message about a run this worker holds breaks the protocol, if it does:
-    one job at a time, each started once, and only a started one reported on."""
-    started = worker.current == job.id
-    if isinstance(message, wire.Started):
-        if started:
-            return f"it started {job.id} twice"
-        return None if worker.current is None else f"it started {job.id} while running another"
-    if isinstance(message, wire.Skipped):
-        return f"it skipped {job.id}, which it had started" if started else None
-    if not started:
-        return f"it sent {type(message).__name__} for {job.id}, which it had not started"
-    return None
 
 
 def _may_checkpoint(worker: Worker, types: set[str]) -> bool:

@@ -237,12 +237,20 @@ class Ledger:
     def complete(self, job: Job, result: bytes, duration: float, now: float) -> None:
         if not self._end_run(job, jobs.complete(job, result=result, now=now), now):
             return
-        self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+        self._observe(job.type, duration)
         self._log(
             "INFO", "job.completed", f"job {job.id} completed",
             job_id=job.id, type=job.type, attempt=job.attempt, worker_pid=job.worker_pid,
             duration_ms=round(duration * 1000, 3),
         )  # fmt: skip
+
+    def _observe(self, job_type: str, duration: float) -> None:
+        """Count a run's time in its type's histogram, made at the type's first run only
+        (setdefault would make one per run, to be thrown away)."""
+        histogram = self.run_seconds.get(job_type)
+        if histogram is None:
+            histogram = self.run_seconds[job_type] = Histogram()
+        histogram.observe(duration)
 
     def fail(
         self,
@@ -267,7 +275,7 @@ class Ledger:
             "status": str(failed.status),
         }  # fmt: skip
         if duration is not None:
-            self.run_seconds.setdefault(job.type, Histogram()).observe(duration)
+            self._observe(job.type, duration)
             fields["duration_ms"] = round(duration * 1000, 3)
         if exit_signal is not None:
             fields["signal"] = exit_signal
