@@ -318,8 +318,10 @@ def test_held_events_make_the_lines_each_would_have_made_at_once(
             {"file": "a name", "lines": [{"line": 1}], "thing": _Unencodable()},
         ),
         ("INFO", "daemon.stderr_lost", "file only", {"error": "gone"}),
+        # Not valid Unicode (a file name's lone surrogate): escaped, the others kept.
+        ("WARNING", "file.skipped", "skipped bad\udcff", {"file": "bad\udcff"}),
     ]
-    moments = [1_800_000_000.25, 1_800_000_000.5, 1_800_000_001.0000004, 1_800_000_002.0]
+    moments = [1_800_000_000.25, 1_800_000_000.5, 1_800_000_001.0000004, 1_800_000_002.0, 1.8e9 + 3]
     times = iter(moments)
     clock = SimpleNamespace(time=lambda: next(times), monotonic=time.monotonic)
     monkeypatch.setattr(writer, "time", clock)
@@ -334,6 +336,7 @@ def test_held_events_make_the_lines_each_would_have_made_at_once(
     assert (tmp_path / "logs" / "procpool.jsonl").read_bytes() == b""  # held until the flush
     logs.flush()
     assert (tmp_path / "logs" / "procpool.jsonl").read_bytes() == expected_file
+    assert expected_file.count(b"\n") == len(events) and b'"file":"bad\\\\udcff"' in expected_file
     assert os.read(read_end, 65536) == expected_stderr
     logs.stderr.close()
     os.close(read_end)

@@ -53,12 +53,19 @@ HELD_AT = 1024  # events held at the most before their lines are made (DaemonLog
 
 
 def _encode(line: dict[str, Any]) -> bytes:
+    """A line's JSON; a value JSON cannot hold is shown by its repr, and text that is not
+    valid Unicode (a lone surrogate, from a file name say) with backslash escapes: a
+    line that cannot be made would take its turn's other lines with it."""
     try:
         return _encoder.encode(line)
     except (TypeError, ValueError):
-        return _encoder.encode(
-            {k: v if isinstance(v, str | int | float | bool) else repr(v) for k, v in line.items()}
-        )
+        return _encoder.encode({k: _loggable(v) for k, v in line.items()})
+
+
+def _loggable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if isinstance(value, int | float | bool) else repr(value)
 
 
 def _reason(error: OSError) -> str:
