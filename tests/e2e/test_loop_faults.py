@@ -94,7 +94,11 @@ def test_out_of_descriptors_the_daemon_degrades_and_comes_back(make_daemon) -> N
         assert len(daemon.log()) - lines_before < 50
         assert len(daemon.events("socket.accept_failed")) == 1
         assert len(daemon.events("worker.spawn_failed")) <= 1
-        assert len(daemon.events("inbox.unusable")) <= 1
+        # Said once per spell: a descriptor freed (the timed-out job's worker ended)
+        # may let the inbox open once and be taken again before it is listed.
+        spells = [e["event"] for e in daemon.log() if e.get("event", "").startswith("inbox.")]
+        assert spells.count("inbox.unusable") <= 3, spells
+        assert "inbox.unusable,inbox.unusable" not in ",".join(spells), spells
         slow = daemon.job("slow")
         assert (slow.status, slow.attempts) == ("failed", 1)
         assert slow.last_error == "timed out after 6 s"

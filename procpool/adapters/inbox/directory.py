@@ -272,6 +272,14 @@ class FileInbox:
             emit("INFO", "inbox.usable", f"the inbox {self.directory} is read again")
         self._trouble = trouble
 
+    def _out_of_resources(self, reason: str) -> str:
+        """The trouble of a process out of descriptors (or memory), in the same words
+        whether the inbox failed to open or to list: one spell, one line."""
+        return (
+            f"cannot read the inbox {self.directory}: {reason};"
+            " no job file is read until a descriptor frees"
+        )
+
     def _open_directory(self) -> int | None:
         """The inbox, opened for one scan; recreated if it was deleted. None: not now."""
         try:
@@ -288,10 +296,7 @@ class FileInbox:
         except OSError as error:
             reason = error.strerror
             if error.errno in _OUT_OF_RESOURCES:
-                self._report_trouble(
-                    f"cannot read the inbox {self.directory}: {reason};"
-                    " no job file is read until a descriptor frees"
-                )
+                self._report_trouble(self._out_of_resources(reason))
                 return None
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 with contextlib.suppress(OSError):
@@ -342,7 +347,10 @@ class FileInbox:
         try:
             entries = list(os.scandir(directory))
         except OSError as error:
-            self._report_trouble(f"cannot list the inbox {self.directory}: {error.strerror}")
+            if error.errno in _OUT_OF_RESOURCES:  # the open took the last descriptor
+                self._report_trouble(self._out_of_resources(error.strerror))
+            else:
+                self._report_trouble(f"cannot list the inbox {self.directory}: {error.strerror}")
             return []
         found = []
         skipped = []
