@@ -272,7 +272,7 @@ class FileInbox:
             emit("INFO", "inbox.usable", f"the inbox {self.directory} is read again")
         self._trouble = trouble
 
-    def _out_of_resources(self, reason: str) -> str:
+    def _out_of_resources(self, reason: str | None) -> str:
         """The trouble of a process out of descriptors (or memory), in the same words
         whether the inbox failed to open or to list: one spell, one line."""
         return (
