@@ -29,12 +29,17 @@ class Inputs:
 
     def select(self, timeout: float, linger: float) -> Selected:
         """Wait up to `linger` seconds (within `timeout`) for the others alone, then up
-        to what is left of `timeout` for every input. Returns what is ready, the others'
+        to what is left of `timeout` for every input (not at all if the others came). Returns what is ready, the others'
         keys in place of their selector's."""
         if linger:
-            # Whatever comes from outside ends it, and is then selected below.
+            # Whatever comes from outside ends it; the workers' news is then taken
+            # beside it without waiting, and without asking the others again (an
+            # epoll_wait less per client request: issue 25).
             waited = time.monotonic()
-            self.others.select(min(linger, timeout))
+            outside = self.others.select(min(linger, timeout))
+            if outside:
+                ready = self.workers.select(0)
+                return [pair for pair in ready if pair[0].data != "others"] + outside
             timeout = max(0.0, timeout - (time.monotonic() - waited))
         ready = self.workers.select(timeout)
         if any(key.data == "others" for key, _ in ready):
