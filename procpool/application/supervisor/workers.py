@@ -278,6 +278,11 @@ class WorkerManager:
         """End the workers past a deadline, each once what it sent has been read: after
         a gap in the loop (SIGSTOP or Ctrl-Z then SIGCONT, a long turn, a stall on the
         store) the select may come back empty while heartbeats wait in the channels."""
+        nearest = self.fleet.next_deadline(stop_at)
+        if nearest is None or now < nearest:
+            # Nothing is due, the usual turn: no worker is overdue, and nothing is read
+            # that could make one so. One look at the deadlines instead of two (issue 25).
+            return
         for pid in self.fleet.overdue(now, stop_at):
             if pid in self.channels:
                 self.read(pid, now, wall)
