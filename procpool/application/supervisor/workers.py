@@ -87,12 +87,14 @@ class WorkerManager:
 
     def spawn_missing(self, now: float) -> None:
         """Fork what the pool lacks: after the turn's commit, never inside it."""
-        if now < self.fleet.spawn_at():
-            return
         settings = self.settings
+        missing = settings.workers - len(self.fleet.counted())
+        # A full pool, the usual turn, is known by the count alone (issue 25).
+        if missing <= 0 or now < self.fleet.spawn_at():
+            return
         max_frame = max(settings.max_result_bytes, settings.max_checkpoint_bytes) + FRAME_OVERHEAD
         starts = self._starts
-        for _ in range(settings.workers - len(self.fleet.counted())):
+        for _ in range(missing):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
 
             def start_slot(slot: int = slot) -> memoryview | None:
