@@ -305,9 +305,13 @@ class Supervisor:
                 self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
             )
             self.effects.apply(decisions, wall)
-        not_orphans = lambda: self.companions.pids() + self.member.pids()  # noqa: E731
-        for pid in self.workers.reap(now, wall, self._child_exited, not_orphans):
-            self.store.remove_worker(pid)
+        if self.handlers.children_exited or self.workers.unjudged:
+            not_orphans = lambda: self.companions.pids() + self.member.pids()  # noqa: E731
+            for pid in self.workers.reap(now, wall, self._child_exited, not_orphans):
+                self.store.remove_worker(pid)
+            # Only once reaped: a turn that failed in its reap reaps again. A SIGCHLD
+            # that came during the reap is handled in the next turn, which reaps again.
+            self.handlers.children_exited = False
         self.workers.judge_deadlines(now, wall, self.stop.at)
         self.workers.sample_memory(now, wall)
 

@@ -267,6 +267,11 @@ class WorkerManager:
             judged.append(pid)
         return judged
 
+    @property
+    def unjudged(self) -> bool:
+        """Whether a lost turn left reaped exits to judge (`reap` judges them)."""
+        return bool(self._unjudged)
+
     def _forget(self, pid: int) -> None:
         """A worker's exit was judged: what is left of it goes."""
         pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
