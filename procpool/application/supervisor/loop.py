@@ -240,10 +240,15 @@ class Supervisor:
 
     def _wait(self) -> Selected:
         """Select over every input until the nearest future event; lingering first
-        (group commit) on the inputs other than workers, while workers' news gathers."""
+        (group commit) on the inputs other than workers, while workers' news gathers.
+        What came from outside already is taken at once, with the workers' news."""
         self.member.watch()
         if self.door is not None:
             self.door.watch_again(self.clock.monotonic())
+        # What came from outside ends the wait at once, however long it might have been.
+        ready = self.inputs.ready_now()
+        if ready:
+            return ready
         timeout = wait.wait_timeout(self._alarms())
         lingering = 0.0
         if timeout > 0 and not self.stop.begun:
