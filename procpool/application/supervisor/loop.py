@@ -240,10 +240,15 @@ class Supervisor:
 
     def _wait(self) -> Selected:
         """Select over every input until the nearest future event; lingering first
-        (group commit) on the inputs other than workers, while workers' news gathers."""
+        (group commit) on the inputs other than workers, while workers' news gathers.
+        What came from outside already is taken at once, with the workers' news."""
         self.member.watch()
         if self.door is not None:
             self.door.watch_again(self.clock.monotonic())
+        # What came from outside ends the wait at once, however long it might have been.
+        ready = self.inputs.ready_now()
+        if ready:
+            return ready
         timeout = wait.wait_timeout(self._alarms())
         lingering = 0.0
         if timeout > 0 and not self.stop.begun:
@@ -305,9 +310,13 @@ class Supervisor:
                 self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
             )
             self.effects.apply(decisions, wall)
-        not_orphans = lambda: self.companions.pids() + self.member.pids()  # noqa: E731
-        for pid in self.workers.reap(now, wall, self._child_exited, not_orphans):
-            self.store.remove_worker(pid)
+        if self.handlers.children_exited or self.workers.unjudged:
+            not_orphans = lambda: self.companions.pids() + self.member.pids()  # noqa: E731
+            for pid in self.workers.reap(now, wall, self._child_exited, not_orphans):
+                self.store.remove_worker(pid)
+            # Only once reaped: a turn that failed in its reap reaps again. A SIGCHLD
+            # that came during the reap is handled in the next turn, which reaps again.
+            self.handlers.children_exited = False
         self.workers.judge_deadlines(now, wall, self.stop.at)
         self.workers.sample_memory(now, wall)
 

@@ -10,7 +10,7 @@ input (gunicorn's arbiter keeps the same split, and the same `handle_<signal>`
 table). What each signal means is the users' contract (docs/operations.md):
 TERM and INT stop, waiting `shutdown_timeout` for running jobs (a second one ends
 them now); QUIT stops without waiting; HUP reloads the configuration; USR1
-reopens the log; CHLD only wakes the loop, which reaps at every turn.
+reopens the log; CHLD wakes the loop, whose turn then reaps.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ class SignalHandlers:
     reconfigure: Callable[[Settings], None]
     reload: Callable[[], Settings] | None = None
     reopen_logs: Callable[[], None] | None = None
+    # Whether a SIGCHLD came since the last reap: a turn without one has no exit to
+    # reap and skips its waitpid (issue 25). True at first: the first turn reaps.
+    children_exited: bool = True
 
     def handle_term(self, now: float) -> None:
         self._stop_signal(now, "SIGTERM")
@@ -144,7 +147,8 @@ class SignalHandlers:
             self.reopen_logs()
 
     def handle_chld(self, now: float) -> None:
-        """Nothing here: it woke the loop, and every turn reaps."""
+        """A child exited: this turn reaps (`children_exited`)."""
+        self.children_exited = True
 
     def _stop_signal(self, now: float, name: str) -> None:
         """TERM or INT: stop, giving running jobs shutdown_timeout; a second one ends

@@ -87,12 +87,14 @@ class WorkerManager:
 
     def spawn_missing(self, now: float) -> None:
         """Fork what the pool lacks: after the turn's commit, never inside it."""
-        if now < self.fleet.spawn_at():
-            return
         settings = self.settings
+        missing = settings.workers - len(self.fleet.counted())
+        # A full pool, the usual turn, is known by the count alone (issue 25).
+        if missing <= 0 or now < self.fleet.spawn_at():
+            return
         max_frame = max(settings.max_result_bytes, settings.max_checkpoint_bytes) + FRAME_OVERHEAD
         starts = self._starts
-        for _ in range(settings.workers - len(self.fleet.counted())):
+        for _ in range(missing):
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
 
             def start_slot(slot: int = slot) -> memoryview | None:
@@ -265,6 +267,11 @@ class WorkerManager:
             judged.append(pid)
         return judged
 
+    @property
+    def unjudged(self) -> bool:
+        """Whether a lost turn left reaped exits to judge (`reap` judges them)."""
+        return bool(self._unjudged)
+
     def _forget(self, pid: int) -> None:
         """A worker's exit was judged: what is left of it goes."""
         pool.signal_group(pid, signal.SIGKILL)  # what its handler may have left
@@ -278,6 +285,11 @@ class WorkerManager:
         """End the workers past a deadline, each once what it sent has been read: after
         a gap in the loop (SIGSTOP or Ctrl-Z then SIGCONT, a long turn, a stall on the
         store) the select may come back empty while heartbeats wait in the channels."""
+        nearest = self.fleet.next_deadline(stop_at)
+        if nearest is None or now < nearest:
+            # Nothing is due, the usual turn: no worker is overdue, and nothing is read
+            # that could make one so. One look at the deadlines instead of two (issue 25).
+            return
         for pid in self.fleet.overdue(now, stop_at):
             if pid in self.channels:
                 self.read(pid, now, wall)
