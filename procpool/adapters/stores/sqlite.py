@@ -30,12 +30,13 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from itertools import compress
-from operator import is_not, itemgetter
+from operator import attrgetter, is_not, itemgetter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -410,17 +411,22 @@ def _after_ids(job: Job) -> str | None:
     return " ".join(job.after) if job.after else None
 
 
+def _progress_column(progress: Progress | None) -> bytes | None:
+    return None if progress is None else msgspec.json.encode(progress)
+
+
+# The fields that a column holds converted, and how; the others it holds as they are.
+_CONVERTED: dict[str, Callable[[Any], object]] = {
+    "progress": _progress_column, "status": str, "cancel_requested": int,
+}  # fmt: skip
+
+
 def _column_value(job: Job, name: str) -> object:
     if name == "after_ids":
         return _after_ids(job)
     value = getattr(job, name)
-    if name == "progress":
-        return None if value is None else msgspec.json.encode(value)
-    if name == "status":
-        return str(value)
-    if name == "cancel_requested":
-        return int(value)
-    return value
+    convert = _CONVERTED.get(name)
+    return value if convert is None else convert(value)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -699,17 +705,26 @@ class SqliteJobStore(ScheduleMethods):
         ready = "run_at" in names or "status" in names  # `ready` follows them
         sql = self._updates.get(names)
         if sql is None:
-            sets = [f"{name} = ?" for name in names] + (["ready = ?"] if ready else [])
+            # `ready` first, then the fields, then the id: a row's values in that order.
+            sets = (["ready = ?"] if ready else []) + [f"{name} = ?" for name in names]
             sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND status = ? AND lease = ?"
             self._updates[names] = sql
-        rows = [
-            (
-                *[_column_value(job, name) for name in names],
-                *((_is_ready(job),) if ready else ()),
-                job.id, str(expected), expected_lease,
-            )
-            for job, expected, expected_lease in saves
-        ]  # fmt: skip
+        # A job's fields read by one attrgetter call, the few held converted converted
+        # after: `_column_value` per value (a call, its comparisons of the name) cost a
+        # start's save (four fields) about 0.4 us more, some 7 % of its save_many.
+        fields_and_id = attrgetter(*names, "id")
+        first = 1 if ready else 0
+        converted = [
+            (first + n, _CONVERTED[name]) for n, name in enumerate(names) if name in _CONVERTED
+        ]
+        rows: list[list[object]] = []
+        for job, expected, expected_lease in saves:
+            row: list[object] = [_is_ready(job)] if ready else []
+            row += fields_and_id(job)
+            row += (str(expected), expected_lease)
+            for n, convert in converted:
+                row[n] = convert(row[n])
+            rows.append(row)
         written = self._db.executemany(sql, rows).rowcount
         for job, _, _ in saves:
             if job.status is Status.PENDING:
