@@ -297,6 +297,7 @@ KEEP_PARENTS = (
 DEPENDENCIES_SCHEMA = 10  # the schema that has the columns and table of dependencies
 _INSERTED = (*(name.strip() for name in COLUMNS.split(",")), "ready")  # a `_row`'s columns
 _PLACES = range(len(_INSERTED))
+_TYPE, _CONCURRENCY_KEY = _INSERTED.index("type"), _INSERTED.index("concurrency_key")
 _NULLS = (None,) * len(_INSERTED)
 _progress_decoder = msgspec.json.Decoder(Progress)
 # A status by its column's text: a dict look-up costs about a tenth of Status(text) (an
@@ -812,12 +813,14 @@ class SqliteJobStore(ScheduleMethods):
             (limit,),
         ).fetchall()
         self._none_ready = not rows
-        jobs = [_job(row) for row in rows]
+        # The rows are looked at before they are made Jobs: with a limited or paused job
+        # among them, `_due_limited` reads the jobs again, and these would be thrown away.
         limits = self._limits
-        for job in jobs:
-            if job.concurrency_key is not None or job.type in limits.types or job.type in paused:
+        for row in rows:
+            job_type = row[_TYPE]
+            if row[_CONCURRENCY_KEY] is not None or job_type in limits.types or job_type in paused:
                 return self._due_limited(limit, paused)
-        return jobs
+        return [_job(row) for row in rows]
 
     def _due_limited(self, limit: int, paused: frozenset[str]) -> list[Job]:
         """`due` when the head of the queue holds a limited or paused job: the running
