@@ -130,15 +130,13 @@ def _move(job: Job, new: Status, now: float, **changes: object) -> Job:
 def start(job: Job, *, lease: int, worker_pid: int, now: float) -> Job:
     """Claimed for a worker and handed to it: `running`, not started yet
     (`started_at` is None until the worker says it began: see `begin`)."""
-    return _move(
-        job,
-        Status.RUNNING,
-        now,
-        lease=lease,
-        worker_pid=worker_pid,
-        started_at=None,
-        progress=None,
-    )
+    # `_move`'s steps written out: its **changes, packed and unpacked again, cost each
+    # start about 0.5 us, half of it, and every job is started at least once.
+    check_transition(job.status, Status.RUNNING)
+    return msgspec.structs.replace(
+        job, status=Status.RUNNING, updated_at=now, lease=lease, worker_pid=worker_pid,
+        started_at=None, progress=None,
+    )  # fmt: skip
 
 
 def begin(job: Job, *, now: float) -> Job:
