@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import threading
@@ -18,13 +19,7 @@ import pytest
 
 from procpool.adapters.home.files import HomeDir
 from procpool.adapters.logs import writer
-from procpool.adapters.logs.writer import (
-    _PLAIN_WORD,
-    DaemonLogs,
-    StandardError,
-    _plain,
-    human_line,
-)
+from procpool.adapters.logs.writer import DaemonLogs, StandardError, _plain, human_line
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor import effects as module
@@ -278,13 +273,14 @@ def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
 
 
 def test_a_plain_word_is_told_as_the_regular_expression_tells_it() -> None:
-    """_plain's fast path for printable ASCII answers as _PLAIN_WORD does, for every
-    character alone and between two letters (the BMP, surrogates included), and for
-    the empty text."""
+    """_plain (str.split's whitespace, no quote) answers as the regular expression that
+    says what a plain word is, for every character alone, between two letters and at
+    either end of a word (the BMP, surrogates included), and for the empty text."""
+    plain_word = re.compile(r'[^\s"]+')  # no whitespace (str.isspace's is \s's), no quote
     assert not _plain("")
     for code in range(0x10000):
-        for text in (chr(code), f"a{chr(code)}b"):
-            assert _plain(text) == bool(_PLAIN_WORD.fullmatch(text)), repr(text)
+        for text in (chr(code), f"a{chr(code)}b", f"{chr(code)}ab", f"ab{chr(code)}"):
+            assert _plain(text) == bool(plain_word.fullmatch(text)), repr(text)
 
 
 class _Unencodable:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import select
 import socket
 import stat
@@ -417,16 +416,12 @@ def rotated_files(path: Path) -> list[Path]:
 _HUMAN_FIELDS = ("job_id", "worker_pid", "attempt", "duration_ms")
 
 
-# A plain word: no whitespace (str.isspace's, which \s is in a str pattern), no quote.
-_PLAIN_WORD = re.compile(r'[^\s"]+')
-
-
 def _plain(text: str) -> bool:
-    """Whether `text` is a plain word (_PLAIN_WORD). Printable ASCII holds one whitespace
-    character, the space: such text (a job id, a type) is told without the regex."""
-    if text.isascii() and text.isprintable():
-        return bool(text) and " " not in text and '"' not in text
-    return _PLAIN_WORD.fullmatch(text) is not None
+    """Whether `text` is a plain word: not empty, no quote, no whitespace (str.isspace's,
+    which is also what \\s is in a str pattern). `split` with no separator splits at that
+    whitespace, in C, and gives back `text` whole only if it has none: a third cheaper
+    than a regular expression's match, or isprintable's look-up of each character."""
+    return text.split(None, 1) == [text] and '"' not in text
 
 
 def _human_value(value: Any) -> str:
