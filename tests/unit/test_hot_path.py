@@ -266,10 +266,13 @@ class _Colour(StrEnum):
 )
 def test_a_fields_value_on_a_readable_line(value: object, shown: str) -> None:
     """human_line shows a plain word as it is and anything else as JSON (repr where JSON
-    cannot say it): the fast paths (a regular expression, an int's str) show the same."""
-    line = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m", "job_id": value}
-    assert human_line(line) == f"T INFO    job.log          m  job_id={shown}"
-    assert human_line({**line, "job_id": "j", "fields": {"n": value}}).endswith(f"  n={shown}")
+    cannot say it), in each of the job's fields and the handler's: the fast paths (str
+    and split, an int's str) show the same."""
+    head = {"ts": "T", "level": "INFO", "event": "job.log", "msg": "m"}
+    for key in ("job_id", "worker_pid", "attempt", "duration_ms"):
+        assert human_line({**head, key: value}) == f"T INFO    job.log          m  {key}={shown}"
+    line = {**head, "job_id": "j", "fields": {"n": value}}
+    assert human_line(line) == f"T INFO    job.log          m  job_id=j  n={shown}"
 
 
 def test_a_plain_word_is_told_as_the_regular_expression_tells_it() -> None:
@@ -334,6 +337,59 @@ def test_held_events_make_the_lines_each_would_have_made_at_once(
     assert (tmp_path / "logs" / "procpool.jsonl").read_bytes() == expected_file
     assert expected_file.count(b"\n") == len(events) and b'"file":"bad\\\\udcff"' in expected_file
     assert os.read(read_end, 65536) == expected_stderr
+    logs.stderr.close()
+    os.close(read_end)
+    os.close(logs.file.fd)
+
+
+_ODD_VALUES: list[Any] = [
+    "plain", "two words", 'say "hi"', "", "line\nbreak", "été", "no\u00a0break", "bad\udcff",
+    "a b\udcff", _Colour.RED, 0, -7, 10**30, True, False, 0.123, 1e16, 1e-7, float("nan"),
+    float("inf"), [1, "a"], {"k": 1}, (1, 2), _Unencodable(),
+]  # fmt: skip
+
+
+def test_a_readable_line_made_from_its_event_is_human_line_of_its_json_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DaemonLogs makes the readable line of a common event (no None value, no reserved
+    name) from the event itself, its head (level and event, padded) kept per kind: the
+    line human_line makes of the event's JSON line, for odd values in each of the fields
+    shown, for heads taken from what is kept and heads that are not kept (1 and 1.0 are
+    one key, and not one text), twice each."""
+    (tmp_path / "logs").mkdir()
+    read_end, write_end = os.pipe()
+    logs = DaemonLogs(HomeDir(tmp_path), "INFO", 2**30, 1)
+    logs.stderr.close()
+    logs.stderr = StandardError(write_end)
+    kinds: list[tuple[Any, Any]] = [
+        ("INFO", "job.started"), ("WARNING", "job.started"), ("INFO", "job.completed"),
+        ("CRITICAL", "daemon.stderr_resumed"), ("INFO", _Colour.RED), ("INFO", "red"),
+        ("INFO", 1), ("INFO", 1.0), ("", ""),
+    ]  # fmt: skip
+    events: list[tuple[Any, Any, str, dict[str, Any]]] = []
+    for n, value in enumerate(_ODD_VALUES):
+        level, event = kinds[n % len(kinds)]
+        for key in ("job_id", "worker_pid", "attempt", "duration_ms"):
+            events.append((level, event, f"m {n}", {"job_id": "j", "type": "t", key: value}))
+        events.append((level, event, f"m {n}", {"fields": {"n": value, "s": "a b"}}))
+        events.append((level, event, "odd\nmessage", {"fields": value, "other": value}))
+    for level, event in kinds:
+        events.append((level, event, "", {}))
+    moments = iter(range(10**6))
+    clock = SimpleNamespace(
+        time=lambda: 1_800_000_000 + next(moments) / 7, monotonic=time.monotonic
+    )
+    monkeypatch.setattr(writer, "time", clock)
+    for turn in range(2):
+        expected = b""
+        for n, (level, event, message, fields) in enumerate(events):
+            moment = 1_800_000_000 + (turn * len(events) + n) / 7
+            line = {"ts": rfc3339(moment), "level": level, "event": event, "msg": message, **fields}
+            expected += f"{human_line(line)}\n".encode("utf-8", "replace")
+            logs.write_event(level, event, message, fields)
+        logs.flush()  # a turn's lines, some 20 KiB: the pipe takes them all
+        assert os.read(read_end, 65536) == expected
     logs.stderr.close()
     os.close(read_end)
     os.close(logs.file.fd)
