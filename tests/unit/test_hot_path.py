@@ -32,7 +32,7 @@ from procpool.application.wire.messages import Finished, RunJob
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
 from procpool.domain.spec import JobDefaults
-from procpool.domain.timefmt import rfc3339
+from procpool.domain.timefmt import rfc3339, rfc3339_each
 
 
 def test_no_readable_line_is_made_for_a_stderr_that_is_dev_null() -> None:
@@ -234,6 +234,28 @@ def test_a_held_change_whose_compare_and_set_fails_stops_the_turn() -> None:
     with refused, store.transaction(), ledger.held():
         for n, job in enumerate([queued[0], stale, queued[2]]):
             ledger.start(job, lease=n + 10, worker_pid=7, now=now)
+
+
+def test_the_moments_of_a_log_are_dated_each_as_one_alone() -> None:
+    """rfc3339_each, which dates a turn's log lines (and each rfc3339), gives each moment
+    its own text: within a second, across seconds, carried to the next second, before
+    1970 (the second -1 is not the one before the first)."""
+    dated = {
+        0: "1970-01-01T00:00:00.000000Z",
+        1_800_000_000.25: "2027-01-15T08:00:00.250000Z",
+        1_800_000_000.9999996: "2027-01-15T08:00:01.000000Z",  # rounded up to the second
+        1_800_000_001.0000004: "2027-01-15T08:00:01.000000Z",
+        1_800_000_001.5: "2027-01-15T08:00:01.500000Z",
+        1_800_000_000.000007: "2027-01-15T08:00:00.000007Z",  # back to the second before
+        -0.5: "1969-12-31T23:59:59.500000Z",
+        -1.9999999: "1969-12-31T23:59:58.000000Z",
+    }
+    assert rfc3339_each(dated) == list(dated.values())
+    assert rfc3339_each([-0.5, 0.5]) == [
+        "1969-12-31T23:59:59.500000Z",
+        "1970-01-01T00:00:00.500000Z",
+    ]
+    assert [rfc3339(moment) for moment in dated] == list(dated.values())
 
 
 class _Colour(StrEnum):

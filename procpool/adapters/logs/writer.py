@@ -40,7 +40,7 @@ import msgspec
 
 from procpool.adapters.home.files import HomeDir, UnsafeHomeFile, open_regular
 from procpool.application import events
-from procpool.domain.timefmt import rfc3339
+from procpool.domain.timefmt import rfc3339, rfc3339_each
 
 _encoder = msgspec.json.Encoder()
 _RESERVED = frozenset(("ts", "level", "event", "msg"))
@@ -540,8 +540,8 @@ class DaemonLogs:
         human: list[str] = []
         readable = self.stderr.wanted
         heads = self._heads
-        for moment, level, event, message, fields, stderr in held:
-            ts = rfc3339(moment)
+        stamps = rfc3339_each([entry[0] for entry in held])
+        for ts, (_, level, event, message, fields, stderr) in zip(stamps, held, strict=True):
             # Whether its fields go to the line as they are: no reserved name, no None
             # (told by `is`, not `None in`, for which a value's own __eq__ may raise, an
             # array's say; a loop here is half the time of a type() per value).
