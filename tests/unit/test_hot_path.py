@@ -417,6 +417,28 @@ def test_a_readable_line_made_from_its_event_is_human_line_of_its_json_line(
     os.close(logs.file.fd)
 
 
+def test_the_log_file_rotates_where_its_real_size_would_pass_the_limit(tmp_path: Path) -> None:
+    """JsonLogFile.flush looks at its count first and at the file (fstat) only once the
+    count passes max_bytes: an empty file takes a flush past the limit whole, a file
+    truncated from outside is not rotated at the stale count, a full one is."""
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "procpool.jsonl"
+    file = writer.JsonLogFile(HomeDir(tmp_path), writer.LOG_NAME, max_bytes=100, keep=1)
+    file.add(b"x" * 150 + b"\n")
+    file.flush()
+    assert log.stat().st_size == 151 and not log.with_name("procpool.jsonl.1").exists()
+    os.truncate(log, 0)  # logrotate's copytruncate: the count (151) is stale
+    file.add(b"a" * 50 + b"\n")
+    file.flush()
+    assert log.read_bytes() == b"a" * 50 + b"\n"
+    assert not log.with_name("procpool.jsonl.1").exists()
+    file.add(b"b" * 50 + b"\n")  # 51 + 51 bytes: past 100
+    file.flush()
+    assert log.with_name("procpool.jsonl.1").read_bytes() == b"a" * 50 + b"\n"
+    assert log.read_bytes() == b"b" * 50 + b"\n"
+    file.stop()
+
+
 def test_lines_past_the_limit_are_dropped_one_by_one() -> None:
     """_Output.add_lines takes lines made together in one piece only when all fit; else
     each is taken as add takes it, and those past the limit are counted."""

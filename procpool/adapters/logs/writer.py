@@ -196,20 +196,23 @@ class JsonLogFile(_Output):
         return written
 
     def _full(self) -> bool:
-        if not self.size or self.size + self._size <= self.max_bytes:
-            return False
-        # The count may be stale (the file truncated from outside): one fstat each time
-        # it passes the limit, not one per write.
+        """Whether the file, as it is, would pass max_bytes: asked once the count passes
+        it. The count may be stale (the file truncated from outside): one fstat each time
+        it passes the limit, not one per write. Raises OSError."""
         self.size = os.fstat(self.fd).st_size
         return bool(self.size) and self.size + self._size > self.max_bytes
 
     def flush(self) -> None:
         # Never with a partly written line waiting: its end belongs in the same file.
         # A log that cannot rotate (a read-only directory, say) must not stop the
-        # daemon: it keeps appending and tries again at the next flush.
-        with contextlib.suppress(OSError, UnsafeHomeFile):
-            if self._lines and not self._pending and self._full():
-                self._rotate()
+        # daemon: it keeps appending and tries again at the next flush. An empty file is
+        # not rotated. The count is looked at first: a suppress() at each flush was half
+        # of a flush without lines.
+        size = self.size
+        if self._lines and not self._pending and size and size + self._size > self.max_bytes:
+            with contextlib.suppress(OSError, UnsafeHomeFile):
+                if self._full():
+                    self._rotate()
         super().flush()
 
     def _rotate(self) -> None:
