@@ -174,30 +174,34 @@ def _read_entries(
         return []
     candidates = []
     for entry in file.entries:
-        if entry.error is not None or entry.value is None:
+        value = entry.value
+        if entry.error is not None or value is None:
             outcome.fail(entry.line, entry.error or "no job")
-        elif isinstance(entry.value, CancelRequest):
-            result.cancels.append((entry.value.cancel, file))
-        elif isinstance(entry.value, PruneRequest):
-            result.prunes.append((entry.value.prune, file))
-        elif isinstance(entry.value, PauseRequest | ResumeRequest | ScheduleRequest):
-            _request(entry.value, entry.line, outcome, result, known_types, type_names)
-        elif entry.value.type not in known_types:
-            outcome.fail(
-                entry.line,
-                f"unknown job type {show(entry.value.type)}; registered: {', '.join(type_names)}",
-            )
-        else:
+        # A job before the requests: nearly every entry is one, and the isinstance of a
+        # union (the requests' last test) costs each entry that reaches it about 0.3 us.
+        elif isinstance(value, JobSpec):
+            if value.type not in known_types:
+                outcome.fail(
+                    entry.line,
+                    f"unknown job type {show(value.type)}; registered: {', '.join(type_names)}",
+                )
+                continue
             try:
-                job_id = _job_id(entry.value, file, entry.line)
-                check_expiry(entry.value, now)
+                job_id = _job_id(value, file, entry.line)
+                check_expiry(value, now)
             except InvalidJobFile as error:
                 outcome.fail(entry.line, str(error))
                 continue
-            job = to_job(entry.value, job_id=job_id, defaults=defaults, now=now)
+            job = to_job(value, job_id=job_id, defaults=defaults, now=now)
             candidates.append(_Candidate(job, file, entry.line))
-            if entry.value.from_checkpoint and entry.value.retry_of is not None:
-                result.resumes[job_id] = entry.value.retry_of
+            if value.from_checkpoint and value.retry_of is not None:
+                result.resumes[job_id] = value.retry_of
+        elif isinstance(value, CancelRequest):
+            result.cancels.append((value.cancel, file))
+        elif isinstance(value, PruneRequest):
+            result.prunes.append((value.prune, file))
+        else:
+            _request(value, entry.line, outcome, result, known_types, type_names)
     return candidates
 
 

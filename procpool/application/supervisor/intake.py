@@ -238,7 +238,7 @@ class Intake:
         which it has (an older procpool)."""
         names = self.registry.names()
         if not self.store.shared:
-            return self.registry, names  # the registry answers `in` itself: no set to build
+            return self.registry.types(), names  # a live view: no set to build
         served = cast(SharedStore, self.store).served_types()
         if served is None:
             return _AnyType(), names
