@@ -91,7 +91,7 @@ def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() ->
     figures = {line["figure"]: line for line in quick("supervisor")[1:]}
     assert set(figures) == {
         "supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced",
-        "supervisor.capacity", "supervisor.saturation",
+        "supervisor.capacity", "supervisor.store_floor", "supervisor.saturation",
     }  # fmt: skip
     for name in ("supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced"):
         figure = figures[name]
@@ -106,6 +106,10 @@ def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() ->
     capacity = figures["supervisor.capacity"]
     assert capacity["value"] == pytest.approx(1e6 / batched)
     assert isinstance(capacity["met"], bool)
+    # The store's own share of a batched job, measured beside the daemon's figure.
+    floor = figures["supervisor.store_floor"]
+    assert floor["unit"] == "us" and floor["value"] > 0
+    assert floor["reference"] == batched
     saturation = figures["supervisor.saturation"]
     assert saturation["reference"] == capacity["value"]
     assert saturation["detail"]["workers"] > (os.cpu_count() or 1)
