@@ -115,7 +115,9 @@ class Effects:
                 emit(decision.level, decision.event, decision.message, **decision.fields)
 
     def _apply_one(self, decision: Decision, wall: float) -> None:
-        if isinstance(decision, RunEnded):
+        # Told by its exact type, commonest first: isinstance with a msgspec struct class
+        # (its metaclass is not `type`) costs about 120 ns for each miss (issue 25).
+        if type(decision) is RunEnded:
             if self.ends is not None:  # first: kept even if its write fails
                 self.ends.append(decision)
             self.ledger.end_run(decision, wall)
@@ -124,20 +126,20 @@ class Effects:
                 # even if it is never idle at a periodic sample.
                 rss = self.rss(decision.worker_pid)
                 self.fleet.measured(decision.worker_pid, rss, 0.0)
-        elif isinstance(decision, Began):
+        elif type(decision) is Began:
             begun = self.ledger.began(decision.job, wall)
             self.fleet.update(decision.worker_pid, begun)
-        elif isinstance(decision, ProgressMade):
+        elif type(decision) is ProgressMade:
             job = self.ledger.progress(decision.job, decision.fraction, decision.message, wall)
             self.fleet.update(decision.worker_pid, job)
-        elif isinstance(decision, CheckpointAsked):
+        elif type(decision) is CheckpointAsked:
             answer = checkpoints.take(self.ledger.store, decision, wall, self.turn.log)
             self.turn.sends.setdefault(decision.worker_pid, []).append(answer)
-        elif isinstance(decision, Send):
+        elif type(decision) is Send:
             self.turn.sends.setdefault(decision.pid, []).append(decision.message)
-        elif isinstance(decision, Deliver):
+        elif type(decision) is Deliver:
             self.deliver(decision.pid, decision.signum)
-        elif isinstance(decision, Say):
+        elif type(decision) is Say:
             self.turn.log(decision.level, decision.event, decision.message, **decision.fields)
 
     def carry_out(

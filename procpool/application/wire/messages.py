@@ -137,14 +137,6 @@ class OutputLine(_Message):
 
 
 ToWorker = RunJob | Skip | CheckpointStored | Stop
-ToSupervisor = (
-    Ready
-    | Started
-    | Skipped
-    | Heartbeat
-    | ProgressReport
-    | Checkpoint
-    | Finished
-    | LogLine
-    | OutputLine
-)
+AboutWorker = Ready | LogLine | OutputLine  # what a worker says of itself
+AboutRun = Started | Skipped | Heartbeat | ProgressReport | Checkpoint | Finished
+ToSupervisor = AboutWorker | AboutRun
