@@ -210,10 +210,12 @@ def test_two_daemons_of_one_database_honour_one_pause(
     quick = {"dir": str(tmp_path), "seconds": 0.05}
     held = [f"held-{n}" for n in range(10)]
     client.submit_many([{"type": "capped", "payload": quick, "id": i} for i in held])
-    echoes = [f"echo-{n}" for n in range(40)]
-    client.submit_many([{"type": "echo", "payload": n, "id": i} for n, i in enumerate(echoes)])
-    assert {job.status for job in client.wait(echoes, timeout=60)} == {"completed"}
-    # Both daemons claimed meanwhile (each ran echo jobs), and neither took a paused one.
+    # Jobs of 50 ms, claimed one a worker at a time: instant ones, claimed 64 a worker,
+    # could all go to the first daemon to look, and the other would have run none.
+    free = [f"free-{n}" for n in range(40)]
+    client.submit_many([{"type": "sleep", "payload": {"seconds": 0.05}, "id": i} for i in free])
+    assert {job.status for job in client.wait(free, timeout=60)} == {"completed"}
+    # Both daemons claimed meanwhile (each ran free jobs), and neither took a paused one.
     for daemon in daemons:
         wait_until(lambda d=daemon: d.events("job.completed"), 30, what="both daemons working")
     assert started(tmp_path) == set()
