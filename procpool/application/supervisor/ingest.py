@@ -318,7 +318,8 @@ def _judge(
         new_jobs.append(candidate.job)
         result.jobs.append((candidate.job, candidate.file))
     outcome.new_jobs += len(fresh)
-    result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
+    if duplicates:  # seldom: no generator made for none
+        result.duplicates.extend((job_id, outcome.file) for job_id in duplicates)
 
 
 def _insert_unique(
@@ -371,7 +372,8 @@ def _conclude(
 ) -> None:
     """Decide a file that is done; record how far a file read in parts has got."""
     file, part, before = outcome.file, outcome.file.part, outcome.before
-    outcome.lines.sort(key=lambda e: e.line)  # a duplicate id is found after the rest
+    if len(outcome.lines) > 1:  # a duplicate id is found after the rest
+        outcome.lines.sort(key=lambda e: e.line)
     if part is not None and before is None and part.key in progress:
         store.forget_progress(part.key)  # an earlier version of the file, read in part
     if part is None or (part.start == 0 and part.complete):

@@ -193,13 +193,10 @@ class Intake:
         """Judge submissions over the socket door, each all or none, with the code that
         judges inbox files: the same ids, idempotency and error words. `batches` holds
         each submission's jobs as JSON bytes of job objects."""
-        files = [
-            InboxFile("socket", "", is_lines=False, whole=True, entries=entries)
-            for entries in (
-                [submission_entry(n, data, max_bytes) for n, data in enumerate(jobs, 1)]
-                for jobs in batches
-            )
-        ]
+        files = []
+        for jobs in batches:
+            entries = [submission_entry(n, data, max_bytes) for n, data in enumerate(jobs, 1)]
+            files.append(InboxFile("socket", "", is_lines=False, whole=True, entries=entries))
         known, names = self._types()
         result = ingest(files, self.store, known, names, defaults, wall)
         self.ledger.added_many(job for job, _ in result.jobs)
