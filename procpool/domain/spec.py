@@ -203,18 +203,14 @@ def check_id(value: str, what: str = "id") -> str:
     return value
 
 
-def _check_bounds(name: str, value: int | None, low: int, high: int) -> None:
-    if value is None:
-        return
+def _check_bounds(name: str, value: int, low: int, high: int) -> None:
     if value < low:
         raise InvalidJobFile(f"{name} must be >= {low}, got {value}")
     if value > high:
         raise InvalidJobFile(f"{name} must be <= {high}, got {value}")
 
 
-def _check_seconds(name: str, value: float | None, *, allow_zero: bool) -> None:
-    if value is None:
-        return
+def _check_seconds(name: str, value: float, *, allow_zero: bool) -> None:
     if not math.isfinite(value):
         raise InvalidJobFile(f"{name} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
@@ -337,16 +333,7 @@ def check(spec: JobSpec) -> JobSpec:
         check_id(spec.retry_of, "retry_of")
     if spec.concurrency_key is not None:
         check_concurrency_key(spec.concurrency_key)
-    _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
-    if spec.priority:  # 0, the default, needs no check: one line of a large file less work
-        _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
-    _check_seconds("timeout", spec.timeout, allow_zero=False)
-    _check_seconds("delay", spec.delay, allow_zero=True)
-    if spec.run_at is not None:
-        if spec.delay is not None:
-            raise InvalidJobFile("run_at and delay cannot be given together")
-        parse_time(spec.run_at)
-    _check_seconds("expires_in", spec.expires_in, allow_zero=False)
+    _check_options(spec)
     if spec.after is not None or spec.after_failure is not None:
         _check_dependencies(spec)
     if spec.expires_at is not None:
@@ -360,6 +347,26 @@ def check(spec: JobSpec) -> JobSpec:
             "from_checkpoint needs retry_of: it starts from that job's last checkpoint"
         )
     return spec
+
+
+def _check_options(spec: JobSpec) -> None:
+    """The attempts, priority and times a spec gives, in this order (the first fault
+    is the one reported). One left out (None, or 0 for priority) needs no check: no
+    call for it, on every job submitted and every line of a large file."""
+    if spec.max_attempts is not None:
+        _check_bounds("max_attempts", spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
+    if spec.priority:
+        _check_bounds("priority", spec.priority, -PRIORITY_LIMIT, PRIORITY_LIMIT)
+    if spec.timeout is not None:
+        _check_seconds("timeout", spec.timeout, allow_zero=False)
+    if spec.delay is not None:
+        _check_seconds("delay", spec.delay, allow_zero=True)
+    if spec.run_at is not None:
+        if spec.delay is not None:
+            raise InvalidJobFile("run_at and delay cannot be given together")
+        parse_time(spec.run_at)
+    if spec.expires_in is not None:
+        _check_seconds("expires_in", spec.expires_in, allow_zero=False)
 
 
 def _check_dependencies(spec: JobSpec) -> None:
