@@ -20,7 +20,7 @@ from procpool.application.supervisor import checkpoints
 from procpool.application.supervisor.dependents import parents_of
 from procpool.application.supervisor.dispatch import HORIZON, PATIENCE, plan
 from procpool.application.supervisor.effects import Effects
-from procpool.application.supervisor.fleet import Decision, Fleet
+from procpool.application.supervisor.fleet import Fleet
 from procpool.application.supervisor.ledger import Ledger
 
 
@@ -74,7 +74,7 @@ class Dispatcher:
             due, idle=idle, busy=busy, holders=holders, size=size, expected=fleet.batch.mean,
             now=now, patience=PATIENCE, horizon=HORIZON,
         )  # fmt: skip
-        sends: list[Decision] = []  # carried out together: one `apply`, not one a job
+        handed = 0
         with self._ledger.held():  # the starts written together, by one statement
             for worker, jobs in decided.handouts:
                 for job in jobs[: fleet.room(worker, len(jobs))]:
@@ -83,10 +83,15 @@ class Dispatcher:
                     )
                     parents = parents_of(self._store, job) if job.after else None
                     send = fleet.hand_out(worker, running, now, parents)
-                    sends.append(checkpoints.with_last(send, running, self._store))
+                    send = checkpoints.with_last(send, running, self._store)
+                    # Into the turn's effects at once, not after the loop: a shared store
+                    # writes each start at once, and should a later one lose the
+                    # connection, membership's reconcile learns from the turn's sends which
+                    # hand-outs were never sent (else it ends their worker as a stranger's).
+                    self._effects.apply([send], wall)
+                    handed += 1
         # A job taken back goes to the worker it was taken back for at the next turn.
-        self.jobs_waiting = len(sends) < len(due) or bool(decided.take_back)
-        sends += [fleet.take_back(w, job) for w, job in decided.take_back]
-        self._effects.apply(sends, wall)
+        self.jobs_waiting = handed < len(due) or bool(decided.take_back)
+        self._effects.apply([fleet.take_back(w, job) for w, job in decided.take_back], wall)
         self.look_again_at = decided.look_again_at
         self.next_due = self._store.next_run_at(wall) if len(due) < limit else None
