@@ -1,10 +1,12 @@
 """Where a supervisor turn's CPU goes (issue 25): a real daemon, its turn cut into phases.
 
-    python scripts/profile_turn.py [--workload one|many|jsonl] [--jobs N]
+    python scripts/profile_turn.py [--workload one|many|jsonl|batch] [--jobs N]
                                    [--functions MODULE:QUALNAME,...]
 
 Runs bench.py's workload (`one`: N no-op jobs, one `Client.submit` each; `many`: one
-`submit_many`; `jsonl`: one `.jsonl` file) against a daemon started through this script,
+`submit_many`; `jsonl`: one `.jsonl` file; `batch`: the real batch, N `compress` and
+`hash` jobs of the standard library's files, half each, in one `submit_many`) against a
+daemon started through this script,
 which wraps the supervisor's methods before `procpool run` begins: each phase of a turn
 (the module docstring of procpool/application/supervisor/loop.py) and each function
 named in --functions adds the CPU time of its thread (CLOCK_THREAD_CPUTIME_ID) spent
@@ -163,6 +165,8 @@ def measure(workload: str, jobs: int, functions: str) -> dict[str, Any]:
         os.environ[FUNCTIONS_VARIABLE] = functions
         if workload == "jsonl":
             figures = bench.procpool_throughput(Path(work), jobs)
+        elif workload == "batch":  # bench.py's real batch: compress and hash, half each
+            figures = bench.procpool_real(Path(work), bench.real_batch(Path(work), jobs // 2))
         else:
             figures = bench.procpool_submit(Path(work), jobs, workload)
         sums = json.loads(out.read_text())
@@ -195,7 +199,7 @@ def main() -> None:
         daemon(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("one", "many", "jsonl"), default="one")
+    parser.add_argument("--workload", choices=("one", "many", "jsonl", "batch"), default="one")
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument(
         "--functions",
