@@ -42,6 +42,7 @@ import msgspec
 from procpool.adapters.home.files import check_plain
 from procpool.adapters.stores.job_reader import key_limit_figures, limit_figures, pause_figures
 from procpool.adapters.stores.schedule_rows import ScheduleMethods, ScheduleRows
+from procpool.application.block import Block
 from procpool.application.events import emit
 from procpool.application.ports import (
     FileProgress,
@@ -460,27 +461,6 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("COMMIT")
 
 
-class _Transaction:
-    """A SqliteJobStore's transaction, made once with the store and entered each turn:
-    a generator's context manager (contextlib) cost a turn about 1.3 us more, hot."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: SqliteJobStore) -> None:
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._store._begin()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: object
-    ) -> None:
-        if kind is None:
-            self._store._commit()
-        else:
-            self._store._roll_back()  # and the exception goes on
-
-
 class SqliteJobStore(ScheduleMethods):
     """The writer. Used by the supervisor only."""
 
@@ -550,7 +530,7 @@ class SqliteJobStore(ScheduleMethods):
         self._has_edges = (
             self._db.execute("SELECT 1 FROM job_parents LIMIT 1").fetchone() is not None
         )
-        self._transaction = _Transaction(self)
+        self._transaction = Block(self._begin, self._commit, self._roll_back)
 
     def serve(self, serving: Serving) -> None:
         """See JobStore.serve. The limits are published for readers by the next
@@ -564,7 +544,7 @@ class SqliteJobStore(ScheduleMethods):
         self._db.execute("DELETE FROM limits")
         self._db.executemany("INSERT INTO limits VALUES (?, ?, ?)", as_rows(self._limits))
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> Block:
         """See JobStore.transaction. Raises StoreBusy on entry, StoreReplaced if the file
         was deleted or replaced, sqlite3.Error for a store that fails."""
         return self._transaction

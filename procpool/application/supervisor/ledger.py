@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from procpool.application.block import Block
 from procpool.application.ports import JobStore
 from procpool.application.supervisor.dependents import Dependents
 from procpool.application.supervisor.fleet import RunEnded
@@ -29,27 +30,6 @@ EXPIRY_BATCH = 1000  # jobs expired per turn at the most
 EXPIRY_LOOK = 1.0  # seconds between looks for expired jobs in a shared store
 
 
-class _Held:
-    """`Ledger.held`'s block, made once with the ledger and entered twice a turn: a
-    generator's context manager (contextlib) cost each entry about 1.3 us more, hot."""
-
-    __slots__ = ("_ledger",)
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-
-    def __enter__(self) -> None:
-        self._ledger._hold()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: object
-    ) -> None:
-        if kind is None:
-            self._ledger._write_held()
-        else:
-            self._ledger._drop_held()  # and the exception goes on
-
-
 class Ledger:
     def __init__(self, store: JobStore, retry: RetryPolicy, log: Log) -> None:
         self.store = store
@@ -62,7 +42,7 @@ class Ledger:
         self._finished: list[str] = []
         # While `held`: job id -> (the job as stored, as it is now).
         self._held: dict[str, tuple[Job, Job]] | None = None
-        self._held_block = _Held(self)
+        self._held_block = Block(self._hold, self._write_held, self._drop_held)
         # The earliest expires_at of a pending job as last seen (inf: none; None: look),
         # and when the store was last asked (only a shared store is asked again).
         self._next_expiry: float | None = None
@@ -112,7 +92,7 @@ class Ledger:
                     self.dependents.settle()
         return True
 
-    def held(self) -> _Held:
+    def held(self) -> Block:
         """Within it, changes are kept and each job is written once, as it is at the end:
         a worker's Started and Finished read in the same turn make one UPDATE, not two,
         and the jobs whose changes set the same columns are written by one statement.
