@@ -88,11 +88,14 @@ def _submitted(submit: Callable[[Any], Any], calls: list[Any], threads: int) -> 
     return [handle for part in slices for handle in part]
 
 
-def executor_latency(samples: int) -> dict[str, float]:
+def executor_latency(samples: int, pause: float = 0.0) -> dict[str, float]:
+    """Submit to result of one no-op job at a time, the pool idle `pause` seconds before
+    each (0: back to back); percentiles in milliseconds."""
     latencies = []
     with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
         list(executor.map(bench_jobs.noop, range(WORKERS * 4)))
         for i in range(samples + 5):
+            time.sleep(pause)
             start = time.perf_counter()
             executor.submit(bench_jobs.noop, {"i": i}).result()
             if i >= 5:
@@ -180,10 +183,12 @@ def huey_run(workdir: Path, calls: list[tuple[str, Any]], threads: int = 1) -> d
     return {"seconds": end - start, "rate": len(calls) / (end - start)}
 
 
-def huey_latency(workdir: Path, samples: int) -> dict[str, float]:
+def huey_latency(workdir: Path, samples: int, pause: float = 0.0) -> dict[str, float]:
+    """As `executor_latency`, through a Huey consumer."""
     latencies = []
     with huey_consumer(workdir) as (tasks, consumer):
         for i in range(samples + 5):
+            time.sleep(pause)
             start = time.perf_counter()
             huey_results([tasks.noop({"i": i})], consumer)
             if i >= 5:
