@@ -86,6 +86,11 @@ PRODUCER_THREADS = 4
 # The supervisor's CPU per job (issue 25): its targets in microseconds, the paced
 # workload's job length and rate, and how many workers the saturation run forks.
 ONE_CPU_TARGET_US = 300.0
+# Issue 25's targets for the client's figures, where they differ from issue 15's (2x
+# Huey one at a time; the real batch within 1.10x the executor): procpool at least
+# Huey's rate one submit at a time, the real batch within 1.05x the executor.
+ONE_SUBMIT_HUEY_FACTOR = 1.0
+REAL_BATCH_RATIO = 1.05
 BATCHED_CPU_TARGET_US = 40.0
 CAPACITY_TARGET = 25_000.0
 # Jobs a turn carries in the batched store floor: about what a turn of one submit_many takes.
@@ -966,7 +971,7 @@ class Bench:
                  "huey_rate": huey["rate"], "huey_threads_rate": huey4["rate"]}  # fmt: skip
         for name, label, mine, reference, reference_name, factor in (
             ("submit.one", f"no-op jobs/s, {n:,} Client.submit one at a time", one,
-             huey["rate"], "Huey (SQLite)", 2.0),
+             huey["rate"], "Huey (SQLite)", ONE_SUBMIT_HUEY_FACTOR),
             ("submit.many", f"no-op jobs/s, {n:,} in one Client.submit_many", many,
              base["rate"], "ProcessPoolExecutor", 1.0),
             ("submit.threads", f"no-op jobs/s, {n:,} Client.submit from {threads} threads", four,
@@ -981,7 +986,7 @@ class Bench:
         cpu = one["supervisor_cpu_us_per_job"] / 1000
         self.add(Figure(
             "supervisor.cpu", "supervisor CPU per job, Client.submit one at a time", cpu,
-            "ms", target="<= 0.15 ms", met=cpu <= 0.15,
+            "ms", target=f"<= {ONE_CPU_TARGET_US / 1000:g} ms", met=cpu <= ONE_CPU_TARGET_US / 1000,
             runs=[r["supervisor_cpu_us_per_job"] / 1000 for r in one["runs"]],
             detail={"log_level": Daemon.log_level,
                     "submit_many_ms": many["supervisor_cpu_us_per_job"] / 1000,
@@ -1096,7 +1101,8 @@ class Bench:
         self.add(Figure(
             "batch.real", f"real batch: {int(mine['jobs']):,} compress and hash jobs, wall",
             mine["seconds"], "s", mine["baseline_seconds"], "ProcessPoolExecutor",
-            "<= 1.10x ref", mine["ratio"] <= 1.10, [r["seconds"] for r in mine["runs"]],
+            f"<= {REAL_BATCH_RATIO:g}x ref", mine["ratio"] <= REAL_BATCH_RATIO,
+            [r["seconds"] for r in mine["runs"]],
             {"jobs": mine["jobs"], "job_cpu_ms": mine["job_ms"]}, mine["ratio"],
         ), mine)  # fmt: skip
 
