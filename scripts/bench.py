@@ -42,6 +42,7 @@ from typing import Any
 
 import bench_jobs
 import bench_peers
+import lean_loop
 import psutil
 
 from procpool import Client
@@ -1031,6 +1032,7 @@ class Bench:
             "failed or missing" if huey_rate is None else f"{huey_rate:,.0f}"
         )
         one = self.measure("procpool.submit.one", lambda: procpool_submit(work, n, "one"))
+        lean = self.measure("lean.submit.one", lambda: lean_loop.lean_one_at_a_time(work, n))
         many = self.measure("procpool.submit.many", lambda: procpool_submit(work, batched, "many"))
         jsonl = self.measure("procpool.jsonl", lambda: procpool_throughput(work, batched))
         iterations = int(
@@ -1062,6 +1064,14 @@ class Bench:
                 met=None if target is None else cpu <= target,
                 runs=[r["supervisor_cpu_us_per_job"] for r in mine["runs"]], detail=detail,
             ), mine)  # fmt: skip
+        lean_us = lean["supervisor_cpu_us_per_job"]
+        self.add(Figure(
+            "supervisor.lean_floor", f"of which a lean loop of the same design could be "
+            f"(scripts/lean_loop.py), {n:,} Client.submit one at a time", lean_us, "us",
+            one["supervisor_cpu_us_per_job"], "supervisor.one, above",
+            ratio=lean_us / one["supervisor_cpu_us_per_job"],
+            runs=[r["supervisor_cpu_us_per_job"] for r in lean["runs"]],
+        ), lean)  # fmt: skip
         # One core's worth of the supervisor's batched CPU per job: the most jobs a second
         # one daemon can hand out, whatever its workers.
         batched_us = max(many["supervisor_cpu_us_per_job"], jsonl["supervisor_cpu_us_per_job"])

@@ -104,6 +104,7 @@ def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() ->
     assert set(figures) == {
         "supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced",
         "supervisor.capacity", "supervisor.store_floor", "supervisor.saturation",
+        "supervisor.lean_floor",
     }  # fmt: skip
     for name in ("supervisor.one", "supervisor.many", "supervisor.jsonl", "supervisor.paced"):
         figure = figures[name]
@@ -122,6 +123,10 @@ def test_the_supervisor_cpu_per_job_of_each_workload_and_where_it_saturates() ->
     floor = figures["supervisor.store_floor"]
     assert floor["unit"] == "us" and floor["value"] > 0
     assert floor["reference"] == batched
+    # A lean loop of the same design, one submit at a time, beside the daemon's figure.
+    lean = figures["supervisor.lean_floor"]
+    assert lean["unit"] == "us" and lean["value"] > 0 and lean["met"] is None
+    assert lean["reference"] == figures["supervisor.one"]["value"]
     saturation = figures["supervisor.saturation"]
     assert saturation["reference"] == capacity["value"]
     assert saturation["detail"]["workers"] > (os.cpu_count() or 1)
