@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,9 +221,10 @@ def _cpu(pid: int) -> float:
         return int(stat.read().split()[0]) / 1e9
 
 
-def one_at_a_time(home: Path, command: list[str], jobs_count: int) -> float:
-    """The supervisor's CPU per job, in us, of `command` serving `home`: N `echo` jobs
-    through Client.submit one at a time, then one Client.wait (bench.py's `one`)."""
+@contextmanager
+def serving(home: Path, command: list[str]) -> Iterator[tuple[Client, int]]:
+    """`command` serving a fresh `home`, warm (both workers ready, every path of the hot
+    path run once): yields a Client of it and the server's pid; ends it with SIGTERM."""
     home.mkdir(parents=True)
     (home / "inbox").mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -232,28 +235,55 @@ def one_at_a_time(home: Path, command: list[str], jobs_count: int) -> float:
         deadline = time.monotonic() + 60
         while not (home / "procpool.sock").exists():
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"{command[2]} did not open its socket")
+                raise RuntimeError(f"{' '.join(command[:3])} did not open its socket")
             time.sleep(0.01)
         with Client(home) as client:
-            for n in range(200):  # warm: both workers ready, every path run once
-                client.submit("echo", {"warm": n}, id=f"warm-{n}")
-            time.sleep(0.5)
-            before = _cpu(server.pid)
-            ids = [client.submit("echo", {"i": n}, id=f"job-{n}") for n in range(jobs_count)]
-            client.wait(ids, timeout=600)
-            spent = _cpu(server.pid) - before
+            warm = [client.submit("echo", {"warm": n}, id=f"warm-{n}") for n in range(200)]
+            client.wait(warm, timeout=60)
+            yield client, server.pid
     finally:
         server.terminate()
         server.wait(60)
+
+
+def one_at_a_time(home: Path, command: list[str], jobs_count: int) -> float:
+    """The supervisor's CPU per job, in us, of `command` serving `home`: N `echo` jobs
+    through Client.submit one at a time, then one Client.wait (bench.py's `one`)."""
+    with serving(home, command) as (client, pid):
+        before = _cpu(pid)
+        ids = [client.submit("echo", {"i": n}, id=f"job-{n}") for n in range(jobs_count)]
+        client.wait(ids, timeout=600)
+        spent = _cpu(pid) - before
     return spent / jobs_count * 1e6
+
+
+def _lean_command(workdir: Path) -> tuple[Path, list[str]]:
+    home = Path(tempfile.mkdtemp(dir=workdir)) / "home"
+    return home, [sys.executable, __file__, "--serve", str(home)]
 
 
 def lean_one_at_a_time(workdir: Path, jobs_count: int) -> dict[str, float]:
     """The lean loop's CPU per job one submit at a time, in a fresh home under `workdir`
     (bench.py's `supervisor.lean_floor`)."""
-    home = Path(tempfile.mkdtemp(dir=workdir)) / "home"
-    command = [sys.executable, __file__, "--serve", str(home)]
-    return {"supervisor_cpu_us_per_job": one_at_a_time(home, command, jobs_count)}
+    return {"supervisor_cpu_us_per_job": one_at_a_time(*_lean_command(workdir), jobs_count)}
+
+
+def lean_latency(workdir: Path, samples: int, pause: float) -> dict[str, float]:
+    """One job's latency through the lean loop, Client.submit to Client.wait returning,
+    one at a time, each after `pause` seconds idle (bench.py's `latency.*.lean_floor`);
+    percentiles in milliseconds."""
+    latencies = []
+    with serving(*_lean_command(workdir)) as (client, _):
+        for n in range(samples):
+            time.sleep(pause)
+            start = time.perf_counter()
+            client.wait([client.submit("echo", {"i": n}, id=f"job-{n}")], timeout=60)
+            latencies.append(time.perf_counter() - start)
+    ordered = sorted(latencies)
+    return {
+        "p50": statistics.median(ordered) * 1000,
+        "p99": statistics.quantiles(ordered, n=100, method="inclusive")[98] * 1000,
+    }
 
 
 def main() -> int:
