@@ -283,7 +283,7 @@ class Supervisor:
         for record in self.workers.records:
             self.store.add_worker(record)
         self.workers.records.clear()
-        self.signals.handle(self.handlers, now, wall)
+        self.signals.handle(self.handlers, now)
         news = False
         with self.ledger.held():  # nothing here reads a job from the store
             for key, mask in ready:

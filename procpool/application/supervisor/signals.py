@@ -76,12 +76,11 @@ class Signals:
             while os.read(self._wake_read, 4096):
                 pass
 
-    def handle(self, handlers: SignalHandlers, now: float, wall: float) -> None:
-        """In the turn: each recorded signal, in order, to its `handle_<name>`; `now` is
-        the turn's monotonic time, `wall` the time the store records."""
+    def handle(self, handlers: SignalHandlers, now: float) -> None:
+        """In the turn: each recorded signal, in order, to its `handle_<name>`."""
         while self._recorded:
             name = signal.Signals(self._recorded.popleft()).name
-            getattr(handlers, f"handle_{name.removeprefix('SIG').lower()}")(now, wall)
+            getattr(handlers, f"handle_{name.removeprefix('SIG').lower()}")(now)
 
     def close(self) -> None:
         os.close(self._wake_read)
@@ -114,16 +113,16 @@ class SignalHandlers:
     # reap and skips its waitpid (issue 25). True at first: the first turn reaps.
     children_exited: bool = True
 
-    def handle_term(self, now: float, wall: float) -> None:
-        self._stop_signal(now, wall, "SIGTERM")
+    def handle_term(self, now: float) -> None:
+        self._stop_signal(now, "SIGTERM")
 
-    def handle_int(self, now: float, wall: float) -> None:
-        self._stop_signal(now, wall, "SIGINT")
+    def handle_int(self, now: float) -> None:
+        self._stop_signal(now, "SIGINT")
 
-    def handle_quit(self, now: float, wall: float) -> None:
-        self.begin_stop(now, wall, "SIGQUIT", 0.0)
+    def handle_quit(self, now: float) -> None:
+        self.begin_stop(now, "SIGQUIT", 0.0)
 
-    def handle_hup(self, now: float, wall: float) -> None:
+    def handle_hup(self, now: float) -> None:
         if self.reload is None:
             return
         try:
@@ -142,30 +141,29 @@ class SignalHandlers:
             workers=settings.workers,
         )
 
-    def handle_usr1(self, now: float, wall: float) -> None:
+    def handle_usr1(self, now: float) -> None:
         if self.reopen_logs is not None:
             self.reopen_logs()
 
-    def handle_chld(self, now: float, wall: float) -> None:
+    def handle_chld(self, now: float) -> None:
         """A child exited: this turn reaps (`children_exited`)."""
         self.children_exited = True
 
-    def _stop_signal(self, now: float, wall: float, name: str) -> None:
+    def _stop_signal(self, now: float, name: str) -> None:
         """TERM or INT: stop, giving running jobs shutdown_timeout; a second one ends
         them now."""
         stop = self.stop
         if not stop.begun:
-            self.begin_stop(now, wall, name, self.settings().shutdown_timeout)
+            self.begin_stop(now, name, self.settings().shutdown_timeout)
         elif stop.at is None or stop.at > now:
             self.effects.turn.log(
                 "INFO", "daemon.stopping", "second stop signal: not waiting for jobs"
             )
             stop.at = now
 
-    def begin_stop(self, now: float, wall: float, why: str, wait: float) -> None:
+    def begin_stop(self, now: float, why: str, wait: float) -> None:
         """Stop: no job starts, queued ones are taken back, running ones are ended
-        `wait` seconds from `now` (or sooner, if a stop already set an earlier time);
-        `wall` is the time the store records for the jobs taken back."""
+        `wait` seconds from `now` (or sooner, if a stop already set an earlier time)."""
         stop = self.stop
         if not stop.begun:
             stop.begun = True
@@ -180,6 +178,8 @@ class SignalHandlers:
                 running=running,
                 shutdown_timeout=wait,
             )
-            self.effects.apply(self.fleet.stop_queues(), wall)
+            # Take-backs are sends to workers: nothing is recorded, so no time is given
+            # (as for the retirements in the loop's turn).
+            self.effects.apply(self.fleet.stop_queues(), 0.0)
         deadline = now + wait
         stop.at = min(stop.at or deadline, deadline)
