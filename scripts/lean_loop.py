@@ -4,15 +4,16 @@ submit at a time (issue 25), measured beside the real daemon in the same run.
     python scripts/lean_loop.py [--jobs N] [--rounds R]
 
 Issue 25 set its 300 us target for one `Client.submit` at a time from a loop of the
-same design that ran on 289 us a job: one thread, one selector, one BEGIN...COMMIT a
-turn with `synchronous=FULL`, procpool's store (its schema and statements, through
-`SqliteJobStore`), its job model and validation, its real forked workers and its
-unmodified `Client` over `procpool.sock`, the same three JSON log lines a job. This
-script is such a loop, so that the target can be read against what the design itself
-costs on the machine at hand: it leaves out only what a daemon needs beside the hot
-path (the fate table's other outcomes, deadlines, retries, cancels, limits, pauses,
-schedules, dependencies, shared stores, signals, the inbox), none of which a no-op job
-submitted one at a time touches.
+same design that ran on 289 us a job the day it was filed (one thread, one selector,
+one BEGIN...COMMIT a turn with `synchronous=FULL`, procpool's schema, SQL, validation
+and digest, its real forked workers, its unmodified `Client` over `procpool.sock`, the
+same three JSON log lines a job); that loop was not kept. This script is such a loop,
+so that the target can be read against what the design costs on the machine at hand.
+It stores through `SqliteJobStore` itself (the daemon's statements, with their Python),
+and leaves out what a daemon does beside the hot path that a no-op job submitted one
+at a time never calls on: the fate table's other outcomes, deadlines, retries,
+cancels, limits, pauses, schedules, dependencies, shared stores, signals, the inbox,
+lingering and batch sizing.
 
 Each round runs N `echo` jobs through `Client.submit` one at a time, then one
 `Client.wait`, against the lean loop and against `procpool run`, alternately; each
