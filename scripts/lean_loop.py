@@ -43,6 +43,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from procpool import Client  # noqa: E402
+from procpool import client as client_module  # noqa: E402
 from procpool.adapters.stores.sqlite import SqliteJobStore  # noqa: E402
 from procpool.application import handlers  # noqa: E402
 from procpool.application.wire import door_messages as door  # noqa: E402
@@ -78,11 +79,6 @@ class LeanLoop:
     def __init__(self, home: Path) -> None:
         self.store = SqliteJobStore(home / "procpool.db")
         self.selector = selectors.DefaultSelector()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(home / "procpool.sock"))
-        self.listener.listen(64)
-        self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         self.log = os.open(home / "lean.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.defaults = spec.JobDefaults()
         self.channels: dict[int, SupervisorEnd] = {}
@@ -91,13 +87,15 @@ class LeanLoop:
         self.waiters: list[tuple[_Connection, int, set[str]]] = []
         self.lease = 0
         for _ in range(WORKERS):
-            forked = pool.spawn(handlers.registry, WorkerOptions(), self._close_in_child, MAX_FRAME)
+            forked = pool.spawn(handlers.registry, WorkerOptions(), self.selector.close, MAX_FRAME)
             self.channels[forked.pid] = forked.channel
             self.selector.register(forked.channel.fileno(), selectors.EVENT_READ, forked.pid)
-
-    def _close_in_child(self) -> None:
-        self.listener.close()
-        self.selector.close()
+        # The socket last: once it is there, the loop turns (the harness waits for it).
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(home / "procpool.sock"))
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, "listener")
 
     def run(self) -> None:
         """Turn until SIGTERM (the workers die with this process: pool.spawn)."""
@@ -225,13 +223,23 @@ def _cpu(pid: int) -> float:
 @contextmanager
 def serving(home: Path, command: list[str]) -> Iterator[tuple[Client, int]]:
     """`command` serving a fresh `home`, warm (both workers ready, every path of the hot
-    path run once): yields a Client of it and the server's pid; ends it with SIGTERM."""
+    path run once): yields a Client of it and the server's pid; ends it with SIGTERM.
+
+    Raises:
+        RuntimeError: the server did not serve, or a job reached the inbox, which the
+            lean loop does not read; with the server's standard error.
+    """
     home.mkdir(parents=True)
     (home / "inbox").mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    server = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    errors = home.parent / "server-stderr.log"
+    # The client hands a job to the inbox when no answer comes in ANSWER_TIMEOUT (5 s,
+    # which a loaded machine's fsync can pass): the lean loop reads no inbox, so here
+    # its client waits as long as the measure may last.
+    answer_timeout, client_module.ANSWER_TIMEOUT = client_module.ANSWER_TIMEOUT, 600.0
+    with open(errors, "wb") as stderr:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=stderr)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not (home / "procpool.sock").exists():
@@ -239,10 +247,19 @@ def serving(home: Path, command: list[str]) -> Iterator[tuple[Client, int]]:
                 raise RuntimeError(f"{' '.join(command[:3])} did not open its socket")
             time.sleep(0.01)
         with Client(home) as client:
-            warm = [client.submit("echo", {"warm": n}, id=f"warm-{n}") for n in range(200)]
-            client.wait(warm, timeout=60)
+            warm = [client.submit("echo", {"warm": n}, id=f"warm-{n}") for n in range(20)]
+            client.wait(warm, timeout=120)
             yield client, server.pid
+        if any((home / "inbox").iterdir()):
+            raise RuntimeError(f"a job went to {home / 'inbox'}, which the server does not read")
+    except Exception as error:
+        code = server.poll()
+        raise RuntimeError(
+            f"{' '.join(command[:3])} ({'running' if code is None else f'exited {code}'}):"
+            f" {error}\n{errors.read_text(errors='replace')[-3000:]}"
+        ) from error
     finally:
+        client_module.ANSWER_TIMEOUT = answer_timeout
         server.terminate()
         server.wait(60)
 
