@@ -340,16 +340,8 @@ class Daemon:
         return time.perf_counter()
 
     def cpu_seconds(self) -> float:
-        """CPU time the supervisor process (not its workers) has used so far.
-
-        The scheduler's own count (/proc/PID/schedstat, field 1, in ns) where there is
-        one: exact, where utime + stime are sampled at the tick (1-10 ms)."""
-        try:
-            with open(f"/proc/{self.pid}/schedstat", "rb") as stat:
-                return int(stat.read().split()[0]) / 1e9
-        except OSError:
-            times = psutil.Process(self.pid).cpu_times()
-            return times.user + times.system
+        """CPU time the supervisor process (not its workers) has used so far."""
+        return bench_peers.cpu_seconds(self.pid)
 
     def stop(self) -> int:
         """SIGTERM, wait; returns the peak RSS of the supervisor over its life."""
@@ -526,9 +518,6 @@ def paired_cpu(workdir: Path, jobs: int, iterations: int) -> dict[str, float]:
     return {**mine, "baseline_seconds": base, "ratio": mine["seconds"] / base}
 
 
-_percentiles = bench_peers.percentiles
-
-
 def procpool_latency(workdir: Path, samples: int, pause: float = 0.0) -> dict[str, float]:
     """Client.submit to Client.wait returning it completed, one job at a time, the daemon
     idle `pause` seconds before each (0: back to back); percentiles in milliseconds."""
@@ -546,7 +535,7 @@ def procpool_latency(workdir: Path, samples: int, pause: float = 0.0) -> dict[st
             if i >= 5:  # the first few warm the client's and the reader's caches
                 latencies.append(end - start)
                 submits.append(submitted - start)
-    result = _percentiles(latencies)
+    result = bench_peers.percentiles(latencies)
     result["submit_p50"] = statistics.median(submits) * 1000
     return result
 
@@ -559,20 +548,17 @@ def durable_commits_floor(workdir: Path, samples: int, pause: float = 0.0) -> di
     path = workdir / "durable-commits"
     page = os.urandom(4096)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    latencies = []
+
+    def two_commits(_: int) -> None:
+        for _commit in range(2):
+            os.write(fd, page)
+            os.fdatasync(fd)
+
     try:
-        for i in range(samples + 5):
-            time.sleep(pause)
-            start = time.perf_counter()
-            for _ in range(2):
-                os.write(fd, page)
-                os.fdatasync(fd)
-            if i >= 5:
-                latencies.append(time.perf_counter() - start)
+        return bench_peers.latencies(two_commits, samples, pause)
     finally:
         os.close(fd)
         path.unlink()
-    return _percentiles(latencies)
 
 
 def procpool_waiting(workdir: Path, window: float) -> dict[str, float]:
@@ -628,7 +614,7 @@ def procpool_cancel(workdir: Path, samples: int) -> dict[str, float]:
             while psutil.pid_exists(pid):
                 time.sleep(TIGHT_POLL)
             latencies.append(time.perf_counter() - start)
-    told = _percentiles(reported)
+    told = bench_peers.percentiles(reported)
     return {**told, "reaped_p50": statistics.median(latencies) * 1000}
 
 

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import bench_jobs
+import psutil
 
 WORKERS = 2
 SCRIPTS = Path(__file__).resolve().parent
 HUEY_POLL = 0.0005  # the producer's look at a pending result, as procpool's bench polled
 DEADLINE = 600.0
+UNRECORDED = 5  # latency samples taken first and not counted
 
 
 class PeerMissing(Exception):
@@ -45,6 +47,32 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "p99": cuts[98] * 1000,
         "over_100_ms": sum(1 for x in ordered if x > 0.1),
     }
+
+
+def latencies(one: Callable[[int], object], samples: int, pause: float) -> dict[str, float]:
+    """`percentiles` of `one(i)`'s wall time over `samples` calls, one at a time, each after
+    `pause` seconds idle (0: back to back); UNRECORDED calls first warm what they use."""
+    taken = []
+    for i in range(samples + UNRECORDED):
+        time.sleep(pause)
+        start = time.perf_counter()
+        one(i)
+        if i >= UNRECORDED:
+            taken.append(time.perf_counter() - start)
+    return percentiles(taken)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time process `pid` (not its children) has used so far.
+
+    The scheduler's own count (/proc/PID/schedstat, field 1, in ns) where there is
+    one: exact, where utime + stime are sampled at the tick (1-10 ms)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except OSError:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
 
 
 def _quiet_worker() -> None:
@@ -91,16 +119,11 @@ def _submitted(submit: Callable[[Any], Any], calls: list[Any], threads: int) -> 
 def executor_latency(samples: int, pause: float = 0.0) -> dict[str, float]:
     """Submit to result of one no-op job at a time, the pool idle `pause` seconds before
     each (0: back to back); percentiles in milliseconds."""
-    latencies = []
     with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
         list(executor.map(bench_jobs.noop, range(WORKERS * 4)))
-        for i in range(samples + 5):
-            time.sleep(pause)
-            start = time.perf_counter()
-            executor.submit(bench_jobs.noop, {"i": i}).result()
-            if i >= 5:
-                latencies.append(time.perf_counter() - start)
-    return percentiles(latencies)
+        return latencies(
+            lambda i: executor.submit(bench_jobs.noop, {"i": i}).result(), samples, pause
+        )
 
 
 # ----------------------------------------------------------------- pebble
@@ -185,12 +208,5 @@ def huey_run(workdir: Path, calls: list[tuple[str, Any]], threads: int = 1) -> d
 
 def huey_latency(workdir: Path, samples: int, pause: float = 0.0) -> dict[str, float]:
     """As `executor_latency`, through a Huey consumer."""
-    latencies = []
     with huey_consumer(workdir) as (tasks, consumer):
-        for i in range(samples + 5):
-            time.sleep(pause)
-            start = time.perf_counter()
-            huey_results([tasks.noop({"i": i})], consumer)
-            if i >= 5:
-                latencies.append(time.perf_counter() - start)
-    return percentiles(latencies)
+        return latencies(lambda i: huey_results([tasks.noop({"i": i})], consumer), samples, pause)

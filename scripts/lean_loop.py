@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import bench_peers
 import msgspec
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +58,7 @@ from procpool.domain.job import Job  # noqa: E402
 from procpool.domain.timefmt import rfc3339  # noqa: E402
 from procpool.entrypoints import builtin_handlers  # noqa: E402, F401 (registers echo)
 
-WORKERS = 2
+WORKERS = bench_peers.WORKERS
 MAX_FRAME = 32 * 1024 * 1024
 _client_decoder = msgspec.msgpack.Decoder(door.Submit | door.Wait)
 _encoder = msgspec.msgpack.Encoder()
@@ -215,11 +216,6 @@ class LeanLoop:
         self.waiters = still
 
 
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/schedstat") as stat:
-        return int(stat.read().split()[0]) / 1e9
-
-
 @contextmanager
 def serving(home: Path, command: list[str]) -> Iterator[tuple[Client, int]]:
     """`command` serving a fresh `home`, warm (both workers ready, every path of the hot
@@ -268,10 +264,10 @@ def one_at_a_time(home: Path, command: list[str], jobs_count: int) -> float:
     """The supervisor's CPU per job, in us, of `command` serving `home`: N `echo` jobs
     through Client.submit one at a time, then one Client.wait (bench.py's `one`)."""
     with serving(home, command) as (client, pid):
-        before = _cpu(pid)
+        before = bench_peers.cpu_seconds(pid)
         ids = [client.submit("echo", {"i": n}, id=f"job-{n}") for n in range(jobs_count)]
         client.wait(ids, timeout=600)
-        spent = _cpu(pid) - before
+        spent = bench_peers.cpu_seconds(pid) - before
     return spent / jobs_count * 1e6
 
 
@@ -290,18 +286,12 @@ def lean_latency(workdir: Path, samples: int, pause: float) -> dict[str, float]:
     """One job's latency through the lean loop, Client.submit to Client.wait returning,
     one at a time, each after `pause` seconds idle (bench.py's `latency.*.lean_floor`);
     percentiles in milliseconds."""
-    latencies = []
     with serving(*_lean_command(workdir)) as (client, _):
-        for n in range(samples):
-            time.sleep(pause)
-            start = time.perf_counter()
-            client.wait([client.submit("echo", {"i": n}, id=f"job-{n}")], timeout=60)
-            latencies.append(time.perf_counter() - start)
-    ordered = sorted(latencies)
-    return {
-        "p50": statistics.median(ordered) * 1000,
-        "p99": statistics.quantiles(ordered, n=100, method="inclusive")[98] * 1000,
-    }
+        return bench_peers.latencies(
+            lambda n: client.wait([client.submit("echo", {"i": n}, id=f"job-{n}")], timeout=60),
+            samples,
+            pause,
+        )
 
 
 def main() -> int:
