@@ -227,9 +227,7 @@ def test_on_postgresql_a_parent_on_one_daemon_releases_a_child_on_another(
         assert child.status == "completed"
         assert child.result == {"parent": {"status": "completed", "result": 7, "last_error": None}}
         assert first.events("job.started", job_id="parent")
-        # A turn's log lines follow its commit: the instant child is seen completed a
-        # moment before its daemon's log says it started.
-        wait_until(lambda: second.events("job.started", job_id="child"), 30, what="child's start")
+        assert second.wait_events("job.started", timeout=30, job_id="child")
         orphan = wait_until(
             lambda: (j := client.get("orphan")).status == "canceled" and j, 60, what="orphan"
         )
