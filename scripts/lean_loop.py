@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from procpool import Client  # noqa: E402
 from procpool import client as client_module  # noqa: E402
+from procpool.adapters.home import door_socket  # noqa: E402
 from procpool.adapters.stores.sqlite import SqliteJobStore  # noqa: E402
 from procpool.application import handlers  # noqa: E402
 from procpool.application.wire import door_messages as door  # noqa: E402
@@ -92,9 +93,7 @@ class LeanLoop:
             self.channels[forked.pid] = forked.channel
             self.selector.register(forked.channel.fileno(), selectors.EVENT_READ, forked.pid)
         # The socket last: once it is there, the loop turns (the harness waits for it).
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(home / "procpool.sock"))
-        self.listener.listen(64)
+        self.listener = door_socket.listen(home)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
 
@@ -250,9 +249,11 @@ def serving(home: Path, command: list[str]) -> Iterator[tuple[Client, int]]:
             raise RuntimeError(f"a job went to {home / 'inbox'}, which the server does not read")
     except Exception as error:
         code = server.poll()
+        dropped = sorted(path.name for path in (home / "inbox").iterdir())
         raise RuntimeError(
             f"{' '.join(command[:3])} ({'running' if code is None else f'exited {code}'}):"
-            f" {error}\n{errors.read_text(errors='replace')[-3000:]}"
+            f" {error}; in the inbox: {dropped[:5] or 'nothing'}"
+            f"\n{errors.read_text(errors='replace')[-3000:]}"
         ) from error
     finally:
         client_module.ANSWER_TIMEOUT = answer_timeout

@@ -1,6 +1,7 @@
 """The socket door's listener when descriptors run out (application/supervisor/door.py),
 in this process with a scripted accept(2): paused, tried again, said once. The real
-daemon out of descriptors: tests/e2e/test_loop_faults.py."""
+daemon out of descriptors: tests/e2e/test_loop_faults.py. And the socket's file
+(adapters/home/door_socket.py): found only once it listens."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import errno
 import os
 import selectors
 import socket
+from pathlib import Path
 
+import pytest
+
+from procpool.adapters.home import door_socket
 from procpool.application.supervisor.door import Door
 
 
@@ -69,3 +74,27 @@ def test_a_listener_out_of_descriptors_is_paused_and_tried_again() -> None:
     finally:
         door.close()
         selector.close()
+
+
+def test_the_socket_file_is_there_only_once_it_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that connects between bind(2) and listen(2) is refused and uses the
+    inbox: the socket must not be found by its name in between."""
+    found_before_listen = []
+    listen = socket.socket.listen
+
+    def listen_and_look(sock: socket.socket, backlog: int) -> None:
+        found_before_listen.append((tmp_path / door_socket.SOCKET_NAME).exists())
+        listen(sock, backlog)
+
+    monkeypatch.setattr(socket.socket, "listen", listen_and_look)
+    (tmp_path / "procpool.sock.binding").write_bytes(b"")  # left by a daemon that died
+    listener = door_socket.listen(tmp_path)
+    try:
+        assert found_before_listen == [False]
+        assert sorted(path.name for path in tmp_path.iterdir()) == [door_socket.SOCKET_NAME]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(tmp_path / door_socket.SOCKET_NAME))
+    finally:
+        listener.close()

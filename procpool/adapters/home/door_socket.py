@@ -29,6 +29,7 @@ from procpool.application.wire.channel import Frames, frame
 from procpool.application.wire.door_messages import Busy, ToClient, ToDaemon
 
 SOCKET_NAME = "procpool.sock"
+_BINDING_NAME = "procpool.sock.binding"  # the socket's name until it listens
 _MAX_PATH = 100  # bytes of a path bound directly; sun_path holds 108 with its NUL
 _READ_CHUNK = 64 * 1024
 # The largest answer a client accepts (a list of a submission's ids, at most).
@@ -40,14 +41,14 @@ class DoorUnavailable(Exception):
 
 
 @contextlib.contextmanager
-def _address(home: Path) -> Iterator[str]:
-    path = str(home / SOCKET_NAME)
+def _address(home: Path, name: str = SOCKET_NAME) -> Iterator[str]:
+    path = str(home / name)
     if len(os.fsencode(path)) <= _MAX_PATH:
         yield path
         return
     fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        yield f"/proc/self/fd/{fd}/{SOCKET_NAME}"
+        yield f"/proc/self/fd/{fd}/{name}"
     finally:
         os.close(fd)
 
@@ -55,7 +56,11 @@ def _address(home: Path) -> Iterator[str]:
 def listen(home: Path) -> socket.socket:
     """Bind and listen on `HOME/procpool.sock` (mode 0600), replacing a socket left by a
     daemon that died (the pid file's lock says none runs), or a symbolic link someone
-    planted there (removed, never followed: bind creates a new node or fails).
+    planted there (replaced, never followed).
+
+    The socket is bound under a name of its own and renamed into place once it
+    listens: a client that finds `procpool.sock` can connect. (Bound and not yet
+    listening, it refuses, and a client that came then would use the inbox.)
 
     Raises:
         OSError: the socket cannot be made (e.g. another file has its name).
@@ -65,19 +70,24 @@ def listen(home: Path) -> socket.socket:
         mode = os.lstat(path).st_mode
         if not (stat.S_ISSOCK(mode) or stat.S_ISLNK(mode)):
             raise FileExistsError(f"{path} exists and is not a socket; it is left alone")
-        os.unlink(path)
+    binding = home / _BINDING_NAME
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(binding)  # left by a daemon that died between bind and rename
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         mask = os.umask(0o177)
         try:
-            with _address(home) as address:
+            with _address(home, _BINDING_NAME) as address:
                 listener.bind(address)
         finally:
             os.umask(mask)
-        os.chmod(path, 0o600, follow_symlinks=False)
+        os.chmod(binding, 0o600, follow_symlinks=False)
         listener.listen(128)
+        os.rename(binding, path)
     except BaseException:
         listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(binding)
         raise
     return listener
 
