@@ -1124,8 +1124,8 @@ class Bench:
     def _latency(
         self, name: str, pause: float, p50_target: float, p99_target: float | None
     ) -> None:
-        """One case of `latency`, beside the executor, Huey where installed and the disk's
-        floor (two durable commits), of the same run."""
+        """One case of `latency`, beside the executor, Huey where installed, the disk's
+        floor (two durable commits) and a lean loop of the same design, of the same run."""
         samples = self.sizes.latency_samples
         when = "back to back" if not pause else f"after {pause:g} s idle"
         base = self.measure(f"executor.{name}", lambda: executor_latency(samples, pause))
@@ -1143,6 +1143,9 @@ class Bench:
         floor = self.measure(
             f"floor.{name}", lambda: durable_commits_floor(self.workdir, samples, pause)
         )
+        lean = self.measure(
+            f"lean.{name}", lambda: lean_loop.lean_latency(self.workdir, samples, pause)
+        )
         for cut, limit in (("p50", p50_target), ("p99", p99_target)):
             self.add(Figure(
                 f"{name}.{cut}", f"latency {cut}, one job {when}, Client.submit to Client.wait",
@@ -1159,6 +1162,12 @@ class Bench:
             runs=[r["p50"] for r in floor["runs"]],
             detail={"samples": samples, "pause_s": pause, "p99_ms": floor["p99"]},
         ), floor)  # fmt: skip
+        self.add(Figure(
+            f"{name}.lean_floor", f"of which a lean loop of the same design could be "
+            f"(scripts/lean_loop.py) p50, one job {when}", lean["p50"], "ms", mine["p50"],
+            "procpool p50, above", runs=[r["p50"] for r in lean["runs"]],
+            detail={"samples": samples, "pause_s": pause, "p99_ms": lean["p99"]},
+        ), lean)  # fmt: skip
 
     def cancel(self) -> None:
         samples = self.sizes.cancel_samples

@@ -283,6 +283,18 @@ def lean_one_at_a_time(workdir: Path, jobs_count: int) -> dict[str, float]:
     return {"supervisor_cpu_us_per_job": one_at_a_time(*_lean_command(workdir), jobs_count)}
 
 
+def lean_latency(workdir: Path, samples: int, pause: float) -> dict[str, float]:
+    """One job's latency through the lean loop, Client.submit to Client.wait returning,
+    one at a time, each after `pause` seconds idle (bench.py's `latency.*.lean_floor`);
+    percentiles in milliseconds."""
+    with serving(*_lean_command(workdir)) as (client, _):
+        return bench_peers.latencies(
+            lambda n: client.wait([client.submit("echo", {"i": n}, id=f"job-{n}")], timeout=60),
+            samples,
+            pause,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
