@@ -98,3 +98,18 @@ def test_the_socket_file_is_there_only_once_it_listens(
             client.connect(str(tmp_path / door_socket.SOCKET_NAME))
     finally:
         listener.close()
+
+
+def test_a_home_too_long_for_a_socket_address_is_reached_through_proc(tmp_path: Path) -> None:
+    home = tmp_path / ("h" * 60) / ("o" * 60)
+    home.mkdir(parents=True)
+    listener = door_socket.listen(home)
+    try:
+        assert len(str(home / door_socket.SOCKET_NAME)) > 108
+        assert sorted(path.name for path in home.iterdir()) == [door_socket.SOCKET_NAME]
+        connection = door_socket.DoorConnection(home)
+        accepted, _ = listener.accept()
+        accepted.close()
+        connection.close()
+    finally:
+        listener.close()
