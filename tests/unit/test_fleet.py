@@ -502,7 +502,7 @@ def test_a_busy_worker_is_topped_up_once_its_queue_is_under_half_a_batch() -> No
     waits for a turn), not only once the queue is empty."""
     sim = Sim()
     sim.spawn(W)
-    sim.fleet.batch.observe(0.002)  # a batch: 0.025 s / 0.002 s = 12 jobs
+    sim.fleet.batch.observe(0.004)  # a batch: 0.05 s / 0.004 s = 12 jobs
     for n in range(6):
         sim.submit(f"j{n}")
         sim.hand(W, f"j{n}")

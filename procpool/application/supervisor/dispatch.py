@@ -3,7 +3,7 @@
 Pending work waits in the store; a worker holds the job it runs and a short
 queue behind it. An idle worker gets as many jobs as it is expected to finish
 in `window` seconds, judged by a moving average of recent run times: one for
-jobs of 25 ms, a dozen for jobs of 2 ms, up to 64 no-op jobs, because one job
+jobs of 50 ms, 25 for jobs of 2 ms, up to 64 no-op jobs, because one job
 at a time would cost a whole loop turn, with its durable commit, per job. The
 queue is also what lets the loop wait for several jobs' ends before its next
 turn (group commit: `Fleet.linger`), so it holds some milliseconds of work.
@@ -47,7 +47,7 @@ W = TypeVar("W")
 
 
 class BatchSizer:
-    def __init__(self, window: float = 0.025, largest: int = 64, weight: float = 0.05) -> None:
+    def __init__(self, window: float = 0.05, largest: int = 64, weight: float = 0.05) -> None:
         self.window = window
         self.largest = largest
         self.weight = weight

@@ -253,7 +253,7 @@ class Supervisor:
         lingering = 0.0
         if timeout > 0 and not self.stop.begun:
             waiting = (self.door is not None and self.door.waiting) or self.fleet.awaits_commit()
-            queued = self.fleet.linger(wait.LINGER, wait.LINGER_MIN)
+            queued = self.fleet.linger(wait.LINGER_QUEUED, wait.LINGER_MIN)
             lingering = wait.linger(queued, self.dispatcher.jobs_waiting, waiting)
         return self.inputs.select(timeout, lingering)
 
