@@ -194,34 +194,21 @@ def test_a_link_planted_where_the_log_is_reopened_is_refused(
     assert target.read_bytes() == VICTIM
 
 
-def test_a_link_planted_as_the_socket_is_replaced_not_followed(
-    make_daemon: Callable[..., Daemon], tmp_path: Path
+@pytest.mark.parametrize("name", ["procpool.sock", "procpool.sock.binding"])
+def test_a_link_planted_where_the_socket_goes_is_replaced_not_followed(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, name: str
 ) -> None:
+    """At its name, or at the one it is bound under before it listens."""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     target = victim(tmp_path)
-    (home / "procpool.sock").symlink_to(target)
+    (home / name).symlink_to(target)
     daemon = make_daemon(workers=1)
     assert stat.S_ISSOCK((home / "procpool.sock").lstat().st_mode)
-    assert target.read_bytes() == VICTIM
-    daemon.client.submit("echo", {"n": 1}, id="through-the-door")
-    assert daemon.wait_status("through-the-door", "completed").result == {"n": 1}
-    assert not daemon.events("socket.unavailable")
-    assert daemon.stop() == 0
-
-
-def test_a_link_planted_where_the_socket_is_bound_is_replaced_not_followed(
-    make_daemon: Callable[..., Daemon], tmp_path: Path
-) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    target = victim(tmp_path)
-    (home / "procpool.sock.binding").symlink_to(target)
-    daemon = make_daemon(workers=1)
     assert not os.path.lexists(home / "procpool.sock.binding")
+    assert target.read_bytes() == VICTIM
     daemon.client.submit("echo", {"n": 1}, id="through-the-door")
     assert daemon.wait_status("through-the-door", "completed").result == {"n": 1}
-    assert target.read_bytes() == VICTIM
     assert not daemon.events("socket.unavailable")
     assert daemon.stop() == 0
 
