@@ -26,7 +26,7 @@ LINGER = 0.005
 # While every worker has work queued, no one waits for a turn but those whose jobs end
 # in it: a longer wait takes in more ends per commit. On the real batch of
 # scripts/bench.py, 15 ms (with a worker's batch of 50 ms of work, dispatch.BatchSizer)
-# took a quarter off the supervisor's CPU per job, and the wall time followed.
+# took a quarter to a third off the supervisor's CPU per job, and the wall time followed.
 LINGER_QUEUED = 0.015
 LINGER_MIN = 0.0005
 
