@@ -246,7 +246,11 @@ class _Reporter:
             self._run = run
             self._unsent = None
             self._last_sent_at = time.monotonic()
-        self._wake.set()  # the fence thread's wait now ends when the lease may run out
+        if self.fence is not None:
+            # Its wait now ends by when the lease may run out. Without a fence, it
+            # wakes by the first heartbeat's time unasked (run_heartbeats): waking it
+            # each job cost a thread switch and two GIL hand-offs (issue 25).
+            self._wake.set()
 
     def end(self) -> ProgressReport | None:
         """The job is over; returns a progress report held back by the rate limit,
@@ -318,8 +322,7 @@ class _Reporter:
 
     def run_heartbeats(self) -> None:
         while True:
-            wait = PROGRESS_INTERVAL if self._unsent is not None else self.heartbeat_interval
-            self._wake.wait(min(wait, self._fence_in()))
+            self._wake.wait(min(self._next_send_in(time.monotonic()), self._fence_in()))
             self._wake.clear()
             if os.getppid() != self.parent_pid:
                 _kill_own_group()
@@ -329,6 +332,16 @@ class _Reporter:
                 self._send_due(time.monotonic())
             except OSError:  # the supervisor is gone
                 _kill_own_group()
+
+    def _next_send_in(self, now: float) -> float:
+        """Seconds until a held progress report or the next heartbeat is due (`now`,
+        `time.monotonic()`); with no run, a heartbeat interval (the parent check's pace).
+        Read without the lock: a run that begins meanwhile set `_last_sent_at` to a
+        later time, so a wait worked out before it ends early, never late."""
+        if self._run is None:
+            return self.heartbeat_interval
+        every = PROGRESS_INTERVAL if self._unsent is not None else self.heartbeat_interval
+        return max(0.0, self._last_sent_at + every - now)
 
     def _fence_in(self) -> float:
         """Seconds until this worker's run must have ended unless the lease is renewed
