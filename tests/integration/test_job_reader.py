@@ -107,6 +107,18 @@ def test_get_and_get_many_see_what_the_writer_committed(pair: Pair) -> None:
     assert set(pair.reader.get_many(many)) == set(many)
 
 
+def test_statuses_name_each_job_found_and_leave_out_the_rest(pair: Pair) -> None:
+    assert pair.reader.statuses(["a"]) == {}
+    add(pair.store, a_job("a"), a_job("b"))
+    finish(pair.store, "b", 1, ok=False, at=NOW + 5)
+    assert pair.reader.statuses(["a", "absent", "b"]) == {
+        "a": Status.PENDING, "b": Status.FAILED,
+    }  # fmt: skip
+    many = [f"m{n}" for n in range(1200)]  # past a lookup's chunk of 500 ids
+    add(pair.store, *(a_job(job_id) for job_id in many))
+    assert pair.reader.statuses(many) == dict.fromkeys(many, Status.PENDING)
+
+
 def test_list_is_newest_first_filtered_limited_and_paged(pair: Pair) -> None:
     add(
         pair.store,

@@ -65,6 +65,11 @@ class JobReader(Protocol):
         """The jobs found, by id; ids the store lacks are left out."""
         ...
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        """The status of each job found, by id; ids the store lacks are left out. Reads
+        two columns, not the whole rows: what a wait looks at until every job is done."""
+        ...
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per type and status: {type: {status: n}}; absent pairs have none."""
         ...

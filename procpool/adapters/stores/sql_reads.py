@@ -38,6 +38,8 @@ from procpool.domain.pauses import Pause
 from procpool.domain.schedules import Stored
 
 Rows = builtins.list[tuple[Any, ...]]
+# Ids a lookup names in one statement: under SQLite's oldest limit of parameters (999).
+LOOKUP_CHUNK = 500
 
 
 def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
@@ -91,6 +93,14 @@ class SqlReads(ABC):
     def _columns(self) -> str:
         """The jobs' columns in the order `_job` reads them, as this store has them."""
         return COLUMNS
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
+        found: dict[str, Status] = {}
+        for start in range(0, len(job_ids), LOOKUP_CHUNK):
+            where, parameters = self._any_of("id", job_ids[start : start + LOOKUP_CHUNK])
+            rows = self._query(f"SELECT id, status FROM {self.JOBS} WHERE {where}", parameters)
+            found.update((job_id, Status(status)) for job_id, status in rows)
+        return found
 
     def get(self, job_id: str) -> Job | None:
         rows = self._query(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from procpool.adapters.stores.job_reader import EVERY_JOB, JobQuery
-from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
+from procpool.adapters.stores.sql_reads import LOOKUP_CHUNK, Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     DEPENDENCIES_SCHEMA,
     FINISHED_BEFORE,
@@ -77,8 +77,8 @@ class StoreReader(SqlReads):
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
         found: dict[str, Job] = {}
-        for start in range(0, len(job_ids), 500):
-            chunk = list(job_ids[start : start + 500])
+        for start in range(0, len(job_ids), LOOKUP_CHUNK):
+            chunk = list(job_ids[start : start + LOOKUP_CHUNK])
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT {self._columns()} FROM jobs WHERE id IN ({marks})"
             for row in self._query(sql, chunk):
