@@ -16,6 +16,7 @@ alike are in sql_reads.py), plus `submit`, `cancel`, `pause`, `resume` and `daem
 from __future__ import annotations
 
 import builtins
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -46,7 +47,7 @@ from procpool.adapters.stores.postgres import (
 )
 from procpool.adapters.stores.schedule_rows import ScheduleRows
 from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
-from procpool.adapters.stores.sqlite import COLUMNS, RUN_COLUMNS, _job, _run
+from procpool.adapters.stores.sqlite import RUN_COLUMNS, _run
 from procpool.adapters.stores.stats import DaemonOnDatabase
 from procpool.application.ports import WorkerRecord, WorkerReport
 from procpool.application.supervisor.dependents import Dependents
@@ -136,6 +137,7 @@ class PostgresClientStore(SqlReads):
 
     JOBS = "procpool_jobs"
     MARK = "%s"
+    LOOKUP_CHUNK = sys.maxsize  # one statement: ANY(%s) takes one array, of any length
     PARENTS = "procpool_job_parents"
     HELD = "status = 'pending' AND held"
     LIMITS = "procpool_limits"
@@ -405,12 +407,6 @@ class PostgresClientStore(SqlReads):
         return schedule_rows(lambda sql, parameters: db.execute(sql, parameters).fetchall())
 
     # ------------------------------------------------------------- reading
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
-        rows = self._query(
-            f"SELECT {COLUMNS} FROM procpool_jobs WHERE id = ANY(%s)", (list(job_ids),)
-        )
-        return {job.id: job for job in map(_job, rows)}
 
     def _any_of(self, column: str, values: Sequence[str]) -> tuple[str, builtins.list[object]]:
         return f"{column} = ANY(%s)", [[*values]]

@@ -1,15 +1,15 @@
 """The reads that the SQLite reader and the PostgreSQL client store word alike.
 
     JobReader (job_reader.py, the port)
-        └── SqlReads: get, list, counts, count_finished_before, retry_links,
-            │         oldest_pending_age, the workers' rows
+        └── SqlReads: get, get_many, statuses, list, counts, count_finished_before,
+            │         retry_links, oldest_pending_age, the workers' rows
             ├── StoreReader          (sqlite_reader.py)    tables jobs, runs; marks ?
             └── PostgresClientStore  (postgres_client.py)  tables procpool_*; marks %s
 
-A subclass gives its `_query`, its table of jobs and its parameter mark, and the two
-clauses the dialects write differently (a list of values, a row comparison); what
-only one store can do (SQLite's chunked lookups and its index hint, PostgreSQL's
-writes) stays in its own module.
+A subclass gives its `_query`, its table of jobs, its parameter mark and how many ids
+one lookup may name, and the two clauses the dialects write differently (a list of
+values, a row comparison); what only one store can do (SQLite's index hint,
+PostgreSQL's writes) stays in its own module.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from procpool.domain.pauses import Pause
 from procpool.domain.schedules import Stored
 
 Rows = builtins.list[tuple[Any, ...]]
-# Ids a lookup names in one statement: under SQLite's oldest limit of parameters (999).
-LOOKUP_CHUNK = 500
 
 
 def worker_pairs(rows: Rows) -> builtins.list[tuple[WorkerRecord, WorkerReport]]:
@@ -66,6 +64,7 @@ class SqlReads(ABC):
     SCHEDULE_SKIPS: str
     CHECKPOINTS: str
     MARK: str
+    LOOKUP_CHUNK: int  # ids one statement of `_by_ids` names at the most
 
     @abstractmethod
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
@@ -94,13 +93,20 @@ class SqlReads(ABC):
         """The jobs' columns in the order `_job` reads them, as this store has them."""
         return COLUMNS
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        return {job.id: job for job in map(_job, self._by_ids(self._columns(), job_ids))}
+
     def statuses(self, job_ids: Sequence[str]) -> dict[str, Status]:
-        found: dict[str, Status] = {}
-        for start in range(0, len(job_ids), LOOKUP_CHUNK):
-            where, parameters = self._any_of("id", job_ids[start : start + LOOKUP_CHUNK])
-            rows = self._query(f"SELECT id, status FROM {self.JOBS} WHERE {where}", parameters)
-            found.update((job_id, Status(status)) for job_id, status in rows)
-        return found
+        return {job_id: Status(status) for job_id, status in self._by_ids("id, status", job_ids)}
+
+    def _by_ids(self, columns: str, job_ids: Sequence[str]) -> Rows:
+        """`columns` of the jobs named in `job_ids` that the store has, LOOKUP_CHUNK ids a
+        statement."""
+        rows: Rows = []
+        for start in range(0, len(job_ids), self.LOOKUP_CHUNK):
+            where, parameters = self._any_of("id", job_ids[start : start + self.LOOKUP_CHUNK])
+            rows += self._query(f"SELECT {columns} FROM {self.JOBS} WHERE {where}", parameters)
+        return rows
 
     def get(self, job_id: str) -> Job | None:
         rows = self._query(

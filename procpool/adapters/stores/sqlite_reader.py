@@ -2,8 +2,8 @@
 
 A read-only connection never takes a write lock, so reading can never slow
 down or block the supervisor, and a bug here cannot change a job. The reads worded
-alike on PostgreSQL are in sql_reads.py; here are SQLite's own (lookups in chunks,
-`list` as a merge of one seek per status, the index hint of `recent_runs`,
+alike on PostgreSQL are in sql_reads.py; here are SQLite's own (`list` as a merge of
+one seek per status, the index hint of `recent_runs`,
 `count_finished_before` bounded by creation time) and its answer while the store is
 not made yet.
 """
@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from procpool.adapters.stores.job_reader import EVERY_JOB, JobQuery
-from procpool.adapters.stores.sql_reads import LOOKUP_CHUNK, Rows, SqlReads, worker_pairs
+from procpool.adapters.stores.sql_reads import Rows, SqlReads, worker_pairs
 from procpool.adapters.stores.sqlite import (
     DEPENDENCIES_SCHEMA,
     FINISHED_BEFORE,
     KEEP_PARENTS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
-    _job,
     _run,
     columns_at,
 )
@@ -36,6 +35,7 @@ from procpool.domain.job import Job, Run, Status
 class StoreReader(SqlReads):
     JOBS = "jobs"
     MARK = "?"
+    LOOKUP_CHUNK = 500  # under SQLite's oldest limit of parameters in a statement (999)
     PARENTS = "job_parents"
     HELD = "status = 'pending' AND ready = 2"
     LIMITS = "limits"
@@ -74,17 +74,6 @@ class StoreReader(SqlReads):
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 return []
             raise
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
-        found: dict[str, Job] = {}
-        for start in range(0, len(job_ids), LOOKUP_CHUNK):
-            chunk = list(job_ids[start : start + LOOKUP_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {self._columns()} FROM jobs WHERE id IN ({marks})"
-            for row in self._query(sql, chunk):
-                job = _job(row)
-                found[job.id] = job
-        return found
 
     def list(self, query: JobQuery = EVERY_JOB) -> builtins.list[Job]:
         # One ordered seek per status in jobs_status_created, merged newest first: an
