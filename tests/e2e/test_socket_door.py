@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -277,3 +278,75 @@ def test_garbage_and_floods_end_their_connection_not_the_daemon(daemon: Daemon) 
     for sock in (garbage, huge, deaf, valid):
         sock.close()
     client.close()
+
+
+def test_producers_cancels_and_waits_sharing_turns_lose_and_double_nothing(
+    daemon: Daemon,
+) -> None:
+    """Four clients that submit in a loop have their submits taken into one another's
+    turns (Door.gather: group commit across clients), beside a client that cancels
+    jobs as they are made and one that waits for them: every returned submit is one
+    job, each ends once, completed or canceled as asked."""
+    returned: list[list[str]] = [[] for _ in range(4)]
+    canceled: set[str] = set()
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        try:
+            with Client(daemon.home) as client:
+                for k in range(150):
+                    job_id = f"p{n}-{k}"
+                    if k % 5 == 0:
+                        returned[n].append(client.submit("sleep", {"seconds": 0.01}, id=job_id))
+                    else:
+                        returned[n].append(client.submit("echo", [n, k], id=job_id))
+        except BaseException as error:
+            failures.append(error)
+
+    def cancel_some() -> None:
+        rng = random.Random(25)
+        try:
+            with Client(daemon.home) as client:
+                while not done.is_set():
+                    made = [job_id for part in returned for job_id in part[-10:]]
+                    if made:
+                        job_id = rng.choice(made)
+                        client.cancel(job_id)
+                        canceled.add(job_id)
+                    time.sleep(0.002)
+        except BaseException as error:
+            failures.append(error)
+
+    def wait_for_the_first() -> None:
+        try:
+            with Client(daemon.home) as client:
+                while not done.is_set():
+                    if returned[0]:
+                        client.wait(returned[0][-1:], timeout=60)
+                    time.sleep(0.005)
+        except BaseException as error:
+            failures.append(error)
+
+    producers = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    others = [threading.Thread(target=cancel_some), threading.Thread(target=wait_for_the_first)]
+    for thread in producers + others:
+        thread.start()
+    for thread in producers:
+        thread.join(120)
+    done.set()
+    for thread in others:
+        thread.join(120)
+    assert not failures, failures
+    every = [job_id for part in returned for job_id in part]
+    assert len(every) == len(set(every)) == 600
+    jobs = {job.id: job for job in daemon.client.wait(every, timeout=120)}
+    assert len(jobs) == 600
+    assert {job.status for job in jobs.values()} <= {"completed", "canceled"}
+    assert {j.id for j in jobs.values() if j.status == "canceled"} <= canceled
+    assert all(job.attempts <= 1 for job in jobs.values()), "no job ran twice"
+    for job in jobs.values():
+        if job.status == "completed" and job.type == "echo":
+            assert job.result == job.payload
+    assert daemon.process.poll() is None  # type: ignore[union-attr]
+    assert daemon.client.wait([daemon.client.submit("echo", "after")])[0].result == "after"

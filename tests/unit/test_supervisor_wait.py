@@ -1,11 +1,19 @@
-"""The loop's wait (supervisor/wait.py): how long its select may sleep, and how long it
-lingers for group commit, as pure functions of a fake clock's readings."""
+"""The loop's wait (supervisor/wait.py): how long its select may sleep, how long it
+lingers for group commit, and how long a turn waits for other clients' submits, as pure
+functions of a fake clock's readings."""
 
 from __future__ import annotations
 
 import pytest
 
-from procpool.application.supervisor.wait import LINGER, Alarms, linger, wait_timeout
+from procpool.application.supervisor.wait import (
+    LINGER,
+    SIBLINGS_WAIT,
+    Alarms,
+    linger,
+    siblings_wait,
+    wait_timeout,
+)
 
 NOW = 1_000.0  # monotonic
 WALL = 1_800_000_000.0  # seconds since the epoch
@@ -66,3 +74,22 @@ def test_the_loop_lingers_only_when_no_one_waits(
     queued: float, jobs_waiting: bool, clients_waiting: bool, expected: float
 ) -> None:
     assert linger(queued, jobs_waiting, clients_waiting) == expected
+
+
+@pytest.mark.parametrize(
+    ("expected", "seconds"),
+    [
+        ([], 0.0),  # no other client submits in a loop: commit at once
+        ([(NOW - 0.0001, 0.0003)], 0.0005),  # answered 0.1 ms ago, took 0.3 ms: until 0.6
+        ([(NOW, 0.0002), (NOW, 0.0004)], 0.0008),  # the last of them
+        ([(NOW - 0.001, 0.0003)], 0.0),  # past twice its pause: not awaited
+        ([(NOW, 0.002)], 0.0),  # one that took longer than SIBLINGS_WAIT is not awaited
+        ([(NOW, 0.002), (NOW, 0.0001)], 0.0002),  # ... nor held against the others
+        ([(NOW, SIBLINGS_WAIT)], SIBLINGS_WAIT),  # never longer than SIBLINGS_WAIT
+        ([(NOW, 0.0)], 0.0),  # one that answered at once and is not there: not awaited
+    ],
+)
+def test_a_turn_waits_for_the_next_submits_of_clients_that_submit_in_a_loop(
+    expected: list[tuple[float, float]], seconds: float
+) -> None:
+    assert siblings_wait(expected, NOW) == pytest.approx(seconds, abs=1e-9)

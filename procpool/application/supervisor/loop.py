@@ -13,6 +13,7 @@ A turn, in the manner of CPython's `concurrent.futures.process._ExecutorManagerT
               signals, what the selector found (each worker message applied at once)
     apply     the door's requests, reaped exits, deadlines, memory samples
     decide    inbox files, schedules' occurrences, retirements, dispatch, retention
+    gather    other clients' next submits, when due within a millisecond (group commit)
     commit    the attempt history, the metrics snapshot; the transaction commits
     effects   answers, inbox files, sends, log lines; then forks and companions
 
@@ -105,7 +106,11 @@ class Supervisor:
         self.effects = Effects(self.fleet, self.ledger, self.turn_effects)
         self.intake = Intake(store, self.ledger, registry, self.fleet, self.turn_effects.log)
         # The socket door (DESIGN decision 12): clients submit, wait and cancel through it.
-        self.door = None if door is None else Door(door, self.inputs.others, self.turn_effects.log)
+        self.door = (
+            None
+            if door is None
+            else Door(door, self.inputs.others, self.turn_effects.log, self.clock.monotonic)
+        )
         # Alone, or one of several daemons on a shared store (PostgreSQL): member.py.
         self.member = membership(store, self.effects, self.inputs.others, flush_logs)
         self.workers = WorkerManager(
@@ -232,6 +237,7 @@ class Supervisor:
             scan = self._read(ready, now, wall)
             self._apply(now, wall)
             self._decide(now, wall, scan)
+            self._gather_clients(now, wall)
             snapshot = self._commit(now, wall)
         self._after_commit(now)
         if snapshot is not None:
@@ -305,11 +311,7 @@ class Supervisor:
         """Act on what came in: the clients' requests (before dispatch: a job submitted
         now can be handed to a free worker in this turn), exits, deadlines, memory."""
         if self.door is not None:
-            settings = self.settings
-            decisions = self.door.serve(
-                self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
-            )
-            self.effects.apply(decisions, wall)
+            self._serve_door(now, wall)
         if self.handlers.children_exited or self.workers.unjudged:
             not_orphans = lambda: self.companions.pids() + self.member.pids()  # noqa: E731
             for pid in self.workers.reap(now, wall, self._child_exited, not_orphans):
@@ -319,6 +321,23 @@ class Supervisor:
             self.handlers.children_exited = False
         self.workers.judge_deadlines(now, wall, self.stop.at)
         self.workers.sample_memory(now, wall)
+
+    def _gather_clients(self, now: float, wall: float) -> None:
+        """Group commit across clients (Door.gather): the next submits of other clients
+        that submit in a loop, when they come within about a millisecond, are served in
+        this turn too, and their jobs handed out, so that its commit answers them all."""
+        if self.door is None or self.stop.begun or not self.door.gather():
+            return
+        self._serve_door(now, wall)
+        self.dispatcher.dispatch(now, wall, self.workers.deaf(), self.member.fenced)
+
+    def _serve_door(self, now: float, wall: float) -> None:
+        assert self.door is not None
+        settings = self.settings
+        decisions = self.door.serve(
+            self.intake, self.store, settings.defaults, settings.max_file_bytes, now, wall
+        )
+        self.effects.apply(decisions, wall)
 
     def _decide(self, now: float, wall: float, scan: bool) -> None:
         """Inbox files in, schedules' occurrences made, workers retired, due jobs out, old
