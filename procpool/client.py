@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import builtins
+import enum
 import math
 import os
 import re
@@ -1267,6 +1268,10 @@ class Client:
         asking.usable = self._shared is None
         unique = list(dict.fromkeys(job_ids))
         try:
+            if on_poll is None and asking.usable:
+                done = self._asked_first(asking, job_ids, unique, deadline)
+                if done is not None:
+                    return done
             while True:
                 statuses, found = self._look(job_ids, unique, on_poll)
                 missing = [i for i in job_ids if i not in statuses]
@@ -1284,7 +1289,10 @@ class Client:
                     pause = None if deadline is None else max(0.0, deadline - time.monotonic())
                     if on_poll is not None:
                         pause = poll if pause is None else min(pause, poll)
-                    if asking.until_done(left, pause):
+                    answer = asking.ask(left, pause)
+                    if answer is _Answer.UNKNOWN:  # pruned, or not stored yet: poll
+                        asking.usable = False
+                    if answer is not _Answer.UNAVAILABLE:
                         continue
                 sleep = (
                     interval
@@ -1295,6 +1303,27 @@ class Client:
                 interval = min(interval * 2, poll)
         finally:
             asking.give_up()
+
+    def _asked_first(
+        self,
+        asking: _DoorWait,
+        job_ids: Sequence[str],
+        unique: builtins.list[str],
+        deadline: float | None,
+    ) -> builtins.list[JobInfo] | None:
+        """`wait` asking the daemon before its first look at the store: the jobs once it
+        says all are terminal; None for any other answer, which leaves it to the looks.
+
+        The daemon reads the statuses anyway, and a look in between would take CPU from
+        the job's turn and its worker just then (issue 25).
+        """
+        pause = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if asking.ask(unique, pause) is not _Answer.DONE:
+            return None
+        found = self._reader.get_many(unique)
+        if len(found) < len(unique) or not all(j.status.is_terminal for j in found.values()):
+            return None  # one went meanwhile (retention): the looks say which
+        return [JobInfo.from_job(found[i]) for i in job_ids]
 
     def _look(
         self,
@@ -1342,6 +1371,15 @@ class Client:
         self._local = threading.local()
 
 
+class _Answer(enum.Enum):
+    """What asking the daemon about a `wait`'s jobs came to."""
+
+    DONE = "every job is terminal"
+    UNKNOWN = "the daemon does not know a job: pruned, or not stored yet"
+    PENDING = "no answer yet: the pause is over, the request stays asked"
+    UNAVAILABLE = "no daemon answers: poll the store"
+
+
 class _DoorWait:
     """One `Client.wait`'s request to the daemon: tell me when these jobs are terminal.
 
@@ -1355,15 +1393,14 @@ class _DoorWait:
         self._door: DoorConnection | None = None
         self._ref: int | None = None
 
-    def until_done(self, job_ids: list[str], pause: float | None) -> bool:
-        """Ask (once) and wait up to `pause` seconds (None: no limit) for the answer.
-        Returns whether to look at the store again now; False: poll instead."""
+    def ask(self, job_ids: list[str], pause: float | None) -> _Answer:
+        """Ask (once) and wait up to `pause` seconds (None: no limit) for the answer."""
         try:
             if self._ref is None:
                 self._door = self._client._door()
                 if self._door is None:
                     self.usable = False
-                    return False
+                    return _Answer.UNAVAILABLE
                 self._ref = self._door.next_ref()
                 self._door.send(wire.Wait(self._ref, job_ids))
             assert self._door is not None
@@ -1372,13 +1409,11 @@ class _DoorWait:
             self._client._forget_door()
             self._ref = None
             self.usable = False
-            return False
+            return _Answer.UNAVAILABLE
         if answer is None:
-            return True  # the pause is over: look, and go on waiting for the same answer
+            return _Answer.PENDING
         self._ref = None
-        if not isinstance(answer, wire.Done):  # Unknown: pruned, or not stored yet
-            self.usable = False
-        return True
+        return _Answer.DONE if isinstance(answer, wire.Done) else _Answer.UNKNOWN
 
     def give_up(self) -> None:
         """The wait ends with its request unanswered: its answer must not be taken for

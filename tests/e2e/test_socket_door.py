@@ -99,6 +99,34 @@ def test_submit_many_is_all_or_none(daemon: Daemon) -> None:
     assert client.submit_many([]) == []
 
 
+class _CountedReads:
+    """A client's store reader that counts its calls by name."""
+
+    def __init__(self, reader: object) -> None:
+        self._reader = reader
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        self.calls.append(name)
+        return getattr(self._reader, name)
+
+
+def test_wait_reads_the_store_once_when_the_daemon_says_the_jobs_ended(daemon: Daemon) -> None:
+    client = daemon.client
+    ids = [client.submit("sleep", {"seconds": 0.3}) for _ in range(3)]
+    counted = _CountedReads(client._reader)
+    client._reader = counted  # type: ignore[assignment]
+    jobs = client.wait(ids, timeout=30)
+    assert [job.status for job in jobs] == ["completed"] * 3
+    # Asked first, answered when all three ended, then their rows read once: no look at
+    # their statuses while they run, none after the answer.
+    assert counted.calls == ["get_many"]
+    # Jobs that have ended already: the daemon says so at once.
+    counted.calls.clear()
+    assert [job.id for job in client.wait(ids[::-1], timeout=30)] == ids[::-1]
+    assert counted.calls == ["get_many"]
+
+
 def test_the_daemon_judges_as_it_judges_files(daemon: Daemon) -> None:
     client = daemon.client
     with pytest.raises(InvalidJobFile, match=r'unknown job type "ech"; registered: cpu, echo'):
