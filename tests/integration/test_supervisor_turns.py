@@ -21,6 +21,7 @@ from procpool.adapters.inbox.directory import FileInbox
 from procpool.adapters.stores.memory import MemoryJobStore
 from procpool.application import events
 from procpool.application.handlers import HandlerRegistry, JobContext
+from procpool.application.supervisor import wait
 from procpool.application.supervisor.loop import Supervisor
 from procpool.application.supervisor.settings import Settings
 from procpool.application.worker import pool, tree
@@ -219,3 +220,35 @@ def test_a_turns_job_changes_are_written_together(
     turns_until(sup, lambda: store.counts().get(("echo", Status.COMPLETED), 0) == 6)
     assert alone == []
     assert sum(together) >= 12  # a start and an end each, at the least
+
+
+def test_a_short_jobs_start_and_end_are_one_turns_commit(
+    supervisor: tuple[Supervisor, FakeClock],
+    tmp_path: Path,
+    said: Events,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once jobs are known to be short, the turn that reads a job's Started waits (here on
+    the fake clock, which does not move, until it comes) for its Finished: no turn ends
+    with the job begun and not ended, so its start is no durable commit of its own.
+    The loop does not linger before its turns, as when a client waits for a job."""
+    monkeypatch.setattr(wait, "LINGER", 0.0)
+    sup, _clock = supervisor
+    store = sup.store
+    turns_until(sup, lambda: any(w.state == "serving" for w in sup.fleet))
+    submit(tmp_path, "first", {"type": "echo", "payload": 1})
+    turns_until(sup, lambda: (job := store.get("first")) is not None and job.status.is_terminal)
+    assert sup.fleet.batch.mean is not None and sup.fleet.batch.mean < 0.0005
+
+    submit(tmp_path, "short", {"type": "echo", "payload": 2})
+    begun_alone: list[int] = []
+
+    def done() -> bool:
+        if any(w.current == "short" for w in sup.fleet):
+            begun_alone.append(1)
+        job = store.get("short")
+        return job is not None and job.status is Status.COMPLETED
+
+    turns_until(sup, done)
+    assert begun_alone == [], "a turn ended with the job begun and not ended"
+    assert [f["job_id"] for f in said.named("job.completed")] == ["first", "short"]

@@ -497,6 +497,25 @@ def test_a_worker_that_does_not_serve_yet_does_not_hold_the_loop() -> None:
     assert sim.fleet.linger(LONGEST, SHORTEST) == 0.0  # no worker serves: no queue to wait on
 
 
+def test_the_starts_taken_are_those_whose_end_is_the_workers_next_word() -> None:
+    """A turn may wait for the end of a job it saw begin (wait.ends_wait): only of one
+    its worker still runs, with nothing queued behind it."""
+    sim = Sim()
+    for pid in (1, 2, 3):
+        sim.spawn(pid)
+    for job_id, pid in (("alone", 1), ("ahead", 2), ("behind", 2), ("quick", 3)):
+        sim.submit(job_id)
+        sim.hand(pid, job_id)
+    for pid in (1, 2, 3):
+        sim.start_next(pid)
+    sim.finish(3)  # its end came in the same read
+    assert sim.fleet.take_begun() == [(1, "alone")]
+    assert sim.fleet.take_begun() == [], "each start is taken once"
+    sim.finish(2)
+    sim.start_next(2)  # the last job of its queue: its end is next
+    assert sim.fleet.take_begun() == [(2, "behind")]
+
+
 def test_a_busy_worker_is_topped_up_once_its_queue_is_under_half_a_batch() -> None:
     """Prefetch keeps some work queued (so the loop may linger and the worker never
     waits for a turn), not only once the queue is empty."""

@@ -1,15 +1,18 @@
 """The loop's wait (supervisor/wait.py): how long its select may sleep, how long it
 lingers for group commit, and how long a turn waits for other clients' submits, as pure
-functions of a fake clock's readings."""
+functions of a fake clock's readings; and how long a turn that saw jobs begin waits for
+their ends."""
 
 from __future__ import annotations
 
 import pytest
 
 from procpool.application.supervisor.wait import (
+    ENDS_WAIT,
     LINGER,
     SIBLINGS_WAIT,
     Alarms,
+    ends_wait,
     linger,
     siblings_wait,
     wait_timeout,
@@ -93,3 +96,20 @@ def test_a_turn_waits_for_the_next_submits_of_clients_that_submit_in_a_loop(
     expected: list[tuple[float, float]], seconds: float
 ) -> None:
     assert siblings_wait(expected, NOW) == pytest.approx(seconds, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("mean", "answering", "seconds"),
+    [
+        (0.0001, False, ENDS_WAIT),  # short jobs, no one answered: their ends are awaited
+        (ENDS_WAIT / 2, False, ENDS_WAIT),  # at the bound
+        (ENDS_WAIT / 2 + 1e-6, False, 0.0),  # longer jobs: their ends come in turns of their own
+        (0.0001, True, 0.0),  # a client or a handler waits for the commit: not delayed
+        (None, False, 0.0),  # no job has ended yet: nothing known of their length
+        (0.0, False, ENDS_WAIT),
+    ],
+)
+def test_a_turn_that_saw_short_jobs_begin_waits_for_their_ends_unless_it_answers(
+    mean: float | None, answering: bool, seconds: float
+) -> None:
+    assert ends_wait(mean, answering) == seconds

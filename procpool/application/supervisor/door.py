@@ -343,6 +343,11 @@ class Door:
         """Whether a client waits for a job to end."""
         return bool(self._waiters)
 
+    @property
+    def answering(self) -> bool:
+        """Whether the turn's commit answers a client."""
+        return bool(self._answers)
+
     def _answer(self, connection: Connection, message: ToClient) -> None:
         self._answers.append((connection, message))
 

@@ -218,6 +218,8 @@ class Fleet:
         # each, up to 5 s; one killed by a signal from outside is replaced at once.
         self.failed_starts = 0
         self.respawn_not_before = 0.0
+        # (pid, job id) of each start taken since the loop last asked (`take_begun`).
+        self._begun: list[tuple[int, str]] = []
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.workers.values()))
@@ -469,6 +471,7 @@ class Fleet:
 
     def _began(self, worker: Worker, job: Job, at: float, now: float) -> list[Decision]:
         worker.current = job.id
+        self._begun.append((worker.pid, job.id))
         worker.started_at = at
         worker.taking_back.discard(job.id)
         decisions: list[Decision] = [Began(job, worker.pid)]
@@ -587,6 +590,17 @@ class Fleet:
             return 0.0
         wait = min(longest, least / 2)
         return wait if wait >= shortest else 0.0
+
+    def take_begun(self) -> list[tuple[int, str]]:
+        """(pid, job id) of the workers that began a job since the last call, run it
+        still, and hold no other: each one's next word is that job's end."""
+        begun, self._begun = self._begun, []
+        return [(pid, job_id) for pid, job_id in begun if self.runs_alone(pid, job_id)]
+
+    def runs_alone(self, pid: int, job_id: str) -> bool:
+        """Whether the worker runs that job and holds no other."""
+        worker = self.workers.get(pid)
+        return worker is not None and worker.current == job_id and len(worker.assigned) == 1
 
     def awaits_commit(self) -> bool:
         """Whether a worker runs a job of a type whose handlers call ctx.checkpoint: its

@@ -13,7 +13,8 @@ A turn, in the manner of CPython's `concurrent.futures.process._ExecutorManagerT
               signals, what the selector found (each worker message applied at once)
     apply     the door's requests, reaped exits, deadlines, memory samples
     decide    inbox files, schedules' occurrences, retirements, dispatch, retention
-    gather    other clients' next submits, when due within a millisecond (group commit)
+    gather    other clients' next submits, when due within a millisecond, or the ends
+              of short jobs begun in the turn (group commit)
     commit    the attempt history, the metrics snapshot; the transaction commits
     effects   answers, inbox files, sends, log lines; then forks and companions
 
@@ -238,6 +239,7 @@ class Supervisor:
             self._apply(now, wall)
             self._decide(now, wall, scan)
             self._gather_clients(now, wall)
+            self._gather_ends(now, wall)
             snapshot = self._commit(now, wall)
         self._after_commit(now)
         if snapshot is not None:
@@ -330,6 +332,32 @@ class Supervisor:
             return
         self._serve_door(now, wall)
         self.dispatcher.dispatch(now, wall, self.workers.deaf(), self.member.fenced)
+
+    def _gather_ends(self, now: float, wall: float) -> None:
+        """A job's start and end in one commit (wait.ends_wait): when workers began their
+        only jobs in this turn, jobs are short and the commit answers no one, their ends
+        are awaited and read in this turn, and the workers freed handed work. Anything
+        from outside ends the wait; it stays ready for the next turn."""
+        begun = self.fleet.take_begun()
+        if not begun or self.stop.begun:
+            return
+        answering = (self.door is not None and self.door.answering) or self.fleet.awaits_commit()
+        seconds = wait.ends_wait(self.fleet.batch.mean, answering)
+        deadline = self.clock.monotonic() + seconds
+        heard = False
+        with self.ledger.held():  # nothing here reads a job from the store
+            while seconds > 0:
+                ready = self.inputs.workers.select(seconds)
+                for key, mask in ready:
+                    if key.data != "others":
+                        self.workers.serve(key.data, mask, now, wall)
+                        heard = True
+                begun = [(pid, job) for pid, job in begun if self.fleet.runs_alone(pid, job)]
+                if not begun or any(key.data == "others" for key, _ in ready):
+                    break
+                seconds = deadline - self.clock.monotonic()
+        if heard:
+            self.dispatcher.dispatch(now, wall, self.workers.deaf(), self.member.fenced)
 
     def _serve_door(self, now: float, wall: float) -> None:
         assert self.door is not None

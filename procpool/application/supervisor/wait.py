@@ -19,6 +19,10 @@ are served at once all the same (the loop's second selector).
 Group commit across clients: a turn that answers a submit waits before its commit
 for the next submits of clients that submit in a loop (Door.gather), each for twice
 the time it took the time before, at most SIBLINGS_WAIT (siblings_wait).
+
+A job's start and end in one commit: a turn that sees a worker begin its only job,
+and whose commit answers no one, waits up to ENDS_WAIT before its commit for that
+job's end when jobs take under half of that (ends_wait).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ LINGER_MIN = 0.0005
 # their answers (their client's CPU, one after another under its GIL). It is also the
 # most a client's answer waits for others'.
 SIBLINGS_WAIT = 0.001
+# A job's start and its end, one commit: a worker says Started before the handler runs
+# and Finished after it, and a turn that took in the Started alone paid a durable commit
+# for it, which its end then waited behind (one job at a time, back to back: three
+# commits a job instead of two). The end of a job of under half this long, with the
+# worker's own work around the handler, mostly comes within it.
+ENDS_WAIT = 0.001
 
 
 class Clock(Protocol):
@@ -122,3 +132,14 @@ def linger(queued: float, jobs_waiting: bool, clients_waiting: bool) -> float:
     if queued:
         return queued
     return 0.0 if jobs_waiting or clients_waiting else LINGER
+
+
+def ends_wait(mean: float | None, answering: bool) -> float:
+    """Seconds a turn in which workers began their only jobs waits before its commit for
+    those jobs' ends (ENDS_WAIT), so that one commit holds a job's start and end.
+    `mean`: the fleet's mean run time of a job in seconds, None until a job has ended;
+    `answering`: whether the turn's commit answers a client or a handler, who would wait
+    for another job's end. 0.0: not at all."""
+    if answering or mean is None or mean > ENDS_WAIT / 2:
+        return 0.0
+    return ENDS_WAIT
