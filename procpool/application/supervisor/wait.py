@@ -47,7 +47,7 @@ LINGER_MIN = 0.0005
 SIBLINGS_WAIT = 0.001
 # A job's start and its end, one commit: a worker says Started before the handler runs
 # and Finished after it, and a turn that took in the Started alone paid a durable commit
-# for it, which its end then waited behind (one job at a time, back to back: three
+# for it, which its end then waited behind (one job at a time, back to back: often three
 # commits a job instead of two). The end of a job of under half this long, with the
 # worker's own work around the handler, mostly comes within it.
 ENDS_WAIT = 0.001
