@@ -54,7 +54,7 @@ from procpool.domain.errors import BatchJobRefused, DuplicateId, InvalidJobFile,
 from procpool.domain.job import Job, Run, Status
 from procpool.domain.pauses import Pause, check_types, check_until
 from procpool.domain.schedules import Stored, UnknownSchedule
-from procpool.domain.timefmt import rfc3339
+from procpool.domain.timefmt import rfc3339, rfc3339_each
 
 if TYPE_CHECKING:  # stats.py imports psutil, which only `stats` needs
     from procpool.adapters.stores.stats import Stats
@@ -176,6 +176,9 @@ class JobInfo(_Record):
 
     @classmethod
     def from_job(cls, job: Job, waiting: dict[str, Any] | None = None) -> JobInfo:
+        # The row's three times in one rfc3339_each: a call of rfc3339 each cost a
+        # `Client.get` 1.3 us more of its 22 on the development machine.
+        created_at, updated_at, run_at = rfc3339_each((job.created_at, job.updated_at, job.run_at))
         return cls(
             id=job.id,
             type=job.type,
@@ -184,9 +187,9 @@ class JobInfo(_Record):
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             last_error=job.last_error,
-            created_at=rfc3339(job.created_at),
-            updated_at=rfc3339(job.updated_at),
-            run_at=rfc3339(job.run_at),
+            created_at=created_at,
+            updated_at=updated_at,
+            run_at=run_at,
             priority=job.priority,
             timeout=job.timeout,
             result=None if job.result is None else msgspec.json.decode(job.result),
