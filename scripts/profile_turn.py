@@ -40,7 +40,16 @@ REPO = HERE.parent
 OUT_VARIABLE = "TURN_PROFILE_OUT"  # not PROCPOOL_: bench.py's daemons drop those
 FUNCTIONS_VARIABLE = "TURN_PROFILE_FUNCTIONS"
 SUPERVISOR = "procpool.application.supervisor."
-PHASES = ("_wait", "_read", "_apply", "_decide", "_commit", "_after_commit")
+PHASES = (
+    "_wait",
+    "_read",
+    "_apply",
+    "_decide",
+    "_gather_clients",
+    "_gather_ends",
+    "_commit",
+    "_after_commit",
+)
 DEFAULT_FUNCTIONS = ",".join(
     SUPERVISOR + name
     for name in (
@@ -199,7 +208,9 @@ def main() -> None:
         daemon(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("one", "many", "jsonl", "batch"), default="one")
+    parser.add_argument(
+        "--workload", choices=("one", "many", "jsonl", "batch", "threads"), default="one"
+    )
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument(
         "--functions",
