@@ -1,10 +1,11 @@
 """Where a supervisor turn's CPU goes (issue 25): a real daemon, its turn cut into phases.
 
-    python scripts/profile_turn.py [--workload one|many|jsonl|batch] [--jobs N]
+    python scripts/profile_turn.py [--workload one|many|jsonl|batch|threads] [--jobs N]
                                    [--functions MODULE:QUALNAME,...]
 
 Runs bench.py's workload (`one`: N no-op jobs, one `Client.submit` each; `many`: one
-`submit_many`; `jsonl`: one `.jsonl` file; `batch`: the real batch, N `compress` and
+`submit_many`; `threads`: four producer threads, one `Client.submit` a job each;
+`jsonl`: one `.jsonl` file; `batch`: the real batch, N `compress` and
 `hash` jobs of the standard library's files, half each, in one `submit_many`) against a
 daemon started through this script,
 which wraps the supervisor's methods before `procpool run` begins: each phase of a turn
