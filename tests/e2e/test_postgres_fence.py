@@ -87,6 +87,9 @@ def test_a_stopped_supervisors_run_ends_before_another_daemon_starts_the_job_aga
         assert not (spans / "OVERLAP").exists()
         # a comes back, learns it was declared dead, and serves again.
         a.wait_events("daemon.lease_lost", timeout=30)
+        # It says the fence killed its worker, not that the worker ran out of memory.
+        [exited] = a.wait_events("worker.exited", timeout=30, worker_pid=runner)
+        assert exited["signal"] == "SIGKILL" and "the fence ended its runs" in exited["msg"]
         more = jobs.submit("span", {"dir": str(spans), "seconds": 0}, id="after")
         assert jobs.wait([more], timeout=30)[0].status == "completed"
     assert a.stop() == 0 and b.stop() == 0

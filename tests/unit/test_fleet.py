@@ -21,6 +21,7 @@ from procpool.application.handlers import HandlerRegistry
 from procpool.application.supervisor.effects import Effects, TurnEffects
 from procpool.application.supervisor.fleet import (
     EXIT_WAIT,
+    FENCED_EXIT,
     Decision,
     Fleet,
     Say,
@@ -29,6 +30,7 @@ from procpool.application.supervisor.fleet import (
 )
 from procpool.application.supervisor.intake import Intake
 from procpool.application.supervisor.ledger import Ledger
+from procpool.application.supervisor.membership import kill_all
 from procpool.application.supervisor.settings import STARTUP_TIMEOUT, Limits
 from procpool.application.wire.messages import (
     Checkpoint,
@@ -43,6 +45,7 @@ from procpool.application.wire.messages import (
     Started,
     Stop,
 )
+from procpool.application.worker.pool import describe_exit
 from procpool.domain.fate import Cause
 from procpool.domain.job import Job, Status
 from procpool.domain.retry import RetryPolicy
@@ -680,3 +683,31 @@ def test_each_deadline_has_its_time_cause_and_reason(
     fleet.workers[W] = worker
     assert fleet.deadlines(worker, stop_at) == expected
     assert fleet.next_deadline(stop_at) == min((at for at, _, _ in expected), default=None)
+
+
+@pytest.mark.parametrize("fenced", [True, False], ids=["fenced", "killed-from-outside"])
+def test_a_sigkill_of_the_fence_is_worded_as_the_fences(fenced: bool) -> None:
+    """A worker killed as the lease ran out (by the supervisor's kill_all, or before it
+    by the watchdog) is not said to have run out of memory: its run's error and the
+    worker's exit name the fence. Any other SIGKILL keeps the out-of-memory hint. The
+    fate is the same either way."""
+    sim = Sim()
+    sim.spawn(W)
+    sim.submit("a")
+    sim.hand(W, "a")
+    sim.start_next(W)
+    if fenced:
+        kill_all(sim.fleet)  # its Deliver is not carried out: the watchdog killed it
+    how, _, signal_name = describe_exit(signal.SIGKILL)  # a raw wait status: the signal
+    sim.workers[W].dead = True
+    sim.apply(sim.fleet.exited(W, how, None, signal_name, sim.now))
+    job = sim.job("a")
+    exited = [s for s in sim.said if s.event == "worker.exited"]
+    assert job.status is Status.PENDING and job.attempts == 1  # retried, either way
+    assert job.last_error is not None
+    if fenced:
+        assert job.last_error == FENCED_EXIT
+        assert "memory" not in exited[0].message and "fence" in exited[0].message
+    else:
+        assert "may have run out of memory" in job.last_error
+        assert "may have run out of memory" in exited[0].message

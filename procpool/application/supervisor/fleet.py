@@ -41,6 +41,10 @@ from procpool.domain.job import Job
 # that lingers (a C call holding the GIL ignores SIGTERM until its SIGKILL) is
 # replaced once this has passed all the same.
 EXIT_WAIT = 0.05
+FENCED_EXIT = (
+    "the worker was killed by SIGKILL: the fence ended its runs, as this daemon's lease"
+    " on the store was not renewed in time"
+)
 
 
 class WorkerState(StrEnum):
@@ -76,6 +80,9 @@ class Worker:
     end_detail: str = ""
     kill_at: float | None = None
     terminated_at: float = 0.0  # when it was sent SIGTERM
+    # Killed as the lease ran out (membership.kill_all), by the supervisor or before it by
+    # the fence's watchdog: a SIGKILL is then the fence's, not the out-of-memory killer's.
+    fenced: bool = False
 
     @property
     def job(self) -> Job | None:
@@ -312,6 +319,8 @@ class Fleet:
         if worker.state is WorkerState.STARTING and exit_signal is None:
             self.failed_starts += 1
             self.respawn_not_before = now + min(5.0, 0.05 * 2**self.failed_starts)
+        if worker.fenced and exit_signal == "SIGKILL":
+            how = FENCED_EXIT
         decisions: list[Decision] = [
             self._end(worker, job, Report.NONE, exit_signal=exit_signal, error=how)
             for job in list(worker.assigned.values())

@@ -34,7 +34,10 @@ Log = Callable[..., None]  # (level, event, message, **fields)
 
 def kill_all(fleet: Fleet) -> list[Decision]:
     """SIGKILL to every worker's process group: the runs end now, without a grace, as a
-    crash would end them; the reaped exits then take their fates (or are stale)."""
+    crash would end them; the reaped exits then take their fates (or are stale), worded
+    as the fence's (`Worker.fenced`), not as the kernel's out-of-memory killer's."""
+    for worker in fleet:
+        worker.fenced = True
     return [Deliver(worker.pid, signal.SIGKILL) for worker in fleet]
 
 
