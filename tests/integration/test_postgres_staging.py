@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     from procpool.adapters.stores.postgres_client import PostgresClientStore
 
 
-def _staging(client: object) -> tuple[int, int]:
+def _staging(client: PostgresClientStore) -> tuple[int, int]:
     """The staging table's oid and its row count, seen from the client's session."""
-    db = client._connection()  # type: ignore[attr-defined]
+    db = client._connection()
     row = db.execute(
         "SELECT 'pg_temp.procpool_staged'::regclass::oid, (SELECT count(*) FROM procpool_staged)"
     ).fetchone()
